@@ -1,0 +1,1 @@
+# drivers/cpu/local.mk: the built-in CPU driver (filled in by its own change).

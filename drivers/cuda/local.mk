@@ -1,0 +1,1 @@
+# drivers/cuda/local.mk: rules for this component (filled in by its own change).

@@ -1,0 +1,169 @@
+/* schedule.h: pipeline schedules as data. A schedule is, for each rank, an ordered
+ * array of actions (F, B, I, W); generators only produce these arrays, and the
+ * validator, the simulator, the writers and the executor all read the same ones. */
+#ifndef DP_SCHEDULE_H
+#define DP_SCHEDULE_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "engine/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ----------------------------------------------------------------------------
+ * Actions */
+
+typedef enum {
+    DP_ACT_F = 0, /* forward */
+    DP_ACT_B = 1, /* full backward (input and weight gradients) */
+    DP_ACT_I = 2, /* input-gradient backward; its weight gradient is deferred to a W */
+    DP_ACT_W = 3, /* deferred weight gradient of an earlier I */
+} dp_action_kind;
+
+typedef struct {
+    uint8_t kind;    /* dp_action_kind */
+    uint8_t dir;     /* local stage of the rank: DualPipe direction, DualPipeV first/second stage */
+    uint8_t overlap; /* 1: this action and the next form one overlapped F&B pair */
+    uint8_t reserved;
+    int32_t chunk;   /* micro-batch index within its pipe, from 0 */
+} dp_action;
+
+/* "F", "B", "I", "W". */
+char dp_action_letter(int kind);
+
+/* ----------------------------------------------------------------------------
+ * Schedules
+ *
+ * Micro-batches travel through one or two *pipes*. A pipe is a chain of stages
+ * 0..num_stages-1; each stage lives on one (rank, dir) slot. DualPipe has two pipes
+ * (pipe 0 enters at rank 0, pipe 1 at the last rank) of PP stages each; DualPipeV has
+ * one pipe of 2R stages folded in a V; the classic schedules have one pipe of PP
+ * stages, one per rank. Micro-batch `chunk` of pipe p is batch element
+ * p * chunks_per_pipe + chunk of the step's input. */
+
+#define DP_MAX_DIRS 2
+
+typedef struct dp_schedule {
+    char name[32];        /* generator name: "dualpipe", "1f1b", ... */
+    int num_ranks;        /* pipeline ranks */
+    int num_dirs;         /* local stages per rank (1 or 2) */
+    int num_pipes;        /* 1 or 2 */
+    int num_stages;       /* stages per pipe */
+    int num_chunks;       /* micro-batches in a step, over all pipes */
+    int chunks_per_pipe;  /* num_chunks / num_pipes */
+    int *num_actions;     /* [num_ranks] */
+    dp_action **actions;  /* [num_ranks][num_actions[r]] */
+    /* placement: stage s of pipe p runs on rank stage_rank[p][s], local stage stage_dir[p][s] */
+    int *stage_rank[DP_MAX_DIRS];
+    int *stage_dir[DP_MAX_DIRS];
+    /* and the inverse: (rank, dir) holds stage slot_stage[dir][rank] of pipe slot_pipe[dir][rank] */
+    int *slot_pipe[DP_MAX_DIRS];
+    int *slot_stage[DP_MAX_DIRS];
+} dp_schedule;
+
+/* Parameters of a generator. */
+typedef struct {
+    int ranks;  /* pipeline ranks (--pp) */
+    int chunks; /* micro-batches per step */
+} dp_schedule_params;
+
+/* A generator fills `s` (already sized by dp_schedule_alloc) or fails naming the rule. */
+typedef struct {
+    const char *name;
+    const char *summary;
+    dp_status (*check)(const dp_schedule_params *p);
+    dp_status (*generate)(const dp_schedule_params *p, dp_schedule **out);
+} dp_schedule_generator;
+
+/* The table of generators, ending with a NULL name. */
+extern const dp_schedule_generator dp_schedule_generators[];
+const dp_schedule_generator *dp_schedule_find(const char *name);
+
+/* Builds the named schedule. Errors: DP_ERR_NOT_FOUND (unknown name, the message lists
+ * the known ones), DP_ERR_INVALID (the message names the rule broken). */
+dp_status dp_schedule_generate(const char *name, const dp_schedule_params *p, dp_schedule **out);
+void dp_schedule_free(dp_schedule *s);
+
+/* Helpers for generators. */
+dp_status dp_schedule_alloc(const char *name, int ranks, int dirs, int pipes, int stages, int chunks,
+                            dp_schedule **out);
+/* Sets where stage `stage` of pipe `pipe` lives. */
+void dp_schedule_place(dp_schedule *s, int pipe, int stage, int rank, int dir);
+/* Appends an action to a rank's list. */
+dp_status dp_schedule_push(dp_schedule *s, int rank, int kind, int dir, int chunk, int overlap);
+
+/* Neighbours of (rank, dir) along its pipe: the rank and dir of the previous / next stage,
+ * or -1 for the first / last stage. */
+int dp_schedule_prev(const dp_schedule *s, int rank, int dir, int *prev_dir);
+int dp_schedule_next(const dp_schedule *s, int rank, int dir, int *next_dir);
+/* Whether (rank, dir) is the first / last stage of its pipe. */
+int dp_schedule_is_first_stage(const dp_schedule *s, int rank, int dir);
+int dp_schedule_is_last_stage(const dp_schedule *s, int rank, int dir);
+
+/* ----------------------------------------------------------------------------
+ * Validation */
+
+typedef struct {
+    int *peak_activations; /* [num_ranks]: most micro-batch-stages alive at once (F until B or I) */
+    int *param_copies;     /* [num_ranks]: stage parameter sets held (1 or 2) */
+    int max_peak_activations;
+} dp_schedule_report;
+
+/* Checks that every micro-batch runs F then B (or I then W) on every stage, in pipeline
+ * order across stages, that every W follows its I, and that the ranks cannot deadlock
+ * when each action first posts the receives it needs and waits for them. On success fills
+ * `report` (may be NULL; free with dp_schedule_report_free). */
+dp_status dp_schedule_validate(const dp_schedule *s, dp_schedule_report *report);
+void dp_schedule_report_free(dp_schedule_report *r);
+
+/* ----------------------------------------------------------------------------
+ * Simulation: a cost model gives each action's start and end. */
+
+typedef struct {
+    double f;       /* forward */
+    double b;       /* full backward */
+    double w;       /* deferred weight gradient (an I costs b - w) */
+    double fb;      /* overlapped F&B pair */
+    double p2p;     /* latency of a point-to-point transfer between ranks */
+} dp_cost;
+
+/* F=1, B=2, W=1, F&B=3, no latency: the DualPipe README's setting. */
+dp_cost dp_cost_default(void);
+
+/* Parses "F=1,B=2,W=1,FB=3,P2P=0" (any subset, case-insensitive). */
+dp_status dp_cost_parse(const char *text, dp_cost *cost);
+
+typedef struct {
+    double **start; /* [rank][action] */
+    double **end;   /* [rank][action]; both actions of an overlapped pair share start and end */
+    double *busy;   /* [rank] */
+    double *idle;   /* [rank]: makespan - busy */
+    double makespan;
+    int num_ranks;
+} dp_simulation;
+
+dp_status dp_schedule_simulate(const dp_schedule *s, const dp_cost *cost, dp_simulation *out);
+void dp_simulation_free(dp_simulation *sim);
+
+/* ----------------------------------------------------------------------------
+ * Writers: text timeline, the `trace` interface, JSON, SVG and Chrome trace events. */
+
+typedef enum {
+    DP_FORMAT_TEXT = 0,
+    DP_FORMAT_TRACE,
+    DP_FORMAT_JSON,
+    DP_FORMAT_SVG,
+    DP_FORMAT_CHROME,
+} dp_schedule_format;
+
+dp_status dp_schedule_format_parse(const char *name, dp_schedule_format *fmt);
+dp_status dp_schedule_write(FILE *out, dp_schedule_format fmt, const dp_schedule *s, const dp_cost *cost,
+                            const dp_simulation *sim, const dp_schedule_report *report);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,137 @@
+/* cli.c: messages, number parsing and atomic output files for the tools (see cli.h). */
+#define _POSIX_C_SOURCE 200809L
+#include "tools/cli.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+const char *cli_program = "dualpipe";
+
+void cli_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: error: ", cli_program);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+void cli_warn(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: warning: ", cli_program);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+int cli_parse_int(const char *option, const char *text, long min, long max, int *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = text ? strtol(text, &end, 10) : 0;
+    if (!text || !*text || *end || errno == ERANGE) {
+        cli_error("%s expects a whole number, got '%s'", option, text ? text : "");
+        return 1;
+    }
+    if (v < min || v > max) {
+        cli_error("%s must be between %ld and %ld, got %ld", option, min, max, v);
+        return 1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+int cli_parse_double(const char *option, const char *text, double *out)
+{
+    char *end = NULL;
+    errno = 0;
+    double v = text ? strtod(text, &end) : 0;
+    if (!text || !*text || *end || errno == ERANGE || !isfinite(v)) {
+        cli_error("%s expects a finite number, got '%s'", option, text ? text : "");
+        return 1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_output_open(cli_output *o, const char *path)
+{
+    memset(o, 0, sizeof *o);
+    if (!path || strcmp(path, "-") == 0) {
+        o->fp = stdout;
+        return 0;
+    }
+    size_t n = strlen(path);
+    o->path = strdup(path);
+    o->tmp = malloc(n + 16);
+    if (!o->path || !o->tmp) {
+        cli_error("out of memory");
+        cli_output_abort(o);
+        return 1;
+    }
+    snprintf(o->tmp, n + 16, "%s.tmp.XXXXXX", path);
+    int fd = mkstemp(o->tmp);
+    if (fd < 0) {
+        cli_error("cannot create a temporary file next to '%s': %s (is the directory writable?)", path,
+                  strerror(errno));
+        free(o->tmp);
+        o->tmp = NULL;
+        cli_output_abort(o);
+        return 1;
+    }
+    o->fp = fdopen(fd, "w");
+    if (!o->fp) {
+        close(fd);
+        cli_error("cannot open '%s' for writing: %s", o->tmp, strerror(errno));
+        cli_output_abort(o);
+        return 1;
+    }
+    return 0;
+}
+
+int cli_output_commit(cli_output *o)
+{
+    if (o->fp == stdout) {
+        int bad = fflush(stdout) != 0 || ferror(stdout);
+        o->fp = NULL;
+        if (bad) cli_error("writing to standard output failed: %s", strerror(errno));
+        return bad;
+    }
+    int bad = ferror(o->fp);
+    if (fclose(o->fp) != 0) bad = 1;
+    o->fp = NULL;
+    if (bad) {
+        cli_error("writing '%s' failed: %s (disk full?); nothing was written", o->path, strerror(errno));
+        cli_output_abort(o);
+        return 1;
+    }
+    if (rename(o->tmp, o->path) != 0) {
+        cli_error("cannot rename '%s' to '%s': %s", o->tmp, o->path, strerror(errno));
+        cli_output_abort(o);
+        return 1;
+    }
+    free(o->tmp);
+    free(o->path);
+    o->tmp = o->path = NULL;
+    return 0;
+}
+
+void cli_output_abort(cli_output *o)
+{
+    if (o->fp && o->fp != stdout) fclose(o->fp);
+    o->fp = NULL;
+    if (o->tmp) unlink(o->tmp);
+    free(o->tmp);
+    free(o->path);
+    o->tmp = o->path = NULL;
+}
+
+int cli_stderr_is_tty(void) { return isatty(STDERR_FILENO); }

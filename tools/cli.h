@@ -1,0 +1,37 @@
+/* cli.h: what the command-line tools share: messages and exit codes, number parsing
+ * with clear errors, and output files written to a temporary and renamed into place. */
+#ifndef DP_TOOLS_CLI_H
+#define DP_TOOLS_CLI_H
+
+#include <stdio.h>
+
+/* Exit codes: 0 success, 1 the run failed, 2 bad usage or bad input. */
+enum { CLI_EXIT_OK = 0, CLI_EXIT_FAIL = 1, CLI_EXIT_USAGE = 2 };
+
+extern const char *cli_program; /* "dualpipe schedule", used as the message prefix */
+
+void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Parse a whole decimal integer / finite number; on failure print which option was
+ * wrong and return nonzero. */
+int cli_parse_int(const char *option, const char *text, long min, long max, int *out);
+int cli_parse_double(const char *option, const char *text, double *out);
+
+/* Output that is either stdout (path NULL or "-") or a temporary file in the target's
+ * directory, renamed over the target only on cli_output_commit: a failed run never
+ * leaves a half-written file. */
+typedef struct {
+    FILE *fp;
+    char *path;
+    char *tmp;
+} cli_output;
+
+int cli_output_open(cli_output *o, const char *path);
+int cli_output_commit(cli_output *o); /* flush, close, rename; nonzero on failure (reported) */
+void cli_output_abort(cli_output *o); /* close and remove the temporary */
+
+/* Whether stderr is a terminal (for progress indicators). */
+int cli_stderr_is_tty(void);
+
+#endif

@@ -1,0 +1,11 @@
+# tools/local.mk: the `dualpipe` command. Each subcommand is one file (tools/cmd_*.c)
+# and one row in tools/commands.c.
+bin_PROGRAMS += tools/dualpipe
+tools_dualpipe_SOURCES = \
+	tools/dualpipe.c \
+	tools/commands.c \
+	tools/commands.h \
+	tools/cli.c \
+	tools/cli.h \
+	tools/cmd_schedule.c
+tools_dualpipe_LDADD = engine/libdualpipe.la
