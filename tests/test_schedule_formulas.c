@@ -83,5 +83,20 @@ int main(void)
     } else {
         tap_ok(0, "dualpipe PP=8 chunks=20 simulates: %s", dp_last_error());
     }
+    /* a p2p latency d stretches GPipe by 2(PP-1)d: the first micro-batch's forward and the
+     * last one's backward each cross PP-1 links on the critical path */
+    for (int pp = 2; pp <= 8; pp += 2) {
+        dp_schedule_params q = {.ranks = pp, .chunks = 3 * pp};
+        dp_cost lat = dp_cost_default();
+        lat.p2p = 0.25;
+        if (dp_schedule_generate("gpipe", &q, &s) == DP_OK && dp_schedule_simulate(s, &lat, &sim) == DP_OK) {
+            tap_near(sim.makespan, (q.chunks + pp - 1) * (lat.f + lat.b) + 2 * (pp - 1) * lat.p2p, 1e-9, 0,
+                     "gpipe PP=%d with p2p latency 0.25: makespan (m+PP-1)(F+B) + 2(PP-1)p2p", pp);
+            dp_simulation_free(&sim);
+            dp_schedule_free(s);
+        } else {
+            tap_ok(0, "gpipe PP=%d simulates with latency: %s", pp, dp_last_error());
+        }
+    }
     return tap_done();
 }
