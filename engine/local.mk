@@ -11,8 +11,24 @@ engine_libdualpipe_la_SOURCES = \
 	engine/schedule_dualpipev.c \
 	engine/schedule_1f1b.c \
 	engine/schedule_zb1p.c \
-	engine/schedule_gpipe.c
+	engine/schedule_gpipe.c \
+	engine/schedule_validate.c \
+	engine/schedule_simulate.c \
+	engine/schedule_write.c \
+	engine/schedule_write_text.c \
+	engine/schedule_write_trace.c \
+	engine/schedule_write_json.c \
+	engine/schedule_write_svg.c \
+	engine/schedule_write_chrome.c
 dualpipe_includedir = $(includedir)/dualpipe/engine
 dualpipe_include_HEADERS = engine/status.h engine/schedule.h
+noinst_HEADERS += engine/schedule_internal.h engine/schedule_replay.h
+
+check_PROGRAMS += tests/test_schedule_exact tests/test_schedule_formulas tests/test_schedule_errors
+TESTS += tests/test_schedule_exact tests/test_schedule_formulas tests/test_schedule_errors tests/test_schedule_tool.sh
+EXTRA_DIST += tests/test_schedule_tool.sh tests/data/dualpipe_reference_orders.txt
+tests_test_schedule_exact_LDADD = engine/libdualpipe.la
+tests_test_schedule_formulas_LDADD = engine/libdualpipe.la
+tests_test_schedule_errors_LDADD = engine/libdualpipe.la
 
 include engine/runtime.mk

@@ -1,9 +1,10 @@
-/* schedule_zb1p.c: zero-bubble ZB-H1. 1F1B's memory (at most PP-r micro-batches alive on
- * stage r, counted from F to I) with every backward split into I and a deferred W; stage
- * r may hold up to PP-1-r W's back, and they fill the bubbles of warm-up and cool-down.
- * The order is derived once by list scheduling with unit costs (F = I = W): each free
- * stage takes the first of I (gradient ready), an overdue W, F (input ready, memory
- * allowing), any W. */
+/* schedule_zb1p.c: zero-bubble ZB-H1. 1F1B's activation memory (at most PP-r micro-batches
+ * alive from F to I on stage r) with every backward split into I and a deferred W, the
+ * W's filling the bubbles; at most 2PP-1-r micro-batches wait for their W on stage r.
+ * The order is derived once by list scheduling with unit costs (F = I = W): a free stage
+ * takes an I whose gradient has arrived, else an F whose input has arrived and that the
+ * two limits allow, else the oldest pending W. With F=1, B=2, W=1 every rank idles
+ * exactly (PP-1)(F+B-2W), the ZB1P bubble (tests/test_schedule_formulas.c). */
 #include <stdlib.h>
 
 #include "engine/schedule.h"
@@ -36,11 +37,10 @@ dp_status dp_schedule_zb1p_generate(const dp_schedule_params *p, dp_schedule **o
             int grad_ready = ni[r] < nf[r] &&
                              (r == pp - 1 ? f_done[r * m + ni[r]] >= 0 && f_done[r * m + ni[r]] <= t
                                           : i_done[(r + 1) * m + ni[r]] >= 0 && i_done[(r + 1) * m + ni[r]] <= t);
-            int input_ready = nf[r] < m && nf[r] - ni[r] < pp - r &&
+            int input_ready = nf[r] < m && nf[r] - ni[r] < pp - r && nf[r] - nw[r] < 2 * pp - 1 - r &&
                               (r == 0 || (f_done[(r - 1) * m + nf[r]] >= 0 && f_done[(r - 1) * m + nf[r]] <= t));
             int pending_w = ni[r] - nw[r];
             if (grad_ready) kind = DP_ACT_I, k = ni[r];
-            else if (pending_w > pp - 1 - r) kind = DP_ACT_W, k = nw[r];
             else if (input_ready) kind = DP_ACT_F, k = nf[r];
             else if (pending_w > 0) kind = DP_ACT_W, k = nw[r];
             if (kind < 0) continue;

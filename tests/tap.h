@@ -14,17 +14,17 @@ static int tap_count_;
 static int tap_failed_;
 static int tap_planned_;
 
-static void tap_plan(int n) { tap_planned_ = n; printf("1..%d\n", n); fflush(stdout); }
+static inline void tap_plan(int n) { tap_planned_ = n; printf("1..%d\n", n); fflush(stdout); }
 
 /* Skip the whole program: prints the plan "1..0 # SKIP reason" and exits 0. */
-static void tap_skip_all(const char *reason)
+static inline void tap_skip_all(const char *reason)
 {
     printf("1..0 # SKIP %s\n", reason);
     fflush(stdout);
     exit(0);
 }
 
-static void tap_diag(const char *fmt, ...)
+static inline void tap_diag(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -35,7 +35,7 @@ static void tap_diag(const char *fmt, ...)
     fflush(stdout);
 }
 
-static int tap_vok(int cond, const char *fmt, va_list ap)
+static inline int tap_vok(int cond, const char *fmt, va_list ap)
 {
     ++tap_count_;
     if (!cond) ++tap_failed_;
@@ -46,7 +46,7 @@ static int tap_vok(int cond, const char *fmt, va_list ap)
     return cond;
 }
 
-static int tap_ok(int cond, const char *fmt, ...)
+static inline int tap_ok(int cond, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -55,7 +55,7 @@ static int tap_ok(int cond, const char *fmt, ...)
     return r;
 }
 
-static int tap_is_int(long long got, long long want, const char *fmt, ...)
+static inline int tap_is_int(long long got, long long want, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -65,7 +65,7 @@ static int tap_is_int(long long got, long long want, const char *fmt, ...)
     return r;
 }
 
-static int tap_is_str(const char *got, const char *want, const char *fmt, ...)
+static inline int tap_is_str(const char *got, const char *want, const char *fmt, ...)
 {
     int same = got && want && strcmp(got, want) == 0;
     va_list ap;
@@ -77,13 +77,13 @@ static int tap_is_str(const char *got, const char *want, const char *fmt, ...)
 }
 
 /* True when |a - b| <= atol + rtol * |b|; NaN or Inf in either never passes. */
-static int tap_close(double a, double b, double atol, double rtol)
+static inline int tap_close(double a, double b, double atol, double rtol)
 {
     if (!isfinite(a) || !isfinite(b)) return 0;
     return fabs(a - b) <= atol + rtol * fabs(b);
 }
 
-static int tap_near(double got, double want, double atol, double rtol, const char *fmt, ...)
+static inline int tap_near(double got, double want, double atol, double rtol, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -94,7 +94,7 @@ static int tap_near(double got, double want, double atol, double rtol, const cha
 }
 
 /* Ends the program: the plan is printed here when tap_plan was not called. */
-static int tap_done(void)
+static inline int tap_done(void)
 {
     if (!tap_planned_) printf("1..%d\n", tap_count_);
     else if (tap_planned_ != tap_count_) {

@@ -1,3 +1,126 @@
-/* cmd_schedule.c: `dualpipe schedule` (placeholder until the writers land). */
+/* cmd_schedule.c: `dualpipe schedule`: generate a pipeline schedule, validate it, simulate
+ * it under a cost model and write it as a timeline, trace, JSON, SVG or Chrome trace. */
+#define _POSIX_C_SOURCE 200809L
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "engine/schedule.h"
+#include "tools/cli.h"
 #include "tools/commands.h"
-int cmd_schedule(int argc, char **argv) { (void)argc; (void)argv; return 1; }
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: dualpipe schedule [--schedule NAME] [--pp N] [--chunks M] [--cost LIST]\n"
+            "                         [--format FMT] [-o FILE]\n"
+            "Generate a pipeline schedule, check it and simulate it under a cost model.\n\n"
+            "  -s, --schedule NAME  dualpipe (default), dualpipev, 1f1b, zb1p, gpipe\n"
+            "  -p, --pp N           pipeline ranks (dualpipev: ranks, holding 2N stages); default 8\n"
+            "  -c, --chunks M       micro-batches per step; default 20\n"
+            "      --cost LIST      costs as F=1,B=2,W=1,FB=3,P2P=0 (the default); B is a full\n"
+            "                       backward, an I costs B-W, FB an overlapped F&B pair\n"
+            "  -f, --format FMT     text (default), trace, json, svg, chrome; guessed from the\n"
+            "                       extension of -o (.svg, .json, .trace) when not given\n"
+            "  -o, --output FILE    write there instead of standard output\n"
+            "  -l, --list           list the schedules and exit\n"
+            "  -h, --help           show this help\n\n"
+            "Example: dualpipe schedule --pp 8 --chunks 20 -o dualpipe.svg\n");
+}
+
+static int guess_format(const char *path, dp_schedule_format *fmt)
+{
+    const char *dot = path ? strrchr(path, '.') : NULL;
+    if (!dot) return 0;
+    if (strcmp(dot, ".svg") == 0) *fmt = DP_FORMAT_SVG;
+    else if (strcmp(dot, ".json") == 0) *fmt = DP_FORMAT_JSON;
+    else if (strcmp(dot, ".trace") == 0) *fmt = DP_FORMAT_TRACE;
+    else return 0;
+    return 1;
+}
+
+int cmd_schedule(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"schedule", required_argument, 0, 's'}, {"pp", required_argument, 0, 'p'},
+        {"chunks", required_argument, 0, 'c'},   {"cost", required_argument, 0, 'C'},
+        {"format", required_argument, 0, 'f'},   {"output", required_argument, 0, 'o'},
+        {"list", no_argument, 0, 'l'},           {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    const char *name = "dualpipe", *format = NULL, *path = NULL;
+    dp_schedule_params params = {.ranks = 8, .chunks = 20};
+    dp_cost cost = dp_cost_default();
+    int opt;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":s:p:c:f:o:lh", opts, NULL)) != -1) {
+        switch (opt) {
+        case 's': name = optarg; break;
+        case 'p':
+            if (cli_parse_int("--pp", optarg, 1, 4096, &params.ranks)) return CLI_EXIT_USAGE;
+            break;
+        case 'c':
+            if (cli_parse_int("--chunks", optarg, 1, 1 << 20, &params.chunks)) return CLI_EXIT_USAGE;
+            break;
+        case 'C':
+            if (dp_cost_parse(optarg, &cost) != DP_OK) {
+                cli_error("--cost: %s", dp_last_error());
+                return CLI_EXIT_USAGE;
+            }
+            break;
+        case 'f': format = optarg; break;
+        case 'o': path = optarg; break;
+        case 'l':
+            for (const dp_schedule_generator *g = dp_schedule_generators; g->name; g++)
+                printf("%-10s %s\n", g->name, g->summary);
+            return CLI_EXIT_OK;
+        case 'h': usage(stdout); return CLI_EXIT_OK;
+        case ':': cli_error("option %s needs a value; see --help", argv[optind - 1]); return CLI_EXIT_USAGE;
+        default: cli_error("unknown option '%s'; see --help", argv[optind - 1]); return CLI_EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        cli_error("unexpected argument '%s'; see --help", argv[optind]);
+        return CLI_EXIT_USAGE;
+    }
+    dp_schedule_format fmt = DP_FORMAT_TEXT;
+    if (format) {
+        if (dp_schedule_format_parse(format, &fmt) != DP_OK) {
+            cli_error("--format: %s", dp_last_error());
+            return CLI_EXIT_USAGE;
+        }
+    } else {
+        guess_format(path, &fmt);
+    }
+
+    dp_schedule *s = NULL;
+    if (dp_schedule_generate(name, &params, &s) != DP_OK) {
+        cli_error("%s", dp_last_error());
+        return CLI_EXIT_USAGE;
+    }
+    int rc = CLI_EXIT_FAIL;
+    dp_schedule_report rep = {0};
+    dp_simulation sim = {0};
+    if (dp_schedule_validate(s, &rep) != DP_OK) {
+        cli_error("the generated schedule is invalid (a bug, please report it): %s", dp_last_error());
+        goto out;
+    }
+    if (dp_schedule_simulate(s, &cost, &sim) != DP_OK) {
+        cli_error("%s", dp_last_error());
+        goto out;
+    }
+    cli_output o;
+    if (cli_output_open(&o, path)) goto out;
+    if (dp_schedule_write(o.fp, fmt, s, &cost, &sim, &rep) != DP_OK) {
+        cli_error("%s", dp_last_error());
+        cli_output_abort(&o);
+        goto out;
+    }
+    if (cli_output_commit(&o)) goto out;
+    rc = CLI_EXIT_OK;
+out:
+    dp_simulation_free(&sim);
+    dp_schedule_report_free(&rep);
+    dp_schedule_free(s);
+    return rc;
+}

@@ -1,0 +1,229 @@
+/* schedule_simulate.c: the cost-model simulator and the dependency replay it shares with
+ * the validator. Given F, B, W, F&B and a p2p latency it gives every action's start and
+ * end, each rank's busy and idle time, and the makespan. */
+#define _POSIX_C_SOURCE 200809L
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "engine/schedule_replay.h"
+
+dp_cost dp_cost_default(void) { return (dp_cost){.f = 1, .b = 2, .w = 1, .fb = 3, .p2p = 0}; }
+
+dp_status dp_cost_parse(const char *text, dp_cost *cost)
+{
+    char buf[256];
+    if (!text || strlen(text) >= sizeof buf)
+        return dp_fail(DP_ERR_INVALID, "cost list is empty or too long; expected e.g. F=1,B=2,W=1,FB=3");
+    strcpy(buf, text);
+    dp_cost c = *cost;
+    char *save = NULL;
+    for (char *item = strtok_r(buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(item, '=');
+        if (!eq)
+            return dp_fail(DP_ERR_INVALID, "cost item '%s' is not NAME=VALUE; expected e.g. F=1,B=2,W=1,FB=3", item);
+        *eq = '\0';
+        char *end = NULL;
+        double v = strtod(eq + 1, &end);
+        if (eq[1] == '\0' || *end != '\0' || v != v)
+            return dp_fail(DP_ERR_INVALID, "cost %s has value '%s', which is not a number", item, eq + 1);
+        if (v < 0)
+            return dp_fail(DP_ERR_INVALID, "cost %s is negative (%g): every cost must be >= 0", item, v);
+        double *slot = NULL;
+        if (strcasecmp(item, "F") == 0) slot = &c.f;
+        else if (strcasecmp(item, "B") == 0) slot = &c.b;
+        else if (strcasecmp(item, "W") == 0) slot = &c.w;
+        else if (strcasecmp(item, "FB") == 0 || strcasecmp(item, "F&B") == 0) slot = &c.fb;
+        else if (strcasecmp(item, "P2P") == 0) slot = &c.p2p;
+        else
+            return dp_fail(DP_ERR_INVALID, "unknown cost '%s'; known: F, B, W, FB, P2P", item);
+        *slot = v;
+    }
+    if (c.w > c.b)
+        return dp_fail(DP_ERR_INVALID, "cost W (%g) exceeds B (%g): B is the full backward, and an I costs B - W",
+                       c.w, c.b);
+    *cost = c;
+    return DP_OK;
+}
+
+static dp_status cost_check(const dp_cost *c)
+{
+    const double v[5] = {c->f, c->b, c->w, c->fb, c->p2p};
+    static const char *names[5] = {"F", "B", "W", "FB", "P2P"};
+    for (int i = 0; i < 5; i++)
+        if (!(v[i] >= 0)) return dp_fail(DP_ERR_INVALID, "cost %s is negative or not a number (%g): every cost must be >= 0", names[i], v[i]);
+    if (c->w > c->b)
+        return dp_fail(DP_ERR_INVALID, "cost W (%g) exceeds B (%g): an I costs B - W", c->w, c->b);
+    return DP_OK;
+}
+
+double dp_cost_of(const dp_cost *cost, int kind)
+{
+    switch (kind) {
+    case DP_ACT_F: return cost->f;
+    case DP_ACT_B: return cost->b;
+    case DP_ACT_I: return cost->b - cost->w;
+    default: return cost->w;
+    }
+}
+
+/* ----------------------------------------------------------------------------
+ * replay */
+
+typedef struct {
+    const dp_schedule *s;
+    double *f_end; /* [pipe][stage][chunk]: when the forward finished, -1 before */
+    double *b_end; /* the same for the backward (B or I) */
+} replay_state;
+
+static size_t at(const dp_schedule *s, int pipe, int stage, int chunk)
+{
+    return ((size_t)pipe * (size_t)s->num_stages + (size_t)stage) * (size_t)s->chunks_per_pipe + (size_t)chunk;
+}
+
+/* When the inputs of `a` on `rank` are there, or -1 when not yet known. */
+static double ready_time(const replay_state *st, const dp_cost *cost, int rank, const dp_action *a)
+{
+    const dp_schedule *s = st->s;
+    int pipe = s->slot_pipe[a->dir][rank], stage = s->slot_stage[a->dir][rank];
+    int from_stage;
+    const double *table;
+    if (a->kind == DP_ACT_F) {
+        if (stage == 0) return 0;
+        from_stage = stage - 1;
+        table = st->f_end;
+    } else if (a->kind == DP_ACT_B || a->kind == DP_ACT_I) {
+        if (stage == s->num_stages - 1) return 0;
+        from_stage = stage + 1;
+        table = st->b_end;
+    } else {
+        return 0; /* W needs only its I, earlier on the same rank */
+    }
+    double t = table[at(s, pipe, from_stage, a->chunk)];
+    if (t < 0) return -1;
+    return s->stage_rank[pipe][from_stage] == rank ? t : t + cost->p2p;
+}
+
+static void record(replay_state *st, int rank, const dp_action *a, double end)
+{
+    const dp_schedule *s = st->s;
+    int pipe = s->slot_pipe[a->dir][rank], stage = s->slot_stage[a->dir][rank];
+    if (a->kind == DP_ACT_F) st->f_end[at(s, pipe, stage, a->chunk)] = end;
+    else if (a->kind == DP_ACT_B || a->kind == DP_ACT_I) st->b_end[at(s, pipe, stage, a->chunk)] = end;
+}
+
+dp_status dp_schedule_replay(const dp_schedule *s, const dp_cost *cost, double **start, double **end)
+{
+    size_t n = (size_t)s->num_pipes * (size_t)s->num_stages * (size_t)s->chunks_per_pipe;
+    replay_state st = {.s = s, .f_end = malloc(sizeof(double) * n), .b_end = malloc(sizeof(double) * n)};
+    int *next = calloc((size_t)s->num_ranks, sizeof(int));
+    double *free_at = calloc((size_t)s->num_ranks, sizeof(double));
+    dp_status status = DP_OK;
+    if (!st.f_end || !st.b_end || !next || !free_at) {
+        status = dp_fail(DP_ERR_NOMEM, "out of memory replaying a schedule");
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) st.f_end[i] = st.b_end[i] = -1;
+
+    for (int progress = 1; progress;) {
+        progress = 0;
+        for (int r = 0; r < s->num_ranks; r++) {
+            while (next[r] < s->num_actions[r]) {
+                int i = next[r];
+                const dp_action *a = &s->actions[r][i];
+                int pair = a->overlap && i + 1 < s->num_actions[r];
+                double t0 = ready_time(&st, cost, r, a);
+                double t1 = pair ? ready_time(&st, cost, r, a + 1) : 0;
+                if (t0 < 0 || t1 < 0) break;
+                double t = free_at[r];
+                if (t0 > t) t = t0;
+                if (t1 > t) t = t1;
+                double d = pair ? cost->fb : dp_cost_of(cost, a->kind);
+                start[r][i] = t;
+                end[r][i] = t + d;
+                record(&st, r, a, t + d);
+                if (pair) {
+                    start[r][i + 1] = t;
+                    end[r][i + 1] = t + d;
+                    record(&st, r, a + 1, t + d);
+                }
+                free_at[r] = t + d;
+                next[r] += pair ? 2 : 1;
+                progress = 1;
+            }
+        }
+    }
+
+    char stuck[512] = "";
+    for (int r = 0; r < s->num_ranks; r++) {
+        if (next[r] == s->num_actions[r]) continue;
+        const dp_action *a = &s->actions[r][next[r]];
+        size_t len = strlen(stuck);
+        if (len < sizeof stuck - 64)
+            snprintf(stuck + len, sizeof stuck - len, "%srank %d at action %d (%c dir %d chunk %d)", len ? "; " : "", r,
+                     next[r], dp_action_letter(a->kind), a->dir, a->chunk);
+        status = DP_ERR_INVALID;
+    }
+    if (status != DP_OK)
+        dp_fail(status, "deadlock: ranks wait for inputs that are never produced: %s", stuck);
+done:
+    free(st.f_end);
+    free(st.b_end);
+    free(next);
+    free(free_at);
+    return status;
+}
+
+/* ----------------------------------------------------------------------------
+ * simulator */
+
+void dp_simulation_free(dp_simulation *sim)
+{
+    if (!sim) return;
+    for (int r = 0; r < sim->num_ranks; r++) {
+        if (sim->start) free(sim->start[r]);
+        if (sim->end) free(sim->end[r]);
+    }
+    free(sim->start);
+    free(sim->end);
+    free(sim->busy);
+    free(sim->idle);
+    memset(sim, 0, sizeof *sim);
+}
+
+dp_status dp_schedule_simulate(const dp_schedule *s, const dp_cost *cost, dp_simulation *out)
+{
+    memset(out, 0, sizeof *out);
+    DP_CHECK(cost_check(cost));
+    int R = s->num_ranks;
+    out->num_ranks = R;
+    out->start = calloc((size_t)R, sizeof(double *));
+    out->end = calloc((size_t)R, sizeof(double *));
+    out->busy = calloc((size_t)R, sizeof(double));
+    out->idle = calloc((size_t)R, sizeof(double));
+    int ok = out->start && out->end && out->busy && out->idle;
+    for (int r = 0; ok && r < R; r++) {
+        size_t n = s->num_actions[r] ? (size_t)s->num_actions[r] : 1;
+        out->start[r] = calloc(n, sizeof(double));
+        out->end[r] = calloc(n, sizeof(double));
+        ok = out->start[r] && out->end[r];
+    }
+    if (!ok) {
+        dp_simulation_free(out);
+        return dp_fail(DP_ERR_NOMEM, "out of memory simulating a schedule");
+    }
+    dp_status st = dp_schedule_replay(s, cost, out->start, out->end);
+    if (st != DP_OK) {
+        dp_simulation_free(out);
+        return st;
+    }
+    for (int r = 0; r < R; r++) {
+        for (int i = 0; i < s->num_actions[r]; i++) {
+            if (i > 0 && s->actions[r][i - 1].overlap) continue; /* second half of a pair */
+            out->busy[r] += out->end[r][i] - out->start[r][i];
+            if (out->end[r][i] > out->makespan) out->makespan = out->end[r][i];
+        }
+    }
+    for (int r = 0; r < R; r++) out->idle[r] = out->makespan - out->busy[r];
+    return DP_OK;
+}

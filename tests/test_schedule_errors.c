@@ -1,0 +1,91 @@
+/* test_schedule_errors.c: bad parameters and broken schedules give errors that name the
+ * rule broken (odd PP for DualPipe, too few chunks, unknown schedule, negative costs,
+ * backward before forward, a missing W, a deadlock). */
+#include <string.h>
+
+#include "engine/schedule.h"
+#include "tests/tap.h"
+
+static void expect_gen(const char *name, int ranks, int chunks, dp_status want, const char *words)
+{
+    dp_schedule_params p = {.ranks = ranks, .chunks = chunks};
+    dp_schedule *s = NULL;
+    dp_status st = dp_schedule_generate(name, &p, &s);
+    tap_ok(st == want && s == NULL && strstr(dp_last_error(), words) != NULL, "%s pp=%d chunks=%d fails: %s", name,
+           ranks, chunks, dp_last_error());
+    dp_schedule_free(s);
+}
+
+static void expect_cost(const char *text, const char *words)
+{
+    dp_cost c = dp_cost_default();
+    dp_status st = dp_cost_parse(text, &c);
+    tap_ok(st == DP_ERR_INVALID && strstr(dp_last_error(), words) != NULL, "cost '%s' rejected: %s", text,
+           dp_last_error());
+}
+
+/* A two-rank 1F1B with one action replaced, to break it on purpose. */
+static void expect_invalid(int rank, int index, dp_action replacement, const char *words, const char *what)
+{
+    dp_schedule_params p = {.ranks = 2, .chunks = 4};
+    dp_schedule *s;
+    if (dp_schedule_generate("1f1b", &p, &s) != DP_OK) {
+        tap_ok(0, "generate 1f1b");
+        return;
+    }
+    s->actions[rank][index] = replacement;
+    dp_status st = dp_schedule_validate(s, NULL);
+    tap_ok(st == DP_ERR_INVALID && strstr(dp_last_error(), words) != NULL, "%s is rejected: %s", what, dp_last_error());
+    dp_schedule_free(s);
+}
+
+int main(void)
+{
+    expect_gen("dualpipe", 3, 12, DP_ERR_INVALID, "even number of pipeline ranks");
+    expect_gen("dualpipe", 0, 12, DP_ERR_INVALID, "even number of pipeline ranks");
+    expect_gen("dualpipe", 4, 6, DP_ERR_INVALID, ">= 2 x PP");
+    expect_gen("dualpipe", 4, 9, DP_ERR_INVALID, "even number of micro-batches");
+    expect_gen("dualpipev", 4, 7, DP_ERR_INVALID, ">= 2 x ranks");
+    expect_gen("dualpipev", 0, 7, DP_ERR_INVALID, "at least 1 pipeline rank");
+    expect_gen("1f1b", 4, 0, DP_ERR_INVALID, "at least 1 micro-batch");
+    expect_gen("zb1p", -1, 4, DP_ERR_INVALID, "at least 1 pipeline rank");
+    expect_gen("pipedream", 4, 8, DP_ERR_NOT_FOUND, "known schedules: dualpipe, dualpipev, 1f1b, zb1p, gpipe");
+    expect_gen(NULL, 4, 8, DP_ERR_NOT_FOUND, "unknown schedule");
+
+    expect_cost("F=-1", "negative");
+    expect_cost("F=1,B=x", "not a number");
+    expect_cost("Q=1", "unknown cost 'Q'");
+    expect_cost("B=1,W=2", "exceeds B");
+    expect_cost("F", "NAME=VALUE");
+    dp_cost c = dp_cost_default();
+    tap_ok(dp_cost_parse("f=2,fb=5,p2p=0.5", &c) == DP_OK && c.f == 2 && c.fb == 5 && c.p2p == 0.5 && c.b == 2,
+           "costs parse case-insensitively and keep the defaults of the others");
+
+    /* 1f1b, 2 ranks, 4 chunks: rank 0 runs F0 F1 B0 F2 B1 F3 B2 B3, rank 1 F0 B0 F1 B1 ... */
+    expect_invalid(1, 0, (dp_action){.kind = DP_ACT_B, .chunk = 0}, "before its forward", "a backward before its forward");
+    expect_invalid(1, 1, (dp_action){.kind = DP_ACT_I, .chunk = 0}, "never runs the weight gradient",
+                   "an I without its W");
+    expect_invalid(1, 1, (dp_action){.kind = DP_ACT_F, .chunk = 0}, "second forward", "a forward run twice");
+    expect_invalid(1, 1, (dp_action){.kind = DP_ACT_B, .chunk = 9}, "out of range", "a chunk out of range");
+    expect_invalid(0, 0, (dp_action){.kind = DP_ACT_F, .chunk = 0, .overlap = 1}, "overlapped pair",
+                   "a pair of two forwards");
+    expect_invalid(0, 0, (dp_action){.kind = DP_ACT_F, .dir = 1, .chunk = 0}, "does not hold",
+                   "a local stage the rank does not hold");
+
+    /* deadlock: rank 1 runs its backwards in reverse order, while rank 0 sends F3 only
+     * after B0 came back: swapping B0 and B3 of rank 1 makes both wait forever */
+    dp_schedule_params p = {.ranks = 2, .chunks = 4};
+    dp_schedule *s;
+    if (dp_schedule_generate("gpipe", &p, &s) == DP_OK) {
+        /* gpipe rank 0: F0 F1 F2 F3 B0 B1 B2 B3; make rank 0 wait for B0 before F3 */
+        dp_action *a = s->actions[0];
+        dp_action f3 = a[3];
+        a[3] = a[4]; /* B0 */
+        a[4] = f3;
+        dp_status st = dp_schedule_validate(s, NULL);
+        tap_ok(st == DP_ERR_INVALID && strstr(dp_last_error(), "deadlock") && strstr(dp_last_error(), "rank 0"),
+               "a cycle of waits is reported as a deadlock naming the ranks: %s", dp_last_error());
+        dp_schedule_free(s);
+    }
+    return tap_done();
+}

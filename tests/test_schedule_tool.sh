@@ -1,0 +1,60 @@
+#!/bin/sh
+# test_schedule_tool.sh: `dualpipe schedule` end to end: the trace interface, every
+# format, --help/--version, and bad input (clear error, exit 2, no output file left).
+dp="${top_builddir:-.}/tools/dualpipe"
+tmp=$(mktemp -d) || exit 1
+trap 'rm -rf "$tmp"' EXIT
+n=0; failed=0
+ok() { n=$((n+1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=1; fi; }
+
+# trace: DualPipe PP=4, 8 micro-batches, rank 1 is a middle rank: its first main-step F0/B1
+# run apart, then the pairs; the second half of a pair starts with '&'
+"$dp" schedule --schedule dualpipe --pp 4 --chunks 8 --format trace > "$tmp/t" 2> "$tmp/err"
+ok $? "trace format runs"
+grep '^&\?1 ' "$tmp/t" | tr '\n' ';' > "$tmp/r1"
+want='1 F 0 0;1 F 1 0;1 F 0 1;1 F 1 1;1 F 0 2;1 B 1 0;1 F 1 2;&1 B 0 0;1 F 0 3;&1 B 1 1;1 F 1 3;&1 B 0 1;1 B 1 2;1 B 0 2;1 I 1 3;1 I 0 3;1 W 1 3;1 W 0 3;'
+[ "$(cat "$tmp/r1")" = "$want" ]; ok $? "rank 1 trace is the reference order"
+nf=$(grep -c ' F ' "$tmp/t"); nb=$(grep -c ' [BI] ' "$tmp/t"); ni=$(grep -c ' I ' "$tmp/t"); nw=$(grep -c ' W ' "$tmp/t")
+[ "$nf" -eq 32 ] && [ "$nb" -eq 32 ] && [ "$nw" -eq "$ni" ] && [ "$(wc -l < "$tmp/t")" -eq $((nf + nb + nw)) ]
+ok $? "trace: 4 ranks x 2 directions x 4 micro-batches of F and of B or I, a W per I ($nf F, $nb B/I, $nw W)"
+
+# every format writes a complete file through -o
+for f in text trace json svg chrome; do
+  "$dp" schedule --pp 8 --chunks 20 --format $f -o "$tmp/out.$f" 2> "$tmp/err"
+  ok $? "--format $f -o writes a file"
+  [ -s "$tmp/out.$f" ] && ! ls "$tmp"/out.$f.tmp.* > /dev/null 2>&1; ok $? "$f: no temporary left behind"
+done
+grep -q '^makespan 66$' "$tmp/out.text"; ok $? "text: DualPipe PP=8, 20 micro-batches simulates to makespan 66"
+grep -q '"idle": 6,' "$tmp/out.json"; ok $? "json: per-rank idle 6 = (PP/2-1)(F&B+B-3W)"
+head -c 5 "$tmp/out.svg" | grep -q '<?xml' && tail -n 1 "$tmp/out.svg" | grep -q '</svg>'; ok $? "svg is a whole document"
+grep -q '"traceEvents"' "$tmp/out.chrome"; ok $? "chrome trace has events"
+if command -v python3 > /dev/null 2>&1; then
+  python3 -m json.tool "$tmp/out.json" > /dev/null && python3 -m json.tool "$tmp/out.chrome" > /dev/null
+  ok $? "json and chrome outputs parse as JSON"
+else
+  n=$((n+1)); echo "ok $n # SKIP python3 not installed to parse the JSON"
+fi
+"$dp" schedule -o "$tmp/guess.svg" && head -c 5 "$tmp/guess.svg" | grep -q '<?xml'; ok $? "format guessed from .svg"
+
+"$dp" schedule --help | grep -q -- '--chunks'; ok $? "--help lists the options"
+"$dp" --version | grep -q '^dualpipe [0-9]'; ok $? "--version"
+
+# bad input: exit status 2, a message naming the rule, no output file
+bad() { # expected-words args...
+  words=$1; shift
+  rm -f "$tmp/bad.svg"
+  "$dp" schedule "$@" -o "$tmp/bad.svg" > /dev/null 2> "$tmp/err"; rc=$?
+  [ $rc -eq 2 ] && grep -q -- "$words" "$tmp/err" && [ ! -e "$tmp/bad.svg" ]
+  ok $? "rejects $* ($(head -n 1 "$tmp/err"))"
+}
+bad "even number of pipeline ranks" --pp 3
+bad ">= 2 x PP" --pp 4 --chunks 6
+bad "known schedules" --schedule pipedream
+bad "negative" --cost F=-1
+bad "whole number" --pp four
+bad "known formats" --format png
+bad "unknown option" --frobnicate
+"$dp" schedule -o "$tmp/no/such/dir/x.svg" > /dev/null 2> "$tmp/err"; rc=$?
+[ $rc -eq 1 ] && grep -q "cannot create" "$tmp/err"; ok $? "unwritable output is reported"
+echo "1..$n"
+exit $failed
