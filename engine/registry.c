@@ -1,7 +1,10 @@
 /* registry.c: finds drivers by name. `cpu` is built in; any other NAME is a module
  * dualpipe_NAME.so searched in $DUALPIPE_DRIVER_PATH, then in the install's module directory;
  * each candidate is opened, its ABI checked, and a refusal says which file and why. */
+#define _POSIX_C_SOURCE 200809L
 #include "config.h"
+
+#include <stdio.h>
 
 #include <dlfcn.h>
 #include <pthread.h>

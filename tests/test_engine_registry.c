@@ -1,5 +1,6 @@
 /* test_engine_registry.c: finding drivers: `cpu` is built in and complete; an unknown name
  * fails plainly naming where it looked; a module from another ABI is refused saying so. */
+#define _POSIX_C_SOURCE 200809L
 #include <stdlib.h>
 #include <string.h>
 

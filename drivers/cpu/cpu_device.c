@@ -1,7 +1,10 @@
 /* cpu_device.c: the CPU driver's devices, memory, streams and events, and the driver
  * struct itself. Device memory is host memory; streams run work at once on the calling
  * thread, so every event is complete as soon as it is recorded. */
+#define _POSIX_C_SOURCE 200809L
 #include "config.h"
+
+#include <stdio.h>
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,7 +1,10 @@
 /* cpu_gemm.c: the CPU driver's GEMM: CBLAS when configure found one, and a portable GEMM
  * of our own blocked for cache (packed panels, a register-tiled micro-kernel). Both give the
  * same bits whatever the thread count: threads split the output, never the k dimension. */
+#define _POSIX_C_SOURCE 200809L
 #include "config.h"
+
+#include <stdio.h>
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,7 +1,10 @@
 /* cpu_kernels.c: the CPU driver's kernels other than GEMM: element-wise pairs, RMSNorm,
  * losses, row gather/scatter and optimizers, in fp32. Every reduction has a fixed order
  * (fixed-size blocks summed in order), so results never depend on the thread count. */
+#define _POSIX_C_SOURCE 200809L
 #include "config.h"
+
+#include <stdio.h>
 
 #include <math.h>
 #include <string.h>
@@ -14,9 +17,10 @@
 #define RED_BLOCK 4096
 
 #ifdef _OPENMP
-#define PAR_FOR(dev, n) _Pragma("omp parallel for schedule(static) num_threads((dev)->threads) if ((dev)->threads > 1 && (n) >= PAR_MIN)")
+#define DP_PRAGMA(x) _Pragma(#x)
+#define PAR_FOR(dev, n) DP_PRAGMA(omp parallel for schedule(static) num_threads((dev)->threads) if ((dev)->threads > 1 && (n) >= PAR_MIN))
 #else
-#define PAR_FOR(dev, n)
+#define PAR_FOR(dev, n) (void)(n);
 #endif
 
 /* Sum of f(i) for i in [0, n): blocks of RED_BLOCK in order, in double. */

@@ -2,7 +2,10 @@
  * Sends are eager (the message is copied into the receiver's mailbox, so a send never
  * blocks); receives match messages by (source, tag) in posting order; collectives are built
  * from the same messages; every wait gives up after the timeout naming rank, peer and tag. */
+#define _POSIX_C_SOURCE 200809L
 #include "config.h"
+
+#include <stdio.h>
 
 #include <errno.h>
 #include <pthread.h>
