@@ -12,6 +12,7 @@ engine_libdualpipe_la_SOURCES = \
 	engine/schedule_1f1b.c \
 	engine/schedule_zb1p.c \
 	engine/schedule_gpipe.c \
+	engine/schedule_interleaved.c \
 	engine/schedule_validate.c \
 	engine/schedule_simulate.c \
 	engine/schedule_write.c \

@@ -1,1 +1,19 @@
-# engine/runtime.mk: model, executor and runtime (filled in by their own change).
+# engine/runtime.mk: the device, link and driver interfaces, the driver registry, and the
+# model, executor and runtime that play a schedule on a driver. Appends to libdualpipe.
+engine_libdualpipe_la_CPPFLAGS = $(AM_CPPFLAGS) -DDP_PKGLIBDIR='"$(pkglibdir)"'
+engine_libdualpipe_la_SOURCES += \
+	engine/device.h \
+	engine/link.h \
+	engine/driver.h \
+	engine/registry.c
+dualpipe_include_HEADERS += engine/device.h engine/link.h engine/driver.h
+
+# A module with the wrong ABI, for the registry's refusal test (never installed).
+check_LTLIBRARIES = tests/dualpipe_badabi.la
+tests_dualpipe_badabi_la_SOURCES = tests/driver_badabi.c
+tests_dualpipe_badabi_la_LDFLAGS = -module -avoid-version -rpath /nowhere
+
+check_PROGRAMS += tests/test_engine_registry
+TESTS += tests/test_engine_registry
+tests_test_engine_registry_SOURCES = tests/test_engine_registry.c
+tests_test_engine_registry_LDADD = engine/libdualpipe.la

@@ -22,6 +22,8 @@ dp_status dp_schedule_1f1b_check(const dp_schedule_params *p);
 dp_status dp_schedule_1f1b_generate(const dp_schedule_params *p, dp_schedule **out);
 dp_status dp_schedule_zb1p_check(const dp_schedule_params *p);
 dp_status dp_schedule_zb1p_generate(const dp_schedule_params *p, dp_schedule **out);
+dp_status dp_schedule_interleaved_check(const dp_schedule_params *p);
+dp_status dp_schedule_interleaved_generate(const dp_schedule_params *p, dp_schedule **out);
 dp_status dp_schedule_gpipe_check(const dp_schedule_params *p);
 dp_status dp_schedule_gpipe_generate(const dp_schedule_params *p, dp_schedule **out);
 
@@ -33,6 +35,8 @@ const dp_schedule_generator dp_schedule_generators[] = {
     {"1f1b", "one forward one backward (PipeDream-Flush)", dp_schedule_1f1b_check, dp_schedule_1f1b_generate},
     {"zb1p", "zero-bubble ZB-H1: 1F1B with deferred weight gradients", dp_schedule_zb1p_check,
      dp_schedule_zb1p_generate},
+    {"interleaved-1f1b", "1F1B over two model chunks per rank (Megatron-LM's virtual pipeline)",
+     dp_schedule_interleaved_check, dp_schedule_interleaved_generate},
     {"gpipe", "all forwards, then all backwards", dp_schedule_gpipe_check, dp_schedule_gpipe_generate},
     {NULL, NULL, NULL, NULL},
 };
@@ -58,6 +62,10 @@ dp_status dp_schedule_generate(const char *name, const dp_schedule_params *p, dp
                        known);
     }
     DP_CHECK(g->check(p));
+    /* a bound on memory and time: about 3 actions per rank and micro-batch */
+    if ((long long)p->ranks * p->chunks > DP_SCHEDULE_MAX_RANK_CHUNKS)
+        return dp_fail(DP_ERR_INVALID, "%s with %d ranks x %d micro-batches is too large: ranks x chunks must be <= %d",
+                       name, p->ranks, p->chunks, DP_SCHEDULE_MAX_RANK_CHUNKS);
     return g->generate(p, out);
 }
 

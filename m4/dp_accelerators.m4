@@ -19,8 +19,8 @@ AC_DEFUN([DP_CHECK_CUDA], [
   for dir in $CUDA_HOME_GUESS; do
     AS_IF([test -x "$dir/bin/nvcc" && test -f "$dir/include/cuda_runtime.h"], [
       save_LIBS=$LIBS; save_LDFLAGS=$LDFLAGS; save_CPPFLAGS=$CPPFLAGS
-      libdir="$dir/lib64"; test -d "$libdir" || libdir="$dir/lib"
-      LDFLAGS="-L$libdir $LDFLAGS"; CPPFLAGS="-I$dir/include $CPPFLAGS"
+      dp_libdir="$dir/lib64"; test -d "$dp_libdir" || dp_libdir="$dir/lib"
+      LDFLAGS="-L$dp_libdir $LDFLAGS"; CPPFLAGS="-I$dir/include $CPPFLAGS"
       LIBS=""
       AC_CHECK_LIB([cudart], [cudaGetDeviceCount], [
         AC_CHECK_LIB([cublas], [cublasCreate_v2], [
@@ -28,7 +28,7 @@ AC_DEFUN([DP_CHECK_CUDA], [
           CUDA_HOME=$dir
           NVCC="$dir/bin/nvcc"
           CUDA_CPPFLAGS="-I$dir/include"
-          CUDA_LDFLAGS="-L$libdir -Wl,-rpath,$libdir"
+          CUDA_LDFLAGS="-L$dp_libdir -Wl,-rpath,$dp_libdir"
           CUDA_LIBS="-lcublasLt -lcublas -lcudart"
         ])
       ])
@@ -59,8 +59,8 @@ AC_DEFUN([DP_CHECK_NCCL], [
   for dir in $NCCL_GUESS; do
     AS_IF([test "x$dir" = xsystem], [inc=""; lib=""], [
       inc="-I$dir/include"
-      libdir="$dir/lib64"; test -f "$libdir/libnccl.so" || libdir="$dir/lib"
-      lib="-L$libdir -Wl,-rpath,$libdir"
+      dp_libdir="$dir/lib64"; test -f "$dp_libdir/libnccl.so" || dp_libdir="$dir/lib"
+      lib="-L$dp_libdir -Wl,-rpath,$dp_libdir"
     ])
     save_LIBS=$LIBS; save_LDFLAGS=$LDFLAGS; save_CPPFLAGS=$CPPFLAGS
     CPPFLAGS="$inc $CUDA_CPPFLAGS $CPPFLAGS"; LDFLAGS="$lib $CUDA_LDFLAGS $LDFLAGS"

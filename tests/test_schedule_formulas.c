@@ -71,6 +71,36 @@ int main(void)
         const int v[] = {pp, pp + 1, 2 * pp + 3, 20 > pp ? 20 : pp + 2};
         for (int i = 0; i < 4; i++) check(&edpv, pp, v[i]);
     }
+    /* interleaved 1F1B, two model chunks per rank: F and B are a (half-size) stage's costs,
+     * the bubble is (PP-1)(F+B) of them, and rank 0 warms up with 3PP-2 forwards */
+    for (int pp = 2; pp <= 16; pp += 2) {
+        for (int g = 1; g <= 3; g++) {
+            dp_schedule_params q = {.ranks = pp, .chunks = g * pp};
+            dp_schedule *t = NULL;
+            dp_cost u = dp_cost_default();
+            dp_simulation sm;
+            dp_schedule_report rp;
+            if (!tap_ok(dp_schedule_generate("interleaved-1f1b", &q, &t) == DP_OK &&
+                            dp_schedule_validate(t, &rp) == DP_OK,
+                        "interleaved-1f1b PP=%d chunks=%d generates and validates %s", pp, q.chunks, dp_last_error())) {
+                dp_schedule_free(t);
+                continue;
+            }
+            int want_peak = 2 * q.chunks < 3 * pp - 1 ? 2 * q.chunks : 3 * pp - 1;
+            tap_is_int(rp.max_peak_activations, want_peak, "interleaved-1f1b PP=%d chunks=%d peak activations", pp,
+                       q.chunks);
+            dp_schedule_report_free(&rp);
+            if (dp_schedule_simulate(t, &u, &sm) == DP_OK) {
+                int all = 1;
+                for (int r = 0; r < pp; r++) all &= tap_close(sm.idle[r], (pp - 1) * (u.f + u.b), 1e-9, 0);
+                tap_ok(all, "interleaved-1f1b PP=%d chunks=%d: every rank idles (PP-1)(F+B) = %g", pp, q.chunks,
+                       (pp - 1) * (u.f + u.b));
+                dp_simulation_free(&sm);
+            }
+            dp_schedule_free(t);
+        }
+    }
+
     /* the simulated figure quoted in the documentation: PP=8, 20 micro-batches */
     dp_schedule_params p = {.ranks = 8, .chunks = 20};
     dp_schedule *s;
@@ -82,6 +112,21 @@ int main(void)
         dp_schedule_free(s);
     } else {
         tap_ok(0, "dualpipe PP=8 chunks=20 simulates: %s", dp_last_error());
+    }
+    /* a p2p latency d stretches GPipe by 2(PP-1)d: the first micro-batch's forward and the
+     * last one's backward each cross PP-1 links on the critical path */
+    for (int pp = 2; pp <= 8; pp += 2) {
+        dp_schedule_params q = {.ranks = pp, .chunks = 3 * pp};
+        dp_cost lat = dp_cost_default();
+        lat.p2p = 0.25;
+        if (dp_schedule_generate("gpipe", &q, &s) == DP_OK && dp_schedule_simulate(s, &lat, &sim) == DP_OK) {
+            tap_near(sim.makespan, (q.chunks + pp - 1) * (lat.f + lat.b) + 2 * (pp - 1) * lat.p2p, 1e-9, 0,
+                     "gpipe PP=%d with p2p latency 0.25: makespan (m+PP-1)(F+B) + 2(PP-1)p2p", pp);
+            dp_simulation_free(&sim);
+            dp_schedule_free(s);
+        } else {
+            tap_ok(0, "gpipe PP=%d simulates with latency: %s", pp, dp_last_error());
+        }
     }
     return tap_done();
 }

@@ -1,0 +1,221 @@
+/* cpu_gemm.c: the CPU driver's GEMM: CBLAS when configure found one, and a portable GEMM
+ * of our own blocked for cache (packed panels, a register-tiled micro-kernel). Both give the
+ * same bits whatever the thread count: threads split the output, never the k dimension. */
+#define _POSIX_C_SOURCE 200809L
+#include "config.h"
+
+#include <stdio.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef HAVE_CBLAS
+#include <cblas.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "drivers/cpu/cpu_internal.h"
+
+/* ----------------------------------------------------------------------------
+ * blocking: an MR x NR tile of C lives in registers; KC x NR panels of B stay in L1, MC x KC
+ * blocks of A in L2, KC x NC blocks of B in L3 */
+
+#define MR 6
+#define NR 16
+#define MC 96
+#define KC 256
+#define NC 2048
+
+/* Packs op(A)[i0 .. i0+mc, k0 .. k0+kc] as panels of MR rows, k-major, zero-padded. */
+static void pack_a(int trans, const float *a, int lda, int i0, int k0, int mc, int kc, float *dst)
+{
+    for (int ip = 0; ip < mc; ip += MR) {
+        int rows = mc - ip < MR ? mc - ip : MR;
+        for (int p = 0; p < kc; p++) {
+            for (int i = 0; i < MR; i++) {
+                float v = 0.0f;
+                if (i < rows) {
+                    int r = i0 + ip + i, c = k0 + p;
+                    v = trans ? a[(size_t)c * lda + r] : a[(size_t)r * lda + c];
+                }
+                *dst++ = v;
+            }
+        }
+    }
+}
+
+/* Packs op(B)[k0 .. k0+kc, j0 .. j0+nc] as panels of NR columns, k-major, zero-padded. */
+static void pack_b(int trans, const float *b, int ldb, int k0, int j0, int kc, int nc, float *dst)
+{
+    for (int jp = 0; jp < nc; jp += NR) {
+        int cols = nc - jp < NR ? nc - jp : NR;
+        for (int p = 0; p < kc; p++) {
+            int r = k0 + p;
+            if (!trans && cols == NR) {
+                memcpy(dst, b + (size_t)r * ldb + j0 + jp, sizeof(float) * NR);
+                dst += NR;
+                continue;
+            }
+            for (int j = 0; j < NR; j++) {
+                float v = 0.0f;
+                if (j < cols) {
+                    int c = j0 + jp + j;
+                    v = trans ? b[(size_t)c * ldb + r] : b[(size_t)r * ldb + c];
+                }
+                *dst++ = v;
+            }
+        }
+    }
+}
+
+/* C[MR x NR] (rows x cols valid) += alpha * Apanel * Bpanel over kc. Compiled for the wider
+ * vector units where the machine has them; each clone does the same operations in the same
+ * order (no FMA contraction differences: fp-contract is off for this file's clones). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && \
+    !defined(__SANITIZE_THREAD__)
+#define DP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DP_CLONES
+#endif
+
+DP_CLONES
+static void micro_kernel(int kc, const float *restrict ap, const float *restrict bp, float alpha, float *restrict c,
+                         int ldc, int rows, int cols)
+{
+    float acc[MR][NR];
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) acc[i][j] = 0.0f;
+    for (int p = 0; p < kc; p++) {
+        const float *bv = bp + (size_t)p * NR;
+        const float *av = ap + (size_t)p * MR;
+        for (int i = 0; i < MR; i++) {
+            float ai = av[i];
+            for (int j = 0; j < NR; j++) acc[i][j] += ai * bv[j];
+        }
+    }
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++) c[(size_t)i * ldc + j] += alpha * acc[i][j];
+}
+
+void dp_cpu_gemm_portable(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                          const float *b, int ldb, float beta, float *c, int ldc, int threads)
+{
+    if (threads < 1) threads = 1;
+    /* C = beta C first; beta = 0 must clear NaN, as BLAS does */
+    for (int i = 0; i < m; i++) {
+        float *row = c + (size_t)i * ldc;
+        if (beta == 0.0f) memset(row, 0, sizeof(float) * (size_t)n);
+        else if (beta != 1.0f)
+            for (int j = 0; j < n; j++) row[j] *= beta;
+    }
+    if (k == 0 || alpha == 0.0f || m == 0 || n == 0) return;
+
+    int ncmax = n < NC ? n : NC;
+    float *bpack = malloc(sizeof(float) * (size_t)KC * (size_t)((ncmax + NR - 1) / NR * NR));
+    int nthreads_alloc = threads;
+    float *apack_all = malloc(sizeof(float) * (size_t)MC * KC * (size_t)nthreads_alloc);
+    if (!bpack || !apack_all) {
+        /* out of memory for the packing buffers: a plain loop still gives a correct result */
+        free(bpack);
+        free(apack_all);
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) {
+                float s = 0.0f;
+                for (int p = 0; p < k; p++)
+                    s += (trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]) *
+                         (trans_b ? b[(size_t)j * ldb + p] : b[(size_t)p * ldb + j]);
+                c[(size_t)i * ldc + j] += alpha * s;
+            }
+        return;
+    }
+
+    for (int j0 = 0; j0 < n; j0 += NC) {
+        int nc = n - j0 < NC ? n - j0 : NC;
+        for (int k0 = 0; k0 < k; k0 += KC) {
+            int kc = k - k0 < KC ? k - k0 : KC;
+            pack_b(trans_b, b, ldb, k0, j0, kc, nc, bpack);
+            int mblocks = (m + MC - 1) / MC;
+            int npanels = (nc + NR - 1) / NR;
+            /* each thread owns whole MC blocks of rows of C: the k order per element is fixed */
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && mblocks > 1)
+#endif
+            for (int mb = 0; mb < mblocks; mb++) {
+                int tid = 0;
+#ifdef _OPENMP
+                tid = omp_get_thread_num();
+#endif
+                float *apack = apack_all + (size_t)tid * MC * KC;
+                int i0 = mb * MC;
+                int mc = m - i0 < MC ? m - i0 : MC;
+                pack_a(trans_a, a, lda, i0, k0, mc, kc, apack);
+                for (int jp = 0; jp < npanels; jp++) {
+                    int cols = nc - jp * NR < NR ? nc - jp * NR : NR;
+                    for (int ip = 0; ip < mc; ip += MR) {
+                        int rows = mc - ip < MR ? mc - ip : MR;
+                        micro_kernel(kc, apack + (size_t)ip * kc, bpack + (size_t)jp * NR * kc, alpha,
+                                     c + (size_t)(i0 + ip) * ldc + j0 + jp * NR, ldc, rows, cols);
+                    }
+                }
+            }
+        }
+    }
+    free(bpack);
+    free(apack_all);
+}
+
+/* ----------------------------------------------------------------------------
+ * CBLAS and its thread count */
+
+int dp_cpu_have_blas(void)
+{
+#ifdef HAVE_CBLAS
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Weak references: present when the BLAS library has them, NULL otherwise. */
+#if defined(HAVE_CBLAS) && defined(__GNUC__)
+extern void openblas_set_num_threads(int) __attribute__((weak));
+extern void bli_thread_set_num_threads(long) __attribute__((weak));
+#endif
+
+void dp_cpu_blas_set_threads(int threads)
+{
+#if defined(HAVE_CBLAS) && defined(__GNUC__)
+    if (threads < 1) threads = 1;
+    if (openblas_set_num_threads) openblas_set_num_threads(threads);
+    if (bli_thread_set_num_threads) bli_thread_set_num_threads(threads);
+#else
+    (void)threads;
+#endif
+}
+
+dp_status dp_cpu_gemm(dp_device *dev, dp_stream *s, const dp_gemm_args *g)
+{
+    (void)s;
+    if (g->a_type != DP_DTYPE_F32 || g->b_type != DP_DTYPE_F32 || g->c_type != DP_DTYPE_F32)
+        return dp_fail(DP_ERR_UNSUPPORTED, "cpu driver: gemm supports only fp32 matrices (types %d, %d, %d given)",
+                       (int)g->a_type, (int)g->b_type, (int)g->c_type);
+    if (g->m < 0 || g->n < 0 || g->k < 0)
+        return dp_fail(DP_ERR_INVALID, "gemm: negative size m %d n %d k %d", g->m, g->n, g->k);
+    int a_cols = g->trans_a ? g->m : g->k, b_cols = g->trans_b ? g->k : g->n;
+    if ((a_cols > 0 && g->lda < a_cols) || (b_cols > 0 && g->ldb < b_cols) || (g->n > 0 && g->ldc < g->n))
+        return dp_fail(DP_ERR_INVALID, "gemm: a leading dimension is smaller than its row (lda %d ldb %d ldc %d)",
+                       g->lda, g->ldb, g->ldc);
+    if (g->m == 0 || g->n == 0) return DP_OK;
+#ifdef HAVE_CBLAS
+    if (dev->use_blas && g->k > 0) {
+        cblas_sgemm(CblasRowMajor, g->trans_a ? CblasTrans : CblasNoTrans, g->trans_b ? CblasTrans : CblasNoTrans,
+                    g->m, g->n, g->k, g->alpha, g->a, g->lda, g->b, g->ldb, g->beta, g->c, g->ldc);
+        return DP_OK;
+    }
+#endif
+    dp_cpu_gemm_portable(g->trans_a, g->trans_b, g->m, g->n, g->k, g->alpha, g->a, g->lda, g->b, g->ldb, g->beta,
+                         g->c, g->ldc, dev->threads);
+    return DP_OK;
+}

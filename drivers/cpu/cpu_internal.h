@@ -1,0 +1,70 @@
+/* cpu_internal.h: what the CPU driver's files share: the device and stream structs, the
+ * GEMM entry point and the helpers that keep every kernel deterministic across threads. */
+#ifndef DP_CPU_INTERNAL_H
+#define DP_CPU_INTERNAL_H
+
+#include <stddef.h>
+
+#include "engine/device.h"
+#include "engine/link.h"
+
+struct dp_device {
+    int threads;  /* kernel threads (OpenMP and BLAS) */
+    int rank;     /* for messages */
+    int use_blas; /* 1: CBLAS GEMM, 0: the portable blocked GEMM */
+};
+
+/* CPU streams run work at once on the calling thread: queued work is always complete. */
+struct dp_stream {
+    int unused;
+};
+
+struct dp_event {
+    double time_ms; /* when it was recorded (monotonic clock) */
+    int recorded;
+};
+
+extern const dp_device_ops dp_cpu_device_ops;
+extern const dp_link_ops dp_cpu_link_ops;
+
+double dp_cpu_now_ms(void);
+
+/* Devices, memory, streams and events, in cpu_device.c. */
+dp_status dp_cpu_device_count(int *count);
+dp_status dp_cpu_open(const dp_device_config *cfg, dp_device **out);
+dp_status dp_cpu_close(dp_device *dev);
+dp_status dp_cpu_info(dp_device *dev, dp_device_info *out);
+dp_status dp_cpu_alloc(dp_device *dev, size_t bytes, void **ptr);
+dp_status dp_cpu_free(dp_device *dev, void *ptr);
+dp_status dp_cpu_copy(dp_device *dev, void *dst, const void *src, size_t bytes, dp_copy_kind kind, dp_stream *s);
+dp_status dp_cpu_memset(dp_device *dev, void *dst, int byte, size_t bytes, dp_stream *s);
+dp_status dp_cpu_stream_create(dp_device *dev, dp_stream **out);
+dp_status dp_cpu_stream_destroy(dp_device *dev, dp_stream *s);
+dp_status dp_cpu_stream_synchronize(dp_device *dev, dp_stream *s);
+dp_status dp_cpu_event_create(dp_device *dev, dp_event **out);
+dp_status dp_cpu_event_destroy(dp_device *dev, dp_event *e);
+dp_status dp_cpu_event_record(dp_device *dev, dp_event *e, dp_stream *s);
+dp_status dp_cpu_stream_wait_event(dp_device *dev, dp_stream *s, dp_event *e);
+dp_status dp_cpu_event_query(dp_device *dev, dp_event *e, int *done);
+dp_status dp_cpu_event_synchronize(dp_device *dev, dp_event *e);
+dp_status dp_cpu_event_elapsed(dp_device *dev, dp_event *start, dp_event *end, float *ms);
+
+/* GEMM, in cpu_gemm.c. */
+dp_status dp_cpu_gemm(dp_device *dev, dp_stream *s, const dp_gemm_args *g);
+/* The portable blocked GEMM alone (fp32), with `threads` workers; deterministic. */
+void dp_cpu_gemm_portable(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                          const float *b, int ldb, float beta, float *c, int ldc, int threads);
+/* Whether CBLAS was built in. */
+int dp_cpu_have_blas(void);
+/* Sets the BLAS library's own thread count when it has one (OpenBLAS, BLIS). */
+void dp_cpu_blas_set_threads(int threads);
+
+/* Only fp32 tensors (and i32 indices) on the CPU; anything else is refused plainly. */
+#define DP_CPU_F32_ONLY(t, what)                                                                          \
+    do {                                                                                                  \
+        if ((t) != DP_DTYPE_F32)                                                                          \
+            return dp_fail(DP_ERR_UNSUPPORTED, "cpu driver: %s supports only fp32 tensors (dtype %d given)", \
+                           (what), (int)(t));                                                             \
+    } while (0)
+
+#endif

@@ -1,0 +1,654 @@
+/* cpu_link.c: the CPU driver's link: mailboxes between rank threads of one process.
+ * Sends are eager (the message is copied into the receiver's mailbox, so a send never
+ * blocks); receives match messages by (source, tag) in posting order; collectives are built
+ * from the same messages; every wait gives up after the timeout naming rank, peer and tag. */
+#define _POSIX_C_SOURCE 200809L
+#include "config.h"
+
+#include <stdio.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "drivers/cpu/cpu_internal.h"
+
+typedef struct message {
+    struct message *next;
+    int src; /* group rank of the sender */
+    int tag;
+    size_t bytes;
+    unsigned char data[]; /* copied at send */
+} message;
+
+typedef struct group {
+    int size;
+    int refs;       /* endpoints open on it */
+    int *world_of;  /* [size] world rank of each member */
+    message **inbox_head, **inbox_tail; /* [size]: messages waiting for member i */
+} group;
+
+struct dp_link_world {
+    int size;
+    int timeout_ms;
+    pthread_mutex_t lock;
+    pthread_cond_t arrived; /* broadcast on every message and on abort */
+    int aborted;
+    dp_status abort_status;
+    char abort_message[512];
+    group *world_group;
+    int *opened; /* [size]: whether rank r opened its endpoint */
+};
+
+typedef enum { REQ_SEND, REQ_RECV } req_kind;
+
+struct dp_request {
+    dp_request *next_posted; /* the endpoint's posted receives, in posting order */
+    dp_request *next_deferred;
+    req_kind kind;
+    const void *send_buf;
+    void *recv_buf;
+    size_t bytes;
+    int peer, tag;
+    int issued;  /* 0 while deferred in a group */
+    int done;    /* send: copied; recv: message attached */
+    message *msg;
+};
+
+struct dp_link {
+    dp_link_world *w;
+    group *g;
+    int rank; /* in g */
+    int timeout_ms;
+    int group_depth;
+    dp_request *deferred_head, *deferred_tail;
+    dp_request *posted_head; /* unmatched or matched-but-not-waited receives, in order */
+    unsigned coll_seq;       /* collectives issued so far, to build their reserved tags */
+};
+
+/* ----------------------------------------------------------------------------
+ * groups */
+
+static group *group_new(int size)
+{
+    group *g = calloc(1, sizeof *g);
+    if (!g) return NULL;
+    g->size = size;
+    g->world_of = calloc((size_t)size, sizeof *g->world_of);
+    g->inbox_head = calloc((size_t)size, sizeof *g->inbox_head);
+    g->inbox_tail = calloc((size_t)size, sizeof *g->inbox_tail);
+    if (!g->world_of || !g->inbox_head || !g->inbox_tail) {
+        free(g->world_of), free(g->inbox_head), free(g->inbox_tail), free(g);
+        return NULL;
+    }
+    return g;
+}
+
+static void group_free(group *g)
+{
+    for (int i = 0; i < g->size; i++) {
+        message *m = g->inbox_head[i];
+        while (m) {
+            message *n = m->next;
+            free(m);
+            m = n;
+        }
+    }
+    free(g->world_of), free(g->inbox_head), free(g->inbox_tail), free(g);
+}
+
+/* ----------------------------------------------------------------------------
+ * world */
+
+static dp_status cpu_world_create(const dp_link_world_config *cfg, dp_link_world **out)
+{
+    *out = NULL;
+    if (cfg->world_size < 1) return dp_fail(DP_ERR_INVALID, "cpu link: world size must be >= 1, got %d", cfg->world_size);
+    if (cfg->first_rank != 0 || (cfg->local_ranks != 0 && cfg->local_ranks != cfg->world_size))
+        return dp_fail(DP_ERR_UNSUPPORTED,
+                       "cpu link: all %d ranks must live in this process (first rank %d, local ranks %d given); "
+                       "use a link that crosses processes (MPI) for more",
+                       cfg->world_size, cfg->first_rank, cfg->local_ranks);
+    dp_link_world *w = calloc(1, sizeof *w);
+    if (!w) return dp_fail(DP_ERR_NOMEM, "cpu link: out of memory");
+    w->size = cfg->world_size;
+    w->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : 60000;
+    w->world_group = group_new(w->size);
+    w->opened = calloc((size_t)w->size, sizeof *w->opened);
+    if (!w->world_group || !w->opened) {
+        if (w->world_group) group_free(w->world_group);
+        free(w->opened), free(w);
+        return dp_fail(DP_ERR_NOMEM, "cpu link: out of memory");
+    }
+    for (int i = 0; i < w->size; i++) w->world_group->world_of[i] = i;
+    w->world_group->refs = 1; /* the world's own reference */
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->arrived, NULL);
+    *out = w;
+    return DP_OK;
+}
+
+static void group_release(dp_link_world *w, group *g)
+{
+    /* called with w->lock held */
+    if (--g->refs == 0) group_free(g);
+}
+
+static dp_status cpu_world_destroy(dp_link_world *w)
+{
+    if (!w) return DP_OK;
+    pthread_mutex_lock(&w->lock);
+    group_release(w, w->world_group);
+    pthread_mutex_unlock(&w->lock);
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->arrived);
+    free(w->opened);
+    free(w);
+    return DP_OK;
+}
+
+static dp_status link_new(dp_link_world *w, group *g, int rank, dp_link **out)
+{
+    dp_link *l = calloc(1, sizeof *l);
+    if (!l) return dp_fail(DP_ERR_NOMEM, "cpu link: out of memory");
+    l->w = w;
+    l->g = g;
+    l->rank = rank;
+    l->timeout_ms = w->timeout_ms;
+    *out = l;
+    return DP_OK;
+}
+
+static dp_status cpu_open(dp_link_world *w, int rank, dp_device *dev, dp_link **out)
+{
+    (void)dev;
+    *out = NULL;
+    if (rank < 0 || rank >= w->size)
+        return dp_fail(DP_ERR_INVALID, "cpu link: rank %d is outside the world of %d ranks", rank, w->size);
+    pthread_mutex_lock(&w->lock);
+    int again = w->opened[rank];
+    if (!again) {
+        w->opened[rank] = 1;
+        w->world_group->refs++;
+    }
+    pthread_mutex_unlock(&w->lock);
+    if (again) return dp_fail(DP_ERR_INVALID, "cpu link: rank %d is already open", rank);
+    dp_status st = link_new(w, w->world_group, rank, out);
+    if (st != DP_OK) {
+        pthread_mutex_lock(&w->lock);
+        w->opened[rank] = 0;
+        group_release(w, w->world_group);
+        pthread_mutex_unlock(&w->lock);
+    }
+    return st;
+}
+
+static dp_status cpu_close(dp_link *l)
+{
+    if (!l) return DP_OK;
+    dp_link_world *w = l->w;
+    pthread_mutex_lock(&w->lock);
+    /* requests never waited for are the caller's leak to fix, but their messages are ours */
+    for (dp_request *r = l->posted_head; r;) {
+        dp_request *n = r->next_posted;
+        free(r->msg);
+        free(r);
+        r = n;
+    }
+    for (dp_request *r = l->deferred_head; r;) {
+        dp_request *n = r->next_deferred;
+        free(r);
+        r = n;
+    }
+    if (l->g == w->world_group) w->opened[w->world_group->world_of[l->rank]] = 0;
+    group_release(w, l->g);
+    pthread_mutex_unlock(&w->lock);
+    free(l);
+    return DP_OK;
+}
+
+static dp_status cpu_info(dp_link *l, int *rank, int *size)
+{
+    if (rank) *rank = l->rank;
+    if (size) *size = l->g->size;
+    return DP_OK;
+}
+
+static dp_status cpu_set_timeout(dp_link *l, int timeout_ms)
+{
+    l->timeout_ms = timeout_ms > 0 ? timeout_ms : l->w->timeout_ms;
+    return DP_OK;
+}
+
+static dp_status cpu_abort(dp_link *l, dp_status reason, const char *msg)
+{
+    dp_link_world *w = l->w;
+    pthread_mutex_lock(&w->lock);
+    if (!w->aborted) {
+        w->aborted = 1;
+        w->abort_status = reason;
+        snprintf(w->abort_message, sizeof w->abort_message, "rank %d ended the job: %s",
+                 l->g->world_of[l->rank], msg ? msg : dp_status_name(reason));
+    }
+    pthread_cond_broadcast(&w->arrived);
+    pthread_mutex_unlock(&w->lock);
+    return DP_OK;
+}
+
+/* ----------------------------------------------------------------------------
+ * point to point */
+
+/* Issues a request: a send is copied into the peer's mailbox, a receive joins the posted list. */
+static dp_status issue(dp_link *l, dp_request *r)
+{
+    dp_link_world *w = l->w;
+    group *g = l->g;
+    r->issued = 1;
+    if (r->kind == REQ_SEND) {
+        message *m = malloc(sizeof *m + (r->bytes ? r->bytes : 1));
+        if (!m) return dp_fail(DP_ERR_NOMEM, "cpu link: out of memory sending %zu bytes", r->bytes);
+        m->next = NULL;
+        m->src = l->rank;
+        m->tag = r->tag;
+        m->bytes = r->bytes;
+        if (r->bytes) memcpy(m->data, r->send_buf, r->bytes);
+        pthread_mutex_lock(&w->lock);
+        if (g->inbox_tail[r->peer]) g->inbox_tail[r->peer]->next = m;
+        else g->inbox_head[r->peer] = m;
+        g->inbox_tail[r->peer] = m;
+        pthread_cond_broadcast(&w->arrived);
+        pthread_mutex_unlock(&w->lock);
+        r->done = 1;
+    } else {
+        pthread_mutex_lock(&w->lock);
+        dp_request **p = &l->posted_head;
+        while (*p) p = &(*p)->next_posted;
+        *p = r;
+        r->next_posted = NULL;
+        pthread_mutex_unlock(&w->lock);
+    }
+    return DP_OK;
+}
+
+static dp_status post(dp_link *l, req_kind kind, const void *sbuf, void *rbuf, size_t bytes, int peer, int tag,
+                      dp_request **out)
+{
+    *out = NULL;
+    if (peer < 0 || peer >= l->g->size)
+        return dp_fail(DP_ERR_INVALID, "cpu link: rank %d: peer %d is outside the group of %d", l->rank, peer,
+                       l->g->size);
+    if (bytes && !(kind == REQ_SEND ? sbuf : rbuf))
+        return dp_fail(DP_ERR_INVALID, "cpu link: NULL buffer for %zu bytes", bytes);
+    dp_request *r = calloc(1, sizeof *r);
+    if (!r) return dp_fail(DP_ERR_NOMEM, "cpu link: out of memory");
+    r->kind = kind;
+    r->send_buf = sbuf;
+    r->recv_buf = rbuf;
+    r->bytes = bytes;
+    r->peer = peer;
+    r->tag = tag;
+    if (l->group_depth > 0) {
+        if (l->deferred_tail) l->deferred_tail->next_deferred = r;
+        else l->deferred_head = r;
+        l->deferred_tail = r;
+    } else {
+        dp_status st = issue(l, r);
+        if (st != DP_OK) {
+            free(r);
+            return st;
+        }
+    }
+    *out = r;
+    return DP_OK;
+}
+
+static dp_status cpu_isend(dp_link *l, const void *buf, size_t bytes, int peer, int tag, dp_stream *s,
+                           dp_request **req)
+{
+    (void)s;
+    return post(l, REQ_SEND, buf, NULL, bytes, peer, tag, req);
+}
+
+static dp_status cpu_irecv(dp_link *l, void *buf, size_t bytes, int peer, int tag, dp_stream *s, dp_request **req)
+{
+    (void)s;
+    return post(l, REQ_RECV, NULL, buf, bytes, peer, tag, req);
+}
+
+static dp_status cpu_group_start(dp_link *l)
+{
+    l->group_depth++;
+    return DP_OK;
+}
+
+static dp_status cpu_group_end(dp_link *l)
+{
+    if (l->group_depth <= 0) return dp_fail(DP_ERR_INVALID, "cpu link: group_end without group_start");
+    if (--l->group_depth > 0) return DP_OK;
+    dp_status st = DP_OK;
+    for (dp_request *r = l->deferred_head; r; r = r->next_deferred)
+        if (st == DP_OK) st = issue(l, r);
+    l->deferred_head = l->deferred_tail = NULL;
+    return st;
+}
+
+/* Attaches arrived messages to posted receives, earliest receive first. Lock held. */
+static void match_locked(dp_link *l)
+{
+    group *g = l->g;
+    for (dp_request *r = l->posted_head; r; r = r->next_posted) {
+        if (r->done) continue;
+        message *prev = NULL;
+        for (message *m = g->inbox_head[l->rank]; m; prev = m, m = m->next) {
+            if (m->src != r->peer || m->tag != r->tag) continue;
+            if (prev) prev->next = m->next;
+            else g->inbox_head[l->rank] = m->next;
+            if (g->inbox_tail[l->rank] == m) g->inbox_tail[l->rank] = prev;
+            m->next = NULL;
+            r->msg = m;
+            r->done = 1;
+            break;
+        }
+    }
+}
+
+static void unlink_posted_locked(dp_link *l, dp_request *r)
+{
+    for (dp_request **p = &l->posted_head; *p; p = &(*p)->next_posted)
+        if (*p == r) {
+            *p = r->next_posted;
+            return;
+        }
+}
+
+static dp_status cpu_test(dp_link *l, dp_request *r, int *done)
+{
+    if (r->kind == REQ_SEND || !r->issued) {
+        *done = r->done;
+        return DP_OK;
+    }
+    pthread_mutex_lock(&l->w->lock);
+    match_locked(l);
+    *done = r->done;
+    int aborted = l->w->aborted;
+    pthread_mutex_unlock(&l->w->lock);
+    if (aborted && !*done) return dp_fail(DP_ERR_COMM, "%s", l->w->abort_message);
+    return DP_OK;
+}
+
+static void describe_tag(int tag, char *buf, size_t n)
+{
+    if (tag < 0) snprintf(buf, n, "tag %d (a collective)", tag);
+    else snprintf(buf, n, "tag %d (channel %d, sequence %d)", tag, DP_TAG_CHANNEL(tag), DP_TAG_SEQ(tag));
+}
+
+static dp_status cpu_wait(dp_link *l, dp_request *r)
+{
+    dp_link_world *w = l->w;
+    if (!r->issued) {
+        /* still deferred in an open group: that is a caller error, but free it consistently */
+        for (dp_request **p = &l->deferred_head; *p; p = &(*p)->next_deferred)
+            if (*p == r) {
+                *p = r->next_deferred;
+                if (l->deferred_tail == r) {
+                    l->deferred_tail = NULL;
+                    for (dp_request *q = l->deferred_head; q; q = q->next_deferred) l->deferred_tail = q;
+                }
+                break;
+            }
+        free(r);
+        return dp_fail(DP_ERR_INVALID, "cpu link: wait on a request inside an open group; call group_end first");
+    }
+    if (r->kind == REQ_SEND) {
+        free(r);
+        return DP_OK;
+    }
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    long long ns = (long long)deadline.tv_nsec + (long long)l->timeout_ms * 1000000LL;
+    deadline.tv_sec += (time_t)(ns / 1000000000LL);
+    deadline.tv_nsec = (long)(ns % 1000000000LL);
+
+    dp_status st = DP_OK;
+    pthread_mutex_lock(&w->lock);
+    for (;;) {
+        match_locked(l);
+        if (r->done) break;
+        if (w->aborted) {
+            st = dp_fail(DP_ERR_COMM, "%s", w->abort_message);
+            break;
+        }
+        int rc = pthread_cond_timedwait(&w->arrived, &w->lock, &deadline);
+        if (rc == ETIMEDOUT) {
+            match_locked(l);
+            if (r->done) break;
+            char what[96];
+            describe_tag(r->tag, what, sizeof what);
+            st = dp_fail(DP_ERR_TIMEOUT,
+                         "rank %d: no message from rank %d with %s after %d ms; the peer never sent it (a missing "
+                         "or reordered action) or is stuck: check the schedule, or raise the timeout",
+                         l->g->world_of[l->rank], l->g->world_of[r->peer], what, l->timeout_ms);
+            break;
+        }
+    }
+    unlink_posted_locked(l, r);
+    pthread_mutex_unlock(&w->lock);
+    if (st == DP_OK) {
+        if (r->msg->bytes != r->bytes) {
+            char what[96];
+            describe_tag(r->tag, what, sizeof what);
+            st = dp_fail(DP_ERR_COMM, "rank %d: message from rank %d with %s has %zu bytes, the receive expects %zu",
+                         l->g->world_of[l->rank], l->g->world_of[r->peer], what, r->msg->bytes, r->bytes);
+        } else if (r->bytes) {
+            memcpy(r->recv_buf, r->msg->data, r->bytes);
+        }
+    }
+    free(r->msg);
+    free(r);
+    return st;
+}
+
+/* ----------------------------------------------------------------------------
+ * collectives, from messages with reserved negative tags */
+
+static int coll_tag(dp_link *l)
+{
+    l->coll_seq = (l->coll_seq + 1) & 0x3fffffffu;
+    return -1 - (int)l->coll_seq;
+}
+
+static dp_status send_now(dp_link *l, const void *buf, size_t bytes, int peer, int tag)
+{
+    dp_request *r;
+    DP_CHECK(post(l, REQ_SEND, buf, NULL, bytes, peer, tag, &r));
+    return cpu_wait(l, r);
+}
+
+static dp_status recv_now(dp_link *l, void *buf, size_t bytes, int peer, int tag)
+{
+    dp_request *r;
+    DP_CHECK(post(l, REQ_RECV, NULL, buf, bytes, peer, tag, &r));
+    return cpu_wait(l, r);
+}
+
+static dp_status cpu_all_reduce(dp_link *l, const void *send, void *recv, size_t count, dp_dtype t, dp_reduce_op op,
+                                dp_stream *s)
+{
+    (void)s;
+    if (t != DP_DTYPE_F32) return dp_fail(DP_ERR_UNSUPPORTED, "cpu link: all_reduce supports only fp32 (dtype %d)", (int)t);
+    if (l->group_depth > 0) return dp_fail(DP_ERR_INVALID, "cpu link: all_reduce inside a group");
+    int tag = coll_tag(l);
+    size_t bytes = count * sizeof(float);
+    int n = l->g->size;
+    for (int j = 0; j < n; j++)
+        if (j != l->rank) DP_CHECK(send_now(l, send, bytes, j, tag));
+    float *acc = malloc(bytes ? bytes : 1), *tmp = malloc(bytes ? bytes : 1);
+    if (!acc || !tmp) {
+        free(acc), free(tmp);
+        return dp_fail(DP_ERR_NOMEM, "cpu link: out of memory in all_reduce");
+    }
+    dp_status st = DP_OK;
+    /* in group-rank order, so every member computes the same bits */
+    for (int j = 0; j < n && st == DP_OK; j++) {
+        const float *x = send;
+        if (j != l->rank) {
+            st = recv_now(l, tmp, bytes, j, tag);
+            x = tmp;
+        }
+        if (st != DP_OK) break;
+        if (j == 0) memcpy(acc, x, bytes);
+        else if (op == DP_REDUCE_MAX)
+            for (size_t i = 0; i < count; i++) acc[i] = x[i] > acc[i] ? x[i] : acc[i];
+        else
+            for (size_t i = 0; i < count; i++) acc[i] += x[i];
+    }
+    if (st == DP_OK && bytes) memcpy(recv, acc, bytes);
+    free(acc), free(tmp);
+    return st;
+}
+
+static dp_status cpu_all_to_all_v(dp_link *l, const void *send, const size_t *send_counts, const size_t *send_displs,
+                                  void *recv, const size_t *recv_counts, const size_t *recv_displs, size_t elem_bytes,
+                                  dp_stream *s)
+{
+    (void)s;
+    if (l->group_depth > 0) return dp_fail(DP_ERR_INVALID, "cpu link: all_to_all_v inside a group");
+    int tag = coll_tag(l);
+    int n = l->g->size;
+    for (int j = 0; j < n; j++) {
+        const char *src = (const char *)send + send_displs[j] * elem_bytes;
+        if (j == l->rank) {
+            if (send_counts[j] != recv_counts[j])
+                return dp_fail(DP_ERR_INVALID, "all_to_all_v: rank %d sends itself %zu elements but expects %zu",
+                               l->rank, send_counts[j], recv_counts[j]);
+            if (send_counts[j]) memmove((char *)recv + recv_displs[j] * elem_bytes, src, send_counts[j] * elem_bytes);
+            continue;
+        }
+        DP_CHECK(send_now(l, src, send_counts[j] * elem_bytes, j, tag));
+    }
+    for (int j = 0; j < n; j++)
+        if (j != l->rank)
+            DP_CHECK(recv_now(l, (char *)recv + recv_displs[j] * elem_bytes, recv_counts[j] * elem_bytes, j, tag));
+    return DP_OK;
+}
+
+static dp_status cpu_barrier(dp_link *l)
+{
+    if (l->group_depth > 0) return dp_fail(DP_ERR_INVALID, "cpu link: barrier inside a group");
+    int tag = coll_tag(l);
+    for (int j = 0; j < l->g->size; j++)
+        if (j != l->rank) DP_CHECK(send_now(l, NULL, 0, j, tag));
+    for (int j = 0; j < l->g->size; j++)
+        if (j != l->rank) DP_CHECK(recv_now(l, NULL, 0, j, tag));
+    return DP_OK;
+}
+
+/* Every member learns every (color, key); the first member of each color creates the group
+ * and sends its address to the others (all in one process). */
+static dp_status cpu_split(dp_link *l, int color, int key, dp_link **out)
+{
+    *out = NULL;
+    int n = l->g->size;
+    int mine[2] = {color, key};
+    int *all = malloc(sizeof(int) * 2 * (size_t)n);
+    if (!all) return dp_fail(DP_ERR_NOMEM, "cpu link: out of memory in split");
+    size_t counts[1024], displs[1024];
+    if (n > 1024) {
+        free(all);
+        return dp_fail(DP_ERR_UNSUPPORTED, "cpu link: split supports groups of up to 1024 ranks");
+    }
+    dp_status st = DP_OK;
+    /* all-gather of (color, key) */
+    int *sendbuf = malloc(sizeof(int) * 2 * (size_t)n);
+    if (!sendbuf) {
+        free(all);
+        return dp_fail(DP_ERR_NOMEM, "cpu link: out of memory in split");
+    }
+    for (int j = 0; j < n; j++) {
+        sendbuf[2 * j] = mine[0], sendbuf[2 * j + 1] = mine[1];
+        counts[j] = 2, displs[j] = 2 * (size_t)j;
+    }
+    st = cpu_all_to_all_v(l, sendbuf, counts, displs, all, counts, displs, sizeof(int), NULL);
+    free(sendbuf);
+    if (st != DP_OK) {
+        free(all);
+        return st;
+    }
+    int tag = coll_tag(l);
+    /* members of my color, ordered by (key, parent rank) */
+    int size = 0, my_index = -1, first = -1;
+    int *members = malloc(sizeof(int) * (size_t)n);
+    if (!members) {
+        free(all);
+        return dp_fail(DP_ERR_NOMEM, "cpu link: out of memory in split");
+    }
+    if (color >= 0) {
+        for (int j = 0; j < n; j++)
+            if (all[2 * j] == color) members[size++] = j;
+        for (int i = 1; i < size; i++) /* insertion sort by key, stable on parent rank */
+            for (int k = i; k > 0 && all[2 * members[k - 1] + 1] > all[2 * members[k] + 1]; k--) {
+                int tmp = members[k];
+                members[k] = members[k - 1];
+                members[k - 1] = tmp;
+            }
+        for (int i = 0; i < size; i++)
+            if (members[i] == l->rank) my_index = i;
+        first = members[0];
+        for (int i = 1; i < size; i++) first = members[i] < first ? members[i] : first;
+    }
+    group *g = NULL;
+    if (color >= 0 && first == l->rank) {
+        g = group_new(size);
+        if (!g) st = dp_fail(DP_ERR_NOMEM, "cpu link: out of memory in split");
+        else {
+            for (int i = 0; i < size; i++) g->world_of[i] = l->g->world_of[members[i]];
+            g->refs = size;
+        }
+        /* tell the others even on failure (a NULL group), so that nobody waits for nothing */
+        for (int i = 0; i < size; i++)
+            if (members[i] != l->rank) {
+                dp_status s2 = send_now(l, &g, sizeof g, members[i], tag);
+                if (st == DP_OK) st = s2;
+            }
+    } else if (color >= 0) {
+        st = recv_now(l, &g, sizeof g, first, tag);
+        if (st == DP_OK && !g) st = dp_fail(DP_ERR_NOMEM, "cpu link: split failed on rank %d (out of memory)", first);
+    }
+    free(all);
+    free(members);
+    if (st != DP_OK || color < 0) return st;
+    st = link_new(l->w, g, my_index, out);
+    if (st != DP_OK) {
+        pthread_mutex_lock(&l->w->lock);
+        group_release(l->w, g);
+        pthread_mutex_unlock(&l->w->lock);
+        return st;
+    }
+    (*out)->timeout_ms = l->timeout_ms;
+    return DP_OK;
+}
+
+const dp_link_ops dp_cpu_link_ops = {
+    .abi_version = DP_LINK_ABI_VERSION,
+    .struct_size = sizeof(dp_link_ops),
+    .name = "cpu",
+    .world_create = cpu_world_create,
+    .world_destroy = cpu_world_destroy,
+    .open = cpu_open,
+    .split = cpu_split,
+    .close = cpu_close,
+    .info = cpu_info,
+    .group_start = cpu_group_start,
+    .group_end = cpu_group_end,
+    .isend = cpu_isend,
+    .irecv = cpu_irecv,
+    .test = cpu_test,
+    .wait = cpu_wait,
+    .all_reduce = cpu_all_reduce,
+    .all_to_all_v = cpu_all_to_all_v,
+    .barrier = cpu_barrier,
+    .abort = cpu_abort,
+    .set_timeout = cpu_set_timeout,
+};

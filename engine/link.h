@@ -1,0 +1,115 @@
+/* link.h: the link interface, how ranks talk. A versioned table of function pointers with
+ * NCCL's semantics: point-to-point isend/irecv grouped by group_start/end, all_reduce,
+ * all_to_all_v, barrier, sub-groups by split, and waits that give up after a timeout. */
+#ifndef DP_LINK_H
+#define DP_LINK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/device.h"
+#include "engine/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DP_LINK_ABI_VERSION 1
+
+typedef struct dp_link_world dp_link_world; /* the set of all ranks of a job, driver-owned */
+typedef struct dp_link dp_link;             /* one rank's endpoint in one group (a communicator) */
+typedef struct dp_request dp_request;       /* a posted send or receive */
+
+typedef enum { DP_REDUCE_SUM = 0, DP_REDUCE_MAX = 1 } dp_reduce_op;
+
+typedef struct {
+    int world_size;    /* ranks in the job */
+    int first_rank;    /* the first rank hosted by this process (in-process drivers: 0) */
+    int local_ranks;   /* ranks hosted by this process, each on its own thread (in-process: world_size) */
+    int timeout_ms;    /* a wait gives up after this long (0: 60 s) */
+    uint32_t flags;
+} dp_link_world_config;
+
+/* ----------------------------------------------------------------------------
+ * Tags
+ *
+ * A message is matched by (group, source, destination, tag), first posted first matched.
+ * Backends without tags (NCCL) match by posting order per peer; the executor keeps them
+ * safe by using few *channels* and posting each channel's messages in the same order on
+ * both sides, so a backend may map each channel to its own communicator (or stream) and rely
+ * on FIFO order within it. The sequence number only serves messages (a timed-out wait names
+ * it). Negative tags are reserved for the links' own collectives. */
+
+#define DP_TAG_CHANNEL_BITS 4
+#define DP_TAG(channel, seq) ((int)(((unsigned)(seq) << DP_TAG_CHANNEL_BITS) | (unsigned)(channel)))
+#define DP_TAG_CHANNEL(tag) ((tag) & ((1 << DP_TAG_CHANNEL_BITS) - 1))
+#define DP_TAG_SEQ(tag) ((tag) >> DP_TAG_CHANNEL_BITS)
+
+/* ----------------------------------------------------------------------------
+ * The table. Every member takes its context first and returns a dp_status.
+ *
+ * Threads: world_create and world_destroy are called once by the owner; every other member
+ * is called by the thread that owns the rank's dp_link. Collectives (split, all_reduce,
+ * all_to_all_v, barrier) must be called by every member of the group in the same order.
+ *
+ * Streams: operations are ordered after the work already queued on the stream passed
+ * (NULL: the device's default stream); after wait() returns DP_OK the data may be used by
+ * work queued on that stream afterwards (the host may or may not have blocked).
+ *
+ * Failures: a wait that gives up returns DP_ERR_TIMEOUT with a message naming the rank,
+ * the peer and the tag. abort() ends the whole world: every rank's pending and future waits
+ * return DP_ERR_COMM naming the rank that aborted and why, so that one failure ends the job
+ * rather than hanging the others. */
+
+typedef struct dp_link_ops {
+    uint32_t abi_version; /* DP_LINK_ABI_VERSION */
+    uint32_t struct_size;
+    const char *name;
+
+    /* --- bootstrap */
+    dp_status (*world_create)(const dp_link_world_config *cfg, dp_link_world **out);
+    dp_status (*world_destroy)(dp_link_world *w);
+    /* The endpoint of `rank` in the world group, bound to the rank's device. */
+    dp_status (*open)(dp_link_world *w, int rank, dp_device *dev, dp_link **out);
+    /* Collective over `parent`: members with the same color form a new group, ranked by key
+     * (ties by parent rank). color < 0: this rank joins no group (*out = NULL). */
+    dp_status (*split)(dp_link *parent, int color, int key, dp_link **out);
+    dp_status (*close)(dp_link *l);
+    dp_status (*info)(dp_link *l, int *rank, int *size); /* rank and size within the group */
+
+    /* --- point to point. Between group_start and group_end posts are deferred and issued
+     * together at group_end (NCCL's ncclGroupStart/End); outside a group they are issued at
+     * once. A send's buffer must stay unchanged until its request completes. */
+    dp_status (*group_start)(dp_link *l);
+    dp_status (*group_end)(dp_link *l);
+    dp_status (*isend)(dp_link *l, const void *buf, size_t bytes, int peer, int tag, dp_stream *s,
+                       dp_request **req);
+    dp_status (*irecv)(dp_link *l, void *buf, size_t bytes, int peer, int tag, dp_stream *s, dp_request **req);
+    dp_status (*test)(dp_link *l, dp_request *req, int *done);
+    /* Waits for the request and frees it, whatever the outcome. A receive whose message has
+     * another size fails with DP_ERR_COMM. */
+    dp_status (*wait)(dp_link *l, dp_request *req);
+
+    /* --- collectives. Counts in elements. all_reduce sums (or takes the max) in group-rank
+     * order, so every member gets the same bits; send may equal recv (in place). */
+    dp_status (*all_reduce)(dp_link *l, const void *send, void *recv, size_t count, dp_dtype t, dp_reduce_op op,
+                            dp_stream *s);
+    /* Rows to and from every member: member j receives send[send_displs[j] ...
+     * + send_counts[j]) of this rank at its recv_displs[this rank]. Counts must match on both
+     * sides (exchange them first, e.g. with an all_to_all_v of one count per peer). */
+    dp_status (*all_to_all_v)(dp_link *l, const void *send, const size_t *send_counts, const size_t *send_displs,
+                              void *recv, const size_t *recv_counts, const size_t *recv_displs, size_t elem_bytes,
+                              dp_stream *s);
+    dp_status (*barrier)(dp_link *l);
+
+    /* --- failure */
+    dp_status (*abort)(dp_link *l, dp_status reason, const char *message);
+    dp_status (*set_timeout)(dp_link *l, int timeout_ms);
+} dp_link_ops;
+
+#define DP_LINK_OPS_MIN_SIZE (offsetof(dp_link_ops, set_timeout) + sizeof(void *))
+
+#ifdef __cplusplus
+}
+#endif
+#endif
