@@ -351,7 +351,8 @@ static dp_status make_comms(dp_link *l)
     ncclResult_t e = ncclGroupEnd();
     if (r != ncclSuccess && r != ncclInProgress) return nccl_fail(l, r, "ncclCommInitRankConfig");
     if (e != ncclSuccess && e != ncclInProgress) return nccl_fail(l, e, "ncclGroupEnd (communicator setup)");
-    double deadline = now_ms() + l->timeout_ms;
+    /* setup waits for every member to arrive: the world's timeout, not a shortened one */
+    double deadline = now_ms() + (l->w->timeout_ms > l->timeout_ms ? l->w->timeout_ms : l->timeout_ms);
     for (int c = 0; c <= l->channels; c++) {
         dp_status st = nccl_settle(l, l->comm[c], deadline, "NCCL communicator setup");
         if (st != DP_OK) {
@@ -615,6 +616,7 @@ static dp_status copy_wait(dp_link *l, dp_request *r)
     struct timespec ts;
     deadline_ts(&ts, l->timeout_ms);
     dp_status st = DP_OK;
+    int timed_out = 0;
     pthread_mutex_lock(&w->lock);
     for (;;) {
         if (r->kind == REQ_RECV) {
@@ -634,6 +636,7 @@ static dp_status copy_wait(dp_link *l, dp_request *r)
             st = dp_fail(DP_ERR_TIMEOUT, "cuda link: rank %d: %s of %zu bytes, %s, did not complete within %d ms",
                          l->g->world_of[l->rank], r->kind == REQ_SEND ? "send" : "receive", r->bytes, what,
                          l->timeout_ms);
+            timed_out = 1;
             break;
         }
     }
@@ -641,6 +644,12 @@ static dp_status copy_wait(dp_link *l, dp_request *r)
     message *m = r->msg;
     int size_ok = !m || !(r->kind == REQ_RECV ? r->done : m->matched) || m->bytes == r->bytes;
     pthread_mutex_unlock(&w->lock);
+    if (timed_out) { /* one rank giving up ends the job: the others' waits fail at once */
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", dp_last_error());
+        world_abort(w, l->g->world_of[l->rank], DP_ERR_TIMEOUT, msg);
+        dp_fail(DP_ERR_TIMEOUT, "%s", msg);
+    }
     if (st == DP_OK && !size_ok) {
         char what[128];
         describe(what, sizeof what, r->peer, r->tag);
@@ -744,6 +753,7 @@ static dp_status cuda_test(dp_link *l, dp_request *r, int *done)
 {
     *done = 0;
     if (!r->issued) return DP_OK;
+    DP_CHECK(dp_cuda_enter(l->dev));
     if (link_mode(l) == MODE_NCCL) {
         cudaError_t q = cudaEventQuery(r->done_event);
         if (q == cudaErrorNotReady) return l->w->aborted ? aborted_status(l) : DP_OK;

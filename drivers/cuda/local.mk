@@ -26,3 +26,12 @@ SUFFIXES = .cu
 	$(AM_V_CC)$(LIBTOOL) $(AM_V_lt) --tag=CC $(AM_LIBTOOLFLAGS) $(LIBTOOLFLAGS) --mode=compile \
 	  $(NVCC_LIBTOOL) $(DEFS) -I$(top_srcdir) -I$(top_builddir) $(CPPFLAGS) $(CUDA_CPPFLAGS) $(NCCL_CPPFLAGS) \
 	  $(NVCCFLAGS) -c -o $@ $<
+
+# GPU tests: always built, they skip ("1..0 # SKIP no CUDA device") without a GPU or the module.
+noinst_HEADERS += tests/cuda_test_util.h
+check_PROGRAMS += tests/test_cuda_kernels tests/test_cuda_link
+TESTS += tests/test_cuda_kernels tests/test_cuda_link
+tests_test_cuda_kernels_SOURCES = tests/test_cuda_kernels.c
+tests_test_cuda_kernels_LDADD = engine/libdualpipe.la -lm
+tests_test_cuda_link_SOURCES = tests/test_cuda_link.c
+tests_test_cuda_link_LDADD = engine/libdualpipe.la
