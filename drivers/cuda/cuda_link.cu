@@ -63,6 +63,7 @@ typedef struct group {
     ncclUniqueId *ids; /* NCCL: channels + 1 ids, made once by the first member to need them */
     int ids_made;
     message **inbox_head, **inbox_tail; /* copy link: per member */
+    dp_request **posted_head;           /* copy link: per member, receives in posting order */
 } group;
 
 /* A split in progress over one parent group: members post (color, key), the last one forms
@@ -103,6 +104,7 @@ struct dp_request {
     size_t bytes;
     int peer, tag;
     dp_stream *s;
+    cudaStream_t cs; /* s resolved (copy link: the receiver's copies run on it) */
     int issued;
     int done;         /* copy link: send matched / recv copy queued */
     message *msg;     /* copy link */
@@ -121,7 +123,6 @@ struct dp_link {
     cudaStream_t cstream[MAX_CHANNELS + 1];
     int group_depth;
     dp_request *deferred_head, *deferred_tail;
-    dp_request *posted_head; /* copy link: receives in posting order */
     unsigned split_seq, coll_seq;
     void *tmp; /* collectives' device scratch */
     size_t tmp_bytes;
@@ -204,8 +205,9 @@ static group *group_new(int size, int channels)
     g->ids = (ncclUniqueId *)calloc((size_t)channels + 1, sizeof(ncclUniqueId));
     g->inbox_head = (message **)calloc((size_t)size, sizeof(message *));
     g->inbox_tail = (message **)calloc((size_t)size, sizeof(message *));
-    if (!g->world_of || !g->ids || !g->inbox_head || !g->inbox_tail) {
-        free(g->world_of), free(g->ids), free(g->inbox_head), free(g->inbox_tail), free(g);
+    g->posted_head = (dp_request **)calloc((size_t)size, sizeof(dp_request *));
+    if (!g->world_of || !g->ids || !g->inbox_head || !g->inbox_tail || !g->posted_head) {
+        free(g->world_of), free(g->ids), free(g->inbox_head), free(g->inbox_tail), free(g->posted_head), free(g);
         return NULL;
     }
     g->refs = 1;
@@ -230,7 +232,7 @@ static void group_release(group *g) /* world lock held */
             message_release(m);
             m = n;
         }
-    free(g->world_of), free(g->ids), free(g->inbox_head), free(g->inbox_tail), free(g);
+    free(g->world_of), free(g->ids), free(g->inbox_head), free(g->inbox_tail), free(g->posted_head), free(g);
 }
 
 static dp_status cuda_world_create(const dp_link_world_config *cfg, dp_link_world **out)
@@ -525,6 +527,8 @@ static dp_status nccl_wait_event(dp_link *l, cudaEvent_t e, int peer, int tag, c
 /* ----------------------------------------------------------------------------
  * point to point: the copy link (all ranks on one GPU) */
 
+static dp_status copy_match_locked(group *g, int member);
+
 static dp_status copy_issue(dp_link *l, dp_request *r)
 {
     dp_link_world *w = l->w;
@@ -552,42 +556,44 @@ static dp_status copy_issue(dp_link *l, dp_request *r)
         if (g->inbox_tail[r->peer]) g->inbox_tail[r->peer]->next = m;
         else g->inbox_head[r->peer] = m;
         g->inbox_tail[r->peer] = m;
+        dp_status st = copy_match_locked(g, r->peer);
         pthread_cond_broadcast(&w->cond);
         pthread_mutex_unlock(&w->lock);
-    } else {
-        pthread_mutex_lock(&w->lock);
-        dp_request **p = &l->posted_head;
-        while (*p) p = &(*p)->next_posted;
-        *p = r;
-        pthread_mutex_unlock(&w->lock);
+        return st;
     }
-    return DP_OK;
+    pthread_mutex_lock(&w->lock);
+    dp_request **p = &g->posted_head[l->rank];
+    while (*p) p = &(*p)->next_posted;
+    *p = r;
+    dp_status st = copy_match_locked(g, l->rank);
+    pthread_mutex_unlock(&w->lock);
+    return st;
 }
 
-/* Gives arrived messages to posted receives, earliest first, and queues their copies on the
- * receiver's stream behind the sender's data. World lock held; runs on the receiver's thread. */
-static dp_status copy_match_locked(dp_link *l)
+/* Gives the messages waiting for `member` to its posted receives, earliest first, and queues
+ * each copy on the receiver's stream behind the sender's data. Either side's thread may run
+ * it (whichever posts second), so that no side waits for the other to come and match.
+ * World lock held. */
+static dp_status copy_match_locked(group *g, int member)
 {
-    group *g = l->g;
-    for (dp_request *r = l->posted_head; r; r = r->next_posted) {
+    for (dp_request *r = g->posted_head[member]; r; r = r->next_posted) {
         if (r->done) continue;
         message *prev = NULL;
-        for (message *m = g->inbox_head[l->rank]; m; prev = m, m = m->next) {
+        for (message *m = g->inbox_head[member]; m; prev = m, m = m->next) {
             if (m->src != r->peer || m->tag != r->tag) continue;
             if (prev) prev->next = m->next;
-            else g->inbox_head[l->rank] = m->next;
-            if (g->inbox_tail[l->rank] == m) g->inbox_tail[l->rank] = prev;
+            else g->inbox_head[member] = m->next;
+            if (g->inbox_tail[member] == m) g->inbox_tail[member] = prev;
             m->next = NULL;
             r->msg = m;
             r->done = 1;
+            m->matched = 1; /* a size mismatch also releases the sender; both sides report it */
             if (m->bytes == r->bytes) {
-                cudaStream_t rs = dp_cuda_stream(l->dev, r->s)->s;
+                cudaStream_t rs = r->cs;
                 CUDA_TRY(cudaStreamWaitEvent(rs, m->ready, 0));
                 if (m->bytes) CUDA_TRY(cudaMemcpyAsync(r->rbuf, m->buf, m->bytes, cudaMemcpyDeviceToDevice, rs));
                 CUDA_TRY(cudaEventRecord(m->copied, rs));
             }
-            m->matched = 1; /* a size mismatch also releases the sender; both sides report it */
-            pthread_cond_broadcast(&l->w->cond);
             break;
         }
     }
@@ -596,7 +602,7 @@ static dp_status copy_match_locked(dp_link *l)
 
 static void unlink_posted_locked(dp_link *l, dp_request *r)
 {
-    for (dp_request **p = &l->posted_head; *p; p = &(*p)->next_posted)
+    for (dp_request **p = &l->g->posted_head[l->rank]; *p; p = &(*p)->next_posted)
         if (*p == r) {
             *p = r->next_posted;
             return;
@@ -620,7 +626,7 @@ static dp_status copy_wait(dp_link *l, dp_request *r)
     pthread_mutex_lock(&w->lock);
     for (;;) {
         if (r->kind == REQ_RECV) {
-            st = copy_match_locked(l);
+            st = copy_match_locked(l->g, l->rank);
             if (st != DP_OK || r->done) break;
         } else if (r->msg->matched)
             break;
@@ -629,7 +635,7 @@ static dp_status copy_wait(dp_link *l, dp_request *r)
             break;
         }
         if (pthread_cond_timedwait(&w->cond, &w->lock, &ts) != 0) {
-            if (r->kind == REQ_RECV) st = copy_match_locked(l);
+            if (r->kind == REQ_RECV) st = copy_match_locked(l->g, l->rank);
             if (st == DP_OK && (r->kind == REQ_RECV ? r->done : r->msg->matched)) break;
             char what[128];
             describe(what, sizeof what, r->peer, r->tag);
@@ -699,6 +705,7 @@ static dp_status post(dp_link *l, req_kind kind, const void *sbuf, void *rbuf, s
     r->peer = peer;
     r->tag = tag;
     r->s = s;
+    r->cs = dp_cuda_stream(l->dev, s)->s;
     if (l->group_depth > 0) {
         if (l->deferred_tail) l->deferred_tail->next_deferred = r;
         else l->deferred_head = r;
@@ -762,7 +769,7 @@ static dp_status cuda_test(dp_link *l, dp_request *r, int *done)
         return DP_OK;
     }
     pthread_mutex_lock(&l->w->lock);
-    dp_status st = r->kind == REQ_RECV ? copy_match_locked(l) : DP_OK;
+    dp_status st = r->kind == REQ_RECV ? copy_match_locked(l->g, l->rank) : DP_OK;
     *done = r->kind == REQ_RECV ? r->done : r->msg->matched;
     int aborted = l->w->aborted;
     pthread_mutex_unlock(&l->w->lock);
@@ -1118,12 +1125,13 @@ static dp_status cuda_link_close(dp_link *l)
     free(l->event_pool);
     if (l->tmp) cudaFree(l->tmp);
     pthread_mutex_lock(&w->lock);
-    for (dp_request *r = l->posted_head; r;) {
+    for (dp_request *r = l->g->posted_head[l->rank]; r;) {
         dp_request *n = r->next_posted;
         if (r->msg) message_release(r->msg);
         free(r);
         r = n;
     }
+    l->g->posted_head[l->rank] = NULL;
     for (dp_request *r = l->deferred_head; r;) {
         dp_request *n = r->next_deferred;
         free(r);
