@@ -12,5 +12,6 @@ typedef struct {
 extern const dp_command dp_commands[]; /* ends with a NULL name */
 
 int cmd_schedule(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
 
 #endif

@@ -35,3 +35,5 @@ tests_test_cuda_kernels_SOURCES = tests/test_cuda_kernels.c
 tests_test_cuda_kernels_LDADD = engine/libdualpipe.la -lm
 tests_test_cuda_link_SOURCES = tests/test_cuda_link.c
 tests_test_cuda_link_LDADD = engine/libdualpipe.la
+TESTS += tests/test_cuda_verify.sh
+EXTRA_DIST += tests/test_cuda_verify.sh
