@@ -24,7 +24,7 @@ enum {
 const char *eplb_last_error(void);
 /* A short name for a status code ("invalid argument", ...). */
 const char *eplb_status_name(eplb_status s);
-/* The library version ("0.1.0"). */
+/* The library version (the package version, "0.1.0"). */
 const char *eplb_version(void);
 
 /* ------------------------------------------------------------------------------------------
@@ -148,10 +148,10 @@ long eplb_plan_duplicates(const eplb_plan *plan);
 
 /* ------------------------------------------------------------------------------------------
  * Migration. Given the placement running now and a new plan of the same shape, reorders the
- * new plan's slots so that as many experts as possible stay where they are: first the GPUs'
- * replica sets are matched to GPUs (within a node when num_nodes > 1, so node placement is
- * kept; a maximum-overlap assignment), then within every GPU each expert that is already
- * there keeps its slot. Per-GPU loads, and so balancedness, are unchanged; log2phy is rebuilt.
+ * new plan's slots so that as many experts as possible stay where they are: first whole nodes'
+ * replica sets are matched to nodes (when num_nodes > 1; groups stay together), then each
+ * node's GPU replica sets to the node's GPUs (maximum-overlap assignments, Hungarian method),
+ * then within every GPU each expert that is already there keeps its slot. Per-GPU loads, and so balancedness, are unchanged; log2phy is rebuilt.
  *
  * moved (may be NULL) receives the number of slots whose expert changes, i.e. expert weights
  * to copy; traffic (may be NULL, num_gpus * num_gpus longs) receives, in traffic[src*G + dst],

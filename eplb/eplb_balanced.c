@@ -536,14 +536,19 @@ eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_
     }
     repair_duplicates(&pk, max_load(&pk, NULL));
     improve(&pk, target);
-    /* Keep ours unless the improved reference is strictly better (cnt and bound_left are
-     * free again: the items hold the counts, and packing is done). */
+    /* Keep ours unless the improved reference is strictly better, and that unless the
+     * reference as it came is better still (sums in another slot order can round apart). cnt
+     * and bound_left are free again: the items hold the counts, and packing is done. */
     int *tmp_p2l = cnt, *tmp_rank = bound_left;
     write_plan(&pk, tmp_p2l, tmp_rank, ids);
     double better = eplb_gpu_loads(w, E, tmp_p2l, R, P, ids, ref_load);
-    if (better < ours) {
+    if (better < ours && better <= ref) {
         memcpy(phy2log, tmp_p2l, (size_t)R * sizeof(int));
         memcpy(rank, tmp_rank, (size_t)R * sizeof(int));
+    } else if (ref < ours) {
+        memcpy(phy2log, ref_phy2log, (size_t)R * sizeof(int));
+        memset(ids, 0, (size_t)E * sizeof(int));
+        for (int r = 0; r < R; r++) rank[r] = ids[phy2log[r]]++;
     }
     return EPLB_OK;
 }

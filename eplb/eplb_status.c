@@ -1,4 +1,5 @@
 /* eplb_status.c: the balancer's error messages (one per thread) and status names. */
+#include "config.h"
 #include "eplb/eplb_internal.h"
 
 #include <stdarg.h>
@@ -28,4 +29,4 @@ const char *eplb_status_name(eplb_status s)
     }
 }
 
-const char *eplb_version(void) { return "0.1.0"; }
+const char *eplb_version(void) { return PACKAGE_VERSION; }
