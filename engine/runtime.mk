@@ -17,3 +17,15 @@ check_PROGRAMS += tests/test_engine_registry
 TESTS += tests/test_engine_registry
 tests_test_engine_registry_SOURCES = tests/test_engine_registry.c
 tests_test_engine_registry_LDADD = engine/libdualpipe.la
+
+engine_libdualpipe_la_SOURCES += \
+	engine/model.h engine/model.c \
+	engine/executor.h engine/executor.c \
+	engine/runtime.h engine/runtime.c \
+	engine/reference.h engine/reference.c
+dualpipe_include_HEADERS += engine/model.h engine/executor.h engine/runtime.h engine/reference.h
+
+check_PROGRAMS += tests/test_engine_pipeline
+TESTS += tests/test_engine_pipeline
+tests_test_engine_pipeline_SOURCES = tests/test_engine_pipeline.c
+tests_test_engine_pipeline_LDADD = engine/libdualpipe.la

@@ -62,6 +62,10 @@ dp_status dp_schedule_generate(const char *name, const dp_schedule_params *p, dp
                        known);
     }
     DP_CHECK(g->check(p));
+    /* a bound on memory and time: about 3 actions per rank and micro-batch */
+    if ((long long)p->ranks * p->chunks > DP_SCHEDULE_MAX_RANK_CHUNKS)
+        return dp_fail(DP_ERR_INVALID, "%s with %d ranks x %d micro-batches is too large: ranks x chunks must be <= %d",
+                       name, p->ranks, p->chunks, DP_SCHEDULE_MAX_RANK_CHUNKS);
     return g->generate(p, out);
 }
 

@@ -82,6 +82,9 @@ typedef struct {
 extern const dp_schedule_generator dp_schedule_generators[];
 const dp_schedule_generator *dp_schedule_find(const char *name);
 
+/* Largest ranks x chunks a generator accepts (about 12 million actions). */
+#define DP_SCHEDULE_MAX_RANK_CHUNKS (1 << 22)
+
 /* Builds the named schedule. Errors: DP_ERR_NOT_FOUND (unknown name, the message lists
  * the known ones), DP_ERR_INVALID (the message names the rule broken). */
 dp_status dp_schedule_generate(const char *name, const dp_schedule_params *p, dp_schedule **out);

@@ -49,6 +49,7 @@ int main(void)
     expect_gen("dualpipev", 0, 7, DP_ERR_INVALID, "at least 1 pipeline rank");
     expect_gen("1f1b", 4, 0, DP_ERR_INVALID, "at least 1 micro-batch");
     expect_gen("zb1p", -1, 4, DP_ERR_INVALID, "at least 1 pipeline rank");
+    expect_gen("1f1b", 4096, 1 << 20, DP_ERR_INVALID, "too large");
     expect_gen("interleaved-1f1b", 4, 6, DP_ERR_INVALID, "multiple of 4");
     expect_gen("pipedream", 4, 8, DP_ERR_NOT_FOUND,
                "known schedules: dualpipe, dualpipev, 1f1b, zb1p, interleaved-1f1b, gpipe");

@@ -1,0 +1,407 @@
+/* executor.c: one rank playing its actions (see executor.h). Sends are posted with the next
+ * action's receives, as the reference posts them; a hand-off between two local stages of one
+ * rank (the fold of a V) is a device copy through a staging buffer, not a message. */
+#define _POSIX_C_SOURCE 200809L
+#include "engine/executor.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+double dp_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+/* A send waiting for the next group. */
+typedef struct {
+    const void *buf;
+    size_t bytes;
+    int peer, tag;
+    dp_slot *slot;
+    int which; /* 0: y, 1: dx */
+    dp_stream *stream;
+} deferred_send;
+
+/* A receive of the current action. */
+typedef struct {
+    void *buf;
+    int peer, tag;
+    dp_stream *stream;
+    dp_request *req;
+} pending_recv;
+
+/* Data handed from one local stage to the other (peer == this rank). */
+typedef struct staged {
+    struct staged *next;
+    int tag;
+    void *buf;
+} staged;
+
+struct dp_executor {
+    dp_executor_config cfg;
+    const dp_schedule *s;
+    int r;
+    size_t act_elems, target_bytes;
+    dp_slot **slots[DP_MAX_DIRS]; /* [dir][chunk] */
+    deferred_send *sends;
+    int nsends, cap_sends;
+    dp_slot **retired; /* slots done with, waiting for their sends to finish */
+    int nretired, cap_retired;
+    staged *staging, *staging_free;
+};
+
+/* ----------------------------------------------------------------------------
+ * bookkeeping */
+
+dp_status dp_executor_create(const dp_executor_config *cfg, dp_executor **out)
+{
+    *out = NULL;
+    dp_executor *ex = calloc(1, sizeof *ex);
+    if (!ex) return dp_fail(DP_ERR_NOMEM, "out of memory creating an executor");
+    ex->cfg = *cfg;
+    ex->s = cfg->sched;
+    ex->r = cfg->rank;
+    const dp_schedule *s = ex->s;
+    for (int d = 0; d < s->num_dirs; d++) {
+        if (!cfg->stages[d]) {
+            free(ex);
+            return dp_fail(DP_ERR_INTERNAL, "executor: rank %d has no stage for local stage %d", cfg->rank, d);
+        }
+        ex->slots[d] = calloc((size_t)s->chunks_per_pipe, sizeof(dp_slot *));
+        if (!ex->slots[d]) {
+            dp_executor_destroy(ex);
+            return dp_fail(DP_ERR_NOMEM, "out of memory creating an executor");
+        }
+    }
+    /* every local stage has the model's shape */
+    ex->act_elems = dp_model_act_elems(dp_stage_config(cfg->stages[0]));
+    ex->target_bytes = dp_model_target_bytes(dp_stage_config(cfg->stages[0]));
+    ex->cap_sends = 16;
+    ex->sends = malloc(sizeof *ex->sends * (size_t)ex->cap_sends);
+    ex->cap_retired = 16;
+    ex->retired = malloc(sizeof *ex->retired * (size_t)ex->cap_retired);
+    if (!ex->sends || !ex->retired) {
+        dp_executor_destroy(ex);
+        return dp_fail(DP_ERR_NOMEM, "out of memory creating an executor");
+    }
+    *out = ex;
+    return DP_OK;
+}
+
+static void staging_free_list(dp_executor *ex, staged *p)
+{
+    while (p) {
+        staged *n = p->next;
+        ex->cfg.dops->free(ex->cfg.dev, p->buf);
+        free(p);
+        p = n;
+    }
+}
+
+void dp_executor_destroy(dp_executor *ex)
+{
+    if (!ex) return;
+    for (int d = 0; d < DP_MAX_DIRS; d++) free(ex->slots[d]);
+    free(ex->sends);
+    free(ex->retired);
+    staging_free_list(ex, ex->staging);
+    staging_free_list(ex, ex->staging_free);
+    free(ex);
+}
+
+static dp_stage *stage_of(dp_executor *ex, int dir) { return ex->cfg.stages[dir]; }
+static int pipe_of(dp_executor *ex, int dir) { return ex->s->slot_pipe[dir][ex->r]; }
+
+static dp_status defer_send(dp_executor *ex, const void *buf, size_t bytes, int peer, int tag, dp_slot *slot,
+                            int which, dp_stream *stream)
+{
+    if (ex->nsends == ex->cap_sends) {
+        int cap = 2 * ex->cap_sends;
+        deferred_send *n = realloc(ex->sends, sizeof *n * (size_t)cap);
+        if (!n) return dp_fail(DP_ERR_NOMEM, "out of memory queueing a send");
+        ex->sends = n, ex->cap_sends = cap;
+    }
+    ex->sends[ex->nsends++] = (deferred_send){buf, bytes, peer, tag, slot, which, stream};
+    slot->state++;
+    return DP_OK;
+}
+
+static dp_status retire(dp_executor *ex, dp_slot *slot)
+{
+    if (ex->nretired == ex->cap_retired) {
+        int cap = 2 * ex->cap_retired;
+        dp_slot **n = realloc(ex->retired, sizeof *n * (size_t)cap);
+        if (!n) return dp_fail(DP_ERR_NOMEM, "out of memory retiring a slot");
+        ex->retired = n, ex->cap_retired = cap;
+    }
+    ex->retired[ex->nretired++] = slot;
+    return DP_OK;
+}
+
+/* Gives back the retired slots whose sends have finished; with `all`, waits for them. */
+static dp_status reclaim(dp_executor *ex, int all)
+{
+    const dp_link_ops *L = ex->cfg.lops;
+    int kept = 0;
+    dp_status st = DP_OK;
+    for (int i = 0; i < ex->nretired; i++) {
+        dp_slot *slot = ex->retired[i];
+        int done = slot->state == 0;
+        for (int w = 0; w < 2 && done; w++) {
+            if (!slot->pending[w]) continue;
+            int d = 1;
+            if (!all) {
+                dp_status t = L->test(ex->cfg.link, slot->pending[w], &d);
+                if (t != DP_OK && st == DP_OK) st = t;
+            }
+            done = d;
+        }
+        if (!done && !all) {
+            ex->retired[kept++] = slot;
+            continue;
+        }
+        for (int w = 0; w < 2; w++)
+            if (slot->pending[w]) {
+                dp_status t = L->wait(ex->cfg.link, slot->pending[w]);
+                if (t != DP_OK && st == DP_OK) st = t;
+                slot->pending[w] = NULL;
+            }
+        dp_stage_slot_put(slot->owner, slot);
+    }
+    ex->nretired = kept;
+    return st;
+}
+
+/* ----------------------------------------------------------------------------
+ * local hand-off between the two stages of one rank */
+
+static dp_status stage_out(dp_executor *ex, int tag, const void *src, dp_stream *stream)
+{
+    const dp_device_ops *D = ex->cfg.dops;
+    staged *b = ex->staging_free;
+    if (b) ex->staging_free = b->next;
+    else {
+        b = calloc(1, sizeof *b);
+        if (!b) return dp_fail(DP_ERR_NOMEM, "out of memory staging a hand-off");
+        dp_status st = D->alloc(ex->cfg.dev, ex->act_elems * sizeof(float), &b->buf);
+        if (st != DP_OK) {
+            free(b);
+            return st;
+        }
+    }
+    b->tag = tag;
+    b->next = ex->staging;
+    ex->staging = b;
+    return D->copy(ex->cfg.dev, b->buf, src, ex->act_elems * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, stream);
+}
+
+static dp_status stage_in(dp_executor *ex, int tag, void *dst, dp_stream *stream)
+{
+    for (staged **p = &ex->staging; *p; p = &(*p)->next) {
+        if ((*p)->tag != tag) continue;
+        staged *b = *p;
+        *p = b->next;
+        dp_status st = ex->cfg.dops->copy(ex->cfg.dev, dst, b->buf, ex->act_elems * sizeof(float),
+                                          DP_COPY_DEVICE_TO_DEVICE, stream);
+        b->next = ex->staging_free;
+        ex->staging_free = b;
+        return st;
+    }
+    return dp_fail(DP_ERR_INTERNAL,
+                   "rank %d: a hand-off between its two stages (channel %d, micro-batch %d) was used before it was made",
+                   ex->r, DP_TAG_CHANNEL(tag), DP_TAG_SEQ(tag));
+}
+
+/* ----------------------------------------------------------------------------
+ * one action: what it receives, what it computes, what it sends */
+
+typedef struct {
+    dp_action a;
+    dp_stream *stream;
+    pending_recv recv; /* recv.buf == NULL: nothing to receive from another rank */
+    int local_tag;     /* >= 0: take the input from the local staging instead */
+    void *local_dst;
+} prepared;
+
+static dp_status prepare(dp_executor *ex, dp_step_io *io, const dp_action *a, dp_stream *stream, int infer,
+                         prepared *p)
+{
+    const dp_schedule *s = ex->s;
+    int r = ex->r, d = a->dir, k = a->chunk, pipe = pipe_of(ex, d);
+    memset(p, 0, sizeof *p);
+    p->a = *a;
+    p->stream = stream;
+    p->local_tag = -1;
+    if (k < 0 || k >= s->chunks_per_pipe || d >= s->num_dirs)
+        return dp_fail(DP_ERR_INTERNAL, "rank %d: action %c with dir %d chunk %d is out of range", r,
+                       dp_action_letter(a->kind), d, k);
+    dp_stage *stage = stage_of(ex, d);
+    if (a->kind == DP_ACT_F) {
+        if (ex->slots[d][k]) return dp_fail(DP_ERR_INTERNAL, "rank %d: forward of dir %d chunk %d runs twice", r, d, k);
+        dp_slot *slot;
+        DP_CHECK(dp_stage_slot_get(stage, &slot));
+        ex->slots[d][k] = slot;
+        if (dp_schedule_is_last_stage(s, r, d) && !infer)
+            slot->target = (const char *)io->target[pipe] + (size_t)k * ex->target_bytes;
+        int pd, prev = dp_schedule_prev(s, r, d, &pd);
+        if (prev < 0) {
+            return ex->cfg.dops->copy(ex->cfg.dev, slot->x, io->input[pipe] + (size_t)k * ex->act_elems,
+                                      ex->act_elems * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, stream);
+        }
+        int tag = DP_TAG(DP_CHANNEL_ACTIVATION(pipe), k);
+        if (prev == r) p->local_tag = tag, p->local_dst = slot->x;
+        else p->recv = (pending_recv){slot->x, prev, tag, stream, NULL};
+        return DP_OK;
+    }
+    dp_slot *slot = ex->slots[d][k];
+    if (!slot)
+        return dp_fail(DP_ERR_INTERNAL, "rank %d: %c of dir %d chunk %d before its forward", r,
+                       dp_action_letter(a->kind), d, k);
+    if (a->kind == DP_ACT_W) return DP_OK;
+    int nd, next = dp_schedule_next(s, r, d, &nd);
+    if (next < 0) return DP_OK; /* the loss gives the gradient */
+    int tag = DP_TAG(DP_CHANNEL_GRADIENT(pipe), k);
+    if (next == r) p->local_tag = tag, p->local_dst = slot->dy;
+    else p->recv = (pending_recv){slot->dy, next, tag, stream, NULL};
+    return DP_OK;
+}
+
+static dp_status compute(dp_executor *ex, dp_step_io *io, prepared *p, int infer)
+{
+    const dp_schedule *s = ex->s;
+    int r = ex->r, d = p->a.dir, k = p->a.chunk, pipe = pipe_of(ex, d);
+    dp_stage *stage = stage_of(ex, d);
+    dp_slot *slot = ex->slots[d][k];
+    if (p->local_tag >= 0) DP_CHECK(stage_in(ex, p->local_tag, p->local_dst, p->stream));
+    switch (p->a.kind) {
+    case DP_ACT_F: {
+        int last = dp_schedule_is_last_stage(s, r, d);
+        float *loss = last && !infer ? io->loss[pipe] + k : NULL;
+        DP_CHECK(dp_stage_forward(stage, p->stream, slot, loss));
+        if (last && infer) {
+            DP_CHECK(ex->cfg.dops->copy(ex->cfg.dev, io->output[pipe] + (size_t)k * ex->act_elems, slot->y,
+                                        ex->act_elems * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, p->stream));
+        }
+        if (!last) {
+            int nd, next = dp_schedule_next(s, r, d, &nd);
+            int tag = DP_TAG(DP_CHANNEL_ACTIVATION(pipe), k);
+            if (next == r) DP_CHECK(stage_out(ex, tag, slot->y, p->stream));
+            else DP_CHECK(defer_send(ex, slot->y, ex->act_elems * sizeof(float), next, tag, slot, 0, p->stream));
+        }
+        if (infer) {
+            ex->slots[d][k] = NULL;
+            DP_CHECK(retire(ex, slot));
+        }
+        return DP_OK;
+    }
+    case DP_ACT_B:
+    case DP_ACT_I: {
+        int pd, prev = dp_schedule_prev(s, r, d, &pd);
+        DP_CHECK(dp_stage_backward_input(stage, p->stream, slot, prev >= 0));
+        if (prev >= 0) {
+            int tag = DP_TAG(DP_CHANNEL_GRADIENT(pipe), k);
+            if (prev == r) DP_CHECK(stage_out(ex, tag, slot->dx, p->stream));
+            else DP_CHECK(defer_send(ex, slot->dx, ex->act_elems * sizeof(float), prev, tag, slot, 1, p->stream));
+        }
+        if (p->a.kind == DP_ACT_I) return DP_OK;
+        /* a full backward goes on with its weight gradient */
+    }
+    /* fall through */
+    case DP_ACT_W:
+        DP_CHECK(dp_stage_backward_weight(stage, p->stream, slot));
+        ex->slots[d][k] = NULL;
+        return retire(ex, slot);
+    default:
+        return dp_fail(DP_ERR_INTERNAL, "rank %d: unknown action kind %d", r, p->a.kind);
+    }
+}
+
+/* Posts the deferred sends and the receives of up to two actions in one group, then waits
+ * for the receives. */
+static dp_status communicate(dp_executor *ex, prepared *p, int n)
+{
+    const dp_link_ops *L = ex->cfg.lops;
+    dp_link *l = ex->cfg.link;
+    int any = ex->nsends > 0;
+    for (int i = 0; i < n; i++) any |= p[i].recv.buf != NULL;
+    if (!any) return DP_OK;
+    DP_CHECK(L->group_start(l));
+    dp_status st = DP_OK;
+    for (int i = 0; i < ex->nsends && st == DP_OK; i++) {
+        deferred_send *q = &ex->sends[i];
+        st = L->isend(l, q->buf, q->bytes, q->peer, q->tag, q->stream, (dp_request **)&q->slot->pending[q->which]);
+        if (st == DP_OK) q->slot->state--;
+    }
+    ex->nsends = 0;
+    for (int i = 0; i < n && st == DP_OK; i++)
+        if (p[i].recv.buf)
+            st = L->irecv(l, p[i].recv.buf, ex->act_elems * sizeof(float), p[i].recv.peer, p[i].recv.tag,
+                          p[i].recv.stream, &p[i].recv.req);
+    dp_status end = L->group_end(l);
+    if (st == DP_OK) st = end;
+    for (int i = 0; i < n; i++)
+        if (p[i].recv.req) {
+            dp_status w = L->wait(l, p[i].recv.req);
+            p[i].recv.req = NULL;
+            if (st == DP_OK && w != DP_OK) {
+                char what[768];
+                snprintf(what, sizeof what, "%s", dp_last_error());
+                st = dp_fail(w, "%s (while rank %d waited to run %c of local stage %d, micro-batch %d)", what, ex->r,
+                             dp_action_letter(p[i].a.kind), p[i].a.dir, p[i].a.chunk);
+            }
+        }
+    return st;
+}
+
+static dp_status flush(dp_executor *ex)
+{
+    DP_CHECK(communicate(ex, NULL, 0));
+    return reclaim(ex, 1);
+}
+
+static dp_status play(dp_executor *ex, dp_step_io *io, int infer)
+{
+    const dp_schedule *s = ex->s;
+    int r = ex->r, n = s->num_actions[r];
+    const dp_action *acts = s->actions[r];
+    for (int i = 0; i < n;) {
+        if (infer && acts[i].kind != DP_ACT_F) {
+            i++;
+            continue;
+        }
+        int pair = !infer && acts[i].overlap && i + 1 < n;
+        int count = pair ? 2 : 1;
+        prepared p[2];
+        double t_start = io->times ? dp_now_ms() - io->t0 : 0;
+        for (int j = 0; j < count; j++)
+            DP_CHECK(prepare(ex, io, &acts[i + j], ex->cfg.streams[pair ? j : 0], infer, &p[j]));
+        DP_CHECK(communicate(ex, p, count));
+        DP_CHECK(reclaim(ex, 0));
+        double t_ready = io->times ? dp_now_ms() - io->t0 : 0;
+        for (int j = 0; j < count; j++) DP_CHECK(compute(ex, io, &p[j], infer));
+        if (ex->cfg.sync_each_action || pair) {
+            for (int j = 0; j < count; j++) DP_CHECK(ex->cfg.dops->stream_synchronize(ex->cfg.dev, p[j].stream));
+        }
+        if (io->times) {
+            double t_end = dp_now_ms() - io->t0;
+            for (int j = 0; j < count; j++) io->times[i + j] = (dp_action_time){t_start, t_ready, t_end};
+        }
+        i += count;
+    }
+    DP_CHECK(flush(ex));
+    for (int d = 0; d < s->num_dirs; d++)
+        for (int k = 0; k < s->chunks_per_pipe; k++)
+            if (ex->slots[d][k])
+                return dp_fail(DP_ERR_INTERNAL, "rank %d: micro-batch %d of local stage %d never finished its backward",
+                               r, k, d);
+    if (ex->staging) return dp_fail(DP_ERR_INTERNAL, "rank %d: a hand-off between its stages was never used", r);
+    return DP_OK;
+}
+
+dp_status dp_executor_train(dp_executor *ex, dp_step_io *io) { return play(ex, io, 0); }
+
+dp_status dp_executor_infer(dp_executor *ex, dp_step_io *io) { return play(ex, io, 1); }

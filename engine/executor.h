@@ -1,0 +1,69 @@
+/* executor.h: plays one rank's actions of a schedule. Each action first posts, in one link
+ * group, the sends left by the previous action and the receives it needs, waits for the
+ * receives, then runs the stage's forward / backward-input / backward-weight; an overlapped
+ * F&B pair posts both halves' receives together and runs them on two streams. */
+#ifndef DP_EXECUTOR_H
+#define DP_EXECUTOR_H
+
+#include "engine/device.h"
+#include "engine/link.h"
+#include "engine/model.h"
+#include "engine/schedule.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Link channels: one per pipe and direction of travel, so that a backend matching by order
+ * (NCCL) sees each channel's messages in micro-batch order on both sides. */
+#define DP_CHANNEL_ACTIVATION(pipe) (2 * (pipe))
+#define DP_CHANNEL_GRADIENT(pipe) (2 * (pipe) + 1)
+
+typedef struct {
+    const dp_schedule *sched;
+    int rank; /* pipeline rank, which is also this rank's rank in `link` */
+    const dp_device_ops *dops;
+    dp_device *dev;
+    dp_stream *streams[2]; /* [0] forwards and lone actions, [1] the backward of an overlapped pair */
+    const dp_link_ops *lops;
+    dp_link *link;                  /* the pipeline group */
+    dp_stage *stages[DP_MAX_DIRS];  /* by local stage (dir) */
+    int sync_each_action;           /* synchronise streams after every action, so timings are real */
+} dp_executor_config;
+
+/* When one action (or an overlapped pair, both halves alike) ran, in ms from the step's start. */
+typedef struct {
+    double start; /* began posting its communication */
+    double ready; /* its inputs had arrived */
+    double end;   /* its compute had finished */
+} dp_action_time;
+
+/* A step's data, per pipe, in device memory. Micro-batch k of pipe p is element
+ * p * chunks_per_pipe + k of the step, as in the schedule. */
+typedef struct {
+    const float *input[DP_MAX_DIRS]; /* [chunks_per_pipe x tokens x hidden]: read by the pipe's first stage */
+    const void *target[DP_MAX_DIRS]; /* per micro-batch targets: read by the pipe's last stage */
+    float *loss[DP_MAX_DIRS];        /* [chunks_per_pipe]: written by the pipe's last stage (training) */
+    float *output[DP_MAX_DIRS];      /* [chunks_per_pipe x tokens x hidden]: written by the last stage (inference) */
+    dp_action_time *times;           /* [num_actions of this rank] or NULL */
+    double t0;                       /* the step's start on the monotonic clock (ms), for times */
+} dp_step_io;
+
+typedef struct dp_executor dp_executor;
+
+dp_status dp_executor_create(const dp_executor_config *cfg, dp_executor **out);
+void dp_executor_destroy(dp_executor *ex);
+
+/* One training step's forwards and backwards (gradients accumulate into the stages;
+ * zeroing, synchronising and the optimizer are the runtime's). */
+dp_status dp_executor_train(dp_executor *ex, dp_step_io *io);
+/* Forward only: the schedule's F actions in order; outputs instead of losses. */
+dp_status dp_executor_infer(dp_executor *ex, dp_step_io *io);
+
+/* Milliseconds on the monotonic clock. */
+double dp_now_ms(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

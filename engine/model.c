@@ -1,0 +1,450 @@
+/* model.c: layers (Linear without bias, GELU, RMSNorm, residual add), the two block kinds
+ * built from them, and a stage: its parameters (initialised on the host from a counter-based
+ * generator, so every driver starts from the same bits) and its pool of micro-batch slots. */
+#include "engine/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ----------------------------------------------------------------------------
+ * configuration */
+
+dp_status dp_model_config_check(dp_model_config *c)
+{
+    if (c->hidden < 1) return dp_fail(DP_ERR_INVALID, "hidden size must be >= 1 (--hidden), got %d", c->hidden);
+    if (c->ffn == 0) c->ffn = 4 * c->hidden;
+    if (c->ffn < 1) return dp_fail(DP_ERR_INVALID, "inner width must be >= 1, got %d", c->ffn);
+    if (c->layers_per_stage == 0) c->layers_per_stage = 1;
+    if (c->layers_per_stage < 1 || c->layers_per_stage > 64)
+        return dp_fail(DP_ERR_INVALID, "layers per stage must be in 1..64 (--layers-per-stage), got %d",
+                       c->layers_per_stage);
+    if (c->block != DP_BLOCK_MLP && c->block != DP_BLOCK_RESIDUAL)
+        return dp_fail(DP_ERR_INVALID, "unknown block kind %d (mlp or residual)", (int)c->block);
+    if (c->loss != DP_LOSS_MSE && c->loss != DP_LOSS_XENT)
+        return dp_fail(DP_ERR_INVALID, "unknown loss %d (mse or xent)", (int)c->loss);
+    if (c->tokens < 1) return dp_fail(DP_ERR_INVALID, "tokens per micro-batch must be >= 1 (--tokens), got %d", c->tokens);
+    if (c->norm_eps == 0.0f) c->norm_eps = 1e-6f;
+    return DP_OK;
+}
+
+void dp_optimizer_config_defaults(dp_optimizer_config *o)
+{
+    if (o->lr == 0.0f) o->lr = 1e-3f;
+    if (o->beta1 == 0.0f) o->beta1 = 0.9f;
+    if (o->beta2 == 0.0f) o->beta2 = 0.999f;
+    if (o->eps == 0.0f) o->eps = 1e-8f;
+}
+
+size_t dp_model_act_elems(const dp_model_config *c) { return (size_t)c->tokens * (size_t)c->hidden; }
+
+size_t dp_model_target_bytes(const dp_model_config *c)
+{
+    return c->loss == DP_LOSS_XENT ? sizeof(int32_t) * (size_t)c->tokens : sizeof(float) * dp_model_act_elems(c);
+}
+
+/* splitmix64: a counter-based generator, one independent value per (seed, stream, index) */
+static uint64_t mix64(uint64_t z)
+{
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+float dp_counter_uniform(uint64_t seed, uint64_t stream, uint64_t index)
+{
+    uint64_t z = mix64(mix64(seed ^ mix64(stream)) + index);
+    return (float)((double)(z >> 40) / 8388608.0 - 1.0); /* 24 random bits in [-1, 1) */
+}
+
+/* ----------------------------------------------------------------------------
+ * stage layout */
+
+typedef struct {
+    float *w1, *w2, *norm_w; /* values [ffn x h], [h x ffn], [h] */
+    float *g1, *g2, *gnorm;  /* gradients */
+} block_params;
+
+typedef struct {
+    float *value, *grad, *m, *v;
+    size_t count;
+    char name[32];
+} param;
+
+struct dp_stage {
+    const dp_device_ops *ops;
+    dp_device *dev;
+    dp_model_config cfg;
+    int index, num_stages, is_last;
+    int nblocks;
+    block_params *blocks;
+    int nparams;
+    param *params;
+    size_t slot_floats; /* device floats of one slot */
+    dp_slot *free_slots;
+    dp_slot *all_slots; /* every slot made, for destroy */
+};
+
+/* Saved per micro-batch and block, carved from the slot's one allocation. */
+typedef struct {
+    float *a1, *g1, *da;  /* [T x ffn]: pre-activation, GELU output, gradient of a1 */
+    float *out, *gout;    /* [T x h]: block output and its gradient (the slot's y / dy for the last block) */
+    float *xn, *dxn, *rstd; /* residual: normalised input, its gradient, [T] reciprocal RMS */
+} block_saved;
+
+typedef struct {
+    dp_slot pub;
+    void *mem;
+    block_saved *saved; /* [nblocks] */
+    dp_slot *next_all;
+} slot_impl;
+
+int dp_stage_index(const dp_stage *st) { return st->index; }
+const dp_model_config *dp_stage_config(const dp_stage *st) { return &st->cfg; }
+int dp_stage_num_params(const dp_stage *st) { return st->nparams; }
+
+void dp_stage_param(const dp_stage *st, int i, dp_param_view *out)
+{
+    memset(out, 0, sizeof *out);
+    if (i < 0 || i >= st->nparams) return;
+    snprintf(out->name, sizeof out->name, "%s", st->params[i].name);
+    out->count = st->params[i].count;
+    out->value = st->params[i].value;
+    out->grad = st->params[i].grad;
+}
+
+static dp_status dev_alloc_floats(dp_stage *st, size_t n, float **out)
+{
+    void *p;
+    DP_CHECK(st->ops->alloc(st->dev, n * sizeof(float), &p));
+    *out = p;
+    return DP_OK;
+}
+
+/* Fills a parameter on the host and copies it to the device. kind 0: uniform in
+ * [-1/sqrt(fan_in), 1/sqrt(fan_in)) like torch.nn.Linear; kind 1: ones (RMSNorm). */
+static dp_status init_param(dp_stage *st, param *p, uint64_t stream, int kind, int fan_in)
+{
+    float *host = malloc(sizeof(float) * p->count);
+    if (!host) return dp_fail(DP_ERR_NOMEM, "out of memory initialising %s", p->name);
+    float bound = kind == 0 ? 1.0f / sqrtf((float)fan_in) : 0.0f;
+    for (size_t i = 0; i < p->count; i++)
+        host[i] = kind == 0 ? bound * dp_counter_uniform(st->cfg.seed, stream, i) : 1.0f;
+    dp_status s = st->ops->copy(st->dev, p->value, host, sizeof(float) * p->count, DP_COPY_HOST_TO_DEVICE, NULL);
+    free(host);
+    return s;
+}
+
+dp_status dp_stage_create(const dp_device_ops *ops, dp_device *dev, const dp_model_config *cfg_in, int stage_index,
+                          int num_stages, dp_stage **out)
+{
+    *out = NULL;
+    dp_model_config cfg = *cfg_in;
+    DP_CHECK(dp_model_config_check(&cfg));
+    dp_stage *st = calloc(1, sizeof *st);
+    if (!st) return dp_fail(DP_ERR_NOMEM, "out of memory creating stage %d", stage_index);
+    st->ops = ops;
+    st->dev = dev;
+    st->cfg = cfg;
+    st->index = stage_index;
+    st->num_stages = num_stages;
+    st->is_last = stage_index == num_stages - 1;
+    st->nblocks = cfg.layers_per_stage;
+    int per_block = cfg.block == DP_BLOCK_RESIDUAL ? 3 : 2;
+    st->nparams = st->nblocks * per_block;
+    st->blocks = calloc((size_t)st->nblocks, sizeof *st->blocks);
+    st->params = calloc((size_t)st->nparams, sizeof *st->params);
+    dp_status s = st->blocks && st->params ? DP_OK : dp_fail(DP_ERR_NOMEM, "out of memory creating a stage");
+    size_t h = (size_t)cfg.hidden, f = (size_t)cfg.ffn;
+    for (int b = 0; b < st->nblocks && s == DP_OK; b++) {
+        for (int j = 0; j < per_block && s == DP_OK; j++) {
+            param *p = &st->params[b * per_block + j];
+            static const char *names[] = {"linear1", "linear2", "norm"};
+            snprintf(p->name, sizeof p->name, "block%d.%s", b, names[j]);
+            p->count = j == 2 ? h : h * f;
+            s = dev_alloc_floats(st, p->count, &p->value);
+            if (s == DP_OK) s = dev_alloc_floats(st, p->count, &p->grad);
+            if (s == DP_OK) s = ops->memset(dev, p->grad, 0, p->count * sizeof(float), NULL);
+            /* the stream of values: stage, block and parameter, so every copy of a stage agrees */
+            uint64_t stream = ((uint64_t)stage_index << 32) | ((uint64_t)b << 8) | (uint64_t)j;
+            if (s == DP_OK) s = init_param(st, p, stream, j == 2 ? 1 : 0, j == 0 ? (int)h : (int)f);
+        }
+        block_params *bp = &st->blocks[b];
+        if (s == DP_OK) {
+            bp->w1 = st->params[b * per_block].value, bp->g1 = st->params[b * per_block].grad;
+            bp->w2 = st->params[b * per_block + 1].value, bp->g2 = st->params[b * per_block + 1].grad;
+            if (per_block == 3) bp->norm_w = st->params[b * per_block + 2].value, bp->gnorm = st->params[b * per_block + 2].grad;
+        }
+    }
+    if (s != DP_OK) {
+        dp_stage_destroy(st);
+        return s;
+    }
+    /* slot: x, y, dy, dx, then per block a1, g1, da, out, gout (+ xn, dxn, rstd) */
+    size_t T = (size_t)cfg.tokens;
+    size_t per = 3 * T * f + 2 * T * h + (cfg.block == DP_BLOCK_RESIDUAL ? 2 * T * h + T : 0);
+    st->slot_floats = 4 * T * h + per * (size_t)st->nblocks;
+    *out = st;
+    return DP_OK;
+}
+
+void dp_stage_destroy(dp_stage *st)
+{
+    if (!st) return;
+    for (dp_slot *s = st->all_slots; s;) {
+        slot_impl *si = (slot_impl *)s;
+        dp_slot *next = si->next_all;
+        st->ops->free(st->dev, si->mem);
+        free(si->saved);
+        free(si);
+        s = next;
+    }
+    for (int i = 0; st->params && i < st->nparams; i++) {
+        param *p = &st->params[i];
+        st->ops->free(st->dev, p->value);
+        st->ops->free(st->dev, p->grad);
+        st->ops->free(st->dev, p->m);
+        st->ops->free(st->dev, p->v);
+    }
+    free(st->params);
+    free(st->blocks);
+    free(st);
+}
+
+dp_status dp_stage_slot_get(dp_stage *st, dp_slot **out)
+{
+    *out = NULL;
+    if (st->free_slots) {
+        dp_slot *s = st->free_slots;
+        st->free_slots = s->next_free;
+        s->next_free = NULL;
+        s->target = NULL;
+        s->pending[0] = s->pending[1] = NULL;
+        s->state = 0;
+        s->owner = st;
+        *out = s;
+        return DP_OK;
+    }
+    slot_impl *si = calloc(1, sizeof *si);
+    block_saved *saved = calloc((size_t)st->nblocks, sizeof *saved);
+    if (!si || !saved) {
+        free(si), free(saved);
+        return dp_fail(DP_ERR_NOMEM, "out of memory for a micro-batch slot");
+    }
+    float *m;
+    dp_status s = dev_alloc_floats(st, st->slot_floats, &m);
+    if (s != DP_OK) {
+        free(si), free(saved);
+        return s;
+    }
+    size_t T = (size_t)st->cfg.tokens, h = (size_t)st->cfg.hidden, f = (size_t)st->cfg.ffn;
+    si->mem = m;
+    si->saved = saved;
+    si->pub.x = m, m += T * h;
+    si->pub.y = m, m += T * h;
+    si->pub.dy = m, m += T * h;
+    si->pub.dx = m, m += T * h;
+    for (int b = 0; b < st->nblocks; b++) {
+        block_saved *k = &saved[b];
+        k->a1 = m, m += T * f;
+        k->g1 = m, m += T * f;
+        k->da = m, m += T * f;
+        k->out = m, m += T * h;
+        k->gout = m, m += T * h;
+        if (st->cfg.block == DP_BLOCK_RESIDUAL) {
+            k->xn = m, m += T * h;
+            k->dxn = m, m += T * h;
+            k->rstd = m, m += T;
+        }
+    }
+    /* the last block writes the slot's output and reads its gradient */
+    saved[st->nblocks - 1].out = si->pub.y;
+    saved[st->nblocks - 1].gout = si->pub.dy;
+    si->next_all = st->all_slots;
+    st->all_slots = &si->pub;
+    si->pub.priv = si;
+    si->pub.owner = st;
+    *out = &si->pub;
+    return DP_OK;
+}
+
+void dp_stage_slot_put(dp_stage *st, dp_slot *slot)
+{
+    if (!slot) return;
+    slot->next_free = st->free_slots;
+    st->free_slots = slot;
+}
+
+/* ----------------------------------------------------------------------------
+ * layers: Linear (no bias), on [T x in] row-major activations with W [out x in] */
+
+static dp_status linear_forward(dp_stage *st, dp_stream *s, const float *x, const float *w, float *y, int in, int out)
+{
+    dp_gemm_args g = {0, 1, st->cfg.tokens, out, in, 1.0f, 0.0f, x, in, DP_DTYPE_F32, w, in, DP_DTYPE_F32,
+                      y, out, DP_DTYPE_F32};
+    return st->ops->gemm(st->dev, s, &g);
+}
+
+/* dx[T x in] = dy[T x out] W[out x in] */
+static dp_status linear_backward_input(dp_stage *st, dp_stream *s, const float *dy, const float *w, float *dx, int in,
+                                       int out)
+{
+    dp_gemm_args g = {0, 0, st->cfg.tokens, in, out, 1.0f, 0.0f, dy, out, DP_DTYPE_F32, w, in, DP_DTYPE_F32,
+                      dx, in, DP_DTYPE_F32};
+    return st->ops->gemm(st->dev, s, &g);
+}
+
+/* dW[out x in] += dy^T x */
+static dp_status linear_backward_weight(dp_stage *st, dp_stream *s, const float *dy, const float *x, float *dw, int in,
+                                        int out)
+{
+    dp_gemm_args g = {1, 0, out, in, st->cfg.tokens, 1.0f, 1.0f, dy, out, DP_DTYPE_F32, x, in, DP_DTYPE_F32,
+                      dw, in, DP_DTYPE_F32};
+    return st->ops->gemm(st->dev, s, &g);
+}
+
+/* ----------------------------------------------------------------------------
+ * blocks */
+
+static const float *block_input(dp_slot *slot, block_saved *saved, int b)
+{
+    return b == 0 ? slot->x : saved[b - 1].out;
+}
+
+static float *block_input_grad(dp_slot *slot, block_saved *saved, int b)
+{
+    return b == 0 ? slot->dx : saved[b - 1].gout;
+}
+
+static dp_status block_forward(dp_stage *st, dp_stream *s, block_params *p, block_saved *k, const float *x)
+{
+    const dp_device_ops *o = st->ops;
+    int h = st->cfg.hidden, f = st->cfg.ffn, T = st->cfg.tokens;
+    size_t nf = (size_t)T * f, nh = (size_t)T * h;
+    const float *in = x;
+    if (st->cfg.block == DP_BLOCK_RESIDUAL) {
+        DP_CHECK(o->rmsnorm_forward(st->dev, s, DP_DTYPE_F32, T, h, st->cfg.norm_eps, x, p->norm_w, k->xn, k->rstd));
+        in = k->xn;
+    }
+    DP_CHECK(linear_forward(st, s, in, p->w1, k->a1, h, f));
+    DP_CHECK(o->gelu_forward(st->dev, s, DP_DTYPE_F32, nf, k->a1, k->g1));
+    DP_CHECK(linear_forward(st, s, k->g1, p->w2, k->out, f, h));
+    if (st->cfg.block == DP_BLOCK_RESIDUAL) DP_CHECK(o->add(st->dev, s, DP_DTYPE_F32, nh, k->out, x, k->out));
+    return DP_OK;
+}
+
+/* k->gout -> dx (NULL: not needed) */
+static dp_status block_backward_input(dp_stage *st, dp_stream *s, block_params *p, block_saved *k, const float *x,
+                                      float *dx)
+{
+    const dp_device_ops *o = st->ops;
+    int h = st->cfg.hidden, f = st->cfg.ffn, T = st->cfg.tokens;
+    size_t nf = (size_t)T * f, nh = (size_t)T * h;
+    DP_CHECK(linear_backward_input(st, s, k->gout, p->w2, k->da, f, h));
+    DP_CHECK(o->gelu_backward(st->dev, s, DP_DTYPE_F32, nf, k->a1, k->da, k->da));
+    if (st->cfg.block == DP_BLOCK_RESIDUAL) {
+        DP_CHECK(linear_backward_input(st, s, k->da, p->w1, k->dxn, h, f));
+        if (dx) {
+            DP_CHECK(o->rmsnorm_backward_input(st->dev, s, DP_DTYPE_F32, T, h, x, p->norm_w, k->rstd, k->dxn, dx));
+            DP_CHECK(o->add(st->dev, s, DP_DTYPE_F32, nh, dx, k->gout, dx));
+        }
+    } else if (dx) {
+        DP_CHECK(linear_backward_input(st, s, k->da, p->w1, dx, h, f));
+    }
+    return DP_OK;
+}
+
+static dp_status block_backward_weight(dp_stage *st, dp_stream *s, block_params *p, block_saved *k, const float *x)
+{
+    int h = st->cfg.hidden, f = st->cfg.ffn, T = st->cfg.tokens;
+    DP_CHECK(linear_backward_weight(st, s, k->gout, k->g1, p->g2, f, h));
+    if (st->cfg.block == DP_BLOCK_RESIDUAL) {
+        DP_CHECK(linear_backward_weight(st, s, k->da, k->xn, p->g1, h, f));
+        DP_CHECK(st->ops->rmsnorm_backward_weight(st->dev, s, DP_DTYPE_F32, T, h, x, k->rstd, k->dxn, p->gnorm));
+    } else {
+        DP_CHECK(linear_backward_weight(st, s, k->da, x, p->g1, h, f));
+    }
+    return DP_OK;
+}
+
+/* ----------------------------------------------------------------------------
+ * stage */
+
+dp_status dp_stage_forward(dp_stage *st, dp_stream *s, dp_slot *slot, float *loss)
+{
+    block_saved *saved = ((slot_impl *)slot->priv)->saved;
+    for (int b = 0; b < st->nblocks; b++)
+        DP_CHECK(block_forward(st, s, &st->blocks[b], &saved[b], block_input(slot, saved, b)));
+    if (st->is_last && loss) {
+        if (!slot->target) return dp_fail(DP_ERR_INTERNAL, "stage %d: the last stage needs a target", st->index);
+        if (st->cfg.loss == DP_LOSS_MSE)
+            DP_CHECK(st->ops->mse_forward(st->dev, s, DP_DTYPE_F32, dp_model_act_elems(&st->cfg), slot->y, slot->target,
+                                          loss));
+        else
+            DP_CHECK(st->ops->xent_forward(st->dev, s, DP_DTYPE_F32, st->cfg.tokens, st->cfg.hidden, slot->y,
+                                           slot->target, loss));
+    }
+    return DP_OK;
+}
+
+dp_status dp_stage_backward_input(dp_stage *st, dp_stream *s, dp_slot *slot, int need_dx)
+{
+    block_saved *saved = ((slot_impl *)slot->priv)->saved;
+    if (st->is_last) {
+        /* each micro-batch's loss is differentiated on its own, as loss.backward() per chunk */
+        if (!slot->target) return dp_fail(DP_ERR_INTERNAL, "stage %d: the last stage needs a target", st->index);
+        if (st->cfg.loss == DP_LOSS_MSE)
+            DP_CHECK(st->ops->mse_backward(st->dev, s, DP_DTYPE_F32, dp_model_act_elems(&st->cfg), slot->y,
+                                           slot->target, 1.0f, slot->dy));
+        else
+            DP_CHECK(st->ops->xent_backward(st->dev, s, DP_DTYPE_F32, st->cfg.tokens, st->cfg.hidden, slot->y,
+                                            slot->target, 1.0f, slot->dy));
+    }
+    for (int b = st->nblocks - 1; b >= 0; b--) {
+        float *dx = b > 0 || need_dx ? block_input_grad(slot, saved, b) : NULL;
+        DP_CHECK(block_backward_input(st, s, &st->blocks[b], &saved[b], block_input(slot, saved, b), dx));
+    }
+    return DP_OK;
+}
+
+dp_status dp_stage_backward_weight(dp_stage *st, dp_stream *s, dp_slot *slot)
+{
+    block_saved *saved = ((slot_impl *)slot->priv)->saved;
+    for (int b = st->nblocks - 1; b >= 0; b--)
+        DP_CHECK(block_backward_weight(st, s, &st->blocks[b], &saved[b], block_input(slot, saved, b)));
+    return DP_OK;
+}
+
+dp_status dp_stage_zero_grad(dp_stage *st, dp_stream *s)
+{
+    for (int i = 0; i < st->nparams; i++)
+        DP_CHECK(st->ops->memset(st->dev, st->params[i].grad, 0, st->params[i].count * sizeof(float), s));
+    return DP_OK;
+}
+
+dp_status dp_stage_optimizer_step(dp_stage *st, dp_stream *s, const dp_optimizer_config *o, int step)
+{
+    if (o->kind == DP_OPT_NONE) return DP_OK;
+    for (int i = 0; i < st->nparams; i++) {
+        param *p = &st->params[i];
+        int need_v = o->kind == DP_OPT_ADAMW, need_m = need_v || o->momentum != 0.0f;
+        if (need_m && !p->m) {
+            DP_CHECK(dev_alloc_floats(st, p->count, &p->m));
+            DP_CHECK(st->ops->memset(st->dev, p->m, 0, p->count * sizeof(float), s));
+        }
+        if (need_v && !p->v) {
+            DP_CHECK(dev_alloc_floats(st, p->count, &p->v));
+            DP_CHECK(st->ops->memset(st->dev, p->v, 0, p->count * sizeof(float), s));
+        }
+        if (o->kind == DP_OPT_ADAMW) {
+            dp_adamw_args a = {o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, step};
+            DP_CHECK(st->ops->adamw_update(st->dev, s, p->count, p->value, p->grad, p->m, p->v, &a));
+        } else {
+            dp_sgd_args a = {o->lr, o->momentum, o->weight_decay};
+            DP_CHECK(st->ops->sgd_update(st->dev, s, p->count, p->value, p->grad, p->m, &a));
+        }
+    }
+    return DP_OK;
+}

@@ -1,0 +1,119 @@
+/* model.h: the model, written once against the device interface. A stage is a list of blocks
+ * (DualPipe's example MLP: Linear h->4h, GELU, Linear 4h->h; or a pre-norm residual MLP);
+ * each runs forward, backward_input and backward_weight (the zero-bubble split) on one
+ * micro-batch held in a slot that keeps what the backwards need. */
+#ifndef DP_MODEL_H
+#define DP_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/device.h"
+#include "engine/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    DP_BLOCK_MLP = 0,      /* y = Linear2(GELU(Linear1(x))), no bias: DualPipe's example stage */
+    DP_BLOCK_RESIDUAL = 1, /* y = x + Linear2(GELU(Linear1(RMSNorm(x)))) */
+} dp_block_kind;
+
+typedef enum {
+    DP_LOSS_MSE = 0,  /* mean squared error against fp32 targets of the output's shape */
+    DP_LOSS_XENT = 1, /* softmax cross-entropy over the hidden width as classes, int32 labels per row */
+} dp_loss_kind;
+
+typedef struct {
+    int hidden;           /* h */
+    int ffn;              /* inner width (0: 4h) */
+    int layers_per_stage; /* blocks per stage (0: 1) */
+    dp_block_kind block;
+    dp_loss_kind loss;
+    int tokens;     /* rows of a micro-batch */
+    uint64_t seed;  /* parameters are a pure function of (seed, stage, parameter, element) */
+    float norm_eps; /* RMSNorm epsilon (0: 1e-6) */
+} dp_model_config;
+
+typedef enum { DP_OPT_NONE = 0, DP_OPT_SGD = 1, DP_OPT_ADAMW = 2 } dp_optimizer_kind;
+
+typedef struct {
+    dp_optimizer_kind kind;
+    float lr;
+    float beta1, beta2, eps, weight_decay; /* AdamW */
+    float momentum;                        /* SGD */
+} dp_optimizer_config;
+
+/* Fills unset fields with defaults and checks the rest; the message names the field. */
+dp_status dp_model_config_check(dp_model_config *cfg);
+/* AdamW(lr 1e-3, 0.9, 0.999, 1e-8, wd 0.01) unless set. */
+void dp_optimizer_config_defaults(dp_optimizer_config *o);
+
+/* Elements of one micro-batch's input/output (tokens x hidden) and of its target. */
+size_t dp_model_act_elems(const dp_model_config *cfg);
+size_t dp_model_target_bytes(const dp_model_config *cfg);
+
+/* A counter-based generator: the same (seed, stream, index) gives the same float in
+ * [-1, 1) on every driver and thread. */
+float dp_counter_uniform(uint64_t seed, uint64_t stream, uint64_t index);
+
+/* ----------------------------------------------------------------------------
+ * stages and slots */
+
+typedef struct dp_stage dp_stage;
+
+/* One micro-batch's buffers on a stage (device memory): the input x, the output y, the
+ * gradient dy of the output (received, or the loss's), the gradient dx of the input, and
+ * what the backwards keep. Taken before F, given back after W (or B). */
+typedef struct dp_slot {
+    float *x;          /* [tokens x hidden] input (received into, or copied from the step's input) */
+    float *y;          /* [tokens x hidden] output (sent on, or the loss's input) */
+    float *dy;         /* [tokens x hidden] gradient of y (received into, or the loss's) */
+    float *dx;         /* [tokens x hidden] gradient of x (sent back) */
+    const void *target; /* last stage: this micro-batch's target (device memory) */
+    void *pending[2];  /* the link's send requests still reading y / dx (owned by the executor) */
+    int state;         /* for the executor's checks */
+    struct dp_stage *owner;
+    struct dp_slot *next_free;
+    void *priv;        /* the blocks' saved activations */
+} dp_slot;
+
+dp_status dp_stage_create(const dp_device_ops *ops, dp_device *dev, const dp_model_config *cfg, int stage_index,
+                          int num_stages, dp_stage **out);
+void dp_stage_destroy(dp_stage *st);
+int dp_stage_index(const dp_stage *st);
+const dp_model_config *dp_stage_config(const dp_stage *st);
+
+dp_status dp_stage_slot_get(dp_stage *st, dp_slot **out);
+void dp_stage_slot_put(dp_stage *st, dp_slot *slot);
+
+/* Forward of one micro-batch: slot->x -> slot->y. On the last stage, also the loss of y
+ * against slot->target into *loss (one fp32 in device memory); loss may be NULL (inference). */
+dp_status dp_stage_forward(dp_stage *st, dp_stream *s, dp_slot *slot, float *loss);
+/* Input gradient: slot->dy (the last stage computes it from the loss) -> slot->dx; keeps
+ * what backward_weight needs. The first stage of a pipe may skip dx (need_dx = 0). */
+dp_status dp_stage_backward_input(dp_stage *st, dp_stream *s, dp_slot *slot, int need_dx);
+/* Weight gradient of an earlier backward_input, accumulated into the gradients
+ * (GEMMs with beta = 1), so that gradients fold micro-batches in the order W runs. */
+dp_status dp_stage_backward_weight(dp_stage *st, dp_stream *s, dp_slot *slot);
+
+dp_status dp_stage_zero_grad(dp_stage *st, dp_stream *s);
+/* One optimizer step (step counts from 1). */
+dp_status dp_stage_optimizer_step(dp_stage *st, dp_stream *s, const dp_optimizer_config *o, int step);
+
+/* Parameters, for synchronisation and verification. */
+typedef struct {
+    char name[32]; /* "block0.linear1" */
+    size_t count;
+    float *value; /* device memory */
+    float *grad;  /* device memory */
+} dp_param_view;
+
+int dp_stage_num_params(const dp_stage *st);
+void dp_stage_param(const dp_stage *st, int i, dp_param_view *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,170 @@
+/* reference.c: the single-rank sequential reference (see reference.h). It shares the stage
+ * code with the pipelined run, so a difference between the two is a bug in scheduling or
+ * communication, never in arithmetic. */
+#define _POSIX_C_SOURCE 200809L
+#include "engine/reference.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/driver.h"
+
+struct dp_reference {
+    dp_runtime_config cfg;
+    const dp_driver *drv;
+    dp_device *dev;
+    int num_stages, num_pipes, chunks_per_pipe;
+    dp_stage **stages; /* [pipe * num_stages + stage]: a copy of the model per pipe */
+    float *x, *out, *loss; /* device: one micro-batch in, one out, one loss */
+    void *target;
+    int step;
+};
+
+dp_status dp_reference_create(const dp_runtime_config *cfg_in, dp_reference **out)
+{
+    *out = NULL;
+    dp_runtime_config cfg = *cfg_in;
+    if (!cfg.driver) cfg.driver = "cpu";
+    if (!cfg.schedule) cfg.schedule = "dualpipe";
+    DP_CHECK(dp_model_config_check(&cfg.model));
+    if (cfg.optimizer.kind != DP_OPT_NONE) dp_optimizer_config_defaults(&cfg.optimizer);
+    const dp_driver *drv;
+    DP_CHECK(dp_driver_load(cfg.driver, &drv));
+    dp_schedule_params sp = {.ranks = cfg.ranks, .chunks = cfg.chunks};
+    dp_schedule *sched;
+    DP_CHECK(dp_schedule_generate(cfg.schedule, &sp, &sched));
+    dp_reference *ref = calloc(1, sizeof *ref);
+    if (!ref) {
+        dp_schedule_free(sched);
+        return dp_fail(DP_ERR_NOMEM, "out of memory creating the reference");
+    }
+    ref->cfg = cfg;
+    ref->drv = drv;
+    ref->num_stages = sched->num_stages;
+    ref->num_pipes = sched->num_pipes;
+    ref->chunks_per_pipe = sched->chunks_per_pipe;
+    dp_schedule_free(sched);
+    const dp_device_ops *D = drv->device;
+    dp_device_config dc = {.threads = cfg.threads_per_rank};
+    dp_status st = D->open(&dc, &ref->dev);
+    int n = ref->num_pipes * ref->num_stages;
+    ref->stages = calloc((size_t)n, sizeof *ref->stages);
+    if (st == DP_OK && !ref->stages) st = dp_fail(DP_ERR_NOMEM, "out of memory creating the reference");
+    for (int i = 0; st == DP_OK && i < n; i++)
+        st = dp_stage_create(D, ref->dev, &cfg.model, i % ref->num_stages, ref->num_stages, &ref->stages[i]);
+    size_t act = dp_model_act_elems(&cfg.model);
+    void *p;
+    if (st == DP_OK && (st = D->alloc(ref->dev, act * sizeof(float), &p)) == DP_OK) ref->x = p;
+    if (st == DP_OK && (st = D->alloc(ref->dev, act * sizeof(float), &p)) == DP_OK) ref->out = p;
+    if (st == DP_OK && (st = D->alloc(ref->dev, sizeof(float), &p)) == DP_OK) ref->loss = p;
+    if (st == DP_OK) st = D->alloc(ref->dev, dp_model_target_bytes(&cfg.model), &ref->target);
+    if (st != DP_OK) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", dp_last_error());
+        dp_reference_destroy(ref);
+        return dp_fail(st, "%s", msg);
+    }
+    *out = ref;
+    return DP_OK;
+}
+
+void dp_reference_destroy(dp_reference *ref)
+{
+    if (!ref) return;
+    const dp_device_ops *D = ref->drv->device;
+    for (int i = 0; ref->stages && i < ref->num_pipes * ref->num_stages; i++) dp_stage_destroy(ref->stages[i]);
+    free(ref->stages);
+    if (ref->dev) {
+        D->free(ref->dev, ref->x), D->free(ref->dev, ref->out), D->free(ref->dev, ref->loss);
+        D->free(ref->dev, ref->target);
+        D->close(ref->dev);
+    }
+    free(ref);
+}
+
+/* One micro-batch through every stage of one copy; with `train`, the loss and the backward
+ * (input then weight gradient of each stage, last stage first). */
+static dp_status run_micro_batch(dp_reference *ref, int pipe, const float *x_host, const void *target_host, int train,
+                                 float *loss_host, float *out_host)
+{
+    const dp_device_ops *D = ref->drv->device;
+    dp_device *dev = ref->dev;
+    size_t act = dp_model_act_elems(&ref->cfg.model), bytes = act * sizeof(float);
+    int S = ref->num_stages;
+    dp_stage **stages = ref->stages + (size_t)pipe * S;
+    dp_slot **slots = calloc((size_t)S, sizeof *slots);
+    if (!slots) return dp_fail(DP_ERR_NOMEM, "out of memory in the reference");
+    dp_status st = DP_OK;
+    if (train) st = D->copy(dev, ref->target, target_host, dp_model_target_bytes(&ref->cfg.model),
+                            DP_COPY_HOST_TO_DEVICE, NULL);
+    for (int s = 0; s < S && st == DP_OK; s++) {
+        st = dp_stage_slot_get(stages[s], &slots[s]);
+        if (st != DP_OK) break;
+        if (s == 0) st = D->copy(dev, slots[0]->x, x_host, bytes, DP_COPY_HOST_TO_DEVICE, NULL);
+        else st = D->copy(dev, slots[s]->x, slots[s - 1]->y, bytes, DP_COPY_DEVICE_TO_DEVICE, NULL);
+        slots[s]->target = ref->target;
+        if (st == DP_OK) st = dp_stage_forward(stages[s], NULL, slots[s], train && s == S - 1 ? ref->loss : NULL);
+    }
+    if (st == DP_OK && !train) st = D->copy(dev, out_host, slots[S - 1]->y, bytes, DP_COPY_DEVICE_TO_HOST, NULL);
+    if (st == DP_OK && train) st = D->copy(dev, loss_host, ref->loss, sizeof(float), DP_COPY_DEVICE_TO_HOST, NULL);
+    for (int s = S - 1; train && s >= 0 && st == DP_OK; s--) {
+        if (s < S - 1) st = D->copy(dev, slots[s]->dy, slots[s + 1]->dx, bytes, DP_COPY_DEVICE_TO_DEVICE, NULL);
+        if (st == DP_OK) st = dp_stage_backward_input(stages[s], NULL, slots[s], s > 0);
+        if (st == DP_OK) st = dp_stage_backward_weight(stages[s], NULL, slots[s]);
+    }
+    for (int s = 0; s < S; s++) dp_stage_slot_put(stages[s], slots[s]);
+    free(slots);
+    return st;
+}
+
+dp_status dp_reference_train_step(dp_reference *ref, const float *inputs, const void *targets, float *losses)
+{
+    const dp_device_ops *D = ref->drv->device;
+    size_t act = dp_model_act_elems(&ref->cfg.model), tb = dp_model_target_bytes(&ref->cfg.model);
+    int S = ref->num_stages, P = ref->num_pipes, cpp = ref->chunks_per_pipe;
+    ref->step++;
+    for (int i = 0; i < P * S; i++) DP_CHECK(dp_stage_zero_grad(ref->stages[i], NULL));
+    for (int p = 0; p < P; p++)
+        for (int k = 0; k < cpp; k++) {
+            size_t mb = (size_t)p * cpp + k;
+            DP_CHECK(run_micro_batch(ref, p, inputs + mb * act, (const char *)targets + mb * tb, 1, &losses[mb], NULL));
+        }
+    /* two copies: each gets the sum of both pipes' gradients */
+    if (P == 2)
+        for (int s = 0; s < S; s++)
+            for (int i = 0; i < dp_stage_num_params(ref->stages[s]); i++) {
+                dp_param_view a, b;
+                dp_stage_param(ref->stages[s], i, &a);
+                dp_stage_param(ref->stages[S + s], i, &b);
+                DP_CHECK(D->add(ref->dev, NULL, DP_DTYPE_F32, a.count, a.grad, b.grad, a.grad));
+                DP_CHECK(D->copy(ref->dev, b.grad, a.grad, a.count * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, NULL));
+            }
+    for (int i = 0; i < P * S; i++)
+        DP_CHECK(dp_stage_optimizer_step(ref->stages[i], NULL, &ref->cfg.optimizer, ref->step));
+    return DP_OK;
+}
+
+dp_status dp_reference_infer(dp_reference *ref, const float *inputs, float *outputs)
+{
+    size_t act = dp_model_act_elems(&ref->cfg.model);
+    int cpp = ref->chunks_per_pipe;
+    for (int p = 0; p < ref->num_pipes; p++)
+        for (int k = 0; k < cpp; k++) {
+            size_t mb = (size_t)p * cpp + k;
+            DP_CHECK(run_micro_batch(ref, p, inputs + mb * act, NULL, 0, NULL, outputs + mb * act));
+        }
+    return DP_OK;
+}
+
+dp_status dp_reference_read_param(dp_reference *ref, int stage, int index, int grad, float *host, size_t *count)
+{
+    if (stage < 0 || stage >= ref->num_stages || index < 0 || index >= dp_stage_num_params(ref->stages[stage]))
+        return dp_fail(DP_ERR_INVALID, "the reference has no stage %d parameter %d", stage, index);
+    dp_param_view v;
+    dp_stage_param(ref->stages[stage], index, &v);
+    if (count) *count = v.count;
+    if (!host) return DP_OK;
+    return ref->drv->device->copy(ref->dev, host, grad ? v.grad : v.value, v.count * sizeof(float),
+                                  DP_COPY_DEVICE_TO_HOST, NULL);
+}

@@ -1,0 +1,405 @@
+/* runtime.c: the in-process job (see runtime.h): one thread per pipeline rank for set-up,
+ * every step and tear-down; the first rank to fail aborts the link so that the others stop
+ * waiting, and its message is the one reported. */
+#define _POSIX_C_SOURCE 200809L
+#include "engine/runtime.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/driver.h"
+
+typedef struct {
+    dp_device *dev;
+    dp_stream *streams[2];
+    dp_link *link;      /* the pipeline group */
+    dp_link *pair_link; /* the two ranks holding the same stages (two pipes), or NULL */
+    dp_stage *stages[DP_MAX_DIRS];
+    dp_executor *ex;
+    float *input[DP_MAX_DIRS], *loss[DP_MAX_DIRS], *output[DP_MAX_DIRS];
+    void *target[DP_MAX_DIRS];
+    dp_action_time *times;
+} rank_state;
+
+struct dp_runtime {
+    dp_runtime_config cfg;
+    const dp_driver *drv;
+    dp_schedule *sched;
+    dp_link_world *world;
+    rank_state *ranks;
+    int step;
+    /* the step's arguments, for the rank threads */
+    const float *inputs;
+    const void *targets;
+    float *losses, *outputs;
+    /* the first failure */
+    pthread_mutex_t lock;
+    dp_status first_status;
+    char first_message[1024];
+};
+
+typedef dp_status (*rank_fn)(dp_runtime *rt, int r);
+
+typedef struct {
+    dp_runtime *rt;
+    int rank;
+    rank_fn fn;
+} rank_job;
+
+static void record_failure(dp_runtime *rt, int r, dp_status st)
+{
+    pthread_mutex_lock(&rt->lock);
+    int first = rt->first_status == DP_OK;
+    if (first) {
+        rt->first_status = st;
+        snprintf(rt->first_message, sizeof rt->first_message, "rank %d: %s", r, dp_last_error());
+    }
+    pthread_mutex_unlock(&rt->lock);
+    if (first && rt->ranks[r].link)
+        rt->drv->link->abort(rt->ranks[r].link, st, rt->first_message);
+}
+
+static void *rank_thread(void *arg)
+{
+    rank_job *j = arg;
+    dp_status st = j->fn(j->rt, j->rank);
+    if (st != DP_OK) record_failure(j->rt, j->rank, st);
+    return NULL;
+}
+
+/* Runs fn on every rank, each on its own thread; returns the first failure. */
+static dp_status run_ranks(dp_runtime *rt, rank_fn fn)
+{
+    int n = rt->cfg.ranks;
+    pthread_t *t = calloc((size_t)n, sizeof *t);
+    rank_job *jobs = calloc((size_t)n, sizeof *jobs);
+    int *started = calloc((size_t)n, sizeof *started);
+    if (!t || !jobs || !started) {
+        free(t), free(jobs), free(started);
+        return dp_fail(DP_ERR_NOMEM, "out of memory starting rank threads");
+    }
+    rt->first_status = DP_OK;
+    rt->first_message[0] = 0;
+    dp_status st = DP_OK;
+    for (int r = 0; r < n; r++) {
+        jobs[r] = (rank_job){rt, r, fn};
+        if (pthread_create(&t[r], NULL, rank_thread, &jobs[r]) != 0) {
+            st = dp_fail(DP_ERR_INTERNAL, "could not start the thread of rank %d", r);
+            /* the started ranks would wait for this one: end them */
+            if (rt->ranks[0].link) rt->drv->link->abort(rt->ranks[0].link, st, "a rank thread could not start");
+            break;
+        }
+        started[r] = 1;
+    }
+    for (int r = 0; r < n; r++)
+        if (started[r]) pthread_join(t[r], NULL);
+    free(t), free(jobs), free(started);
+    if (st != DP_OK) return st;
+    if (rt->first_status != DP_OK) return dp_fail(rt->first_status, "%s", rt->first_message);
+    return DP_OK;
+}
+
+/* ----------------------------------------------------------------------------
+ * set-up and tear-down, per rank */
+
+static dp_status alloc_floats(dp_runtime *rt, rank_state *rs, size_t n, float **out)
+{
+    void *p;
+    DP_CHECK(rt->drv->device->alloc(rs->dev, n * sizeof(float), &p));
+    *out = p;
+    return DP_OK;
+}
+
+static dp_status rank_setup(dp_runtime *rt, int r)
+{
+    const dp_device_ops *D = rt->drv->device;
+    const dp_link_ops *L = rt->drv->link;
+    const dp_schedule *s = rt->sched;
+    rank_state *rs = &rt->ranks[r];
+    dp_device_config dc = {.ordinal = 0, .threads = rt->cfg.threads_per_rank, .rank = r};
+    DP_CHECK(D->open(&dc, &rs->dev));
+    for (int i = 0; i < 2; i++) DP_CHECK(D->stream_create(rs->dev, &rs->streams[i]));
+    DP_CHECK(L->open(rt->world, r, rs->dev, &rs->link));
+    DP_CHECK(L->set_timeout(rs->link, rt->cfg.timeout_ms));
+    for (int d = 0; d < s->num_dirs; d++)
+        DP_CHECK(dp_stage_create(D, rs->dev, &rt->cfg.model, s->slot_stage[d][r], s->num_stages, &rs->stages[d]));
+    if (s->num_pipes == 2) {
+        /* the rank holding this rank's first stage in the other pipe */
+        int pipe = s->slot_pipe[0][r], stage = s->slot_stage[0][r];
+        int partner = s->stage_rank[1 - pipe][stage];
+        DP_CHECK(L->split(rs->link, r < partner ? r : partner, r, &rs->pair_link));
+    }
+    size_t act = dp_model_act_elems(&rt->cfg.model), cpp = (size_t)s->chunks_per_pipe;
+    for (int d = 0; d < s->num_dirs; d++) {
+        int pipe = s->slot_pipe[d][r];
+        if (dp_schedule_is_first_stage(s, r, d)) DP_CHECK(alloc_floats(rt, rs, cpp * act, &rs->input[pipe]));
+        if (dp_schedule_is_last_stage(s, r, d)) {
+            DP_CHECK(D->alloc(rs->dev, cpp * dp_model_target_bytes(&rt->cfg.model), &rs->target[pipe]));
+            DP_CHECK(alloc_floats(rt, rs, cpp, &rs->loss[pipe]));
+            DP_CHECK(alloc_floats(rt, rs, cpp * act, &rs->output[pipe]));
+        }
+    }
+    if (rt->cfg.record_times) {
+        rs->times = calloc((size_t)s->num_actions[r] + 1, sizeof *rs->times);
+        if (!rs->times) return dp_fail(DP_ERR_NOMEM, "out of memory for timings");
+    }
+    dp_executor_config ec = {.sched = s, .rank = r, .dops = D, .dev = rs->dev, .lops = L, .link = rs->link,
+                             .sync_each_action = rt->cfg.record_times};
+    ec.streams[0] = rs->streams[0], ec.streams[1] = rs->streams[1];
+    for (int d = 0; d < s->num_dirs; d++) ec.stages[d] = rs->stages[d];
+    return dp_executor_create(&ec, &rs->ex);
+}
+
+static void rank_teardown(dp_runtime *rt, int r)
+{
+    const dp_device_ops *D = rt->drv->device;
+    const dp_link_ops *L = rt->drv->link;
+    rank_state *rs = &rt->ranks[r];
+    dp_executor_destroy(rs->ex);
+    for (int d = 0; d < DP_MAX_DIRS; d++) {
+        dp_stage_destroy(rs->stages[d]);
+        if (rs->dev) {
+            D->free(rs->dev, rs->input[d]);
+            D->free(rs->dev, rs->target[d]);
+            D->free(rs->dev, rs->loss[d]);
+            D->free(rs->dev, rs->output[d]);
+        }
+    }
+    if (rs->pair_link) L->close(rs->pair_link);
+    if (rs->link) L->close(rs->link);
+    for (int i = 0; i < 2; i++)
+        if (rs->streams[i]) D->stream_destroy(rs->dev, rs->streams[i]);
+    if (rs->dev) D->close(rs->dev);
+    free(rs->times);
+    memset(rs, 0, sizeof *rs);
+}
+
+static dp_status rank_teardown_fn(dp_runtime *rt, int r)
+{
+    rank_teardown(rt, r);
+    return DP_OK;
+}
+
+dp_status dp_runtime_create(const dp_runtime_config *cfg_in, dp_runtime **out)
+{
+    *out = NULL;
+    dp_runtime_config cfg = *cfg_in;
+    if (!cfg.driver) cfg.driver = "cpu";
+    if (!cfg.schedule) cfg.schedule = "dualpipe";
+    DP_CHECK(dp_model_config_check(&cfg.model));
+    if (cfg.optimizer.kind != DP_OPT_NONE) dp_optimizer_config_defaults(&cfg.optimizer);
+    if (cfg.threads_per_rank <= 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        cfg.threads_per_rank = cores > cfg.ranks && cfg.ranks > 0 ? (int)(cores / cfg.ranks) : 1;
+    }
+    if (cfg.timeout_ms <= 0) cfg.timeout_ms = 60000;
+
+    const dp_driver *drv;
+    DP_CHECK(dp_driver_load(cfg.driver, &drv));
+    dp_schedule_params sp = {.ranks = cfg.ranks, .chunks = cfg.chunks};
+    dp_schedule *sched;
+    DP_CHECK(dp_schedule_generate(cfg.schedule, &sp, &sched));
+    dp_status st = dp_schedule_validate(sched, NULL);
+    if (st != DP_OK) {
+        dp_schedule_free(sched);
+        return st;
+    }
+    dp_runtime *rt = calloc(1, sizeof *rt);
+    if (!rt) {
+        dp_schedule_free(sched);
+        return dp_fail(DP_ERR_NOMEM, "out of memory creating a runtime");
+    }
+    rt->cfg = cfg;
+    rt->drv = drv;
+    rt->sched = sched;
+    pthread_mutex_init(&rt->lock, NULL);
+    rt->ranks = calloc((size_t)cfg.ranks, sizeof *rt->ranks);
+    if (!rt->ranks) {
+        dp_runtime_destroy(rt);
+        return dp_fail(DP_ERR_NOMEM, "out of memory creating a runtime");
+    }
+    dp_link_world_config wc = {.world_size = cfg.ranks, .first_rank = 0, .local_ranks = cfg.ranks,
+                               .timeout_ms = cfg.timeout_ms};
+    st = drv->link->world_create(&wc, &rt->world);
+    if (st == DP_OK) st = run_ranks(rt, rank_setup);
+    if (st != DP_OK) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", dp_last_error());
+        dp_runtime_destroy(rt);
+        return dp_fail(st, "%s", msg);
+    }
+    *out = rt;
+    return DP_OK;
+}
+
+void dp_runtime_destroy(dp_runtime *rt)
+{
+    if (!rt) return;
+    if (rt->ranks) {
+        if (rt->world) run_ranks(rt, rank_teardown_fn);
+        else
+            for (int r = 0; r < rt->cfg.ranks; r++) rank_teardown(rt, r);
+    }
+    if (rt->world) rt->drv->link->world_destroy(rt->world);
+    free(rt->ranks);
+    dp_schedule_free(rt->sched);
+    pthread_mutex_destroy(&rt->lock);
+    free(rt);
+}
+
+const dp_schedule *dp_runtime_schedule(const dp_runtime *rt) { return rt->sched; }
+const dp_model_config *dp_runtime_model(const dp_runtime *rt) { return &rt->cfg.model; }
+
+const dp_action_time *dp_runtime_times(const dp_runtime *rt, int rank)
+{
+    return rank >= 0 && rank < rt->cfg.ranks ? rt->ranks[rank].times : NULL;
+}
+
+/* ----------------------------------------------------------------------------
+ * steps */
+
+static dp_status load_inputs(dp_runtime *rt, int r, int with_targets)
+{
+    const dp_device_ops *D = rt->drv->device;
+    const dp_schedule *s = rt->sched;
+    rank_state *rs = &rt->ranks[r];
+    size_t act = dp_model_act_elems(&rt->cfg.model), cpp = (size_t)s->chunks_per_pipe;
+    size_t tb = dp_model_target_bytes(&rt->cfg.model);
+    for (int d = 0; d < s->num_dirs; d++) {
+        int pipe = s->slot_pipe[d][r];
+        if (dp_schedule_is_first_stage(s, r, d))
+            DP_CHECK(D->copy(rs->dev, rs->input[pipe], rt->inputs + (size_t)pipe * cpp * act, cpp * act * sizeof(float),
+                             DP_COPY_HOST_TO_DEVICE, rs->streams[0]));
+        if (with_targets && dp_schedule_is_last_stage(s, r, d))
+            DP_CHECK(D->copy(rs->dev, rs->target[pipe], (const char *)rt->targets + (size_t)pipe * cpp * tb, cpp * tb,
+                             DP_COPY_HOST_TO_DEVICE, rs->streams[0]));
+    }
+    return D->stream_synchronize(rs->dev, rs->streams[0]);
+}
+
+static dp_step_io step_io(dp_runtime *rt, int r)
+{
+    rank_state *rs = &rt->ranks[r];
+    dp_step_io io;
+    memset(&io, 0, sizeof io);
+    for (int p = 0; p < DP_MAX_DIRS; p++) {
+        io.input[p] = rs->input[p];
+        io.target[p] = rs->target[p];
+        io.loss[p] = rs->loss[p];
+        io.output[p] = rs->output[p];
+    }
+    io.times = rs->times;
+    io.t0 = dp_now_ms();
+    return io;
+}
+
+/* The copies of each stage add their gradients; both orders of a sum of two give the same
+ * bits, so every copy ends equal to the single-rank reference's pipe-by-pipe sum. */
+static dp_status sync_gradients(dp_runtime *rt, int r)
+{
+    rank_state *rs = &rt->ranks[r];
+    if (!rs->pair_link) return DP_OK;
+    const dp_schedule *s = rt->sched;
+    int order[DP_MAX_DIRS] = {0, 1};
+    if (s->num_dirs == 2 && s->slot_stage[1][r] < s->slot_stage[0][r]) order[0] = 1, order[1] = 0;
+    for (int i = 0; i < s->num_dirs; i++) {
+        dp_stage *st = rs->stages[order[i]];
+        for (int p = 0; p < dp_stage_num_params(st); p++) {
+            dp_param_view v;
+            dp_stage_param(st, p, &v);
+            DP_CHECK(rt->drv->link->all_reduce(rs->pair_link, v.grad, v.grad, v.count, DP_DTYPE_F32, DP_REDUCE_SUM,
+                                               rs->streams[0]));
+        }
+    }
+    return DP_OK;
+}
+
+static dp_status rank_train(dp_runtime *rt, int r)
+{
+    const dp_device_ops *D = rt->drv->device;
+    const dp_schedule *s = rt->sched;
+    rank_state *rs = &rt->ranks[r];
+    DP_CHECK(load_inputs(rt, r, 1));
+    for (int d = 0; d < s->num_dirs; d++) DP_CHECK(dp_stage_zero_grad(rs->stages[d], rs->streams[0]));
+    dp_step_io io = step_io(rt, r);
+    DP_CHECK(dp_executor_train(rs->ex, &io));
+    for (int i = 0; i < 2; i++) DP_CHECK(D->stream_synchronize(rs->dev, rs->streams[i]));
+    DP_CHECK(sync_gradients(rt, r));
+    for (int d = 0; d < s->num_dirs; d++)
+        DP_CHECK(dp_stage_optimizer_step(rs->stages[d], rs->streams[0], &rt->cfg.optimizer, rt->step));
+    size_t cpp = (size_t)s->chunks_per_pipe;
+    for (int d = 0; d < s->num_dirs; d++) {
+        int pipe = s->slot_pipe[d][r];
+        if (dp_schedule_is_last_stage(s, r, d))
+            DP_CHECK(D->copy(rs->dev, rt->losses + (size_t)pipe * cpp, rs->loss[pipe], cpp * sizeof(float),
+                             DP_COPY_DEVICE_TO_HOST, rs->streams[0]));
+    }
+    return D->stream_synchronize(rs->dev, rs->streams[0]);
+}
+
+static dp_status rank_infer(dp_runtime *rt, int r)
+{
+    const dp_device_ops *D = rt->drv->device;
+    const dp_schedule *s = rt->sched;
+    rank_state *rs = &rt->ranks[r];
+    DP_CHECK(load_inputs(rt, r, 0));
+    dp_step_io io = step_io(rt, r);
+    DP_CHECK(dp_executor_infer(rs->ex, &io));
+    size_t act = dp_model_act_elems(&rt->cfg.model), cpp = (size_t)s->chunks_per_pipe;
+    for (int d = 0; d < s->num_dirs; d++) {
+        int pipe = s->slot_pipe[d][r];
+        if (dp_schedule_is_last_stage(s, r, d))
+            DP_CHECK(D->copy(rs->dev, rt->outputs + (size_t)pipe * cpp * act, rs->output[pipe],
+                             cpp * act * sizeof(float), DP_COPY_DEVICE_TO_HOST, rs->streams[0]));
+    }
+    return D->stream_synchronize(rs->dev, rs->streams[0]);
+}
+
+dp_status dp_runtime_train_step(dp_runtime *rt, const float *inputs, const void *targets, float *losses)
+{
+    if (!inputs || !targets || !losses) return dp_fail(DP_ERR_INVALID, "train step: inputs, targets and losses are needed");
+    rt->inputs = inputs, rt->targets = targets, rt->losses = losses;
+    rt->step++;
+    return run_ranks(rt, rank_train);
+}
+
+dp_status dp_runtime_infer(dp_runtime *rt, const float *inputs, float *outputs)
+{
+    if (!inputs || !outputs) return dp_fail(DP_ERR_INVALID, "inference: inputs and outputs are needed");
+    rt->inputs = inputs, rt->outputs = outputs;
+    return run_ranks(rt, rank_infer);
+}
+
+/* ----------------------------------------------------------------------------
+ * parameters */
+
+int dp_runtime_num_params(const dp_runtime *rt, int stage)
+{
+    const dp_schedule *s = rt->sched;
+    if (stage < 0 || stage >= s->num_stages) return 0;
+    int r = s->stage_rank[0][stage], d = s->stage_dir[0][stage];
+    return dp_stage_num_params(rt->ranks[r].stages[d]);
+}
+
+dp_status dp_runtime_read_param(dp_runtime *rt, int stage, int copy, int index, int grad, float *host, size_t *count,
+                                char name[32])
+{
+    const dp_schedule *s = rt->sched;
+    if (stage < 0 || stage >= s->num_stages || copy < 0 || copy >= s->num_pipes)
+        return dp_fail(DP_ERR_INVALID, "no stage %d copy %d (stages %d, copies %d)", stage, copy, s->num_stages,
+                       s->num_pipes);
+    int r = s->stage_rank[copy][stage], d = s->stage_dir[copy][stage];
+    rank_state *rs = &rt->ranks[r];
+    if (index < 0 || index >= dp_stage_num_params(rs->stages[d]))
+        return dp_fail(DP_ERR_INVALID, "stage %d has no parameter %d", stage, index);
+    dp_param_view v;
+    dp_stage_param(rs->stages[d], index, &v);
+    if (count) *count = v.count;
+    if (name) snprintf(name, 32, "%s", v.name);
+    if (!host) return DP_OK;
+    return rt->drv->device->copy(rs->dev, host, grad ? v.grad : v.value, v.count * sizeof(float),
+                                 DP_COPY_DEVICE_TO_HOST, NULL);
+}

@@ -1,0 +1,63 @@
+/* runtime.h: a pipeline-parallel training job in one process: loads the driver, builds and
+ * validates the schedule, starts one thread per pipeline rank (each with its device, two
+ * streams, its link endpoint and its stages), and runs training and inference steps. */
+#ifndef DP_RUNTIME_H
+#define DP_RUNTIME_H
+
+#include <stddef.h>
+
+#include "engine/executor.h"
+#include "engine/model.h"
+#include "engine/schedule.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    const char *driver;   /* "cpu" (default) or a module's name */
+    const char *schedule; /* "dualpipe" (default), "dualpipev", "1f1b", "zb1p", "gpipe", ... */
+    int ranks;            /* pipeline ranks */
+    int chunks;           /* micro-batches per step */
+    dp_model_config model;
+    dp_optimizer_config optimizer; /* kind DP_OPT_NONE: gradients only */
+    int threads_per_rank;          /* kernel threads of each rank's device (0: cores / ranks, at least 1) */
+    int timeout_ms;                /* a rank gives up waiting after this long (0: 60 s) */
+    int record_times;              /* keep when each action ran in the last step */
+} dp_runtime_config;
+
+typedef struct dp_runtime dp_runtime;
+
+/* Errors: DP_ERR_NOT_FOUND (driver or schedule), DP_ERR_INVALID (a topology or model rule,
+ * named in the message), and whatever the driver reports. */
+dp_status dp_runtime_create(const dp_runtime_config *cfg, dp_runtime **out);
+void dp_runtime_destroy(dp_runtime *rt);
+
+const dp_schedule *dp_runtime_schedule(const dp_runtime *rt);
+const dp_model_config *dp_runtime_model(const dp_runtime *rt);
+
+/* One training step over chunks micro-batches: inputs [chunks x tokens x hidden] (host),
+ * targets per micro-batch ([chunks x tokens x hidden] floats for MSE, [chunks x tokens] int32
+ * labels for cross-entropy), losses [chunks] out (host). Gradients are summed over the
+ * micro-batches (each micro-batch's loss differentiated on its own), synchronised between
+ * the copies of a stage, then the optimizer steps. A failure on any rank ends the step on all
+ * ranks and is reported with that rank's message. */
+dp_status dp_runtime_train_step(dp_runtime *rt, const float *inputs, const void *targets, float *losses);
+
+/* Forward only: outputs [chunks x tokens x hidden] (host). */
+dp_status dp_runtime_infer(dp_runtime *rt, const float *inputs, float *outputs);
+
+/* Parameters of the whole model, addressed by (stage, index) as in dp_stage_param; `copy`
+ * picks which pipe's copy where a stage lives twice (DualPipe), 0 otherwise. Copies `count`
+ * floats of the value (grad = 0) or the gradient of the last step (grad = 1) into host. */
+int dp_runtime_num_params(const dp_runtime *rt, int stage);
+dp_status dp_runtime_read_param(dp_runtime *rt, int stage, int copy, int index, int grad, float *host,
+                                size_t *count, char name[32]);
+
+/* When each action of `rank` ran in the last step (record_times), or NULL. */
+const dp_action_time *dp_runtime_times(const dp_runtime *rt, int rank);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,268 @@
+/* test_engine_pipeline.c: the proof that pipelining changes nothing. For every schedule,
+ * several pipeline sizes, two micro-batch counts and both block kinds, a training step on
+ * rank threads gives per-micro-batch losses, gradients and (after 10 AdamW steps) parameters
+ * bit-for-bit equal to the single-rank sequential reference, and inference outputs too.
+ * Gradients are bit-exact, not merely close: every copy of a stage folds its micro-batches in
+ * micro-batch order (the schedules run each stage's weight gradients in that order), the two
+ * copies of a DualPipe stage add with one commutative sum, and every kernel is deterministic. */
+#define _POSIX_C_SOURCE 200809L
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/driver.h"
+#include "engine/reference.h"
+#include "engine/runtime.h"
+#include "tests/tap.h"
+
+typedef struct {
+    const char *schedule;
+    int ranks;
+    int chunks;
+} shape;
+
+static float *make_inputs(const dp_runtime_config *c, uint64_t stream)
+{
+    size_t n = (size_t)c->chunks * c->model.tokens * c->model.hidden;
+    float *v = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) v[i] = dp_counter_uniform(1234, stream, i);
+    return v;
+}
+
+static void *make_targets(const dp_runtime_config *c)
+{
+    if (c->model.loss == DP_LOSS_MSE) return make_inputs(c, 99);
+    int32_t *l = malloc(sizeof(int32_t) * (size_t)c->chunks * c->model.tokens);
+    for (int i = 0; i < c->chunks * c->model.tokens; i++) l[i] = (int32_t)((i * 7 + 3) % c->model.hidden);
+    return l;
+}
+
+static double max_abs_diff(const float *a, const float *b, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = a[i] > b[i] ? (double)a[i] - b[i] : (double)b[i] - a[i];
+        if (d != d) return 1e300;
+        m = d > m ? d : m;
+    }
+    return m;
+}
+
+/* Every parameter (grad = 0) or gradient (grad = 1) of every copy equals the reference's bits. */
+static int params_equal(dp_runtime *rt, dp_reference *ref, int grad, double *worst)
+{
+    const dp_schedule *s = dp_runtime_schedule(rt);
+    int ok = 1;
+    *worst = 0;
+    for (int st = 0; st < s->num_stages; st++)
+        for (int i = 0; i < dp_runtime_num_params(rt, st); i++) {
+            size_t n;
+            dp_reference_read_param(ref, st, i, grad, NULL, &n);
+            float *want = malloc(sizeof(float) * n), *got = malloc(sizeof(float) * n);
+            dp_reference_read_param(ref, st, i, grad, want, &n);
+            for (int copy = 0; copy < s->num_pipes; copy++) {
+                dp_runtime_read_param(rt, st, copy, i, grad, got, &n, NULL);
+                if (memcmp(got, want, sizeof(float) * n) != 0) {
+                    ok = 0;
+                    double d = max_abs_diff(got, want, n);
+                    *worst = d > *worst ? d : *worst;
+                }
+            }
+            free(want), free(got);
+        }
+    return ok;
+}
+
+static void check_shape(const shape *sh, dp_block_kind block, int layers, dp_loss_kind loss, int adam_steps)
+{
+    dp_runtime_config c;
+    memset(&c, 0, sizeof c);
+    c.schedule = sh->schedule;
+    c.ranks = sh->ranks;
+    c.chunks = sh->chunks;
+    c.model.hidden = 8;
+    c.model.ffn = 24;
+    c.model.tokens = 3;
+    c.model.layers_per_stage = layers;
+    c.model.block = block;
+    c.model.loss = loss;
+    c.model.seed = 42;
+    c.optimizer.kind = DP_OPT_ADAMW;
+    c.optimizer.lr = 1e-2f;
+    c.optimizer.weight_decay = 0.01f;
+    c.threads_per_rank = 1;
+    c.timeout_ms = 20000;
+    char what[128];
+    snprintf(what, sizeof what, "%s pp %d chunks %d %s x%d %s", sh->schedule, sh->ranks, sh->chunks,
+             block == DP_BLOCK_MLP ? "mlp" : "residual", layers, loss == DP_LOSS_MSE ? "mse" : "xent");
+
+    dp_runtime *rt = NULL;
+    dp_reference *ref = NULL;
+    dp_status st = dp_runtime_create(&c, &rt);
+    if (st == DP_OK) st = dp_reference_create(&c, &ref);
+    if (!tap_ok(st == DP_OK, "%s: runtime and reference start", what)) {
+        tap_diag("%s", dp_last_error());
+        dp_runtime_destroy(rt);
+        dp_reference_destroy(ref);
+        return;
+    }
+    float *x = make_inputs(&c, 7);
+    void *t = make_targets(&c);
+    float *l1 = calloc((size_t)c.chunks, sizeof(float)), *l2 = calloc((size_t)c.chunks, sizeof(float));
+    dp_status a = dp_runtime_train_step(rt, x, t, l1);
+    dp_status b = dp_reference_train_step(ref, x, t, l2);
+    if (a != DP_OK || b != DP_OK) tap_diag("%s", dp_last_error());
+    int nonzero = 1;
+    for (int k = 0; k < c.chunks; k++) nonzero &= l2[k] > 0;
+    tap_ok(a == DP_OK && b == DP_OK && nonzero && memcmp(l1, l2, sizeof(float) * (size_t)c.chunks) == 0,
+           "%s: per-micro-batch losses bit-equal to the reference", what);
+    double worst;
+    tap_ok(params_equal(rt, ref, 1, &worst), "%s: every gradient bit-equal (tolerance 0)", what);
+    if (worst > 0) tap_diag("largest gradient difference %g", worst);
+
+    /* steps 2..adam_steps, then parameters */
+    int ok = 1;
+    for (int step = 2; step <= adam_steps && ok; step++) {
+        ok = dp_runtime_train_step(rt, x, t, l1) == DP_OK && dp_reference_train_step(ref, x, t, l2) == DP_OK &&
+             memcmp(l1, l2, sizeof(float) * (size_t)c.chunks) == 0;
+    }
+    if (adam_steps > 1) {
+        tap_ok(ok && params_equal(rt, ref, 0, &worst), "%s: parameters bit-equal after %d AdamW steps", what,
+               adam_steps);
+        if (worst > 0) tap_diag("largest parameter difference %g", worst);
+    }
+
+    size_t n = (size_t)c.chunks * c.model.tokens * c.model.hidden;
+    float *o1 = malloc(sizeof(float) * n), *o2 = malloc(sizeof(float) * n);
+    a = dp_runtime_infer(rt, x, o1);
+    b = dp_reference_infer(ref, x, o2);
+    tap_ok(a == DP_OK && b == DP_OK && memcmp(o1, o2, sizeof(float) * n) == 0,
+           "%s: inference outputs bit-equal", what);
+    free(x), free(t), free(l1), free(l2), free(o1), free(o2);
+    dp_runtime_destroy(rt);
+    dp_reference_destroy(ref);
+}
+
+/* ----------------------------------------------------------------------------
+ * errors */
+
+static void check_errors(void)
+{
+    dp_runtime_config c;
+    memset(&c, 0, sizeof c);
+    c.ranks = 3;
+    c.chunks = 6;
+    c.model.hidden = 4;
+    c.model.tokens = 2;
+    c.schedule = "dualpipe";
+    dp_runtime *rt = NULL;
+    dp_status st = dp_runtime_create(&c, &rt);
+    tap_is_int(st, DP_ERR_INVALID, "dualpipe with an odd number of ranks is refused");
+    tap_ok(strstr(dp_last_error(), "even") != NULL, "saying it needs an even number: %s", dp_last_error());
+    c.ranks = 2;
+    c.driver = "nosuch";
+    st = dp_runtime_create(&c, &rt);
+    tap_is_int(st, DP_ERR_NOT_FOUND, "a driver that cannot be found is an error");
+    tap_ok(strstr(dp_last_error(), "nosuch") != NULL, "naming it");
+    c.driver = NULL;
+    c.schedule = "nosuch";
+    st = dp_runtime_create(&c, &rt);
+    tap_is_int(st, DP_ERR_NOT_FOUND, "an unknown schedule is an error: %s", dp_last_error());
+    c.schedule = "1f1b";
+    c.model.hidden = 0;
+    st = dp_runtime_create(&c, &rt);
+    tap_is_int(st, DP_ERR_INVALID, "a bad model is refused: %s", dp_last_error());
+}
+
+/* A schedule whose rank 0 forgot its actions: rank 1's first forward waits for a message
+ * that never comes, and the step fails with a timeout naming the ranks and the action. */
+typedef struct {
+    dp_executor *ex;
+    dp_status st;
+    char msg[1024];
+} broken_rank;
+
+static void *broken_main(void *arg)
+{
+    broken_rank *b = arg;
+    float *in = calloc(64, sizeof(float)), *loss = calloc(4, sizeof(float));
+    float *tgt = calloc(64, sizeof(float));
+    dp_step_io io;
+    memset(&io, 0, sizeof io);
+    io.input[0] = in, io.target[0] = tgt, io.loss[0] = loss;
+    b->st = dp_executor_train(b->ex, &io);
+    snprintf(b->msg, sizeof b->msg, "%s", dp_last_error());
+    free(in), free(loss), free(tgt);
+    return NULL;
+}
+
+static void check_timeout(void)
+{
+    const dp_driver *drv;
+    dp_driver_load("cpu", &drv);
+    dp_schedule_params sp = {.ranks = 2, .chunks = 2};
+    dp_schedule *s;
+    dp_schedule_generate("gpipe", &sp, &s);
+    s->num_actions[0] = 0; /* rank 0 never sends its activations */
+    dp_link_world *w;
+    dp_link_world_config wc = {.world_size = 2, .timeout_ms = 200};
+    drv->link->world_create(&wc, &w);
+    dp_model_config m = {.hidden = 4, .tokens = 2};
+    dp_device *dev[2];
+    dp_link *l[2];
+    dp_stage *stg[2];
+    broken_rank br[2];
+    pthread_t t[2];
+    for (int r = 0; r < 2; r++) {
+        dp_device_config dc = {.threads = 1, .rank = r};
+        drv->device->open(&dc, &dev[r]);
+        drv->link->open(w, r, dev[r], &l[r]);
+        dp_stage_create(drv->device, dev[r], &m, r, 2, &stg[r]);
+        dp_executor_config ec = {.sched = s, .rank = r, .dops = drv->device, .dev = dev[r], .lops = drv->link,
+                                 .link = l[r]};
+        ec.stages[0] = stg[r];
+        memset(&br[r], 0, sizeof br[r]);
+        dp_executor_create(&ec, &br[r].ex);
+    }
+    for (int r = 0; r < 2; r++) pthread_create(&t[r], NULL, broken_main, &br[r]);
+    for (int r = 0; r < 2; r++) pthread_join(t[r], NULL);
+    tap_is_int(br[1].st, DP_ERR_TIMEOUT, "a missing send times out instead of hanging");
+    tap_ok(strstr(br[1].msg, "rank 1") && strstr(br[1].msg, "from rank 0") && strstr(br[1].msg, "F of local stage 0") &&
+               strstr(br[1].msg, "micro-batch 0"),
+           "the message names the rank, the peer and the action");
+    tap_diag("%s", br[1].msg);
+    for (int r = 0; r < 2; r++) {
+        dp_executor_destroy(br[r].ex);
+        dp_stage_destroy(stg[r]);
+        drv->link->close(l[r]);
+        drv->device->close(dev[r]);
+    }
+    drv->link->world_destroy(w);
+    dp_schedule_free(s);
+}
+
+int main(void)
+{
+    static const shape shapes[] = {
+        {"gpipe", 2, 2},     {"gpipe", 4, 6},     {"gpipe", 8, 8},     {"gpipe", 2, 5},
+        {"1f1b", 2, 4},      {"1f1b", 4, 4},      {"1f1b", 8, 10},     {"1f1b", 4, 9},
+        {"zb1p", 2, 4},      {"zb1p", 4, 8},      {"zb1p", 8, 8},      {"zb1p", 4, 5},
+        {"dualpipe", 2, 4},  {"dualpipe", 2, 10}, {"dualpipe", 4, 8},  {"dualpipe", 4, 12},
+        {"dualpipe", 8, 16}, {"dualpipe", 8, 20}, {"dualpipev", 1, 2}, {"dualpipev", 1, 5},
+        {"dualpipev", 2, 4}, {"dualpipev", 2, 7}, {"dualpipev", 4, 8}, {"dualpipev", 4, 10},
+        {"interleaved-1f1b", 2, 4}, {"interleaved-1f1b", 4, 8},
+    };
+    int n = (int)(sizeof shapes / sizeof shapes[0]);
+    for (int i = 0; i < n; i++) {
+        check_shape(&shapes[i], DP_BLOCK_MLP, 1, DP_LOSS_MSE, i % 2 == 0 ? 10 : 1);
+        check_shape(&shapes[i], DP_BLOCK_RESIDUAL, 2, DP_LOSS_MSE, i % 2 == 1 ? 10 : 1);
+    }
+    shape x = {"dualpipe", 4, 8};
+    check_shape(&x, DP_BLOCK_RESIDUAL, 1, DP_LOSS_XENT, 3);
+    shape v = {"dualpipev", 2, 6};
+    check_shape(&v, DP_BLOCK_MLP, 1, DP_LOSS_XENT, 3);
+    check_errors();
+    check_timeout();
+    return tap_done();
+}
