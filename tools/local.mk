@@ -10,3 +10,4 @@ tools_dualpipe_SOURCES = \
 	tools/cmd_schedule.c
 tools_dualpipe_LDADD = engine/libdualpipe.la
 tools_dualpipe_SOURCES += tools/cmd_verify.c
+tools_dualpipe_SOURCES += tools/cmd_bench_cuda.c
