@@ -151,8 +151,8 @@ out:
 /* ----------------------------------------------------------------------------
  * pipelined steps */
 
-static int bench_shape(const dp_driver *drv, const char *schedule, int pp, int chunks, int hidden, int tokens,
-                       int steps, int gemm_only)
+static int bench_shape(const dp_driver *drv, const char *schedule, int pp, int gpus, int chunks, int hidden,
+                       int tokens, int steps, int gemm_only)
 {
     gemm_floor f = {0, 0, 0};
     if (measure_floor(drv, hidden, tokens, &f)) return 1;
@@ -197,8 +197,9 @@ static int bench_shape(const dp_driver *drv, const char *schedule, int pp, int c
     if (cli_stderr_is_tty()) fprintf(stderr, "\r%40s\r", "");
     qsort(t + 2, (size_t)steps, sizeof *t, cmp_double);
     double med = t[2 + steps / 2], best = t[2];
-    /* visits per GPU: every micro-batch passes every stage of its pipe once */
-    double visits = (double)chunks * s->num_stages / pp;
+    /* visits per GPU: every micro-batch passes every stage of its pipe once; ranks sharing a
+     * GPU share its work */
+    double visits = (double)chunks * s->num_stages / gpus;
     double floor_ms = visits * visit_ms;
     double flops = visits * visit_flops;
     printf("  %-9s pp %d, %d chunks: step median %.2f ms (best %.2f), %.1f TFLOP/s per GPU; floor %.2f ms; "
@@ -262,14 +263,17 @@ int cmd_bench_cuda(int argc, char **argv)
         return CLI_EXIT_FAIL;
     }
     drv->device->close(dev);
+    int gpus = shared || count < pp ? 1 : pp;
     printf("dualpipe bench-cuda: %d x %s; fp32, TF32 off; ranks %s\n", count, info.name,
-           shared || count < pp ? "share GPU 0 (copy link)" : "one per GPU (NCCL)");
-    if (hidden) return bench_shape(drv, schedule, pp, chunks, hidden, tokens ? tokens : 2 * hidden, steps, gemm_only)
+           gpus == 1 ? "share GPU 0 (copy link)" : "one per GPU (NCCL)");
+    if (hidden)
+        return bench_shape(drv, schedule, pp, gpus, chunks, hidden, tokens ? tokens : 2 * hidden, steps, gemm_only)
                            ? CLI_EXIT_FAIL
                            : CLI_EXIT_OK;
     static const int shapes[][2] = {{1024, 2048}, {2048, 4096}, {4096, 8192}};
     int rc = CLI_EXIT_OK;
     for (int i = 0; i < 3; i++)
-        if (bench_shape(drv, schedule, pp, chunks, shapes[i][0], shapes[i][1], steps, gemm_only)) rc = CLI_EXIT_FAIL;
+        if (bench_shape(drv, schedule, pp, gpus, chunks, shapes[i][0], shapes[i][1], steps, gemm_only))
+            rc = CLI_EXIT_FAIL;
     return rc;
 }
