@@ -1,1 +1,46 @@
-# eplb/local.mk: rules for this component (filled in by its own change).
+# eplb/local.mk: the expert-parallel load balancer library (libeplb), its tool, tests and
+# benchmark.
+lib_LTLIBRARIES += eplb/libeplb.la
+eplb_libeplb_la_LDFLAGS = $(AM_LDFLAGS) -version-info 0:0:0
+eplb_libeplb_la_LIBADD = -lm
+eplb_libeplb_la_SOURCES = \
+	eplb/eplb.h \
+	eplb/eplb_internal.h \
+	eplb/eplb_status.c \
+	eplb/eplb_sort.c \
+	eplb/eplb_deepseek.c \
+	eplb/eplb_balanced.c \
+	eplb/eplb_bound.c \
+	eplb/eplb_plan.c \
+	eplb/eplb_migrate.c \
+	eplb/eplb_rebalance.c
+eplb_includedir = $(includedir)/eplb
+eplb_include_HEADERS = eplb/eplb.h
+
+# The eplb command.
+bin_PROGRAMS += tools/eplb
+tools_eplb_SOURCES = \
+	tools/eplb.c \
+	tools/eplb_input.c \
+	tools/eplb_input.h \
+	tools/eplb_json.c \
+	tools/eplb_json.h \
+	tools/eplb_output.c \
+	tools/eplb_output.h \
+	tools/cli.c \
+	tools/cli.h
+tools_eplb_LDADD = eplb/libeplb.la
+
+# Tests.
+check_PROGRAMS += tests/test_eplb_reference
+tests_test_eplb_reference_SOURCES = tests/test_eplb_reference.c
+tests_test_eplb_reference_LDADD = eplb/libeplb.la
+TESTS += tests/test_eplb_reference
+EXTRA_DIST += tests/data/eplb_reference.txt
+check_PROGRAMS += tests/test_eplb_invariants
+tests_test_eplb_invariants_SOURCES = tests/test_eplb_invariants.c
+tests_test_eplb_invariants_LDADD = eplb/libeplb.la -lm
+TESTS += tests/test_eplb_invariants
+TESTS += tests/test_eplb_tool.sh
+EXTRA_DIST += tests/test_eplb_tool.sh tests/data/eplb_readme.txt
+dist_man_MANS += doc/eplb.1

@@ -1,0 +1,554 @@
+/* eplb_balanced.c: the default policy for one layer. Replicas go to the experts with the
+ * largest per-replica load (which minimises the heaviest replica), the replicas are packed
+ * heaviest first onto the lightest GPU that does not hold the expert yet, and swaps between
+ * the most loaded GPU and the others then lower the maximum until no single swap can. The
+ * reference plan of the same layer is a floor: if it is better, it is improved the same way. */
+#include "eplb/eplb_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* One layer's replicas and where they are. Items of one expert are consecutive. */
+typedef struct {
+    const double *w;
+    const eplb_shape *s;
+    int S, Pn;          /* slots per GPU, GPUs per node */
+    int strict;         /* every replica stays on its expert's node */
+    int nitems;
+    int *expert;        /* per item */
+    int *home;          /* per item: the node it must stay on, -1 for anywhere */
+    int *gpu;           /* per item */
+    int *first;         /* per expert: its first item */
+    int *cnt;           /* per expert: its replica count */
+    double *load;       /* per item */
+    int *slot;          /* per GPU, S items */
+    int *fill;          /* per GPU */
+    double *gload;      /* per GPU */
+} packing;
+
+static int on_gpu(const packing *pk, int e, int g, int except_item)
+{
+    for (int k = 0; k < pk->cnt[e]; k++) {
+        int it = pk->first[e] + k;
+        if (it != except_item && pk->gpu[it] == g) return 1;
+    }
+    return 0;
+}
+
+static int may_live_on(const packing *pk, int item, int g)
+{
+    return pk->home[item] < 0 || g / pk->Pn == pk->home[item];
+}
+
+static void put(packing *pk, int item, int g)
+{
+    pk->slot[g * pk->S + pk->fill[g]++] = item;
+    pk->gpu[item] = g;
+    pk->gload[g] += pk->load[item];
+}
+
+/* Exchanges item a (on GPU ga, at slot index ka) with item b (on gb, at kb). */
+static void swap_items(packing *pk, int ga, int ka, int gb, int kb)
+{
+    int a = pk->slot[ga * pk->S + ka], b = pk->slot[gb * pk->S + kb];
+    pk->slot[ga * pk->S + ka] = b;
+    pk->slot[gb * pk->S + kb] = a;
+    pk->gpu[a] = gb;
+    pk->gpu[b] = ga;
+    double d = pk->load[a] - pk->load[b];
+    pk->gload[ga] -= d;
+    pk->gload[gb] += d;
+}
+
+/* Whether moving a from ga to gb and b from gb to ga keeps every rule. */
+static int swap_allowed(const packing *pk, int a, int ga, int b, int gb)
+{
+    int ea = pk->expert[a], eb = pk->expert[b];
+    if (ea == eb) return 0;
+    if (!may_live_on(pk, a, gb) || !may_live_on(pk, b, ga)) return 0;
+    return !on_gpu(pk, ea, gb, -1) && !on_gpu(pk, eb, ga, -1);
+}
+
+static double max_load(const packing *pk, int *where)
+{
+    int arg = 0;
+    for (int g = 1; g < pk->s->P; g++)
+        if (pk->gload[g] > pk->gload[arg]) arg = g;
+    if (where) *where = arg;
+    return pk->gload[arg];
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Construction */
+
+typedef struct {
+    double load;
+    int item;
+} keyed;
+
+static int heavier_first(const void *x, const void *y)
+{
+    const keyed *a = x, *b = y;
+    if (a->load != b->load) return a->load > b->load ? -1 : 1;
+    return (a->item > b->item) - (a->item < b->item);
+}
+
+/* Heaviest replica first onto the lightest GPU it may use that does not hold its expert. A
+ * replica free to go anywhere only takes a node's slot when the node keeps enough slots for
+ * the replicas bound to it. Returns the number of replicas that had to join their expert. */
+static int pack_greedy(packing *pk, keyed *order, int *node_free, int *bound_left)
+{
+    const int P = pk->s->P, N = pk->s->hierarchical ? pk->s->N : 1;
+    for (int g = 0; g < P; g++) {
+        pk->fill[g] = 0;
+        pk->gload[g] = 0;
+    }
+    for (int n = 0; n < N; n++) {
+        node_free[n] = (P / N) * pk->S;
+        bound_left[n] = 0;
+    }
+    for (int it = 0; it < pk->nitems; it++) {
+        order[it].load = pk->load[it];
+        order[it].item = it;
+        pk->gpu[it] = -1;
+        if (pk->home[it] >= 0) bound_left[pk->home[it]]++;
+    }
+    qsort(order, (size_t)pk->nitems, sizeof *order, heavier_first);
+    int forced = 0;
+    for (int k = 0; k < pk->nitems; k++) {
+        int it = order[k].item, e = pk->expert[it], h = pk->home[it];
+        int lo = h >= 0 ? h * pk->Pn : 0, hi = h >= 0 ? lo + pk->Pn : P;
+        int best = -1, best_dup = -1;
+        for (int g = lo; g < hi; g++) {
+            if (pk->fill[g] == pk->S) continue;
+            int n = g / (P / N);
+            if (h < 0 && node_free[n] <= bound_left[n]) continue;
+            if (best_dup < 0 || pk->gload[g] < pk->gload[best_dup]) best_dup = g;
+            if (on_gpu(pk, e, g, -1)) continue;
+            if (best < 0 || pk->gload[g] < pk->gload[best]) best = g;
+        }
+        if (best < 0) {
+            best = best_dup;
+            forced++;
+        }
+        if (best < 0) return -1;
+        put(pk, it, best);
+        node_free[best / (P / N)]--;
+        if (h >= 0) bound_left[h]--;
+    }
+    return forced;
+}
+
+/* Largest differencing for equal-sized bins (Michiels, Korst, Aarts and van Leeuwen): the
+ * sorted items are cut into tuples of `bins` items, each a partial solution with one item per
+ * bin; the two partial solutions with the largest spread are merged, heaviest bin of one with
+ * lightest of the other, until one is left. Every bin ends with one item from each tuple.
+ * items[0..n) are item ids sorted heaviest first, n a multiple of bins; bins go to GPUs
+ * first_gpu.. first_gpu + bins - 1. Same-GPU duplicates are left to repair_duplicates. */
+typedef struct {
+    double *sum;            /* per partial solution, per bin */
+    int *head, *tail, *next; /* items of a bin as a list */
+    int *idx_a, *idx_b, *live;
+    double *nsum, *spread;
+    int *nhead, *ntail;
+} differencing;
+
+static void sort_bins(const double *sum, int *idx, int bins, int descending)
+{
+    for (int k = 0; k < bins; k++) idx[k] = k;
+    for (int a = 1; a < bins; a++)
+        for (int b = a; b > 0; b--) {
+            double x = sum[idx[b]], y = sum[idx[b - 1]];
+            if (descending ? !(x > y) : !(x < y)) break;
+            int t = idx[b];
+            idx[b] = idx[b - 1];
+            idx[b - 1] = t;
+        }
+}
+
+static void pack_differencing(packing *pk, const int *items, int n, int bins, int first_gpu,
+                              differencing *df)
+{
+    int tuples = n / bins;
+    for (int t = 0; t < tuples; t++) {
+        for (int k = 0; k < bins; k++) {
+            int it = items[t * bins + k], b = t * bins + k;
+            df->sum[b] = pk->load[it];
+            df->head[b] = df->tail[b] = it;
+            df->next[it] = -1;
+        }
+        df->spread[t] = df->sum[t * bins] - df->sum[t * bins + bins - 1];
+    }
+    int alive = tuples, *live = df->live;
+    for (int t = 0; t < tuples; t++) live[t] = t;
+    while (alive > 1) {
+        int x = 0, y = 1; /* the two largest spreads, x before y */
+        if (df->spread[live[y]] > df->spread[live[x]]) { x = 1; y = 0; }
+        for (int k = 2; k < alive; k++) {
+            double sp = df->spread[live[k]];
+            if (sp > df->spread[live[x]]) { y = x; x = k; }
+            else if (sp > df->spread[live[y]]) y = k;
+        }
+        int A = live[x], B = live[y];
+        double *sa = df->sum + A * bins, *sb = df->sum + B * bins;
+        sort_bins(sa, df->idx_a, bins, 1);
+        sort_bins(sb, df->idx_b, bins, 0);
+        /* Merge into fresh arrays in A's place: bin k = A's k-th heaviest + B's k-th lightest. */
+        double *nsum = df->nsum;
+        int *nhead = df->nhead, *ntail = df->ntail;
+        for (int k = 0; k < bins; k++) {
+            int a = A * bins + df->idx_a[k], b = B * bins + df->idx_b[k];
+            nsum[k] = df->sum[a] + df->sum[b];
+            df->next[df->tail[a]] = df->head[b];
+            nhead[k] = df->head[a];
+            ntail[k] = df->tail[b];
+        }
+        double lo = nsum[0], hi = nsum[0];
+        for (int k = 0; k < bins; k++) {
+            sa[k] = nsum[k];
+            df->head[A * bins + k] = nhead[k];
+            df->tail[A * bins + k] = ntail[k];
+            if (nsum[k] < lo) lo = nsum[k];
+            if (nsum[k] > hi) hi = nsum[k];
+        }
+        df->spread[A] = hi - lo;
+        live[y] = live[--alive];
+    }
+    int T = live[0];
+    for (int k = 0; k < bins; k++)
+        for (int it = df->head[T * bins + k]; it >= 0; it = df->next[it]) put(pk, it, first_gpu + k);
+}
+
+/* Differencing over all GPUs, or node by node when replicas stay on their node. */
+static void pack_by_differencing(packing *pk, keyed *order, int *items, differencing *df)
+{
+    const int P = pk->s->P, N = pk->strict ? pk->s->N : 1;
+    for (int g = 0; g < P; g++) {
+        pk->fill[g] = 0;
+        pk->gload[g] = 0;
+    }
+    for (int it = 0; it < pk->nitems; it++) {
+        order[it].load = pk->load[it];
+        order[it].item = it;
+    }
+    qsort(order, (size_t)pk->nitems, sizeof *order, heavier_first);
+    for (int n = 0; n < N; n++) {
+        int m = 0;
+        for (int k = 0; k < pk->nitems; k++)
+            if (N == 1 || pk->home[order[k].item] == n) items[m++] = order[k].item;
+        pack_differencing(pk, items, m, P / N, n * (P / N), df);
+    }
+}
+
+/* Moves replicas that share a GPU with their expert elsewhere, by swaps that keep the
+ * largest GPU load at or below `ceiling`. */
+static void repair_duplicates(packing *pk, double ceiling)
+{
+    const int P = pk->s->P, S = pk->S;
+    for (int g = 0; g < P; g++)
+        for (int ka = 0; ka < S; ka++) {
+            int a = pk->slot[g * S + ka];
+            if (!on_gpu(pk, pk->expert[a], g, a)) continue;
+            int bj = -1, bk = -1;
+            double best = ceiling;
+            for (int j = 0; j < P; j++) {
+                if (j == g) continue;
+                for (int kb = 0; kb < S; kb++) {
+                    int b = pk->slot[j * S + kb];
+                    double d = pk->load[a] - pk->load[b];
+                    double hi = pk->gload[g] - d > pk->gload[j] + d ? pk->gload[g] - d
+                                                                     : pk->gload[j] + d;
+                    if (hi > best) continue;
+                    int ea = pk->expert[a], eb = pk->expert[b];
+                    if (ea == eb || !may_live_on(pk, a, j) || !may_live_on(pk, b, g)) continue;
+                    if (on_gpu(pk, ea, j, -1) || on_gpu(pk, eb, g, b)) continue;
+                    best = hi;
+                    bj = j;
+                    bk = kb;
+                }
+            }
+            if (bj >= 0) swap_items(pk, g, ka, bj, bk);
+        }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Improvement: exchanges between the most loaded GPU and another one, choosing the exchange
+ * that leaves the lower maximum of the two, until none lowers it. One replica for one first;
+ * when no such swap helps, two for two. Each exchange strictly lowers the sum of squared GPU
+ * loads, so this ends; the iteration cap is a guard. */
+
+/* Whether GPU g, after giving items out[0..k) and taking in[0..k), holds each expert once
+ * and every incoming item may live there. */
+static int exchange_allowed(const packing *pk, int g, const int *out, const int *in, int k)
+{
+    const int S = pk->S;
+    for (int x = 0; x < k; x++) {
+        if (!may_live_on(pk, in[x], g)) return 0;
+        int e = pk->expert[in[x]];
+        for (int y = 0; y < x; y++)
+            if (pk->expert[in[y]] == e) return 0;
+        for (int t = 0; t < S; t++) {
+            int it = pk->slot[g * S + t];
+            int leaving = 0;
+            for (int y = 0; y < k; y++) leaving |= out[y] == it;
+            if (!leaving && pk->expert[it] == e) return 0;
+        }
+    }
+    return 1;
+}
+
+/* Best one-for-one swap for GPU i; returns 1 and applies it when it lowers the max. */
+static int swap_one(packing *pk, int i, int lo, int hi)
+{
+    const int S = pk->S;
+    double Li = pk->gload[i], best = Li - 1e-12 * Li;
+    int bj = -1, bka = -1, bkb = -1;
+    for (int j = lo; j < hi; j++) {
+        double Lj = pk->gload[j], gap = Li - Lj;
+        if (j == i || gap <= 0 || Lj + gap / 2 >= best) continue;
+        for (int ka = 0; ka < S; ka++) {
+            int a = pk->slot[i * S + ka];
+            if (!may_live_on(pk, a, j)) continue;
+            double la = pk->load[a];
+            for (int kb = 0; kb < S; kb++) {
+                int b = pk->slot[j * S + kb];
+                double d = la - pk->load[b];
+                if (d <= 0 || d >= gap) continue;
+                double nm = Li - d > Lj + d ? Li - d : Lj + d;
+                if (nm >= best || !swap_allowed(pk, a, i, b, j)) continue;
+                best = nm;
+                bj = j;
+                bka = ka;
+                bkb = kb;
+            }
+        }
+    }
+    if (bj < 0) return 0;
+    swap_items(pk, i, bka, bj, bkb);
+    return 1;
+}
+
+/* Best two-for-two exchange between GPU i and one of the `partners` lightest GPUs of
+ * [lo, hi) (the others rarely leave room for two replicas and cost S^4 each); returns 1 and
+ * applies it when it lowers the max. */
+enum { partners = 4 };
+
+static int swap_two(packing *pk, int i, int lo, int hi)
+{
+    const int S = pk->S;
+    double Li = pk->gload[i], best = Li - 1e-12 * Li;
+    int bj = -1, b1 = 0, b2 = 0, b3 = 0, b4 = 0;
+    int light[partners], nl = 0; /* ascending load */
+    for (int j = lo; j < hi; j++) {
+        if (j == i) continue;
+        int k;
+        if (nl < partners) k = nl++;
+        else if (pk->gload[j] < pk->gload[light[partners - 1]]) k = partners - 1;
+        else continue;
+        light[k] = j;
+        for (; k > 0 && pk->gload[light[k]] < pk->gload[light[k - 1]]; k--) {
+            int t = light[k];
+            light[k] = light[k - 1];
+            light[k - 1] = t;
+        }
+    }
+    for (int q = 0; q < nl; q++) {
+        int j = light[q];
+        double Lj = pk->gload[j], gap = Li - Lj;
+        if (gap <= 0 || Lj + gap / 2 >= best) continue;
+        for (int a1 = 0; a1 < S; a1++)
+            for (int a2 = a1 + 1; a2 < S; a2++) {
+                int out[2] = {pk->slot[i * S + a1], pk->slot[i * S + a2]};
+                double la = pk->load[out[0]] + pk->load[out[1]];
+                for (int c1 = 0; c1 < S; c1++)
+                    for (int c2 = c1 + 1; c2 < S; c2++) {
+                        int in[2] = {pk->slot[j * S + c1], pk->slot[j * S + c2]};
+                        double d = la - pk->load[in[0]] - pk->load[in[1]];
+                        if (d <= 0 || d >= gap) continue;
+                        double nm = Li - d > Lj + d ? Li - d : Lj + d;
+                        if (nm >= best) continue;
+                        if (!exchange_allowed(pk, j, in, out, 2) ||
+                            !exchange_allowed(pk, i, out, in, 2))
+                            continue;
+                        best = nm;
+                        bj = j;
+                        b1 = a1;
+                        b2 = a2;
+                        b3 = c1;
+                        b4 = c2;
+                    }
+            }
+    }
+    if (bj < 0) return 0;
+    swap_items(pk, i, b1, bj, b3);
+    swap_items(pk, i, b2, bj, b4);
+    return 1;
+}
+
+/* Stops early once the max is within `close_enough` of `target`, a lower bound: the rest of
+ * the gap is not worth the time. */
+static const double close_enough = 1e-5;
+
+static void improve(packing *pk, double target)
+{
+    const int P = pk->s->P;
+    int limit = 64 * P + 1000;
+    for (int iter = 0; iter < limit; iter++) {
+        int i;
+        if (max_load(pk, &i) <= target * (1 + close_enough)) return;
+        int lo = 0, hi = P;
+        if (pk->strict) {
+            lo = (i / pk->Pn) * pk->Pn;
+            hi = lo + pk->Pn;
+        }
+        if (!swap_one(pk, i, lo, hi) && !swap_two(pk, i, lo, hi)) return;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The layer */
+
+/* Writes phy2log (experts ascending within a GPU, easy to read) and replica ranks in slot
+ * order; seen holds E ints. */
+static void write_plan(const packing *pk, int *phy2log, int *rank, int *seen)
+{
+    const int P = pk->s->P, S = pk->S;
+    for (int g = 0; g < P; g++) {
+        int *row = phy2log + g * S;
+        for (int k = 0; k < S; k++) row[k] = pk->expert[pk->slot[g * S + k]];
+        for (int a = 1; a < S; a++)
+            for (int b = a; b > 0 && row[b] < row[b - 1]; b--) {
+                int t = row[b];
+                row[b] = row[b - 1];
+                row[b - 1] = t;
+            }
+    }
+    memset(seen, 0, (size_t)pk->s->E * sizeof(int));
+    for (int r = 0; r < pk->s->R; r++) rank[r] = seen[phy2log[r]]++;
+}
+
+/* Fills the packing's items from counts; home per item from the expert's node. */
+static void make_items(packing *pk, const int *cnt, const int *expert_node, int cross)
+{
+    int it = 0;
+    for (int e = 0; e < pk->s->E; e++) {
+        pk->first[e] = it;
+        pk->cnt[e] = cnt[e];
+        for (int k = 0; k < cnt[e]; k++, it++) {
+            pk->expert[it] = e;
+            pk->load[it] = pk->w[e] / cnt[e];
+            pk->home[it] = expert_node ? (cross && k > 0 ? -1 : expert_node[e]) : -1;
+        }
+    }
+    pk->nitems = it;
+}
+
+eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_nodes,
+                                eplb_scratch *sc, const int *ref_phy2log, int *phy2log,
+                                int *rank)
+{
+    const int E = s->E, R = s->R, P = s->P;
+    const int N = s->hierarchical ? s->N : 1;
+    packing pk = {0};
+    pk.w = w;
+    pk.s = s;
+    pk.S = s->slots;
+    pk.Pn = P / N;
+    pk.strict = s->hierarchical && !cross_nodes;
+    pk.expert = sc->i[0];
+    pk.home = sc->i[1];
+    pk.gpu = sc->i[2];
+    pk.first = sc->i[3];
+    pk.cnt = sc->i[4];
+    pk.slot = sc->i[5];
+    pk.fill = sc->i[6];
+    int *expert_node = sc->i[7], *ids = sc->i[8], *cnt = sc->i[9];
+    int *node_free = sc->i[10], *bound_left = sc->i[11];
+    pk.load = sc->d[0];
+    pk.gload = sc->d[1];
+    double *ref_load = sc->d[2];
+    keyed *order = sc->sort_work;
+
+    /* Where each expert lives: its group's node, groups placed for the lowest bound. */
+    int *heap = sc->i[6]; /* pk.fill is not in use yet */
+    double total = 0, target;
+    for (int e = 0; e < E; e++) total += w[e];
+    target = total / P;
+    if (s->hierarchical) {
+        int *node_of_group = sc->i[5];
+        double cost = eplb_assign_groups(w, s, pk.strict, node_of_group, NULL);
+        if (cost < 0) return eplb_fail(EPLB_ERR_NOMEM, "out of memory placing groups on nodes");
+        if (pk.strict && cost > target) target = cost;
+        int gs = E / s->groups;
+        for (int e = 0; e < E; e++) expert_node[e] = node_of_group[e / gs];
+    }
+
+    /* How many replicas: per node when replicas stay on their node, globally otherwise; no
+     * expert gets more replicas than the GPUs it may use, unless every expert is there. */
+    if (pk.strict) {
+        for (int n = 0; n < N; n++) {
+            int m = 0;
+            for (int e = 0; e < E; e++)
+                if (expert_node[e] == n) ids[m++] = e;
+            double m_rep = eplb_min_max_replica(w, ids, m, R / N, pk.Pn, pk.gpu, heap);
+            if (m_rep > target) target = m_rep;
+            for (int k = 0; k < m; k++) cnt[ids[k]] = pk.gpu[k];
+        }
+    } else {
+        for (int e = 0; e < E; e++) ids[e] = e;
+        double m_rep = eplb_min_max_replica(w, ids, E, R, P, cnt, heap);
+        if (m_rep > target) target = m_rep;
+    }
+
+    make_items(&pk, cnt, s->hierarchical ? expert_node : NULL, cross_nodes);
+    if (s->hierarchical && cross_nodes) {
+        /* Replicas bound to a node and free ones mixed: greedy with slot reservations. */
+        if (pack_greedy(&pk, order, node_free, bound_left) < 0)
+            return eplb_fail(EPLB_ERR_INTERNAL, "no GPU had room for a replica");
+    } else {
+        differencing df = {sc->d[3], sc->i[12], sc->i[13], sc->i[14], sc->i[15], sc->i[16],
+                           sc->i[17], sc->d[4], sc->d[5], sc->i[18], sc->i[19]};
+        pack_by_differencing(&pk, order, ids, &df);
+    }
+    repair_duplicates(&pk, HUGE_VAL);
+    improve(&pk, target);
+    write_plan(&pk, phy2log, rank, ids);
+
+    /* The floor: never less balanced than the reference plan of the same layer. */
+    double ours = eplb_gpu_loads(w, E, phy2log, R, P, ids, ref_load);
+    double ref = eplb_gpu_loads(w, E, ref_phy2log, R, P, ids, ref_load);
+    if (ref >= ours) return EPLB_OK;
+
+    for (int e = 0; e < E; e++) cnt[e] = 0;
+    for (int r = 0; r < R; r++) cnt[ref_phy2log[r]]++;
+    for (int r = 0; r < R; r++) expert_node[ref_phy2log[r]] = r / (R / N);
+    make_items(&pk, cnt, s->hierarchical ? expert_node : NULL, cross_nodes);
+    /* Seat every item where the reference put it. */
+    for (int g = 0; g < P; g++) {
+        pk.fill[g] = 0;
+        pk.gload[g] = 0;
+    }
+    for (int e = 0; e < E; e++) ids[e] = 0; /* replicas of e seated so far */
+    for (int r = 0; r < R; r++) {
+        int e = ref_phy2log[r];
+        put(&pk, pk.first[e] + ids[e]++, r / pk.S);
+    }
+    repair_duplicates(&pk, max_load(&pk, NULL));
+    improve(&pk, target);
+    /* Keep ours unless the improved reference is strictly better, and that unless the
+     * reference as it came is better still (sums in another slot order can round apart). cnt
+     * and bound_left are free again: the items hold the counts, and packing is done. */
+    int *tmp_p2l = cnt, *tmp_rank = bound_left;
+    write_plan(&pk, tmp_p2l, tmp_rank, ids);
+    double better = eplb_gpu_loads(w, E, tmp_p2l, R, P, ids, ref_load);
+    if (better < ours && better <= ref) {
+        memcpy(phy2log, tmp_p2l, (size_t)R * sizeof(int));
+        memcpy(rank, tmp_rank, (size_t)R * sizeof(int));
+    } else if (ref < ours) {
+        memcpy(phy2log, ref_phy2log, (size_t)R * sizeof(int));
+        memset(ids, 0, (size_t)E * sizeof(int));
+        for (int r = 0; r < R; r++) rank[r] = ids[phy2log[r]]++;
+    }
+    return EPLB_OK;
+}

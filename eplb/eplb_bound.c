@@ -1,0 +1,258 @@
+/* eplb_bound.c: what no plan can beat. Greedy replication gives the least possible largest
+ * replica load; a branch-and-bound search over group-to-node assignments gives the least
+ * possible largest node cost in hierarchical mode. The default policy uses the same search
+ * to choose where groups go, so in that mode it aims straight at the bound. */
+#include "eplb/eplb_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------------------------
+ * Greedy replication with a max-heap on per-replica load (ties: lower expert id first). */
+
+static int heavier(const double *w, const int *ids, const int *cnt, int a, int b)
+{
+    double qa = w[ids[a]] / cnt[a], qb = w[ids[b]] / cnt[b];
+    if (qa != qb) return qa > qb;
+    return ids[a] < ids[b];
+}
+
+static void sift_down(const double *w, const int *ids, const int *cnt, int *heap, int len, int pos)
+{
+    for (;;) {
+        int l = 2 * pos + 1, r = l + 1, top = pos;
+        if (l < len && heavier(w, ids, cnt, heap[l], heap[top])) top = l;
+        if (r < len && heavier(w, ids, cnt, heap[r], heap[top])) top = r;
+        if (top == pos) return;
+        int t = heap[pos];
+        heap[pos] = heap[top];
+        heap[top] = t;
+        pos = top;
+    }
+}
+
+double eplb_min_max_replica(const double *w, const int *ids, int n, int k, int cap,
+                            int *cnt, int *heap)
+{
+    for (int i = 0; i < n; i++) {
+        cnt[i] = 1;
+        heap[i] = i;
+    }
+    int len = n, left = k - n;
+    for (int pass = 0; pass < 2 && left > 0; pass++) {
+        if (pass == 1) { /* every expert is at the cap: going past it is unavoidable */
+            cap = 0;
+            len = n;
+            for (int i = 0; i < n; i++) heap[i] = i;
+        }
+        for (int i = len / 2 - 1; i >= 0; i--) sift_down(w, ids, cnt, heap, len, i);
+        while (left > 0 && len > 0) {
+            int top = heap[0];
+            if (cap > 0 && cnt[top] >= cap) {
+                heap[0] = heap[--len];
+                sift_down(w, ids, cnt, heap, len, 0);
+                continue;
+            }
+            cnt[top]++;
+            left--;
+            sift_down(w, ids, cnt, heap, len, 0);
+        }
+    }
+    double mx = 0;
+    for (int i = 0; i < n; i++)
+        if (w[ids[i]] / cnt[i] > mx) mx = w[ids[i]] / cnt[i];
+    return mx;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Group-to-node assignment. */
+
+typedef struct {
+    const double *w;
+    const eplb_shape *s;
+    int with_replicas;
+    int G, N, per_node, group_size;
+    double *gload, *nload;
+    int *node_of, *fill, *best_node_of;
+    int *ids, *cnt, *heap;
+    double best;
+} search;
+
+static double node_cost(search *S, int n)
+{
+    double c = S->nload[n] / (S->s->P / S->N);
+    if (!S->with_replicas) return c;
+    int m = 0;
+    for (int g = 0; g < S->G; g++)
+        if (S->node_of[g] == n)
+            for (int j = 0; j < S->group_size; j++) S->ids[m++] = g * S->group_size + j;
+    double r = eplb_min_max_replica(S->w, S->ids, m, S->s->R / S->N, 0, S->cnt, S->heap);
+    return r > c ? r : c;
+}
+
+static void search_from(search *S, int g, int used, double lower)
+{
+    if (g == S->G) {
+        if (lower < S->best) {
+            S->best = lower;
+            memcpy(S->best_node_of, S->node_of, (size_t)S->G * sizeof(int));
+        }
+        return;
+    }
+    for (int n = 0; n <= used && n < S->N; n++) {
+        if (S->fill[n] == S->per_node) continue;
+        S->node_of[g] = n;
+        S->fill[n]++;
+        S->nload[n] += S->gload[g];
+        double c = S->fill[n] == S->per_node ? node_cost(S, n)
+                                              : S->nload[n] / (S->s->P / S->N);
+        double next = c > lower ? c : lower;
+        if (next < S->best) search_from(S, g + 1, used + (n == used), next);
+        S->nload[n] -= S->gload[g];
+        S->fill[n]--;
+        S->node_of[g] = -1;
+    }
+}
+
+static double count_assignments(int G, int N)
+{
+    int per = G / N;
+    double count = 1;
+    for (int k = 0; k < N; k++) {
+        int left = G - k * per - 1; /* the first free group picks per-1 partners among these */
+        for (int i = 0; i < per - 1; i++) count = count * (left - i) / (i + 1);
+    }
+    return count;
+}
+
+double eplb_assign_groups(const double *w, const eplb_shape *s, int with_replicas,
+                          int *node_of_group, int *exhaustive)
+{
+    search S = {0};
+    S.w = w;
+    S.s = s;
+    S.with_replicas = with_replicas;
+    S.G = s->groups;
+    S.N = s->N;
+    S.per_node = S.G / S.N;
+    S.group_size = s->E / S.G;
+    int En = s->E / s->N;
+    S.gload = malloc((size_t)(S.G + S.N) * sizeof(double));
+    S.node_of = malloc((size_t)(3 * S.G + S.N + 3 * En) * sizeof(int));
+    if (!S.gload || !S.node_of) {
+        free(S.gload);
+        free(S.node_of);
+        return -1;
+    }
+    S.nload = S.gload + S.G;
+    S.best_node_of = S.node_of + S.G;
+    S.fill = S.best_node_of + S.G;
+    S.ids = S.fill + S.N;
+    S.cnt = S.ids + En;
+    S.heap = S.cnt + En;
+    for (int g = 0; g < S.G; g++) {
+        double sum = 0;
+        for (int j = 0; j < S.group_size; j++) sum += w[g * S.group_size + j];
+        S.gload[g] = sum;
+        S.node_of[g] = -1;
+    }
+    for (int n = 0; n < S.N; n++) {
+        S.fill[n] = 0;
+        S.nload[n] = 0;
+    }
+    int full = count_assignments(S.G, S.N) <= EPLB_MAX_ASSIGNMENTS;
+    if (full) {
+        S.best = HUGE_VAL;
+        search_from(&S, 0, 0, 0.0);
+    } else {
+        /* Heaviest group first onto the lightest node with room. */
+        int *ord = malloc((size_t)S.G * sizeof(int));
+        if (!ord) {
+            free(S.gload);
+            free(S.node_of);
+            return -1;
+        }
+        for (int g = 0; g < S.G; g++) ord[g] = g;
+        for (int a = 1; a < S.G; a++) /* insertion sort, heaviest first, stable */
+            for (int b = a; b > 0 && S.gload[ord[b]] > S.gload[ord[b - 1]]; b--) {
+                int t = ord[b];
+                ord[b] = ord[b - 1];
+                ord[b - 1] = t;
+            }
+        for (int k = 0; k < S.G; k++) {
+            int g = ord[k], best = -1;
+            for (int n = 0; n < S.N; n++)
+                if (S.fill[n] < S.per_node && (best < 0 || S.nload[n] < S.nload[best])) best = n;
+            S.node_of[g] = best;
+            S.fill[best]++;
+            S.nload[best] += S.gload[g];
+        }
+        free(ord);
+        S.best = 0;
+        for (int n = 0; n < S.N; n++) {
+            double c = node_cost(&S, n);
+            if (c > S.best) S.best = c;
+        }
+        memcpy(S.best_node_of, S.node_of, (size_t)S.G * sizeof(int));
+    }
+    if (node_of_group) memcpy(node_of_group, S.best_node_of, (size_t)S.G * sizeof(int));
+    if (exhaustive) *exhaustive = full;
+    double best = S.best;
+    free(S.gload);
+    free(S.node_of);
+    return best;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The bound. */
+
+eplb_status eplb_lower_bound(const double *w, int num_experts, const eplb_config *cfg,
+                             double *bound)
+{
+    EPLB_CHECK(eplb_config_check(cfg, num_experts));
+    eplb_shape s = eplb_shape_of(cfg, num_experts);
+    int *work = malloc((size_t)3 * s.E * sizeof(int));
+    if (!work) return eplb_fail(EPLB_ERR_NOMEM, "out of memory computing a bound");
+    double total = 0;
+    for (int e = 0; e < s.E; e++) {
+        total += w[e];
+        work[e] = e;
+    }
+    double b = total / s.P;
+    double m = eplb_min_max_replica(w, work, s.E, s.R, 0, work + s.E, work + 2 * s.E);
+    if (m > b) b = m;
+    free(work);
+    int strict = s.hierarchical && !(cfg->policy == EPLB_POLICY_BALANCED && cfg->cross_nodes);
+    if (strict) {
+        int exhaustive = 0;
+        double a = eplb_assign_groups(w, &s, 1, NULL, &exhaustive);
+        if (a < 0) return eplb_fail(EPLB_ERR_NOMEM, "out of memory computing a bound");
+        if (!exhaustive) {
+            /* The node holding the heaviest group also holds per_node - 1 other groups. */
+            int G = s.groups, gs = s.E / G, per = G / s.N;
+            double *gl = malloc((size_t)G * sizeof(double));
+            if (!gl) return eplb_fail(EPLB_ERR_NOMEM, "out of memory computing a bound");
+            int heavy = 0;
+            for (int g = 0; g < G; g++) {
+                gl[g] = 0;
+                for (int j = 0; j < gs; j++) gl[g] += w[g * gs + j];
+                if (gl[g] > gl[heavy]) heavy = g;
+            }
+            double node = gl[heavy];
+            gl[heavy] = HUGE_VAL;
+            for (int k = 0; k < per - 1; k++) { /* add the lightest remaining groups */
+                int light = 0;
+                for (int g = 1; g < G; g++)
+                    if (gl[g] < gl[light]) light = g;
+                node += gl[light];
+                gl[light] = HUGE_VAL;
+            }
+            free(gl);
+            a = node / (s.P / s.N);
+        }
+        if (a > b) b = a;
+    }
+    *bound = b;
+    return EPLB_OK;
+}

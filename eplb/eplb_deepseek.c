@@ -1,0 +1,105 @@
+/* eplb_deepseek.c: the reference policy of deepseek-ai/EPLB (rebalance_experts), one layer at a
+ * time, in float32 and in the reference's order of operations so that the plans are equal
+ * element for element: groups packed onto nodes, experts replicated within each node by
+ * repeatedly splitting the heaviest replica, replicas packed onto the node's GPUs. */
+#include "eplb/eplb_internal.h"
+
+/* Packs n items onto `packs` packs of n / packs items each, heaviest first onto the lightest
+ * pack that still has room (the first such pack on equal weight); the reference's
+ * balanced_packing. */
+static void balanced_packing(const float *w, int n, int packs, eplb_scratch *sc, int *pack_index,
+                             int *rank_in_pack)
+{
+    int per = n / packs;
+    if (per == 1) {
+        for (int k = 0; k < n; k++) {
+            pack_index[k] = k;
+            rank_in_pack[k] = 0;
+        }
+        return;
+    }
+    int *order = sc->i[10];
+    int *pack_items = sc->i[11];
+    float *pack_weight = sc->f[3];
+    eplb_sort_desc_like_torch(w, n, order, sc->sort_work);
+    for (int p = 0; p < packs; p++) {
+        pack_weight[p] = 0.0f;
+        pack_items[p] = 0;
+    }
+    for (int k = 0; k < n; k++) {
+        int item = order[k], best = -1;
+        for (int p = 0; p < packs; p++)
+            if (pack_items[p] < per && (best < 0 || pack_weight[p] < pack_weight[best])) best = p;
+        pack_index[item] = best;
+        rank_in_pack[item] = pack_items[best];
+        pack_weight[best] += w[item];
+        pack_items[best]++;
+    }
+}
+
+/* Gives num_phy - n extra replicas, each to the expert with the largest per-replica load
+ * (float32 quotient, lowest index on ties); the reference's replicate_experts. */
+static void replicate(const float *w, int n, int num_phy, int *phy2mlog, int *rank, int *cnt)
+{
+    for (int m = 0; m < n; m++) {
+        phy2mlog[m] = m;
+        rank[m] = 0;
+        cnt[m] = 1;
+    }
+    for (int p = n; p < num_phy; p++) {
+        int best = 0;
+        float best_q = w[0] / (float)cnt[0];
+        for (int m = 1; m < n; m++) {
+            float q = w[m] / (float)cnt[m];
+            if (q > best_q) {
+                best_q = q;
+                best = m;
+            }
+        }
+        phy2mlog[p] = best;
+        rank[p] = cnt[best];
+        cnt[best]++;
+    }
+}
+
+eplb_status eplb_deepseek_layer(const double *w, const eplb_shape *s, eplb_scratch *sc,
+                                int *phy2log, int *rank)
+{
+    /* The reference chooses its mode by groups % nodes alone (one node is the global case). */
+    int groups = s->groups, nodes = s->N;
+    if (groups % nodes != 0) groups = nodes = 1;
+    const int E = s->E, R = s->R, P = s->P;
+    const int group_size = E / groups, groups_per_node = groups / nodes;
+    const int En = E / nodes, Rn = R / nodes, Pn = P / nodes, per_gpu = R / P;
+
+    float *group_w = sc->f[0], *node_w = sc->f[1], *phy_w = sc->f[2];
+    int *gpack = sc->i[0], *grank = sc->i[1], *mlog2log = sc->i[2];
+    int *phy2mlog = sc->i[3], *phyrank = sc->i[4], *mcnt = sc->i[5];
+    int *pack = sc->i[6], *rip = sc->i[7];
+
+    /* Step 1: groups onto nodes by their float32 load sums. */
+    for (int g = 0; g < groups; g++) {
+        float sum = 0.0f;
+        for (int j = 0; j < group_size; j++) sum += (float)w[g * group_size + j];
+        group_w[g] = sum;
+    }
+    balanced_packing(group_w, groups, nodes, sc, gpack, grank);
+    for (int g = 0; g < groups; g++)
+        for (int j = 0; j < group_size; j++)
+            mlog2log[(gpack[g] * groups_per_node + grank[g]) * group_size + j] = g * group_size + j;
+
+    for (int n = 0; n < nodes; n++) {
+        /* Step 2: replicas within the node. */
+        for (int m = 0; m < En; m++) node_w[m] = (float)w[mlog2log[n * En + m]];
+        replicate(node_w, En, Rn, phy2mlog, phyrank, mcnt);
+        /* Step 3: the node's replicas onto its GPUs. */
+        for (int p = 0; p < Rn; p++) phy_w[p] = node_w[phy2mlog[p]] / (float)mcnt[phy2mlog[p]];
+        balanced_packing(phy_w, Rn, Pn, sc, pack, rip);
+        for (int p = 0; p < Rn; p++) {
+            int slot = n * Rn + pack[p] * per_gpu + rip[p];
+            phy2log[slot] = mlog2log[n * En + phy2mlog[p]];
+            rank[slot] = phyrank[p];
+        }
+    }
+    return EPLB_OK;
+}

@@ -1,0 +1,89 @@
+/* eplb_internal.h: what the balancer's source files share and do not export: the error
+ * setter, the per-layer planners of both policies, and small helpers on GPU loads. */
+#ifndef EPLB_INTERNAL_H
+#define EPLB_INTERNAL_H
+
+#include "eplb/eplb.h"
+
+#include <stddef.h>
+
+eplb_status eplb_fail(eplb_status s, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+#define EPLB_CHECK(call)                   \
+    do {                                   \
+        eplb_status eplb_check_s_ = (call); \
+        if (eplb_check_s_ != EPLB_OK)      \
+            return eplb_check_s_;          \
+    } while (0)
+
+/* Sizes of one layer's problem, derived from a checked config. */
+typedef struct {
+    int E, R, P, N;   /* experts, replicas, GPUs, nodes */
+    int groups;       /* expert groups */
+    int slots;        /* replicas per GPU, R / P */
+    int hierarchical; /* groups are packed onto nodes */
+} eplb_shape;
+
+eplb_shape eplb_shape_of(const eplb_config *cfg, int num_experts);
+
+/* Scratch memory for one layer, sized once per eplb_rebalance call (every array holds at
+ * least max(E, R, P, groups) elements, so any planner may use any of them). */
+typedef struct eplb_scratch {
+    int n;                 /* elements per array */
+    float *f[4];
+    double *d[6];
+    int *i[20];
+    void *sort_work;       /* n * 16 bytes */
+} eplb_scratch;
+eplb_scratch *eplb_scratch_new(const eplb_shape *s);
+void eplb_scratch_free(eplb_scratch *sc);
+
+/* The reference policy for one layer: phy2log[R] and rank[R] (replica rank of each slot). */
+eplb_status eplb_deepseek_layer(const double *w, const eplb_shape *s, eplb_scratch *sc,
+                                int *phy2log, int *rank);
+
+/* The default policy for one layer (same outputs). ref_phy2log is the deepseek plan of the
+ * same layer, used as a floor: the result is never less balanced than it. */
+eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_nodes,
+                                eplb_scratch *sc, const int *ref_phy2log, int *phy2log,
+                                int *rank);
+
+/* GPU loads of a layer (load split evenly over replicas); returns the max. cnt may be NULL
+ * (counted from phy2log into the scratch space `cnt_space` of E ints). */
+double eplb_gpu_loads(const double *w, int E, const int *phy2log, int R, int P, int *cnt_space,
+                      double *gpu_load);
+
+/* Greedy replication: experts ids[0..n) (loads w[ids[i]]) share k >= n replicas, each extra
+ * replica going to the largest per-replica load (lowest expert id on ties), no count above
+ * cap while any expert is below it (cap 0: no cap). cnt_out[i] receives ids[i]'s count; heap
+ * is n ints of work space. Returns the largest per-replica load, which without a cap is the
+ * least possible one (splitting the current maximum is the only way to lower it). */
+double eplb_min_max_replica(const double *w, const int *ids, int n, int k, int cap,
+                            int *cnt_out, int *heap);
+
+/* Group-to-node assignment minimising the largest node cost, where a node's cost is
+ * max(load / gpus_per_node, with_replicas ? M(node's experts, R/N) : 0). Exhaustive (branch
+ * and bound) when there are at most EPLB_MAX_ASSIGNMENTS assignments; otherwise heaviest
+ * group first onto the cheapest node with room. node_of_group may be NULL. Returns the cost. */
+#define EPLB_MAX_ASSIGNMENTS 50000.0
+double eplb_assign_groups(const double *w, const eplb_shape *s, int with_replicas,
+                          int *node_of_group, int *exhaustive);
+
+/* libstdc++'s std::sort (introsort) on (value, index) pairs in descending value order: the
+ * order PyTorch's CPU sort(descending=True) produces, equal values included. idx receives the
+ * indices in sorted order; work holds n * EPLB_SORT_PAIR_BYTES bytes. */
+#define EPLB_SORT_PAIR_BYTES 8
+void eplb_sort_desc_like_torch(const float *val, int n, int *idx, void *work);
+
+/* Allocates phy2log and logcnt of a plan's shape (log2phy comes with eplb_plan_finish). */
+eplb_status eplb_plan_alloc(eplb_plan *plan, int num_layers, int num_experts, int num_replicas,
+                            int num_gpus);
+/* Counts logcnt from phy2log and builds log2phy; rank[l*R + r] gives each slot's replica rank
+ * (NULL: ranks in slot order). Checks ids and that ranks are 0..count-1 once each. */
+eplb_status eplb_plan_finish(eplb_plan *plan, const int *rank);
+
+#endif

@@ -1,0 +1,110 @@
+#!/bin/sh
+# test_eplb_tool.sh: the eplb command: every kind of bad input is reported with its line and
+# the rule broken, exits with status 2 and writes no output file; good input writes the plan,
+# the summary, the SVG and the migration report.
+set -u
+EPLB="${top_builddir:-.}/tools/eplb"
+DATA="${top_srcdir:-.}/tests/data"
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/eplb-tool.XXXXXX") || exit 1
+trap 'rm -rf "$tmp"' EXIT
+n=0
+fail=0
+ok() { n=$((n + 1)); echo "ok $n - $1"; }
+not_ok() { n=$((n + 1)); fail=1; echo "not ok $n - $1"; }
+
+# bad NAME ARGS... with the input on stdin of file $tmp/in; expects exit 2, no output file, and
+# each of the patterns in $want (separated by |) in the message.
+bad() {
+    name=$1; shift
+    rm -f "$tmp/out.json" "$tmp/out.svg"
+    "$EPLB" "$@" -o "$tmp/out.json" --svg "$tmp/out.svg" >"$tmp/stdout" 2>"$tmp/stderr"
+    rc=$?
+    msg=$(cat "$tmp/stderr")
+    good=1
+    [ "$rc" -eq 2 ] || good=0
+    [ -e "$tmp/out.json" ] && good=0
+    [ -e "$tmp/out.svg" ] && good=0
+    ls "$tmp" | grep -q 'out.json.tmp' && good=0
+    old_ifs=$IFS; IFS='|'
+    for pat in $want; do
+        printf '%s' "$msg" | grep -q -- "$pat" || good=0
+    done
+    IFS=$old_ifs
+    if [ $good -eq 1 ]; then ok "$name: exit 2, nothing written ($msg)"
+    else not_ok "$name: rc=$rc, message: $msg"; fi
+}
+
+printf '1 2 3 4\n5 6 x 8\n' >"$tmp/in"
+want='in:2:|'"'"'x'"'"' is not a number'; bad "text: not a number" -r 4 -g 2 "$tmp/in"
+printf '1,2,3,4\n5,6,7\n' >"$tmp/in"
+want='in:2:|ragged rows'; bad "text: ragged rows" -r 4 -g 2 "$tmp/in"
+printf '1 2 3 4\n1 2 3 4 5\n' >"$tmp/in"
+want='in:2:|ragged rows'; bad "text: a longer row" -r 4 -g 2 "$tmp/in"
+printf '1 2 3 4\n5 -6 7 8\n' >"$tmp/in"
+want='in:2:|negative'; bad "text: negative load" -r 4 -g 2 "$tmp/in"
+printf '# loads\n1 2 nan 4\n' >"$tmp/in"
+want='in:2:|NaN'; bad "text: NaN load" -r 4 -g 2 "$tmp/in"
+printf '1 2 inf 4\n' >"$tmp/in"
+want='in:1:|infinite'; bad "text: infinite load" -r 4 -g 2 "$tmp/in"
+printf '1,,2,4\n' >"$tmp/in"
+want='in:1:|empty field'; bad "text: empty field" -r 4 -g 2 "$tmp/in"
+printf '1 2 3 4 5 6\n' >"$tmp/in"
+want='in:1:|multiple of GPUs'; bad "replicas not a multiple of GPUs" -r 10 -g 4 "$tmp/in"
+want='in:1:|at least the number of experts'; bad "fewer replicas than experts" -r 4 -g 2 "$tmp/in"
+want='in:1:|divisible by groups'; bad "experts not divisible by groups" -r 8 -g 2 --groups 4 "$tmp/in"
+want='in:1:|multiple of nodes'; bad "GPUs not a multiple of nodes" -r 8 -g 2 --nodes 3 "$tmp/in"
+: >"$tmp/in"
+want='empty'; bad "empty file" -r 4 -g 2 "$tmp/in"
+printf '\n# nothing\n\n' >"$tmp/in"
+want='empty'; bad "only comments and blank lines" -r 4 -g 2 "$tmp/in"
+want='<stdin>|empty'; bad "empty stdin" -r 4 -g 2 - </dev/null
+printf '{"logical_count": [[1, 2, 3, 4],\n [5, 6, 7]]}\n' >"$tmp/in"
+want='in:2:|ragged rows'; bad "JSON: ragged rows" -r 4 -g 2 "$tmp/in"
+printf '{"logical_count": [[1, 2, 3, 4],\n [5, "6", 7, 8]]}\n' >"$tmp/in"
+want='in:2:|not a number'; bad "JSON: a string load" -r 4 -g 2 "$tmp/in"
+printf '{"logical_count": [[1, 2, 3, 4],\n [5, NaN, 7, 8]]}\n' >"$tmp/in"
+want='line 2|not a number'; bad "JSON: NaN" -r 4 -g 2 "$tmp/in"
+printf '{"logical_count": [[1, 2, 3, 4],\n\n [5, -1, 7, 8]]}\n' >"$tmp/in"
+want='in:3:|negative'; bad "JSON: negative load" -r 4 -g 2 "$tmp/in"
+printf '{"counts": [[1, 2, 3, 4]]}\n' >"$tmp/in"
+want='in:1:|logical_count'; bad "JSON: no logical_count" -r 4 -g 2 "$tmp/in"
+printf '{"logical_count": [[1, 2, 3, 4]\n' >"$tmp/in"
+want='line 2|not valid JSON'; bad "JSON: not closed" -r 4 -g 2 "$tmp/in"
+printf '{"logical_count": []}\n' >"$tmp/in"
+want='no layers'; bad "JSON: no layers" -r 4 -g 2 "$tmp/in"
+printf '1 2 3 4\n' >"$tmp/in"
+want='--replicas'; bad "replicas not a number" -r four -g 2 "$tmp/in"
+want='--policy'; bad "unknown policy" -r 4 -g 2 -p best "$tmp/in"
+want='unknown option'; bad "unknown option" -r 4 -g 2 --frobnicate "$tmp/in"
+want='required'; bad "missing --gpus" -r 4 "$tmp/in"
+want='--layer'; bad "layer out of range" -r 4 -g 2 --layer 3 "$tmp/in"
+want='cannot open'; bad "missing input file" -r 4 -g 2 "$tmp/does-not-exist"
+printf '{"phy2log": [[0, 1, 2]]}\n' >"$tmp/cur.json"
+want='must match'; bad "current plan of another shape" -r 4 -g 2 --current "$tmp/cur.json" "$tmp/in"
+printf '{"phy2log": [[0, 1, 2, 2]]}\n' >"$tmp/cur.json"
+want='no replica of expert 3'; bad "current plan missing an expert" -r 4 -g 2 --current "$tmp/cur.json" "$tmp/in"
+
+# --help and --version
+if "$EPLB" --help | grep -q '^Usage: eplb'; then ok "--help prints usage"; else not_ok "--help"; fi
+if "$EPLB" --version | grep -q '^eplb '; then ok "--version"; else not_ok "--version"; fi
+
+# A good run: the README example of deepseek-ai/EPLB through the tool, from stdin.
+printf '90 132 40 61 104 165 39 4 73 56 183 86\n20 107 104 64 19 197 187 157 172 86 16 27\n' |
+    "$EPLB" -r 16 -g 8 --groups 4 --nodes 2 -p deepseek -o "$tmp/plan.json" --svg "$tmp/l0.svg" \
+        --layer 0 >"$tmp/summary"
+rc=$?
+if [ $rc -eq 0 ] && tr -d ' \n' <"$tmp/plan.json" |
+    grep -q '"phy2log":\[\[5,6,5,7,8,4,3,4,10,9,10,2,0,1,11,1\],\[7,10,6,8,6,11,8,9,2,4,5,1,5,0,3,1\]\]'
+then ok "README example through the tool: exact phy2log"; else not_ok "README example through the tool (rc $rc)"; fi
+if grep -q 'same-GPU duplicates: 0' "$tmp/summary" && grep -q 'best possible' "$tmp/summary"
+then ok "summary reports duplicates and the bound"; else not_ok "summary"; fi
+if grep -q '<svg' "$tmp/l0.svg" && grep -q '</svg>' "$tmp/l0.svg"; then ok "SVG written"; else not_ok "SVG"; fi
+
+# Migration: the same loads against their own plan move nothing.
+"$EPLB" -r 16 -g 8 --groups 4 --nodes 2 --brief --current "$tmp/plan.json" -p deepseek \
+    -o "$tmp/plan2.json" "$DATA/eplb_readme.txt" >"$tmp/summary2"
+if grep -q 'migration: 0 of 32 slots' "$tmp/summary2"; then ok "migration onto the same plan moves nothing"
+else not_ok "migration: $(cat "$tmp/summary2")"; fi
+
+echo "1..$n"
+exit $fail

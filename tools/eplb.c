@@ -1,0 +1,317 @@
+/* eplb.c: the eplb command: reads expert loads, plans replicas and their GPUs with the
+ * balancer library, writes the plan as JSON, a summary for people, and optionally an SVG of
+ * one layer and the migration from the plan running now. */
+#define _POSIX_C_SOURCE 200809L
+#include "config.h"
+#include "eplb/eplb.h"
+#include "tools/cli.h"
+#include "tools/eplb_input.h"
+#include "tools/eplb_output.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void usage(FILE *fp)
+{
+    fputs("Usage: eplb --replicas R --gpus G [OPTION]... [LOADS]\n"
+          "Plan expert replicas and their GPUs for every MoE layer from measured expert loads.\n"
+          "\n"
+          "LOADS is a file (or - / nothing for standard input) holding either JSON\n"
+          "{\"logical_count\": [[loads of layer 0], ...]} or text with one layer per line,\n"
+          "loads separated by commas or spaces ('#' starts a comment).\n"
+          "\n"
+          "  -r, --replicas=R     physical expert slots per layer (a multiple of G, >= experts)\n"
+          "  -g, --gpus=G         GPUs in the expert-parallel group\n"
+          "      --groups=N       expert groups (default 1; experts must divide evenly)\n"
+          "      --nodes=N        server nodes (default 1; G must be a multiple). Groups are\n"
+          "                       kept on nodes when groups %% nodes == 0 and nodes > 1\n"
+          "  -p, --policy=NAME    balanced (default): duplicate-free, never less balanced than\n"
+          "                       deepseek; deepseek: deepseek-ai/EPLB exactly\n"
+          "      --cross-nodes    balanced, groups on nodes: let redundant replicas leave\n"
+          "                       their group's node (more inter-node traffic, better balance)\n"
+          "  -o, --output=FILE    write the plan JSON to FILE (- for standard output; the\n"
+          "                       summary then goes to standard error)\n"
+          "      --current=PLAN   the plan running now (JSON with phy2log): reorder the new\n"
+          "                       plan to keep experts in place and report the weights to move\n"
+          "      --svg=FILE       draw per-GPU load before/after of one layer (see --layer)\n"
+          "      --layer=L        the layer for --svg (default: the least balanced before)\n"
+          "      --brief          summary without the per-layer table\n"
+          "  -q, --quiet          no summary\n"
+          "  -h, --help           show this help\n"
+          "  -V, --version        show the version\n"
+          "\n"
+          "Exit status: 0 success, 1 failure, 2 bad usage or bad input (nothing written).\n",
+          fp);
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+typedef struct {
+    const char *loads_path, *output, *current, *svg;
+    int layer, brief, quiet;
+    eplb_config cfg;
+} options;
+
+static int parse_options(int argc, char **argv, options *o)
+{
+    static const struct option longs[] = {
+        {"replicas", required_argument, NULL, 'r'}, {"gpus", required_argument, NULL, 'g'},
+        {"groups", required_argument, NULL, 'G'},   {"nodes", required_argument, NULL, 'N'},
+        {"policy", required_argument, NULL, 'p'},   {"cross-nodes", no_argument, NULL, 'X'},
+        {"output", required_argument, NULL, 'o'},   {"current", required_argument, NULL, 'c'},
+        {"svg", required_argument, NULL, 's'},      {"layer", required_argument, NULL, 'l'},
+        {"brief", no_argument, NULL, 'b'},          {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},           {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0}};
+    memset(o, 0, sizeof *o);
+    o->cfg = eplb_config_default(0, 0);
+    o->layer = -1;
+    int have_r = 0, have_g = 0, c;
+    const long big = 1 << 20;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":r:g:p:o:qhV", longs, NULL)) != -1) {
+        switch (c) {
+        case 'r':
+            if (cli_parse_int("--replicas", optarg, 1, big, &o->cfg.num_replicas)) return 2;
+            have_r = 1;
+            break;
+        case 'g':
+            if (cli_parse_int("--gpus", optarg, 1, big, &o->cfg.num_gpus)) return 2;
+            have_g = 1;
+            break;
+        case 'G':
+            if (cli_parse_int("--groups", optarg, 1, big, &o->cfg.num_groups)) return 2;
+            break;
+        case 'N':
+            if (cli_parse_int("--nodes", optarg, 1, big, &o->cfg.num_nodes)) return 2;
+            break;
+        case 'p':
+            if (strcmp(optarg, "balanced") == 0) o->cfg.policy = EPLB_POLICY_BALANCED;
+            else if (strcmp(optarg, "deepseek") == 0) o->cfg.policy = EPLB_POLICY_DEEPSEEK;
+            else {
+                cli_error("--policy must be 'balanced' or 'deepseek', got '%s'", optarg);
+                return 2;
+            }
+            break;
+        case 'X': o->cfg.cross_nodes = 1; break;
+        case 'o': o->output = optarg; break;
+        case 'c': o->current = optarg; break;
+        case 's': o->svg = optarg; break;
+        case 'l':
+            if (cli_parse_int("--layer", optarg, 0, big, &o->layer)) return 2;
+            break;
+        case 'b': o->brief = 1; break;
+        case 'q': o->quiet = 1; break;
+        case 'h': usage(stdout); return -1;
+        case 'V': printf("eplb (dualpipe) %s\n", eplb_version()); return -1;
+        case ':':
+            cli_error("option '%s' needs a value (see --help)", argv[optind - 1]);
+            return 2;
+        default:
+            cli_error("unknown option '%s' (see --help)", argv[optind - 1]);
+            return 2;
+        }
+    }
+    if (!have_r || !have_g) {
+        cli_error("--replicas and --gpus are required (see --help)");
+        return 2;
+    }
+    if (optind < argc) o->loads_path = argv[optind++];
+    if (optind < argc) {
+        cli_error("one loads file at most, got also '%s'", argv[optind]);
+        return 2;
+    }
+    return 0;
+}
+
+/* The layer drawn by default: the least balanced one before balancing. */
+static int worst_layer(const double *w, const eplb_plan *plan, const eplb_config *cfg)
+{
+    int worst = 0;
+    double lowest = 2;
+    for (int l = 0; l < plan->num_layers; l++) {
+        eplb_layer_stats st;
+        if (eplb_layer_evaluate(w + (size_t)l * plan->num_experts, plan, l, cfg, &st) != EPLB_OK)
+            continue;
+        if (st.total > 0 && st.before < lowest) {
+            lowest = st.before;
+            worst = l;
+        }
+    }
+    return worst;
+}
+
+static int summarise(FILE *fp, const options *o, const eplb_loads *in, const eplb_plan *plan,
+                     double ms, int migrating, long moved, const long *traffic)
+{
+    const eplb_config *c = &o->cfg;
+    int hier = eplb_config_hierarchical(c);
+    fprintf(fp, "eplb: %d layers x %d experts -> %d replicas on %d GPUs (%d nodes, %d groups), "
+                "policy %s, %s\n",
+            in->layers, in->experts, c->num_replicas, c->num_gpus, c->num_nodes, c->num_groups,
+            c->policy == EPLB_POLICY_DEEPSEEK ? "deepseek" : "balanced",
+            !hier ? "global packing"
+            : (c->policy == EPLB_POLICY_BALANCED && c->cross_nodes)
+                ? "groups on nodes, redundant replicas may cross nodes"
+                : "groups kept on nodes");
+    fprintf(fp, "planned in %.3f ms\n", ms);
+    if (!o->brief)
+        fprintf(fp, "%5s %8s %8s %8s %6s\n", "layer", "before", "after", "best", "dups");
+    double sb = 0, sa = 0, sp = 0;
+    long dups = 0;
+    int loaded = 0;
+    for (int l = 0; l < plan->num_layers; l++) {
+        eplb_layer_stats st;
+        if (eplb_layer_evaluate(in->w + (size_t)l * in->experts, plan, l, c, &st) != EPLB_OK) {
+            cli_error("%s", eplb_last_error());
+            return 1;
+        }
+        dups += st.duplicates;
+        if (st.total <= 0) {
+            if (!o->brief) fprintf(fp, "%5d %8s %8s %8s %6d   (no load)\n", l, "-", "-", "-",
+                                   st.duplicates);
+            continue;
+        }
+        loaded++;
+        sb += st.before;
+        sa += st.balancedness;
+        sp += st.best_possible;
+        if (!o->brief)
+            fprintf(fp, "%5d %8.5f %8.5f %8.5f %6d\n", l, st.before, st.balancedness,
+                    st.best_possible, st.duplicates);
+    }
+    if (loaded)
+        fprintf(fp, "balancedness (mean GPU load / max, mean over %d loaded layers): before %.5f, "
+                    "after %.5f, best possible %.5f (from the lower bound)\n",
+                loaded, sb / loaded, sa / loaded, sp / loaded);
+    else
+        fprintf(fp, "no layer carries any load\n");
+    fprintf(fp, "same-GPU duplicates: %ld\n", dups);
+    if (migrating) {
+        const int G = c->num_gpus, per_node = G / c->num_nodes;
+        long cross = 0;
+        for (int s = 0; s < G; s++)
+            for (int d = 0; d < G; d++)
+                if (s / per_node != d / per_node) cross += traffic[(size_t)s * G + d];
+        fprintf(fp, "migration: %ld of %ld slots change expert (%.1f%%), %ld of those copies "
+                    "cross nodes\n",
+                moved, (long)plan->num_layers * plan->num_replicas,
+                100.0 * moved / ((double)plan->num_layers * plan->num_replicas), cross);
+        if (!o->brief && moved) {
+            fprintf(fp, "copies per GPU (in / out):");
+            for (int g = 0; g < G; g++) {
+                long in_c = 0, out_c = 0;
+                for (int k = 0; k < G; k++) {
+                    in_c += traffic[(size_t)k * G + g];
+                    out_c += traffic[(size_t)g * G + k];
+                }
+                fprintf(fp, "%s %d:%ld/%ld", g % 8 ? "" : "\n ", g, in_c, out_c);
+            }
+            fputc('\n', fp);
+        }
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    cli_program = "eplb";
+    options o;
+    int rc = parse_options(argc, argv, &o);
+    if (rc) return rc < 0 ? CLI_EXIT_OK : CLI_EXIT_USAGE;
+
+    eplb_loads in;
+    if (eplb_read_loads(o.loads_path, &in)) return CLI_EXIT_USAGE;
+    const char *file = o.loads_path && strcmp(o.loads_path, "-") ? o.loads_path : "<stdin>";
+    if (eplb_config_check(&o.cfg, in.experts) != EPLB_OK) {
+        cli_error("%s:%d: %s", file, in.first_line, eplb_last_error());
+        eplb_loads_free(&in);
+        return CLI_EXIT_USAGE;
+    }
+    if (o.layer >= in.layers) {
+        cli_error("--layer %d: the input has layers 0..%d", o.layer, in.layers - 1);
+        eplb_loads_free(&in);
+        return CLI_EXIT_USAGE;
+    }
+
+    eplb_plan current = {0}, plan = {0};
+    long moved = 0, *traffic = NULL;
+    rc = CLI_EXIT_USAGE;
+    if (o.current) {
+        int L = 0, R = 0, *p2l = NULL;
+        if (eplb_read_phy2log(o.current, &L, &R, &p2l)) goto done;
+        if (L != in.layers || R != o.cfg.num_replicas) {
+            cli_error("%s: the current plan has %d layers x %d replicas, the new one %d x %d: "
+                      "they must match", o.current, L, R, in.layers, o.cfg.num_replicas);
+            free(p2l);
+            goto done;
+        }
+        eplb_status st = eplb_plan_from_phy2log(p2l, L, in.experts, R, o.cfg.num_gpus, &current);
+        free(p2l);
+        if (st != EPLB_OK) {
+            cli_error("%s: %s", o.current, eplb_last_error());
+            goto done;
+        }
+    }
+
+    rc = CLI_EXIT_FAIL;
+    double t0 = now_ms();
+    if (eplb_rebalance(in.w, in.layers, in.experts, &o.cfg, &plan) != EPLB_OK) {
+        cli_error("%s", eplb_last_error());
+        goto done;
+    }
+    double ms = now_ms() - t0;
+    if (o.current) {
+        traffic = calloc((size_t)o.cfg.num_gpus * o.cfg.num_gpus, sizeof *traffic);
+        if (!traffic) {
+            cli_error("out of memory");
+            goto done;
+        }
+        if (eplb_plan_migrate(&current, &plan, o.cfg.num_nodes, &moved, traffic) != EPLB_OK) {
+            cli_error("%s", eplb_last_error());
+            goto done;
+        }
+    }
+
+    cli_output out_plan = {0}, out_svg = {0};
+    int plan_to_stdout = o.output && strcmp(o.output, "-") == 0;
+    if (o.output && cli_output_open(&out_plan, o.output)) goto done;
+    if (o.svg && cli_output_open(&out_svg, o.svg)) {
+        if (o.output) cli_output_abort(&out_plan);
+        goto done;
+    }
+    if (o.output) eplb_write_plan_json(out_plan.fp, &plan, &o.cfg);
+    if (o.svg) {
+        int layer = o.layer >= 0 ? o.layer : worst_layer(in.w, &plan, &o.cfg);
+        eplb_write_svg(out_svg.fp, in.w + (size_t)layer * in.experts, &plan, &o.cfg, layer);
+    }
+    int bad = 0;
+    if (!o.quiet)
+        bad = summarise(plan_to_stdout ? stderr : stdout, &o, &in, &plan, ms, o.current != NULL,
+                        moved, traffic);
+    if (bad) {
+        if (o.output) cli_output_abort(&out_plan);
+        if (o.svg) cli_output_abort(&out_svg);
+        goto done;
+    }
+    if (o.output && cli_output_commit(&out_plan)) {
+        if (o.svg) cli_output_abort(&out_svg);
+        goto done;
+    }
+    if (o.svg && cli_output_commit(&out_svg)) goto done;
+    rc = CLI_EXIT_OK;
+done:
+    free(traffic);
+    eplb_plan_free(&plan);
+    eplb_plan_free(&current);
+    eplb_loads_free(&in);
+    return rc;
+}

@@ -1,0 +1,24 @@
+/* eplb_input.h: what the eplb tool reads: expert loads (SGLang's JSON dump or CSV /
+ * whitespace text, one layer per line) and a placement (a plan JSON with phy2log), each
+ * error naming the file, the line and the rule broken. */
+#ifndef EPLB_TOOLS_INPUT_H
+#define EPLB_TOOLS_INPUT_H
+
+typedef struct {
+    int layers, experts;
+    double *w;        /* layers * experts */
+    int first_line;   /* line of the first layer, for messages about its length */
+} eplb_loads;
+
+/* Reads the whole of path ("-" or NULL: stdin). Returns 0, or prints the problem (through
+ * cli_error) and returns nonzero. */
+int eplb_read_loads(const char *path, eplb_loads *out);
+void eplb_loads_free(eplb_loads *l);
+
+/* Reads phy2log (layers x replicas ints) from a plan JSON. */
+int eplb_read_phy2log(const char *path, int *layers, int *replicas, int **phy2log);
+
+/* Reads a file or stdin into a NUL-terminated buffer. */
+char *eplb_slurp(const char *path, long *len);
+
+#endif
