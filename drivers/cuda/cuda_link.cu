@@ -386,6 +386,9 @@ static dp_status ensure_ready(dp_link *l)
                 if (i != j && w->ordinal[i] == w->ordinal[j]) distinct = 0;
             }
         w->mode = same ? MODE_COPY : distinct ? MODE_NCCL : -1;
+        /* DUALPIPE_CUDA_LINK=nccl forces NCCL (e.g. a one-rank world, to exercise it on one GPU) */
+        const char *force = getenv("DUALPIPE_CUDA_LINK");
+        if (force && strcmp(force, "nccl") == 0 && distinct) w->mode = MODE_NCCL;
     }
     int mode = w->mode;
     pthread_mutex_unlock(&w->lock);
