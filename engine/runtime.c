@@ -31,6 +31,7 @@ struct dp_runtime {
     dp_link_world *world;
     rank_state *ranks;
     int step;
+    double step_t0; /* when the last step started (monotonic ms); action times count from here */
     /* the step's arguments, for the rank threads */
     const float *inputs;
     const void *targets;
@@ -253,6 +254,8 @@ void dp_runtime_destroy(dp_runtime *rt)
 const dp_schedule *dp_runtime_schedule(const dp_runtime *rt) { return rt->sched; }
 const dp_model_config *dp_runtime_model(const dp_runtime *rt) { return &rt->cfg.model; }
 
+double dp_runtime_step_start(const dp_runtime *rt) { return rt->step_t0; }
+
 const dp_action_time *dp_runtime_times(const dp_runtime *rt, int rank)
 {
     return rank >= 0 && rank < rt->cfg.ranks ? rt->ranks[rank].times : NULL;
@@ -292,7 +295,7 @@ static dp_step_io step_io(dp_runtime *rt, int r)
         io.output[p] = rs->output[p];
     }
     io.times = rs->times;
-    io.t0 = dp_now_ms();
+    io.t0 = rt->step_t0;
     return io;
 }
 
@@ -363,6 +366,7 @@ dp_status dp_runtime_train_step(dp_runtime *rt, const float *inputs, const void 
     if (!inputs || !targets || !losses) return dp_fail(DP_ERR_INVALID, "train step: inputs, targets and losses are needed");
     rt->inputs = inputs, rt->targets = targets, rt->losses = losses;
     rt->step++;
+    rt->step_t0 = dp_now_ms();
     return run_ranks(rt, rank_train);
 }
 
@@ -370,6 +374,7 @@ dp_status dp_runtime_infer(dp_runtime *rt, const float *inputs, float *outputs)
 {
     if (!inputs || !outputs) return dp_fail(DP_ERR_INVALID, "inference: inputs and outputs are needed");
     rt->inputs = inputs, rt->outputs = outputs;
+    rt->step_t0 = dp_now_ms();
     return run_ranks(rt, rank_infer);
 }
 

@@ -56,6 +56,8 @@ dp_status dp_runtime_read_param(dp_runtime *rt, int stage, int copy, int index, 
 
 /* When each action of `rank` ran in the last step (record_times), or NULL. */
 const dp_action_time *dp_runtime_times(const dp_runtime *rt, int rank);
+/* When the last step started, on dp_now_ms()'s clock: the times above count from it. */
+double dp_runtime_step_start(const dp_runtime *rt);
 
 #ifdef __cplusplus
 }

@@ -12,5 +12,9 @@ typedef struct {
 extern const dp_command dp_commands[]; /* ends with a NULL name */
 
 int cmd_schedule(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
+int cmd_bench_cuda(int argc, char **argv);
 
 #endif

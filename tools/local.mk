@@ -9,3 +9,6 @@ tools_dualpipe_SOURCES = \
 	tools/cli.h \
 	tools/cmd_schedule.c
 tools_dualpipe_LDADD = engine/libdualpipe.la
+tools_dualpipe_SOURCES += tools/cmd_train.c tools/cmd_bench.c
+tools_dualpipe_SOURCES += tools/cmd_verify.c
+tools_dualpipe_SOURCES += tools/cmd_bench_cuda.c

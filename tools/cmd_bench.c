@@ -1,0 +1,227 @@
+/* cmd_bench.c: `dualpipe bench`: figures for the CPU driver. GEMM rates of the portable
+ * GEMM and of CBLAS against the machine's measured peak (CBLAS on a large square GEMM), and
+ * the median step time of each schedule at fixed models, including the shapes of the
+ * reference's side-by-side measurements. Prints figures; asserts nothing about speed. */
+#define _POSIX_C_SOURCE 200809L
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "drivers/cpu/cpu_internal.h"
+#include "engine/driver.h"
+#include "engine/runtime.h"
+#include "tools/cli.h"
+#include "tools/commands.h"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: dualpipe bench [--steps N] [--quick] [--gemm-only | --steps-only]\n"
+            "                      [--schedule NAME --pp N --chunks M --hidden H --tokens T]\n"
+            "Benchmark the CPU driver: GEMM GFLOP/s (portable and CBLAS, 1 thread and all cores)\n"
+            "against the measured peak, then median step times of each schedule.\n\n"
+            "  -n, --steps N     timed steps per configuration, after one warm-up (default 5)\n"
+            "      --quick       small shapes only (seconds)\n"
+            "      --gemm-only   only the GEMM rates\n"
+            "      --steps-only  only the step times\n"
+            "  -s, --schedule, -p, --pp, -c, --chunks, --hidden, --tokens\n"
+            "                    time one configuration instead of the built-in list\n"
+            "  -h, --help        show this help\n\n"
+            "Run the ranks on otherwise idle cores: the figures are wall-clock medians.\n");
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* ----------------------------------------------------------------------------
+ * GEMM */
+
+/* GFLOP/s of C[m x n] = A[m x k] B^T (the forward's shape), median of `reps` */
+static double gemm_rate(dp_device *dev, int use_blas, int threads, int m, int n, int k, int reps)
+{
+    float *a = malloc(sizeof(float) * (size_t)m * k), *b = malloc(sizeof(float) * (size_t)n * k);
+    float *c = malloc(sizeof(float) * (size_t)m * n);
+    double *t = malloc(sizeof(double) * (size_t)reps);
+    if (!a || !b || !c || !t) {
+        free(a), free(b), free(c), free(t);
+        return 0;
+    }
+    for (size_t i = 0; i < (size_t)m * k; i++) a[i] = (float)((i * 7 % 13) - 6) * 0.1f;
+    for (size_t i = 0; i < (size_t)n * k; i++) b[i] = (float)((i * 5 % 11) - 5) * 0.1f;
+    dev->use_blas = use_blas;
+    dev->threads = threads;
+    if (use_blas) dp_cpu_blas_set_threads(threads);
+    dp_gemm_args g = {0, 1, m, n, k, 1.0f, 0.0f, a, k, DP_DTYPE_F32, b, k, DP_DTYPE_F32, c, n, DP_DTYPE_F32};
+    dp_cpu_gemm(dev, NULL, &g); /* warm-up */
+    for (int r = 0; r < reps; r++) {
+        double t0 = dp_now_ms();
+        dp_cpu_gemm(dev, NULL, &g);
+        t[r] = dp_now_ms() - t0;
+    }
+    qsort(t, (size_t)reps, sizeof *t, cmp_double);
+    double ms = t[reps / 2];
+    free(a), free(b), free(c), free(t);
+    return 2.0 * m * n * k / (ms * 1e-3) * 1e-9;
+}
+
+static void bench_gemm(int quick)
+{
+    const dp_driver *d;
+    dp_driver_load("cpu", &d);
+    dp_device *dev;
+    dp_device_config dc = {.threads = 0};
+    d->device->open(&dc, &dev);
+    int cores = dev->threads;
+    int blas = dp_cpu_have_blas();
+    int peak_n = quick ? 512 : 1024;
+    double peak1 = 0, peakn = 0;
+    if (blas) {
+        peak1 = gemm_rate(dev, 1, 1, peak_n, peak_n, peak_n, 5);
+        peakn = gemm_rate(dev, 1, cores, peak_n, peak_n, peak_n, 5);
+    } else {
+        peak1 = gemm_rate(dev, 0, 1, peak_n, peak_n, peak_n, 5);
+        peakn = gemm_rate(dev, 0, cores, peak_n, peak_n, peak_n, 5);
+    }
+    printf("GEMM (fp32; measured peak = %s %dx%dx%d: %.1f GFLOP/s on 1 core, %.1f on %d)\n",
+           blas ? "CBLAS" : "portable GEMM (no CBLAS built in)", peak_n, peak_n, peak_n, peak1, peakn, cores);
+    printf("  %-26s %-9s %8s %9s   %8s %9s\n", "shape m x n x k", "gemm", "1 core", "of peak", "all", "of peak");
+    static const int shapes[][3] = {{256, 1024, 256}, {256, 256, 1024}, {512, 2048, 512}, {512, 512, 2048},
+                                    {1024, 1024, 1024}};
+    int nshapes = quick ? 2 : 5;
+    for (int i = 0; i < nshapes; i++) {
+        int m = shapes[i][0], n = shapes[i][1], k = shapes[i][2];
+        char label[64];
+        snprintf(label, sizeof label, "%d x %d x %d", m, n, k);
+        for (int be = 0; be <= blas; be++) {
+            double r1 = gemm_rate(dev, be, 1, m, n, k, quick ? 3 : 5);
+            double rn = gemm_rate(dev, be, cores, m, n, k, quick ? 3 : 5);
+            printf("  %-26s %-9s %8.1f %8.0f%%   %8.1f %8.0f%%\n", label, be ? "cblas" : "portable", r1,
+                   100 * r1 / peak1, rn, 100 * rn / peakn);
+        }
+    }
+    d->device->close(dev);
+    fflush(stdout);
+}
+
+/* ----------------------------------------------------------------------------
+ * steps */
+
+typedef struct {
+    const char *schedule;
+    int ranks, chunks, hidden, tokens;
+} step_shape;
+
+static int bench_step(const step_shape *sh, int steps)
+{
+    dp_runtime_config c;
+    memset(&c, 0, sizeof c);
+    c.schedule = sh->schedule;
+    c.ranks = sh->ranks;
+    c.chunks = sh->chunks;
+    c.model.hidden = sh->hidden;
+    c.model.tokens = sh->tokens;
+    c.model.seed = 1;
+    c.optimizer.kind = DP_OPT_NONE; /* forwards and backwards only, as the reference's step() */
+    dp_runtime *rt;
+    if (dp_runtime_create(&c, &rt) != DP_OK) {
+        cli_error("%s pp %d: %s", sh->schedule, sh->ranks, dp_last_error());
+        return 1;
+    }
+    const dp_schedule *s = dp_runtime_schedule(rt);
+    size_t n = (size_t)c.chunks * c.model.tokens * c.model.hidden;
+    float *x = malloc(sizeof(float) * n), *y = malloc(sizeof(float) * n), *l = malloc(sizeof(float) * (size_t)c.chunks);
+    double *t = malloc(sizeof(double) * (size_t)(steps + 1));
+    int rc = 0;
+    if (!x || !y || !l || !t) rc = 1;
+    for (size_t i = 0; !rc && i < n; i++) x[i] = dp_counter_uniform(3, 0, i), y[i] = dp_counter_uniform(3, 1, i);
+    for (int i = 0; !rc && i <= steps; i++) {
+        double t0 = dp_now_ms();
+        if (dp_runtime_train_step(rt, x, y, l) != DP_OK) {
+            cli_error("%s: %s", sh->schedule, dp_last_error());
+            rc = 1;
+        }
+        t[i] = dp_now_ms() - t0;
+    }
+    if (!rc) {
+        qsort(t + 1, (size_t)steps, sizeof *t, cmp_double);
+        double med = t[1 + steps / 2];
+        double flops = 48.0 * c.model.tokens * (double)c.model.hidden * c.model.hidden * s->num_stages * c.chunks;
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        printf("  %-10s %3d %7d %7d %7d %8d %11.1f %9.1f %11.1f\n", sh->schedule, sh->ranks, s->num_stages, sh->hidden,
+               sh->tokens, sh->chunks, med, flops / (med * 1e-3) * 1e-9,
+               flops / (med * 1e-3) * 1e-9 / (double)(cores < sh->ranks ? cores : sh->ranks));
+        fflush(stdout);
+    }
+    free(x), free(y), free(l), free(t);
+    dp_runtime_destroy(rt);
+    return rc;
+}
+
+static void step_header(void)
+{
+    printf("Step time (fp32, example stage Linear h->4h, GELU, Linear 4h->h, MSE, forward and backward; median)\n");
+    printf("  %-10s %3s %7s %7s %7s %8s %11s %9s %11s\n", "schedule", "pp", "stages", "hidden", "tokens", "chunks",
+           "step ms", "GFLOP/s", "per core");
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    enum { O_QUICK = 256, O_GEMM, O_STEPS_ONLY, O_HIDDEN, O_TOKENS };
+    static const struct option opts[] = {
+        {"steps", required_argument, 0, 'n'},     {"quick", no_argument, 0, O_QUICK},
+        {"gemm-only", no_argument, 0, O_GEMM},    {"steps-only", no_argument, 0, O_STEPS_ONLY},
+        {"schedule", required_argument, 0, 's'},  {"pp", required_argument, 0, 'p'},
+        {"chunks", required_argument, 0, 'c'},    {"hidden", required_argument, 0, O_HIDDEN},
+        {"tokens", required_argument, 0, O_TOKENS}, {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    int steps = 5, quick = 0, gemm = 1, step_times = 1, custom = 0;
+    step_shape one = {"dualpipe", 2, 8, 256, 256};
+    int opt;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":n:s:p:c:h", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'n': if (cli_parse_int("--steps", optarg, 1, 1000, &steps)) return CLI_EXIT_USAGE; break;
+        case O_QUICK: quick = 1; break;
+        case O_GEMM: step_times = 0; break;
+        case O_STEPS_ONLY: gemm = 0; break;
+        case 's': one.schedule = optarg, custom = 1; break;
+        case 'p': if (cli_parse_int("--pp", optarg, 1, 64, &one.ranks)) return CLI_EXIT_USAGE; custom = 1; break;
+        case 'c': if (cli_parse_int("--chunks", optarg, 1, 4096, &one.chunks)) return CLI_EXIT_USAGE; custom = 1; break;
+        case O_HIDDEN: if (cli_parse_int("--hidden", optarg, 1, 1 << 15, &one.hidden)) return CLI_EXIT_USAGE; custom = 1; break;
+        case O_TOKENS: if (cli_parse_int("--tokens", optarg, 1, 1 << 20, &one.tokens)) return CLI_EXIT_USAGE; custom = 1; break;
+        case 'h': usage(stdout); return CLI_EXIT_OK;
+        case ':': cli_error("option %s needs a value; see --help", argv[optind - 1]); return CLI_EXIT_USAGE;
+        default: cli_error("unknown option '%s'; see --help", argv[optind - 1]); return CLI_EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        cli_error("unexpected argument '%s'; see --help", argv[optind]);
+        return CLI_EXIT_USAGE;
+    }
+    if (gemm && !custom) bench_gemm(quick);
+    if (!step_times) return CLI_EXIT_OK;
+    step_header();
+    if (custom) return bench_step(&one, steps) ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+    static const step_shape quick_list[] = {
+        {"gpipe", 2, 8, 128, 64}, {"1f1b", 2, 8, 128, 64}, {"zb1p", 2, 8, 128, 64},
+        {"dualpipe", 2, 8, 128, 64}, {"dualpipev", 2, 8, 128, 64},
+    };
+    /* the shapes of the reference's side-by-side figures, then every schedule on the first */
+    static const step_shape full_list[] = {
+        {"dualpipe", 2, 8, 256, 256},  {"dualpipe", 2, 8, 512, 512}, {"dualpipe", 4, 8, 256, 256},
+        {"dualpipev", 2, 8, 256, 256}, {"dualpipev", 2, 8, 512, 512}, {"gpipe", 2, 8, 256, 256},
+        {"1f1b", 2, 8, 256, 256},      {"zb1p", 2, 8, 256, 256},     {"interleaved-1f1b", 2, 8, 256, 256},
+    };
+    const step_shape *list = quick ? quick_list : full_list;
+    int n = quick ? (int)(sizeof quick_list / sizeof *quick_list) : (int)(sizeof full_list / sizeof *full_list);
+    int rc = CLI_EXIT_OK;
+    for (int i = 0; i < n; i++)
+        if (bench_step(&list[i], steps)) rc = CLI_EXIT_FAIL;
+    return rc;
+}

@@ -1,0 +1,536 @@
+/* cmd_train.c: `dualpipe train`: trains the pipelined model on rank threads to imitate a
+ * fixed random teacher network, printing a line per step, then the measured per-rank busy and
+ * idle time next to what the simulator predicts from the measured action times; optionally a
+ * Chrome trace of what ran, and a side-by-side check against the single-rank reference. */
+#define _POSIX_C_SOURCE 200809L
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/driver.h"
+#include "engine/reference.h"
+#include "engine/runtime.h"
+#include "tools/cli.h"
+#include "tools/commands.h"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: dualpipe train [--driver NAME] [--schedule NAME] [--pp N] [--chunks M]\n"
+            "                      [--hidden H] [--tokens T] [--layers-per-stage L] [--block mlp|residual]\n"
+            "                      [--loss mse|xent] [--steps S] [--seed S] [--optimizer adamw|sgd]\n"
+            "                      [--lr X] [--weight-decay X] [--momentum X] [--threads N]\n"
+            "                      [--timeout MS] [--trace FILE] [--verify] [--quiet]\n"
+            "Train a pipeline-parallel model on one thread per rank to imitate a fixed random teacher\n"
+            "network (fresh random inputs every step), and report how the ranks spent their time.\n\n"
+            "  -d, --driver NAME        cpu (default) or a driver module (see DUALPIPE_DRIVER_PATH)\n"
+            "  -s, --schedule NAME      dualpipe (default), dualpipev, 1f1b, zb1p, interleaved-1f1b, gpipe\n"
+            "  -p, --pp N               pipeline ranks (default 4)\n"
+            "  -c, --chunks M           micro-batches per step (default 8)\n"
+            "      --hidden H           hidden size (default 256); blocks are h -> 4h -> h\n"
+            "      --tokens T           rows per micro-batch (default 64)\n"
+            "      --layers-per-stage L blocks per stage (default 1)\n"
+            "      --block KIND         residual (default: pre-norm RMSNorm residual MLP blocks) or mlp\n"
+            "                           (DualPipe's example stage: Linear, GELU, Linear; a deep stack\n"
+            "                           of them without normalisation learns slowly)\n"
+            "      --loss KIND          mse (default; regression to the teacher's outputs) or xent\n"
+            "                           (classification into the teacher's argmax over h classes)\n"
+            "  -n, --steps S            training steps (default 20)\n"
+            "      --seed S             seed of the parameters, the teacher and the data (default 1)\n"
+            "      --optimizer NAME     adamw (default) or sgd\n"
+            "      --lr X               learning rate (default 1e-3 for adamw, 1e-2 for sgd)\n"
+            "      --weight-decay X     default 0\n"
+            "      --momentum X         sgd momentum (default 0.9)\n"
+            "      --threads N          kernel threads per rank (default: cores / ranks)\n"
+            "      --timeout MS         a rank gives up waiting for a message after MS (default 60000)\n"
+            "      --trace FILE         write a Chrome trace (chrome://tracing, Perfetto) of every step\n"
+            "      --verify             also run the single-rank sequential reference and report the\n"
+            "                           largest differences of losses, gradients and parameters\n"
+            "  -q, --quiet              only the summary\n"
+            "  -h, --help               show this help\n\n"
+            "Example: dualpipe train --schedule dualpipev --pp 2 --chunks 8 --verify\n");
+}
+
+/* ----------------------------------------------------------------------------
+ * the teacher: one block of the same kind with its own seed, on the cpu driver */
+
+typedef struct {
+    const dp_device_ops *ops;
+    dp_device *dev;
+    dp_stage *stage;
+    float scale; /* makes the first batch's targets unit-variance */
+} teacher;
+
+static int teacher_open(teacher *t, const dp_model_config *m, int chunks, uint64_t seed)
+{
+    const dp_driver *cpu;
+    dp_driver_load("cpu", &cpu);
+    t->ops = cpu->device;
+    dp_device_config dc = {.threads = 0};
+    dp_model_config tm = *m;
+    tm.tokens = m->tokens * chunks; /* the whole step's batch at once */
+    tm.layers_per_stage = 1;
+    tm.block = DP_BLOCK_MLP;
+    tm.seed = seed ^ 0x7eac4e5ull;
+    t->scale = 0;
+    if (t->ops->open(&dc, &t->dev) != DP_OK || dp_stage_create(t->ops, t->dev, &tm, 0, 2, &t->stage) != DP_OK) {
+        cli_error("cannot build the teacher network: %s", dp_last_error());
+        return 1;
+    }
+    return 0;
+}
+
+static void teacher_close(teacher *t)
+{
+    dp_stage_destroy(t->stage);
+    if (t->dev) t->ops->close(t->dev);
+}
+
+/* targets for inputs x [chunks*tokens x h]: floats (mse) or argmax labels (xent) */
+static int teacher_targets(teacher *t, const dp_model_config *m, int chunks, const float *x, void *targets)
+{
+    dp_slot *slot;
+    size_t rows = (size_t)m->tokens * chunks, n = rows * m->hidden;
+    if (dp_stage_slot_get(t->stage, &slot) != DP_OK) goto fail;
+    memcpy(slot->x, x, n * sizeof(float));
+    if (dp_stage_forward(t->stage, NULL, slot, NULL) != DP_OK) goto fail;
+    if (t->scale == 0) {
+        double ss = 0;
+        for (size_t i = 0; i < n; i++) ss += (double)slot->y[i] * slot->y[i];
+        t->scale = ss > 0 ? (float)(1.0 / sqrt(ss / n)) : 1.0f;
+    }
+    if (m->loss == DP_LOSS_MSE) {
+        float *y = targets;
+        for (size_t i = 0; i < n; i++) y[i] = slot->y[i] * t->scale;
+    } else {
+        int32_t *l = targets;
+        for (size_t r = 0; r < rows; r++) {
+            const float *row = slot->y + r * m->hidden;
+            int best = 0;
+            for (int c = 1; c < m->hidden; c++) best = row[c] > row[best] ? c : best;
+            l[r] = best;
+        }
+    }
+    dp_stage_slot_put(t->stage, slot);
+    return 0;
+fail:
+    cli_error("the teacher network failed: %s", dp_last_error());
+    return 1;
+}
+
+/* ----------------------------------------------------------------------------
+ * timings: per-kind means, per-rank busy and idle, and the trace's events */
+
+typedef struct {
+    double sum[5]; /* F, B, I, W, F&B pair */
+    long count[5];
+    double *busy, *idle; /* [ranks], summed over measured steps */
+    int steps;
+} timing;
+
+typedef struct {
+    int rank, step;
+    dp_action a, b; /* b.kind == 0xff: not a pair */
+    double start, ready, end; /* ms from the run's start */
+} trace_event;
+
+typedef struct {
+    trace_event *ev;
+    size_t n, cap;
+} trace_log;
+
+static int trace_add(trace_log *t, const trace_event *e)
+{
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? 2 * t->cap : 1024;
+        trace_event *n = realloc(t->ev, sizeof *n * cap);
+        if (!n) return 1;
+        t->ev = n, t->cap = cap;
+    }
+    t->ev[t->n++] = *e;
+    return 0;
+}
+
+static void collect(dp_runtime *rt, int step, int measure, double offset, timing *tm, trace_log *trace)
+{
+    const dp_schedule *s = dp_runtime_schedule(rt);
+    double makespan = 0;
+    for (int r = 0; r < s->num_ranks; r++) {
+        const dp_action_time *t = dp_runtime_times(rt, r);
+        double busy = 0, last = 0;
+        for (int i = 0; i < s->num_actions[r];) {
+            const dp_action *a = &s->actions[r][i];
+            int pair = a->overlap && i + 1 < s->num_actions[r];
+            double d = t[i].end - t[i].ready;
+            busy += d;
+            last = t[i].end > last ? t[i].end : last;
+            if (measure) {
+                int k = pair ? 4 : a->kind;
+                tm->sum[k] += d, tm->count[k]++;
+            }
+            if (trace) {
+                trace_event e = {r, step, *a, {.kind = 0xff}, offset + t[i].start, offset + t[i].ready,
+                                 offset + t[i].end};
+                if (pair) e.b = s->actions[r][i + 1];
+                trace_add(trace, &e);
+            }
+            i += pair ? 2 : 1;
+        }
+        if (measure) tm->busy[r] += busy;
+        makespan = last > makespan ? last : makespan;
+        if (measure) tm->idle[r] -= busy;
+    }
+    if (measure) {
+        for (int r = 0; r < s->num_ranks; r++) tm->idle[r] += makespan;
+        tm->steps++;
+    }
+}
+
+static void action_name(char *buf, size_t n, const dp_action *a)
+{
+    snprintf(buf, n, "%c%d%s", dp_action_letter(a->kind), a->chunk, a->dir ? "'" : "");
+}
+
+static int write_trace(const char *path, const trace_log *t, const char *title)
+{
+    cli_output o;
+    if (cli_output_open(&o, path)) return 1;
+    fprintf(o.fp, "{\"displayTimeUnit\": \"ms\", \"otherData\": {\"run\": \"%s\"}, \"traceEvents\": [\n", title);
+    int ranks = 0;
+    for (size_t i = 0; i < t->n; i++) ranks = t->ev[i].rank + 1 > ranks ? t->ev[i].rank + 1 : ranks;
+    for (int r = 0; r < ranks; r++)
+        fprintf(o.fp, "{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": 0, \"tid\": %d, \"args\": {\"name\": \"rank %d\"}},\n",
+                r, r);
+    for (size_t i = 0; i < t->n; i++) {
+        const trace_event *e = &t->ev[i];
+        char name[64], n2[32];
+        action_name(name, sizeof name, &e->a);
+        if (e->b.kind != 0xff) {
+            action_name(n2, sizeof n2, &e->b);
+            strncat(name, "&", sizeof name - strlen(name) - 1);
+            strncat(name, n2, sizeof name - strlen(name) - 1);
+        }
+        if (e->ready - e->start > 1e-3)
+            fprintf(o.fp,
+                    "{\"name\": \"wait\", \"cat\": \"wait\", \"ph\": \"X\", \"pid\": 0, \"tid\": %d, \"ts\": %.3f, "
+                    "\"dur\": %.3f, \"args\": {\"for\": \"%s\", \"step\": %d}},\n",
+                    e->rank, e->start * 1e3, (e->ready - e->start) * 1e3, name, e->step);
+        fprintf(o.fp,
+                "{\"name\": \"%s\", \"cat\": \"%s\", \"ph\": \"X\", \"pid\": 0, \"tid\": %d, \"ts\": %.3f, \"dur\": %.3f, "
+                "\"args\": {\"step\": %d, \"local_stage\": %d, \"micro_batch\": %d}}%s\n",
+                name, e->b.kind != 0xff ? "F&B" : (char[]){dp_action_letter(e->a.kind), 0}, e->rank, e->ready * 1e3,
+                (e->end - e->ready) * 1e3, e->step, e->a.dir, e->a.chunk, i + 1 < t->n ? "," : "");
+    }
+    fprintf(o.fp, "]}\n");
+    return cli_output_commit(&o);
+}
+
+/* ----------------------------------------------------------------------------
+ * verification */
+
+typedef struct {
+    double loss, grad, param; /* largest |difference| */
+    double grad_rel, param_rel;
+} differences;
+
+static void diff_into(const float *a, const float *b, size_t n, double *abs_max, double *rel_max)
+{
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (d != d) d = INFINITY;
+        if (d > *abs_max) *abs_max = d;
+        double rel = d / (fabs((double)b[i]) + 1e-30);
+        if (d > 0 && rel > *rel_max) *rel_max = rel;
+    }
+}
+
+static int compare_params(dp_runtime *rt, dp_reference *ref, differences *df)
+{
+    const dp_schedule *s = dp_runtime_schedule(rt);
+    for (int st = 0; st < s->num_stages; st++)
+        for (int i = 0; i < dp_runtime_num_params(rt, st); i++) {
+            size_t n;
+            dp_reference_read_param(ref, st, i, 0, NULL, &n);
+            float *a = malloc(sizeof(float) * n), *b = malloc(sizeof(float) * n);
+            if (!a || !b) {
+                free(a), free(b);
+                cli_error("out of memory comparing parameters");
+                return 1;
+            }
+            for (int g = 0; g < 2; g++) {
+                dp_reference_read_param(ref, st, i, g, b, &n);
+                for (int copy = 0; copy < s->num_pipes; copy++) {
+                    if (dp_runtime_read_param(rt, st, copy, i, g, a, &n, NULL) != DP_OK) {
+                        cli_error("%s", dp_last_error());
+                        free(a), free(b);
+                        return 1;
+                    }
+                    if (g) diff_into(a, b, n, &df->grad, &df->grad_rel);
+                    else diff_into(a, b, n, &df->param, &df->param_rel);
+                }
+            }
+            free(a), free(b);
+        }
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * the command */
+
+static int parse_kind(const char *opt, const char *v, const char *a, const char *b, int *out)
+{
+    if (strcmp(v, a) == 0) *out = 0;
+    else if (strcmp(v, b) == 0) *out = 1;
+    else {
+        cli_error("%s: expected %s or %s, got '%s'", opt, a, b, v);
+        return 1;
+    }
+    return 0;
+}
+
+int cmd_train(int argc, char **argv)
+{
+    enum { O_HIDDEN = 256, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_SEED, O_OPT, O_LR, O_WD, O_MOM, O_THREADS,
+           O_TIMEOUT, O_TRACE, O_VERIFY };
+    static const struct option opts[] = {
+        {"driver", required_argument, 0, 'd'},     {"schedule", required_argument, 0, 's'},
+        {"pp", required_argument, 0, 'p'},         {"chunks", required_argument, 0, 'c'},
+        {"hidden", required_argument, 0, O_HIDDEN}, {"tokens", required_argument, 0, O_TOKENS},
+        {"layers-per-stage", required_argument, 0, O_LAYERS}, {"block", required_argument, 0, O_BLOCK},
+        {"loss", required_argument, 0, O_LOSS},     {"steps", required_argument, 0, 'n'},
+        {"seed", required_argument, 0, O_SEED},     {"optimizer", required_argument, 0, O_OPT},
+        {"lr", required_argument, 0, O_LR},         {"weight-decay", required_argument, 0, O_WD},
+        {"momentum", required_argument, 0, O_MOM},  {"threads", required_argument, 0, O_THREADS},
+        {"timeout", required_argument, 0, O_TIMEOUT}, {"trace", required_argument, 0, O_TRACE},
+        {"verify", no_argument, 0, O_VERIFY},       {"quiet", no_argument, 0, 'q'},
+        {"help", no_argument, 0, 'h'},              {0, 0, 0, 0},
+    };
+    dp_runtime_config c;
+    memset(&c, 0, sizeof c);
+    c.driver = "cpu", c.schedule = "dualpipe", c.ranks = 4, c.chunks = 8;
+    c.model.hidden = 256, c.model.tokens = 64, c.model.layers_per_stage = 1;
+    c.model.block = DP_BLOCK_RESIDUAL;
+    c.optimizer.kind = DP_OPT_ADAMW;
+    int steps = 20, seed = 1, verify = 0, quiet = 0, kind, sgd = 0;
+    double lr = 0, wd = 0, momentum = 0.9;
+    const char *trace_path = NULL;
+    int opt;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":d:s:p:c:n:qh", opts, NULL)) != -1) {
+        double v;
+        switch (opt) {
+        case 'd': c.driver = optarg; break;
+        case 's': c.schedule = optarg; break;
+        case 'p': if (cli_parse_int("--pp", optarg, 1, 1024, &c.ranks)) return CLI_EXIT_USAGE; break;
+        case 'c': if (cli_parse_int("--chunks", optarg, 1, 1 << 16, &c.chunks)) return CLI_EXIT_USAGE; break;
+        case O_HIDDEN: if (cli_parse_int("--hidden", optarg, 1, 1 << 16, &c.model.hidden)) return CLI_EXIT_USAGE; break;
+        case O_TOKENS: if (cli_parse_int("--tokens", optarg, 1, 1 << 20, &c.model.tokens)) return CLI_EXIT_USAGE; break;
+        case O_LAYERS:
+            if (cli_parse_int("--layers-per-stage", optarg, 1, 64, &c.model.layers_per_stage)) return CLI_EXIT_USAGE;
+            break;
+        case O_BLOCK:
+            if (parse_kind("--block", optarg, "mlp", "residual", &kind)) return CLI_EXIT_USAGE;
+            c.model.block = kind ? DP_BLOCK_RESIDUAL : DP_BLOCK_MLP;
+            break;
+        case O_LOSS:
+            if (parse_kind("--loss", optarg, "mse", "xent", &kind)) return CLI_EXIT_USAGE;
+            c.model.loss = kind ? DP_LOSS_XENT : DP_LOSS_MSE;
+            break;
+        case 'n': if (cli_parse_int("--steps", optarg, 1, 1 << 24, &steps)) return CLI_EXIT_USAGE; break;
+        case O_SEED: if (cli_parse_int("--seed", optarg, 0, 2147483647, &seed)) return CLI_EXIT_USAGE; break;
+        case O_OPT:
+            if (parse_kind("--optimizer", optarg, "adamw", "sgd", &sgd)) return CLI_EXIT_USAGE;
+            break;
+        case O_LR:
+        case O_WD:
+        case O_MOM:
+            if (cli_parse_double(opt == O_LR ? "--lr" : opt == O_WD ? "--weight-decay" : "--momentum", optarg, &v))
+                return CLI_EXIT_USAGE;
+            if (v < 0 || (opt == O_LR && v == 0) || (opt == O_MOM && v >= 1)) {
+                cli_error("%s must be %s, got %s", opt == O_LR ? "--lr" : opt == O_WD ? "--weight-decay" : "--momentum",
+                          opt == O_LR ? "> 0" : opt == O_WD ? ">= 0" : "in [0, 1)", optarg);
+                return CLI_EXIT_USAGE;
+            }
+            if (opt == O_LR) lr = v;
+            else if (opt == O_WD) wd = v;
+            else momentum = v;
+            break;
+        case O_THREADS:
+            if (cli_parse_int("--threads", optarg, 1, 1024, &c.threads_per_rank)) return CLI_EXIT_USAGE;
+            break;
+        case O_TIMEOUT:
+            if (cli_parse_int("--timeout", optarg, 1, 86400000, &c.timeout_ms)) return CLI_EXIT_USAGE;
+            break;
+        case O_TRACE: trace_path = optarg; break;
+        case O_VERIFY: verify = 1; break;
+        case 'q': quiet = 1; break;
+        case 'h': usage(stdout); return CLI_EXIT_OK;
+        case ':': cli_error("option %s needs a value; see --help", argv[optind - 1]); return CLI_EXIT_USAGE;
+        default: cli_error("unknown option '%s'; see --help", argv[optind - 1]); return CLI_EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        cli_error("unexpected argument '%s'; see --help", argv[optind]);
+        return CLI_EXIT_USAGE;
+    }
+    c.model.seed = (uint64_t)seed;
+    c.optimizer.kind = sgd ? DP_OPT_SGD : DP_OPT_ADAMW;
+    c.optimizer.lr = (float)(lr > 0 ? lr : sgd ? 1e-2 : 1e-3);
+    c.optimizer.weight_decay = (float)wd;
+    c.optimizer.momentum = sgd ? (float)momentum : 0.0f;
+    c.record_times = 1;
+
+    dp_runtime *rt = NULL;
+    dp_reference *ref = NULL;
+    teacher tch = {0};
+    trace_log trace = {0};
+    timing tm = {0};
+    float *x = NULL, *losses = NULL, *ref_losses = NULL;
+    void *targets = NULL;
+    int rc = CLI_EXIT_FAIL;
+    dp_status st = dp_runtime_create(&c, &rt);
+    if (st != DP_OK) {
+        cli_error("%s", dp_last_error());
+        return st == DP_ERR_INVALID || st == DP_ERR_NOT_FOUND ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
+    }
+    const dp_model_config *m = dp_runtime_model(rt);
+    const dp_schedule *s = dp_runtime_schedule(rt);
+    if (verify && dp_reference_create(&c, &ref) != DP_OK) {
+        cli_error("cannot start the reference: %s", dp_last_error());
+        goto out;
+    }
+    size_t n = (size_t)c.chunks * m->tokens * m->hidden;
+    x = malloc(sizeof(float) * n);
+    targets = malloc(dp_model_target_bytes(m) * (size_t)c.chunks);
+    losses = calloc((size_t)c.chunks, sizeof(float));
+    ref_losses = calloc((size_t)c.chunks, sizeof(float));
+    tm.busy = calloc((size_t)c.ranks, sizeof(double));
+    tm.idle = calloc((size_t)c.ranks, sizeof(double));
+    if (!x || !targets || !losses || !ref_losses || !tm.busy || !tm.idle) {
+        cli_error("out of memory for a step of %zu floats", n);
+        goto out;
+    }
+    if (teacher_open(&tch, m, c.chunks, c.model.seed)) goto out;
+
+    const dp_driver *drv;
+    dp_driver_load(c.driver, &drv);
+    /* every micro-batch crosses every stage: forward 4 T h f, backward twice that, per block */
+    double flops_per_step = 12.0 * m->tokens * (double)m->hidden * m->ffn * m->layers_per_stage * s->num_stages * c.chunks;
+    printf("dualpipe train: %s on %d ranks (%d stages), %d micro-batches x %d tokens, hidden %d, %d %s block%s per "
+           "stage, %s loss, %s, driver %s\n",
+           s->name, s->num_ranks, s->num_stages, c.chunks, m->tokens, m->hidden,
+           m->layers_per_stage, m->block == DP_BLOCK_MLP ? "mlp" : "residual", m->layers_per_stage > 1 ? "s" : "",
+           m->loss == DP_LOSS_MSE ? "mse" : "xent", sgd ? "sgd" : "adamw", drv->name);
+    fflush(stdout);
+
+    int tty = cli_stderr_is_tty() && !quiet;
+    double first_loss = 0, last_loss = 0, total_ms = 0, run_t0 = dp_now_ms();
+    double *step_ms = calloc((size_t)steps, sizeof(double));
+    differences df = {0};
+    if (!step_ms) goto out;
+    for (int step = 1; step <= steps; step++) {
+        for (size_t i = 0; i < n; i++) x[i] = dp_counter_uniform(c.model.seed, 0x5eed0000ull + (uint64_t)step, i);
+        if (teacher_targets(&tch, m, c.chunks, x, targets)) goto out_steps;
+        if (tty) fprintf(stderr, "\r  step %d/%d ...", step, steps), fflush(stderr);
+        double t0 = dp_now_ms();
+        st = dp_runtime_train_step(rt, x, targets, losses);
+        double ms = dp_now_ms() - t0;
+        if (tty) fprintf(stderr, "\r%*s\r", 40, ""), fflush(stderr);
+        if (st != DP_OK) {
+            cli_error("step %d failed: %s", step, dp_last_error());
+            goto out_steps;
+        }
+        collect(rt, step, step > 1 || steps == 1, dp_runtime_step_start(rt) - run_t0, &tm, trace_path ? &trace : NULL);
+        step_ms[step - 1] = ms;
+        total_ms += ms;
+        double loss = 0;
+        for (int k = 0; k < c.chunks; k++) loss += losses[k];
+        loss /= c.chunks;
+        if (step == 1) first_loss = loss;
+        last_loss = loss;
+        if (ref) {
+            if (dp_reference_train_step(ref, x, targets, ref_losses) != DP_OK) {
+                cli_error("reference step %d failed: %s", step, dp_last_error());
+                goto out_steps;
+            }
+            for (int k = 0; k < c.chunks; k++) {
+                double d = fabs((double)losses[k] - ref_losses[k]);
+                if (d != d) d = INFINITY;
+                df.loss = d > df.loss ? d : df.loss;
+            }
+        }
+        if (!quiet)
+            printf("step %4d/%d  loss %.6f  time %8.2f ms  %10.0f tokens/s  %6.2f GFLOP/s\n", step, steps, loss, ms,
+                   (double)c.chunks * m->tokens / (ms * 1e-3), flops_per_step / (ms * 1e-3) * 1e-9);
+        fflush(stdout);
+    }
+    {
+        /* the median step (the first includes warm-up) */
+        for (int i = 1; i < steps; i++)
+            for (int j = i; j > 0 && step_ms[j - 1] > step_ms[j]; j--) {
+                double t = step_ms[j];
+                step_ms[j] = step_ms[j - 1], step_ms[j - 1] = t;
+            }
+        double med = step_ms[steps / 2];
+        printf("loss %.6f -> %.6f over %d steps (%s); median step %.2f ms, %.0f tokens/s, %.2f GFLOP/s\n", first_loss,
+               last_loss, steps, last_loss < first_loss ? "learning" : "not falling", med,
+               (double)c.chunks * m->tokens / (med * 1e-3), flops_per_step / (med * 1e-3) * 1e-9);
+
+        /* measured costs -> simulator */
+        double mean[5];
+        for (int k = 0; k < 5; k++) mean[k] = tm.count[k] ? tm.sum[k] / tm.count[k] : 0;
+        dp_cost cost = {0};
+        cost.f = mean[DP_ACT_F];
+        cost.w = tm.count[DP_ACT_W] ? mean[DP_ACT_W] : 0;
+        cost.b = tm.count[DP_ACT_B] ? mean[DP_ACT_B] : mean[DP_ACT_I] + cost.w;
+        if (!tm.count[DP_ACT_W]) cost.w = cost.b / 2;
+        cost.fb = tm.count[4] ? mean[4] : cost.f + cost.b;
+        printf("measured mean action times: F %.3f ms, B %.3f ms, I %.3f ms, W %.3f ms, F&B %.3f ms\n", mean[0], mean[1],
+               mean[2], mean[3], mean[4]);
+        dp_simulation sim = {0};
+        if (dp_schedule_simulate(s, &cost, &sim) != DP_OK) {
+            cli_error("simulation failed: %s", dp_last_error());
+            goto out_steps;
+        }
+        int ms_steps = tm.steps ? tm.steps : 1;
+        printf("per rank, mean per step over %d step%s:   measured               simulated from measured costs\n",
+               ms_steps, ms_steps > 1 ? "s" : "");
+        printf("  rank    busy ms    idle ms  idle %%        busy ms    idle ms  idle %%\n");
+        for (int r = 0; r < c.ranks; r++) {
+            double b = tm.busy[r] / ms_steps, i = tm.idle[r] / ms_steps;
+            printf("  %4d %10.2f %10.2f %6.1f%%     %10.2f %10.2f %6.1f%%\n", r, b, i, 100 * i / (b + i + 1e-12),
+                   sim.busy[r], sim.idle[r], 100 * sim.idle[r] / (sim.makespan + 1e-12));
+        }
+        dp_simulation_free(&sim);
+    }
+    if (trace_path) {
+        char title[128];
+        snprintf(title, sizeof title, "%s pp %d chunks %d hidden %d", s->name, c.ranks, c.chunks, m->hidden);
+        if (write_trace(trace_path, &trace, title)) goto out_steps;
+        printf("trace of %zu actions written to %s\n", trace.n, trace_path);
+    }
+    rc = CLI_EXIT_OK;
+    if (ref) {
+        if (compare_params(rt, ref, &df)) {
+            rc = CLI_EXIT_FAIL;
+            goto out_steps;
+        }
+        int exact = df.loss == 0 && df.grad == 0 && df.param == 0;
+        printf("verify against the single-rank reference (%d steps): largest |difference| of losses %.3g, gradients "
+               "%.3g (relative %.3g), parameters %.3g (relative %.3g): %s\n",
+               steps, df.loss, df.grad, df.grad_rel, df.param, df.param_rel,
+               exact ? "bit-equal" : "DIFFERENT");
+        /* the cpu driver is bit-exact by construction; other drivers are held to fp32 rounding */
+        if (!exact && (strcmp(drv->name, "cpu") == 0 || df.param_rel > 1e-4 || df.loss > 1e-5)) rc = CLI_EXIT_FAIL;
+    }
+out_steps:
+    free(step_ms);
+out:
+    teacher_close(&tch);
+    dp_reference_destroy(ref);
+    dp_runtime_destroy(rt);
+    free(x), free(targets), free(losses), free(ref_losses), free(tm.busy), free(tm.idle), free(trace.ev);
+    return rc;
+}
