@@ -29,3 +29,6 @@ check_PROGRAMS += tests/test_engine_pipeline
 TESTS += tests/test_engine_pipeline
 tests_test_engine_pipeline_SOURCES = tests/test_engine_pipeline.c
 tests_test_engine_pipeline_LDADD = engine/libdualpipe.la
+
+TESTS += tests/test_engine_train.sh
+EXTRA_DIST += tests/test_engine_train.sh

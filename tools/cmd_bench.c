@@ -126,7 +126,7 @@ static int bench_step(const step_shape *sh, int steps)
     c.model.hidden = sh->hidden;
     c.model.tokens = sh->tokens;
     c.model.seed = 1;
-    c.optimizer.kind = DP_OPT_ADAMW;
+    c.optimizer.kind = DP_OPT_NONE; /* forwards and backwards only, as the reference's step() */
     dp_runtime *rt;
     if (dp_runtime_create(&c, &rt) != DP_OK) {
         cli_error("%s pp %d: %s", sh->schedule, sh->ranks, dp_last_error());
@@ -164,7 +164,7 @@ static int bench_step(const step_shape *sh, int steps)
 
 static void step_header(void)
 {
-    printf("Step time (fp32, example stage Linear h->4h, GELU, Linear 4h->h, MSE, AdamW; median of timed steps)\n");
+    printf("Step time (fp32, example stage Linear h->4h, GELU, Linear 4h->h, MSE, forward and backward; median)\n");
     printf("  %-10s %3s %7s %7s %7s %8s %11s %9s %11s\n", "schedule", "pp", "stages", "hidden", "tokens", "chunks",
            "step ms", "GFLOP/s", "per core");
 }

@@ -80,7 +80,36 @@ static void pack_b(int trans, const float *b, int ldb, int k0, int j0, int kc, i
 #define DP_CLONES
 #endif
 
+#if defined(__GNUC__)
+/* GCC/Clang vector extensions: one NR-wide row of the tile per vector, lowered to whatever
+ * the target has (SSE halves, AVX2, one AVX-512 register) */
+typedef float vrow __attribute__((vector_size(NR * sizeof(float))));
+
 DP_CLONES
+static void micro_kernel(int kc, const float *restrict ap, const float *restrict bp, float alpha, float *restrict c,
+                         int ldc, int rows, int cols)
+{
+    /* six named accumulators, so that they stay in registers (MR is 6) */
+    vrow c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0};
+    for (int p = 0; p < kc; p++) {
+        vrow bv;
+        memcpy(&bv, bp + (size_t)p * NR, sizeof bv);
+        const float *av = ap + (size_t)p * MR;
+        c0 += av[0] * bv;
+        c1 += av[1] * bv;
+        c2 += av[2] * bv;
+        c3 += av[3] * bv;
+        c4 += av[4] * bv;
+        c5 += av[5] * bv;
+    }
+    vrow acc[MR] = {c0, c1, c2, c3, c4, c5};
+    for (int i = 0; i < rows; i++) {
+        float out[NR];
+        memcpy(out, &acc[i], sizeof out);
+        for (int j = 0; j < cols; j++) c[(size_t)i * ldc + j] += alpha * out[j];
+    }
+}
+#else
 static void micro_kernel(int kc, const float *restrict ap, const float *restrict bp, float alpha, float *restrict c,
                          int ldc, int rows, int cols)
 {
@@ -98,6 +127,7 @@ static void micro_kernel(int kc, const float *restrict ap, const float *restrict
     for (int i = 0; i < rows; i++)
         for (int j = 0; j < cols; j++) c[(size_t)i * ldc + j] += alpha * acc[i][j];
 }
+#endif
 
 void dp_cpu_gemm_portable(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                           const float *b, int ldb, float beta, float *c, int ldc, int threads)
