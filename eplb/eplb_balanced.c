@@ -25,6 +25,8 @@ typedef struct {
     int *slot;          /* per GPU, S items */
     int *fill;          /* per GPU */
     double *gload;      /* per GPU */
+    int *by_load;       /* GPU ids, ascending load (kept sorted during improvement) */
+    int *pos;           /* per GPU: its index in by_load */
 } packing;
 
 static int on_gpu(const packing *pk, int e, int g, int except_item)
@@ -154,17 +156,22 @@ typedef struct {
     int *nhead, *ntail;
 } differencing;
 
-static void sort_bins(const double *sum, int *idx, int bins, int descending)
+/* idx[0..bins) = bin indices by sum, descending (ties: lower index first); a bottom-up merge
+ * sort, as merged partial solutions come in no useful order. tmp holds bins ints. */
+static void sort_bins(const double *sum, int *idx, int *tmp, int bins)
 {
     for (int k = 0; k < bins; k++) idx[k] = k;
-    for (int a = 1; a < bins; a++)
-        for (int b = a; b > 0; b--) {
-            double x = sum[idx[b]], y = sum[idx[b - 1]];
-            if (descending ? !(x > y) : !(x < y)) break;
-            int t = idx[b];
-            idx[b] = idx[b - 1];
-            idx[b - 1] = t;
+    for (int width = 1; width < bins; width *= 2) {
+        for (int lo = 0; lo < bins; lo += 2 * width) {
+            int mid = lo + width < bins ? lo + width : bins;
+            int hi = lo + 2 * width < bins ? lo + 2 * width : bins;
+            int a = lo, b = mid, k = lo;
+            while (a < mid && b < hi) tmp[k++] = sum[idx[b]] > sum[idx[a]] ? idx[b++] : idx[a++];
+            while (a < mid) tmp[k++] = idx[a++];
+            while (b < hi) tmp[k++] = idx[b++];
         }
+        for (int k = 0; k < bins; k++) idx[k] = tmp[k];
+    }
 }
 
 static void pack_differencing(packing *pk, const int *items, int n, int bins, int first_gpu,
@@ -192,13 +199,13 @@ static void pack_differencing(packing *pk, const int *items, int n, int bins, in
         }
         int A = live[x], B = live[y];
         double *sa = df->sum + A * bins, *sb = df->sum + B * bins;
-        sort_bins(sa, df->idx_a, bins, 1);
-        sort_bins(sb, df->idx_b, bins, 0);
+        sort_bins(sa, df->idx_a, df->nhead, bins);
+        sort_bins(sb, df->idx_b, df->nhead, bins);
         /* Merge into fresh arrays in A's place: bin k = A's k-th heaviest + B's k-th lightest. */
         double *nsum = df->nsum;
         int *nhead = df->nhead, *ntail = df->ntail;
         for (int k = 0; k < bins; k++) {
-            int a = A * bins + df->idx_a[k], b = B * bins + df->idx_b[k];
+            int a = A * bins + df->idx_a[k], b = B * bins + df->idx_b[bins - 1 - k];
             nsum[k] = df->sum[a] + df->sum[b];
             df->next[df->tail[a]] = df->head[b];
             nhead[k] = df->head[a];
@@ -298,111 +305,213 @@ static int exchange_allowed(const packing *pk, int g, const int *out, const int 
     return 1;
 }
 
-/* Best one-for-one swap for GPU i; returns 1 and applies it when it lowers the max. */
+/* Moves GPU g to its place in by_load after its load changed (pos: its index there). */
+static void reposition(packing *pk, int g)
+{
+    int *o = pk->by_load, *pos = pk->pos, k = pos[g];
+    const double *L = pk->gload;
+    while (k > 0 && L[o[k - 1]] > L[g]) {
+        o[k] = o[k - 1];
+        pos[o[k]] = k;
+        k--;
+    }
+    while (k + 1 < pk->s->P && L[o[k + 1]] < L[g]) {
+        o[k] = o[k + 1];
+        pos[o[k]] = k;
+        k++;
+    }
+    o[k] = g;
+    pos[g] = k;
+}
+
+/* Keeps a GPU's slots in ascending load order, so that the swap searches below can look
+ * up the partner closest to the ideal one instead of trying them all. */
+static void sort_slots(packing *pk, int g)
+{
+    int *x = pk->slot + g * pk->S;
+    for (int a = 1; a < pk->S; a++)
+        for (int b = a; b > 0 && pk->load[x[b]] < pk->load[x[b - 1]]; b--) {
+            int t = x[b];
+            x[b] = x[b - 1];
+            x[b - 1] = t;
+        }
+}
+
+/* First index in ascending v[0..n) with v >= want. */
+static int lower_bound(const double *v, const int *idx, int n, double want)
+{
+    int lo = 0, hi = n;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (v[idx ? idx[mid] : mid] < want) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* Best one-for-one swap for GPU i with a GPU of [lo, hi); returns 1 and applies it when it
+ * lowers the max. Exchanging a for b (d = load a - load b) leaves max(Li - d, Lj + d), best
+ * at d = gap / 2 and worse the further d is from it, so for each a the search starts at the
+ * b closest to that and walks outwards until the first allowed swap or no gain. Partners are
+ * tried lightest first, and the first partner that offers a gain is taken: as good as the
+ * best partner on real loads, at a fraction of the cost. */
 static int swap_one(packing *pk, int i, int lo, int hi)
 {
-    const int S = pk->S;
+    const int S = pk->S, P = pk->s->P;
     double Li = pk->gload[i], best = Li - 1e-12 * Li;
     int bj = -1, bka = -1, bkb = -1;
-    for (int j = lo; j < hi; j++) {
+    for (int q = 0; q < P; q++) {
+        int j = pk->by_load[q];
+        if (j == i || j < lo || j >= hi) continue;
         double Lj = pk->gload[j], gap = Li - Lj;
-        if (j == i || gap <= 0 || Lj + gap / 2 >= best) continue;
+        if (Lj + gap / 2 >= best || bj >= 0) break;
+        const int *sj = pk->slot + j * S;
         for (int ka = 0; ka < S; ka++) {
             int a = pk->slot[i * S + ka];
             if (!may_live_on(pk, a, j)) continue;
             double la = pk->load[a];
-            for (int kb = 0; kb < S; kb++) {
-                int b = pk->slot[j * S + kb];
-                double d = la - pk->load[b];
-                if (d <= 0 || d >= gap) continue;
-                double nm = Li - d > Lj + d ? Li - d : Lj + d;
-                if (nm >= best || !swap_allowed(pk, a, i, b, j)) continue;
-                best = nm;
-                bj = j;
-                bka = ka;
-                bkb = kb;
+            int mid = lower_bound(pk->load, sj, S, la - gap / 2);
+            for (int kb = mid; kb < S; kb++) { /* d <= gap / 2: i stays the larger */
+                double d = la - pk->load[sj[kb]];
+                if (d <= 0 || Li - d >= best) break;
+                if (!swap_allowed(pk, a, i, sj[kb], j)) continue;
+                best = Li - d;
+                bj = j, bka = ka, bkb = kb;
+                break;
+            }
+            for (int kb = mid - 1; kb >= 0; kb--) { /* d > gap / 2: j becomes the larger */
+                double d = la - pk->load[sj[kb]];
+                if (d >= gap || Lj + d >= best) break;
+                if (!swap_allowed(pk, a, i, sj[kb], j)) continue;
+                best = Lj + d;
+                bj = j, bka = ka, bkb = kb;
+                break;
             }
         }
     }
     if (bj < 0) return 0;
     swap_items(pk, i, bka, bj, bkb);
+    sort_slots(pk, i);
+    sort_slots(pk, bj);
+    reposition(pk, i);
+    reposition(pk, bj);
     return 1;
 }
 
-/* Best two-for-two exchange between GPU i and one of the `partners` lightest GPUs of
- * [lo, hi) (the others rarely leave room for two replicas and cost S^4 each); returns 1 and
- * applies it when it lowers the max. */
-enum { partners = 4 };
+/* Two-for-two exchanges between GPU i and one of the `partners` lightest GPUs of [lo, hi),
+ * by the same closest-first search over sums of two replicas. Only for GPUs of at most
+ * max_pair_slots slots (the pair lists grow with the square). */
+enum { partners = 4, max_pair_slots = 32 };
 
-static int swap_two(packing *pk, int i, int lo, int hi)
+typedef struct {
+    double sum;
+    int k1, k2;
+} pair_sum;
+_Static_assert(sizeof(pair_sum) <= 16 && max_pair_slots * max_pair_slots / 2 <= 512,
+               "EPLB_PAIR_BYTES holds two pair lists");
+
+static int pair_lighter(const void *x, const void *y)
+{
+    const pair_sum *a = x, *b = y;
+    if (a->sum != b->sum) return a->sum < b->sum ? -1 : 1;
+    if (a->k1 != b->k1) return a->k1 - b->k1;
+    return a->k2 - b->k2;
+}
+
+static int make_pairs(const packing *pk, int g, pair_sum *out)
+{
+    int n = 0;
+    for (int k1 = 0; k1 < pk->S; k1++)
+        for (int k2 = k1 + 1; k2 < pk->S; k2++) {
+            out[n].sum = pk->load[pk->slot[g * pk->S + k1]] + pk->load[pk->slot[g * pk->S + k2]];
+            out[n].k1 = k1;
+            out[n].k2 = k2;
+            n++;
+        }
+    return n;
+}
+
+static int swap_two(packing *pk, int i, int lo, int hi, pair_sum *pi, pair_sum *pj)
 {
     const int S = pk->S;
+    if (S < 2 || S > max_pair_slots) return 0;
     double Li = pk->gload[i], best = Li - 1e-12 * Li;
     int bj = -1, b1 = 0, b2 = 0, b3 = 0, b4 = 0;
     int light[partners], nl = 0; /* ascending load */
-    for (int j = lo; j < hi; j++) {
-        if (j == i) continue;
-        int k;
-        if (nl < partners) k = nl++;
-        else if (pk->gload[j] < pk->gload[light[partners - 1]]) k = partners - 1;
-        else continue;
-        light[k] = j;
-        for (; k > 0 && pk->gload[light[k]] < pk->gload[light[k - 1]]; k--) {
-            int t = light[k];
-            light[k] = light[k - 1];
-            light[k - 1] = t;
-        }
+    for (int q = 0; q < pk->s->P && nl < partners; q++) {
+        int j = pk->by_load[q];
+        if (j != i && j >= lo && j < hi) light[nl++] = j;
     }
+    int ni = make_pairs(pk, i, pi);
     for (int q = 0; q < nl; q++) {
         int j = light[q];
         double Lj = pk->gload[j], gap = Li - Lj;
         if (gap <= 0 || Lj + gap / 2 >= best) continue;
-        for (int a1 = 0; a1 < S; a1++)
-            for (int a2 = a1 + 1; a2 < S; a2++) {
-                int out[2] = {pk->slot[i * S + a1], pk->slot[i * S + a2]};
-                double la = pk->load[out[0]] + pk->load[out[1]];
-                for (int c1 = 0; c1 < S; c1++)
-                    for (int c2 = c1 + 1; c2 < S; c2++) {
-                        int in[2] = {pk->slot[j * S + c1], pk->slot[j * S + c2]};
-                        double d = la - pk->load[in[0]] - pk->load[in[1]];
-                        if (d <= 0 || d >= gap) continue;
-                        double nm = Li - d > Lj + d ? Li - d : Lj + d;
-                        if (nm >= best) continue;
-                        if (!exchange_allowed(pk, j, in, out, 2) ||
-                            !exchange_allowed(pk, i, out, in, 2))
-                            continue;
-                        best = nm;
-                        bj = j;
-                        b1 = a1;
-                        b2 = a2;
-                        b3 = c1;
-                        b4 = c2;
-                    }
+        int nj = make_pairs(pk, j, pj);
+        for (int a = 1; a < nj; a++) { /* insertion sort: short lists, no call per compare */
+            pair_sum v = pj[a];
+            int b = a;
+            for (; b > 0 && pair_lighter(&v, &pj[b - 1]) < 0; b--) pj[b] = pj[b - 1];
+            pj[b] = v;
+        }
+        for (int x = 0; x < ni; x++) {
+            int out[2] = {pk->slot[i * S + pi[x].k1], pk->slot[i * S + pi[x].k2]};
+            double want = pi[x].sum - gap / 2;
+            int lo_k = 0, hi_k = nj;
+            while (lo_k < hi_k) {
+                int m = (lo_k + hi_k) / 2;
+                if (pj[m].sum < want) lo_k = m + 1;
+                else hi_k = m;
             }
+            for (int dir = 0; dir < 2; dir++)
+                for (int y = dir ? lo_k - 1 : lo_k; y >= 0 && y < nj; y += dir ? -1 : 1) {
+                    double d = pi[x].sum - pj[y].sum;
+                    double nm = dir ? Lj + d : Li - d;
+                    if (d <= 0 || d >= gap || nm >= best) break;
+                    int in[2] = {pk->slot[j * S + pj[y].k1], pk->slot[j * S + pj[y].k2]};
+                    if (!exchange_allowed(pk, j, in, out, 2) ||
+                        !exchange_allowed(pk, i, out, in, 2))
+                        continue;
+                    best = nm;
+                    bj = j, b1 = pi[x].k1, b2 = pi[x].k2, b3 = pj[y].k1, b4 = pj[y].k2;
+                    break;
+                }
+        }
     }
     if (bj < 0) return 0;
     swap_items(pk, i, b1, bj, b3);
     swap_items(pk, i, b2, bj, b4);
+    sort_slots(pk, i);
+    sort_slots(pk, bj);
+    reposition(pk, i);
+    reposition(pk, bj);
     return 1;
 }
 
 /* Stops early once the max is within `close_enough` of `target`, a lower bound: the rest of
  * the gap is not worth the time. */
-static const double close_enough = 1e-5;
+static const double close_enough = 1e-4;
 
-static void improve(packing *pk, double target)
+static void improve(packing *pk, double target, pair_sum *pairs)
 {
     const int P = pk->s->P;
+    for (int g = 0; g < P; g++) {
+        pk->by_load[g] = g;
+        pk->pos[g] = g;
+        sort_slots(pk, g);
+    }
+    for (int g = 0; g < P; g++) reposition(pk, g);
+    pair_sum *pi = pairs, *pj = pairs + max_pair_slots * max_pair_slots / 2;
     int limit = 64 * P + 1000;
     for (int iter = 0; iter < limit; iter++) {
-        int i;
-        if (max_load(pk, &i) <= target * (1 + close_enough)) return;
+        int i = pk->by_load[P - 1];
+        if (pk->gload[i] <= target * (1 + close_enough)) return;
         int lo = 0, hi = P;
         if (pk->strict) {
             lo = (i / pk->Pn) * pk->Pn;
             hi = lo + pk->Pn;
         }
-        if (!swap_one(pk, i, lo, hi) && !swap_two(pk, i, lo, hi)) return;
+        if (!swap_one(pk, i, lo, hi) && !swap_two(pk, i, lo, hi, pi, pj)) return;
     }
 }
 
@@ -467,6 +576,8 @@ eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_
     int *node_free = sc->i[10], *bound_left = sc->i[11];
     pk.load = sc->d[0];
     pk.gload = sc->d[1];
+    pk.by_load = sc->i[20];
+    pk.pos = sc->i[21];
     double *ref_load = sc->d[2];
     keyed *order = sc->sort_work;
 
@@ -512,7 +623,7 @@ eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_
         pack_by_differencing(&pk, order, ids, &df);
     }
     repair_duplicates(&pk, HUGE_VAL);
-    improve(&pk, target);
+    improve(&pk, target, sc->pairs);
     write_plan(&pk, phy2log, rank, ids);
 
     /* The floor: never less balanced than the reference plan of the same layer. */
@@ -535,7 +646,7 @@ eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_
         put(&pk, pk.first[e] + ids[e]++, r / pk.S);
     }
     repair_duplicates(&pk, max_load(&pk, NULL));
-    improve(&pk, target);
+    improve(&pk, target, sc->pairs);
     /* Keep ours unless the improved reference is strictly better, and that unless the
      * reference as it came is better still (sums in another slot order can round apart). cnt
      * and bound_left are free again: the items hold the counts, and packing is done. */

@@ -73,7 +73,7 @@ typedef struct {
     const eplb_shape *s;
     int with_replicas;
     int G, N, per_node, group_size;
-    double *gload, *nload;
+    double *gload, *gmax, *nload;
     int *node_of, *fill, *best_node_of;
     int *ids, *cnt, *heap;
     double best;
@@ -83,6 +83,12 @@ static double node_cost(search *S, int n)
 {
     double c = S->nload[n] / (S->s->P / S->N);
     if (!S->with_replicas) return c;
+    /* Every replica is at most its expert's whole load: when no expert of the node outweighs
+     * the node's mean GPU load, the replica term cannot win and is not computed. */
+    double heaviest = 0;
+    for (int g = 0; g < S->G; g++)
+        if (S->node_of[g] == n && S->gmax[g] > heaviest) heaviest = S->gmax[g];
+    if (heaviest <= c) return c;
     int m = 0;
     for (int g = 0; g < S->G; g++)
         if (S->node_of[g] == n)
@@ -138,23 +144,28 @@ double eplb_assign_groups(const double *w, const eplb_shape *s, int with_replica
     S.per_node = S.G / S.N;
     S.group_size = s->E / S.G;
     int En = s->E / s->N;
-    S.gload = malloc((size_t)(S.G + S.N) * sizeof(double));
+    S.gload = malloc((size_t)(2 * S.G + S.N) * sizeof(double));
     S.node_of = malloc((size_t)(3 * S.G + S.N + 3 * En) * sizeof(int));
     if (!S.gload || !S.node_of) {
         free(S.gload);
         free(S.node_of);
         return -1;
     }
-    S.nload = S.gload + S.G;
+    S.gmax = S.gload + S.G;
+    S.nload = S.gmax + S.G;
     S.best_node_of = S.node_of + S.G;
     S.fill = S.best_node_of + S.G;
     S.ids = S.fill + S.N;
     S.cnt = S.ids + En;
     S.heap = S.cnt + En;
     for (int g = 0; g < S.G; g++) {
-        double sum = 0;
-        for (int j = 0; j < S.group_size; j++) sum += w[g * S.group_size + j];
+        double sum = 0, mx = 0;
+        for (int j = 0; j < S.group_size; j++) {
+            sum += w[g * S.group_size + j];
+            if (w[g * S.group_size + j] > mx) mx = w[g * S.group_size + j];
+        }
         S.gload[g] = sum;
+        S.gmax[g] = mx;
         S.node_of[g] = -1;
     }
     for (int n = 0; n < S.N; n++) {
@@ -214,14 +225,17 @@ eplb_status eplb_lower_bound(const double *w, int num_experts, const eplb_config
     eplb_shape s = eplb_shape_of(cfg, num_experts);
     int *work = malloc((size_t)3 * s.E * sizeof(int));
     if (!work) return eplb_fail(EPLB_ERR_NOMEM, "out of memory computing a bound");
-    double total = 0;
+    double total = 0, heaviest = 0;
     for (int e = 0; e < s.E; e++) {
         total += w[e];
+        if (w[e] > heaviest) heaviest = w[e];
         work[e] = e;
     }
     double b = total / s.P;
-    double m = eplb_min_max_replica(w, work, s.E, s.R, 0, work + s.E, work + 2 * s.E);
-    if (m > b) b = m;
+    if (heaviest > b) { /* otherwise no replica can outweigh the mean */
+        double m = eplb_min_max_replica(w, work, s.E, s.R, 0, work + s.E, work + 2 * s.E);
+        if (m > b) b = m;
+    }
     free(work);
     int strict = s.hierarchical && !(cfg->policy == EPLB_POLICY_BALANCED && cfg->cross_nodes);
     if (strict) {

@@ -4,9 +4,30 @@
  * repeatedly splitting the heaviest replica, replicas packed onto the node's GPUs. */
 #include "eplb/eplb_internal.h"
 
+/* Min-heap of packs on (weight, index): the top is the lightest pack, the lowest index among
+ * equally light ones, which is exactly what the reference's min() over packs returns. */
+static int pack_before(const float *pw, int a, int b)
+{
+    return pw[a] < pw[b] || (pw[a] == pw[b] && a < b);
+}
+
+static void pack_sift(const float *pw, int *heap, int len, int pos)
+{
+    for (;;) {
+        int l = 2 * pos + 1, r = l + 1, top = pos;
+        if (l < len && pack_before(pw, heap[l], heap[top])) top = l;
+        if (r < len && pack_before(pw, heap[r], heap[top])) top = r;
+        if (top == pos) return;
+        int t = heap[pos];
+        heap[pos] = heap[top];
+        heap[top] = t;
+        pos = top;
+    }
+}
+
 /* Packs n items onto `packs` packs of n / packs items each, heaviest first onto the lightest
  * pack that still has room (the first such pack on equal weight); the reference's
- * balanced_packing. */
+ * balanced_packing. Full packs leave the heap. */
 static void balanced_packing(const float *w, int n, int packs, eplb_scratch *sc, int *pack_index,
                              int *rank_in_pack)
 {
@@ -18,47 +39,67 @@ static void balanced_packing(const float *w, int n, int packs, eplb_scratch *sc,
         }
         return;
     }
-    int *order = sc->i[10];
-    int *pack_items = sc->i[11];
+    int *order = sc->i[10], *pack_items = sc->i[11], *heap = sc->i[12];
     float *pack_weight = sc->f[3];
     eplb_sort_desc_like_torch(w, n, order, sc->sort_work);
     for (int p = 0; p < packs; p++) {
         pack_weight[p] = 0.0f;
         pack_items[p] = 0;
+        heap[p] = p; /* all equal: index order is already a heap */
     }
+    int len = packs;
     for (int k = 0; k < n; k++) {
-        int item = order[k], best = -1;
-        for (int p = 0; p < packs; p++)
-            if (pack_items[p] < per && (best < 0 || pack_weight[p] < pack_weight[best])) best = p;
+        int item = order[k], best = heap[0];
         pack_index[item] = best;
         rank_in_pack[item] = pack_items[best];
         pack_weight[best] += w[item];
-        pack_items[best]++;
+        if (++pack_items[best] == per) heap[0] = heap[--len];
+        pack_sift(pack_weight, heap, len, 0);
+    }
+}
+
+/* Max-heap of experts on (per-replica load, then lowest index): its top is the reference's
+ * argmax, which returns the first index among equal maxima. */
+static int rep_before(const float *q, int a, int b)
+{
+    return q[a] > q[b] || (q[a] == q[b] && a < b);
+}
+
+static void rep_sift(const float *q, int *heap, int len, int pos)
+{
+    for (;;) {
+        int l = 2 * pos + 1, r = l + 1, top = pos;
+        if (l < len && rep_before(q, heap[l], heap[top])) top = l;
+        if (r < len && rep_before(q, heap[r], heap[top])) top = r;
+        if (top == pos) return;
+        int t = heap[pos];
+        heap[pos] = heap[top];
+        heap[top] = t;
+        pos = top;
     }
 }
 
 /* Gives num_phy - n extra replicas, each to the expert with the largest per-replica load
- * (float32 quotient, lowest index on ties); the reference's replicate_experts. */
-static void replicate(const float *w, int n, int num_phy, int *phy2mlog, int *rank, int *cnt)
+ * (float32 quotient, lowest index on ties); the reference's replicate_experts. q and heap
+ * hold n elements. */
+static void replicate(const float *w, int n, int num_phy, int *phy2mlog, int *rank, int *cnt,
+                      float *q, int *heap)
 {
     for (int m = 0; m < n; m++) {
         phy2mlog[m] = m;
         rank[m] = 0;
         cnt[m] = 1;
+        q[m] = w[m] / 1.0f;
+        heap[m] = m;
     }
+    for (int k = n / 2 - 1; k >= 0; k--) rep_sift(q, heap, n, k);
     for (int p = n; p < num_phy; p++) {
-        int best = 0;
-        float best_q = w[0] / (float)cnt[0];
-        for (int m = 1; m < n; m++) {
-            float q = w[m] / (float)cnt[m];
-            if (q > best_q) {
-                best_q = q;
-                best = m;
-            }
-        }
+        int best = heap[0];
         phy2mlog[p] = best;
         rank[p] = cnt[best];
         cnt[best]++;
+        q[best] = w[best] / (float)cnt[best];
+        rep_sift(q, heap, n, 0);
     }
 }
 
@@ -91,7 +132,7 @@ eplb_status eplb_deepseek_layer(const double *w, const eplb_shape *s, eplb_scrat
     for (int n = 0; n < nodes; n++) {
         /* Step 2: replicas within the node. */
         for (int m = 0; m < En; m++) node_w[m] = (float)w[mlog2log[n * En + m]];
-        replicate(node_w, En, Rn, phy2mlog, phyrank, mcnt);
+        replicate(node_w, En, Rn, phy2mlog, phyrank, mcnt, sc->f[3], sc->i[8]);
         /* Step 3: the node's replicas onto its GPUs. */
         for (int p = 0; p < Rn; p++) phy_w[p] = node_w[phy2mlog[p]] / (float)mcnt[phy2mlog[p]];
         balanced_packing(phy_w, Rn, Pn, sc, pack, rip);

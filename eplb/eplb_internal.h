@@ -36,9 +36,11 @@ typedef struct eplb_scratch {
     int n;                 /* elements per array */
     float *f[4];
     double *d[6];
-    int *i[20];
+    int *i[24];
     void *sort_work;       /* n * 16 bytes */
+    void *pairs;           /* EPLB_PAIR_BYTES: sums of two replicas, for exchanges */
 } eplb_scratch;
+#define EPLB_PAIR_BYTES (2 * 512 * 16)
 eplb_scratch *eplb_scratch_new(const eplb_shape *s);
 void eplb_scratch_free(eplb_scratch *sc);
 

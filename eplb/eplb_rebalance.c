@@ -97,12 +97,13 @@ eplb_scratch *eplb_scratch_new(const eplb_shape *s)
         sc->d[k] = malloc((size_t)n * sizeof(double));
         ok = ok && sc->d[k];
     }
-    for (int k = 0; k < 20; k++) {
+    for (int k = 0; k < 24; k++) {
         sc->i[k] = malloc((size_t)n * sizeof(int));
         ok = ok && sc->i[k];
     }
     sc->sort_work = malloc((size_t)n * 16);
-    if (!ok || !sc->sort_work) {
+    sc->pairs = malloc(EPLB_PAIR_BYTES);
+    if (!ok || !sc->sort_work || !sc->pairs) {
         eplb_scratch_free(sc);
         return NULL;
     }
@@ -114,8 +115,9 @@ void eplb_scratch_free(eplb_scratch *sc)
     if (!sc) return;
     for (int k = 0; k < 4; k++) free(sc->f[k]);
     for (int k = 0; k < 6; k++) free(sc->d[k]);
-    for (int k = 0; k < 20; k++) free(sc->i[k]);
+    for (int k = 0; k < 24; k++) free(sc->i[k]);
     free(sc->sort_work);
+    free(sc->pairs);
     free(sc);
 }
 

@@ -44,3 +44,15 @@ TESTS += tests/test_eplb_invariants
 TESTS += tests/test_eplb_tool.sh
 EXTRA_DIST += tests/test_eplb_tool.sh tests/data/eplb_readme.txt
 dist_man_MANS += doc/eplb.1
+
+# Benchmark (make bench): planning time and balance on real loads.
+EXTRA_PROGRAMS += eplb/bench_eplb
+bench_targets += eplb/bench_eplb
+eplb_bench_eplb_SOURCES = eplb/bench_eplb.c tools/eplb_input.c tools/eplb_json.c tools/cli.c
+eplb_bench_eplb_LDADD = eplb/libeplb.la
+CLEANFILES += eplb/bench_eplb
+EXTRA_DIST += tests/data/eplb_prefill_in1024.json
+check_PROGRAMS += tests/test_eplb_realdata
+tests_test_eplb_realdata_SOURCES = tests/test_eplb_realdata.c tools/eplb_input.c tools/eplb_json.c tools/cli.c
+tests_test_eplb_realdata_LDADD = eplb/libeplb.la -lm
+TESTS += tests/test_eplb_realdata

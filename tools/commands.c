@@ -8,5 +8,6 @@ const dp_command dp_commands[] = {
     {"train", "train a pipelined model on rank threads and report where the time went", cmd_train},
     {"bench", "benchmark the CPU driver: GEMM rates and step times per schedule", cmd_bench},
     {"verify", "run the same steps on the CPU and on another driver (cuda) and compare every tensor", cmd_verify},
+    {"bench-cuda", "time the CUDA driver: cuBLAS floor of the stage's GEMMs, pipelined steps per GPU", cmd_bench_cuda},
     {NULL, NULL, NULL},
 };

@@ -11,3 +11,4 @@ tools_dualpipe_SOURCES = \
 tools_dualpipe_LDADD = engine/libdualpipe.la
 tools_dualpipe_SOURCES += tools/cmd_train.c tools/cmd_bench.c
 tools_dualpipe_SOURCES += tools/cmd_verify.c
+tools_dualpipe_SOURCES += tools/cmd_bench_cuda.c

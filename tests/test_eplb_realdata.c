@@ -1,0 +1,75 @@
+/* test_eplb_realdata.c: both policies on real DeepSeek-V3 serving loads
+ * (tests/data/eplb_prefill_in1024.json, 61 layers x 256 experts, from the statistics attached
+ * to SGLang issue 6017): the reference's balancedness, and the default policy's promises:
+ * >= 0.999 for 288 replicas on 32 GPUs and 320 on 64 GPUs packed globally, no duplicates,
+ * never below deepseek, and within 0.001 of the bound when groups are kept on nodes. */
+#include "eplb/eplb.h"
+#include "tests/tap.h"
+#include "tools/cli.h"
+#include "tools/eplb_input.h"
+
+typedef struct {
+    int replicas, gpus, nodes, cross;
+    double deepseek; /* balancedness of deepseek-ai/EPLB itself, 4 decimals */
+} shape;
+
+int main(void)
+{
+    cli_program = "test_eplb_realdata";
+    const char *top = getenv("top_srcdir");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tests/data/eplb_prefill_in1024.json", top ? top : ".");
+    eplb_loads in;
+    if (!tap_ok(eplb_read_loads(path, &in) == 0 && in.layers == 61 && in.experts == 256,
+                "read %s: 61 layers x 256 experts", path))
+        return tap_done();
+    const shape shapes[] = {
+        {288, 32, 1, 0, 0.9930}, {320, 64, 16, 0, 0.9817}, /* global packing */
+        {288, 32, 4, 0, 0.8691}, {320, 64, 8, 0, 0.6151},  /* groups kept on nodes */
+        {288, 32, 4, 1, 0.8691}, {320, 64, 8, 1, 0.6151},  /* redundant replicas cross */
+    };
+    double strict_balance[2] = {0, 0};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        const shape *s = &shapes[k];
+        eplb_config c = eplb_config_default(s->replicas, s->gpus);
+        c.num_groups = 8;
+        c.num_nodes = s->nodes;
+        c.cross_nodes = s->cross;
+        eplb_plan ref, bal;
+        c.policy = EPLB_POLICY_DEEPSEEK;
+        int st = eplb_rebalance(in.w, in.layers, in.experts, &c, &ref);
+        c.policy = EPLB_POLICY_BALANCED;
+        st |= eplb_rebalance(in.w, in.layers, in.experts, &c, &bal);
+        if (!tap_ok(st == EPLB_OK, "%d/%d nodes %d: both plans", s->replicas, s->gpus, s->nodes))
+            continue;
+        double b_ref, b_bal, best;
+        eplb_plan_balancedness(in.w, &ref, &c, &b_ref, NULL, NULL);
+        eplb_plan_balancedness(in.w, &bal, &c, &b_bal, NULL, &best);
+        const char *mode = s->nodes == 1 || 8 % s->nodes ? "global"
+                           : s->cross                   ? "cross-nodes"
+                                                        : "groups on nodes";
+        /* |got - want| <= 1e-4: the reference figure has 4 decimals */
+        tap_near(b_ref, s->deepseek, 1e-4, 0, "%d/%d %s: deepseek balancedness as the reference's",
+                 s->replicas, s->gpus, mode);
+        tap_ok(b_bal >= b_ref, "%d/%d %s: balanced %.5f >= deepseek %.5f", s->replicas, s->gpus,
+               mode, b_bal, b_ref);
+        tap_is_int(eplb_plan_duplicates(&bal), 0, "%d/%d %s: no same-GPU duplicates",
+                   s->replicas, s->gpus, mode);
+        if (s->nodes == 1 || 8 % s->nodes)
+            tap_ok(b_bal >= 0.999, "%d/%d %s: balancedness %.5f >= 0.999", s->replicas, s->gpus,
+                   mode, b_bal);
+        else if (!s->cross) {
+            tap_ok(b_bal >= best - 1e-3, "%d/%d %s: %.5f within 0.001 of the best possible %.5f",
+                   s->replicas, s->gpus, mode, b_bal, best);
+            strict_balance[s->gpus == 64] = b_bal;
+        } else {
+            tap_ok(b_bal >= strict_balance[s->gpus == 64],
+                   "%d/%d %s: %.5f >= with groups kept on nodes (%.5f)", s->replicas, s->gpus,
+                   mode, b_bal, strict_balance[s->gpus == 64]);
+        }
+        eplb_plan_free(&ref);
+        eplb_plan_free(&bal);
+    }
+    eplb_loads_free(&in);
+    return tap_done();
+}

@@ -1,0 +1,301 @@
+/* cmd_bench_cuda.c: `dualpipe bench-cuda`: figures for the CUDA driver. For each model shape,
+ * the cuBLAS time of the stage's six GEMMs (the bubble-free floor of a step), then the median
+ * step time of a pipelined training step, its rate per GPU and its ratio to the floor. Prints
+ * figures; asserts nothing about speed. */
+#define _POSIX_C_SOURCE 200809L
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/driver.h"
+#include "engine/runtime.h"
+#include "tools/cli.h"
+#include "tools/commands.h"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: dualpipe bench-cuda [OPTIONS]\n"
+            "Benchmark the CUDA driver on the example stage (Linear h->4h, GELU, Linear 4h->h, MSE), fp32\n"
+            "with TF32 off: the stage's GEMMs alone through cuBLAS (the floor), then pipelined steps.\n\n"
+            "  --schedule NAME   schedule (default dualpipe)\n"
+            "  --pp N            pipeline ranks (default 2)\n"
+            "  --chunks N        micro-batches per step (default 20)\n"
+            "  --hidden H        one shape instead of the built-in list (1024, 2048, 4096)\n"
+            "  --tokens T        tokens per micro-batch for --hidden (default 2 x hidden)\n"
+            "  --steps N         timed steps after 2 warm-up steps (default 10)\n"
+            "  --gemm-only       only the GEMM floor\n"
+            "  --shared          all ranks on GPU 0 (copy link) even with several GPUs\n"
+            "  -h, --help        show this help\n\n"
+            "FLOPs per GPU per step = chunks x 48 x tokens x hidden^2 x stages / pp (forward 16, backward 32).\n"
+            "Ranks go one per GPU (DUALPIPE_CUDA_PLACEMENT=spread) unless --shared.\n");
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+#define TRY(call)                                                             \
+    do {                                                                      \
+        if ((call) != DP_OK) {                                                \
+            cli_error("%s: %s", #call, dp_last_error());                      \
+            goto out;                                                         \
+        }                                                                     \
+    } while (0)
+
+/* ----------------------------------------------------------------------------
+ * the floor: the stage's six GEMMs, each timed with events (median of reps) */
+
+typedef struct {
+    double fwd_ms, bwd_in_ms, bwd_w_ms; /* per micro-batch and stage, both Linears */
+} gemm_floor;
+
+static int time_gemm(const dp_driver *drv, dp_device *dev, dp_stream *s, const dp_gemm_args *g, int reps,
+                     double *ms)
+{
+    const dp_device_ops *D = drv->device;
+    dp_event *e0 = NULL, *e1 = NULL;
+    double *t = malloc(sizeof(double) * (size_t)reps);
+    int rc = 1;
+    if (!t) return 1;
+    TRY(D->event_create(dev, &e0));
+    TRY(D->event_create(dev, &e1));
+    for (int i = 0; i < 3; i++) TRY(D->gemm(dev, s, g)); /* warm-up: handle, heuristics, clocks */
+    for (int r = 0; r < reps; r++) {
+        float f;
+        TRY(D->event_record(dev, e0, s));
+        TRY(D->gemm(dev, s, g));
+        TRY(D->event_record(dev, e1, s));
+        TRY(D->event_synchronize(dev, e1));
+        TRY(D->event_elapsed(dev, e0, e1, &f));
+        t[r] = f;
+    }
+    qsort(t, (size_t)reps, sizeof *t, cmp_double);
+    *ms = t[reps / 2];
+    rc = 0;
+out:
+    if (e0) D->event_destroy(dev, e0);
+    if (e1) D->event_destroy(dev, e1);
+    free(t);
+    return rc;
+}
+
+static int measure_floor(const dp_driver *drv, int hidden, int tokens, gemm_floor *f)
+{
+    const dp_device_ops *D = drv->device;
+    dp_device *dev = NULL;
+    dp_stream *s = NULL;
+    void *x = NULL, *h = NULL, *w1 = NULL, *w2 = NULL, *dh = NULL, *dx = NULL, *dw1 = NULL, *dw2 = NULL, *y = NULL;
+    int rc = 1, ffn = 4 * hidden;
+    size_t th = (size_t)tokens * hidden, tf = (size_t)tokens * ffn, wf = (size_t)ffn * hidden;
+    dp_device_config dc = {.ordinal = 0};
+    TRY(D->open(&dc, &dev));
+    TRY(D->stream_create(dev, &s));
+    TRY(D->alloc(dev, th * 4, &x));
+    TRY(D->alloc(dev, th * 4, &y));
+    TRY(D->alloc(dev, th * 4, &dx));
+    TRY(D->alloc(dev, tf * 4, &h));
+    TRY(D->alloc(dev, tf * 4, &dh));
+    TRY(D->alloc(dev, wf * 4, &w1));
+    TRY(D->alloc(dev, wf * 4, &w2));
+    TRY(D->alloc(dev, wf * 4, &dw1));
+    TRY(D->alloc(dev, wf * 4, &dw2));
+    /* random-ish data, not zeros: zeros run faster than real data on these GPUs */
+    void *bufs[] = {x, y, dx, h, dh, w1, w2, dw1, dw2};
+    size_t lens[] = {th, th, th, tf, tf, wf, wf, wf, wf};
+    float *host = malloc(sizeof(float) * tf);
+    if (!host) {
+        cli_error("out of host memory");
+        goto out;
+    }
+    for (size_t i = 0; i < tf; i++) host[i] = dp_counter_uniform(5, 0, i) * 0.05f;
+    for (int i = 0; i < 9; i++) TRY(D->copy(dev, bufs[i], host, lens[i] * 4, DP_COPY_HOST_TO_DEVICE, s));
+    free(host);
+    /* as engine/model.c calls them: y = x W^T; dx = dy W; dW += dy^T x */
+    dp_gemm_args f1 = {0, 1, tokens, ffn, hidden, 1.0f, 0.0f, x, hidden, DP_DTYPE_F32, w1, hidden, DP_DTYPE_F32,
+                       h, ffn, DP_DTYPE_F32};
+    dp_gemm_args f2 = {0, 1, tokens, hidden, ffn, 1.0f, 0.0f, h, ffn, DP_DTYPE_F32, w2, ffn, DP_DTYPE_F32,
+                       y, hidden, DP_DTYPE_F32};
+    dp_gemm_args b2 = {0, 0, tokens, ffn, hidden, 1.0f, 0.0f, y, hidden, DP_DTYPE_F32, w2, ffn, DP_DTYPE_F32,
+                       dh, ffn, DP_DTYPE_F32};
+    dp_gemm_args b1 = {0, 0, tokens, hidden, ffn, 1.0f, 0.0f, dh, ffn, DP_DTYPE_F32, w1, hidden, DP_DTYPE_F32,
+                       dx, hidden, DP_DTYPE_F32};
+    dp_gemm_args w2g = {1, 0, hidden, ffn, tokens, 1.0f, 1.0f, y, hidden, DP_DTYPE_F32, h, ffn, DP_DTYPE_F32,
+                        dw2, ffn, DP_DTYPE_F32};
+    dp_gemm_args w1g = {1, 0, ffn, hidden, tokens, 1.0f, 1.0f, dh, ffn, DP_DTYPE_F32, x, hidden, DP_DTYPE_F32,
+                        dw1, hidden, DP_DTYPE_F32};
+    double t[6];
+    int reps = 15;
+    if (time_gemm(drv, dev, s, &f1, reps, &t[0]) || time_gemm(drv, dev, s, &f2, reps, &t[1]) ||
+        time_gemm(drv, dev, s, &b2, reps, &t[2]) || time_gemm(drv, dev, s, &b1, reps, &t[3]) ||
+        time_gemm(drv, dev, s, &w2g, reps, &t[4]) || time_gemm(drv, dev, s, &w1g, reps, &t[5]))
+        goto out;
+    f->fwd_ms = t[0] + t[1];
+    f->bwd_in_ms = t[2] + t[3];
+    f->bwd_w_ms = t[4] + t[5];
+    rc = 0;
+out:
+    if (dev) {
+        void *all[] = {x, y, dx, h, dh, w1, w2, dw1, dw2};
+        for (int i = 0; i < 9; i++) D->free(dev, all[i]);
+        if (s) D->stream_destroy(dev, s);
+        D->close(dev);
+    }
+    return rc;
+}
+
+/* ----------------------------------------------------------------------------
+ * pipelined steps */
+
+static int bench_shape(const dp_driver *drv, const char *schedule, int pp, int gpus, int chunks, int hidden,
+                       int tokens, int steps, int gemm_only)
+{
+    gemm_floor f = {0, 0, 0};
+    if (measure_floor(drv, hidden, tokens, &f)) return 1;
+    double visit_flops = 48.0 * tokens * (double)hidden * hidden;
+    double visit_ms = f.fwd_ms + f.bwd_in_ms + f.bwd_w_ms;
+    printf("hidden %d, tokens %d: cuBLAS fp32 per stage visit: F %.3f ms, B(input) %.3f ms, W %.3f ms = %.3f ms "
+           "(%.1f TFLOP/s)\n",
+           hidden, tokens, f.fwd_ms, f.bwd_in_ms, f.bwd_w_ms, visit_ms, visit_flops / (visit_ms * 1e-3) * 1e-12);
+    fflush(stdout);
+    if (gemm_only) return 0;
+
+    dp_runtime_config c;
+    memset(&c, 0, sizeof c);
+    c.driver = drv->name;
+    c.schedule = schedule;
+    c.ranks = pp;
+    c.chunks = chunks;
+    c.model.hidden = hidden;
+    c.model.tokens = tokens;
+    c.model.seed = 1;
+    c.optimizer.kind = DP_OPT_NONE; /* the reference's step: forwards and backwards, no optimizer */
+    dp_runtime *rt = NULL;
+    float *x = NULL, *y = NULL, *l = NULL;
+    double *t = NULL;
+    int rc = 1;
+    TRY(dp_runtime_create(&c, &rt));
+    const dp_schedule *s = dp_runtime_schedule(rt);
+    size_t n = (size_t)chunks * tokens * hidden;
+    x = malloc(sizeof(float) * n), y = malloc(sizeof(float) * n), l = malloc(sizeof(float) * (size_t)chunks);
+    t = malloc(sizeof(double) * (size_t)(steps + 2));
+    if (!x || !y || !l || !t) {
+        cli_error("out of host memory for %zu inputs", n);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) x[i] = dp_counter_uniform(3, 0, i), y[i] = dp_counter_uniform(3, 1, i);
+    for (int i = 0; i < steps + 2; i++) {
+        double t0 = dp_now_ms();
+        TRY(dp_runtime_train_step(rt, x, y, l));
+        t[i] = dp_now_ms() - t0;
+        if (cli_stderr_is_tty()) fprintf(stderr, "\r  step %d/%d: %.1f ms   ", i + 1, steps + 2, t[i]);
+    }
+    if (cli_stderr_is_tty()) fprintf(stderr, "\r%40s\r", "");
+    /* the runtime copies each step's inputs and targets from pageable host memory: time the
+     * same bytes once, serially, to show how much of the step they are */
+    double copy_ms = 0;
+    {
+        const dp_device_ops *D = drv->device;
+        dp_device *dev = NULL;
+        void *buf = NULL;
+        dp_device_config dc = {.ordinal = 0};
+        if (D->open(&dc, &dev) == DP_OK && D->alloc(dev, sizeof(float) * n, &buf) == DP_OK) {
+            double c0 = dp_now_ms();
+            if (D->copy(dev, buf, x, sizeof(float) * n, DP_COPY_HOST_TO_DEVICE, NULL) == DP_OK &&
+                D->copy(dev, buf, y, sizeof(float) * n, DP_COPY_HOST_TO_DEVICE, NULL) == DP_OK &&
+                D->stream_synchronize(dev, NULL) == DP_OK)
+                copy_ms = dp_now_ms() - c0;
+        }
+        if (dev) {
+            D->free(dev, buf);
+            D->close(dev);
+        }
+    }
+    qsort(t + 2, (size_t)steps, sizeof *t, cmp_double);
+    double med = t[2 + steps / 2], best = t[2];
+    /* visits per GPU: every micro-batch passes every stage of its pipe once; ranks sharing a
+     * GPU share its work */
+    double visits = (double)chunks * s->num_stages / gpus;
+    double floor_ms = visits * visit_ms;
+    double flops = visits * visit_flops;
+    printf("  %-9s pp %d, %d chunks: step median %.2f ms (best %.2f), %.1f TFLOP/s per GPU; floor %.2f ms; "
+           "step / floor %.3f; first loss %.6g\n",
+           schedule, pp, chunks, med, best, flops / (med * 1e-3) * 1e-12, floor_ms, med / floor_ms, (double)l[0]);
+    printf("  %-9s inputs and targets copied from the host each step: %.0f MB, %.2f ms when copied serially\n", "",
+           2.0 * sizeof(float) * n / 1e6, copy_ms);
+    fflush(stdout);
+    rc = 0;
+out:
+    dp_runtime_destroy(rt);
+    free(x), free(y), free(l), free(t);
+    return rc;
+}
+
+int cmd_bench_cuda(int argc, char **argv)
+{
+    const char *schedule = "dualpipe";
+    int pp = 2, chunks = 20, hidden = 0, tokens = 0, steps = 10, gemm_only = 0, shared = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return CLI_EXIT_OK;
+        } else if (!strcmp(a, "--gemm-only")) {
+            gemm_only = 1;
+            continue;
+        } else if (!strcmp(a, "--shared")) {
+            shared = 1;
+            continue;
+        }
+        if (!val) {
+            cli_error("%s needs a value; run 'dualpipe bench-cuda --help'", a);
+            return CLI_EXIT_USAGE;
+        }
+        i++;
+        if (!strcmp(a, "--schedule")) schedule = val;
+        else if (!strcmp(a, "--pp")) bad = cli_parse_int(a, val, 1, 64, &pp);
+        else if (!strcmp(a, "--chunks")) bad = cli_parse_int(a, val, 1, 4096, &chunks);
+        else if (!strcmp(a, "--hidden")) bad = cli_parse_int(a, val, 1, 1 << 16, &hidden);
+        else if (!strcmp(a, "--tokens")) bad = cli_parse_int(a, val, 1, 1 << 22, &tokens);
+        else if (!strcmp(a, "--steps")) bad = cli_parse_int(a, val, 1, 10000, &steps);
+        else {
+            cli_error("unknown option '%s'; run 'dualpipe bench-cuda --help'", a);
+            return CLI_EXIT_USAGE;
+        }
+        if (bad) return CLI_EXIT_USAGE;
+    }
+    const dp_driver *drv;
+    if (dp_driver_load("cuda", &drv) != DP_OK) {
+        cli_error("%s", dp_last_error());
+        return CLI_EXIT_FAIL;
+    }
+    int count = 0;
+    drv->device->device_count(&count);
+    if (!shared) setenv("DUALPIPE_CUDA_PLACEMENT", "spread", 1);
+    dp_device *dev;
+    dp_device_config dc = {.ordinal = 0};
+    dp_device_info info;
+    if (drv->device->open(&dc, &dev) != DP_OK || drv->device->info(dev, &info) != DP_OK) {
+        cli_error("%s", dp_last_error());
+        return CLI_EXIT_FAIL;
+    }
+    drv->device->close(dev);
+    int gpus = shared || count < pp ? 1 : pp;
+    printf("dualpipe bench-cuda: %d x %s; fp32, TF32 off; ranks %s\n", count, info.name,
+           gpus == 1 ? "share GPU 0 (copy link)" : "one per GPU (NCCL)");
+    if (hidden)
+        return bench_shape(drv, schedule, pp, gpus, chunks, hidden, tokens ? tokens : 2 * hidden, steps, gemm_only)
+                           ? CLI_EXIT_FAIL
+                           : CLI_EXIT_OK;
+    static const int shapes[][2] = {{1024, 2048}, {2048, 4096}, {4096, 8192}};
+    int rc = CLI_EXIT_OK;
+    for (int i = 0; i < 3; i++)
+        if (bench_shape(drv, schedule, pp, gpus, chunks, shapes[i][0], shapes[i][1], steps, gemm_only))
+            rc = CLI_EXIT_FAIL;
+    return rc;
+}
