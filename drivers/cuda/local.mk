@@ -8,6 +8,7 @@ cuda_driver_sources = \
 	drivers/cuda/cuda_module.c \
 	drivers/cuda/cuda_device.cu \
 	drivers/cuda/cuda_kernels.cu \
+	drivers/cuda/cuda_staging.cu \
 	drivers/cuda/cuda_link.cu \
 	drivers/cuda/cuda_internal.h
 
