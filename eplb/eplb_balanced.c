@@ -492,7 +492,8 @@ static int swap_two(packing *pk, int i, int lo, int hi, pair_sum *pi, pair_sum *
  * the gap is not worth the time. */
 static const double close_enough = 1e-4;
 
-static void improve(packing *pk, double target, pair_sum *pairs)
+/* Improves until the max is at most stop_at, or no exchange lowers it. */
+static void improve(packing *pk, double stop_at, pair_sum *pairs)
 {
     const int P = pk->s->P;
     for (int g = 0; g < P; g++) {
@@ -505,7 +506,7 @@ static void improve(packing *pk, double target, pair_sum *pairs)
     int limit = 64 * P + 1000;
     for (int iter = 0; iter < limit; iter++) {
         int i = pk->by_load[P - 1];
-        if (pk->gload[i] <= target * (1 + close_enough)) return;
+        if (pk->gload[i] <= stop_at) return;
         int lo = 0, hi = P;
         if (pk->strict) {
             lo = (i / pk->Pn) * pk->Pn;
@@ -551,6 +552,28 @@ static void make_items(packing *pk, const int *cnt, const int *expert_node, int 
         }
     }
     pk->nitems = it;
+}
+
+/* Items with the counts of an existing placement, each seated where that placement has it;
+ * with groups on nodes, each expert bound to the node that holds it. */
+static void seat_as(packing *pk, const int *p2l, int *cnt, int *expert_node, int *seated,
+                    int cross_nodes)
+{
+    const int E = pk->s->E, R = pk->s->R, P = pk->s->P;
+    const int N = pk->s->hierarchical ? pk->s->N : 1;
+    for (int e = 0; e < E; e++) cnt[e] = 0;
+    for (int r = 0; r < R; r++) cnt[p2l[r]]++;
+    for (int r = 0; r < R; r++) expert_node[p2l[r]] = r / (R / N);
+    make_items(pk, cnt, pk->s->hierarchical ? expert_node : NULL, cross_nodes);
+    for (int g = 0; g < P; g++) {
+        pk->fill[g] = 0;
+        pk->gload[g] = 0;
+    }
+    for (int e = 0; e < E; e++) seated[e] = 0;
+    for (int r = 0; r < R; r++) {
+        int e = p2l[r];
+        put(pk, pk->first[e] + seated[e]++, r / pk->S);
+    }
 }
 
 eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_nodes,
@@ -623,7 +646,7 @@ eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_
         pack_by_differencing(&pk, order, ids, &df);
     }
     repair_duplicates(&pk, HUGE_VAL);
-    improve(&pk, target, sc->pairs);
+    improve(&pk, target * (1 + close_enough), sc->pairs);
     write_plan(&pk, phy2log, rank, ids);
 
     /* The floor: never less balanced than the reference plan of the same layer. */
@@ -631,22 +654,9 @@ eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_
     double ref = eplb_gpu_loads(w, E, ref_phy2log, R, P, ids, ref_load);
     if (ref >= ours) return EPLB_OK;
 
-    for (int e = 0; e < E; e++) cnt[e] = 0;
-    for (int r = 0; r < R; r++) cnt[ref_phy2log[r]]++;
-    for (int r = 0; r < R; r++) expert_node[ref_phy2log[r]] = r / (R / N);
-    make_items(&pk, cnt, s->hierarchical ? expert_node : NULL, cross_nodes);
-    /* Seat every item where the reference put it. */
-    for (int g = 0; g < P; g++) {
-        pk.fill[g] = 0;
-        pk.gload[g] = 0;
-    }
-    for (int e = 0; e < E; e++) ids[e] = 0; /* replicas of e seated so far */
-    for (int r = 0; r < R; r++) {
-        int e = ref_phy2log[r];
-        put(&pk, pk.first[e] + ids[e]++, r / pk.S);
-    }
+    seat_as(&pk, ref_phy2log, cnt, expert_node, ids, cross_nodes);
     repair_duplicates(&pk, max_load(&pk, NULL));
-    improve(&pk, target, sc->pairs);
+    improve(&pk, target * (1 + close_enough), sc->pairs);
     /* Keep ours unless the improved reference is strictly better, and that unless the
      * reference as it came is better still (sums in another slot order can round apart). cnt
      * and bound_left are free again: the items hold the counts, and packing is done. */
@@ -662,4 +672,56 @@ eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_
         for (int r = 0; r < R; r++) rank[r] = ids[phy2log[r]]++;
     }
     return EPLB_OK;
+}
+
+/* Whether a placement keeps groups on nodes: every replica of a group's experts on one
+ * node. */
+static int keeps_groups_on_nodes(const int *p2l, const eplb_shape *s, int *group_node)
+{
+    const int gs = s->E / s->groups, per_node = s->R / s->N;
+    for (int g = 0; g < s->groups; g++) group_node[g] = -1;
+    for (int r = 0; r < s->R; r++) {
+        int g = p2l[r] / gs, n = r / per_node;
+        if (group_node[g] < 0) group_node[g] = n;
+        else if (group_node[g] != n) return 0;
+    }
+    return 1;
+}
+
+double eplb_balanced_layer_from(const double *w, const eplb_shape *s, eplb_scratch *sc,
+                                const int *cur_phy2log, double stop_at, int *phy2log, int *rank)
+{
+    const int P = s->P;
+    packing pk = {0};
+    pk.w = w;
+    pk.s = s;
+    pk.S = s->slots;
+    pk.Pn = s->hierarchical ? P / s->N : P;
+    pk.strict = s->hierarchical;
+    pk.expert = sc->i[0];
+    pk.home = sc->i[1];
+    pk.gpu = sc->i[2];
+    pk.first = sc->i[3];
+    pk.cnt = sc->i[4];
+    pk.slot = sc->i[5];
+    pk.fill = sc->i[6];
+    pk.load = sc->d[0];
+    pk.gload = sc->d[1];
+    pk.by_load = sc->i[20];
+    pk.pos = sc->i[21];
+    if (s->hierarchical && !keeps_groups_on_nodes(cur_phy2log, s, sc->i[10])) return -1;
+    seat_as(&pk, cur_phy2log, sc->i[9], sc->i[7], sc->i[8], 0);
+    for (int g = 0; g < P; g++) /* a duplicate-free start: the current plan may have some */
+        for (int k = 0; k < pk.S; k++)
+            if (on_gpu(&pk, pk.expert[pk.slot[g * pk.S + k]], g, pk.slot[g * pk.S + k])) {
+                repair_duplicates(&pk, HUGE_VAL);
+                g = P;
+                break;
+            }
+    improve(&pk, stop_at, sc->pairs);
+    /* Keep the current slot order: slot k of GPU g keeps its expert when it is still there. */
+    for (int r = 0; r < s->R; r++) phy2log[r] = pk.expert[pk.slot[r]];
+    memset(sc->i[8], 0, (size_t)s->E * sizeof(int));
+    for (int r = 0; r < s->R; r++) rank[r] = sc->i[8][phy2log[r]]++;
+    return eplb_gpu_loads(w, s->E, phy2log, s->R, P, sc->i[8], sc->d[2]);
 }
