@@ -367,7 +367,13 @@ dp_status dp_runtime_train_step(dp_runtime *rt, const float *inputs, const void 
     rt->inputs = inputs, rt->targets = targets, rt->losses = losses;
     rt->step++;
     rt->step_t0 = dp_now_ms();
-    return run_ranks(rt, rank_train);
+    dp_status st = run_ranks(rt, rank_train);
+    if (st != DP_OK) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", dp_last_error());
+        return dp_fail(st, "training step %d: %s", rt->step, msg);
+    }
+    return DP_OK;
 }
 
 dp_status dp_runtime_infer(dp_runtime *rt, const float *inputs, float *outputs)

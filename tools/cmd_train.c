@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine/driver.h"
 #include "engine/reference.h"
@@ -63,12 +64,12 @@ typedef struct {
     float scale; /* makes the first batch's targets unit-variance */
 } teacher;
 
-static int teacher_open(teacher *t, const dp_model_config *m, int chunks, uint64_t seed)
+static int teacher_open(teacher *t, const dp_model_config *m, int chunks, uint64_t seed, int threads)
 {
     const dp_driver *cpu;
     dp_driver_load("cpu", &cpu);
     t->ops = cpu->device;
-    dp_device_config dc = {.threads = 0};
+    dp_device_config dc = {.threads = threads};
     dp_model_config tm = *m;
     tm.tokens = m->tokens * chunks; /* the whole step's batch at once */
     tm.layers_per_stage = 1;
@@ -381,6 +382,12 @@ int cmd_train(int argc, char **argv)
     c.optimizer.weight_decay = (float)wd;
     c.optimizer.momentum = sgd ? (float)momentum : 0.0f;
     c.record_times = 1;
+    if (c.threads_per_rank == 0) {
+        /* resolved here so that the teacher and the reference use the ranks' count too: the
+         * BLAS library's thread count is process-wide */
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        c.threads_per_rank = cores > c.ranks ? (int)(cores / c.ranks) : 1;
+    }
 
     dp_runtime *rt = NULL;
     dp_reference *ref = NULL;
@@ -412,7 +419,7 @@ int cmd_train(int argc, char **argv)
         cli_error("out of memory for a step of %zu floats", n);
         goto out;
     }
-    if (teacher_open(&tch, m, c.chunks, c.model.seed)) goto out;
+    if (teacher_open(&tch, m, c.chunks, c.model.seed, c.threads_per_rank)) goto out;
 
     const dp_driver *drv;
     dp_driver_load(c.driver, &drv);

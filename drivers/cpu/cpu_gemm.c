@@ -28,43 +28,43 @@
 #define KC 256
 #define NC 2048
 
-/* Packs op(A)[i0 .. i0+mc, k0 .. k0+kc] as panels of MR rows, k-major, zero-padded. */
+/* Packs op(A)[i0 .. i0+mc, k0 .. k0+kc] as panels of MR rows, k-major, zero-padded. The
+ * loops follow A's memory order (contiguous reads; the scattered writes stay in one panel). */
 static void pack_a(int trans, const float *a, int lda, int i0, int k0, int mc, int kc, float *dst)
 {
     for (int ip = 0; ip < mc; ip += MR) {
         int rows = mc - ip < MR ? mc - ip : MR;
-        for (int p = 0; p < kc; p++) {
-            for (int i = 0; i < MR; i++) {
-                float v = 0.0f;
-                if (i < rows) {
-                    int r = i0 + ip + i, c = k0 + p;
-                    v = trans ? a[(size_t)c * lda + r] : a[(size_t)r * lda + c];
-                }
-                *dst++ = v;
+        float *panel = dst + (size_t)ip * kc;
+        if (rows < MR) memset(panel, 0, sizeof(float) * (size_t)MR * kc);
+        if (!trans) {
+            for (int i = 0; i < rows; i++) {
+                const float *src = a + (size_t)(i0 + ip + i) * lda + k0;
+                for (int p = 0; p < kc; p++) panel[(size_t)p * MR + i] = src[p];
+            }
+        } else {
+            for (int p = 0; p < kc; p++) {
+                const float *src = a + (size_t)(k0 + p) * lda + i0 + ip;
+                for (int i = 0; i < rows; i++) panel[(size_t)p * MR + i] = src[i];
             }
         }
     }
 }
 
-/* Packs op(B)[k0 .. k0+kc, j0 .. j0+nc] as panels of NR columns, k-major, zero-padded. */
+/* Packs op(B)[k0 .. k0+kc, j0 .. j0+nc] as panels of NR columns, k-major, zero-padded, in
+ * B's memory order. */
 static void pack_b(int trans, const float *b, int ldb, int k0, int j0, int kc, int nc, float *dst)
 {
     for (int jp = 0; jp < nc; jp += NR) {
         int cols = nc - jp < NR ? nc - jp : NR;
-        for (int p = 0; p < kc; p++) {
-            int r = k0 + p;
-            if (!trans && cols == NR) {
-                memcpy(dst, b + (size_t)r * ldb + j0 + jp, sizeof(float) * NR);
-                dst += NR;
-                continue;
-            }
-            for (int j = 0; j < NR; j++) {
-                float v = 0.0f;
-                if (j < cols) {
-                    int c = j0 + jp + j;
-                    v = trans ? b[(size_t)c * ldb + r] : b[(size_t)r * ldb + c];
-                }
-                *dst++ = v;
+        float *panel = dst + (size_t)jp * kc;
+        if (cols < NR) memset(panel, 0, sizeof(float) * (size_t)NR * kc);
+        if (!trans) {
+            for (int p = 0; p < kc; p++)
+                memcpy(panel + (size_t)p * NR, b + (size_t)(k0 + p) * ldb + j0 + jp, sizeof(float) * (size_t)cols);
+        } else {
+            for (int j = 0; j < cols; j++) {
+                const float *src = b + (size_t)(j0 + jp + j) * ldb + k0;
+                for (int p = 0; p < kc; p++) panel[(size_t)p * NR + j] = src[p];
             }
         }
     }
