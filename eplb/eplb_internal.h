@@ -36,7 +36,7 @@ typedef struct eplb_scratch {
     int n;                 /* elements per array */
     float *f[4];
     double *d[6];
-    int *i[24];
+    int *i[26];
     void *sort_work;       /* n * 16 bytes */
     void *pairs;           /* EPLB_PAIR_BYTES: sums of two replicas, for exchanges */
 } eplb_scratch;

@@ -97,7 +97,7 @@ eplb_scratch *eplb_scratch_new(const eplb_shape *s)
         sc->d[k] = malloc((size_t)n * sizeof(double));
         ok = ok && sc->d[k];
     }
-    for (int k = 0; k < 24; k++) {
+    for (int k = 0; k < 26; k++) {
         sc->i[k] = malloc((size_t)n * sizeof(int));
         ok = ok && sc->i[k];
     }
@@ -115,7 +115,7 @@ void eplb_scratch_free(eplb_scratch *sc)
     if (!sc) return;
     for (int k = 0; k < 4; k++) free(sc->f[k]);
     for (int k = 0; k < 6; k++) free(sc->d[k]);
-    for (int k = 0; k < 24; k++) free(sc->i[k]);
+    for (int k = 0; k < 26; k++) free(sc->i[k]);
     free(sc->sort_work);
     free(sc->pairs);
     free(sc);
