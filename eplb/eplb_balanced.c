@@ -366,10 +366,12 @@ static int swap_one(packing *pk, int i, int lo, int hi)
         double Lj = pk->gload[j], gap = Li - Lj;
         if (Lj + gap / 2 >= best || bj >= 0) break;
         const int *sj = pk->slot + j * S;
-        for (int ka = 0; ka < S; ka++) {
+        const double lightest_j = pk->load[sj[0]];
+        for (int ka = S - 1; ka >= 0; ka--) { /* heaviest first: lighter ones fail sooner */
             int a = pk->slot[i * S + ka];
-            if (!may_live_on(pk, a, j)) continue;
             double la = pk->load[a];
+            if (la <= lightest_j) break; /* nothing on j is lighter, nor for lighter a */
+            if (!may_live_on(pk, a, j)) continue;
             int mid = lower_bound(pk->load, sj, S, la - gap / 2);
             for (int kb = mid; kb < S; kb++) { /* d <= gap / 2: i stays the larger */
                 double d = la - pk->load[sj[kb]];
