@@ -73,7 +73,7 @@ typedef struct dp_slot {
     float *dx;         /* [tokens x hidden] gradient of x (sent back) */
     const void *target; /* last stage: this micro-batch's target (device memory) */
     void *pending[2];  /* the link's send requests still reading y / dx (owned by the executor) */
-    int state;         /* for the executor's checks */
+    int state;         /* the executor's sends of y / dx not yet posted to the link */
     struct dp_stage *owner;
     struct dp_slot *next_free;
     void *priv;        /* the blocks' saved activations */
