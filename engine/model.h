@@ -111,6 +111,8 @@ typedef struct {
 } dp_param_view;
 
 int dp_stage_num_params(const dp_stage *st);
+/* All the stage's gradients as one array (the parameters' gradients lie in it in order). */
+float *dp_stage_grads(const dp_stage *st, size_t *count);
 void dp_stage_param(const dp_stage *st, int i, dp_param_view *out);
 
 #ifdef __cplusplus
