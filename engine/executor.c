@@ -375,6 +375,9 @@ static dp_status play(dp_executor *ex, dp_step_io *io, int infer)
         }
         int pair = !infer && acts[i].overlap && i + 1 < n;
         int count = pair ? 2 : 1;
+        /* a pair's second stream must see all the first stream has queued (local hand-offs,
+         * activations, weight gradients): on a GPU the two streams really run at once */
+        if (pair) DP_CHECK(ex->cfg.dops->stream_synchronize(ex->cfg.dev, ex->cfg.streams[0]));
         prepared p[2];
         double t_start = io->times ? dp_now_ms() - io->t0 : 0;
         for (int j = 0; j < count; j++)

@@ -173,6 +173,22 @@ long eplb_plan_duplicates(const eplb_plan *plan);
 eplb_status eplb_plan_migrate(const eplb_plan *current, eplb_plan *next, int num_nodes,
                               long *moved, long *traffic);
 
+/* Plans like eplb_rebalance, starting from the placement running now, so that periodic
+ * rebalancing does not reshuffle everything. Per layer, the balanced policy first plans from
+ * scratch; then it exchanges replicas of the current placement (keeping its replica counts),
+ * stopping as soon as the layer's balancedness is within `tolerance` of the fresh plan's (and
+ * never less balanced than EPLB_POLICY_DEEPSEEK's); the current placement so improved is kept
+ * when it gets there, the fresh plan otherwise. Layers planned afresh, EPLB_POLICY_DEEPSEEK,
+ * cross_nodes, and placements that split a group across nodes in hierarchical mode fall back to
+ * the fresh plan. The result is then reordered against current by eplb_plan_migrate (moved
+ * and traffic as there); layers_kept (may be NULL) counts the layers that kept the current
+ * placement. tolerance: a balancedness difference, >= 0 (0: keep only what is as balanced as a
+ * fresh plan). */
+eplb_status eplb_rebalance_from(const double *weight, int num_layers, int num_experts,
+                                const eplb_config *cfg, const eplb_plan *current,
+                                double tolerance, eplb_plan *plan, long *moved, long *traffic,
+                                int *layers_kept);
+
 #ifdef __cplusplus
 }
 #endif

@@ -366,10 +366,12 @@ static int swap_one(packing *pk, int i, int lo, int hi)
         double Lj = pk->gload[j], gap = Li - Lj;
         if (Lj + gap / 2 >= best || bj >= 0) break;
         const int *sj = pk->slot + j * S;
-        for (int ka = 0; ka < S; ka++) {
+        const double lightest_j = pk->load[sj[0]];
+        for (int ka = S - 1; ka >= 0; ka--) { /* heaviest first: lighter ones fail sooner */
             int a = pk->slot[i * S + ka];
-            if (!may_live_on(pk, a, j)) continue;
             double la = pk->load[a];
+            if (la <= lightest_j) break; /* nothing on j is lighter, nor for lighter a */
+            if (!may_live_on(pk, a, j)) continue;
             int mid = lower_bound(pk->load, sj, S, la - gap / 2);
             for (int kb = mid; kb < S; kb++) { /* d <= gap / 2: i stays the larger */
                 double d = la - pk->load[sj[kb]];
@@ -492,7 +494,8 @@ static int swap_two(packing *pk, int i, int lo, int hi, pair_sum *pi, pair_sum *
  * the gap is not worth the time. */
 static const double close_enough = 1e-4;
 
-static void improve(packing *pk, double target, pair_sum *pairs)
+/* Improves until the max is at most stop_at, or no exchange lowers it. */
+static void improve(packing *pk, double stop_at, pair_sum *pairs)
 {
     const int P = pk->s->P;
     for (int g = 0; g < P; g++) {
@@ -505,7 +508,7 @@ static void improve(packing *pk, double target, pair_sum *pairs)
     int limit = 64 * P + 1000;
     for (int iter = 0; iter < limit; iter++) {
         int i = pk->by_load[P - 1];
-        if (pk->gload[i] <= target * (1 + close_enough)) return;
+        if (pk->gload[i] <= stop_at) return;
         int lo = 0, hi = P;
         if (pk->strict) {
             lo = (i / pk->Pn) * pk->Pn;
@@ -551,6 +554,142 @@ static void make_items(packing *pk, const int *cnt, const int *expert_node, int 
         }
     }
     pk->nitems = it;
+}
+
+/* Replica counts when redundant replicas may leave their node: one replica of each expert
+ * stays home, so a hot node sheds load only through extra replicas of its own experts. Each
+ * extra replica goes to the node whose home share (the sum of its experts' per-replica
+ * loads) is largest, to its expert with the largest per-replica load; no expert gets more
+ * replicas than GPUs. share holds N doubles. */
+static void replicate_by_node(const double *w, const eplb_shape *s, const int *expert_node,
+                              int *cnt, double *share)
+{
+    const int E = s->E, N = s->N;
+    for (int n = 0; n < N; n++) share[n] = 0;
+    for (int e = 0; e < E; e++) {
+        cnt[e] = 1;
+        share[expert_node[e]] += w[e];
+    }
+    for (int left = s->R - E; left > 0;) {
+        int best_e = -1;
+        double best_share = -1;
+        for (int n = 0; n < N; n++) {
+            if (share[n] <= best_share) continue;
+            int pick = -1;
+            for (int e = 0; e < E; e++)
+                if (expert_node[e] == n && cnt[e] < s->P &&
+                    (pick < 0 || w[e] / cnt[e] > w[pick] / cnt[pick]))
+                    pick = e;
+            if (pick >= 0) {
+                best_share = share[n];
+                best_e = pick;
+            }
+        }
+        if (best_e < 0) { /* every expert on every GPU: duplicates are unavoidable */
+            for (int e = 0; e < E && left > 0; e++, left--) cnt[e]++;
+            continue;
+        }
+        share[expert_node[best_e]] -= w[best_e] / cnt[best_e] - w[best_e] / (cnt[best_e] + 1);
+        cnt[best_e]++;
+        left--;
+    }
+}
+
+/* Seats items for counts cnt where placement p2l has them, each expert's bound replica on
+ * its first slot on its home node (cross_nodes keeps one replica of each expert home).
+ * home_slot and next hold E ints. */
+static void seat_cross(packing *pk, const int *p2l, const int *cnt, const int *expert_node,
+                       int *home_slot, int *next)
+{
+    const int E = pk->s->E, R = pk->s->R, P = pk->s->P, per_node = R / pk->s->N;
+    make_items(pk, cnt, expert_node, 1);
+    for (int g = 0; g < P; g++) {
+        pk->fill[g] = 0;
+        pk->gload[g] = 0;
+    }
+    for (int e = 0; e < E; e++) {
+        home_slot[e] = -1;
+        next[e] = 1;
+    }
+    for (int r = 0; r < R; r++)
+        if (home_slot[p2l[r]] < 0 && r / per_node == expert_node[p2l[r]]) home_slot[p2l[r]] = r;
+    for (int r = 0; r < R; r++) { /* an expert away from home (never made here) binds anyway */
+        int e = p2l[r];
+        if (home_slot[e] < 0) home_slot[e] = r;
+        put(pk, pk->first[e] + (r == home_slot[e] ? 0 : next[e]++), r / pk->S);
+    }
+}
+
+/* One change of replica counts that unloads the most loaded GPU: a free replica of expert x
+ * (x keeping at least one replica) becomes a replica of expert y held by that GPU, so every
+ * GPU holding y carries less, and no GPU the change touches ends as loaded as that GPU was.
+ * Other GPUs may tie with it, so the max itself may wait for later changes; the sorted
+ * vector of GPU loads decreases, so this ends. Applies the best such change and returns 1,
+ * or returns 0 when there is none. */
+static int recount(packing *pk, const int *expert_node, int *cnt, int *p2l, int *home_slot,
+                   int *next)
+{
+    const int P = pk->s->P, S = pk->S, R = pk->s->R;
+    const double *w = pk->w;
+    int i = 0;
+    for (int g = 1; g < P; g++)
+        if (pk->gload[g] > pk->gload[i]) i = g;
+    double Li = pk->gload[i], best = Li - 1e-12 * Li;
+    int best_b = -1, best_y = -1;
+    for (int ka = 0; ka < S; ka++) {
+        int y = pk->expert[pk->slot[i * S + ka]];
+        double cy = pk->cnt[y], dy = w[y] / cy - w[y] / (cy + 1);
+        for (int b = 0; b < pk->nitems; b++) {
+            int x = pk->expert[b], j = pk->gpu[b];
+            if (pk->home[b] >= 0 || x == y || pk->cnt[x] < 2 || on_gpu(pk, y, j, -1)) continue;
+            double cx = pk->cnt[x], dx = w[x] / (cx - 1) - w[x] / cx;
+            double hi = Li - dy;
+            double lj = pk->gload[j] - w[x] / cx + w[y] / (cy + 1);
+            if (lj > hi) hi = lj;
+            if (hi >= best) continue;
+            for (int k = 0; k < pk->cnt[x] && hi < best; k++) { /* x's other GPUs carry more */
+                int g = pk->gpu[pk->first[x] + k];
+                if (g != j && pk->gload[g] + dx > hi) hi = pk->gload[g] + dx;
+            }
+            if (hi < best) {
+                best = hi;
+                best_b = b;
+                best_y = y;
+            }
+        }
+    }
+    if (best_b < 0) return 0;
+    for (int r = 0; r < R; r++) p2l[r] = pk->expert[pk->slot[r]];
+    int slot_b = -1;
+    for (int r = 0; r < R && slot_b < 0; r++)
+        if (pk->slot[r] == best_b) slot_b = r;
+    cnt[pk->expert[best_b]]--;
+    cnt[best_y]++;
+    p2l[slot_b] = best_y;
+    seat_cross(pk, p2l, cnt, expert_node, home_slot, next);
+    return 1;
+}
+
+/* Items with the counts of an existing placement, each seated where that placement has it;
+ * with groups on nodes, each expert bound to the node that holds it. */
+static void seat_as(packing *pk, const int *p2l, int *cnt, int *expert_node, int *seated,
+                    int cross_nodes)
+{
+    const int E = pk->s->E, R = pk->s->R, P = pk->s->P;
+    const int N = pk->s->hierarchical ? pk->s->N : 1;
+    for (int e = 0; e < E; e++) cnt[e] = 0;
+    for (int r = 0; r < R; r++) cnt[p2l[r]]++;
+    for (int r = 0; r < R; r++) expert_node[p2l[r]] = r / (R / N);
+    make_items(pk, cnt, pk->s->hierarchical ? expert_node : NULL, cross_nodes);
+    for (int g = 0; g < P; g++) {
+        pk->fill[g] = 0;
+        pk->gload[g] = 0;
+    }
+    for (int e = 0; e < E; e++) seated[e] = 0;
+    for (int r = 0; r < R; r++) {
+        int e = p2l[r];
+        put(pk, pk->first[e] + seated[e]++, r / pk->S);
+    }
 }
 
 eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_nodes,
@@ -610,6 +749,7 @@ eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_
         for (int e = 0; e < E; e++) ids[e] = e;
         double m_rep = eplb_min_max_replica(w, ids, E, R, P, cnt, heap);
         if (m_rep > target) target = m_rep;
+        if (s->hierarchical && cross_nodes) replicate_by_node(w, s, expert_node, cnt, pk.load);
     }
 
     make_items(&pk, cnt, s->hierarchical ? expert_node : NULL, cross_nodes);
@@ -623,7 +763,15 @@ eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_
         pack_by_differencing(&pk, order, ids, &df);
     }
     repair_duplicates(&pk, HUGE_VAL);
-    improve(&pk, target, sc->pairs);
+    improve(&pk, target * (1 + close_enough), sc->pairs);
+    if (s->hierarchical && cross_nodes) {
+        /* Exchanges cannot move a node's bound replicas off it; moving replica counts can. */
+        int *p2l_now = sc->i[22], *home_slot = sc->i[23], *next = sc->i[24];
+        for (int round = 0; round < 4 * (R - E) + 8; round++) {
+            if (!recount(&pk, expert_node, cnt, p2l_now, home_slot, next)) break;
+            improve(&pk, target * (1 + close_enough), sc->pairs);
+        }
+    }
     write_plan(&pk, phy2log, rank, ids);
 
     /* The floor: never less balanced than the reference plan of the same layer. */
@@ -631,22 +779,9 @@ eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_
     double ref = eplb_gpu_loads(w, E, ref_phy2log, R, P, ids, ref_load);
     if (ref >= ours) return EPLB_OK;
 
-    for (int e = 0; e < E; e++) cnt[e] = 0;
-    for (int r = 0; r < R; r++) cnt[ref_phy2log[r]]++;
-    for (int r = 0; r < R; r++) expert_node[ref_phy2log[r]] = r / (R / N);
-    make_items(&pk, cnt, s->hierarchical ? expert_node : NULL, cross_nodes);
-    /* Seat every item where the reference put it. */
-    for (int g = 0; g < P; g++) {
-        pk.fill[g] = 0;
-        pk.gload[g] = 0;
-    }
-    for (int e = 0; e < E; e++) ids[e] = 0; /* replicas of e seated so far */
-    for (int r = 0; r < R; r++) {
-        int e = ref_phy2log[r];
-        put(&pk, pk.first[e] + ids[e]++, r / pk.S);
-    }
+    seat_as(&pk, ref_phy2log, cnt, expert_node, ids, cross_nodes);
     repair_duplicates(&pk, max_load(&pk, NULL));
-    improve(&pk, target, sc->pairs);
+    improve(&pk, target * (1 + close_enough), sc->pairs);
     /* Keep ours unless the improved reference is strictly better, and that unless the
      * reference as it came is better still (sums in another slot order can round apart). cnt
      * and bound_left are free again: the items hold the counts, and packing is done. */
@@ -662,4 +797,56 @@ eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_
         for (int r = 0; r < R; r++) rank[r] = ids[phy2log[r]]++;
     }
     return EPLB_OK;
+}
+
+/* Whether a placement keeps groups on nodes: every replica of a group's experts on one
+ * node. */
+static int keeps_groups_on_nodes(const int *p2l, const eplb_shape *s, int *group_node)
+{
+    const int gs = s->E / s->groups, per_node = s->R / s->N;
+    for (int g = 0; g < s->groups; g++) group_node[g] = -1;
+    for (int r = 0; r < s->R; r++) {
+        int g = p2l[r] / gs, n = r / per_node;
+        if (group_node[g] < 0) group_node[g] = n;
+        else if (group_node[g] != n) return 0;
+    }
+    return 1;
+}
+
+double eplb_balanced_layer_from(const double *w, const eplb_shape *s, eplb_scratch *sc,
+                                const int *cur_phy2log, double stop_at, int *phy2log, int *rank)
+{
+    const int P = s->P;
+    packing pk = {0};
+    pk.w = w;
+    pk.s = s;
+    pk.S = s->slots;
+    pk.Pn = s->hierarchical ? P / s->N : P;
+    pk.strict = s->hierarchical;
+    pk.expert = sc->i[0];
+    pk.home = sc->i[1];
+    pk.gpu = sc->i[2];
+    pk.first = sc->i[3];
+    pk.cnt = sc->i[4];
+    pk.slot = sc->i[5];
+    pk.fill = sc->i[6];
+    pk.load = sc->d[0];
+    pk.gload = sc->d[1];
+    pk.by_load = sc->i[20];
+    pk.pos = sc->i[21];
+    if (s->hierarchical && !keeps_groups_on_nodes(cur_phy2log, s, sc->i[10])) return -1;
+    seat_as(&pk, cur_phy2log, sc->i[9], sc->i[7], sc->i[8], 0);
+    for (int g = 0; g < P; g++) /* a duplicate-free start: the current plan may have some */
+        for (int k = 0; k < pk.S; k++)
+            if (on_gpu(&pk, pk.expert[pk.slot[g * pk.S + k]], g, pk.slot[g * pk.S + k])) {
+                repair_duplicates(&pk, HUGE_VAL);
+                g = P;
+                break;
+            }
+    improve(&pk, stop_at, sc->pairs);
+    /* Keep the current slot order: slot k of GPU g keeps its expert when it is still there. */
+    for (int r = 0; r < s->R; r++) phy2log[r] = pk.expert[pk.slot[r]];
+    memset(sc->i[8], 0, (size_t)s->E * sizeof(int));
+    for (int r = 0; r < s->R; r++) rank[r] = sc->i[8][phy2log[r]]++;
+    return eplb_gpu_loads(w, s->E, phy2log, s->R, P, sc->i[8], sc->d[2]);
 }

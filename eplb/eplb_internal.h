@@ -36,7 +36,7 @@ typedef struct eplb_scratch {
     int n;                 /* elements per array */
     float *f[4];
     double *d[6];
-    int *i[24];
+    int *i[26];
     void *sort_work;       /* n * 16 bytes */
     void *pairs;           /* EPLB_PAIR_BYTES: sums of two replicas, for exchanges */
 } eplb_scratch;
@@ -53,6 +53,14 @@ eplb_status eplb_deepseek_layer(const double *w, const eplb_shape *s, eplb_scrat
 eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_nodes,
                                 eplb_scratch *sc, const int *ref_phy2log, int *phy2log,
                                 int *rank);
+
+/* The default policy starting from the placement running now (cur_phy2log): its replicas are
+ * exchanged until the max GPU load is at most stop_at or no exchange lowers it. Returns the
+ * max GPU load reached, or -1 when the placement breaks the mode's rules (groups split across
+ * nodes in hierarchical mode). phy2log keeps replicas in the slots they had where they could
+ * stay. */
+double eplb_balanced_layer_from(const double *w, const eplb_shape *s, eplb_scratch *sc,
+                                const int *cur_phy2log, double stop_at, int *phy2log, int *rank);
 
 /* GPU loads of a layer (load split evenly over replicas); returns the max. cnt may be NULL
  * (counted from phy2log into the scratch space `cnt_space` of E ints). */

@@ -97,7 +97,7 @@ eplb_scratch *eplb_scratch_new(const eplb_shape *s)
         sc->d[k] = malloc((size_t)n * sizeof(double));
         ok = ok && sc->d[k];
     }
-    for (int k = 0; k < 24; k++) {
+    for (int k = 0; k < 26; k++) {
         sc->i[k] = malloc((size_t)n * sizeof(int));
         ok = ok && sc->i[k];
     }
@@ -115,7 +115,7 @@ void eplb_scratch_free(eplb_scratch *sc)
     if (!sc) return;
     for (int k = 0; k < 4; k++) free(sc->f[k]);
     for (int k = 0; k < 6; k++) free(sc->d[k]);
-    for (int k = 0; k < 24; k++) free(sc->i[k]);
+    for (int k = 0; k < 26; k++) free(sc->i[k]);
     free(sc->sort_work);
     free(sc->pairs);
     free(sc);
@@ -168,6 +168,74 @@ done:
     eplb_scratch_free(sc);
     free(rank);
     free(ref);
+    if (st != EPLB_OK) eplb_plan_free(plan);
+    return st;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Starting from the running placement */
+
+eplb_status eplb_rebalance_from(const double *weight, int L, int E, const eplb_config *cfg,
+                                const eplb_plan *current, double tolerance, eplb_plan *plan,
+                                long *moved, long *traffic, int *layers_kept)
+{
+    if (layers_kept) *layers_kept = 0;
+    if (!current || !current->phy2log)
+        return eplb_fail(EPLB_ERR_INVALID, "no current plan given");
+    if (!(tolerance >= 0) || !isfinite(tolerance))
+        return eplb_fail(EPLB_ERR_INVALID, "the tolerance (%g) must be a finite number >= 0",
+                         tolerance);
+    EPLB_CHECK(eplb_rebalance(weight, L, E, cfg, plan));
+    if (current->num_layers != L || current->num_experts != E ||
+        current->num_replicas != cfg->num_replicas || current->num_gpus != cfg->num_gpus) {
+        eplb_plan_free(plan);
+        return eplb_fail(EPLB_ERR_INVALID,
+                         "the current plan (%d layers, %d experts, %d replicas on %d GPUs) does "
+                         "not match (%d, %d, %d on %d)", current->num_layers,
+                         current->num_experts, current->num_replicas, current->num_gpus, L, E,
+                         cfg->num_replicas, cfg->num_gpus);
+    }
+    eplb_shape s = eplb_shape_of(cfg, E);
+    int incremental = cfg->policy == EPLB_POLICY_BALANCED && !(s.hierarchical && cfg->cross_nodes);
+    eplb_status st = EPLB_OK;
+    if (incremental) {
+        eplb_scratch *sc = eplb_scratch_new(&s);
+        int *ref = malloc((size_t)2 * s.R * sizeof(int));
+        int *next = malloc((size_t)2 * s.R * sizeof(int));
+        double *load = malloc((size_t)s.P * sizeof(double));
+        int *cnt = malloc((size_t)E * sizeof(int));
+        if (!sc || !ref || !next || !load || !cnt) st = eplb_fail(EPLB_ERR_NOMEM, "out of memory");
+        for (int l = 0; l < L && st == EPLB_OK; l++) {
+            const double *w = weight + (size_t)l * E;
+            int *p2l = plan->phy2log + (size_t)l * s.R;
+            double total = 0;
+            for (int e = 0; e < E; e++) total += w[e];
+            double mean = total / s.P;
+            double fresh = eplb_gpu_loads(w, E, p2l, s.R, s.P, cnt, load);
+            st = eplb_deepseek_layer(w, &s, sc, ref, ref + s.R);
+            if (st != EPLB_OK) break;
+            double allowed = eplb_gpu_loads(w, E, ref, s.R, s.P, cnt, load);
+            if (fresh > 0 && mean / fresh - tolerance > 0) {
+                double loose = mean / (mean / fresh - tolerance);
+                if (loose < allowed) allowed = loose;
+            } else if (fresh <= 0) {
+                allowed = 0; /* no load: anything goes, so keep everything */
+            }
+            const int *cur = current->phy2log + (size_t)l * s.R;
+            double got = eplb_balanced_layer_from(w, &s, sc, cur, allowed, next, next + s.R);
+            if (got >= 0 && got <= allowed) {
+                memcpy(p2l, next, (size_t)s.R * sizeof(int));
+                if (layers_kept) (*layers_kept)++;
+            }
+        }
+        eplb_scratch_free(sc);
+        free(ref);
+        free(next);
+        free(load);
+        free(cnt);
+        if (st == EPLB_OK) st = eplb_plan_finish(plan, NULL);
+    }
+    if (st == EPLB_OK) st = eplb_plan_migrate(current, plan, cfg->num_nodes, moved, traffic);
     if (st != EPLB_OK) eplb_plan_free(plan);
     return st;
 }

@@ -247,6 +247,13 @@ int main(void)
     run_world(2, 0, 1, ctx);
     check_timeout("copy link", ctx);
 
+    /* NCCL on a one-rank world: communicator set-up, sends to itself, collectives and split,
+     * where the machine has a single GPU */
+    setenv("DUALPIPE_CUDA_LINK", "nccl", 1);
+    run_world(1, 1, 0, ctx);
+    check_world("NCCL (1 rank)", 1, ctx);
+    unsetenv("DUALPIPE_CUDA_LINK");
+
     if (count >= 2) {
         int n = count < 4 ? count : 4;
         run_world(n, 1, 0, ctx);

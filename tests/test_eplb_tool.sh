@@ -106,5 +106,12 @@ if grep -q '<svg' "$tmp/l0.svg" && grep -q '</svg>' "$tmp/l0.svg"; then ok "SVG 
 if grep -q 'migration: 0 of 32 slots' "$tmp/summary2"; then ok "migration onto the same plan moves nothing"
 else not_ok "migration: $(cat "$tmp/summary2")"; fi
 
+"$EPLB" -r 16 -g 8 --groups 4 --nodes 2 -q -o "$tmp/bal.json" "$DATA/eplb_readme.txt"
+"$EPLB" -r 16 -g 8 --groups 4 --nodes 2 --brief --current "$tmp/bal.json" -o "$tmp/bal2.json" \
+    "$DATA/eplb_readme.txt" >"$tmp/summary3"
+if grep -q 'migration: 0 of 32 slots' "$tmp/summary3" && grep -q '2 of 2 layers improved' "$tmp/summary3"
+then ok "balanced: re-planning from its own plan keeps it"; else not_ok "balanced re-plan: $(cat "$tmp/summary3")"; fi
+want='--keep-within'; bad "keep-within out of range" -r 16 -g 8 --keep-within 2 "$DATA/eplb_readme.txt"
+
 echo "1..$n"
 exit $fail

@@ -34,8 +34,10 @@ static void usage(FILE *fp)
           "                       their group's node (more inter-node traffic, better balance)\n"
           "  -o, --output=FILE    write the plan JSON to FILE (- for standard output; the\n"
           "                       summary then goes to standard error)\n"
-          "      --current=PLAN   the plan running now (JSON with phy2log): reorder the new\n"
-          "                       plan to keep experts in place and report the weights to move\n"
+          "      --current=PLAN   the plan running now (JSON with phy2log): start from it, keep\n"
+          "                       experts in place and report the expert weights to move\n"
+          "      --keep-within=D  with --current: keep (an improved) current placement when its\n"
+          "                       balancedness is within D of a fresh plan's (default 0.0005)\n"
           "      --svg=FILE       draw per-GPU load before/after of one layer (see --layer)\n"
           "      --layer=L        the layer for --svg (default: the least balanced before)\n"
           "      --brief          summary without the per-layer table\n"
@@ -57,6 +59,7 @@ static double now_ms(void)
 typedef struct {
     const char *loads_path, *output, *current, *svg;
     int layer, brief, quiet;
+    double keep_within;
     eplb_config cfg;
 } options;
 
@@ -70,10 +73,12 @@ static int parse_options(int argc, char **argv, options *o)
         {"svg", required_argument, NULL, 's'},      {"layer", required_argument, NULL, 'l'},
         {"brief", no_argument, NULL, 'b'},          {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},           {"version", no_argument, NULL, 'V'},
+        {"keep-within", required_argument, NULL, 'K'},
         {NULL, 0, NULL, 0}};
     memset(o, 0, sizeof *o);
     o->cfg = eplb_config_default(0, 0);
     o->layer = -1;
+    o->keep_within = 0.0005;
     int have_r = 0, have_g = 0, c;
     const long big = 1 << 20;
     opterr = 0;
@@ -107,6 +112,13 @@ static int parse_options(int argc, char **argv, options *o)
         case 's': o->svg = optarg; break;
         case 'l':
             if (cli_parse_int("--layer", optarg, 0, big, &o->layer)) return 2;
+            break;
+        case 'K':
+            if (cli_parse_double("--keep-within", optarg, &o->keep_within)) return 2;
+            if (o->keep_within < 0 || o->keep_within > 1) {
+                cli_error("--keep-within must be between 0 and 1, got %g", o->keep_within);
+                return 2;
+            }
             break;
         case 'b': o->brief = 1; break;
         case 'q': o->quiet = 1; break;
@@ -150,7 +162,7 @@ static int worst_layer(const double *w, const eplb_plan *plan, const eplb_config
 }
 
 static int summarise(FILE *fp, const options *o, const eplb_loads *in, const eplb_plan *plan,
-                     double ms, int migrating, long moved, const long *traffic)
+                     double ms, int migrating, long moved, const long *traffic, int kept)
 {
     const eplb_config *c = &o->cfg;
     int hier = eplb_config_hierarchical(c);
@@ -201,6 +213,9 @@ static int summarise(FILE *fp, const options *o, const eplb_loads *in, const epl
         for (int s = 0; s < G; s++)
             for (int d = 0; d < G; d++)
                 if (s / per_node != d / per_node) cross += traffic[(size_t)s * G + d];
+        fprintf(fp, "migration: %d of %d layers improved the current placement (within %g of a "
+                    "fresh plan), the others were planned afresh\n",
+                kept, plan->num_layers, o->keep_within);
         fprintf(fp, "migration: %ld of %ld slots change expert (%.1f%%), %ld of those copies "
                     "cross nodes\n",
                 moved, (long)plan->num_layers * plan->num_replicas,
@@ -263,23 +278,24 @@ int main(int argc, char **argv)
     }
 
     rc = CLI_EXIT_FAIL;
+    int kept = 0;
     double t0 = now_ms();
-    if (eplb_rebalance(in.w, in.layers, in.experts, &o.cfg, &plan) != EPLB_OK) {
-        cli_error("%s", eplb_last_error());
-        goto done;
-    }
-    double ms = now_ms() - t0;
     if (o.current) {
         traffic = calloc((size_t)o.cfg.num_gpus * o.cfg.num_gpus, sizeof *traffic);
         if (!traffic) {
             cli_error("out of memory");
             goto done;
         }
-        if (eplb_plan_migrate(&current, &plan, o.cfg.num_nodes, &moved, traffic) != EPLB_OK) {
+        if (eplb_rebalance_from(in.w, in.layers, in.experts, &o.cfg, &current, o.keep_within,
+                                &plan, &moved, traffic, &kept) != EPLB_OK) {
             cli_error("%s", eplb_last_error());
             goto done;
         }
+    } else if (eplb_rebalance(in.w, in.layers, in.experts, &o.cfg, &plan) != EPLB_OK) {
+        cli_error("%s", eplb_last_error());
+        goto done;
     }
+    double ms = now_ms() - t0;
 
     cli_output out_plan = {0}, out_svg = {0};
     int plan_to_stdout = o.output && strcmp(o.output, "-") == 0;
@@ -296,7 +312,7 @@ int main(int argc, char **argv)
     int bad = 0;
     if (!o.quiet)
         bad = summarise(plan_to_stdout ? stderr : stdout, &o, &in, &plan, ms, o.current != NULL,
-                        moved, traffic);
+                        moved, traffic, kept);
     if (bad) {
         if (o.output) cli_output_abort(&out_plan);
         if (o.svg) cli_output_abort(&out_svg);

@@ -386,6 +386,9 @@ static dp_status ensure_ready(dp_link *l)
                 if (i != j && w->ordinal[i] == w->ordinal[j]) distinct = 0;
             }
         w->mode = same ? MODE_COPY : distinct ? MODE_NCCL : -1;
+        /* DUALPIPE_CUDA_LINK=nccl forces NCCL (e.g. a one-rank world, to exercise it on one GPU) */
+        const char *force = getenv("DUALPIPE_CUDA_LINK");
+        if (force && strcmp(force, "nccl") == 0 && distinct) w->mode = MODE_NCCL;
     }
     int mode = w->mode;
     pthread_mutex_unlock(&w->lock);
@@ -662,10 +665,11 @@ static dp_status copy_wait(dp_link *l, dp_request *r)
         st = dp_fail(DP_ERR_COMM, "cuda link: rank %d: message of %zu bytes where %zu were expected (%s)",
                      l->g->world_of[l->rank], m->bytes, r->bytes, what);
     }
-    if (st == DP_OK && r->kind == REQ_SEND) {
-        /* later work on the sender's stream may overwrite the buffer only after the copy */
-        cudaError_t e = cudaStreamWaitEvent(dp_cuda_stream(l->dev, r->s)->s, m->copied, 0);
-        if (e != cudaSuccess) st = dp_cuda_fail(e, "cudaStreamWaitEvent", __FILE__, __LINE__);
+    if (st == DP_OK && m && m->bytes) {
+        /* complete on return, as on the NCCL and CPU links: the buffers may then be used from
+         * any stream, not only the one the operation was posted on */
+        cudaError_t e = cudaEventSynchronize(m->copied);
+        if (e != cudaSuccess) st = dp_cuda_fail(e, "cudaEventSynchronize (copy link)", __FILE__, __LINE__);
     }
     if (m) {
         pthread_mutex_lock(&w->lock);
