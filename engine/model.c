@@ -83,6 +83,8 @@ struct dp_stage {
     int nparams;
     param *params;
     size_t slot_floats; /* device floats of one slot */
+    float *grads;       /* every parameter's gradient, one after another (one all_reduce syncs them) */
+    size_t grad_count;
     dp_slot *free_slots;
     dp_slot *all_slots; /* every slot made, for destroy */
 };
@@ -158,6 +160,10 @@ dp_status dp_stage_create(const dp_device_ops *ops, dp_device *dev, const dp_mod
     st->params = calloc((size_t)st->nparams, sizeof *st->params);
     dp_status s = st->blocks && st->params ? DP_OK : dp_fail(DP_ERR_NOMEM, "out of memory creating a stage");
     size_t h = (size_t)cfg.hidden, f = (size_t)cfg.ffn;
+    st->grad_count = (size_t)st->nblocks * (2 * h * f + (per_block == 3 ? h : 0));
+    if (s == DP_OK) s = dev_alloc_floats(st, st->grad_count, &st->grads);
+    if (s == DP_OK) s = ops->memset(dev, st->grads, 0, st->grad_count * sizeof(float), NULL);
+    size_t grad_offset = 0;
     for (int b = 0; b < st->nblocks && s == DP_OK; b++) {
         for (int j = 0; j < per_block && s == DP_OK; j++) {
             param *p = &st->params[b * per_block + j];
@@ -165,8 +171,8 @@ dp_status dp_stage_create(const dp_device_ops *ops, dp_device *dev, const dp_mod
             snprintf(p->name, sizeof p->name, "block%d.%s", b, names[j]);
             p->count = j == 2 ? h : h * f;
             s = dev_alloc_floats(st, p->count, &p->value);
-            if (s == DP_OK) s = dev_alloc_floats(st, p->count, &p->grad);
-            if (s == DP_OK) s = ops->memset(dev, p->grad, 0, p->count * sizeof(float), NULL);
+            p->grad = st->grads + grad_offset;
+            grad_offset += p->count;
             /* the stream of values: stage, block and parameter, so every copy of a stage agrees */
             uint64_t stream = ((uint64_t)stage_index << 32) | ((uint64_t)b << 8) | (uint64_t)j;
             if (s == DP_OK) s = init_param(st, p, stream, j == 2 ? 1 : 0, j == 0 ? (int)h : (int)f);
@@ -204,10 +210,10 @@ void dp_stage_destroy(dp_stage *st)
     for (int i = 0; st->params && i < st->nparams; i++) {
         param *p = &st->params[i];
         st->ops->free(st->dev, p->value);
-        st->ops->free(st->dev, p->grad);
         st->ops->free(st->dev, p->m);
         st->ops->free(st->dev, p->v);
     }
+    st->ops->free(st->dev, st->grads);
     free(st->params);
     free(st->blocks);
     free(st);
@@ -419,9 +425,13 @@ dp_status dp_stage_backward_weight(dp_stage *st, dp_stream *s, dp_slot *slot)
 
 dp_status dp_stage_zero_grad(dp_stage *st, dp_stream *s)
 {
-    for (int i = 0; i < st->nparams; i++)
-        DP_CHECK(st->ops->memset(st->dev, st->params[i].grad, 0, st->params[i].count * sizeof(float), s));
-    return DP_OK;
+    return st->ops->memset(st->dev, st->grads, 0, st->grad_count * sizeof(float), s);
+}
+
+float *dp_stage_grads(const dp_stage *st, size_t *count)
+{
+    if (count) *count = st->grad_count;
+    return st->grads;
 }
 
 dp_status dp_stage_optimizer_step(dp_stage *st, dp_stream *s, const dp_optimizer_config *o, int step)

@@ -73,7 +73,7 @@ typedef struct dp_slot {
     float *dx;         /* [tokens x hidden] gradient of x (sent back) */
     const void *target; /* last stage: this micro-batch's target (device memory) */
     void *pending[2];  /* the link's send requests still reading y / dx (owned by the executor) */
-    int state;         /* for the executor's checks */
+    int state;         /* the executor's sends of y / dx not yet posted to the link */
     struct dp_stage *owner;
     struct dp_slot *next_free;
     void *priv;        /* the blocks' saved activations */
@@ -111,6 +111,8 @@ typedef struct {
 } dp_param_view;
 
 int dp_stage_num_params(const dp_stage *st);
+/* All the stage's gradients as one array (the parameters' gradients lie in it in order). */
+float *dp_stage_grads(const dp_stage *st, size_t *count);
 void dp_stage_param(const dp_stage *st, int i, dp_param_view *out);
 
 #ifdef __cplusplus

@@ -53,6 +53,7 @@ dp_status dp_cpu_open(const dp_device_config *cfg, dp_device **out)
 
 dp_status dp_cpu_close(dp_device *dev)
 {
+    if (dev) dp_cpu_gemm_workspace_free(&dev->gemm_ws);
     free(dev);
     return DP_OK;
 }

@@ -129,8 +129,34 @@ static void micro_kernel(int kc, const float *restrict ap, const float *restrict
 }
 #endif
 
+/* Grows a packing buffer kept between calls (fresh large allocations fault in every page). */
+static float *workspace(float **buf, size_t *have, size_t need)
+{
+    if (*have >= need) return *buf;
+    free(*buf);
+    *buf = malloc(sizeof(float) * need);
+    *have = *buf ? need : 0;
+    return *buf;
+}
+
+void dp_cpu_gemm_workspace_free(dp_gemm_workspace *ws)
+{
+    free(ws->a), free(ws->b);
+    ws->a = ws->b = NULL;
+    ws->na = ws->nb = 0;
+}
+
 void dp_cpu_gemm_portable(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                           const float *b, int ldb, float beta, float *c, int ldc, int threads)
+{
+    dp_gemm_workspace ws = {0};
+    dp_cpu_gemm_portable_ws(&ws, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads);
+    dp_cpu_gemm_workspace_free(&ws);
+}
+
+void dp_cpu_gemm_portable_ws(dp_gemm_workspace *ws, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                             const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc,
+                             int threads)
 {
     if (threads < 1) threads = 1;
     /* C = beta C first; beta = 0 must clear NaN, as BLAS does */
@@ -143,13 +169,10 @@ void dp_cpu_gemm_portable(int trans_a, int trans_b, int m, int n, int k, float a
     if (k == 0 || alpha == 0.0f || m == 0 || n == 0) return;
 
     int ncmax = n < NC ? n : NC;
-    float *bpack = malloc(sizeof(float) * (size_t)KC * (size_t)((ncmax + NR - 1) / NR * NR));
-    int nthreads_alloc = threads;
-    float *apack_all = malloc(sizeof(float) * (size_t)MC * KC * (size_t)nthreads_alloc);
+    float *bpack = workspace(&ws->b, &ws->nb, (size_t)KC * (size_t)((ncmax + NR - 1) / NR * NR));
+    float *apack_all = workspace(&ws->a, &ws->na, (size_t)MC * KC * (size_t)threads);
     if (!bpack || !apack_all) {
         /* out of memory for the packing buffers: a plain loop still gives a correct result */
-        free(bpack);
-        free(apack_all);
         for (int i = 0; i < m; i++)
             for (int j = 0; j < n; j++) {
                 float s = 0.0f;
@@ -192,8 +215,6 @@ void dp_cpu_gemm_portable(int trans_a, int trans_b, int m, int n, int k, float a
             }
         }
     }
-    free(bpack);
-    free(apack_all);
 }
 
 /* ----------------------------------------------------------------------------
@@ -245,7 +266,7 @@ dp_status dp_cpu_gemm(dp_device *dev, dp_stream *s, const dp_gemm_args *g)
         return DP_OK;
     }
 #endif
-    dp_cpu_gemm_portable(g->trans_a, g->trans_b, g->m, g->n, g->k, g->alpha, g->a, g->lda, g->b, g->ldb, g->beta,
+    dp_cpu_gemm_portable_ws(&dev->gemm_ws, g->trans_a, g->trans_b, g->m, g->n, g->k, g->alpha, g->a, g->lda, g->b, g->ldb, g->beta,
                          g->c, g->ldc, dev->threads);
     return DP_OK;
 }

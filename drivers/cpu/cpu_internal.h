@@ -8,10 +8,17 @@
 #include "engine/device.h"
 #include "engine/link.h"
 
+/* The portable GEMM's packing buffers, kept between calls. */
+typedef struct {
+    float *a, *b;
+    size_t na, nb;
+} dp_gemm_workspace;
+
 struct dp_device {
     int threads;  /* kernel threads (OpenMP and BLAS) */
     int rank;     /* for messages */
     int use_blas; /* 1: CBLAS GEMM, 0: the portable blocked GEMM */
+    dp_gemm_workspace gemm_ws; /* a device serves one thread at a time (its streams run in place) */
 };
 
 /* CPU streams run work at once on the calling thread: queued work is always complete. */
@@ -54,6 +61,10 @@ dp_status dp_cpu_gemm(dp_device *dev, dp_stream *s, const dp_gemm_args *g);
 /* The portable blocked GEMM alone (fp32), with `threads` workers; deterministic. */
 void dp_cpu_gemm_portable(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                           const float *b, int ldb, float beta, float *c, int ldc, int threads);
+void dp_cpu_gemm_portable_ws(dp_gemm_workspace *ws, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                             const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc,
+                             int threads);
+void dp_cpu_gemm_workspace_free(dp_gemm_workspace *ws);
 /* Whether CBLAS was built in. */
 int dp_cpu_have_blas(void);
 /* Sets the BLAS library's own thread count when it has one (OpenBLAS, BLIS). */

@@ -20,8 +20,13 @@ typedef struct message {
     int src; /* group rank of the sender */
     int tag;
     size_t bytes;
+    size_t capacity;
     unsigned char data[]; /* copied at send */
 } message;
+
+/* Freed messages are kept for reuse: fresh large allocations cost page faults on every
+ * message, which dominates the link's time where faults are slow (sandboxes, VMs). */
+#define MESSAGE_CACHE 32
 
 typedef struct group {
     int size;
@@ -40,6 +45,8 @@ struct dp_link_world {
     char abort_message[512];
     group *world_group;
     int *opened; /* [size]: whether rank r opened its endpoint */
+    message *cache[MESSAGE_CACHE]; /* freed messages, under lock */
+    int cached;
 };
 
 typedef enum { REQ_SEND, REQ_RECV } req_kind;
@@ -52,6 +59,7 @@ struct dp_request {
     void *recv_buf;
     size_t bytes;
     int peer, tag;
+    message **take; /* internal receives: hand over the message instead of copying it */
     int issued;  /* 0 while deferred in a group */
     int done;    /* send: copied; recv: message attached */
     message *msg;
@@ -67,6 +75,60 @@ struct dp_link {
     dp_request *posted_head; /* unmatched or matched-but-not-waited receives, in order */
     unsigned coll_seq;       /* collectives issued so far, to build their reserved tags */
 };
+
+/* ----------------------------------------------------------------------------
+ * messages */
+
+static message *message_get(dp_link_world *w, size_t bytes)
+{
+    message *m = NULL;
+    pthread_mutex_lock(&w->lock);
+    int best = -1;
+    for (int i = 0; i < w->cached; i++)
+        if (w->cache[i]->capacity >= bytes && (best < 0 || w->cache[i]->capacity < w->cache[best]->capacity)) best = i;
+    if (best >= 0) {
+        m = w->cache[best];
+        w->cache[best] = w->cache[--w->cached];
+    }
+    pthread_mutex_unlock(&w->lock);
+    if (!m) {
+        size_t cap = bytes ? bytes : 1;
+        m = malloc(sizeof *m + cap);
+        if (!m) return NULL;
+        m->capacity = cap;
+    }
+    m->next = NULL;
+    m->bytes = bytes;
+    return m;
+}
+
+/* Called with w->lock held. */
+static void message_put_locked(dp_link_world *w, message *m)
+{
+    if (!m) return;
+    if (w->cached < MESSAGE_CACHE) {
+        w->cache[w->cached++] = m;
+        return;
+    }
+    /* full: replace the smallest if this one is larger, so the cache keeps the big ones */
+    int small = 0;
+    for (int i = 1; i < w->cached; i++)
+        if (w->cache[i]->capacity < w->cache[small]->capacity) small = i;
+    if (w->cache[small]->capacity < m->capacity) {
+        message *old = w->cache[small];
+        w->cache[small] = m;
+        m = old;
+    }
+    free(m);
+}
+
+static void message_put(dp_link_world *w, message *m)
+{
+    if (!m) return;
+    pthread_mutex_lock(&w->lock);
+    message_put_locked(w, m);
+    pthread_mutex_unlock(&w->lock);
+}
 
 /* ----------------------------------------------------------------------------
  * groups */
@@ -144,6 +206,7 @@ static dp_status cpu_world_destroy(dp_link_world *w)
     pthread_mutex_unlock(&w->lock);
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->arrived);
+    for (int i = 0; i < w->cached; i++) free(w->cache[i]);
     free(w->opened);
     free(w);
     return DP_OK;
@@ -193,7 +256,7 @@ static dp_status cpu_close(dp_link *l)
     /* requests never waited for are the caller's leak to fix, but their messages are ours */
     for (dp_request *r = l->posted_head; r;) {
         dp_request *n = r->next_posted;
-        free(r->msg);
+        message_put_locked(w, r->msg);
         free(r);
         r = n;
     }
@@ -247,12 +310,10 @@ static dp_status issue(dp_link *l, dp_request *r)
     group *g = l->g;
     r->issued = 1;
     if (r->kind == REQ_SEND) {
-        message *m = malloc(sizeof *m + (r->bytes ? r->bytes : 1));
+        message *m = message_get(w, r->bytes);
         if (!m) return dp_fail(DP_ERR_NOMEM, "cpu link: out of memory sending %zu bytes", r->bytes);
-        m->next = NULL;
         m->src = l->rank;
         m->tag = r->tag;
-        m->bytes = r->bytes;
         if (r->bytes) memcpy(m->data, r->send_buf, r->bytes);
         pthread_mutex_lock(&w->lock);
         if (g->inbox_tail[r->peer]) g->inbox_tail[r->peer]->next = m;
@@ -441,11 +502,14 @@ static dp_status cpu_wait(dp_link *l, dp_request *r)
             describe_tag(r->tag, what, sizeof what);
             st = dp_fail(DP_ERR_COMM, "rank %d: message from rank %d with %s has %zu bytes, the receive expects %zu",
                          l->g->world_of[l->rank], l->g->world_of[r->peer], what, r->msg->bytes, r->bytes);
+        } else if (r->take) {
+            *r->take = r->msg;
+            r->msg = NULL;
         } else if (r->bytes) {
             memcpy(r->recv_buf, r->msg->data, r->bytes);
         }
     }
-    free(r->msg);
+    message_put(w, r->msg);
     free(r);
     return st;
 }
@@ -473,6 +537,17 @@ static dp_status recv_now(dp_link *l, void *buf, size_t bytes, int peer, int tag
     return cpu_wait(l, r);
 }
 
+/* Receives a message and keeps it (no copy); give it back with message_put. */
+static dp_status recv_take(dp_link *l, size_t bytes, int peer, int tag, message **out)
+{
+    dp_request *r;
+    *out = NULL;
+    /* the buffer is never written: the message is handed over instead */
+    DP_CHECK(post(l, REQ_RECV, NULL, (void *)out, bytes, peer, tag, &r));
+    r->take = out;
+    return cpu_wait(l, r);
+}
+
 static dp_status cpu_all_reduce(dp_link *l, const void *send, void *recv, size_t count, dp_dtype t, dp_reduce_op op,
                                 dp_stream *s)
 {
@@ -482,30 +557,31 @@ static dp_status cpu_all_reduce(dp_link *l, const void *send, void *recv, size_t
     int tag = coll_tag(l);
     size_t bytes = count * sizeof(float);
     int n = l->g->size;
+    if (n > 64) return dp_fail(DP_ERR_UNSUPPORTED, "cpu link: all_reduce supports groups of up to 64 ranks");
     for (int j = 0; j < n; j++)
         if (j != l->rank) DP_CHECK(send_now(l, send, bytes, j, tag));
-    float *acc = malloc(bytes ? bytes : 1), *tmp = malloc(bytes ? bytes : 1);
-    if (!acc || !tmp) {
-        free(acc), free(tmp);
-        return dp_fail(DP_ERR_NOMEM, "cpu link: out of memory in all_reduce");
-    }
+    message *got[64] = {NULL};
+    const float *x[64];
     dp_status st = DP_OK;
-    /* in group-rank order, so every member computes the same bits */
-    for (int j = 0; j < n && st == DP_OK; j++) {
-        const float *x = send;
-        if (j != l->rank) {
-            st = recv_now(l, tmp, bytes, j, tag);
-            x = tmp;
+    for (int j = 0; j < n; j++) {
+        if (j == l->rank) {
+            x[j] = send;
+            continue;
         }
-        if (st != DP_OK) break;
-        if (j == 0) memcpy(acc, x, bytes);
-        else if (op == DP_REDUCE_MAX)
-            for (size_t i = 0; i < count; i++) acc[i] = x[i] > acc[i] ? x[i] : acc[i];
-        else
-            for (size_t i = 0; i < count; i++) acc[i] += x[i];
+        if (st == DP_OK) st = recv_take(l, bytes, j, tag, &got[j]);
+        x[j] = got[j] ? (const float *)got[j]->data : NULL;
     }
-    if (st == DP_OK && bytes) memcpy(recv, acc, bytes);
-    free(acc), free(tmp);
+    if (st == DP_OK) {
+        /* element by element, members in group-rank order: every member computes the same
+         * bits, and recv may be send (each element is read before it is written) */
+        float *y = recv;
+        for (size_t i = 0; i < count; i++) {
+            float acc = x[0][i];
+            for (int j = 1; j < n; j++) acc = op == DP_REDUCE_MAX ? (x[j][i] > acc ? x[j][i] : acc) : acc + x[j][i];
+            y[i] = acc;
+        }
+    }
+    for (int j = 0; j < n; j++) message_put(l->w, got[j]);
     return st;
 }
 
