@@ -25,8 +25,11 @@ typedef struct {
     int *slot;          /* per GPU, S items */
     int *fill;          /* per GPU */
     double *gload;      /* per GPU */
+    double *sload;      /* per slot: its item's load (kept during improvement, with slots
+                         * sorted ascending), contiguous for the exchange searches */
     int *by_load;       /* GPU ids, ascending load (kept sorted during improvement) */
     int *pos;           /* per GPU: its index in by_load */
+
     void *load_scratch; /* nitems keyed, for sorting */
 } packing;
 
@@ -90,13 +93,6 @@ typedef struct {
     int item;
 } keyed;
 
-static int heavier_first(const void *x, const void *y)
-{
-    const keyed *a = x, *b = y;
-    if (a->load != b->load) return a->load > b->load ? -1 : 1;
-    return (a->item > b->item) - (a->item < b->item);
-}
-
 /* order[0..n) heaviest first (ties: lower item first), a bottom-up merge sort with the
  * comparison inline; tmp holds n keyed. */
 static void sort_heavier_first(keyed *order, int n, keyed *tmp)
@@ -120,12 +116,13 @@ static void sort_heavier_first(keyed *order, int n, keyed *tmp)
 /* Heaviest replica first onto the lightest GPU it may use that does not hold its expert. A
  * replica free to go anywhere only takes a node's slot when the node keeps enough slots for
  * the replicas bound to it. Returns the number of replicas that had to join their expert. */
-static int pack_greedy(packing *pk, keyed *order, int *node_free, int *bound_left)
+static int pack_greedy(packing *pk, keyed *order, int *node_free, int *bound_left, int *held)
 {
     const int P = pk->s->P, N = pk->s->hierarchical ? pk->s->N : 1;
     for (int g = 0; g < P; g++) {
         pk->fill[g] = 0;
         pk->gload[g] = 0;
+        held[g] = 0;
     }
     for (int n = 0; n < N; n++) {
         node_free[n] = (P / N) * pk->S;
@@ -137,18 +134,22 @@ static int pack_greedy(packing *pk, keyed *order, int *node_free, int *bound_lef
         pk->gpu[it] = -1;
         if (pk->home[it] >= 0) bound_left[pk->home[it]]++;
     }
-    qsort(order, (size_t)pk->nitems, sizeof *order, heavier_first);
+    sort_heavier_first(order, pk->nitems, (keyed *)pk->load_scratch);
     int forced = 0;
     for (int k = 0; k < pk->nitems; k++) {
         int it = order[k].item, e = pk->expert[it], h = pk->home[it];
         int lo = h >= 0 ? h * pk->Pn : 0, hi = h >= 0 ? lo + pk->Pn : P;
         int best = -1, best_dup = -1;
+        for (int x = 0; x < pk->cnt[e]; x++) { /* held[g] == k + 1: g holds e already */
+            int g = pk->gpu[pk->first[e] + x];
+            if (g >= 0) held[g] = k + 1;
+        }
         for (int g = lo; g < hi; g++) {
             if (pk->fill[g] == pk->S) continue;
             int n = g / (P / N);
             if (h < 0 && node_free[n] <= bound_left[n]) continue;
             if (best_dup < 0 || pk->gload[g] < pk->gload[best_dup]) best_dup = g;
-            if (on_gpu(pk, e, g, -1)) continue;
+            if (held[g] == k + 1) continue;
             if (best < 0 || pk->gload[g] < pk->gload[best]) best = g;
         }
         if (best < 0) {
@@ -350,21 +351,27 @@ static void reposition(packing *pk, int g)
 static void sort_slots(packing *pk, int g)
 {
     int *x = pk->slot + g * pk->S;
-    for (int a = 1; a < pk->S; a++)
-        for (int b = a; b > 0 && pk->load[x[b]] < pk->load[x[b - 1]]; b--) {
-            int t = x[b];
+    double *v = pk->sload + g * pk->S;
+    for (int a = 0; a < pk->S; a++) {
+        int t = x[a];
+        double lt = pk->load[t];
+        int b = a;
+        for (; b > 0 && lt < v[b - 1]; b--) {
             x[b] = x[b - 1];
-            x[b - 1] = t;
+            v[b] = v[b - 1];
         }
+        x[b] = t;
+        v[b] = lt;
+    }
 }
 
 /* First index in ascending v[0..n) with v >= want. */
-static int lower_bound(const double *v, const int *idx, int n, double want)
+static inline int lower_bound(const double *v, int n, double want)
 {
     int lo = 0, hi = n;
     while (lo < hi) {
         int mid = (lo + hi) / 2;
-        if (v[idx ? idx[mid] : mid] < want) lo = mid + 1;
+        if (v[mid] < want) lo = mid + 1;
         else hi = mid;
     }
     return lo;
@@ -387,15 +394,25 @@ static int swap_one(packing *pk, int i, int lo, int hi)
         double Lj = pk->gload[j], gap = Li - Lj;
         if (Lj + gap / 2 >= best || bj >= 0) break;
         const int *sj = pk->slot + j * S;
-        const double lightest_j = pk->load[sj[0]];
+        const double *vj = pk->sload + j * S, *vi = pk->sload + i * S;
+        /* Every exchange taken has 0 < d < gap, and for each a the smallest d > 0 comes from
+         * the heaviest b lighter than a: one merge of the two sorted lists finds whether
+         * any pair qualifies, far cheaper than the search below on the many GPUs without. */
+        int any = 0;
+        for (int ka = 0, kb = 0; ka < S && !any; ka++) {
+            while (kb < S && vj[kb] < vi[ka]) kb++;
+            any = kb > 0 && vi[ka] - vj[kb - 1] < gap;
+        }
+        if (!any) continue;
+        const double lightest_j = vj[0];
         for (int ka = S - 1; ka >= 0; ka--) { /* heaviest first: lighter ones fail sooner */
             int a = pk->slot[i * S + ka];
-            double la = pk->load[a];
+            double la = vi[ka];
             if (la <= lightest_j) break; /* nothing on j is lighter, nor for lighter a */
             if (!may_live_on(pk, a, j)) continue;
-            int mid = lower_bound(pk->load, sj, S, la - gap / 2);
+            int mid = lower_bound(vj, S, la - gap / 2);
             for (int kb = mid; kb < S; kb++) { /* d <= gap / 2: i stays the larger */
-                double d = la - pk->load[sj[kb]];
+                double d = la - vj[kb];
                 if (d <= 0 || Li - d >= best) break;
                 if (!swap_allowed(pk, a, i, sj[kb], j)) continue;
                 best = Li - d;
@@ -403,7 +420,7 @@ static int swap_one(packing *pk, int i, int lo, int hi)
                 break;
             }
             for (int kb = mid - 1; kb >= 0; kb--) { /* d > gap / 2: j becomes the larger */
-                double d = la - pk->load[sj[kb]];
+                double d = la - vj[kb];
                 if (d >= gap || Lj + d >= best) break;
                 if (!swap_allowed(pk, a, i, sj[kb], j)) continue;
                 best = Lj + d;
@@ -583,36 +600,50 @@ static void make_items(packing *pk, const int *cnt, const int *expert_node, int 
  * loads) is largest, to its expert with the largest per-replica load; no expert gets more
  * replicas than GPUs. share holds N doubles. */
 static void replicate_by_node(const double *w, const eplb_shape *s, const int *expert_node,
-                              int *cnt, double *share)
+                              int *cnt, double *share, int *pick, int *by_node, int *start)
 {
     const int E = s->E, N = s->N;
+    /* by_node: expert ids grouped by node, ascending within a node, node n's from start[n]. */
+    for (int n = 0; n < N; n++) start[n] = 0;
+    for (int e = 0; e < E; e++)
+        if (expert_node[e] + 1 < N) start[expert_node[e] + 1]++;
+    for (int n = 1; n < N; n++) start[n] += start[n - 1];
+    for (int e = 0; e < E; e++) by_node[start[expert_node[e]]++] = e;
+    for (int n = N - 1; n > 0; n--) start[n] = start[n - 1];
+    start[0] = 0;
     for (int n = 0; n < N; n++) share[n] = 0;
     for (int e = 0; e < E; e++) {
         cnt[e] = 1;
         share[expert_node[e]] += w[e];
     }
+    /* pick[n]: node n's expert with the largest per-replica load that may take one more
+     * replica (-1: none); only the node that got the last replica needs a new pick. */
+    for (int n = 0; n < N; n++) pick[n] = -1;
+    for (int e = 0; e < E; e++) {
+        int n = expert_node[e], p = pick[n];
+        if (cnt[e] < s->P && (p < 0 || w[e] / cnt[e] > w[p] / cnt[p])) pick[n] = e;
+    }
     for (int left = s->R - E; left > 0;) {
         int best_e = -1;
         double best_share = -1;
         for (int n = 0; n < N; n++) {
-            if (share[n] <= best_share) continue;
-            int pick = -1;
-            for (int e = 0; e < E; e++)
-                if (expert_node[e] == n && cnt[e] < s->P &&
-                    (pick < 0 || w[e] / cnt[e] > w[pick] / cnt[pick]))
-                    pick = e;
-            if (pick >= 0) {
-                best_share = share[n];
-                best_e = pick;
-            }
+            if (share[n] <= best_share || pick[n] < 0) continue;
+            best_share = share[n];
+            best_e = pick[n];
         }
         if (best_e < 0) { /* every expert on every GPU: duplicates are unavoidable */
             for (int e = 0; e < E && left > 0; e++, left--) cnt[e]++;
             continue;
         }
-        share[expert_node[best_e]] -= w[best_e] / cnt[best_e] - w[best_e] / (cnt[best_e] + 1);
+        int bn = expert_node[best_e];
+        share[bn] -= w[best_e] / cnt[best_e] - w[best_e] / (cnt[best_e] + 1);
         cnt[best_e]++;
         left--;
+        pick[bn] = -1;
+        for (int k = start[bn], end = bn + 1 < N ? start[bn + 1] : E; k < end; k++) {
+            int e = by_node[k], p = pick[bn];
+            if (cnt[e] < s->P && (p < 0 || w[e] / cnt[e] > w[p] / cnt[p])) pick[bn] = e;
+        }
     }
 }
 
@@ -738,6 +769,8 @@ eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_
     pk.gload = sc->d[1];
     pk.by_load = sc->i[20];
     pk.pos = sc->i[21];
+    pk.sload = sc->d[6];
+
     pk.load_scratch = (char *)sc->sort_work + (size_t)sc->n * 16;
     double *ref_load = sc->d[2];
     keyed *order = sc->sort_work;
@@ -771,13 +804,13 @@ eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_
         for (int e = 0; e < E; e++) ids[e] = e;
         double m_rep = eplb_min_max_replica(w, ids, E, R, P, cnt, heap, pk.load);
         if (m_rep > target) target = m_rep;
-        if (s->hierarchical && cross_nodes) replicate_by_node(w, s, expert_node, cnt, pk.load);
+        if (s->hierarchical && cross_nodes) replicate_by_node(w, s, expert_node, cnt, pk.load, sc->i[25], sc->i[12], sc->i[13]);
     }
 
     make_items(&pk, cnt, s->hierarchical ? expert_node : NULL, cross_nodes);
     if (s->hierarchical && cross_nodes) {
         /* Replicas bound to a node and free ones mixed: greedy with slot reservations. */
-        if (pack_greedy(&pk, order, node_free, bound_left) < 0)
+        if (pack_greedy(&pk, order, node_free, bound_left, sc->i[14]) < 0)
             return eplb_fail(EPLB_ERR_INTERNAL, "no GPU had room for a replica");
     } else {
         differencing df = {sc->d[3], sc->i[12], sc->i[13], sc->i[14], sc->i[15], sc->i[16],
@@ -856,6 +889,8 @@ double eplb_balanced_layer_from(const double *w, const eplb_shape *s, eplb_scrat
     pk.gload = sc->d[1];
     pk.by_load = sc->i[20];
     pk.pos = sc->i[21];
+    pk.sload = sc->d[6];
+
     if (s->hierarchical && !keeps_groups_on_nodes(cur_phy2log, s, sc->i[10])) return -1;
     seat_as(&pk, cur_phy2log, sc->i[9], sc->i[7], sc->i[8], 0);
     for (int g = 0; g < P; g++) /* a duplicate-free start: the current plan may have some */

@@ -35,7 +35,7 @@ eplb_shape eplb_shape_of(const eplb_config *cfg, int num_experts);
 typedef struct eplb_scratch {
     int n;                 /* elements per array */
     float *f[4];
-    double *d[6];
+    double *d[7];
     int *i[26];
     void *sort_work;       /* n * 32 bytes */
     void *pairs;           /* EPLB_PAIR_BYTES: sums of two replicas, for exchanges */

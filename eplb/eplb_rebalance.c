@@ -93,7 +93,7 @@ eplb_scratch *eplb_scratch_new(const eplb_shape *s)
         sc->f[k] = malloc((size_t)n * sizeof(float));
         ok = ok && sc->f[k];
     }
-    for (int k = 0; k < 6; k++) {
+    for (int k = 0; k < 7; k++) {
         sc->d[k] = malloc((size_t)n * sizeof(double));
         ok = ok && sc->d[k];
     }
@@ -114,7 +114,7 @@ void eplb_scratch_free(eplb_scratch *sc)
 {
     if (!sc) return;
     for (int k = 0; k < 4; k++) free(sc->f[k]);
-    for (int k = 0; k < 6; k++) free(sc->d[k]);
+    for (int k = 0; k < 7; k++) free(sc->d[k]);
     for (int k = 0; k < 26; k++) free(sc->i[k]);
     free(sc->sort_work);
     free(sc->pairs);
