@@ -6,6 +6,7 @@
 #include "eplb/eplb_internal.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -93,23 +94,49 @@ typedef struct {
     int item;
 } keyed;
 
-/* order[0..n) heaviest first (ties: lower item first), a bottom-up merge sort with the
- * comparison inline; tmp holds n keyed. */
+/* order[0..n) heaviest first (ties: lower item first), given in item order. A stable LSD
+ * radix sort on the bits of the loads (non-negative doubles order as their bit patterns):
+ * no comparison to mispredict, which matters more than the count of operations at these
+ * sizes. tmp holds n keyed. */
+typedef struct {
+    uint64_t key; /* complemented bits of the load: ascending key = descending load */
+    int item;
+} radix_rec;
+_Static_assert(sizeof(radix_rec) == sizeof(keyed), "radix records reuse the keyed buffers");
+
 static void sort_heavier_first(keyed *order, int n, keyed *tmp)
 {
-    for (int width = 1; width < n; width *= 2) {
-        for (int lo = 0; lo < n; lo += 2 * width) {
-            int mid = lo + width < n ? lo + width : n, hi = lo + 2 * width < n ? lo + 2 * width : n;
-            int a = lo, b = mid, k = lo;
-            while (a < mid && b < hi) {
-                int take_b = order[b].load > order[a].load ||
-                             (order[b].load == order[a].load && order[b].item < order[a].item);
-                tmp[k++] = take_b ? order[b++] : order[a++];
-            }
-            while (a < mid) tmp[k++] = order[a++];
-            while (b < hi) tmp[k++] = order[b++];
+    radix_rec *a = (radix_rec *)(void *)order, *b = (radix_rec *)(void *)tmp;
+    if (n < 1) return;
+    for (int k = 0; k < n; k++) {
+        double l = order[k].load;
+        int it = order[k].item;
+        uint64_t u = 0;
+        if (l != 0) memcpy(&u, &l, sizeof u); /* -0.0 sorts as 0 */
+        a[k].key = ~u;
+        a[k].item = it;
+    }
+    for (int shift = 0; shift < 64; shift += 8) {
+        int count[256] = {0};
+        for (int k = 0; k < n; k++) count[(a[k].key >> shift) & 255]++;
+        if (count[(a[0].key >> shift) & 255] == n) continue; /* one digit for all: no move */
+        for (int d = 0, sum = 0; d < 256; d++) {
+            int c = count[d];
+            count[d] = sum;
+            sum += c;
         }
-        memcpy(order, tmp, (size_t)n * sizeof *order);
+        for (int k = 0; k < n; k++) b[count[(a[k].key >> shift) & 255]++] = a[k];
+        radix_rec *t = a;
+        a = b;
+        b = t;
+    }
+    for (int k = n - 1; k >= 0; k--) { /* back to loads, into order (a may be either buffer) */
+        uint64_t u = ~a[k].key;
+        int it = a[k].item;
+        double l;
+        memcpy(&l, &u, sizeof l);
+        order[k].load = l;
+        order[k].item = it;
     }
 }
 
@@ -182,6 +209,15 @@ typedef struct {
  * sort, as merged partial solutions come in no useful order. tmp holds bins ints. */
 static void sort_bins(const double *sum, int *idx, int *tmp, int bins)
 {
+    if (bins <= 16) { /* few bins (a node's GPUs): insertion sort, the same stable order */
+        for (int k = 0; k < bins; k++) {
+            double v = sum[k];
+            int b = k;
+            for (; b > 0 && v > sum[idx[b - 1]]; b--) idx[b] = idx[b - 1];
+            idx[b] = k;
+        }
+        return;
+    }
     for (int k = 0; k < bins; k++) idx[k] = k;
     for (int width = 1; width < bins; width *= 2) {
         for (int lo = 0; lo < bins; lo += 2 * width) {

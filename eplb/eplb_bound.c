@@ -78,8 +78,11 @@ typedef struct {
     double *gload, *gmax, *nload, *key;
     int *node_of, *fill, *best_node_of;
     int *ids, *cnt, *heap;
+    double *replica_term; /* per set of groups (bit g: group g), -1 until computed; NULL when
+                           * the groups are too many for a table */
     double best;
 } search;
+enum { max_table_groups = 16 };
 
 static double node_cost(search *S, int n)
 {
@@ -91,11 +94,21 @@ static double node_cost(search *S, int n)
     for (int g = 0; g < S->G; g++)
         if (S->node_of[g] == n && S->gmax[g] > heaviest) heaviest = S->gmax[g];
     if (heaviest <= c) return c;
+    /* The replica term depends only on which groups the node holds: the search meets each
+     * set many times, so it is computed once per set. */
+    unsigned set = 0;
+    if (S->replica_term) {
+        for (int g = 0; g < S->G; g++)
+            if (S->node_of[g] == n) set |= 1u << g;
+        double r = S->replica_term[set];
+        if (r >= 0) return r > c ? r : c;
+    }
     int m = 0;
     for (int g = 0; g < S->G; g++)
         if (S->node_of[g] == n)
             for (int j = 0; j < S->group_size; j++) S->ids[m++] = g * S->group_size + j;
     double r = eplb_min_max_replica(S->w, S->ids, m, S->s->R / S->N, 0, S->cnt, S->heap, S->key);
+    if (S->replica_term) S->replica_term[set] = r;
     return r > c ? r : c;
 }
 
@@ -177,8 +190,19 @@ double eplb_assign_groups(const double *w, const eplb_shape *s, int with_replica
     }
     int full = count_assignments(S.G, S.N) <= EPLB_MAX_ASSIGNMENTS;
     if (full) {
+        if (with_replicas && S.G <= max_table_groups) {
+            S.replica_term = malloc(((size_t)1 << S.G) * sizeof(double));
+            if (!S.replica_term) {
+                free(S.gload);
+                free(S.node_of);
+                return -1;
+            }
+            for (size_t k = 0; k < (size_t)1 << S.G; k++) S.replica_term[k] = -1;
+        }
         S.best = HUGE_VAL;
         search_from(&S, 0, 0, 0.0);
+        free(S.replica_term);
+        S.replica_term = NULL;
     } else {
         /* Heaviest group first onto the lightest node with room. */
         int *ord = malloc((size_t)S.G * sizeof(int));
