@@ -42,9 +42,12 @@ int main(int argc, char **argv)
         {320, 64, 8, 16, 0, "16 nodes: global (8 groups % 16)"},
     };
     const char *fallback = "tests/data/eplb_prefill_in1024.json";
-    const char *top = getenv("top_srcdir");
+#ifndef EPLB_SRCDIR
+#define EPLB_SRCDIR "."
+#endif
+    const char *top = getenv("top_srcdir"); /* else the source tree this was built from */
     char path[4096];
-    snprintf(path, sizeof path, "%s/%s", top ? top : ".", fallback);
+    snprintf(path, sizeof path, "%s/%s", top ? top : EPLB_SRCDIR, fallback);
     int nfiles = argc > 1 ? argc - 1 : 1;
     const int runs = 11;
     printf("%-28s %-40s %-8s %9s %9s %9s %5s\n", "file", "shape", "policy", "time(ms)",

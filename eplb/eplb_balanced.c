@@ -27,6 +27,7 @@ typedef struct {
     double *gload;      /* per GPU */
     int *by_load;       /* GPU ids, ascending load (kept sorted during improvement) */
     int *pos;           /* per GPU: its index in by_load */
+    void *load_scratch; /* nitems keyed, for sorting */
 } packing;
 
 static int on_gpu(const packing *pk, int e, int g, int except_item)
@@ -94,6 +95,26 @@ static int heavier_first(const void *x, const void *y)
     const keyed *a = x, *b = y;
     if (a->load != b->load) return a->load > b->load ? -1 : 1;
     return (a->item > b->item) - (a->item < b->item);
+}
+
+/* order[0..n) heaviest first (ties: lower item first), a bottom-up merge sort with the
+ * comparison inline; tmp holds n keyed. */
+static void sort_heavier_first(keyed *order, int n, keyed *tmp)
+{
+    for (int width = 1; width < n; width *= 2) {
+        for (int lo = 0; lo < n; lo += 2 * width) {
+            int mid = lo + width < n ? lo + width : n, hi = lo + 2 * width < n ? lo + 2 * width : n;
+            int a = lo, b = mid, k = lo;
+            while (a < mid && b < hi) {
+                int take_b = order[b].load > order[a].load ||
+                             (order[b].load == order[a].load && order[b].item < order[a].item);
+                tmp[k++] = take_b ? order[b++] : order[a++];
+            }
+            while (a < mid) tmp[k++] = order[a++];
+            while (b < hi) tmp[k++] = order[b++];
+        }
+        memcpy(order, tmp, (size_t)n * sizeof *order);
+    }
 }
 
 /* Heaviest replica first onto the lightest GPU it may use that does not hold its expert. A
@@ -239,7 +260,7 @@ static void pack_by_differencing(packing *pk, keyed *order, int *items, differen
         order[it].load = pk->load[it];
         order[it].item = it;
     }
-    qsort(order, (size_t)pk->nitems, sizeof *order, heavier_first);
+    sort_heavier_first(order, pk->nitems, (keyed *)pk->load_scratch);
     for (int n = 0; n < N; n++) {
         int m = 0;
         for (int k = 0; k < pk->nitems; k++)
@@ -717,6 +738,7 @@ eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_
     pk.gload = sc->d[1];
     pk.by_load = sc->i[20];
     pk.pos = sc->i[21];
+    pk.load_scratch = (char *)sc->sort_work + (size_t)sc->n * 16;
     double *ref_load = sc->d[2];
     keyed *order = sc->sort_work;
 
@@ -741,13 +763,13 @@ eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_
             int m = 0;
             for (int e = 0; e < E; e++)
                 if (expert_node[e] == n) ids[m++] = e;
-            double m_rep = eplb_min_max_replica(w, ids, m, R / N, pk.Pn, pk.gpu, heap);
+            double m_rep = eplb_min_max_replica(w, ids, m, R / N, pk.Pn, pk.gpu, heap, pk.load);
             if (m_rep > target) target = m_rep;
             for (int k = 0; k < m; k++) cnt[ids[k]] = pk.gpu[k];
         }
     } else {
         for (int e = 0; e < E; e++) ids[e] = e;
-        double m_rep = eplb_min_max_replica(w, ids, E, R, P, cnt, heap);
+        double m_rep = eplb_min_max_replica(w, ids, E, R, P, cnt, heap, pk.load);
         if (m_rep > target) target = m_rep;
         if (s->hierarchical && cross_nodes) replicate_by_node(w, s, expert_node, cnt, pk.load);
     }

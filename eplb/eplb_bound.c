@@ -11,19 +11,19 @@
 /* ------------------------------------------------------------------------------------------
  * Greedy replication with a max-heap on per-replica load (ties: lower expert id first). */
 
-static int heavier(const double *w, const int *ids, const int *cnt, int a, int b)
+/* key[i] caches w[ids[i]] / cnt[i], refreshed when cnt[i] changes. */
+static int heavier(const double *key, const int *ids, int a, int b)
 {
-    double qa = w[ids[a]] / cnt[a], qb = w[ids[b]] / cnt[b];
-    if (qa != qb) return qa > qb;
+    if (key[a] != key[b]) return key[a] > key[b];
     return ids[a] < ids[b];
 }
 
-static void sift_down(const double *w, const int *ids, const int *cnt, int *heap, int len, int pos)
+static void sift_down(const double *key, const int *ids, int *heap, int len, int pos)
 {
     for (;;) {
         int l = 2 * pos + 1, r = l + 1, top = pos;
-        if (l < len && heavier(w, ids, cnt, heap[l], heap[top])) top = l;
-        if (r < len && heavier(w, ids, cnt, heap[r], heap[top])) top = r;
+        if (l < len && heavier(key, ids, heap[l], heap[top])) top = l;
+        if (r < len && heavier(key, ids, heap[r], heap[top])) top = r;
         if (top == pos) return;
         int t = heap[pos];
         heap[pos] = heap[top];
@@ -33,11 +33,12 @@ static void sift_down(const double *w, const int *ids, const int *cnt, int *heap
 }
 
 double eplb_min_max_replica(const double *w, const int *ids, int n, int k, int cap,
-                            int *cnt, int *heap)
+                            int *cnt, int *heap, double *key)
 {
     for (int i = 0; i < n; i++) {
         cnt[i] = 1;
         heap[i] = i;
+        key[i] = w[ids[i]];
     }
     int len = n, left = k - n;
     for (int pass = 0; pass < 2 && left > 0; pass++) {
@@ -46,22 +47,23 @@ double eplb_min_max_replica(const double *w, const int *ids, int n, int k, int c
             len = n;
             for (int i = 0; i < n; i++) heap[i] = i;
         }
-        for (int i = len / 2 - 1; i >= 0; i--) sift_down(w, ids, cnt, heap, len, i);
+        for (int i = len / 2 - 1; i >= 0; i--) sift_down(key, ids, heap, len, i);
         while (left > 0 && len > 0) {
             int top = heap[0];
             if (cap > 0 && cnt[top] >= cap) {
                 heap[0] = heap[--len];
-                sift_down(w, ids, cnt, heap, len, 0);
+                sift_down(key, ids, heap, len, 0);
                 continue;
             }
             cnt[top]++;
+            key[top] = w[ids[top]] / cnt[top];
             left--;
-            sift_down(w, ids, cnt, heap, len, 0);
+            sift_down(key, ids, heap, len, 0);
         }
     }
     double mx = 0;
     for (int i = 0; i < n; i++)
-        if (w[ids[i]] / cnt[i] > mx) mx = w[ids[i]] / cnt[i];
+        if (key[i] > mx) mx = key[i];
     return mx;
 }
 
@@ -73,7 +75,7 @@ typedef struct {
     const eplb_shape *s;
     int with_replicas;
     int G, N, per_node, group_size;
-    double *gload, *gmax, *nload;
+    double *gload, *gmax, *nload, *key;
     int *node_of, *fill, *best_node_of;
     int *ids, *cnt, *heap;
     double best;
@@ -93,7 +95,7 @@ static double node_cost(search *S, int n)
     for (int g = 0; g < S->G; g++)
         if (S->node_of[g] == n)
             for (int j = 0; j < S->group_size; j++) S->ids[m++] = g * S->group_size + j;
-    double r = eplb_min_max_replica(S->w, S->ids, m, S->s->R / S->N, 0, S->cnt, S->heap);
+    double r = eplb_min_max_replica(S->w, S->ids, m, S->s->R / S->N, 0, S->cnt, S->heap, S->key);
     return r > c ? r : c;
 }
 
@@ -144,7 +146,7 @@ double eplb_assign_groups(const double *w, const eplb_shape *s, int with_replica
     S.per_node = S.G / S.N;
     S.group_size = s->E / S.G;
     int En = s->E / s->N;
-    S.gload = malloc((size_t)(2 * S.G + S.N) * sizeof(double));
+    S.gload = malloc((size_t)(2 * S.G + S.N + En) * sizeof(double));
     S.node_of = malloc((size_t)(3 * S.G + S.N + 3 * En) * sizeof(int));
     if (!S.gload || !S.node_of) {
         free(S.gload);
@@ -153,6 +155,7 @@ double eplb_assign_groups(const double *w, const eplb_shape *s, int with_replica
     }
     S.gmax = S.gload + S.G;
     S.nload = S.gmax + S.G;
+    S.key = S.nload + S.N;
     S.best_node_of = S.node_of + S.G;
     S.fill = S.best_node_of + S.G;
     S.ids = S.fill + S.N;
@@ -224,7 +227,12 @@ eplb_status eplb_lower_bound(const double *w, int num_experts, const eplb_config
     EPLB_CHECK(eplb_config_check(cfg, num_experts));
     eplb_shape s = eplb_shape_of(cfg, num_experts);
     int *work = malloc((size_t)3 * s.E * sizeof(int));
-    if (!work) return eplb_fail(EPLB_ERR_NOMEM, "out of memory computing a bound");
+    double *key = malloc((size_t)s.E * sizeof(double));
+    if (!work || !key) {
+        free(work);
+        free(key);
+        return eplb_fail(EPLB_ERR_NOMEM, "out of memory computing a bound");
+    }
     double total = 0, heaviest = 0;
     for (int e = 0; e < s.E; e++) {
         total += w[e];
@@ -233,10 +241,11 @@ eplb_status eplb_lower_bound(const double *w, int num_experts, const eplb_config
     }
     double b = total / s.P;
     if (heaviest > b) { /* otherwise no replica can outweigh the mean */
-        double m = eplb_min_max_replica(w, work, s.E, s.R, 0, work + s.E, work + 2 * s.E);
+        double m = eplb_min_max_replica(w, work, s.E, s.R, 0, work + s.E, work + 2 * s.E, key);
         if (m > b) b = m;
     }
     free(work);
+    free(key);
     int strict = s.hierarchical && !(cfg->policy == EPLB_POLICY_BALANCED && cfg->cross_nodes);
     if (strict) {
         int exhaustive = 0;

@@ -37,7 +37,7 @@ typedef struct eplb_scratch {
     float *f[4];
     double *d[6];
     int *i[26];
-    void *sort_work;       /* n * 16 bytes */
+    void *sort_work;       /* n * 32 bytes */
     void *pairs;           /* EPLB_PAIR_BYTES: sums of two replicas, for exchanges */
 } eplb_scratch;
 #define EPLB_PAIR_BYTES (2 * 512 * 16)
@@ -70,10 +70,10 @@ double eplb_gpu_loads(const double *w, int E, const int *phy2log, int R, int P, 
 /* Greedy replication: experts ids[0..n) (loads w[ids[i]]) share k >= n replicas, each extra
  * replica going to the largest per-replica load (lowest expert id on ties), no count above
  * cap while any expert is below it (cap 0: no cap). cnt_out[i] receives ids[i]'s count; heap
- * is n ints of work space. Returns the largest per-replica load, which without a cap is the
+ * (n ints) and key (n doubles) are work space. Returns the largest per-replica load, which without a cap is the
  * least possible one (splitting the current maximum is the only way to lower it). */
 double eplb_min_max_replica(const double *w, const int *ids, int n, int k, int cap,
-                            int *cnt_out, int *heap);
+                            int *cnt_out, int *heap, double *key);
 
 /* Group-to-node assignment minimising the largest node cost, where a node's cost is
  * max(load / gpus_per_node, with_replicas ? M(node's experts, R/N) : 0). Exhaustive (branch

@@ -101,7 +101,7 @@ eplb_scratch *eplb_scratch_new(const eplb_shape *s)
         sc->i[k] = malloc((size_t)n * sizeof(int));
         ok = ok && sc->i[k];
     }
-    sc->sort_work = malloc((size_t)n * 16);
+    sc->sort_work = malloc((size_t)n * 32); /* two arrays of n 16-byte records */
     sc->pairs = malloc(EPLB_PAIR_BYTES);
     if (!ok || !sc->sort_work || !sc->pairs) {
         eplb_scratch_free(sc);

@@ -50,6 +50,7 @@ EXTRA_PROGRAMS += eplb/bench_eplb
 bench_targets += eplb/bench_eplb
 eplb_bench_eplb_SOURCES = eplb/bench_eplb.c tools/eplb_input.c tools/eplb_json.c tools/cli.c
 eplb_bench_eplb_LDADD = eplb/libeplb.la
+eplb_bench_eplb_CPPFLAGS = $(AM_CPPFLAGS) -DEPLB_SRCDIR='"$(abs_top_srcdir)"'
 CLEANFILES += eplb/bench_eplb
 EXTRA_DIST += tests/data/eplb_prefill_in1024.json
 check_PROGRAMS += tests/test_eplb_realdata

@@ -171,6 +171,9 @@ static void step_header(void)
 
 int cmd_bench(int argc, char **argv)
 {
+    /* `dualpipe bench --driver NAME ...`: a GPU driver's figures are bench-cuda's */
+    if (argc > 2 && strcmp(argv[1], "--driver") == 0 && strcmp(argv[2], "cpu") != 0) return cmd_bench_cuda(argc, argv);
+    if (argc > 2 && strcmp(argv[1], "--driver") == 0) argc -= 2, argv += 2;
     enum { O_QUICK = 256, O_GEMM, O_STEPS_ONLY, O_HIDDEN, O_TOKENS };
     static const struct option opts[] = {
         {"steps", required_argument, 0, 'n'},     {"quick", no_argument, 0, O_QUICK},

@@ -17,9 +17,10 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "Usage: dualpipe bench-cuda [OPTIONS]\n"
+            "Usage: dualpipe bench-cuda [OPTIONS]   (also: dualpipe bench --driver cuda [OPTIONS])\n"
             "Benchmark the CUDA driver on the example stage (Linear h->4h, GELU, Linear 4h->h, MSE), fp32\n"
             "with TF32 off: the stage's GEMMs alone through cuBLAS (the floor), then pipelined steps.\n\n"
+            "  --driver NAME     GPU driver module (default cuda)\n"
             "  --schedule NAME   schedule (default dualpipe)\n"
             "  --pp N            pipeline ranks (default 2)\n"
             "  --chunks N        micro-batches per step (default 20)\n"
@@ -237,7 +238,7 @@ out:
 
 int cmd_bench_cuda(int argc, char **argv)
 {
-    const char *schedule = "dualpipe";
+    const char *schedule = "dualpipe", *driver = "cuda";
     int pp = 2, chunks = 20, hidden = 0, tokens = 0, steps = 10, gemm_only = 0, shared = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -257,7 +258,8 @@ int cmd_bench_cuda(int argc, char **argv)
             return CLI_EXIT_USAGE;
         }
         i++;
-        if (!strcmp(a, "--schedule")) schedule = val;
+        if (!strcmp(a, "--driver")) driver = val;
+        else if (!strcmp(a, "--schedule")) schedule = val;
         else if (!strcmp(a, "--pp")) bad = cli_parse_int(a, val, 1, 64, &pp);
         else if (!strcmp(a, "--chunks")) bad = cli_parse_int(a, val, 1, 4096, &chunks);
         else if (!strcmp(a, "--hidden")) bad = cli_parse_int(a, val, 1, 1 << 16, &hidden);
@@ -270,7 +272,7 @@ int cmd_bench_cuda(int argc, char **argv)
         if (bad) return CLI_EXIT_USAGE;
     }
     const dp_driver *drv;
-    if (dp_driver_load("cuda", &drv) != DP_OK) {
+    if (dp_driver_load(driver, &drv) != DP_OK) {
         cli_error("%s", dp_last_error());
         return CLI_EXIT_FAIL;
     }

@@ -152,6 +152,7 @@ static dp_status cuda_close(dp_device *dev)
 {
     if (!dev) return DP_OK;
     cudaSetDevice(dev->ordinal);
+    dp_cuda_staging_fini(dev);
     dp_cuda_stream_fini(&dev->default_stream);
     free(dev);
     return DP_OK;
@@ -199,7 +200,8 @@ static dp_status cuda_free(dp_device *dev, void *ptr)
 }
 
 /* Copies to the host finish before the call returns, as on the CPU driver, so the engine may
- * read host memory at once; other copies are ordered on the stream. */
+ * read host memory at once; copies from the host have taken the data when the call returns
+ * (the host buffer may be reused); all are ordered on the stream. */
 static dp_status cuda_copy(dp_device *dev, void *dst, const void *src, size_t bytes, dp_copy_kind kind,
                            dp_stream *s)
 {
@@ -211,8 +213,9 @@ static dp_status cuda_copy(dp_device *dev, void *dst, const void *src, size_t by
                        : kind == DP_COPY_DEVICE_TO_DEVICE ? cudaMemcpyDeviceToDevice
                                                           : cudaMemcpyDefault;
     if (k == cudaMemcpyDefault) return dp_fail(DP_ERR_INVALID, "cuda driver: unknown copy kind %d", (int)kind);
+    if (kind == DP_COPY_HOST_TO_DEVICE) return dp_cuda_copy_from_host(dev, st, dst, src, bytes);
     CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, k, st->s));
-    if (kind != DP_COPY_DEVICE_TO_DEVICE) CUDA_TRY(cudaStreamSynchronize(st->s));
+    if (kind == DP_COPY_DEVICE_TO_HOST) CUDA_TRY(cudaStreamSynchronize(st->s));
     return DP_OK;
 }
 

@@ -31,6 +31,8 @@ struct dp_device {
     uint32_t flags;
     int sm_count;
     dp_stream default_stream; /* used where a call passes a NULL stream */
+    void *stage[2];           /* pinned staging for copies from pageable host memory */
+    cudaEvent_t stage_done[2];
 };
 
 extern "C" {
@@ -79,6 +81,10 @@ dp_status dp_cuda_scratch(dp_stream *s, size_t bytes, void **out);
 
 dp_status dp_cuda_stream_init(dp_device *dev, dp_stream *s);
 void dp_cuda_stream_fini(dp_stream *s);
+
+/* Host to device through pinned staging filled by several threads, in cuda_staging.cu. */
+dp_status dp_cuda_copy_from_host(dp_device *dev, dp_stream *st, void *dst, const void *src, size_t bytes);
+void dp_cuda_staging_fini(dp_device *dev);
 
 /* GEMM (cuBLAS), in cuda_device.cu. */
 dp_status dp_cuda_gemm(dp_device *dev, dp_stream *s, const dp_gemm_args *g);

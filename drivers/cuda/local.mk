@@ -8,6 +8,7 @@ cuda_driver_sources = \
 	drivers/cuda/cuda_module.c \
 	drivers/cuda/cuda_device.cu \
 	drivers/cuda/cuda_kernels.cu \
+	drivers/cuda/cuda_staging.cu \
 	drivers/cuda/cuda_link.cu \
 	drivers/cuda/cuda_internal.h
 
@@ -38,3 +39,4 @@ tests_test_cuda_link_LDADD = engine/libdualpipe.la
 TESTS += tests/test_cuda_verify.sh
 EXTRA_DIST += tests/test_cuda_verify.sh
 dist_doc_DATA += doc/cuda-notes.md
+EXTRA_DIST += tools/bench_reference.py
