@@ -194,15 +194,14 @@ static void action_name(char *buf, size_t n, const dp_action *a)
     snprintf(buf, n, "%c%d%s", dp_action_letter(a->kind), a->chunk, a->dir ? "'" : "");
 }
 
-static int write_trace(const char *path, const trace_log *t, const char *title)
+/* Writes the trace into an output opened before the run (so that a bad path fails first). */
+static int write_trace(cli_output *o, const trace_log *t, const char *title)
 {
-    cli_output o;
-    if (cli_output_open(&o, path)) return 1;
-    fprintf(o.fp, "{\"displayTimeUnit\": \"ms\", \"otherData\": {\"run\": \"%s\"}, \"traceEvents\": [\n", title);
+    fprintf(o->fp, "{\"displayTimeUnit\": \"ms\", \"otherData\": {\"run\": \"%s\"}, \"traceEvents\": [\n", title);
     int ranks = 0;
     for (size_t i = 0; i < t->n; i++) ranks = t->ev[i].rank + 1 > ranks ? t->ev[i].rank + 1 : ranks;
     for (int r = 0; r < ranks; r++)
-        fprintf(o.fp, "{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": 0, \"tid\": %d, \"args\": {\"name\": \"rank %d\"}},\n",
+        fprintf(o->fp, "{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": 0, \"tid\": %d, \"args\": {\"name\": \"rank %d\"}},\n",
                 r, r);
     for (size_t i = 0; i < t->n; i++) {
         const trace_event *e = &t->ev[i];
@@ -214,18 +213,18 @@ static int write_trace(const char *path, const trace_log *t, const char *title)
             strncat(name, n2, sizeof name - strlen(name) - 1);
         }
         if (e->ready - e->start > 1e-3)
-            fprintf(o.fp,
+            fprintf(o->fp,
                     "{\"name\": \"wait\", \"cat\": \"wait\", \"ph\": \"X\", \"pid\": 0, \"tid\": %d, \"ts\": %.3f, "
                     "\"dur\": %.3f, \"args\": {\"for\": \"%s\", \"step\": %d}},\n",
                     e->rank, e->start * 1e3, (e->ready - e->start) * 1e3, name, e->step);
-        fprintf(o.fp,
+        fprintf(o->fp,
                 "{\"name\": \"%s\", \"cat\": \"%s\", \"ph\": \"X\", \"pid\": 0, \"tid\": %d, \"ts\": %.3f, \"dur\": %.3f, "
                 "\"args\": {\"step\": %d, \"local_stage\": %d, \"micro_batch\": %d}}%s\n",
                 name, e->b.kind != 0xff ? "F&B" : (char[]){dp_action_letter(e->a.kind), 0}, e->rank, e->ready * 1e3,
                 (e->end - e->ready) * 1e3, e->step, e->a.dir, e->a.chunk, i + 1 < t->n ? "," : "");
     }
-    fprintf(o.fp, "]}\n");
-    return cli_output_commit(&o);
+    fprintf(o->fp, "]}\n");
+    return cli_output_commit(o);
 }
 
 /* ----------------------------------------------------------------------------
@@ -389,6 +388,8 @@ int cmd_train(int argc, char **argv)
         c.threads_per_rank = cores > c.ranks ? (int)(cores / c.ranks) : 1;
     }
 
+    cli_output trace_out = {0};
+    if (trace_path && cli_output_open(&trace_out, trace_path)) return CLI_EXIT_USAGE;
     dp_runtime *rt = NULL;
     dp_reference *ref = NULL;
     teacher tch = {0};
@@ -400,6 +401,7 @@ int cmd_train(int argc, char **argv)
     dp_status st = dp_runtime_create(&c, &rt);
     if (st != DP_OK) {
         cli_error("%s", dp_last_error());
+        if (trace_path) cli_output_abort(&trace_out);
         return st == DP_ERR_INVALID || st == DP_ERR_NOT_FOUND ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
     }
     const dp_model_config *m = dp_runtime_model(rt);
@@ -517,7 +519,7 @@ int cmd_train(int argc, char **argv)
     if (trace_path) {
         char title[128];
         snprintf(title, sizeof title, "%s pp %d chunks %d hidden %d", s->name, c.ranks, c.chunks, m->hidden);
-        if (write_trace(trace_path, &trace, title)) goto out_steps;
+        if (write_trace(&trace_out, &trace, title)) goto out_steps;
         printf("trace of %zu actions written to %s\n", trace.n, trace_path);
     }
     rc = CLI_EXIT_OK;
@@ -537,6 +539,7 @@ int cmd_train(int argc, char **argv)
 out_steps:
     free(step_ms);
 out:
+    if (trace_path && trace_out.fp) cli_output_abort(&trace_out);
     teacher_close(&tch);
     dp_reference_destroy(ref);
     dp_runtime_destroy(rt);
