@@ -33,6 +33,8 @@ grep -q 'bit-equal' "$tmp/out"; ok $? "dualpipev --verify: bit-equal"
 "$dp" train $small --pp 3 --steps 1 --trace "$tmp/bad.json" > "$tmp/out" 2> "$tmp/err"
 [ $? -eq 2 ] && grep -q 'even number of pipeline ranks' "$tmp/err" && [ ! -e "$tmp/bad.json" ]
 ok $? "dualpipe with 3 ranks: exit 2, says why, no trace ($(head -n 1 "$tmp/err"))"
+"$dp" train $small --steps 1 --trace "$tmp/no/such/dir/run.json" > "$tmp/out" 2> "$tmp/err"
+[ $? -eq 2 ] && ! grep -q '^step' "$tmp/out"; ok $? "a trace that cannot be written fails before training"
 "$dp" train $small --driver nosuch --steps 1 > "$tmp/out" 2> "$tmp/err"
 [ $? -eq 2 ] && grep -q "driver 'nosuch' could not be loaded" "$tmp/err"; ok $? "an unknown driver: exit 2, named"
 "$dp" train --block deep > "$tmp/out" 2> "$tmp/err"

@@ -27,7 +27,7 @@ static void usage(FILE *fp)
           "  -g, --gpus=G         GPUs in the expert-parallel group\n"
           "      --groups=N       expert groups (default 1; experts must divide evenly)\n"
           "      --nodes=N        server nodes (default 1; G must be a multiple). Groups are\n"
-          "                       kept on nodes when groups %% nodes == 0 and nodes > 1\n"
+          "                       kept on nodes when groups % nodes == 0 and nodes > 1\n"
           "  -p, --policy=NAME    balanced (default): duplicate-free, never less balanced than\n"
           "                       deepseek; deepseek: deepseek-ai/EPLB exactly\n"
           "      --cross-nodes    balanced, groups on nodes: let redundant replicas leave\n"

@@ -125,12 +125,18 @@ static dp_status cpu_scale(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, f
 #define DP_INLINE
 #endif
 
-/* Vectorisable exp for x <= 0 (Cody-Waite reduction, degree-6 polynomial, about 2 ulp):
- * libm's expf and erff are calls the compiler cannot vectorise, and GELU is the stage's
- * largest non-GEMM cost. */
-DP_INLINE static inline float exp_nonpositive(float x)
+/* exp(-w) for w >= 0, vectorisable (libm's expf and erff are calls the compiler cannot
+ * vectorise, and GELU is the stage's largest cost after the GEMMs): w is clamped to 87 on its
+ * bits (an integer select, where a float select would keep a branch), then Cody-Waite
+ * reduction and a degree-6 polynomial, about 2 ulp. */
+DP_INLINE static inline float exp_neg(float w)
 {
-    x = x < -87.0f ? -87.0f : x;
+    union {
+        float f;
+        int32_t i;
+    } u = {.f = w};
+    u.i = u.i > 0x42ae0000 ? 0x42ae0000 : u.i; /* 87.0f */
+    float x = -u.f;
     int n = (int)(x * 1.44269504088896341f - 0.5f); /* round to nearest: x <= 0 */
     float r = x - (float)n * 0.693145751953125f - (float)n * 1.428606765330187e-06f;
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.16666667f + r * (0.041666668f + r * (0.008333334f +
@@ -151,7 +157,7 @@ DP_INLINE static inline float exp_nonpositive(float x)
         float t_ = 1.0f / (1.0f + 0.3275911f * z_);                                                    \
         float poly_ = t_ * (0.254829592f +                                                             \
                             t_ * (-0.284496736f + t_ * (1.421413741f + t_ * (-1.453152027f + t_ * 1.061405429f)))); \
-        float e_ = exp_nonpositive(-z_ * z_);                                                          \
+        float e_ = exp_neg(z_ * z_);                                                                   \
         float erf_ = copysignf(1.0f - poly_ * e_, xv);                                                 \
         (cdf) = 0.5f * (1.0f + erf_);                                                                  \
         (pdf) = INV_SQRT_2PI * e_;                                                                     \
@@ -164,31 +170,54 @@ DP_INLINE static inline float exp_nonpositive(float x)
 #define DP_CLONES
 #endif
 
-/* The build's -O2 vectorises only loops whose trip count is a multiple of the vector width,
- * and keeps branches for float selects (they might trap) and sqrtf calls (errno); these
- * loops are worth a vectorised body with a scalar tail. */
+/* The build's -O2 vectorises loops of a known trip count that is a multiple of the vector
+ * width: blocks of VEC elements, then a tail one by one (the same IEEE operations, so the
+ * same bits either way, and no FMA: C11 keeps multiplications and additions apart). */
+#define VEC 16
+
+/* sqrtf without errno and float selects without traps, so that AdamW's loop vectorises */
 #if defined(__GNUC__) && !defined(__clang__)
 #define DP_VECTORIZE __attribute__((optimize("vect-cost-model=dynamic", "no-trapping-math", "no-math-errno")))
 #else
 #define DP_VECTORIZE
 #endif
 
-DP_VECTORIZE
+#define GELU_FORWARD_AT(xs, ys, j)                 \
+    do {                                           \
+        float cdf_, pdf_;                          \
+        NORMAL_CDF_PDF((xs)[j], cdf_, pdf_);       \
+        (void)pdf_;                                \
+        (ys)[j] = (xs)[j] * cdf_;                  \
+    } while (0)
+
+DP_CLONES
 static void gelu_forward_range(size_t i0, size_t i1, const float *restrict x, float *restrict y)
 {
-    for (size_t i = i0; i < i1; i++) {
-        float cdf, pdf;
-        NORMAL_CDF_PDF(x[i], cdf, pdf);
-        (void)pdf;
-        y[i] = x[i] * cdf;
+    size_t i = i0;
+    for (; i + VEC <= i1; i += VEC) {
+        const float *xp = x + i;
+        float *yp = y + i;
+        for (int j = 0; j < VEC; j++) GELU_FORWARD_AT(xp, yp, j);
     }
+    for (; i < i1; i++) GELU_FORWARD_AT(x, y, i);
 }
 
 /* dx may alias dy: each element reads its dy before writing its dx */
-DP_VECTORIZE
+DP_CLONES
 static void gelu_backward_range(size_t i0, size_t i1, const float *restrict x, const float *dy, float *dx)
 {
-    for (size_t i = i0; i < i1; i++) {
+    size_t i = i0;
+    for (; i + VEC <= i1; i += VEC) {
+        const float *xp = x + i, *dyp = dy + i;
+        float out[VEC];
+        for (int j = 0; j < VEC; j++) {
+            float cdf, pdf;
+            NORMAL_CDF_PDF(xp[j], cdf, pdf);
+            out[j] = dyp[j] * (cdf + xp[j] * pdf);
+        }
+        memcpy(dx + i, out, sizeof out);
+    }
+    for (; i < i1; i++) {
         float cdf, pdf;
         NORMAL_CDF_PDF(x[i], cdf, pdf);
         dx[i] = dy[i] * (cdf + x[i] * pdf);
