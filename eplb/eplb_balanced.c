@@ -781,8 +781,7 @@ static void seat_as(packing *pk, const int *p2l, int *cnt, int *expert_node, int
 }
 
 eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_nodes,
-                                eplb_scratch *sc, const int *ref_phy2log, int *phy2log,
-                                int *rank)
+                                eplb_scratch *sc, int *ref_space, int *phy2log, int *rank)
 {
     const int E = s->E, R = s->R, P = s->P;
     const int N = s->hierarchical ? s->N : 1;
@@ -865,8 +864,14 @@ eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_
     }
     write_plan(&pk, phy2log, rank, ids);
 
-    /* The floor: never less balanced than the reference plan of the same layer. */
+    /* The floor: never less balanced than the reference plan of the same layer. Its plan is
+     * built only when its largest load, known to float32 rounding, may be below ours. */
     double ours = eplb_gpu_loads(w, E, phy2log, R, P, ids, ref_load);
+    if (ours <= 0) return EPLB_OK;
+    double ref_f32 = eplb_deepseek_max_f32(w, s, sc, ours * (1 + (pk.S + 2) * 0x1p-22));
+    if (ours < ref_f32 * (1 - (pk.S + 2) * 0x1p-23)) return EPLB_OK;
+    const int *ref_phy2log = ref_space;
+    EPLB_CHECK(eplb_deepseek_layer(w, s, sc, ref_space, ref_space + R));
     double ref = eplb_gpu_loads(w, E, ref_phy2log, R, P, ids, ref_load);
     if (ref >= ours) return EPLB_OK;
 

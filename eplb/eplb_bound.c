@@ -80,6 +80,7 @@ typedef struct {
     int *ids, *cnt, *heap;
     double *replica_term; /* per set of groups (bit g: group g), -1 until computed; NULL when
                            * the groups are too many for a table */
+    unsigned *set;        /* per node: its groups as a set, kept by the search (with a table) */
     double best;
 } search;
 enum { max_table_groups = 16 };
@@ -88,6 +89,10 @@ static double node_cost(search *S, int n)
 {
     double c = S->nload[n] / (S->s->P / S->N);
     if (!S->with_replicas) return c;
+    if (S->replica_term) { /* max(r, c) is c when the shortcut below would return c */
+        double r = S->replica_term[S->set[n]];
+        if (r >= 0) return r > c ? r : c;
+    }
     /* Every replica is at most its expert's whole load: when no expert of the node outweighs
      * the node's mean GPU load, the replica term cannot win and is not computed. */
     double heaviest = 0;
@@ -96,19 +101,12 @@ static double node_cost(search *S, int n)
     if (heaviest <= c) return c;
     /* The replica term depends only on which groups the node holds: the search meets each
      * set many times, so it is computed once per set. */
-    unsigned set = 0;
-    if (S->replica_term) {
-        for (int g = 0; g < S->G; g++)
-            if (S->node_of[g] == n) set |= 1u << g;
-        double r = S->replica_term[set];
-        if (r >= 0) return r > c ? r : c;
-    }
     int m = 0;
     for (int g = 0; g < S->G; g++)
         if (S->node_of[g] == n)
             for (int j = 0; j < S->group_size; j++) S->ids[m++] = g * S->group_size + j;
     double r = eplb_min_max_replica(S->w, S->ids, m, S->s->R / S->N, 0, S->cnt, S->heap, S->key);
-    if (S->replica_term) S->replica_term[set] = r;
+    if (S->replica_term) S->replica_term[S->set[n]] = r;
     return r > c ? r : c;
 }
 
@@ -126,12 +124,14 @@ static void search_from(search *S, int g, int used, double lower)
         S->node_of[g] = n;
         S->fill[n]++;
         S->nload[n] += S->gload[g];
+        if (S->set) S->set[n] |= 1u << g;
         double c = S->fill[n] == S->per_node ? node_cost(S, n)
                                               : S->nload[n] / (S->s->P / S->N);
         double next = c > lower ? c : lower;
         if (next < S->best) search_from(S, g + 1, used + (n == used), next);
         S->nload[n] -= S->gload[g];
         S->fill[n]--;
+        if (S->set) S->set[n] &= ~(1u << g);
         S->node_of[g] = -1;
     }
 }
@@ -192,7 +192,10 @@ double eplb_assign_groups(const double *w, const eplb_shape *s, int with_replica
     if (full) {
         if (with_replicas && S.G <= max_table_groups) {
             S.replica_term = malloc(((size_t)1 << S.G) * sizeof(double));
-            if (!S.replica_term) {
+            S.set = calloc((size_t)S.N, sizeof(unsigned));
+            if (!S.replica_term || !S.set) {
+                free(S.replica_term);
+                free(S.set);
                 free(S.gload);
                 free(S.node_of);
                 return -1;
@@ -202,7 +205,9 @@ double eplb_assign_groups(const double *w, const eplb_shape *s, int with_replica
         S.best = HUGE_VAL;
         search_from(&S, 0, 0, 0.0);
         free(S.replica_term);
+        free(S.set);
         S.replica_term = NULL;
+        S.set = NULL;
     } else {
         /* Heaviest group first onto the lightest node with room. */
         int *ord = malloc((size_t)S.G * sizeof(int));

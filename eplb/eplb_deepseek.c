@@ -4,6 +4,8 @@
  * repeatedly splitting the heaviest replica, replicas packed onto the node's GPUs. */
 #include "eplb/eplb_internal.h"
 
+#include <string.h>
+
 /* Min-heap of packs on (weight, index): the top is the lightest pack, the lowest index among
  * equally light ones, which is exactly what the reference's min() over packs returns. */
 static int pack_before(const float *pw, int a, int b)
@@ -143,4 +145,130 @@ eplb_status eplb_deepseek_layer(const double *w, const eplb_shape *s, eplb_scrat
         }
     }
     return EPLB_OK;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The reference's largest GPU load alone, for the balanced policy's floor. Packing heaviest
+ * first feeds the packs the same sequence of values whatever order equal values come in, so
+ * the pack weights (float32, as the reference sums them) do not depend on the tie order of
+ * the sort: any correct sort gives them, here a radix sort, with neither the exact introsort
+ * nor the slot bookkeeping. */
+
+/* idx[0..n) = 0..n-1 ordered by v descending; v >= 0 (-0 counts as 0). tmp holds n ints,
+ * key 2n unsigned. */
+static void radix_desc(const float *v, int n, int *idx, int *tmp, unsigned *key)
+{
+    unsigned *ka = key, *kb = key + n;
+    int *ia = idx, *ib = tmp;
+    for (int k = 0; k < n; k++) {
+        unsigned u = 0;
+        if (v[k] != 0.0f) memcpy(&u, &v[k], sizeof u);
+        ka[k] = ~u;
+        ia[k] = k;
+    }
+    for (int shift = 0; shift < 32; shift += 8) {
+        int count[256] = {0};
+        for (int k = 0; k < n; k++) count[(ka[k] >> shift) & 255]++;
+        if (count[(ka[0] >> shift) & 255] == n) continue;
+        for (int d = 0, sum = 0; d < 256; d++) {
+            int c = count[d];
+            count[d] = sum;
+            sum += c;
+        }
+        for (int k = 0; k < n; k++) {
+            int at = count[(ka[k] >> shift) & 255]++;
+            kb[at] = ka[k];
+            ib[at] = ia[k];
+        }
+        unsigned *tk = ka;
+        ka = kb;
+        kb = tk;
+        int *ti = ia;
+        ia = ib;
+        ib = ti;
+    }
+    if (ia != idx) memcpy(idx, ia, (size_t)n * sizeof(int));
+}
+
+/* The largest pack weight of the reference's balanced_packing of w[0..n) onto `packs`
+ * packs. */
+static float packing_max(const float *w, int n, int packs, eplb_scratch *sc)
+{
+    int per = n / packs;
+    float mx = 0.0f;
+    if (per == 1) {
+        for (int k = 0; k < n; k++) {
+            if (w[k] > mx) mx = w[k];
+        }
+        return mx;
+    }
+    int *order = sc->i[10], *pack_items = sc->i[11], *heap = sc->i[12];
+    float *pack_weight = sc->f[3];
+    if (n >= 128) /* the radix sort's fixed cost pays off on many items only */
+        radix_desc(w, n, order, sc->i[13], (unsigned *)sc->sort_work);
+    else
+        eplb_sort_desc_like_torch(w, n, order, sc->sort_work);
+    for (int p = 0; p < packs; p++) {
+        pack_weight[p] = 0.0f;
+        pack_items[p] = 0;
+        heap[p] = p;
+    }
+    int len = packs;
+    for (int k = 0; k < n; k++) {
+        int item = order[k], best = heap[0];
+        pack_weight[best] += w[item];
+        if (++pack_items[best] == per) heap[0] = heap[--len];
+        pack_sift(pack_weight, heap, len, 0);
+    }
+    for (int p = 0; p < packs; p++)
+        if (pack_weight[p] > mx) mx = pack_weight[p];
+    return mx;
+}
+
+double eplb_deepseek_max_f32(const double *w, const eplb_shape *s, eplb_scratch *sc,
+                             double below)
+{
+    int groups = s->groups, nodes = s->N;
+    if (groups % nodes != 0) groups = nodes = 1;
+    const int E = s->E, R = s->R, P = s->P;
+    const int group_size = E / groups, groups_per_node = groups / nodes;
+    const int En = E / nodes, Rn = R / nodes, Pn = P / nodes;
+    float *group_w = sc->f[0], *node_w = sc->f[1], *phy_w = sc->f[2];
+    int *gpack = sc->i[0], *grank = sc->i[1], *mlog2log = sc->i[2];
+    int *phy2mlog = sc->i[3], *phyrank = sc->i[4], *mcnt = sc->i[5];
+
+    for (int g = 0; g < groups; g++) {
+        float sum = 0.0f;
+        for (int j = 0; j < group_size; j++) sum += (float)w[g * group_size + j];
+        group_w[g] = sum;
+    }
+    /* Which groups share a node does depend on the tie order of equal group loads: take the
+     * reference's own packing for that step (a handful of groups). */
+    balanced_packing(group_w, groups, nodes, sc, gpack, grank);
+    for (int g = 0; g < groups; g++)
+        for (int j = 0; j < group_size; j++)
+            mlog2log[(gpack[g] * groups_per_node + grank[g]) * group_size + j] = g * group_size + j;
+    /* A node's GPUs carry its load: when the heaviest node's mean GPU load already exceeds
+     * `below`, so does the answer, and it is not worth computing exactly. */
+    float mx = 0.0f;
+    if (nodes > 1) {
+        for (int n = 0; n < nodes; n++) {
+            float load = 0.0f;
+            for (int g = 0; g < groups; g++)
+                if (gpack[g] == n) load += group_w[g];
+            if (load / (float)Pn > mx) mx = load / (float)Pn;
+        }
+        /* the float sums are within (group_size + groups + 2) * 2^-24 of the exact ones */
+        float lower = mx * (1 - (group_size + groups + 4) * 0x1p-23);
+        if (lower > below) return lower;
+        mx = 0.0f;
+    }
+    for (int n = 0; n < nodes; n++) {
+        for (int m = 0; m < En; m++) node_w[m] = (float)w[mlog2log[n * En + m]];
+        replicate(node_w, En, Rn, phy2mlog, phyrank, mcnt, sc->f[3], sc->i[8]);
+        for (int p = 0; p < Rn; p++) phy_w[p] = node_w[phy2mlog[p]] / (float)mcnt[phy2mlog[p]];
+        float m = packing_max(phy_w, Rn, Pn, sc);
+        if (m > mx) mx = m;
+    }
+    return mx;
 }

@@ -48,11 +48,19 @@ void eplb_scratch_free(eplb_scratch *sc);
 eplb_status eplb_deepseek_layer(const double *w, const eplb_shape *s, eplb_scratch *sc,
                                 int *phy2log, int *rank);
 
-/* The default policy for one layer (same outputs). ref_phy2log is the deepseek plan of the
- * same layer, used as a floor: the result is never less balanced than it. */
+/* The largest GPU load of the reference plan of the layer as the reference computes it (in
+ * float32), without building the plan. The plan's GPU loads in double differ from it by
+ * rounding only: relatively less than (R/P + 2) * 2^-24. Shortcut: when a cheaper lower
+ * bound on that load (the heaviest node's mean GPU load, rounding allowed for) is above
+ * `below`, returns that bound instead. */
+double eplb_deepseek_max_f32(const double *w, const eplb_shape *s, eplb_scratch *sc,
+                             double below);
+
+/* The default policy for one layer (same outputs). The deepseek plan of the same layer is a
+ * floor: the result is never less balanced than it. It is built, in ref_space (2R ints),
+ * only when its largest GPU load, from eplb_deepseek_max_f32, may be below the result's. */
 eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_nodes,
-                                eplb_scratch *sc, const int *ref_phy2log, int *phy2log,
-                                int *rank);
+                                eplb_scratch *sc, int *ref_space, int *phy2log, int *rank);
 
 /* The default policy starting from the placement running now (cur_phy2log): its replicas are
  * exchanged until the max GPU load is at most stop_at or no exchange lowers it. Returns the

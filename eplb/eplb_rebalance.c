@@ -159,8 +159,7 @@ eplb_status eplb_rebalance(const double *weight, int L, int E, const eplb_config
         if (cfg->policy == EPLB_POLICY_DEEPSEEK) {
             st = eplb_deepseek_layer(w, &s, sc, p2l, rk);
         } else {
-            st = eplb_deepseek_layer(w, &s, sc, ref, ref + s.R);
-            if (st == EPLB_OK) st = eplb_balanced_layer(w, &s, cfg->cross_nodes, sc, ref, p2l, rk);
+            st = eplb_balanced_layer(w, &s, cfg->cross_nodes, sc, ref, p2l, rk);
         }
     }
     if (st == EPLB_OK) st = eplb_plan_finish(plan, rank);
