@@ -121,7 +121,12 @@ static dp_status rank_setup(dp_runtime *rt, int r)
     const dp_link_ops *L = rt->drv->link;
     const dp_schedule *s = rt->sched;
     rank_state *rs = &rt->ranks[r];
-    dp_device_config dc = {.ordinal = 0, .threads = rt->cfg.threads_per_rank, .rank = r};
+    int ordinal = 0, count = 0;
+    if (rt->cfg.spread_devices) {
+        DP_CHECK(D->device_count(&count));
+        if (count > 0) ordinal = r % count;
+    }
+    dp_device_config dc = {.ordinal = ordinal, .threads = rt->cfg.threads_per_rank, .rank = r};
     DP_CHECK(D->open(&dc, &rs->dev));
     for (int i = 0; i < 2; i++) DP_CHECK(D->stream_create(rs->dev, &rs->streams[i]));
     DP_CHECK(L->open(rt->world, r, rs->dev, &rs->link));

@@ -24,6 +24,10 @@ typedef struct {
     int threads_per_rank;          /* kernel threads of each rank's device (0: cores / ranks, at least 1) */
     int timeout_ms;                /* a rank gives up waiting after this long (0: 60 s) */
     int record_times;              /* keep when each action ran in the last step */
+    /* 1: rank r opens device r mod (the driver's device count), one device per rank where
+     * there are enough (GPUs talk through NCCL); 0: every rank opens device 0 (ranks sharing
+     * a GPU talk through the driver's same-device link). */
+    int spread_devices;
 } dp_runtime_config;
 
 typedef struct dp_runtime dp_runtime;

@@ -9,7 +9,7 @@ engine_libdualpipe_la_SOURCES += \
 dualpipe_include_HEADERS += engine/device.h engine/link.h engine/driver.h
 
 # A module with the wrong ABI, for the registry's refusal test (never installed).
-check_LTLIBRARIES = tests/dualpipe_badabi.la
+check_LTLIBRARIES += tests/dualpipe_badabi.la
 tests_dualpipe_badabi_la_SOURCES = tests/driver_badabi.c
 tests_dualpipe_badabi_la_LDFLAGS = -module -avoid-version -rpath /nowhere
 

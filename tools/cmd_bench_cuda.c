@@ -31,7 +31,7 @@ static void usage(FILE *out)
             "  --shared          all ranks on GPU 0 (copy link) even with several GPUs\n"
             "  -h, --help        show this help\n\n"
             "FLOPs per GPU per step = chunks x 48 x tokens x hidden^2 x stages / pp (forward 16, backward 32).\n"
-            "Ranks go one per GPU (DUALPIPE_CUDA_PLACEMENT=spread) unless --shared.\n");
+            "Ranks go one per GPU where there are enough, unless --shared.\n");
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -175,6 +175,7 @@ static int bench_shape(const dp_driver *drv, const char *schedule, int pp, int g
     c.model.tokens = tokens;
     c.model.seed = 1;
     c.optimizer.kind = DP_OPT_NONE; /* the reference's step: forwards and backwards, no optimizer */
+    c.spread_devices = gpus > 1;
     dp_runtime *rt = NULL;
     float *x = NULL, *y = NULL, *l = NULL;
     double *t = NULL;
@@ -278,7 +279,6 @@ int cmd_bench_cuda(int argc, char **argv)
     }
     int count = 0;
     drv->device->device_count(&count);
-    if (!shared) setenv("DUALPIPE_CUDA_PLACEMENT", "spread", 1);
     dp_device *dev;
     dp_device_config dc = {.ordinal = 0};
     dp_device_info info;

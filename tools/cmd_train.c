@@ -23,7 +23,7 @@ static void usage(FILE *out)
             "                      [--hidden H] [--tokens T] [--layers-per-stage L] [--block mlp|residual]\n"
             "                      [--loss mse|xent] [--steps S] [--seed S] [--optimizer adamw|sgd]\n"
             "                      [--lr X] [--weight-decay X] [--momentum X] [--threads N]\n"
-            "                      [--timeout MS] [--trace FILE] [--verify] [--quiet]\n"
+            "                      [--timeout MS] [--trace FILE] [--verify] [--spread] [--quiet]\n"
             "Train a pipeline-parallel model on one thread per rank to imitate a fixed random teacher\n"
             "network (fresh random inputs every step), and report how the ranks spent their time.\n\n"
             "  -d, --driver NAME        cpu (default) or a driver module (see DUALPIPE_DRIVER_PATH)\n"
@@ -46,6 +46,8 @@ static void usage(FILE *out)
             "      --momentum X         sgd momentum (default 0.9)\n"
             "      --threads N          kernel threads per rank (default: cores / ranks)\n"
             "      --timeout MS         a rank gives up waiting for a message after MS (default 60000)\n"
+            "      --spread             rank r on device r mod the driver's devices (one GPU per rank\n"
+            "                           where there are enough); default: every rank on device 0\n"
             "      --trace FILE         write a Chrome trace (chrome://tracing, Perfetto) of every step\n"
             "      --verify             also run the single-rank sequential reference and report the\n"
             "                           largest differences of losses, gradients and parameters\n"
@@ -293,7 +295,7 @@ static int parse_kind(const char *opt, const char *v, const char *a, const char 
 int cmd_train(int argc, char **argv)
 {
     enum { O_HIDDEN = 256, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_SEED, O_OPT, O_LR, O_WD, O_MOM, O_THREADS,
-           O_TIMEOUT, O_TRACE, O_VERIFY };
+           O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD };
     static const struct option opts[] = {
         {"driver", required_argument, 0, 'd'},     {"schedule", required_argument, 0, 's'},
         {"pp", required_argument, 0, 'p'},         {"chunks", required_argument, 0, 'c'},
@@ -305,6 +307,7 @@ int cmd_train(int argc, char **argv)
         {"momentum", required_argument, 0, O_MOM},  {"threads", required_argument, 0, O_THREADS},
         {"timeout", required_argument, 0, O_TIMEOUT}, {"trace", required_argument, 0, O_TRACE},
         {"verify", no_argument, 0, O_VERIFY},       {"quiet", no_argument, 0, 'q'},
+        {"spread", no_argument, 0, O_SPREAD},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0},
     };
     dp_runtime_config c;
@@ -365,6 +368,7 @@ int cmd_train(int argc, char **argv)
             break;
         case O_TRACE: trace_path = optarg; break;
         case O_VERIFY: verify = 1; break;
+        case O_SPREAD: c.spread_devices = 1; break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); return CLI_EXIT_OK;
         case ':': cli_error("option %s needs a value; see --help", argv[optind - 1]); return CLI_EXIT_USAGE;

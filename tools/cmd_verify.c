@@ -38,7 +38,7 @@ static void usage(FILE *out)
             "  --lr X                learning rate (default 1e-3)\n"
             "  --steps N             training steps (default 3)\n"
             "  --seed N              parameters and data seed (default 1)\n"
-            "  --spread              one GPU per rank where there are enough (DUALPIPE_CUDA_PLACEMENT=spread)\n"
+            "  --spread              one GPU per rank where there are enough (NCCL between them)\n"
             "  --atol X              absolute tolerance as a fraction of the tensor's largest |value| (default 1e-5)\n"
             "  --rtol X              relative tolerance (default 1e-4)\n"
             "  --param-atol X        parameters after the last step may further differ by X\n"
@@ -243,7 +243,7 @@ int cmd_verify(int argc, char **argv)
     }
     if (param_atol < 0) param_atol = c.optimizer.kind == DP_OPT_ADAMW ? 0.1 * c.optimizer.lr * steps : 0;
     if (!strcmp(driver, "cpu")) cli_warn("comparing the cpu driver with itself: it can only pass");
-    if (spread) setenv("DUALPIPE_CUDA_PLACEMENT", "spread", 1);
+    c.spread_devices = spread;
 
     dp_runtime_config gc = c, cc = c;
     gc.driver = driver;

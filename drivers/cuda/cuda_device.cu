@@ -115,17 +115,8 @@ static dp_status cuda_open(const dp_device_config *cfg, dp_device **out)
     int count = 0;
     DP_CHECK(dp_cuda_available());
     DP_CHECK(cuda_device_count(&count));
+    /* placement is the runtime's (dp_runtime_config.spread_devices): open what is asked */
     int ordinal = cfg ? cfg->ordinal : 0;
-    /* The runtime asks every rank for device 0; DUALPIPE_CUDA_PLACEMENT=spread puts rank r on
-     * GPU (ordinal + r) mod count instead, one GPU per rank (NCCL) when there are enough. */
-    const char *placement = getenv("DUALPIPE_CUDA_PLACEMENT");
-    if (placement && *placement && strcmp(placement, "shared") != 0) {
-        if (strcmp(placement, "spread") != 0)
-            return dp_fail(DP_ERR_INVALID, "cuda driver: DUALPIPE_CUDA_PLACEMENT=%s: use 'shared' (every rank on the "
-                                           "device it asks for) or 'spread' (rank r on GPU r mod count)",
-                           placement);
-        if (cfg && ordinal >= 0 && count > 0) ordinal = (ordinal + (cfg->rank > 0 ? cfg->rank : 0)) % count;
-    }
     if (ordinal < 0 || ordinal >= count)
         return dp_fail(DP_ERR_INVALID, "cuda driver: device %d does not exist (this machine has %d CUDA device%s)",
                        ordinal, count, count == 1 ? "" : "s");
