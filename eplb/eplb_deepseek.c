@@ -4,6 +4,7 @@
  * repeatedly splitting the heaviest replica, replicas packed onto the node's GPUs. */
 #include "eplb/eplb_internal.h"
 
+#include <math.h>
 #include <string.h>
 
 /* Min-heap of packs on (weight, index): the top is the lightest pack, the lowest index among
@@ -190,38 +191,49 @@ static void radix_desc(const float *v, int n, int *idx, int *tmp, unsigned *key)
     if (ia != idx) memcpy(idx, ia, (size_t)n * sizeof(int));
 }
 
+/* The lighter of packs a and b, the lower index on equal weights (the reference's min). */
+static inline int lighter(const float *pw, int a, int b)
+{
+    int take_b = (pw[b] < pw[a]) | ((pw[b] == pw[a]) & (b < a));
+    return take_b ? b : a; /* a select, not a branch: the outcome is unpredictable */
+}
+
 /* The largest pack weight of the reference's balanced_packing of w[0..n) onto `packs`
- * packs. */
+ * packs. The lightest pack comes from a tournament tree (winner[1] the root, leaves from
+ * `leaves`), whose updates compare without branching; a full pack weighs +inf. */
 static float packing_max(const float *w, int n, int packs, eplb_scratch *sc)
 {
     int per = n / packs;
     float mx = 0.0f;
     if (per == 1) {
-        for (int k = 0; k < n; k++) {
+        for (int k = 0; k < n; k++)
             if (w[k] > mx) mx = w[k];
-        }
         return mx;
     }
-    int *order = sc->i[10], *pack_items = sc->i[11], *heap = sc->i[12];
-    float *pack_weight = sc->f[3];
+    int *order = sc->i[10], *pack_items = sc->i[11];
     if (n >= 128) /* the radix sort's fixed cost pays off on many items only */
         radix_desc(w, n, order, sc->i[13], (unsigned *)sc->sort_work);
     else
         eplb_sort_desc_like_torch(w, n, order, sc->sort_work);
-    for (int p = 0; p < packs; p++) {
-        pack_weight[p] = 0.0f;
-        pack_items[p] = 0;
-        heap[p] = p;
+    int leaves = 1;
+    while (leaves < packs) leaves *= 2;
+    /* sort_work: the sorts above use its first 8n bytes; leaves < 2n */
+    int *winner = (int *)(void *)((char *)sc->sort_work + (size_t)sc->n * 8);
+    float *pw = (float *)(void *)((char *)sc->sort_work + (size_t)sc->n * 24);
+    for (int p = 0; p < leaves; p++) {
+        pw[p] = p < packs ? 0.0f : HUGE_VALF;
+        winner[leaves + p] = p;
+        if (p < packs) pack_items[p] = 0;
     }
-    int len = packs;
+    for (int t = leaves - 1; t >= 1; t--) winner[t] = lighter(pw, winner[2 * t], winner[2 * t + 1]);
     for (int k = 0; k < n; k++) {
-        int item = order[k], best = heap[0];
-        pack_weight[best] += w[item];
-        if (++pack_items[best] == per) heap[0] = heap[--len];
-        pack_sift(pack_weight, heap, len, 0);
+        int best = winner[1];
+        pw[best] += w[order[k]];
+        if (pw[best] > mx) mx = pw[best];
+        if (++pack_items[best] == per) pw[best] = HUGE_VALF;
+        for (int t = (leaves + best) / 2; t >= 1; t /= 2)
+            winner[t] = lighter(pw, winner[2 * t], winner[2 * t + 1]);
     }
-    for (int p = 0; p < packs; p++)
-        if (pack_weight[p] > mx) mx = pack_weight[p];
     return mx;
 }
 
