@@ -7,58 +7,107 @@
 #include <math.h>
 #include <string.h>
 
-/* Min-heap of packs on (weight, index): the top is the lightest pack, the lowest index among
- * equally light ones, which is exactly what the reference's min() over packs returns. */
-static int pack_before(const float *pw, int a, int b)
+/* idx[0..n) = 0..n-1 ordered by v descending, in no particular order among equal values
+ * (for the largest pack weight only, see below); v >= 0 (-0 counts as 0). tmp holds n ints,
+ * key 2n unsigned. */
+static void radix_desc(const float *v, int n, int *idx, int *tmp, unsigned *key)
 {
-    return pw[a] < pw[b] || (pw[a] == pw[b] && a < b);
+    unsigned *ka = key, *kb = key + n;
+    int *ia = idx, *ib = tmp;
+    for (int k = 0; k < n; k++) {
+        unsigned u = 0;
+        if (v[k] != 0.0f) memcpy(&u, &v[k], sizeof u);
+        ka[k] = ~u;
+        ia[k] = k;
+    }
+    for (int shift = 0; shift < 32; shift += 8) {
+        int count[256] = {0};
+        for (int k = 0; k < n; k++) count[(ka[k] >> shift) & 255]++;
+        if (count[(ka[0] >> shift) & 255] == n) continue;
+        for (int d = 0, sum = 0; d < 256; d++) {
+            int c = count[d];
+            count[d] = sum;
+            sum += c;
+        }
+        for (int k = 0; k < n; k++) {
+            int at = count[(ka[k] >> shift) & 255]++;
+            kb[at] = ka[k];
+            ib[at] = ia[k];
+        }
+        unsigned *tk = ka;
+        ka = kb;
+        kb = tk;
+        int *ti = ia;
+        ia = ib;
+        ib = ti;
+    }
+    if (ia != idx) memcpy(idx, ia, (size_t)n * sizeof(int));
 }
 
-static void pack_sift(const float *pw, int *heap, int len, int pos)
+/* The lighter of packs a and b, the lower index on equal weights (the reference's min). */
+static inline int lighter(const float *pw, int a, int b)
 {
-    for (;;) {
-        int l = 2 * pos + 1, r = l + 1, top = pos;
-        if (l < len && pack_before(pw, heap[l], heap[top])) top = l;
-        if (r < len && pack_before(pw, heap[r], heap[top])) top = r;
-        if (top == pos) return;
-        int t = heap[pos];
-        heap[pos] = heap[top];
-        heap[top] = t;
-        pos = top;
-    }
+    int take_b = (pw[b] < pw[a]) | ((pw[b] == pw[a]) & (b < a));
+    return take_b ? b : a; /* a select, not a branch: the outcome is unpredictable */
 }
 
 /* Packs n items onto `packs` packs of n / packs items each, heaviest first onto the lightest
  * pack that still has room (the first such pack on equal weight); the reference's
- * balanced_packing. Full packs leave the heap. */
+ * balanced_packing. The lightest pack comes from a tournament tree (winner[1] the root, the
+ * packs its leaves), whose updates compare without branching; a full pack weighs +inf.
+ * When pack_index is NULL, only the largest pack weight is computed (and returned); items are
+ * then sorted by any means, as equal values may come in any order without changing the
+ * pack weights. */
+static float pack_items_in(const float *w, int n, int packs, eplb_scratch *sc, int *pack_index,
+                           int *rank_in_pack)
+{
+    int per = n / packs;
+    float mx = 0.0f;
+    if (per == 1) {
+        for (int k = 0; k < n; k++) {
+            if (pack_index) {
+                pack_index[k] = k;
+                rank_in_pack[k] = 0;
+            }
+            if (w[k] > mx) mx = w[k];
+        }
+        return mx;
+    }
+    int *order = sc->i[10], *pack_items = sc->i[11];
+    if (pack_index || n < 128) /* the radix sort's fixed cost pays off on many items only */
+        eplb_sort_desc_like_torch(w, n, order, sc->sort_work);
+    else
+        radix_desc(w, n, order, sc->i[13], (unsigned *)sc->sort_work);
+    int leaves = 1;
+    while (leaves < packs) leaves *= 2;
+    /* sort_work: the sorts above use its first 8n bytes; leaves < 2n */
+    int *winner = (int *)(void *)((char *)sc->sort_work + (size_t)sc->n * 8);
+    float *pw = (float *)(void *)((char *)sc->sort_work + (size_t)sc->n * 24);
+    for (int p = 0; p < leaves; p++) {
+        pw[p] = p < packs ? 0.0f : HUGE_VALF;
+        winner[leaves + p] = p;
+        if (p < packs) pack_items[p] = 0;
+    }
+    for (int t = leaves - 1; t >= 1; t--) winner[t] = lighter(pw, winner[2 * t], winner[2 * t + 1]);
+    for (int k = 0; k < n; k++) {
+        int item = order[k], best = winner[1];
+        if (pack_index) {
+            pack_index[item] = best;
+            rank_in_pack[item] = pack_items[best];
+        }
+        pw[best] += w[item];
+        if (pw[best] > mx) mx = pw[best];
+        if (++pack_items[best] == per) pw[best] = HUGE_VALF;
+        for (int t = (leaves + best) / 2; t >= 1; t /= 2)
+            winner[t] = lighter(pw, winner[2 * t], winner[2 * t + 1]);
+    }
+    return mx;
+}
+
 static void balanced_packing(const float *w, int n, int packs, eplb_scratch *sc, int *pack_index,
                              int *rank_in_pack)
 {
-    int per = n / packs;
-    if (per == 1) {
-        for (int k = 0; k < n; k++) {
-            pack_index[k] = k;
-            rank_in_pack[k] = 0;
-        }
-        return;
-    }
-    int *order = sc->i[10], *pack_items = sc->i[11], *heap = sc->i[12];
-    float *pack_weight = sc->f[3];
-    eplb_sort_desc_like_torch(w, n, order, sc->sort_work);
-    for (int p = 0; p < packs; p++) {
-        pack_weight[p] = 0.0f;
-        pack_items[p] = 0;
-        heap[p] = p; /* all equal: index order is already a heap */
-    }
-    int len = packs;
-    for (int k = 0; k < n; k++) {
-        int item = order[k], best = heap[0];
-        pack_index[item] = best;
-        rank_in_pack[item] = pack_items[best];
-        pack_weight[best] += w[item];
-        if (++pack_items[best] == per) heap[0] = heap[--len];
-        pack_sift(pack_weight, heap, len, 0);
-    }
+    pack_items_in(w, n, packs, sc, pack_index, rank_in_pack);
 }
 
 /* Max-heap of experts on (per-replica load, then lowest index): its top is the reference's
@@ -155,86 +204,11 @@ eplb_status eplb_deepseek_layer(const double *w, const eplb_shape *s, eplb_scrat
  * the sort: any correct sort gives them, here a radix sort, with neither the exact introsort
  * nor the slot bookkeeping. */
 
-/* idx[0..n) = 0..n-1 ordered by v descending; v >= 0 (-0 counts as 0). tmp holds n ints,
- * key 2n unsigned. */
-static void radix_desc(const float *v, int n, int *idx, int *tmp, unsigned *key)
-{
-    unsigned *ka = key, *kb = key + n;
-    int *ia = idx, *ib = tmp;
-    for (int k = 0; k < n; k++) {
-        unsigned u = 0;
-        if (v[k] != 0.0f) memcpy(&u, &v[k], sizeof u);
-        ka[k] = ~u;
-        ia[k] = k;
-    }
-    for (int shift = 0; shift < 32; shift += 8) {
-        int count[256] = {0};
-        for (int k = 0; k < n; k++) count[(ka[k] >> shift) & 255]++;
-        if (count[(ka[0] >> shift) & 255] == n) continue;
-        for (int d = 0, sum = 0; d < 256; d++) {
-            int c = count[d];
-            count[d] = sum;
-            sum += c;
-        }
-        for (int k = 0; k < n; k++) {
-            int at = count[(ka[k] >> shift) & 255]++;
-            kb[at] = ka[k];
-            ib[at] = ia[k];
-        }
-        unsigned *tk = ka;
-        ka = kb;
-        kb = tk;
-        int *ti = ia;
-        ia = ib;
-        ib = ti;
-    }
-    if (ia != idx) memcpy(idx, ia, (size_t)n * sizeof(int));
-}
-
-/* The lighter of packs a and b, the lower index on equal weights (the reference's min). */
-static inline int lighter(const float *pw, int a, int b)
-{
-    int take_b = (pw[b] < pw[a]) | ((pw[b] == pw[a]) & (b < a));
-    return take_b ? b : a; /* a select, not a branch: the outcome is unpredictable */
-}
-
 /* The largest pack weight of the reference's balanced_packing of w[0..n) onto `packs`
- * packs. The lightest pack comes from a tournament tree (winner[1] the root, leaves from
- * `leaves`), whose updates compare without branching; a full pack weighs +inf. */
+ * packs. */
 static float packing_max(const float *w, int n, int packs, eplb_scratch *sc)
 {
-    int per = n / packs;
-    float mx = 0.0f;
-    if (per == 1) {
-        for (int k = 0; k < n; k++)
-            if (w[k] > mx) mx = w[k];
-        return mx;
-    }
-    int *order = sc->i[10], *pack_items = sc->i[11];
-    if (n >= 128) /* the radix sort's fixed cost pays off on many items only */
-        radix_desc(w, n, order, sc->i[13], (unsigned *)sc->sort_work);
-    else
-        eplb_sort_desc_like_torch(w, n, order, sc->sort_work);
-    int leaves = 1;
-    while (leaves < packs) leaves *= 2;
-    /* sort_work: the sorts above use its first 8n bytes; leaves < 2n */
-    int *winner = (int *)(void *)((char *)sc->sort_work + (size_t)sc->n * 8);
-    float *pw = (float *)(void *)((char *)sc->sort_work + (size_t)sc->n * 24);
-    for (int p = 0; p < leaves; p++) {
-        pw[p] = p < packs ? 0.0f : HUGE_VALF;
-        winner[leaves + p] = p;
-        if (p < packs) pack_items[p] = 0;
-    }
-    for (int t = leaves - 1; t >= 1; t--) winner[t] = lighter(pw, winner[2 * t], winner[2 * t + 1]);
-    for (int k = 0; k < n; k++) {
-        int best = winner[1];
-        pw[best] += w[order[k]];
-        if (pw[best] > mx) mx = pw[best];
-        if (++pack_items[best] == per) pw[best] = HUGE_VALF;
-        for (int t = (leaves + best) / 2; t >= 1; t /= 2)
-            winner[t] = lighter(pw, winner[2 * t], winner[2 * t + 1]);
-    }
-    return mx;
+    return pack_items_in(w, n, packs, sc, NULL, NULL);
 }
 
 double eplb_deepseek_max_f32(const double *w, const eplb_shape *s, eplb_scratch *sc,
