@@ -45,7 +45,9 @@ typedef enum {
      * free replicas), then replicas are exchanged one for one, or two for two, between the
      * most loaded GPU and the others while that lowers the maximum, stopping early once the
      * maximum is within 0.01% of the lower bound. No two replicas of one expert share a GPU.
-     * The reference plan of the same layer is then computed as a floor: if it is more
+     * The reference plan of the same layer is then a floor: its largest GPU load is computed
+     * first (as the reference sums it, in float32; the plan itself is built only when that
+     * load, allowing for float32 rounding, may be below ours); if it is more
      * balanced, it is improved the same way (same-GPU duplicates removed where that does not
      * raise its maximum) and used instead, so the result is never less balanced than
      * EPLB_POLICY_DEEPSEEK on the same input, and duplicates appear only where the

@@ -1,6 +1,6 @@
 /* eplb_rebalance.c: the entry point. Checks the configuration and the loads, then plans layer
- * by layer with the chosen policy (the default one also runs the reference as its floor)
- * and builds log2phy. */
+ * by layer with the chosen policy (the default one takes the reference as its floor) and
+ * builds log2phy. */
 #include "eplb/eplb_internal.h"
 
 #include <math.h>
