@@ -57,3 +57,7 @@ check_PROGRAMS += tests/test_eplb_realdata
 tests_test_eplb_realdata_SOURCES = tests/test_eplb_realdata.c tools/eplb_input.c tools/eplb_json.c tools/cli.c
 tests_test_eplb_realdata_LDADD = eplb/libeplb.la -lm
 TESTS += tests/test_eplb_realdata
+check_PROGRAMS += tests/test_eplb_floor
+tests_test_eplb_floor_SOURCES = tests/test_eplb_floor.c
+tests_test_eplb_floor_LDADD = eplb/libeplb.la -lm
+TESTS += tests/test_eplb_floor
