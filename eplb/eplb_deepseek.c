@@ -110,48 +110,45 @@ static void balanced_packing(const float *w, int n, int packs, eplb_scratch *sc,
     pack_items_in(w, n, packs, sc, pack_index, rank_in_pack);
 }
 
-/* Max-heap of experts on (per-replica load, then lowest index): its top is the reference's
- * argmax, which returns the first index among equal maxima. */
-static int rep_before(const float *q, int a, int b)
+/* The one of experts a and b with the larger per-replica load, the lower index on equal
+ * loads: the reference's argmax, which returns the first index among equal maxima. */
+static inline int heavier_replica(const float *q, int a, int b)
 {
-    return q[a] > q[b] || (q[a] == q[b] && a < b);
-}
-
-static void rep_sift(const float *q, int *heap, int len, int pos)
-{
-    for (;;) {
-        int l = 2 * pos + 1, r = l + 1, top = pos;
-        if (l < len && rep_before(q, heap[l], heap[top])) top = l;
-        if (r < len && rep_before(q, heap[r], heap[top])) top = r;
-        if (top == pos) return;
-        int t = heap[pos];
-        heap[pos] = heap[top];
-        heap[top] = t;
-        pos = top;
-    }
+    int take_b = (q[b] > q[a]) | ((q[b] == q[a]) & (b < a));
+    return take_b ? b : a; /* a select, not a branch: the outcome is unpredictable */
 }
 
 /* Gives num_phy - n extra replicas, each to the expert with the largest per-replica load
- * (float32 quotient, lowest index on ties); the reference's replicate_experts. q and heap
- * hold n elements. */
+ * (float32 quotient, lowest index on ties); the reference's replicate_experts. The argmax
+ * comes from a tournament tree (winner[1] the root, the experts its leaves, padding at
+ * -inf) in sc->sort_work, which no caller uses meanwhile: winner 2 * leaves ints, then
+ * the loads, leaves floats (leaves < 2n). */
 static void replicate(const float *w, int n, int num_phy, int *phy2mlog, int *rank, int *cnt,
-                      float *q, int *heap)
+                      eplb_scratch *sc)
 {
-    for (int m = 0; m < n; m++) {
-        phy2mlog[m] = m;
-        rank[m] = 0;
-        cnt[m] = 1;
-        q[m] = w[m] / 1.0f;
-        heap[m] = m;
+    int leaves = 1;
+    while (leaves < n) leaves *= 2;
+    int *winner = sc->sort_work;
+    float *q = (float *)(void *)((char *)sc->sort_work + (size_t)sc->n * 16);
+    for (int m = 0; m < leaves; m++) {
+        if (m < n) {
+            phy2mlog[m] = m;
+            rank[m] = 0;
+            cnt[m] = 1;
+        }
+        q[m] = m < n ? w[m] / 1.0f : -HUGE_VALF;
+        winner[leaves + m] = m;
     }
-    for (int k = n / 2 - 1; k >= 0; k--) rep_sift(q, heap, n, k);
+    for (int t = leaves - 1; t >= 1; t--)
+        winner[t] = heavier_replica(q, winner[2 * t], winner[2 * t + 1]);
     for (int p = n; p < num_phy; p++) {
-        int best = heap[0];
+        int best = winner[1];
         phy2mlog[p] = best;
         rank[p] = cnt[best];
         cnt[best]++;
         q[best] = w[best] / (float)cnt[best];
-        rep_sift(q, heap, n, 0);
+        for (int t = (leaves + best) / 2; t >= 1; t /= 2)
+            winner[t] = heavier_replica(q, winner[2 * t], winner[2 * t + 1]);
     }
 }
 
@@ -184,7 +181,7 @@ eplb_status eplb_deepseek_layer(const double *w, const eplb_shape *s, eplb_scrat
     for (int n = 0; n < nodes; n++) {
         /* Step 2: replicas within the node. */
         for (int m = 0; m < En; m++) node_w[m] = (float)w[mlog2log[n * En + m]];
-        replicate(node_w, En, Rn, phy2mlog, phyrank, mcnt, sc->f[3], sc->i[8]);
+        replicate(node_w, En, Rn, phy2mlog, phyrank, mcnt, sc);
         /* Step 3: the node's replicas onto its GPUs. */
         for (int p = 0; p < Rn; p++) phy_w[p] = node_w[phy2mlog[p]] / (float)mcnt[phy2mlog[p]];
         balanced_packing(phy_w, Rn, Pn, sc, pack, rip);
@@ -251,7 +248,7 @@ double eplb_deepseek_max_f32(const double *w, const eplb_shape *s, eplb_scratch 
     }
     for (int n = 0; n < nodes; n++) {
         for (int m = 0; m < En; m++) node_w[m] = (float)w[mlog2log[n * En + m]];
-        replicate(node_w, En, Rn, phy2mlog, phyrank, mcnt, sc->f[3], sc->i[8]);
+        replicate(node_w, En, Rn, phy2mlog, phyrank, mcnt, sc);
         for (int p = 0; p < Rn; p++) phy_w[p] = node_w[phy2mlog[p]] / (float)mcnt[phy2mlog[p]];
         float m = packing_max(phy_w, Rn, Pn, sc);
         if (m > mx) mx = m;
