@@ -811,7 +811,7 @@ eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_
     keyed *order = sc->sort_work;
 
     /* Where each expert lives: its group's node, groups placed for the lowest bound. */
-    int *heap = sc->i[6]; /* pk.fill is not in use yet */
+    int *heap = sc->sort_work; /* 2n ints; the packing's sort needs it only later */
     double total = 0, target;
     for (int e = 0; e < E; e++) total += w[e];
     target = total / P;

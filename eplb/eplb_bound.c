@@ -11,59 +11,60 @@
 /* ------------------------------------------------------------------------------------------
  * Greedy replication with a max-heap on per-replica load (ties: lower expert id first). */
 
-/* key[i] caches w[ids[i]] / cnt[i], refreshed when cnt[i] changes. */
-static int heavier(const double *key, const int *ids, int a, int b)
+/* The one of a and b with the larger key, the lower expert id on equal keys. */
+static inline int heavier(const double *key, const int *ids, int a, int b)
 {
-    if (key[a] != key[b]) return key[a] > key[b];
-    return ids[a] < ids[b];
+    int take_b = (key[b] > key[a]) | ((key[b] == key[a]) & (ids[b] < ids[a]));
+    return take_b ? b : a; /* a select, not a branch: the outcome is unpredictable */
 }
 
-static void sift_down(const double *key, const int *ids, int *heap, int len, int pos)
+/* Tournament tree over n leaves: tree[n + i] = i, tree[t] the heavier of tree[2t] and
+ * tree[2t + 1], so tree[1] is the heaviest. key[i] caches w[ids[i]] / cnt[i], -1 for an
+ * expert taken out at the cap (loads are >= 0). */
+static void tree_build(const double *key, const int *ids, int *tree, int n)
 {
-    for (;;) {
-        int l = 2 * pos + 1, r = l + 1, top = pos;
-        if (l < len && heavier(key, ids, heap[l], heap[top])) top = l;
-        if (r < len && heavier(key, ids, heap[r], heap[top])) top = r;
-        if (top == pos) return;
-        int t = heap[pos];
-        heap[pos] = heap[top];
-        heap[top] = t;
-        pos = top;
-    }
+    for (int i = 0; i < n; i++) tree[n + i] = i;
+    for (int t = n - 1; t >= 1; t--) tree[t] = heavier(key, ids, tree[2 * t], tree[2 * t + 1]);
+}
+
+static void tree_update(const double *key, const int *ids, int *tree, int n, int i)
+{
+    for (int t = (n + i) / 2; t >= 1; t /= 2)
+        tree[t] = heavier(key, ids, tree[2 * t], tree[2 * t + 1]);
 }
 
 double eplb_min_max_replica(const double *w, const int *ids, int n, int k, int cap,
-                            int *cnt, int *heap, double *key)
+                            int *cnt, int *tree, double *key)
 {
     for (int i = 0; i < n; i++) {
         cnt[i] = 1;
-        heap[i] = i;
         key[i] = w[ids[i]];
     }
-    int len = n, left = k - n;
+    int left = k - n;
     for (int pass = 0; pass < 2 && left > 0; pass++) {
         if (pass == 1) { /* every expert is at the cap: going past it is unavoidable */
             cap = 0;
-            len = n;
-            for (int i = 0; i < n; i++) heap[i] = i;
+            for (int i = 0; i < n; i++) key[i] = w[ids[i]] / cnt[i];
         }
-        for (int i = len / 2 - 1; i >= 0; i--) sift_down(key, ids, heap, len, i);
-        while (left > 0 && len > 0) {
-            int top = heap[0];
+        tree_build(key, ids, tree, n);
+        while (left > 0) {
+            int top = tree[1];
+            if (key[top] < 0) break; /* all taken out */
             if (cap > 0 && cnt[top] >= cap) {
-                heap[0] = heap[--len];
-                sift_down(key, ids, heap, len, 0);
-                continue;
+                key[top] = -1;
+            } else {
+                cnt[top]++;
+                key[top] = w[ids[top]] / cnt[top];
+                left--;
             }
-            cnt[top]++;
-            key[top] = w[ids[top]] / cnt[top];
-            left--;
-            sift_down(key, ids, heap, len, 0);
+            tree_update(key, ids, tree, n, top);
         }
     }
     double mx = 0;
-    for (int i = 0; i < n; i++)
-        if (key[i] > mx) mx = key[i];
+    for (int i = 0; i < n; i++) {
+        double q = w[ids[i]] / cnt[i];
+        if (q > mx) mx = q;
+    }
     return mx;
 }
 
@@ -160,7 +161,7 @@ double eplb_assign_groups(const double *w, const eplb_shape *s, int with_replica
     S.group_size = s->E / S.G;
     int En = s->E / s->N;
     S.gload = malloc((size_t)(2 * S.G + S.N + En) * sizeof(double));
-    S.node_of = malloc((size_t)(3 * S.G + S.N + 3 * En) * sizeof(int));
+    S.node_of = malloc((size_t)(3 * S.G + S.N + 4 * En) * sizeof(int)); /* heap: 2 En */
     if (!S.gload || !S.node_of) {
         free(S.gload);
         free(S.node_of);
@@ -255,7 +256,7 @@ eplb_status eplb_lower_bound(const double *w, int num_experts, const eplb_config
 {
     EPLB_CHECK(eplb_config_check(cfg, num_experts));
     eplb_shape s = eplb_shape_of(cfg, num_experts);
-    int *work = malloc((size_t)3 * s.E * sizeof(int));
+    int *work = malloc((size_t)4 * s.E * sizeof(int)); /* ids, counts, 2E for the tree */
     double *key = malloc((size_t)s.E * sizeof(double));
     if (!work || !key) {
         free(work);

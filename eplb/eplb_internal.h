@@ -78,7 +78,7 @@ double eplb_gpu_loads(const double *w, int E, const int *phy2log, int R, int P, 
 /* Greedy replication: experts ids[0..n) (loads w[ids[i]]) share k >= n replicas, each extra
  * replica going to the largest per-replica load (lowest expert id on ties), no count above
  * cap while any expert is below it (cap 0: no cap). cnt_out[i] receives ids[i]'s count; heap
- * (n ints) and key (n doubles) are work space. Returns the largest per-replica load, which without a cap is the
+ * (2n ints) and key (n doubles) are work space. Returns the largest per-replica load, which without a cap is the
  * least possible one (splitting the current maximum is the only way to lower it). */
 double eplb_min_max_replica(const double *w, const int *ids, int n, int k, int cap,
                             int *cnt_out, int *heap, double *key);
