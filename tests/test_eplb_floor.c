@@ -3,35 +3,15 @@
  * checks that load against the reference plan's, on seeded random loads (ties, zeros, and
  * loads past float32's exact integers) over hierarchical and global shapes. */
 #include "eplb/eplb_internal.h"
+#include "tests/eplb_test_loads.h"
 #include "tests/tap.h"
 
 #include <math.h>
 #include <stdlib.h>
 
-static unsigned long long rng_state = 0x2545f4914f6cdd1dull;
-
-static double uniform(void) /* splitmix64 */
-{
-    unsigned long long z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return (double)(z >> 11) / 9007199254740992.0;
-}
-
-static void random_loads(double *w, int n, int style)
-{
-    for (int k = 0; k < n; k++) {
-        double u = uniform();
-        if (style == 0) w[k] = floor(1000 * u);
-        else if (style == 1) w[k] = floor(100.0 / (0.02 + u * u));
-        else if (style == 2) w[k] = uniform() < 0.3 ? 0 : floor(50 * u) * 3; /* ties */
-        else w[k] = floor(3e7 * u * u) + 0.25;                              /* past 2^24 */
-    }
-}
-
 int main(void)
 {
+    test_seed(0x2545f4914f6cdd1dull);
     const struct {
         int E, R, groups, nodes, gpus;
     } shapes[] = {
@@ -57,7 +37,7 @@ int main(void)
             int worst_ok = 1, lower_ok = 1;
             double worst = 0, slack = (s.slots + 2) * 0x1p-24;
             for (int layer = 0; layer < 20; layer++) {
-                random_loads(w, s.E, style);
+                test_random_loads(w, s.E, style);
                 eplb_deepseek_layer(w, &s, sc, p2l, p2l + s.R);
                 double ref = eplb_gpu_loads(w, s.E, p2l, s.R, s.P, cnt, load);
                 double est = eplb_deepseek_max_f32(w, &s, sc, HUGE_VAL);

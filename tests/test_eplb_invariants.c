@@ -3,29 +3,8 @@
  * phy2log; the default policy duplicate-free and never less balanced than deepseek; the
  * lower bound never above a plan's max load; migration keeping GPU contents. */
 #include "eplb/eplb.h"
+#include "tests/eplb_test_loads.h"
 #include "tests/tap.h"
-
-static unsigned long long rng_state = 0x9e3779b97f4a7c15ull;
-
-static double uniform(void) /* splitmix64 */
-{
-    unsigned long long z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return (double)(z >> 11) / 9007199254740992.0;
-}
-
-/* Skewed loads like real routing counts: a few hot experts, some idle ones. */
-static void random_loads(double *w, int n, int style)
-{
-    for (int k = 0; k < n; k++) {
-        double u = uniform();
-        if (style == 0) w[k] = floor(1000 * u);
-        else if (style == 1) w[k] = floor(100.0 / (0.02 + u * u)); /* heavy tail */
-        else w[k] = uniform() < 0.3 ? 0 : floor(50 * u) * 3;      /* zeros and ties */
-    }
-}
 
 static double gpu_max(const double *w, const eplb_plan *p, int l)
 {
@@ -75,6 +54,7 @@ static int layer_dups(const eplb_plan *p, int l)
 
 int main(void)
 {
+    test_seed(0x9e3779b97f4a7c15ull);
     const shape shapes[] = {
         {12, 16, 4, 2, 8, 0},    {12, 16, 4, 2, 8, 1},   {16, 16, 4, 2, 4, 0},
         {32, 48, 8, 4, 8, 0},    {32, 48, 8, 4, 8, 1},   {32, 48, 4, 3, 12, 0},
@@ -88,7 +68,7 @@ int main(void)
         const shape *s = &shapes[k];
         for (int style = 0; style < 3; style++) {
             double *w = malloc(sizeof(double) * L * s->E);
-            random_loads(w, L * s->E, style);
+            test_random_loads(w, L * s->E, style);
             eplb_config c = eplb_config_default(s->R, s->gpus);
             c.num_groups = s->groups;
             c.num_nodes = s->nodes;
