@@ -152,22 +152,14 @@ static void replicate(const float *w, int n, int num_phy, int *phy2mlog, int *ra
     }
 }
 
-eplb_status eplb_deepseek_layer(const double *w, const eplb_shape *s, eplb_scratch *sc,
-                                int *phy2log, int *rank)
+/* The reference's step 1: groups onto nodes by their float32 load sums (group_w[g]), giving
+ * each group's pack and rank (gpack, grank) and the node-major order of experts (mlog2log).
+ * Which groups share a node depends on the tie order of equal group loads, so this always
+ * runs the reference's own packing (a handful of groups). */
+static void groups_to_nodes(const double *w, int groups, int nodes, int group_size, eplb_scratch *sc,
+                            float *group_w, int *gpack, int *grank, int *mlog2log)
 {
-    /* The reference chooses its mode by groups % nodes alone (one node is the global case). */
-    int groups = s->groups, nodes = s->N;
-    if (groups % nodes != 0) groups = nodes = 1;
-    const int E = s->E, R = s->R, P = s->P;
-    const int group_size = E / groups, groups_per_node = groups / nodes;
-    const int En = E / nodes, Rn = R / nodes, Pn = P / nodes, per_gpu = R / P;
-
-    float *group_w = sc->f[0], *node_w = sc->f[1], *phy_w = sc->f[2];
-    int *gpack = sc->i[0], *grank = sc->i[1], *mlog2log = sc->i[2];
-    int *phy2mlog = sc->i[3], *phyrank = sc->i[4], *mcnt = sc->i[5];
-    int *pack = sc->i[6], *rip = sc->i[7];
-
-    /* Step 1: groups onto nodes by their float32 load sums. */
+    const int groups_per_node = groups / nodes;
     for (int g = 0; g < groups; g++) {
         float sum = 0.0f;
         for (int j = 0; j < group_size; j++) sum += (float)w[g * group_size + j];
@@ -177,6 +169,25 @@ eplb_status eplb_deepseek_layer(const double *w, const eplb_shape *s, eplb_scrat
     for (int g = 0; g < groups; g++)
         for (int j = 0; j < group_size; j++)
             mlog2log[(gpack[g] * groups_per_node + grank[g]) * group_size + j] = g * group_size + j;
+}
+
+eplb_status eplb_deepseek_layer(const double *w, const eplb_shape *s, eplb_scratch *sc,
+                                int *phy2log, int *rank)
+{
+    /* The reference chooses its mode by groups % nodes alone (one node is the global case). */
+    int groups = s->groups, nodes = s->N;
+    if (groups % nodes != 0) groups = nodes = 1;
+    const int E = s->E, R = s->R, P = s->P;
+    const int group_size = E / groups;
+    const int En = E / nodes, Rn = R / nodes, Pn = P / nodes, per_gpu = R / P;
+
+    float *group_w = sc->f[0], *node_w = sc->f[1], *phy_w = sc->f[2];
+    int *gpack = sc->i[0], *grank = sc->i[1], *mlog2log = sc->i[2];
+    int *phy2mlog = sc->i[3], *phyrank = sc->i[4], *mcnt = sc->i[5];
+    int *pack = sc->i[6], *rip = sc->i[7];
+
+    /* Step 1: groups onto nodes by their float32 load sums. */
+    groups_to_nodes(w, groups, nodes, group_size, sc, group_w, gpack, grank, mlog2log);
 
     for (int n = 0; n < nodes; n++) {
         /* Step 2: replicas within the node. */
@@ -214,23 +225,13 @@ double eplb_deepseek_max_f32(const double *w, const eplb_shape *s, eplb_scratch 
     int groups = s->groups, nodes = s->N;
     if (groups % nodes != 0) groups = nodes = 1;
     const int E = s->E, R = s->R, P = s->P;
-    const int group_size = E / groups, groups_per_node = groups / nodes;
+    const int group_size = E / groups;
     const int En = E / nodes, Rn = R / nodes, Pn = P / nodes;
     float *group_w = sc->f[0], *node_w = sc->f[1], *phy_w = sc->f[2];
     int *gpack = sc->i[0], *grank = sc->i[1], *mlog2log = sc->i[2];
     int *phy2mlog = sc->i[3], *phyrank = sc->i[4], *mcnt = sc->i[5];
 
-    for (int g = 0; g < groups; g++) {
-        float sum = 0.0f;
-        for (int j = 0; j < group_size; j++) sum += (float)w[g * group_size + j];
-        group_w[g] = sum;
-    }
-    /* Which groups share a node does depend on the tie order of equal group loads: take the
-     * reference's own packing for that step (a handful of groups). */
-    balanced_packing(group_w, groups, nodes, sc, gpack, grank);
-    for (int g = 0; g < groups; g++)
-        for (int j = 0; j < group_size; j++)
-            mlog2log[(gpack[g] * groups_per_node + grank[g]) * group_size + j] = g * group_size + j;
+    groups_to_nodes(w, groups, nodes, group_size, sc, group_w, gpack, grank, mlog2log);
     /* A node's GPUs carry its load: when the heaviest node's mean GPU load already exceeds
      * `below`, so does the answer, and it is not worth computing exactly. */
     float mx = 0.0f;

@@ -70,21 +70,14 @@ static void pack_b(int trans, const float *b, int ldb, int k0, int j0, int kc, i
     }
 }
 
-/* C[MR x NR] (rows x cols valid) += alpha * Apanel * Bpanel over kc. Compiled for the wider
- * vector units where the machine has them; each clone does the same operations in the same
- * order (no FMA contraction differences: fp-contract is off for this file's clones). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && \
-    !defined(__SANITIZE_THREAD__)
-#define DP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define DP_CLONES
-#endif
-
 #if defined(__GNUC__)
 /* GCC/Clang vector extensions: one NR-wide row of the tile per vector, lowered to whatever
  * the target has (SSE halves, AVX2, one AVX-512 register) */
 typedef float vrow __attribute__((vector_size(NR * sizeof(float))));
 
+/* C[MR x NR] (rows x cols valid) += alpha * Apanel * Bpanel over kc. Compiled for the wider
+ * vector units where the machine has them; each clone does the same operations in the same
+ * order (no FMA contraction differences: fp-contract is off for this file's clones). */
 DP_CLONES
 static void micro_kernel(int kc, const float *restrict ap, const float *restrict bp, float alpha, float *restrict c,
                          int ldc, int rows, int cols)

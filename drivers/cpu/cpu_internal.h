@@ -78,4 +78,14 @@ void dp_cpu_blas_set_threads(int threads);
                            (what), (int)(t));                                                             \
     } while (0)
 
+/* Hot loops are compiled for the wider vector units where the machine has them (GCC's
+ * function clones; not under the sanitizers, whose runtimes do not support them). Every clone
+ * does the same operations in the same order, so results do not depend on the one chosen. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && \
+    !defined(__SANITIZE_THREAD__)
+#define DP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DP_CLONES
+#endif
+
 #endif

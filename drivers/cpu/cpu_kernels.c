@@ -163,13 +163,6 @@ DP_INLINE static inline float exp_neg(float w)
         (pdf) = INV_SQRT_2PI * e_;                                                                     \
     } while (0)
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && \
-    !defined(__SANITIZE_THREAD__)
-#define DP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define DP_CLONES
-#endif
-
 /* The build's -O2 vectorises loops of a known trip count that is a multiple of the vector
  * width: blocks of VEC elements, then a tail one by one (the same IEEE operations, so the
  * same bits either way, and no FMA: C11 keeps multiplications and additions apart). */
