@@ -53,7 +53,10 @@ dp_status dp_cpu_open(const dp_device_config *cfg, dp_device **out)
 
 dp_status dp_cpu_close(dp_device *dev)
 {
-    if (dev) dp_cpu_gemm_workspace_free(&dev->gemm_ws);
+    if (dev) {
+        dp_cpu_gemm_workspace_free(&dev->gemm_ws);
+        dp_cpu_scratch_free(dev);
+    }
     free(dev);
     return DP_OK;
 }
@@ -65,7 +68,7 @@ dp_status dp_cpu_info(dp_device *dev, dp_device_info *out)
              dev->use_blas ? "CBLAS" : "portable");
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     out->total_memory = pages > 0 && page > 0 ? (size_t)pages * (size_t)page : 0;
-    out->supports_bf16 = 0;
+    out->supports_bf16 = 1; /* bf16 storage, fp32 arithmetic (cpu_bf16.c) */
     out->concurrent_streams = 0;
     return DP_OK;
 }

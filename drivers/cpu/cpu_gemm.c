@@ -239,12 +239,76 @@ void dp_cpu_blas_set_threads(int threads)
 #endif
 }
 
+/* The fp32 GEMM both dtypes run: CBLAS or the portable GEMM, as the device chose. */
+static void gemm_f32(dp_device *dev, const dp_gemm_args *g, const float *a, const float *b, float *c)
+{
+#ifdef HAVE_CBLAS
+    if (dev->use_blas && g->k > 0) {
+        cblas_sgemm(CblasRowMajor, g->trans_a ? CblasTrans : CblasNoTrans, g->trans_b ? CblasTrans : CblasNoTrans,
+                    g->m, g->n, g->k, g->alpha, a, g->lda, b, g->ldb, g->beta, c, g->ldc);
+        return;
+    }
+#endif
+    dp_cpu_gemm_portable_ws(&dev->gemm_ws, g->trans_a, g->trans_b, g->m, g->n, g->k, g->alpha, a, g->lda, b, g->ldb,
+                            g->beta, c, g->ldc, dev->threads);
+}
+
+/* Elements a row-major matrix of rows x cols with row stride ld spans (its last row ends at cols). */
+static size_t span(int rows, int cols, int ld)
+{
+    return rows > 0 && cols > 0 ? (size_t)(rows - 1) * (size_t)ld + (size_t)cols : 0;
+}
+
+/* Widens a bf16 matrix into fp32 with the same stride; the gaps between rows become zeros. */
+static void widen_matrix(const uint16_t *src, int rows, int cols, int ld, float *dst)
+{
+    if (rows <= 0 || cols <= 0) return;
+    for (int r = 0; r < rows; r++) {
+        dp_cpu_widen_bf16(src + (size_t)r * ld, dst + (size_t)r * ld, (size_t)cols);
+        if (r + 1 < rows && ld > cols) memset(dst + (size_t)r * ld + cols, 0, sizeof(float) * (size_t)(ld - cols));
+    }
+}
+
+/* bf16 A and B (C fp32 or bf16): the fp32 GEMM on exact fp32 copies, with the same strides so
+ * that it is the very call an fp32 caller makes; a bf16 C is widened (when beta reads it),
+ * and rounded once at the end. bf16 products are exact in fp32: the accumulation is fp32. */
+static dp_status gemm_bf16(dp_device *dev, const dp_gemm_args *g)
+{
+    int a_rows = g->trans_a ? g->k : g->m, a_cols = g->trans_a ? g->m : g->k;
+    int b_rows = g->trans_b ? g->n : g->k, b_cols = g->trans_b ? g->k : g->n;
+    size_t na = span(a_rows, a_cols, g->lda), nb = span(b_rows, b_cols, g->ldb);
+    size_t nc = g->c_type == DP_DTYPE_BF16 ? span(g->m, g->n, g->ldc) : 0;
+    float *ws;
+    DP_CHECK(dp_cpu_scratch(dev, na + nb + nc, 1, "gemm", &ws));
+    float *a = ws, *b = ws + na, *c = ws + na + nb;
+    widen_matrix(g->a, a_rows, a_cols, g->lda, a);
+    widen_matrix(g->b, b_rows, b_cols, g->ldb, b);
+    if (g->c_type == DP_DTYPE_F32) {
+        gemm_f32(dev, g, a, b, g->c);
+        return DP_OK;
+    }
+    if (g->beta != 0.0f) widen_matrix(g->c, g->m, g->n, g->ldc, c);
+    else memset(c, 0, sizeof(float) * nc); /* beta = 0 never reads C: its old bits (NaN included) do not count */
+    gemm_f32(dev, g, a, b, c);
+    for (int i = 0; i < g->m; i++)
+        dp_cpu_round_bf16(c + (size_t)i * g->ldc, (uint16_t *)g->c + (size_t)i * g->ldc, (size_t)g->n);
+    return DP_OK;
+}
+
 dp_status dp_cpu_gemm(dp_device *dev, dp_stream *s, const dp_gemm_args *g)
 {
     (void)s;
-    if (g->a_type != DP_DTYPE_F32 || g->b_type != DP_DTYPE_F32 || g->c_type != DP_DTYPE_F32)
-        return dp_fail(DP_ERR_UNSUPPORTED, "cpu driver: gemm supports only fp32 matrices (types %d, %d, %d given)",
-                       (int)g->a_type, (int)g->b_type, (int)g->c_type);
+    int ab_f32 = g->a_type == DP_DTYPE_F32 && g->b_type == DP_DTYPE_F32;
+    int ab_bf16 = g->a_type == DP_DTYPE_BF16 && g->b_type == DP_DTYPE_BF16;
+    if (!ab_f32 && !ab_bf16)
+        return dp_fail(DP_ERR_UNSUPPORTED,
+                       "cpu driver: gemm needs A and B of one type, both fp32 or both bf16 (A %s, B %s given); "
+                       "cast one of them first",
+                       dp_cpu_dtype_name(g->a_type), dp_cpu_dtype_name(g->b_type));
+    if (g->c_type != DP_DTYPE_F32 && !(ab_bf16 && g->c_type == DP_DTYPE_BF16))
+        return dp_fail(DP_ERR_UNSUPPORTED,
+                       "cpu driver: gemm writes C in fp32, or in bf16 from bf16 inputs (A and B %s, C %s given)",
+                       dp_cpu_dtype_name(g->a_type), dp_cpu_dtype_name(g->c_type));
     if (g->m < 0 || g->n < 0 || g->k < 0)
         return dp_fail(DP_ERR_INVALID, "gemm: negative size m %d n %d k %d", g->m, g->n, g->k);
     int a_cols = g->trans_a ? g->m : g->k, b_cols = g->trans_b ? g->k : g->n;
@@ -252,14 +316,7 @@ dp_status dp_cpu_gemm(dp_device *dev, dp_stream *s, const dp_gemm_args *g)
         return dp_fail(DP_ERR_INVALID, "gemm: a leading dimension is smaller than its row (lda %d ldb %d ldc %d)",
                        g->lda, g->ldb, g->ldc);
     if (g->m == 0 || g->n == 0) return DP_OK;
-#ifdef HAVE_CBLAS
-    if (dev->use_blas && g->k > 0) {
-        cblas_sgemm(CblasRowMajor, g->trans_a ? CblasTrans : CblasNoTrans, g->trans_b ? CblasTrans : CblasNoTrans,
-                    g->m, g->n, g->k, g->alpha, g->a, g->lda, g->b, g->ldb, g->beta, g->c, g->ldc);
-        return DP_OK;
-    }
-#endif
-    dp_cpu_gemm_portable_ws(&dev->gemm_ws, g->trans_a, g->trans_b, g->m, g->n, g->k, g->alpha, g->a, g->lda, g->b, g->ldb, g->beta,
-                         g->c, g->ldc, dev->threads);
+    if (ab_bf16) return gemm_bf16(dev, g);
+    gemm_f32(dev, g, g->a, g->b, g->c);
     return DP_OK;
 }

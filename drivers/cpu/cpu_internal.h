@@ -4,6 +4,8 @@
 #define DP_CPU_INTERNAL_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 
 #include "engine/device.h"
 #include "engine/link.h"
@@ -19,6 +21,8 @@ struct dp_device {
     int rank;     /* for messages */
     int use_blas; /* 1: CBLAS GEMM, 0: the portable blocked GEMM */
     dp_gemm_workspace gemm_ws; /* a device serves one thread at a time (its streams run in place) */
+    float *bf16_scratch;       /* fp32 copies of bf16 tensors for one kernel call, kept between calls */
+    size_t bf16_scratch_n;     /* floats in bf16_scratch */
 };
 
 /* CPU streams run work at once on the calling thread: queued work is always complete. */
@@ -70,12 +74,41 @@ int dp_cpu_have_blas(void);
 /* Sets the BLAS library's own thread count when it has one (OpenBLAS, BLIS). */
 void dp_cpu_blas_set_threads(int threads);
 
-/* Only fp32 tensors (and i32 indices) on the CPU; anything else is refused plainly. */
-#define DP_CPU_F32_ONLY(t, what)                                                                          \
+/* bf16 storage, in cpu_bf16.c. A bf16 kernel widens its bf16 inputs to fp32 (exact), runs the
+ * fp32 kernel and rounds each bf16 output once to nearest even, as the CUDA driver stores its
+ * fp32 results: so a bf16 result is a function of the fp32 kernel's result, bit for bit. */
+static inline uint16_t dp_cpu_f32_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN, quiet */
+    u += 0x7fffu + ((u >> 16) & 1u);                                          /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+static inline float dp_cpu_bf16_to_f32(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+void dp_cpu_widen_bf16(const void *src, float *dst, size_t n);
+void dp_cpu_round_bf16(const float *src, void *dst, size_t n);
+/* The device's fp32 scratch, at least parts * n floats (contents undefined); `what` names the
+ * kernel in the message when memory runs out. Valid until the device's next kernel call. */
+dp_status dp_cpu_scratch(dp_device *dev, size_t n, size_t parts, const char *what, float **out);
+void dp_cpu_scratch_free(dp_device *dev);
+const char *dp_cpu_dtype_name(dp_dtype t);
+
+/* Tensors are fp32 or bf16 (and i32 indices where a kernel says so); anything else is refused plainly. */
+#define DP_CPU_FLOAT_ONLY(t, what)                                                                        \
     do {                                                                                                  \
-        if ((t) != DP_DTYPE_F32)                                                                          \
-            return dp_fail(DP_ERR_UNSUPPORTED, "cpu driver: %s supports only fp32 tensors (dtype %d given)", \
-                           (what), (int)(t));                                                             \
+        if ((t) != DP_DTYPE_F32 && (t) != DP_DTYPE_BF16)                                                  \
+            return dp_fail(DP_ERR_UNSUPPORTED,                                                            \
+                           "cpu driver: %s supports fp32 and bf16 tensors, not %s (dtype %d given)", (what), \
+                           dp_cpu_dtype_name(t), (int)(t));                                               \
     } while (0)
 
 /* Hot loops are compiled for the wider vector units where the machine has them (GCC's

@@ -1,6 +1,7 @@
 /* cpu_kernels.c: the CPU driver's kernels other than GEMM: element-wise pairs, RMSNorm,
  * losses, row gather/scatter and optimizers, in fp32. Every reduction has a fixed order
- * (fixed-size blocks summed in order), so results never depend on the thread count. */
+ * (fixed-size blocks summed in order), so results never depend on the thread count. A bf16
+ * tensor runs the same fp32 code on an exact fp32 copy and is rounded once on output. */
 #define _POSIX_C_SOURCE 200809L
 #include "config.h"
 
@@ -47,28 +48,17 @@ static dp_status cpu_fill(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, fl
         for (size_t i = 0; i < n; i++) yi[i] = (int32_t)value;
         return DP_OK;
     }
-    DP_CPU_F32_ONLY(t, "fill");
+    DP_CPU_FLOAT_ONLY(t, "fill");
+    if (t == DP_DTYPE_BF16) { /* the fp32 fill's value, rounded once */
+        uint16_t v = dp_cpu_f32_to_bf16(value), *yh = y;
+        PAR_FOR(dev, n)
+        for (size_t i = 0; i < n; i++) yh[i] = v;
+        return DP_OK;
+    }
     float *yf = y;
     PAR_FOR(dev, n)
     for (size_t i = 0; i < n; i++) yf[i] = value;
     return DP_OK;
-}
-
-static uint16_t f32_to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);                                          /* round to nearest even */
-    return (uint16_t)(u >> 16);
-}
-
-static float bf16_to_f32(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
 }
 
 static dp_status cpu_cast(dp_device *dev, dp_stream *s, size_t n, dp_dtype src_t, const void *src, dp_dtype dst_t,
@@ -82,37 +72,62 @@ static dp_status cpu_cast(dp_device *dev, dp_stream *s, size_t n, dp_dtype src_t
     if (src_t == DP_DTYPE_F32 && dst_t == DP_DTYPE_BF16) {
         const float *x = src;
         uint16_t *y = dst;
-        for (size_t i = 0; i < n; i++) y[i] = f32_to_bf16(x[i]);
+        for (size_t i = 0; i < n; i++) y[i] = dp_cpu_f32_to_bf16(x[i]);
         return DP_OK;
     }
     if (src_t == DP_DTYPE_BF16 && dst_t == DP_DTYPE_F32) {
         const uint16_t *x = src;
         float *y = dst;
-        for (size_t i = 0; i < n; i++) y[i] = bf16_to_f32(x[i]);
+        for (size_t i = 0; i < n; i++) y[i] = dp_cpu_bf16_to_f32(x[i]);
         return DP_OK;
     }
     return dp_fail(DP_ERR_UNSUPPORTED, "cpu driver: cast from dtype %d to %d is not supported", (int)src_t,
                    (int)dst_t);
 }
 
+static void add_f32(dp_device *dev, size_t n, const float *a, const float *b, float *y)
+{
+    PAR_FOR(dev, n)
+    for (size_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+}
+
+/* y may alias a or b: both are widened before y is written */
 static dp_status cpu_add(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *a, const void *b, void *y)
 {
     (void)s;
-    DP_CPU_F32_ONLY(t, "add");
-    const float *af = a, *bf = b;
-    float *yf = y;
-    PAR_FOR(dev, n)
-    for (size_t i = 0; i < n; i++) yf[i] = af[i] + bf[i];
+    DP_CPU_FLOAT_ONLY(t, "add");
+    if (t == DP_DTYPE_F32) {
+        add_f32(dev, n, a, b, y);
+        return DP_OK;
+    }
+    float *ws;
+    DP_CHECK(dp_cpu_scratch(dev, n, 3, "add", &ws));
+    dp_cpu_widen_bf16(a, ws, n);
+    dp_cpu_widen_bf16(b, ws + n, n);
+    add_f32(dev, n, ws, ws + n, ws + 2 * n);
+    dp_cpu_round_bf16(ws + 2 * n, y, n);
     return DP_OK;
+}
+
+static void scale_f32(dp_device *dev, size_t n, float alpha, float *y)
+{
+    PAR_FOR(dev, n)
+    for (size_t i = 0; i < n; i++) y[i] *= alpha;
 }
 
 static dp_status cpu_scale(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, float alpha, void *y)
 {
     (void)s;
-    DP_CPU_F32_ONLY(t, "scale");
-    float *yf = y;
-    PAR_FOR(dev, n)
-    for (size_t i = 0; i < n; i++) yf[i] *= alpha;
+    DP_CPU_FLOAT_ONLY(t, "scale");
+    if (t == DP_DTYPE_F32) {
+        scale_f32(dev, n, alpha, y);
+        return DP_OK;
+    }
+    float *ws;
+    DP_CHECK(dp_cpu_scratch(dev, n, 1, "scale", &ws));
+    dp_cpu_widen_bf16(y, ws, n);
+    scale_f32(dev, n, alpha, ws);
+    dp_cpu_round_bf16(ws, y, n);
     return DP_OK;
 }
 
@@ -221,40 +236,73 @@ static void gelu_backward_range(size_t i0, size_t i1, const float *restrict x, c
  * computed the same way whatever the split. */
 #define ELEM_BLOCK 16384
 
-static dp_status cpu_gelu_forward(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *x, void *y)
+static void gelu_forward_f32(dp_device *dev, size_t n, const float *x, float *y)
 {
-    (void)s;
-    DP_CPU_F32_ONLY(t, "gelu_forward");
     size_t nb = (n + ELEM_BLOCK - 1) / ELEM_BLOCK;
     PAR_FOR(dev, n)
     for (size_t b = 0; b < nb; b++)
         gelu_forward_range(b * ELEM_BLOCK, b * ELEM_BLOCK + ELEM_BLOCK < n ? b * ELEM_BLOCK + ELEM_BLOCK : n, x, y);
+}
+
+static dp_status cpu_gelu_forward(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *x, void *y)
+{
+    (void)s;
+    DP_CPU_FLOAT_ONLY(t, "gelu_forward");
+    if (t == DP_DTYPE_F32) {
+        gelu_forward_f32(dev, n, x, y);
+        return DP_OK;
+    }
+    float *ws;
+    DP_CHECK(dp_cpu_scratch(dev, n, 2, "gelu_forward", &ws));
+    dp_cpu_widen_bf16(x, ws, n);
+    gelu_forward_f32(dev, n, ws, ws + n);
+    dp_cpu_round_bf16(ws + n, y, n);
     return DP_OK;
 }
 
-/* dx may alias dy */
-static dp_status cpu_gelu_backward(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *x,
-                                   const void *dy, void *dx)
+static void gelu_backward_f32(dp_device *dev, size_t n, const float *x, const float *dy, float *dx)
 {
-    (void)s;
-    DP_CPU_F32_ONLY(t, "gelu_backward");
     size_t nb = (n + ELEM_BLOCK - 1) / ELEM_BLOCK;
     PAR_FOR(dev, n)
     for (size_t b = 0; b < nb; b++)
         gelu_backward_range(b * ELEM_BLOCK, b * ELEM_BLOCK + ELEM_BLOCK < n ? b * ELEM_BLOCK + ELEM_BLOCK : n, x, dy, dx);
+}
+
+/* dx may alias dy (in bf16 too: dy is widened before dx is written) */
+static dp_status cpu_gelu_backward(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *x,
+                                   const void *dy, void *dx)
+{
+    (void)s;
+    DP_CPU_FLOAT_ONLY(t, "gelu_backward");
+    if (t == DP_DTYPE_F32) {
+        gelu_backward_f32(dev, n, x, dy, dx);
+        return DP_OK;
+    }
+    float *ws;
+    DP_CHECK(dp_cpu_scratch(dev, n, 3, "gelu_backward", &ws));
+    dp_cpu_widen_bf16(x, ws, n);
+    dp_cpu_widen_bf16(dy, ws + n, n);
+    gelu_backward_f32(dev, n, ws, ws + n, ws + 2 * n);
+    dp_cpu_round_bf16(ws + 2 * n, dx, n);
     return DP_OK;
 }
 
 /* ----------------------------------------------------------------------------
  * RMSNorm */
 
-static dp_status cpu_rmsnorm_forward(dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols, float eps,
-                                     const void *x, const float *w, void *y, float *rstd)
+/* rows x cols elements; a negative shape is refused */
+static dp_status shape_elems(int rows, int cols, const char *what, size_t *n)
 {
-    (void)s;
-    DP_CPU_F32_ONLY(t, "rmsnorm_forward");
-    const float *xf = x;
-    float *yf = y;
+    *n = 0;
+    if (rows < 0 || cols < 0)
+        return dp_fail(DP_ERR_INVALID, "%s: bad shape %d x %d (rows and columns cannot be negative)", what, rows, cols);
+    *n = (size_t)rows * (size_t)cols;
+    return DP_OK;
+}
+
+static void rmsnorm_forward_f32(dp_device *dev, int rows, int cols, float eps, const float *xf, const float *w,
+                                float *yf, float *rstd)
+{
     size_t work = (size_t)rows * (size_t)cols;
     PAR_FOR(dev, work)
     for (int r = 0; r < rows; r++) {
@@ -266,18 +314,31 @@ static dp_status cpu_rmsnorm_forward(dp_device *dev, dp_stream *s, dp_dtype t, i
         float *yr = yf + (size_t)r * cols;
         for (int c = 0; c < cols; c++) yr[c] = xr[c] * rs * w[c];
     }
+}
+
+static dp_status cpu_rmsnorm_forward(dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols, float eps,
+                                     const void *x, const float *w, void *y, float *rstd)
+{
+    (void)s;
+    DP_CPU_FLOAT_ONLY(t, "rmsnorm_forward");
+    size_t n;
+    DP_CHECK(shape_elems(rows, cols, "rmsnorm_forward", &n));
+    if (t == DP_DTYPE_F32) {
+        rmsnorm_forward_f32(dev, rows, cols, eps, x, w, y, rstd);
+        return DP_OK;
+    }
+    float *ws;
+    DP_CHECK(dp_cpu_scratch(dev, n, 2, "rmsnorm_forward", &ws));
+    dp_cpu_widen_bf16(x, ws, n);
+    rmsnorm_forward_f32(dev, rows, cols, eps, ws, w, ws + n, rstd);
+    dp_cpu_round_bf16(ws + n, y, n);
     return DP_OK;
 }
 
 /* y = x * rstd * w, so dx = rstd * (dy w) - x * rstd^3 * mean(dy w x). */
-static dp_status cpu_rmsnorm_backward_input(dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols,
-                                            const void *x, const float *w, const float *rstd, const void *dy,
-                                            void *dx)
+static void rmsnorm_backward_input_f32(dp_device *dev, int rows, int cols, const float *xf, const float *w,
+                                       const float *rstd, const float *dyf, float *dxf)
 {
-    (void)s;
-    DP_CPU_F32_ONLY(t, "rmsnorm_backward_input");
-    const float *xf = x, *dyf = dy;
-    float *dxf = dx;
     size_t work = (size_t)rows * (size_t)cols;
     PAR_FOR(dev, work)
     for (int r = 0; r < rows; r++) {
@@ -289,15 +350,32 @@ static dp_status cpu_rmsnorm_backward_input(dp_device *dev, dp_stream *s, dp_dty
         float coef = (float)(dot / cols) * rs * rs * rs;
         for (int c = 0; c < cols; c++) dxr[c] = rs * dyr[c] * w[c] - xr[c] * coef;
     }
+}
+
+static dp_status cpu_rmsnorm_backward_input(dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols,
+                                            const void *x, const float *w, const float *rstd, const void *dy,
+                                            void *dx)
+{
+    (void)s;
+    DP_CPU_FLOAT_ONLY(t, "rmsnorm_backward_input");
+    size_t n;
+    DP_CHECK(shape_elems(rows, cols, "rmsnorm_backward_input", &n));
+    if (t == DP_DTYPE_F32) {
+        rmsnorm_backward_input_f32(dev, rows, cols, x, w, rstd, dy, dx);
+        return DP_OK;
+    }
+    float *ws;
+    DP_CHECK(dp_cpu_scratch(dev, n, 3, "rmsnorm_backward_input", &ws));
+    dp_cpu_widen_bf16(x, ws, n);
+    dp_cpu_widen_bf16(dy, ws + n, n);
+    rmsnorm_backward_input_f32(dev, rows, cols, ws, w, rstd, ws + n, ws + 2 * n);
+    dp_cpu_round_bf16(ws + 2 * n, dx, n);
     return DP_OK;
 }
 
-static dp_status cpu_rmsnorm_backward_weight(dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols,
-                                             const void *x, const float *rstd, const void *dy, float *dw)
+static void rmsnorm_backward_weight_f32(dp_device *dev, int rows, int cols, const float *xf, const float *rstd,
+                                        const float *dyf, float *dw)
 {
-    (void)s;
-    DP_CPU_F32_ONLY(t, "rmsnorm_backward_weight");
-    const float *xf = x, *dyf = dy;
     size_t work = (size_t)rows * (size_t)cols;
     /* threads own columns; rows add in order */
     PAR_FOR(dev, work)
@@ -306,36 +384,78 @@ static dp_status cpu_rmsnorm_backward_weight(dp_device *dev, dp_stream *s, dp_dt
         for (int r = 0; r < rows; r++) acc += dyf[(size_t)r * cols + c] * xf[(size_t)r * cols + c] * rstd[r];
         dw[c] += acc;
     }
+}
+
+static dp_status cpu_rmsnorm_backward_weight(dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols,
+                                             const void *x, const float *rstd, const void *dy, float *dw)
+{
+    (void)s;
+    DP_CPU_FLOAT_ONLY(t, "rmsnorm_backward_weight");
+    size_t n;
+    DP_CHECK(shape_elems(rows, cols, "rmsnorm_backward_weight", &n));
+    if (t == DP_DTYPE_F32) {
+        rmsnorm_backward_weight_f32(dev, rows, cols, x, rstd, dy, dw);
+        return DP_OK;
+    }
+    float *ws;
+    DP_CHECK(dp_cpu_scratch(dev, n, 2, "rmsnorm_backward_weight", &ws));
+    dp_cpu_widen_bf16(x, ws, n);
+    dp_cpu_widen_bf16(dy, ws + n, n);
+    rmsnorm_backward_weight_f32(dev, rows, cols, ws, rstd, ws + n, dw);
     return DP_OK;
 }
 
 /* ----------------------------------------------------------------------------
  * losses */
 
+static float mse_forward_f32(size_t n, const float *p, const float *y)
+{
+    double sum;
+    BLOCKED_SUM(sum, n, ((double)p[i] - y[i]) * ((double)p[i] - y[i]));
+    return (float)(sum / (double)n);
+}
+
 static dp_status cpu_mse_forward(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *pred,
                                  const void *target, float *loss)
 {
-    (void)dev, (void)s;
-    DP_CPU_F32_ONLY(t, "mse_forward");
+    (void)s;
+    DP_CPU_FLOAT_ONLY(t, "mse_forward");
     if (n == 0) return dp_fail(DP_ERR_INVALID, "mse_forward: no elements");
-    const float *p = pred, *y = target;
-    double sum;
-    BLOCKED_SUM(sum, n, ((double)p[i] - y[i]) * ((double)p[i] - y[i]));
-    *loss = (float)(sum / (double)n);
+    if (t == DP_DTYPE_F32) {
+        *loss = mse_forward_f32(n, pred, target);
+        return DP_OK;
+    }
+    float *ws;
+    DP_CHECK(dp_cpu_scratch(dev, n, 2, "mse_forward", &ws));
+    dp_cpu_widen_bf16(pred, ws, n);
+    dp_cpu_widen_bf16(target, ws + n, n);
+    *loss = mse_forward_f32(n, ws, ws + n);
     return DP_OK;
+}
+
+static void mse_backward_f32(dp_device *dev, size_t n, const float *p, const float *y, float dloss, float *d)
+{
+    float k = 2.0f * dloss / (float)n;
+    PAR_FOR(dev, n)
+    for (size_t i = 0; i < n; i++) d[i] = k * (p[i] - y[i]);
 }
 
 static dp_status cpu_mse_backward(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *pred,
                                   const void *target, float dloss, void *dpred)
 {
     (void)s;
-    DP_CPU_F32_ONLY(t, "mse_backward");
+    DP_CPU_FLOAT_ONLY(t, "mse_backward");
     if (n == 0) return dp_fail(DP_ERR_INVALID, "mse_backward: no elements");
-    const float *p = pred, *y = target;
-    float *d = dpred;
-    float k = 2.0f * dloss / (float)n;
-    PAR_FOR(dev, n)
-    for (size_t i = 0; i < n; i++) d[i] = k * (p[i] - y[i]);
+    if (t == DP_DTYPE_F32) {
+        mse_backward_f32(dev, n, pred, target, dloss, dpred);
+        return DP_OK;
+    }
+    float *ws;
+    DP_CHECK(dp_cpu_scratch(dev, n, 3, "mse_backward", &ws));
+    dp_cpu_widen_bf16(pred, ws, n);
+    dp_cpu_widen_bf16(target, ws + n, n);
+    mse_backward_f32(dev, n, ws, ws + n, dloss, ws + 2 * n);
+    dp_cpu_round_bf16(ws + 2 * n, dpred, n);
     return DP_OK;
 }
 
@@ -348,14 +468,8 @@ static dp_status check_labels(int rows, int cols, const int32_t *labels)
     return DP_OK;
 }
 
-static dp_status cpu_xent_forward(dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols, const void *logits,
-                                  const int32_t *labels, float *loss)
+static float xent_forward_f32(int rows, int cols, const float *z, const int32_t *labels)
 {
-    (void)dev, (void)s;
-    DP_CPU_F32_ONLY(t, "xent_forward");
-    if (rows <= 0 || cols <= 0) return dp_fail(DP_ERR_INVALID, "xent_forward: empty input (%d x %d)", rows, cols);
-    DP_CHECK(check_labels(rows, cols, labels));
-    const float *z = logits;
     double total = 0.0;
     for (int r = 0; r < rows; r++) {
         const float *zr = z + (size_t)r * cols;
@@ -365,19 +479,31 @@ static dp_status cpu_xent_forward(dp_device *dev, dp_stream *s, dp_dtype t, int 
         for (int c = 0; c < cols; c++) se += exp((double)zr[c] - mx);
         total += log(se) + mx - zr[labels[r]];
     }
-    *loss = (float)(total / rows);
+    return (float)(total / rows);
+}
+
+static dp_status cpu_xent_forward(dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols, const void *logits,
+                                  const int32_t *labels, float *loss)
+{
+    (void)s;
+    DP_CPU_FLOAT_ONLY(t, "xent_forward");
+    if (rows <= 0 || cols <= 0) return dp_fail(DP_ERR_INVALID, "xent_forward: empty input (%d x %d)", rows, cols);
+    DP_CHECK(check_labels(rows, cols, labels));
+    if (t == DP_DTYPE_F32) {
+        *loss = xent_forward_f32(rows, cols, logits, labels);
+        return DP_OK;
+    }
+    size_t n = (size_t)rows * (size_t)cols;
+    float *ws;
+    DP_CHECK(dp_cpu_scratch(dev, n, 1, "xent_forward", &ws));
+    dp_cpu_widen_bf16(logits, ws, n);
+    *loss = xent_forward_f32(rows, cols, ws, labels);
     return DP_OK;
 }
 
-static dp_status cpu_xent_backward(dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols, const void *logits,
-                                   const int32_t *labels, float dloss, void *dlogits)
+static void xent_backward_f32(dp_device *dev, int rows, int cols, const float *z, const int32_t *labels, float dloss,
+                              float *d)
 {
-    (void)s;
-    DP_CPU_F32_ONLY(t, "xent_backward");
-    if (rows <= 0 || cols <= 0) return dp_fail(DP_ERR_INVALID, "xent_backward: empty input (%d x %d)", rows, cols);
-    DP_CHECK(check_labels(rows, cols, labels));
-    const float *z = logits;
-    float *d = dlogits;
     float k = dloss / (float)rows;
     size_t work = (size_t)rows * (size_t)cols;
     PAR_FOR(dev, work)
@@ -391,37 +517,79 @@ static dp_status cpu_xent_backward(dp_device *dev, dp_stream *s, dp_dtype t, int
         for (int c = 0; c < cols; c++) dr[c] = k * (float)(exp((double)zr[c] - mx) / se);
         dr[labels[r]] -= k;
     }
+}
+
+static dp_status cpu_xent_backward(dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols, const void *logits,
+                                   const int32_t *labels, float dloss, void *dlogits)
+{
+    (void)s;
+    DP_CPU_FLOAT_ONLY(t, "xent_backward");
+    if (rows <= 0 || cols <= 0) return dp_fail(DP_ERR_INVALID, "xent_backward: empty input (%d x %d)", rows, cols);
+    DP_CHECK(check_labels(rows, cols, labels));
+    if (t == DP_DTYPE_F32) {
+        xent_backward_f32(dev, rows, cols, logits, labels, dloss, dlogits);
+        return DP_OK;
+    }
+    size_t n = (size_t)rows * (size_t)cols;
+    float *ws;
+    DP_CHECK(dp_cpu_scratch(dev, n, 2, "xent_backward", &ws));
+    dp_cpu_widen_bf16(logits, ws, n);
+    xent_backward_f32(dev, rows, cols, ws, labels, dloss, ws + n);
+    dp_cpu_round_bf16(ws + n, dlogits, n); /* the label's entry too: k p - k in fp32, then one rounding */
     return DP_OK;
 }
 
 /* ----------------------------------------------------------------------------
  * rows */
 
+static dp_status check_index(int rows, const int32_t *index, const char *what)
+{
+    for (int i = 0; i < rows; i++)
+        if (index[i] < 0) return dp_fail(DP_ERR_INVALID, "%s: negative index %d at row %d", what, index[i], i);
+    return DP_OK;
+}
+
+/* a copy of stored bits, whatever the dtype (bf16 rows are copied, never rounded) */
 static dp_status cpu_gather_rows(dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols, const void *src,
                                  const int32_t *index, void *dst)
 {
     (void)dev, (void)s;
-    size_t es = dp_dtype_size(t);
+    size_t es = dp_dtype_size(t), n;
     if (!es) return dp_fail(DP_ERR_INVALID, "gather_rows: unknown dtype %d", (int)t);
-    for (int i = 0; i < rows; i++) {
-        if (index[i] < 0) return dp_fail(DP_ERR_INVALID, "gather_rows: negative index %d at row %d", index[i], i);
+    DP_CHECK(shape_elems(rows, cols, "gather_rows", &n));
+    DP_CHECK(check_index(rows, index, "gather_rows"));
+    for (int i = 0; i < rows; i++)
         memcpy((char *)dst + (size_t)i * cols * es, (const char *)src + (size_t)index[i] * cols * es, cols * es);
-    }
     return DP_OK;
 }
 
+/* Each source row is one fp32 add into its destination row; in bf16 each add widens the
+ * destination, adds in fp32 and rounds, as the CUDA driver does: rows landing on one
+ * destination are rounded once per row, in increasing i. */
 static dp_status cpu_scatter_add_rows(dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols, const void *src,
                                       const int32_t *index, void *dst)
 {
     (void)dev, (void)s;
-    DP_CPU_F32_ONLY(t, "scatter_add_rows");
-    const float *sf = src;
-    float *df = dst;
+    DP_CPU_FLOAT_ONLY(t, "scatter_add_rows");
+    size_t n;
+    DP_CHECK(shape_elems(rows, cols, "scatter_add_rows", &n));
+    DP_CHECK(check_index(rows, index, "scatter_add_rows"));
+    if (t == DP_DTYPE_F32) {
+        const float *sf = src;
+        float *df = dst;
+        for (int i = 0; i < rows; i++) {
+            float *d = df + (size_t)index[i] * cols;
+            const float *x = sf + (size_t)i * cols;
+            for (int c = 0; c < cols; c++) d[c] += x[c];
+        }
+        return DP_OK;
+    }
+    const uint16_t *sh = src;
+    uint16_t *dh = dst;
     for (int i = 0; i < rows; i++) {
-        if (index[i] < 0) return dp_fail(DP_ERR_INVALID, "scatter_add_rows: negative index %d at row %d", index[i], i);
-        float *d = df + (size_t)index[i] * cols;
-        const float *x = sf + (size_t)i * cols;
-        for (int c = 0; c < cols; c++) d[c] += x[c];
+        uint16_t *d = dh + (size_t)index[i] * cols;
+        const uint16_t *x = sh + (size_t)i * cols;
+        for (int c = 0; c < cols; c++) d[c] = dp_cpu_f32_to_bf16(dp_cpu_bf16_to_f32(d[c]) + dp_cpu_bf16_to_f32(x[c]));
     }
     return DP_OK;
 }
@@ -477,14 +645,25 @@ static dp_status cpu_adamw_update(dp_device *dev, dp_stream *s, size_t n, float 
     return DP_OK;
 }
 
-static dp_status cpu_sum_squares(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *x, float *out)
+static float sum_squares_f32(size_t n, const float *xf)
 {
-    (void)dev, (void)s;
-    DP_CPU_F32_ONLY(t, "sum_squares");
-    const float *xf = x;
     double sum;
     BLOCKED_SUM(sum, n, (double)xf[i] * xf[i]);
-    *out = (float)sum;
+    return (float)sum;
+}
+
+static dp_status cpu_sum_squares(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *x, float *out)
+{
+    (void)s;
+    DP_CPU_FLOAT_ONLY(t, "sum_squares");
+    if (t == DP_DTYPE_F32) {
+        *out = sum_squares_f32(n, x);
+        return DP_OK;
+    }
+    float *ws;
+    DP_CHECK(dp_cpu_scratch(dev, n, 1, "sum_squares", &ws));
+    dp_cpu_widen_bf16(x, ws, n);
+    *out = sum_squares_f32(n, ws);
     return DP_OK;
 }
 

@@ -1,17 +1,21 @@
 # drivers/cpu/local.mk: the built-in CPU driver, compiled into libdualpipe: host memory and
 # kernels (OpenMP where present, CBLAS when configure found one, a portable blocked GEMM
-# otherwise) and a mailbox link between rank threads. Its tests are the kernel and link tests.
+# otherwise) and a mailbox link between rank threads. Its tests are the kernel tests (fp32,
+# and bf16 against fp32) and the link test.
 engine_libdualpipe_la_SOURCES += \
 	drivers/cpu/cpu_internal.h \
 	drivers/cpu/cpu_device.c \
+	drivers/cpu/cpu_bf16.c \
 	drivers/cpu/cpu_gemm.c \
 	drivers/cpu/cpu_kernels.c \
 	drivers/cpu/cpu_link.c
 
-check_PROGRAMS += tests/test_cpu_kernels tests/test_cpu_link
-TESTS += tests/test_cpu_kernels tests/test_cpu_link
+check_PROGRAMS += tests/test_cpu_kernels tests/test_cpu_link tests/test_cpu_bf16
+TESTS += tests/test_cpu_kernels tests/test_cpu_link tests/test_cpu_bf16
 tests_test_cpu_kernels_SOURCES = tests/test_cpu_kernels.c
 tests_test_cpu_kernels_LDADD = engine/libdualpipe.la -lm
+tests_test_cpu_bf16_SOURCES = tests/test_cpu_bf16.c
+tests_test_cpu_bf16_LDADD = engine/libdualpipe.la -lm
 tests_test_cpu_link_SOURCES = tests/test_cpu_link.c
 tests_test_cpu_link_LDADD = engine/libdualpipe.la
 
