@@ -37,6 +37,12 @@ static inline size_t dp_dtype_size(dp_dtype t)
     return t == DP_DTYPE_F32 || t == DP_DTYPE_I32 ? 4 : t == DP_DTYPE_BF16 ? 2 : 0;
 }
 
+/* "fp32", "bf16", "int32" ("?" for an unknown one), for messages and reports. */
+static inline const char *dp_dtype_name(dp_dtype t)
+{
+    return t == DP_DTYPE_F32 ? "fp32" : t == DP_DTYPE_BF16 ? "bf16" : t == DP_DTYPE_I32 ? "int32" : "?";
+}
+
 typedef struct dp_device dp_device; /* one opened device (per rank), owned by the driver */
 typedef struct dp_stream dp_stream; /* an in-order queue of work on a device */
 typedef struct dp_event dp_event;   /* a point in a stream that others can wait for */

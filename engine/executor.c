@@ -45,7 +45,7 @@ struct dp_executor {
     dp_executor_config cfg;
     const dp_schedule *s;
     int r;
-    size_t act_elems, target_bytes;
+    size_t act_bytes, target_bytes;
     dp_slot **slots[DP_MAX_DIRS]; /* [dir][chunk] */
     deferred_send *sends;
     int nsends, cap_sends;
@@ -78,7 +78,7 @@ dp_status dp_executor_create(const dp_executor_config *cfg, dp_executor **out)
         }
     }
     /* every local stage has the model's shape */
-    ex->act_elems = dp_model_act_elems(dp_stage_config(cfg->stages[0]));
+    ex->act_bytes = dp_model_act_bytes(dp_stage_config(cfg->stages[0]));
     ex->target_bytes = dp_model_target_bytes(dp_stage_config(cfg->stages[0]));
     ex->cap_sends = 16;
     ex->sends = malloc(sizeof *ex->sends * (size_t)ex->cap_sends);
@@ -187,7 +187,7 @@ static dp_status stage_out(dp_executor *ex, int tag, const void *src, dp_stream 
     else {
         b = calloc(1, sizeof *b);
         if (!b) return dp_fail(DP_ERR_NOMEM, "out of memory staging a hand-off");
-        dp_status st = D->alloc(ex->cfg.dev, ex->act_elems * sizeof(float), &b->buf);
+        dp_status st = D->alloc(ex->cfg.dev, ex->act_bytes, &b->buf);
         if (st != DP_OK) {
             free(b);
             return st;
@@ -196,7 +196,7 @@ static dp_status stage_out(dp_executor *ex, int tag, const void *src, dp_stream 
     b->tag = tag;
     b->next = ex->staging;
     ex->staging = b;
-    return D->copy(ex->cfg.dev, b->buf, src, ex->act_elems * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, stream);
+    return D->copy(ex->cfg.dev, b->buf, src, ex->act_bytes, DP_COPY_DEVICE_TO_DEVICE, stream);
 }
 
 static dp_status stage_in(dp_executor *ex, int tag, void *dst, dp_stream *stream)
@@ -205,7 +205,7 @@ static dp_status stage_in(dp_executor *ex, int tag, void *dst, dp_stream *stream
         if ((*p)->tag != tag) continue;
         staged *b = *p;
         *p = b->next;
-        dp_status st = ex->cfg.dops->copy(ex->cfg.dev, dst, b->buf, ex->act_elems * sizeof(float),
+        dp_status st = ex->cfg.dops->copy(ex->cfg.dev, dst, b->buf, ex->act_bytes,
                                           DP_COPY_DEVICE_TO_DEVICE, stream);
         b->next = ex->staging_free;
         ex->staging_free = b;
@@ -249,8 +249,8 @@ static dp_status prepare(dp_executor *ex, dp_step_io *io, const dp_action *a, dp
             slot->target = (const char *)io->target[pipe] + (size_t)k * ex->target_bytes;
         int pd, prev = dp_schedule_prev(s, r, d, &pd);
         if (prev < 0) {
-            return ex->cfg.dops->copy(ex->cfg.dev, slot->x, io->input[pipe] + (size_t)k * ex->act_elems,
-                                      ex->act_elems * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, stream);
+            return ex->cfg.dops->copy(ex->cfg.dev, slot->x, (const char *)io->input[pipe] + (size_t)k * ex->act_bytes,
+                                      ex->act_bytes, DP_COPY_DEVICE_TO_DEVICE, stream);
         }
         int tag = DP_TAG(DP_CHANNEL_ACTIVATION(pipe), k);
         if (prev == r) p->local_tag = tag, p->local_dst = slot->x;
@@ -283,14 +283,14 @@ static dp_status compute(dp_executor *ex, dp_step_io *io, prepared *p, int infer
         float *loss = last && !infer ? io->loss[pipe] + k : NULL;
         DP_CHECK(dp_stage_forward(stage, p->stream, slot, loss));
         if (last && infer) {
-            DP_CHECK(ex->cfg.dops->copy(ex->cfg.dev, io->output[pipe] + (size_t)k * ex->act_elems, slot->y,
-                                        ex->act_elems * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, p->stream));
+            DP_CHECK(ex->cfg.dops->copy(ex->cfg.dev, (char *)io->output[pipe] + (size_t)k * ex->act_bytes, slot->y,
+                                        ex->act_bytes, DP_COPY_DEVICE_TO_DEVICE, p->stream));
         }
         if (!last) {
             int nd, next = dp_schedule_next(s, r, d, &nd);
             int tag = DP_TAG(DP_CHANNEL_ACTIVATION(pipe), k);
             if (next == r) DP_CHECK(stage_out(ex, tag, slot->y, p->stream));
-            else DP_CHECK(defer_send(ex, slot->y, ex->act_elems * sizeof(float), next, tag, slot, 0, p->stream));
+            else DP_CHECK(defer_send(ex, slot->y, ex->act_bytes, next, tag, slot, 0, p->stream));
         }
         if (infer) {
             ex->slots[d][k] = NULL;
@@ -305,7 +305,7 @@ static dp_status compute(dp_executor *ex, dp_step_io *io, prepared *p, int infer
         if (prev >= 0) {
             int tag = DP_TAG(DP_CHANNEL_GRADIENT(pipe), k);
             if (prev == r) DP_CHECK(stage_out(ex, tag, slot->dx, p->stream));
-            else DP_CHECK(defer_send(ex, slot->dx, ex->act_elems * sizeof(float), prev, tag, slot, 1, p->stream));
+            else DP_CHECK(defer_send(ex, slot->dx, ex->act_bytes, prev, tag, slot, 1, p->stream));
         }
         if (p->a.kind == DP_ACT_I) return DP_OK;
         /* a full backward goes on with its weight gradient */
@@ -339,7 +339,7 @@ static dp_status communicate(dp_executor *ex, prepared *p, int n)
     ex->nsends = 0;
     for (int i = 0; i < n && st == DP_OK; i++)
         if (p[i].recv.buf)
-            st = L->irecv(l, p[i].recv.buf, ex->act_elems * sizeof(float), p[i].recv.peer, p[i].recv.tag,
+            st = L->irecv(l, p[i].recv.buf, ex->act_bytes, p[i].recv.peer, p[i].recv.tag,
                           p[i].recv.stream, &p[i].recv.req);
     dp_status end = L->group_end(l);
     if (st == DP_OK) st = end;

@@ -41,10 +41,10 @@ typedef struct {
 /* A step's data, per pipe, in device memory. Micro-batch k of pipe p is element
  * p * chunks_per_pipe + k of the step, as in the schedule. */
 typedef struct {
-    const float *input[DP_MAX_DIRS]; /* [chunks_per_pipe x tokens x hidden]: read by the pipe's first stage */
-    const void *target[DP_MAX_DIRS]; /* per micro-batch targets: read by the pipe's last stage */
-    float *loss[DP_MAX_DIRS];        /* [chunks_per_pipe]: written by the pipe's last stage (training) */
-    float *output[DP_MAX_DIRS];      /* [chunks_per_pipe x tokens x hidden]: written by the last stage (inference) */
+    const void *input[DP_MAX_DIRS];  /* [chunks_per_pipe x tokens x hidden] in the model's dtype: read by the pipe's first stage */
+    const void *target[DP_MAX_DIRS]; /* per micro-batch targets (dp_model_target_bytes each): read by the pipe's last stage */
+    float *loss[DP_MAX_DIRS];        /* [chunks_per_pipe] fp32: written by the pipe's last stage (training) */
+    void *output[DP_MAX_DIRS];       /* [chunks_per_pipe x tokens x hidden] in the model's dtype: written by the last stage (inference) */
     dp_action_time *times;           /* [num_actions of this rank] or NULL */
     double t0;                       /* the step's start on the monotonic clock (ms), for times */
 } dp_step_io;

@@ -1,6 +1,7 @@
 /* model.c: layers (Linear without bias, GELU, RMSNorm, residual add), the two block kinds
  * built from them, and a stage: its parameters (initialised on the host from a counter-based
- * generator, so every driver starts from the same bits) and its pool of micro-batch slots. */
+ * generator, so every driver starts from the same bits), the bf16 copies of its weights in
+ * mixed precision, and its pool of micro-batch slots. */
 #include "engine/model.h"
 
 #include <math.h>
@@ -26,6 +27,8 @@ dp_status dp_model_config_check(dp_model_config *c)
         return dp_fail(DP_ERR_INVALID, "unknown loss %d (mse or xent)", (int)c->loss);
     if (c->tokens < 1) return dp_fail(DP_ERR_INVALID, "tokens per micro-batch must be >= 1 (--tokens), got %d", c->tokens);
     if (c->norm_eps == 0.0f) c->norm_eps = 1e-6f;
+    if (c->dtype != DP_DTYPE_F32 && c->dtype != DP_DTYPE_BF16)
+        return dp_fail(DP_ERR_INVALID, "the model's dtype must be fp32 or bf16 (--dtype), got %d", (int)c->dtype);
     return DP_OK;
 }
 
@@ -39,7 +42,14 @@ void dp_optimizer_config_defaults(dp_optimizer_config *o)
 
 size_t dp_model_act_elems(const dp_model_config *c) { return (size_t)c->tokens * (size_t)c->hidden; }
 
+size_t dp_model_act_bytes(const dp_model_config *c) { return dp_dtype_size(c->dtype) * dp_model_act_elems(c); }
+
 size_t dp_model_target_bytes(const dp_model_config *c)
+{
+    return c->loss == DP_LOSS_XENT ? sizeof(int32_t) * (size_t)c->tokens : dp_model_act_bytes(c);
+}
+
+size_t dp_model_host_target_bytes(const dp_model_config *c)
 {
     return c->loss == DP_LOSS_XENT ? sizeof(int32_t) * (size_t)c->tokens : sizeof(float) * dp_model_act_elems(c);
 }
@@ -63,12 +73,14 @@ float dp_counter_uniform(uint64_t seed, uint64_t stream, uint64_t index)
  * stage layout */
 
 typedef struct {
-    float *w1, *w2, *norm_w; /* values [ffn x h], [h x ffn], [h] */
-    float *g1, *g2, *gnorm;  /* gradients */
+    const void *w1, *w2;    /* what the GEMMs read, [ffn x h], [h x ffn], in the model's dtype */
+    const float *norm_w;    /* [h], fp32 */
+    float *g1, *g2, *gnorm; /* gradients, fp32 */
 } block_params;
 
 typedef struct {
-    float *value, *grad, *m, *v;
+    float *value, *grad, *m, *v; /* fp32 master value, gradient and optimizer state */
+    void *copy;                  /* the value in the model's dtype, when that is not fp32 (weights only) */
     size_t count;
     char name[32];
 } param;
@@ -82,18 +94,21 @@ struct dp_stage {
     block_params *blocks;
     int nparams;
     param *params;
-    size_t slot_floats; /* device floats of one slot */
+    dp_dtype dt;        /* activations and weight copies */
+    size_t slot_bytes;  /* device bytes of one slot */
     float *grads;       /* every parameter's gradient, one after another (one all_reduce syncs them) */
     size_t grad_count;
     dp_slot *free_slots;
     dp_slot *all_slots; /* every slot made, for destroy */
 };
 
-/* Saved per micro-batch and block, carved from the slot's one allocation. */
+/* Saved per micro-batch and block, carved from the slot's one allocation; in the model's
+ * dtype except rstd. */
 typedef struct {
-    float *a1, *g1, *da;  /* [T x ffn]: pre-activation, GELU output, gradient of a1 */
-    float *out, *gout;    /* [T x h]: block output and its gradient (the slot's y / dy for the last block) */
-    float *xn, *dxn, *rstd; /* residual: normalised input, its gradient, [T] reciprocal RMS */
+    void *a1, *g1, *da;   /* [T x ffn]: pre-activation, GELU output, gradient of a1 */
+    void *out, *gout;     /* [T x h]: block output and its gradient (the slot's y / dy for the last block) */
+    void *xn, *dxn;       /* residual: normalised input and its gradient, [T x h] */
+    float *rstd;          /* residual: [T] reciprocal RMS, fp32 */
 } block_saved;
 
 typedef struct {
@@ -139,6 +154,47 @@ static dp_status init_param(dp_stage *st, param *p, uint64_t stream, int kind, i
     return s;
 }
 
+/* The weights' copies in the model's dtype follow the fp32 values (after init and each step). */
+static dp_status refresh_copies(dp_stage *st, dp_stream *s)
+{
+    for (int i = 0; i < st->nparams; i++) {
+        param *p = &st->params[i];
+        if (p->copy) DP_CHECK(st->ops->cast(st->dev, s, p->count, DP_DTYPE_F32, p->value, st->dt, p->copy));
+    }
+    return DP_OK;
+}
+
+/* Lays a slot out in one allocation (slot->x must point at its start when slot is not NULL):
+ * x, y, dy, dx, then per block a1, g1, da, out, gout (+ xn, dxn, rstd), each region aligned
+ * to 256 bytes so that kernels can use their widest loads. Returns the bytes needed. */
+static size_t carve_slot(const dp_stage *st, dp_slot *slot, block_saved *saved)
+{
+    size_t T = (size_t)st->cfg.tokens, h = (size_t)st->cfg.hidden, f = (size_t)st->cfg.ffn, es = dp_dtype_size(st->dt);
+    char *base = slot ? slot->x : NULL;
+    size_t at = 0;
+#define TAKE(bytes) (at = (at + 255) & ~(size_t)255, at += (bytes), base ? (void *)(base + at - (bytes)) : NULL)
+    void *x = TAKE(T * h * es), *y = TAKE(T * h * es), *dy = TAKE(T * h * es), *dx = TAKE(T * h * es);
+    if (slot) slot->x = x, slot->y = y, slot->dy = dy, slot->dx = dx;
+    for (int b = 0; b < st->nblocks; b++) {
+        block_saved k = {0};
+        k.a1 = TAKE(T * f * es);
+        k.g1 = TAKE(T * f * es);
+        k.da = TAKE(T * f * es);
+        k.out = TAKE(T * h * es);
+        k.gout = TAKE(T * h * es);
+        if (st->cfg.block == DP_BLOCK_RESIDUAL) {
+            k.xn = TAKE(T * h * es);
+            k.dxn = TAKE(T * h * es);
+            k.rstd = TAKE(T * sizeof(float));
+        }
+        if (saved) saved[b] = k;
+    }
+#undef TAKE
+    /* the last block writes the slot's output and reads its gradient */
+    if (saved && slot) saved[st->nblocks - 1].out = slot->y, saved[st->nblocks - 1].gout = slot->dy;
+    return at;
+}
+
 dp_status dp_stage_create(const dp_device_ops *ops, dp_device *dev, const dp_model_config *cfg_in, int stage_index,
                           int num_stages, dp_stage **out)
 {
@@ -153,6 +209,7 @@ dp_status dp_stage_create(const dp_device_ops *ops, dp_device *dev, const dp_mod
     st->index = stage_index;
     st->num_stages = num_stages;
     st->is_last = stage_index == num_stages - 1;
+    st->dt = cfg.dtype;
     st->nblocks = cfg.layers_per_stage;
     int per_block = cfg.block == DP_BLOCK_RESIDUAL ? 3 : 2;
     st->nparams = st->nblocks * per_block;
@@ -176,22 +233,24 @@ dp_status dp_stage_create(const dp_device_ops *ops, dp_device *dev, const dp_mod
             /* the stream of values: stage, block and parameter, so every copy of a stage agrees */
             uint64_t stream = ((uint64_t)stage_index << 32) | ((uint64_t)b << 8) | (uint64_t)j;
             if (s == DP_OK) s = init_param(st, p, stream, j == 2 ? 1 : 0, j == 0 ? (int)h : (int)f);
+            /* RMSNorm's weight is read in fp32 by its kernels: only the matrices need copies */
+            if (s == DP_OK && st->dt != DP_DTYPE_F32 && j < 2)
+                s = ops->alloc(dev, dp_dtype_size(st->dt) * p->count, &p->copy);
         }
         block_params *bp = &st->blocks[b];
         if (s == DP_OK) {
-            bp->w1 = st->params[b * per_block].value, bp->g1 = st->params[b * per_block].grad;
-            bp->w2 = st->params[b * per_block + 1].value, bp->g2 = st->params[b * per_block + 1].grad;
+            param *p1 = &st->params[b * per_block], *p2 = &st->params[b * per_block + 1];
+            bp->w1 = p1->copy ? p1->copy : (void *)p1->value, bp->g1 = p1->grad;
+            bp->w2 = p2->copy ? p2->copy : (void *)p2->value, bp->g2 = p2->grad;
             if (per_block == 3) bp->norm_w = st->params[b * per_block + 2].value, bp->gnorm = st->params[b * per_block + 2].grad;
         }
     }
+    if (s == DP_OK) s = refresh_copies(st, NULL);
     if (s != DP_OK) {
         dp_stage_destroy(st);
         return s;
     }
-    /* slot: x, y, dy, dx, then per block a1, g1, da, out, gout (+ xn, dxn, rstd) */
-    size_t T = (size_t)cfg.tokens;
-    size_t per = 3 * T * f + 2 * T * h + (cfg.block == DP_BLOCK_RESIDUAL ? 2 * T * h + T : 0);
-    st->slot_floats = 4 * T * h + per * (size_t)st->nblocks;
+    st->slot_bytes = carve_slot(st, NULL, NULL);
     *out = st;
     return DP_OK;
 }
@@ -210,6 +269,7 @@ void dp_stage_destroy(dp_stage *st)
     for (int i = 0; st->params && i < st->nparams; i++) {
         param *p = &st->params[i];
         st->ops->free(st->dev, p->value);
+        st->ops->free(st->dev, p->copy);
         st->ops->free(st->dev, p->m);
         st->ops->free(st->dev, p->v);
     }
@@ -239,35 +299,16 @@ dp_status dp_stage_slot_get(dp_stage *st, dp_slot **out)
         free(si), free(saved);
         return dp_fail(DP_ERR_NOMEM, "out of memory for a micro-batch slot");
     }
-    float *m;
-    dp_status s = dev_alloc_floats(st, st->slot_floats, &m);
+    void *m;
+    dp_status s = st->ops->alloc(st->dev, st->slot_bytes, &m);
     if (s != DP_OK) {
         free(si), free(saved);
         return s;
     }
-    size_t T = (size_t)st->cfg.tokens, h = (size_t)st->cfg.hidden, f = (size_t)st->cfg.ffn;
     si->mem = m;
     si->saved = saved;
-    si->pub.x = m, m += T * h;
-    si->pub.y = m, m += T * h;
-    si->pub.dy = m, m += T * h;
-    si->pub.dx = m, m += T * h;
-    for (int b = 0; b < st->nblocks; b++) {
-        block_saved *k = &saved[b];
-        k->a1 = m, m += T * f;
-        k->g1 = m, m += T * f;
-        k->da = m, m += T * f;
-        k->out = m, m += T * h;
-        k->gout = m, m += T * h;
-        if (st->cfg.block == DP_BLOCK_RESIDUAL) {
-            k->xn = m, m += T * h;
-            k->dxn = m, m += T * h;
-            k->rstd = m, m += T;
-        }
-    }
-    /* the last block writes the slot's output and reads its gradient */
-    saved[st->nblocks - 1].out = si->pub.y;
-    saved[st->nblocks - 1].gout = si->pub.dy;
+    si->pub.x = m;
+    carve_slot(st, &si->pub, saved);
     si->next_all = st->all_slots;
     st->all_slots = &si->pub;
     si->pub.priv = si;
@@ -284,77 +325,75 @@ void dp_stage_slot_put(dp_stage *st, dp_slot *slot)
 }
 
 /* ----------------------------------------------------------------------------
- * layers: Linear (no bias), on [T x in] row-major activations with W [out x in] */
+ * layers: Linear (no bias), on [T x in] row-major activations with W [out x in]; activations
+ * and W in the model's dtype, accumulation in fp32 */
 
-static dp_status linear_forward(dp_stage *st, dp_stream *s, const float *x, const float *w, float *y, int in, int out)
+static dp_status linear_forward(dp_stage *st, dp_stream *s, const void *x, const void *w, void *y, int in, int out)
 {
-    dp_gemm_args g = {0, 1, st->cfg.tokens, out, in, 1.0f, 0.0f, x, in, DP_DTYPE_F32, w, in, DP_DTYPE_F32,
-                      y, out, DP_DTYPE_F32};
+    dp_gemm_args g = {0, 1, st->cfg.tokens, out, in, 1.0f, 0.0f, x, in, st->dt, w, in, st->dt, y, out, st->dt};
     return st->ops->gemm(st->dev, s, &g);
 }
 
 /* dx[T x in] = dy[T x out] W[out x in] */
-static dp_status linear_backward_input(dp_stage *st, dp_stream *s, const float *dy, const float *w, float *dx, int in,
+static dp_status linear_backward_input(dp_stage *st, dp_stream *s, const void *dy, const void *w, void *dx, int in,
                                        int out)
 {
-    dp_gemm_args g = {0, 0, st->cfg.tokens, in, out, 1.0f, 0.0f, dy, out, DP_DTYPE_F32, w, in, DP_DTYPE_F32,
-                      dx, in, DP_DTYPE_F32};
+    dp_gemm_args g = {0, 0, st->cfg.tokens, in, out, 1.0f, 0.0f, dy, out, st->dt, w, in, st->dt, dx, in, st->dt};
     return st->ops->gemm(st->dev, s, &g);
 }
 
-/* dW[out x in] += dy^T x */
-static dp_status linear_backward_weight(dp_stage *st, dp_stream *s, const float *dy, const float *x, float *dw, int in,
+/* dW[out x in] += dy^T x, into the fp32 gradient */
+static dp_status linear_backward_weight(dp_stage *st, dp_stream *s, const void *dy, const void *x, float *dw, int in,
                                         int out)
 {
-    dp_gemm_args g = {1, 0, out, in, st->cfg.tokens, 1.0f, 1.0f, dy, out, DP_DTYPE_F32, x, in, DP_DTYPE_F32,
-                      dw, in, DP_DTYPE_F32};
+    dp_gemm_args g = {1, 0, out, in, st->cfg.tokens, 1.0f, 1.0f, dy, out, st->dt, x, in, st->dt, dw, in, DP_DTYPE_F32};
     return st->ops->gemm(st->dev, s, &g);
 }
 
 /* ----------------------------------------------------------------------------
  * blocks */
 
-static const float *block_input(dp_slot *slot, block_saved *saved, int b)
+static const void *block_input(dp_slot *slot, block_saved *saved, int b)
 {
     return b == 0 ? slot->x : saved[b - 1].out;
 }
 
-static float *block_input_grad(dp_slot *slot, block_saved *saved, int b)
+static void *block_input_grad(dp_slot *slot, block_saved *saved, int b)
 {
     return b == 0 ? slot->dx : saved[b - 1].gout;
 }
 
-static dp_status block_forward(dp_stage *st, dp_stream *s, block_params *p, block_saved *k, const float *x)
+static dp_status block_forward(dp_stage *st, dp_stream *s, block_params *p, block_saved *k, const void *x)
 {
     const dp_device_ops *o = st->ops;
     int h = st->cfg.hidden, f = st->cfg.ffn, T = st->cfg.tokens;
     size_t nf = (size_t)T * f, nh = (size_t)T * h;
-    const float *in = x;
+    const void *in = x;
     if (st->cfg.block == DP_BLOCK_RESIDUAL) {
-        DP_CHECK(o->rmsnorm_forward(st->dev, s, DP_DTYPE_F32, T, h, st->cfg.norm_eps, x, p->norm_w, k->xn, k->rstd));
+        DP_CHECK(o->rmsnorm_forward(st->dev, s, st->dt, T, h, st->cfg.norm_eps, x, p->norm_w, k->xn, k->rstd));
         in = k->xn;
     }
     DP_CHECK(linear_forward(st, s, in, p->w1, k->a1, h, f));
-    DP_CHECK(o->gelu_forward(st->dev, s, DP_DTYPE_F32, nf, k->a1, k->g1));
+    DP_CHECK(o->gelu_forward(st->dev, s, st->dt, nf, k->a1, k->g1));
     DP_CHECK(linear_forward(st, s, k->g1, p->w2, k->out, f, h));
-    if (st->cfg.block == DP_BLOCK_RESIDUAL) DP_CHECK(o->add(st->dev, s, DP_DTYPE_F32, nh, k->out, x, k->out));
+    if (st->cfg.block == DP_BLOCK_RESIDUAL) DP_CHECK(o->add(st->dev, s, st->dt, nh, k->out, x, k->out));
     return DP_OK;
 }
 
 /* k->gout -> dx (NULL: not needed) */
-static dp_status block_backward_input(dp_stage *st, dp_stream *s, block_params *p, block_saved *k, const float *x,
-                                      float *dx)
+static dp_status block_backward_input(dp_stage *st, dp_stream *s, block_params *p, block_saved *k, const void *x,
+                                      void *dx)
 {
     const dp_device_ops *o = st->ops;
     int h = st->cfg.hidden, f = st->cfg.ffn, T = st->cfg.tokens;
     size_t nf = (size_t)T * f, nh = (size_t)T * h;
     DP_CHECK(linear_backward_input(st, s, k->gout, p->w2, k->da, f, h));
-    DP_CHECK(o->gelu_backward(st->dev, s, DP_DTYPE_F32, nf, k->a1, k->da, k->da));
+    DP_CHECK(o->gelu_backward(st->dev, s, st->dt, nf, k->a1, k->da, k->da));
     if (st->cfg.block == DP_BLOCK_RESIDUAL) {
         DP_CHECK(linear_backward_input(st, s, k->da, p->w1, k->dxn, h, f));
         if (dx) {
-            DP_CHECK(o->rmsnorm_backward_input(st->dev, s, DP_DTYPE_F32, T, h, x, p->norm_w, k->rstd, k->dxn, dx));
-            DP_CHECK(o->add(st->dev, s, DP_DTYPE_F32, nh, dx, k->gout, dx));
+            DP_CHECK(o->rmsnorm_backward_input(st->dev, s, st->dt, T, h, x, p->norm_w, k->rstd, k->dxn, dx));
+            DP_CHECK(o->add(st->dev, s, st->dt, nh, dx, k->gout, dx));
         }
     } else if (dx) {
         DP_CHECK(linear_backward_input(st, s, k->da, p->w1, dx, h, f));
@@ -362,13 +401,13 @@ static dp_status block_backward_input(dp_stage *st, dp_stream *s, block_params *
     return DP_OK;
 }
 
-static dp_status block_backward_weight(dp_stage *st, dp_stream *s, block_params *p, block_saved *k, const float *x)
+static dp_status block_backward_weight(dp_stage *st, dp_stream *s, block_params *p, block_saved *k, const void *x)
 {
     int h = st->cfg.hidden, f = st->cfg.ffn, T = st->cfg.tokens;
     DP_CHECK(linear_backward_weight(st, s, k->gout, k->g1, p->g2, f, h));
     if (st->cfg.block == DP_BLOCK_RESIDUAL) {
         DP_CHECK(linear_backward_weight(st, s, k->da, k->xn, p->g1, h, f));
-        DP_CHECK(st->ops->rmsnorm_backward_weight(st->dev, s, DP_DTYPE_F32, T, h, x, k->rstd, k->dxn, p->gnorm));
+        DP_CHECK(st->ops->rmsnorm_backward_weight(st->dev, s, st->dt, T, h, x, k->rstd, k->dxn, p->gnorm));
     } else {
         DP_CHECK(linear_backward_weight(st, s, k->da, x, p->g1, h, f));
     }
@@ -386,10 +425,10 @@ dp_status dp_stage_forward(dp_stage *st, dp_stream *s, dp_slot *slot, float *los
     if (st->is_last && loss) {
         if (!slot->target) return dp_fail(DP_ERR_INTERNAL, "stage %d: the last stage needs a target", st->index);
         if (st->cfg.loss == DP_LOSS_MSE)
-            DP_CHECK(st->ops->mse_forward(st->dev, s, DP_DTYPE_F32, dp_model_act_elems(&st->cfg), slot->y, slot->target,
+            DP_CHECK(st->ops->mse_forward(st->dev, s, st->dt, dp_model_act_elems(&st->cfg), slot->y, slot->target,
                                           loss));
         else
-            DP_CHECK(st->ops->xent_forward(st->dev, s, DP_DTYPE_F32, st->cfg.tokens, st->cfg.hidden, slot->y,
+            DP_CHECK(st->ops->xent_forward(st->dev, s, st->dt, st->cfg.tokens, st->cfg.hidden, slot->y,
                                            slot->target, loss));
     }
     return DP_OK;
@@ -402,14 +441,14 @@ dp_status dp_stage_backward_input(dp_stage *st, dp_stream *s, dp_slot *slot, int
         /* each micro-batch's loss is differentiated on its own, as loss.backward() per chunk */
         if (!slot->target) return dp_fail(DP_ERR_INTERNAL, "stage %d: the last stage needs a target", st->index);
         if (st->cfg.loss == DP_LOSS_MSE)
-            DP_CHECK(st->ops->mse_backward(st->dev, s, DP_DTYPE_F32, dp_model_act_elems(&st->cfg), slot->y,
+            DP_CHECK(st->ops->mse_backward(st->dev, s, st->dt, dp_model_act_elems(&st->cfg), slot->y,
                                            slot->target, 1.0f, slot->dy));
         else
-            DP_CHECK(st->ops->xent_backward(st->dev, s, DP_DTYPE_F32, st->cfg.tokens, st->cfg.hidden, slot->y,
+            DP_CHECK(st->ops->xent_backward(st->dev, s, st->dt, st->cfg.tokens, st->cfg.hidden, slot->y,
                                             slot->target, 1.0f, slot->dy));
     }
     for (int b = st->nblocks - 1; b >= 0; b--) {
-        float *dx = b > 0 || need_dx ? block_input_grad(slot, saved, b) : NULL;
+        void *dx = b > 0 || need_dx ? block_input_grad(slot, saved, b) : NULL;
         DP_CHECK(block_backward_input(st, s, &st->blocks[b], &saved[b], block_input(slot, saved, b), dx));
     }
     return DP_OK;
@@ -456,5 +495,5 @@ dp_status dp_stage_optimizer_step(dp_stage *st, dp_stream *s, const dp_optimizer
             DP_CHECK(st->ops->sgd_update(st->dev, s, p->count, p->value, p->grad, p->m, &a));
         }
     }
-    return DP_OK;
+    return refresh_copies(st, s);
 }

@@ -34,6 +34,11 @@ typedef struct {
     int tokens;     /* rows of a micro-batch */
     uint64_t seed;  /* parameters are a pure function of (seed, stage, parameter, element) */
     float norm_eps; /* RMSNorm epsilon (0: 1e-6) */
+    /* Activations and the weights the GEMMs read: DP_DTYPE_F32 (0, the default), or
+     * DP_DTYPE_BF16 for mixed precision: bf16 activations and bf16 copies of the weights,
+     * GEMMs accumulating in fp32, while parameters, gradients, optimizer state and losses
+     * stay fp32 (the copies are refreshed after every optimizer step). */
+    dp_dtype dtype;
 } dp_model_config;
 
 typedef enum { DP_OPT_NONE = 0, DP_OPT_SGD = 1, DP_OPT_ADAMW = 2 } dp_optimizer_kind;
@@ -50,9 +55,15 @@ dp_status dp_model_config_check(dp_model_config *cfg);
 /* AdamW(lr 1e-3, 0.9, 0.999, 1e-8, wd 0.01) unless set. */
 void dp_optimizer_config_defaults(dp_optimizer_config *o);
 
-/* Elements of one micro-batch's input/output (tokens x hidden) and of its target. */
+/* Elements and bytes (in cfg->dtype) of one micro-batch's input/output (tokens x hidden),
+ * and the bytes of its target on the device (MSE: tokens x hidden in cfg->dtype;
+ * cross-entropy: tokens int32 labels). */
 size_t dp_model_act_elems(const dp_model_config *cfg);
+size_t dp_model_act_bytes(const dp_model_config *cfg);
 size_t dp_model_target_bytes(const dp_model_config *cfg);
+/* Bytes of one micro-batch's target as the host hands it over: fp32 values for MSE (whatever
+ * the model's dtype), int32 labels for cross-entropy. */
+size_t dp_model_host_target_bytes(const dp_model_config *cfg);
 
 /* A counter-based generator: the same (seed, stream, index) gives the same float in
  * [-1, 1) on every driver and thread. */
@@ -63,14 +74,14 @@ float dp_counter_uniform(uint64_t seed, uint64_t stream, uint64_t index);
 
 typedef struct dp_stage dp_stage;
 
-/* One micro-batch's buffers on a stage (device memory): the input x, the output y, the
- * gradient dy of the output (received, or the loss's), the gradient dx of the input, and
- * what the backwards keep. Taken before F, given back after W (or B). */
+/* One micro-batch's buffers on a stage (device memory, in the model's dtype): the input x,
+ * the output y, the gradient dy of the output (received, or the loss's), the gradient dx of
+ * the input, and what the backwards keep. Taken before F, given back after W (or B). */
 typedef struct dp_slot {
-    float *x;          /* [tokens x hidden] input (received into, or copied from the step's input) */
-    float *y;          /* [tokens x hidden] output (sent on, or the loss's input) */
-    float *dy;         /* [tokens x hidden] gradient of y (received into, or the loss's) */
-    float *dx;         /* [tokens x hidden] gradient of x (sent back) */
+    void *x;           /* [tokens x hidden] input (received into, or copied from the step's input) */
+    void *y;           /* [tokens x hidden] output (sent on, or the loss's input) */
+    void *dy;          /* [tokens x hidden] gradient of y (received into, or the loss's) */
+    void *dx;          /* [tokens x hidden] gradient of x (sent back) */
     const void *target; /* last stage: this micro-batch's target (device memory) */
     void *pending[2];  /* the link's send requests still reading y / dx (owned by the executor) */
     int state;         /* the executor's sends of y / dx not yet posted to the link */
@@ -102,7 +113,7 @@ dp_status dp_stage_zero_grad(dp_stage *st, dp_stream *s);
 /* One optimizer step (step counts from 1). */
 dp_status dp_stage_optimizer_step(dp_stage *st, dp_stream *s, const dp_optimizer_config *o, int step);
 
-/* Parameters, for synchronisation and verification. */
+/* Parameters, for synchronisation and verification (always fp32: the master copy). */
 typedef struct {
     char name[32]; /* "block0.linear1" */
     size_t count;

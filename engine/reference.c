@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "engine/driver.h"
+#include "engine/host_copy.h"
 
 struct dp_reference {
     dp_runtime_config cfg;
@@ -16,8 +17,9 @@ struct dp_reference {
     dp_device *dev;
     int num_stages, num_pipes, chunks_per_pipe;
     dp_stage **stages; /* [pipe * num_stages + stage]: a copy of the model per pipe */
-    float *x, *out, *loss; /* device: one micro-batch in, one out, one loss */
-    void *target;
+    float *loss;        /* device: one micro-batch's loss */
+    void *target;       /* device: its target, in the model's dtype (MSE) or int32 labels */
+    dp_cast_staging staging;
     int step;
 };
 
@@ -53,10 +55,7 @@ dp_status dp_reference_create(const dp_runtime_config *cfg_in, dp_reference **ou
     if (st == DP_OK && !ref->stages) st = dp_fail(DP_ERR_NOMEM, "out of memory creating the reference");
     for (int i = 0; st == DP_OK && i < n; i++)
         st = dp_stage_create(D, ref->dev, &cfg.model, i % ref->num_stages, ref->num_stages, &ref->stages[i]);
-    size_t act = dp_model_act_elems(&cfg.model);
     void *p;
-    if (st == DP_OK && (st = D->alloc(ref->dev, act * sizeof(float), &p)) == DP_OK) ref->x = p;
-    if (st == DP_OK && (st = D->alloc(ref->dev, act * sizeof(float), &p)) == DP_OK) ref->out = p;
     if (st == DP_OK && (st = D->alloc(ref->dev, sizeof(float), &p)) == DP_OK) ref->loss = p;
     if (st == DP_OK) st = D->alloc(ref->dev, dp_model_target_bytes(&cfg.model), &ref->target);
     if (st != DP_OK) {
@@ -76,8 +75,9 @@ void dp_reference_destroy(dp_reference *ref)
     for (int i = 0; ref->stages && i < ref->num_pipes * ref->num_stages; i++) dp_stage_destroy(ref->stages[i]);
     free(ref->stages);
     if (ref->dev) {
-        D->free(ref->dev, ref->x), D->free(ref->dev, ref->out), D->free(ref->dev, ref->loss);
+        D->free(ref->dev, ref->loss);
         D->free(ref->dev, ref->target);
+        dp_cast_staging_free(D, ref->dev, &ref->staging);
         D->close(ref->dev);
     }
     free(ref);
@@ -90,23 +90,26 @@ static dp_status run_micro_batch(dp_reference *ref, int pipe, const float *x_hos
 {
     const dp_device_ops *D = ref->drv->device;
     dp_device *dev = ref->dev;
-    size_t act = dp_model_act_elems(&ref->cfg.model), bytes = act * sizeof(float);
+    const dp_model_config *m = &ref->cfg.model;
+    size_t act = dp_model_act_elems(m), bytes = dp_model_act_bytes(m);
     int S = ref->num_stages;
     dp_stage **stages = ref->stages + (size_t)pipe * S;
     dp_slot **slots = calloc((size_t)S, sizeof *slots);
     if (!slots) return dp_fail(DP_ERR_NOMEM, "out of memory in the reference");
     dp_status st = DP_OK;
-    if (train) st = D->copy(dev, ref->target, target_host, dp_model_target_bytes(&ref->cfg.model),
-                            DP_COPY_HOST_TO_DEVICE, NULL);
+    if (train && m->loss == DP_LOSS_MSE)
+        st = dp_upload_f32(D, dev, NULL, &ref->staging, ref->target, m->dtype, target_host, act);
+    else if (train)
+        st = D->copy(dev, ref->target, target_host, dp_model_target_bytes(m), DP_COPY_HOST_TO_DEVICE, NULL);
     for (int s = 0; s < S && st == DP_OK; s++) {
         st = dp_stage_slot_get(stages[s], &slots[s]);
         if (st != DP_OK) break;
-        if (s == 0) st = D->copy(dev, slots[0]->x, x_host, bytes, DP_COPY_HOST_TO_DEVICE, NULL);
+        if (s == 0) st = dp_upload_f32(D, dev, NULL, &ref->staging, slots[0]->x, m->dtype, x_host, act);
         else st = D->copy(dev, slots[s]->x, slots[s - 1]->y, bytes, DP_COPY_DEVICE_TO_DEVICE, NULL);
         slots[s]->target = ref->target;
         if (st == DP_OK) st = dp_stage_forward(stages[s], NULL, slots[s], train && s == S - 1 ? ref->loss : NULL);
     }
-    if (st == DP_OK && !train) st = D->copy(dev, out_host, slots[S - 1]->y, bytes, DP_COPY_DEVICE_TO_HOST, NULL);
+    if (st == DP_OK && !train) st = dp_download_f32(D, dev, NULL, &ref->staging, out_host, m->dtype, slots[S - 1]->y, act);
     if (st == DP_OK && train) st = D->copy(dev, loss_host, ref->loss, sizeof(float), DP_COPY_DEVICE_TO_HOST, NULL);
     for (int s = S - 1; train && s >= 0 && st == DP_OK; s--) {
         if (s < S - 1) st = D->copy(dev, slots[s]->dy, slots[s + 1]->dx, bytes, DP_COPY_DEVICE_TO_DEVICE, NULL);
@@ -121,7 +124,8 @@ static dp_status run_micro_batch(dp_reference *ref, int pipe, const float *x_hos
 dp_status dp_reference_train_step(dp_reference *ref, const float *inputs, const void *targets, float *losses)
 {
     const dp_device_ops *D = ref->drv->device;
-    size_t act = dp_model_act_elems(&ref->cfg.model), tb = dp_model_target_bytes(&ref->cfg.model);
+    const dp_model_config *m = &ref->cfg.model;
+    size_t act = dp_model_act_elems(m), tb = dp_model_host_target_bytes(m);
     int S = ref->num_stages, P = ref->num_pipes, cpp = ref->chunks_per_pipe;
     ref->step++;
     for (int i = 0; i < P * S; i++) DP_CHECK(dp_stage_zero_grad(ref->stages[i], NULL));

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "engine/driver.h"
+#include "engine/host_copy.h"
 
 typedef struct {
     dp_device *dev;
@@ -19,7 +20,9 @@ typedef struct {
     dp_link *pair_link; /* the two ranks holding the same stages (two pipes), or NULL */
     dp_stage *stages[DP_MAX_DIRS];
     dp_executor *ex;
-    float *input[DP_MAX_DIRS], *loss[DP_MAX_DIRS], *output[DP_MAX_DIRS];
+    void *input[DP_MAX_DIRS], *output[DP_MAX_DIRS]; /* in the model's dtype */
+    float *loss[DP_MAX_DIRS];
+    dp_cast_staging staging; /* for host fp32 <-> device bf16 */
     float *grad_scratch; /* both local stages' gradients side by side, for one all_reduce */
     void *target[DP_MAX_DIRS];
     dp_action_time *times;
@@ -32,6 +35,7 @@ struct dp_runtime {
     dp_link_world *world;
     rank_state *ranks;
     int step;
+    int loaded; /* the devices hold a batch's inputs and targets (dp_runtime_load_batch) */
     double step_t0; /* when the last step started (monotonic ms); action times count from here */
     /* the step's arguments, for the rank threads */
     const float *inputs;
@@ -139,14 +143,14 @@ static dp_status rank_setup(dp_runtime *rt, int r)
         int partner = s->stage_rank[1 - pipe][stage];
         DP_CHECK(L->split(rs->link, r < partner ? r : partner, r, &rs->pair_link));
     }
-    size_t act = dp_model_act_elems(&rt->cfg.model), cpp = (size_t)s->chunks_per_pipe;
+    size_t act = dp_model_act_bytes(&rt->cfg.model), cpp = (size_t)s->chunks_per_pipe;
     for (int d = 0; d < s->num_dirs; d++) {
         int pipe = s->slot_pipe[d][r];
-        if (dp_schedule_is_first_stage(s, r, d)) DP_CHECK(alloc_floats(rt, rs, cpp * act, &rs->input[pipe]));
+        if (dp_schedule_is_first_stage(s, r, d)) DP_CHECK(D->alloc(rs->dev, cpp * act, &rs->input[pipe]));
         if (dp_schedule_is_last_stage(s, r, d)) {
             DP_CHECK(D->alloc(rs->dev, cpp * dp_model_target_bytes(&rt->cfg.model), &rs->target[pipe]));
             DP_CHECK(alloc_floats(rt, rs, cpp, &rs->loss[pipe]));
-            DP_CHECK(alloc_floats(rt, rs, cpp * act, &rs->output[pipe]));
+            DP_CHECK(D->alloc(rs->dev, cpp * act, &rs->output[pipe]));
         }
     }
     if (rt->cfg.record_times) {
@@ -176,6 +180,7 @@ static void rank_teardown(dp_runtime *rt, int r)
         }
     }
     if (rs->dev) D->free(rs->dev, rs->grad_scratch);
+    if (rs->dev) dp_cast_staging_free(D, rs->dev, &rs->staging);
     if (rs->pair_link) L->close(rs->pair_link);
     if (rs->link) L->close(rs->link);
     for (int i = 0; i < 2; i++)
@@ -271,24 +276,34 @@ const dp_action_time *dp_runtime_times(const dp_runtime *rt, int rank)
 /* ----------------------------------------------------------------------------
  * steps */
 
+/* The step's inputs (and targets) from the host into this rank's device, in the model's
+ * dtype; MSE targets are fp32 on the host like the inputs, labels int32 everywhere. */
 static dp_status load_inputs(dp_runtime *rt, int r, int with_targets)
 {
     const dp_device_ops *D = rt->drv->device;
     const dp_schedule *s = rt->sched;
+    const dp_model_config *m = &rt->cfg.model;
     rank_state *rs = &rt->ranks[r];
-    size_t act = dp_model_act_elems(&rt->cfg.model), cpp = (size_t)s->chunks_per_pipe;
-    size_t tb = dp_model_target_bytes(&rt->cfg.model);
+    size_t act = dp_model_act_elems(m), cpp = (size_t)s->chunks_per_pipe;
     for (int d = 0; d < s->num_dirs; d++) {
         int pipe = s->slot_pipe[d][r];
         if (dp_schedule_is_first_stage(s, r, d))
-            DP_CHECK(D->copy(rs->dev, rs->input[pipe], rt->inputs + (size_t)pipe * cpp * act, cpp * act * sizeof(float),
-                             DP_COPY_HOST_TO_DEVICE, rs->streams[0]));
-        if (with_targets && dp_schedule_is_last_stage(s, r, d))
+            DP_CHECK(dp_upload_f32(D, rs->dev, rs->streams[0], &rs->staging, rs->input[pipe], m->dtype,
+                                   rt->inputs + (size_t)pipe * cpp * act, cpp * act));
+        if (!with_targets || !dp_schedule_is_last_stage(s, r, d)) continue;
+        if (m->loss == DP_LOSS_MSE) {
+            DP_CHECK(dp_upload_f32(D, rs->dev, rs->streams[0], &rs->staging, rs->target[pipe], m->dtype,
+                                   (const float *)rt->targets + (size_t)pipe * cpp * act, cpp * act));
+        } else {
+            size_t tb = dp_model_host_target_bytes(m);
             DP_CHECK(D->copy(rs->dev, rs->target[pipe], (const char *)rt->targets + (size_t)pipe * cpp * tb, cpp * tb,
                              DP_COPY_HOST_TO_DEVICE, rs->streams[0]));
+        }
     }
     return D->stream_synchronize(rs->dev, rs->streams[0]);
 }
+
+static dp_status rank_load(dp_runtime *rt, int r) { return load_inputs(rt, r, 1); }
 
 static dp_step_io step_io(dp_runtime *rt, int r)
 {
@@ -344,7 +359,7 @@ static dp_status rank_train(dp_runtime *rt, int r)
     const dp_device_ops *D = rt->drv->device;
     const dp_schedule *s = rt->sched;
     rank_state *rs = &rt->ranks[r];
-    DP_CHECK(load_inputs(rt, r, 1));
+    if (rt->inputs) DP_CHECK(load_inputs(rt, r, 1));
     for (int d = 0; d < s->num_dirs; d++) DP_CHECK(dp_stage_zero_grad(rs->stages[d], rs->streams[0]));
     dp_step_io io = step_io(rt, r);
     DP_CHECK(dp_executor_train(rs->ex, &io));
@@ -374,19 +389,21 @@ static dp_status rank_infer(dp_runtime *rt, int r)
     for (int d = 0; d < s->num_dirs; d++) {
         int pipe = s->slot_pipe[d][r];
         if (dp_schedule_is_last_stage(s, r, d))
-            DP_CHECK(D->copy(rs->dev, rt->outputs + (size_t)pipe * cpp * act, rs->output[pipe],
-                             cpp * act * sizeof(float), DP_COPY_DEVICE_TO_HOST, rs->streams[0]));
+            DP_CHECK(dp_download_f32(D, rs->dev, rs->streams[0], &rs->staging, rt->outputs + (size_t)pipe * cpp * act,
+                                     rt->cfg.model.dtype, rs->output[pipe], cpp * act));
     }
     return D->stream_synchronize(rs->dev, rs->streams[0]);
 }
 
-dp_status dp_runtime_train_step(dp_runtime *rt, const float *inputs, const void *targets, float *losses)
+static dp_status train(dp_runtime *rt, const float *inputs, const void *targets, float *losses)
 {
-    if (!inputs || !targets || !losses) return dp_fail(DP_ERR_INVALID, "train step: inputs, targets and losses are needed");
     rt->inputs = inputs, rt->targets = targets, rt->losses = losses;
     rt->step++;
     rt->step_t0 = dp_now_ms();
+    rt->loaded = 0;
     dp_status st = run_ranks(rt, rank_train);
+    rt->inputs = NULL, rt->targets = NULL;
+    if (st == DP_OK) rt->loaded = 1;
     if (st != DP_OK) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", dp_last_error());
@@ -395,12 +412,41 @@ dp_status dp_runtime_train_step(dp_runtime *rt, const float *inputs, const void 
     return DP_OK;
 }
 
+dp_status dp_runtime_train_step(dp_runtime *rt, const float *inputs, const void *targets, float *losses)
+{
+    if (!inputs || !targets || !losses) return dp_fail(DP_ERR_INVALID, "train step: inputs, targets and losses are needed");
+    return train(rt, inputs, targets, losses);
+}
+
+dp_status dp_runtime_load_batch(dp_runtime *rt, const float *inputs, const void *targets)
+{
+    if (!inputs || !targets) return dp_fail(DP_ERR_INVALID, "loading a batch: inputs and targets are needed");
+    rt->inputs = inputs, rt->targets = targets;
+    rt->loaded = 0;
+    dp_status st = run_ranks(rt, rank_load);
+    rt->inputs = NULL, rt->targets = NULL;
+    if (st == DP_OK) rt->loaded = 1;
+    return st;
+}
+
+dp_status dp_runtime_train_loaded(dp_runtime *rt, float *losses)
+{
+    if (!losses) return dp_fail(DP_ERR_INVALID, "train step: losses are needed");
+    if (!rt->loaded)
+        return dp_fail(DP_ERR_INVALID, "train step: no batch on the devices; load one with dp_runtime_load_batch "
+                                       "(or pass inputs to dp_runtime_train_step)");
+    return train(rt, NULL, NULL, losses);
+}
+
 dp_status dp_runtime_infer(dp_runtime *rt, const float *inputs, float *outputs)
 {
     if (!inputs || !outputs) return dp_fail(DP_ERR_INVALID, "inference: inputs and outputs are needed");
     rt->inputs = inputs, rt->outputs = outputs;
     rt->step_t0 = dp_now_ms();
-    return run_ranks(rt, rank_infer);
+    rt->loaded = 0; /* the inputs are replaced; the targets no longer match them */
+    dp_status st = run_ranks(rt, rank_infer);
+    rt->inputs = NULL, rt->outputs = NULL;
+    return st;
 }
 
 /* ----------------------------------------------------------------------------

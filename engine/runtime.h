@@ -40,15 +40,22 @@ void dp_runtime_destroy(dp_runtime *rt);
 const dp_schedule *dp_runtime_schedule(const dp_runtime *rt);
 const dp_model_config *dp_runtime_model(const dp_runtime *rt);
 
-/* One training step over chunks micro-batches: inputs [chunks x tokens x hidden] (host),
- * targets per micro-batch ([chunks x tokens x hidden] floats for MSE, [chunks x tokens] int32
- * labels for cross-entropy), losses [chunks] out (host). Gradients are summed over the
+/* One training step over chunks micro-batches: inputs [chunks x tokens x hidden] (host, fp32
+ * whatever the model's dtype), targets per micro-batch ([chunks x tokens x hidden] floats for
+ * MSE, [chunks x tokens] int32 labels for cross-entropy), losses [chunks] out (host). Gradients are summed over the
  * micro-batches (each micro-batch's loss differentiated on its own), synchronised between
  * the copies of a stage, then the optimizer steps. A failure on any rank ends the step on all
  * ranks and is reported with that rank's message. */
 dp_status dp_runtime_train_step(dp_runtime *rt, const float *inputs, const void *targets, float *losses);
 
-/* Forward only: outputs [chunks x tokens x hidden] (host). */
+/* The same step in two parts, so that one batch can stay on the devices: load_batch copies
+ * inputs and targets (as above) to the ranks' devices, converted to the model's dtype;
+ * train_loaded then runs a training step on them, as often as asked, with no host copies
+ * (benchmarks; several passes over one batch). A train_step or an inference replaces them. */
+dp_status dp_runtime_load_batch(dp_runtime *rt, const float *inputs, const void *targets);
+dp_status dp_runtime_train_loaded(dp_runtime *rt, float *losses);
+
+/* Forward only: outputs [chunks x tokens x hidden] (host, fp32 whatever the model's dtype). */
 dp_status dp_runtime_infer(dp_runtime *rt, const float *inputs, float *outputs);
 
 /* Parameters of the whole model, addressed by (stage, index) as in dp_stage_param; `copy`

@@ -20,6 +20,7 @@ tests_test_engine_registry_LDADD = engine/libdualpipe.la
 
 engine_libdualpipe_la_SOURCES += \
 	engine/model.h engine/model.c \
+	engine/host_copy.h engine/host_copy.c \
 	engine/executor.h engine/executor.c \
 	engine/runtime.h engine/runtime.c \
 	engine/reference.h engine/reference.c

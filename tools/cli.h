@@ -5,6 +5,8 @@
 
 #include <stdio.h>
 
+#include "engine/device.h"
+
 /* Exit codes: 0 success, 1 the run failed, 2 bad usage or bad input. */
 enum { CLI_EXIT_OK = 0, CLI_EXIT_FAIL = 1, CLI_EXIT_USAGE = 2 };
 
@@ -17,6 +19,8 @@ void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * wrong and return nonzero. */
 int cli_parse_int(const char *option, const char *text, long min, long max, int *out);
 int cli_parse_double(const char *option, const char *text, double *out);
+/* "fp32" or "bf16" (also "float32", "bfloat16") into a dtype; an error naming the option otherwise. */
+int cli_parse_dtype(const char *option, const char *text, dp_dtype *out);
 
 /* Output that is either stdout (path NULL or "-") or a temporary file in the target's
  * directory, renamed over the target only on cli_output_commit: a failed run never

@@ -21,9 +21,10 @@ static void usage(FILE *out)
     fprintf(out,
             "Usage: dualpipe train [--driver NAME] [--schedule NAME] [--pp N] [--chunks M]\n"
             "                      [--hidden H] [--tokens T] [--layers-per-stage L] [--block mlp|residual]\n"
-            "                      [--loss mse|xent] [--steps S] [--seed S] [--optimizer adamw|sgd]\n"
-            "                      [--lr X] [--weight-decay X] [--momentum X] [--threads N]\n"
-            "                      [--timeout MS] [--trace FILE] [--verify] [--spread] [--quiet]\n"
+            "                      [--loss mse|xent] [--dtype fp32|bf16] [--steps S] [--seed S]\n"
+            "                      [--optimizer adamw|sgd] [--lr X] [--weight-decay X] [--momentum X]\n"
+            "                      [--threads N] [--timeout MS] [--trace FILE] [--verify] [--spread]\n"
+            "                      [--quiet]\n"
             "Train a pipeline-parallel model on one thread per rank to imitate a fixed random teacher\n"
             "network (fresh random inputs every step), and report how the ranks spent their time.\n\n"
             "  -d, --driver NAME        cpu (default) or a driver module (see DUALPIPE_DRIVER_PATH)\n"
@@ -38,6 +39,10 @@ static void usage(FILE *out)
             "                           of them without normalisation learns slowly)\n"
             "      --loss KIND          mse (default; regression to the teacher's outputs) or xent\n"
             "                           (classification into the teacher's argmax over h classes)\n"
+            "      --dtype T            fp32 (default) or bf16: bf16 activations and weight copies,\n"
+            "                           fp32 accumulation; fp32 master weights, gradients, optimizer\n"
+            "                           state and losses (the cpu driver computes bf16 in fp32 and\n"
+            "                           rounds each result once, as the GPU drivers do)\n"
             "  -n, --steps S            training steps (default 20)\n"
             "      --seed S             seed of the parameters, the teacher and the data (default 1)\n"
             "      --optimizer NAME     adamw (default) or sgd\n"
@@ -77,6 +82,7 @@ static int teacher_open(teacher *t, const dp_model_config *m, int chunks, uint64
     tm.layers_per_stage = 1;
     tm.block = DP_BLOCK_MLP;
     tm.seed = seed ^ 0x7eac4e5ull;
+    tm.dtype = DP_DTYPE_F32; /* the teacher's targets are fp32 whatever the student's dtype */
     t->scale = 0;
     if (t->ops->open(&dc, &t->dev) != DP_OK || dp_stage_create(t->ops, t->dev, &tm, 0, 2, &t->stage) != DP_OK) {
         cli_error("cannot build the teacher network: %s", dp_last_error());
@@ -99,18 +105,19 @@ static int teacher_targets(teacher *t, const dp_model_config *m, int chunks, con
     if (dp_stage_slot_get(t->stage, &slot) != DP_OK) goto fail;
     memcpy(slot->x, x, n * sizeof(float));
     if (dp_stage_forward(t->stage, NULL, slot, NULL) != DP_OK) goto fail;
+    const float *out = slot->y;
     if (t->scale == 0) {
         double ss = 0;
-        for (size_t i = 0; i < n; i++) ss += (double)slot->y[i] * slot->y[i];
+        for (size_t i = 0; i < n; i++) ss += (double)out[i] * out[i];
         t->scale = ss > 0 ? (float)(1.0 / sqrt(ss / n)) : 1.0f;
     }
     if (m->loss == DP_LOSS_MSE) {
         float *y = targets;
-        for (size_t i = 0; i < n; i++) y[i] = slot->y[i] * t->scale;
+        for (size_t i = 0; i < n; i++) y[i] = out[i] * t->scale;
     } else {
         int32_t *l = targets;
         for (size_t r = 0; r < rows; r++) {
-            const float *row = slot->y + r * m->hidden;
+            const float *row = out + r * m->hidden;
             int best = 0;
             for (int c = 1; c < m->hidden; c++) best = row[c] > row[best] ? c : best;
             l[r] = best;
@@ -295,7 +302,7 @@ static int parse_kind(const char *opt, const char *v, const char *a, const char 
 int cmd_train(int argc, char **argv)
 {
     enum { O_HIDDEN = 256, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_SEED, O_OPT, O_LR, O_WD, O_MOM, O_THREADS,
-           O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD };
+           O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD, O_DTYPE };
     static const struct option opts[] = {
         {"driver", required_argument, 0, 'd'},     {"schedule", required_argument, 0, 's'},
         {"pp", required_argument, 0, 'p'},         {"chunks", required_argument, 0, 'c'},
@@ -307,7 +314,7 @@ int cmd_train(int argc, char **argv)
         {"momentum", required_argument, 0, O_MOM},  {"threads", required_argument, 0, O_THREADS},
         {"timeout", required_argument, 0, O_TIMEOUT}, {"trace", required_argument, 0, O_TRACE},
         {"verify", no_argument, 0, O_VERIFY},       {"quiet", no_argument, 0, 'q'},
-        {"spread", no_argument, 0, O_SPREAD},
+        {"spread", no_argument, 0, O_SPREAD},       {"dtype", required_argument, 0, O_DTYPE},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0},
     };
     dp_runtime_config c;
@@ -369,6 +376,7 @@ int cmd_train(int argc, char **argv)
         case O_TRACE: trace_path = optarg; break;
         case O_VERIFY: verify = 1; break;
         case O_SPREAD: c.spread_devices = 1; break;
+        case O_DTYPE: if (cli_parse_dtype("--dtype", optarg, &c.model.dtype)) return CLI_EXIT_USAGE; break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); return CLI_EXIT_OK;
         case ':': cli_error("option %s needs a value; see --help", argv[optind - 1]); return CLI_EXIT_USAGE;
@@ -416,7 +424,7 @@ int cmd_train(int argc, char **argv)
     }
     size_t n = (size_t)c.chunks * m->tokens * m->hidden;
     x = malloc(sizeof(float) * n);
-    targets = malloc(dp_model_target_bytes(m) * (size_t)c.chunks);
+    targets = malloc(dp_model_host_target_bytes(m) * (size_t)c.chunks);
     losses = calloc((size_t)c.chunks, sizeof(float));
     ref_losses = calloc((size_t)c.chunks, sizeof(float));
     tm.busy = calloc((size_t)c.ranks, sizeof(double));
@@ -432,10 +440,10 @@ int cmd_train(int argc, char **argv)
     /* every micro-batch crosses every stage: forward 4 T h f, backward twice that, per block */
     double flops_per_step = 12.0 * m->tokens * (double)m->hidden * m->ffn * m->layers_per_stage * s->num_stages * c.chunks;
     printf("dualpipe train: %s on %d ranks (%d stages), %d micro-batches x %d tokens, hidden %d, %d %s block%s per "
-           "stage, %s loss, %s, driver %s\n",
+           "stage, %s loss, %s, %s, driver %s\n",
            s->name, s->num_ranks, s->num_stages, c.chunks, m->tokens, m->hidden,
            m->layers_per_stage, m->block == DP_BLOCK_MLP ? "mlp" : "residual", m->layers_per_stage > 1 ? "s" : "",
-           m->loss == DP_LOSS_MSE ? "mse" : "xent", sgd ? "sgd" : "adamw", drv->name);
+           m->loss == DP_LOSS_MSE ? "mse" : "xent", sgd ? "sgd" : "adamw", dp_dtype_name(m->dtype), drv->name);
     fflush(stdout);
 
     int tty = cli_stderr_is_tty() && !quiet;

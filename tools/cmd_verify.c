@@ -34,13 +34,16 @@ static void usage(FILE *out)
             "  --layers-per-stage N  blocks per stage (default 1)\n"
             "  --block mlp|residual  stage blocks (default mlp: Linear, GELU, Linear)\n"
             "  --loss mse|xent       loss (default mse)\n"
+            "  --dtype fp32|bf16     activations and weight copies on both sides (default fp32); bf16 keeps\n"
+            "                        fp32 master weights, gradients and optimizer state\n"
             "  --optimizer adamw|sgd|none  (default adamw)\n"
             "  --lr X                learning rate (default 1e-3)\n"
             "  --steps N             training steps (default 3)\n"
             "  --seed N              parameters and data seed (default 1)\n"
             "  --spread              one GPU per rank where there are enough (NCCL between them)\n"
-            "  --atol X              absolute tolerance as a fraction of the tensor's largest |value| (default 1e-5)\n"
-            "  --rtol X              relative tolerance (default 1e-4)\n"
+            "  --atol X              absolute tolerance as a fraction of the tensor's largest |value|\n"
+            "                        (default 1e-5 for fp32, 1e-2 for bf16)\n"
+            "  --rtol X              relative tolerance (default 1e-4 for fp32, 1e-2 for bf16)\n"
             "  --param-atol X        parameters after the last step may further differ by X\n"
             "                        (default: AdamW 0.1 x lr x steps, otherwise 0)\n"
             "  --timeout-ms N        a rank gives up waiting after this long (default 60000)\n"
@@ -53,7 +56,10 @@ static void usage(FILE *out)
             "the difference of large terms carries an error at the terms' scale, hence an absolute part\n"
             "relative to the tensor's largest value. AdamW divides each moment by its root mean square, so\n"
             "where m nearly cancels an ulp of gradient becomes a visible fraction of a step: parameters get\n"
-            "an allowance in units of lr.\n");
+            "an allowance in units of lr.\n"
+            "In bf16 both sides round every activation to 8 significant bits (one ulp is 2^-8, 0.39%%):\n"
+            "where the two GEMMs' fp32 sums fall on either side of a rounding boundary an element differs by\n"
+            "an ulp, and later layers carry that on; the bf16 defaults allow about two and a half ulps.\n");
 }
 
 /* ----------------------------------------------------------------------------
@@ -177,7 +183,7 @@ int cmd_verify(int argc, char **argv)
     c.optimizer.kind = DP_OPT_ADAMW;
     c.optimizer.lr = 1e-3f;
     int steps = 3, spread = 0;
-    verdict v = {.atol = 1e-5, .rtol = 1e-4};
+    verdict v = {.atol = -1, .rtol = -1};
     double param_atol = -1;
     static const char *const blocks[] = {"mlp", "residual"}, *const losses[] = {"mse", "xent"};
     static const char *const opts[] = {"none", "sgd", "adamw"};
@@ -228,7 +234,8 @@ int cmd_verify(int argc, char **argv)
         } else if (!strcmp(a, "--lr")) {
             bad = cli_parse_double(a, val, &d);
             c.optimizer.lr = (float)d;
-        } else if (!strcmp(a, "--atol")) bad = cli_parse_double(a, val, &v.atol);
+        } else if (!strcmp(a, "--dtype")) bad = cli_parse_dtype(a, val, &c.model.dtype);
+        else if (!strcmp(a, "--atol")) bad = cli_parse_double(a, val, &v.atol);
         else if (!strcmp(a, "--rtol")) bad = cli_parse_double(a, val, &v.rtol);
         else if (!strcmp(a, "--param-atol")) bad = cli_parse_double(a, val, &param_atol);
         else {
@@ -237,10 +244,13 @@ int cmd_verify(int argc, char **argv)
         }
         if (bad) return CLI_EXIT_USAGE;
     }
-    if (v.atol < 0 || v.rtol < 0 || (param_atol < 0 && param_atol != -1)) {
+    if ((v.atol < 0 && v.atol != -1) || (v.rtol < 0 && v.rtol != -1) || (param_atol < 0 && param_atol != -1)) {
         cli_error("--atol, --rtol and --param-atol must not be negative");
         return CLI_EXIT_USAGE;
     }
+    int bf16 = c.model.dtype == DP_DTYPE_BF16;
+    if (v.atol < 0) v.atol = bf16 ? 1e-2 : 1e-5;
+    if (v.rtol < 0) v.rtol = bf16 ? 1e-2 : 1e-4;
     if (param_atol < 0) param_atol = c.optimizer.kind == DP_OPT_ADAMW ? 0.1 * c.optimizer.lr * steps : 0;
     if (!strcmp(driver, "cpu")) cli_warn("comparing the cpu driver with itself: it can only pass");
     c.spread_devices = spread;
@@ -260,13 +270,13 @@ int cmd_verify(int argc, char **argv)
     }
     const dp_model_config *m = dp_runtime_model(cpu);
     printf("dualpipe verify: driver %s against cpu; schedule %s, pp %d, chunks %d, hidden %d, ffn %d, tokens %d, "
-           "%d %s block(s) per stage, loss %s, optimizer %s (lr %g), %d step(s), seed %llu\n",
+           "%d %s block(s) per stage, loss %s, optimizer %s (lr %g), %s, %d step(s), seed %llu\n",
            driver, c.schedule, c.ranks, c.chunks, m->hidden, m->ffn, m->tokens, m->layers_per_stage,
-           blocks[m->block], losses[m->loss], opts[c.optimizer.kind], (double)c.optimizer.lr, steps,
-           (unsigned long long)m->seed);
-    printf("tolerance: |%s - cpu| <= %g * max|cpu| of the tensor + %g * |cpu| (fp32, TF32 off); parameters after "
+           blocks[m->block], losses[m->loss], opts[c.optimizer.kind], (double)c.optimizer.lr, dp_dtype_name(m->dtype),
+           steps, (unsigned long long)m->seed);
+    printf("tolerance: |%s - cpu| <= %g * max|cpu| of the tensor + %g * |cpu| (%s); parameters after "
            "the last step + %g\n\n",
-           driver, v.atol, v.rtol, param_atol);
+           driver, v.atol, v.rtol, bf16 ? "bf16 activations, fp32 accumulation" : "fp32, TF32 off", param_atol);
     printf("%-34s %9s  %10s  %10s  %7s  %s\n", "tensor", "elements", "max |diff|", "max rel", "use", "");
 
     int rc = CLI_EXIT_OK;
