@@ -450,7 +450,8 @@ static void test_gemm(void)
                 for (size_t ci = 0; ci < sizeof coef / sizeof coef[0]; ci++) {
                     int m = shapes[si][0], n = shapes[si][1], k = shapes[si][2], ok = 1;
                     for (int ta = 0; ta < 2; ta++)
-                        for (int tb = 0; tb < 2; tb++) ok &= gemm_case(ta, tb, m, n, k, coef[ci][0], coef[ci][1], c_bf16);
+                        for (int tb = 0; tb < 2; tb++)
+                            ok &= gemm_case(ta, tb, m, n, k, coef[ci][0], coef[ci][1], c_bf16);
                     tap_ok(ok, "gemm %s bf16 x bf16 -> %s %dx%dx%d, alpha %g beta %g%s, every transpose: "
                                "the fp32 GEMM on widened operands%s",
                            be ? "cblas" : "portable", c_bf16 ? "bf16" : "fp32", m, n, k, (double)coef[ci][0],

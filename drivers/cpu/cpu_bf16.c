@@ -25,7 +25,8 @@ dp_status dp_cpu_scratch(dp_device *dev, size_t n, size_t parts, const char *wha
 {
     *out = NULL;
     if (parts && n > SIZE_MAX / sizeof(float) / parts)
-        return dp_fail(DP_ERR_NOMEM, "cpu driver: %s on bf16 needs fp32 copies of %zu x %zu elements, more than memory can address",
+        return dp_fail(DP_ERR_NOMEM,
+                       "cpu driver: %s on bf16 needs fp32 copies of %zu x %zu elements, more than memory can address",
                        what, parts, n);
     size_t need = n * parts;
     if (need == 0) need = 1;
@@ -35,7 +36,8 @@ dp_status dp_cpu_scratch(dp_device *dev, size_t n, size_t parts, const char *wha
         dev->bf16_scratch_n = dev->bf16_scratch ? need : 0;
         if (!dev->bf16_scratch)
             return dp_fail(DP_ERR_NOMEM,
-                           "cpu driver: out of memory for %s on bf16 (%zu bytes of fp32 copies); use smaller tensors or fp32",
+                           "cpu driver: out of memory for %s on bf16 (%zu bytes of fp32 copies); "
+                           "use smaller tensors or fp32",
                            what, sizeof(float) * need);
     }
     *out = dev->bf16_scratch;
