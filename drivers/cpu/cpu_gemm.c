@@ -228,10 +228,23 @@ extern void openblas_set_num_threads(int) __attribute__((weak));
 extern void bli_thread_set_num_threads(long) __attribute__((weak));
 #endif
 
+/* ThreadSanitizer cannot see how OpenBLAS hands work to its threads and back (they spin on
+ * flags), so under it the BLAS runs on the calling thread: its results do not depend on that. */
+#if defined(__SANITIZE_THREAD__)
+#define DP_UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define DP_UNDER_TSAN 1
+#endif
+#endif
+
 void dp_cpu_blas_set_threads(int threads)
 {
 #if defined(HAVE_CBLAS) && defined(__GNUC__)
     if (threads < 1) threads = 1;
+#ifdef DP_UNDER_TSAN
+    threads = 1;
+#endif
     if (openblas_set_num_threads) openblas_set_num_threads(threads);
     if (bli_thread_set_num_threads) bli_thread_set_num_threads(threads);
 #else
