@@ -52,6 +52,7 @@ struct dp_executor {
     dp_slot **retired; /* slots done with, waiting for their sends to finish */
     int nretired, cap_retired;
     staged *staging, *staging_free;
+    dp_event *fork, *join; /* order a pair's second stream after the first, and the first after the pair */
 };
 
 /* ----------------------------------------------------------------------------
@@ -88,6 +89,12 @@ dp_status dp_executor_create(const dp_executor_config *cfg, dp_executor **out)
         dp_executor_destroy(ex);
         return dp_fail(DP_ERR_NOMEM, "out of memory creating an executor");
     }
+    dp_status st = cfg->dops->event_create(cfg->dev, &ex->fork);
+    if (st == DP_OK) st = cfg->dops->event_create(cfg->dev, &ex->join);
+    if (st != DP_OK) {
+        dp_executor_destroy(ex);
+        return st;
+    }
     *out = ex;
     return DP_OK;
 }
@@ -110,6 +117,8 @@ void dp_executor_destroy(dp_executor *ex)
     free(ex->retired);
     staging_free_list(ex, ex->staging);
     staging_free_list(ex, ex->staging_free);
+    if (ex->fork) ex->cfg.dops->event_destroy(ex->cfg.dev, ex->fork);
+    if (ex->join) ex->cfg.dops->event_destroy(ex->cfg.dev, ex->join);
     free(ex);
 }
 
@@ -376,8 +385,13 @@ static dp_status play(dp_executor *ex, dp_step_io *io, int infer)
         int pair = !infer && acts[i].overlap && i + 1 < n;
         int count = pair ? 2 : 1;
         /* a pair's second stream must see all the first stream has queued (local hand-offs,
-         * activations, weight gradients): on a GPU the two streams really run at once */
-        if (pair) DP_CHECK(ex->cfg.dops->stream_synchronize(ex->cfg.dev, ex->cfg.streams[0]));
+         * activations, weight gradients): on a GPU the two streams really run at once. An
+         * event orders them on the device, so the host goes on queueing work meanwhile. */
+        const dp_device_ops *D = ex->cfg.dops;
+        if (pair) {
+            DP_CHECK(D->event_record(ex->cfg.dev, ex->fork, ex->cfg.streams[0]));
+            DP_CHECK(D->stream_wait_event(ex->cfg.dev, ex->cfg.streams[1], ex->fork));
+        }
         prepared p[2];
         double t_start = io->times ? dp_now_ms() - io->t0 : 0;
         for (int j = 0; j < count; j++)
@@ -386,9 +400,13 @@ static dp_status play(dp_executor *ex, dp_step_io *io, int infer)
         DP_CHECK(reclaim(ex, 0));
         double t_ready = io->times ? dp_now_ms() - io->t0 : 0;
         for (int j = 0; j < count; j++) DP_CHECK(compute(ex, io, &p[j], infer));
-        if (ex->cfg.sync_each_action || pair) {
-            for (int j = 0; j < count; j++) DP_CHECK(ex->cfg.dops->stream_synchronize(ex->cfg.dev, p[j].stream));
+        /* and what follows on the first stream sees all the pair did */
+        if (pair) {
+            DP_CHECK(D->event_record(ex->cfg.dev, ex->join, ex->cfg.streams[1]));
+            DP_CHECK(D->stream_wait_event(ex->cfg.dev, ex->cfg.streams[0], ex->join));
         }
+        if (ex->cfg.sync_each_action)
+            for (int j = 0; j < count; j++) DP_CHECK(D->stream_synchronize(ex->cfg.dev, p[j].stream));
         if (io->times) {
             double t_end = dp_now_ms() - io->t0;
             for (int j = 0; j < count; j++) io->times[i + j] = (dp_action_time){t_start, t_ready, t_end};

@@ -1,7 +1,7 @@
 #!/bin/sh
 # test_cuda_verify.sh: `dualpipe verify --driver cuda` for every schedule at small sizes, on
-# one GPU (all ranks share it through the copy link): each run must end in PASS. Skips
-# without a GPU or without the CUDA module.
+# one GPU (all ranks share it through the copy link), in fp32 and in bf16 (against the CPU
+# driver's bf16): each run must end in PASS. Skips without a GPU or without the CUDA module.
 top_builddir=${top_builddir:-.}
 tool="$top_builddir/tools/dualpipe"
 if [ ! -e /dev/nvidiactl ]; then echo "1..0 # SKIP no CUDA device"; exit 0; fi
@@ -17,7 +17,10 @@ dualpipev 4 8 --loss_xent
 1f1b 4 8 -
 zb1p 4 8 -
 gpipe 2 4 -
-interleaved-1f1b 2 8 -"
+interleaved-1f1b 2 8 -
+dualpipe 4 8 --dtype_bf16
+dualpipev 2 8 --block_residual_--loss_xent_--dtype_bf16
+zb1p 4 8 --block_residual_--dtype_bf16"
 n=$(printf '%s\n' "$cases" | wc -l)
 echo "1..$n"
 i=0

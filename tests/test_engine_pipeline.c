@@ -4,7 +4,9 @@
  * bit-for-bit equal to the single-rank sequential reference, and inference outputs too.
  * Gradients are bit-exact, not merely close: every copy of a stage folds its micro-batches in
  * micro-batch order (the schedules run each stage's weight gradients in that order), the two
- * copies of a DualPipe stage add with one commutative sum, and every kernel is deterministic. */
+ * copies of a DualPipe stage add with one commutative sum, and every kernel is deterministic.
+ * The same holds in bf16 (mixed precision), which is run too; and a batch loaded once and
+ * trained on from the devices gives the same bits as the same batch passed to every step. */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
 #include <stdint.h>
@@ -74,7 +76,8 @@ static int params_equal(dp_runtime *rt, dp_reference *ref, int grad, double *wor
     return ok;
 }
 
-static void check_shape(const shape *sh, dp_block_kind block, int layers, dp_loss_kind loss, int adam_steps)
+static void check_shape(const shape *sh, dp_block_kind block, int layers, dp_loss_kind loss, int adam_steps,
+                        dp_dtype dtype)
 {
     dp_runtime_config c;
     memset(&c, 0, sizeof c);
@@ -88,14 +91,16 @@ static void check_shape(const shape *sh, dp_block_kind block, int layers, dp_los
     c.model.block = block;
     c.model.loss = loss;
     c.model.seed = 42;
+    c.model.dtype = dtype;
     c.optimizer.kind = DP_OPT_ADAMW;
     c.optimizer.lr = 1e-2f;
     c.optimizer.weight_decay = 0.01f;
     c.threads_per_rank = 1;
     c.timeout_ms = 20000;
     char what[128];
-    snprintf(what, sizeof what, "%s pp %d chunks %d %s x%d %s", sh->schedule, sh->ranks, sh->chunks,
-             block == DP_BLOCK_MLP ? "mlp" : "residual", layers, loss == DP_LOSS_MSE ? "mse" : "xent");
+    snprintf(what, sizeof what, "%s pp %d chunks %d %s x%d %s%s", sh->schedule, sh->ranks, sh->chunks,
+             block == DP_BLOCK_MLP ? "mlp" : "residual", layers, loss == DP_LOSS_MSE ? "mse" : "xent",
+             dtype == DP_DTYPE_BF16 ? " bf16" : "");
 
     dp_runtime *rt = NULL;
     dp_reference *ref = NULL;
@@ -142,6 +147,74 @@ static void check_shape(const shape *sh, dp_block_kind block, int layers, dp_los
     free(x), free(t), free(l1), free(l2), free(o1), free(o2);
     dp_runtime_destroy(rt);
     dp_reference_destroy(ref);
+}
+
+/* bf16 really changes the arithmetic: the same model and data give other losses than in
+ * fp32, close to them (a few bf16 roundings per layer), and the parameters it reports stay
+ * fp32 master values. */
+static void check_bf16_is_bf16(void)
+{
+    dp_runtime_config c;
+    memset(&c, 0, sizeof c);
+    c.schedule = "dualpipe", c.ranks = 2, c.chunks = 4;
+    c.model.hidden = 16, c.model.tokens = 4, c.model.seed = 3, c.model.block = DP_BLOCK_RESIDUAL;
+    c.optimizer.kind = DP_OPT_ADAMW, c.optimizer.lr = 1e-2f;
+    c.threads_per_rank = 1;
+    float *x = make_inputs(&c, 7), *t = make_targets(&c);
+    float l32[4], l16[4];
+    dp_runtime *a = NULL, *b = NULL;
+    dp_status s1 = dp_runtime_create(&c, &a);
+    c.model.dtype = DP_DTYPE_BF16;
+    dp_status s2 = dp_runtime_create(&c, &b);
+    if (s1 == DP_OK) s1 = dp_runtime_train_step(a, x, t, l32);
+    if (s2 == DP_OK) s2 = dp_runtime_train_step(b, x, t, l16);
+    if (s1 != DP_OK || s2 != DP_OK) tap_diag("%s", dp_last_error());
+    int differ = 0, close = 1;
+    for (int k = 0; k < 4 && s1 == DP_OK && s2 == DP_OK; k++) {
+        differ |= l32[k] != l16[k];
+        /* |bf16 - fp32| <= 2^-5 |fp32|: a handful of 2^-9 roundings through two small layers */
+        close &= (l16[k] > l32[k] ? l16[k] - l32[k] : l32[k] - l16[k]) <= 0.03125f * l32[k];
+    }
+    tap_ok(s1 == DP_OK && s2 == DP_OK && differ && close,
+           "bf16 losses differ from fp32 and stay within 2^-5 of them (%g vs %g)", (double)l16[0], (double)l32[0]);
+    /* the master weights move by AdamW steps of lr from values that bf16 cannot all hold */
+    size_t n = 0;
+    float w[16 * 64];
+    int off_grid = 0;
+    if (s2 == DP_OK && dp_runtime_read_param(b, 0, 0, 0, 0, w, &n, NULL) == DP_OK)
+        for (size_t i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, &w[i], 4);
+            off_grid += (u & 0xffffu) != 0;
+        }
+    tap_ok(n == 16 * 64 && off_grid > (int)n / 2, "bf16 keeps fp32 master weights (%d of %zu not on the bf16 grid)",
+           off_grid, n);
+    dp_runtime_destroy(a), dp_runtime_destroy(b);
+    free(x), free(t);
+}
+
+/* A batch loaded once and trained on from the devices equals passing it to every step. */
+static void check_loaded_batch(void)
+{
+    dp_runtime_config c;
+    memset(&c, 0, sizeof c);
+    c.schedule = "dualpipev", c.ranks = 2, c.chunks = 6;
+    c.model.hidden = 8, c.model.ffn = 24, c.model.tokens = 3, c.model.seed = 5;
+    c.optimizer.kind = DP_OPT_ADAMW, c.optimizer.lr = 1e-2f;
+    c.threads_per_rank = 1;
+    float *x = make_inputs(&c, 11), *t = make_targets(&c);
+    float la[6], lb[6];
+    dp_runtime *a = NULL, *b = NULL;
+    int same = dp_runtime_create(&c, &a) == DP_OK && dp_runtime_create(&c, &b) == DP_OK;
+    dp_status refused = same ? dp_runtime_train_loaded(b, lb) : DP_OK;
+    tap_is_int(refused, DP_ERR_INVALID, "training on a batch before loading one is refused: %s", dp_last_error());
+    if (same) same = dp_runtime_load_batch(b, x, t) == DP_OK;
+    for (int step = 0; step < 3 && same; step++)
+        same = dp_runtime_train_step(a, x, t, la) == DP_OK && dp_runtime_train_loaded(b, lb) == DP_OK &&
+               memcmp(la, lb, sizeof la) == 0;
+    tap_ok(same, "three steps on a loaded batch give the losses of three steps passing it (bit-equal)");
+    dp_runtime_destroy(a), dp_runtime_destroy(b);
+    free(x), free(t);
 }
 
 /* ----------------------------------------------------------------------------
@@ -255,13 +328,21 @@ int main(void)
     };
     int n = (int)(sizeof shapes / sizeof shapes[0]);
     for (int i = 0; i < n; i++) {
-        check_shape(&shapes[i], DP_BLOCK_MLP, 1, DP_LOSS_MSE, i % 2 == 0 ? 10 : 1);
-        check_shape(&shapes[i], DP_BLOCK_RESIDUAL, 2, DP_LOSS_MSE, i % 2 == 1 ? 10 : 1);
+        check_shape(&shapes[i], DP_BLOCK_MLP, 1, DP_LOSS_MSE, i % 2 == 0 ? 10 : 1, DP_DTYPE_F32);
+        check_shape(&shapes[i], DP_BLOCK_RESIDUAL, 2, DP_LOSS_MSE, i % 2 == 1 ? 10 : 1, DP_DTYPE_F32);
     }
     shape x = {"dualpipe", 4, 8};
-    check_shape(&x, DP_BLOCK_RESIDUAL, 1, DP_LOSS_XENT, 3);
+    check_shape(&x, DP_BLOCK_RESIDUAL, 1, DP_LOSS_XENT, 3, DP_DTYPE_F32);
     shape v = {"dualpipev", 2, 6};
-    check_shape(&v, DP_BLOCK_MLP, 1, DP_LOSS_XENT, 3);
+    check_shape(&v, DP_BLOCK_MLP, 1, DP_LOSS_XENT, 3, DP_DTYPE_F32);
+    /* mixed precision: every schedule once, both blocks and both losses among them */
+    static const shape bf[] = {{"gpipe", 4, 6}, {"1f1b", 4, 9}, {"zb1p", 4, 8}, {"dualpipe", 4, 8},
+                               {"dualpipe", 8, 16}, {"dualpipev", 2, 7}, {"interleaved-1f1b", 2, 4}};
+    for (int i = 0; i < (int)(sizeof bf / sizeof bf[0]); i++)
+        check_shape(&bf[i], i % 2 ? DP_BLOCK_MLP : DP_BLOCK_RESIDUAL, 1 + i % 2, i == 3 ? DP_LOSS_XENT : DP_LOSS_MSE,
+                    5, DP_DTYPE_BF16);
+    check_bf16_is_bf16();
+    check_loaded_batch();
     check_errors();
     check_timeout();
     return tap_done();
