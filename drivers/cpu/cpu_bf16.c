@@ -50,13 +50,3 @@ void dp_cpu_scratch_free(dp_device *dev)
     dev->bf16_scratch = NULL;
     dev->bf16_scratch_n = 0;
 }
-
-const char *dp_cpu_dtype_name(dp_dtype t)
-{
-    switch (t) {
-    case DP_DTYPE_F32: return "fp32";
-    case DP_DTYPE_BF16: return "bf16";
-    case DP_DTYPE_I32: return "i32";
-    }
-    return "an unknown dtype";
-}

@@ -317,11 +317,11 @@ dp_status dp_cpu_gemm(dp_device *dev, dp_stream *s, const dp_gemm_args *g)
         return dp_fail(DP_ERR_UNSUPPORTED,
                        "cpu driver: gemm needs A and B of one type, both fp32 or both bf16 (A %s, B %s given); "
                        "cast one of them first",
-                       dp_cpu_dtype_name(g->a_type), dp_cpu_dtype_name(g->b_type));
+                       dp_dtype_name(g->a_type), dp_dtype_name(g->b_type));
     if (g->c_type != DP_DTYPE_F32 && !(ab_bf16 && g->c_type == DP_DTYPE_BF16))
         return dp_fail(DP_ERR_UNSUPPORTED,
                        "cpu driver: gemm writes C in fp32, or in bf16 from bf16 inputs (A and B %s, C %s given)",
-                       dp_cpu_dtype_name(g->a_type), dp_cpu_dtype_name(g->c_type));
+                       dp_dtype_name(g->a_type), dp_dtype_name(g->c_type));
     if (g->m < 0 || g->n < 0 || g->k < 0)
         return dp_fail(DP_ERR_INVALID, "gemm: negative size m %d n %d k %d", g->m, g->n, g->k);
     int a_cols = g->trans_a ? g->m : g->k, b_cols = g->trans_b ? g->k : g->n;

@@ -100,15 +100,14 @@ void dp_cpu_round_bf16(const float *src, void *dst, size_t n);
  * kernel in the message when memory runs out. Valid until the device's next kernel call. */
 dp_status dp_cpu_scratch(dp_device *dev, size_t n, size_t parts, const char *what, float **out);
 void dp_cpu_scratch_free(dp_device *dev);
-const char *dp_cpu_dtype_name(dp_dtype t);
 
 /* Tensors are fp32 or bf16 (and i32 indices where a kernel says so); anything else is refused plainly. */
 #define DP_CPU_FLOAT_ONLY(t, what)                                                                        \
     do {                                                                                                  \
         if ((t) != DP_DTYPE_F32 && (t) != DP_DTYPE_BF16)                                                  \
             return dp_fail(DP_ERR_UNSUPPORTED,                                                            \
-                           "cpu driver: %s supports fp32 and bf16 tensors, not %s (dtype %d given)", (what), \
-                           dp_cpu_dtype_name(t), (int)(t));                                               \
+                           "cpu driver: %s supports fp32 and bf16 tensors, not dtype %d (%s)", (what),   \
+                           (int)(t), dp_dtype_name(t));                                                   \
     } while (0)
 
 /* Hot loops are compiled for the wider vector units where the machine has them (GCC's
