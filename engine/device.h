@@ -27,7 +27,7 @@ extern "C" {
 
 typedef enum {
     DP_DTYPE_F32 = 0,  /* the reference type */
-    DP_DTYPE_BF16 = 1, /* GPU paths; fp32 accumulation */
+    DP_DTYPE_BF16 = 1, /* storage only: arithmetic and accumulation in fp32 */
     DP_DTYPE_I32 = 2,  /* indices and labels */
 } dp_dtype;
 
