@@ -45,6 +45,10 @@ struct dp_runtime {
     pthread_mutex_t lock;
     dp_status first_status;
     char first_message[1024];
+    /* set-up's meeting point before the link (see setup_gate) */
+    pthread_cond_t gate_cond;
+    int gate_arrived, gate_failed_rank;
+    char gate_message[512];
 };
 
 typedef dp_status (*rank_fn)(dp_runtime *rt, int r);
@@ -94,7 +98,16 @@ static dp_status run_ranks(dp_runtime *rt, rank_fn fn)
         jobs[r] = (rank_job){rt, r, fn};
         if (pthread_create(&t[r], NULL, rank_thread, &jobs[r]) != 0) {
             st = dp_fail(DP_ERR_INTERNAL, "could not start the thread of rank %d", r);
-            /* the started ranks would wait for this one: end them */
+            /* the started ranks would wait for this one: end them, at set-up's gate or
+             * through the link */
+            pthread_mutex_lock(&rt->lock);
+            if (rt->gate_failed_rank < 0) {
+                rt->gate_failed_rank = r;
+                snprintf(rt->gate_message, sizeof rt->gate_message, "its thread could not start");
+            }
+            rt->gate_arrived += n - r;
+            pthread_cond_broadcast(&rt->gate_cond);
+            pthread_mutex_unlock(&rt->lock);
             if (rt->ranks[0].link) rt->drv->link->abort(rt->ranks[0].link, st, "a rank thread could not start");
             break;
         }
@@ -119,10 +132,10 @@ static dp_status alloc_floats(dp_runtime *rt, rank_state *rs, size_t n, float **
     return DP_OK;
 }
 
-static dp_status rank_setup(dp_runtime *rt, int r)
+/* What a rank sets up on its own: its device, streams and stages. */
+static dp_status rank_setup_local(dp_runtime *rt, int r)
 {
     const dp_device_ops *D = rt->drv->device;
-    const dp_link_ops *L = rt->drv->link;
     const dp_schedule *s = rt->sched;
     rank_state *rs = &rt->ranks[r];
     int ordinal = 0, count = 0;
@@ -133,10 +146,41 @@ static dp_status rank_setup(dp_runtime *rt, int r)
     dp_device_config dc = {.ordinal = ordinal, .threads = rt->cfg.threads_per_rank, .rank = r};
     DP_CHECK(D->open(&dc, &rs->dev));
     for (int i = 0; i < 2; i++) DP_CHECK(D->stream_create(rs->dev, &rs->streams[i]));
-    DP_CHECK(L->open(rt->world, r, rs->dev, &rs->link));
-    DP_CHECK(L->set_timeout(rs->link, rt->cfg.timeout_ms));
     for (int d = 0; d < s->num_dirs; d++)
         DP_CHECK(dp_stage_create(D, rs->dev, &rt->cfg.model, s->slot_stage[d][r], s->num_stages, &rs->stages[d]));
+    return DP_OK;
+}
+
+/* Every rank meets here between its own set-up and the link's, which is collective (NCCL's
+ * communicators, the pair's split): a rank that could not open its device or allocate its
+ * stages would otherwise leave the others waiting for it there until their timeout. Returns
+ * st, or, when another rank failed, an error naming that rank and its reason. */
+static dp_status setup_gate(dp_runtime *rt, int r, dp_status st)
+{
+    pthread_mutex_lock(&rt->lock);
+    if (st != DP_OK && rt->gate_failed_rank < 0) {
+        rt->gate_failed_rank = r;
+        snprintf(rt->gate_message, sizeof rt->gate_message, "%s", dp_last_error());
+    }
+    if (++rt->gate_arrived == rt->cfg.ranks) pthread_cond_broadcast(&rt->gate_cond);
+    while (rt->gate_arrived < rt->cfg.ranks) pthread_cond_wait(&rt->gate_cond, &rt->lock);
+    int failed = rt->gate_failed_rank;
+    char why[512];
+    snprintf(why, sizeof why, "%s", rt->gate_message);
+    pthread_mutex_unlock(&rt->lock);
+    if (st != DP_OK || failed < 0) return st;
+    return dp_fail(DP_ERR_DEVICE, "set-up stopped because rank %d failed: %s", failed, why);
+}
+
+static dp_status rank_setup(dp_runtime *rt, int r)
+{
+    const dp_device_ops *D = rt->drv->device;
+    const dp_link_ops *L = rt->drv->link;
+    const dp_schedule *s = rt->sched;
+    rank_state *rs = &rt->ranks[r];
+    DP_CHECK(setup_gate(rt, r, rank_setup_local(rt, r)));
+    DP_CHECK(L->open(rt->world, r, rs->dev, &rs->link));
+    DP_CHECK(L->set_timeout(rs->link, rt->cfg.timeout_ms));
     if (s->num_pipes == 2) {
         /* the rank holding this rank's first stage in the other pipe */
         int pipe = s->slot_pipe[0][r], stage = s->slot_stage[0][r];
@@ -229,6 +273,8 @@ dp_status dp_runtime_create(const dp_runtime_config *cfg_in, dp_runtime **out)
     rt->drv = drv;
     rt->sched = sched;
     pthread_mutex_init(&rt->lock, NULL);
+    pthread_cond_init(&rt->gate_cond, NULL);
+    rt->gate_failed_rank = -1;
     rt->ranks = calloc((size_t)cfg.ranks, sizeof *rt->ranks);
     if (!rt->ranks) {
         dp_runtime_destroy(rt);
@@ -260,6 +306,7 @@ void dp_runtime_destroy(dp_runtime *rt)
     free(rt->ranks);
     dp_schedule_free(rt->sched);
     pthread_mutex_destroy(&rt->lock);
+    pthread_cond_destroy(&rt->gate_cond);
     free(rt);
 }
 

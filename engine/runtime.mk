@@ -13,6 +13,16 @@ check_LTLIBRARIES += tests/dualpipe_badabi.la
 tests_dualpipe_badabi_la_SOURCES = tests/driver_badabi.c
 tests_dualpipe_badabi_la_LDFLAGS = -module -avoid-version -rpath /nowhere
 
+# The cpu driver with one rank's device out of order, for the set-up failure test.
+check_LTLIBRARIES += tests/dualpipe_failopen.la
+tests_dualpipe_failopen_la_SOURCES = tests/driver_failopen.c
+tests_dualpipe_failopen_la_LDFLAGS = -module -avoid-version -rpath /nowhere
+
+check_PROGRAMS += tests/test_engine_setup
+TESTS += tests/test_engine_setup
+tests_test_engine_setup_SOURCES = tests/test_engine_setup.c
+tests_test_engine_setup_LDADD = engine/libdualpipe.la
+
 check_PROGRAMS += tests/test_engine_registry
 TESTS += tests/test_engine_registry
 tests_test_engine_registry_SOURCES = tests/test_engine_registry.c
