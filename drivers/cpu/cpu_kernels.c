@@ -91,22 +91,31 @@ static void add_f32(dp_device *dev, size_t n, const float *a, const float *b, fl
     for (size_t i = 0; i < n; i++) y[i] = a[i] + b[i];
 }
 
-/* y may alias a or b: both are widened before y is written */
-static dp_status cpu_add(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *a, const void *b, void *y)
+typedef void (*binary_f32)(dp_device *dev, size_t n, const float *a, const float *b, float *y);
+
+/* y = f(a, b) element by element in dtype t; y may alias a or b (in bf16 both are widened
+ * before y is written) */
+static dp_status binary(dp_device *dev, dp_dtype t, size_t n, const void *a, const void *b, void *y, binary_f32 f,
+                        const char *what)
 {
-    (void)s;
-    DP_CPU_FLOAT_ONLY(t, "add");
+    DP_CPU_FLOAT_ONLY(t, what);
     if (t == DP_DTYPE_F32) {
-        add_f32(dev, n, a, b, y);
+        f(dev, n, a, b, y);
         return DP_OK;
     }
     float *ws;
-    DP_CHECK(dp_cpu_scratch(dev, n, 3, "add", &ws));
+    DP_CHECK(dp_cpu_scratch(dev, n, 3, what, &ws));
     dp_cpu_widen_bf16(a, ws, n);
     dp_cpu_widen_bf16(b, ws + n, n);
-    add_f32(dev, n, ws, ws + n, ws + 2 * n);
+    f(dev, n, ws, ws + n, ws + 2 * n);
     dp_cpu_round_bf16(ws + 2 * n, y, n);
     return DP_OK;
+}
+
+static dp_status cpu_add(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *a, const void *b, void *y)
+{
+    (void)s;
+    return binary(dev, t, n, a, b, y, add_f32, "add");
 }
 
 static void scale_f32(dp_device *dev, size_t n, float alpha, float *y)
@@ -268,23 +277,12 @@ static void gelu_backward_f32(dp_device *dev, size_t n, const float *x, const fl
         gelu_backward_range(b * ELEM_BLOCK, b * ELEM_BLOCK + ELEM_BLOCK < n ? b * ELEM_BLOCK + ELEM_BLOCK : n, x, dy, dx);
 }
 
-/* dx may alias dy (in bf16 too: dy is widened before dx is written) */
+/* dx may alias dy */
 static dp_status cpu_gelu_backward(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *x,
                                    const void *dy, void *dx)
 {
     (void)s;
-    DP_CPU_FLOAT_ONLY(t, "gelu_backward");
-    if (t == DP_DTYPE_F32) {
-        gelu_backward_f32(dev, n, x, dy, dx);
-        return DP_OK;
-    }
-    float *ws;
-    DP_CHECK(dp_cpu_scratch(dev, n, 3, "gelu_backward", &ws));
-    dp_cpu_widen_bf16(x, ws, n);
-    dp_cpu_widen_bf16(dy, ws + n, n);
-    gelu_backward_f32(dev, n, ws, ws + n, ws + 2 * n);
-    dp_cpu_round_bf16(ws + 2 * n, dx, n);
-    return DP_OK;
+    return binary(dev, t, n, x, dy, dx, gelu_backward_f32, "gelu_backward");
 }
 
 /* ----------------------------------------------------------------------------
