@@ -1,7 +1,7 @@
 #!/bin/sh
 # test_engine_train.sh: `dualpipe train` end to end at a small size: it learns (the loss
 # falls), --verify finds the pipelined run bit-equal to the single-rank reference for
-# dualpipe and dualpipev, --trace writes a whole Chrome trace, and bad input fails plainly
+# dualpipe and dualpipev, in fp32 and in bf16, --trace writes a whole Chrome trace, and bad input fails plainly
 # (exit 2, a message naming the problem, no trace file left).
 dp="${top_builddir:-.}/tools/dualpipe"
 tmp=$(mktemp -d) || exit 1
@@ -29,6 +29,16 @@ grep -c '"tid": 3, "ts"' "$tmp/run.json" > "$tmp/count"; [ "$(cat "$tmp/count")"
 "$dp" train $small --schedule dualpipev --pp 2 --chunks 6 --steps 3 --block mlp --loss xent --optimizer sgd --verify > "$tmp/out" 2> "$tmp/err"
 ok $? "dualpipev, mlp blocks, cross-entropy, sgd"
 grep -q 'bit-equal' "$tmp/out"; ok $? "dualpipev --verify: bit-equal"
+
+"$dp" train $small --schedule dualpipe --pp 2 --chunks 4 --steps 8 --lr 3e-3 --dtype bf16 --verify > "$tmp/out" 2> "$tmp/err"
+ok $? "mixed precision (--dtype bf16)"
+grep -q ', bf16, driver cpu' "$tmp/out" && grep -q '(learning)' "$tmp/out" && grep -q 'bit-equal' "$tmp/out"
+ok $? "bf16: says so, learns, and is bit-equal to the reference ($(grep '^loss' "$tmp/out"))"
+"$dp" train $small --dtype fp16 > "$tmp/out" 2> "$tmp/err"
+[ $? -eq 2 ] && grep -q -- '--dtype expects fp32 or bf16' "$tmp/err"; ok $? "--dtype fp16 is refused"
+"$dp" verify --driver cpu --dtype bf16 --pp 2 --chunks 4 --hidden 16 --tokens 8 --steps 2 > "$tmp/out" 2> "$tmp/err"
+[ $? -eq 0 ] && grep -q '^PASS' "$tmp/out" && grep -q '1e-2 \* max|cpu|\|0.01 \* max|cpu|' "$tmp/out"
+ok $? "verify --dtype bf16 states the bf16 tolerance and passes ($(grep '^tolerance' "$tmp/out"))"
 
 "$dp" train $small --pp 3 --steps 1 --trace "$tmp/bad.json" > "$tmp/out" 2> "$tmp/err"
 [ $? -eq 2 ] && grep -q 'even number of pipeline ranks' "$tmp/err" && [ ! -e "$tmp/bad.json" ]
