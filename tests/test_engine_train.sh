@@ -1,8 +1,8 @@
 #!/bin/sh
 # test_engine_train.sh: `dualpipe train` end to end at a small size: it learns (the loss
 # falls), --verify finds the pipelined run bit-equal to the single-rank reference for
-# dualpipe and dualpipev, in fp32 and in bf16, --trace writes a whole Chrome trace, and bad input fails plainly
-# (exit 2, a message naming the problem, no trace file left).
+# dualpipe and dualpipev, in fp32 and in bf16, --trace writes a whole Chrome trace, and bad
+# input fails plainly (exit 2, a message naming the problem, no trace file left).
 dp="${top_builddir:-.}/tools/dualpipe"
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
