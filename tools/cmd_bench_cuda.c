@@ -13,6 +13,7 @@
 #include "engine/runtime.h"
 #include "tools/cli.h"
 #include "tools/commands.h"
+#include "tools/step_timing.h"
 
 static void usage(FILE *out)
 {
@@ -32,6 +33,8 @@ static void usage(FILE *out)
             "  --dtype T         fp32 (default) or bf16 (activations and weight copies; fp32 master\n"
             "                    weights and gradients, fp32 accumulation)\n"
             "  --host-inputs     copy inputs and targets from host memory in every step\n"
+            "  --no-idle         skip the recorded steps (each action timed on its own) that compare each\n"
+            "                    rank's measured idle time with the simulator's prediction\n"
             "  --gemm-only       only the GEMM floor\n"
             "  --shared          all ranks on GPU 0 (copy link) even with several GPUs\n"
             "  -h, --help        show this help\n\n"
@@ -167,7 +170,7 @@ out:
 
 typedef struct {
     const char *schedule;
-    int pp, gpus, chunks, steps, gemm_only, host_inputs;
+    int pp, gpus, chunks, steps, gemm_only, host_inputs, no_idle;
     dp_dtype dtype;
 } bench_options;
 
@@ -263,6 +266,31 @@ static int bench_shape(const dp_driver *drv, const bench_options *o, int hidden,
         printf("  %-9s inputs and targets (%.0f MB of fp32 on the host) loaded onto the GPUs once: %.2f ms\n", "",
                2.0 * sizeof(float) * n / 1e6, load_ms);
     fflush(stdout);
+    if (!o->no_idle) {
+        /* the same steps again with every action synchronised and timed: slower, but they give
+         * the measured F, B, W and F&B times the simulator predicts each rank's idle time from */
+        dp_runtime_destroy(rt);
+        rt = NULL;
+        c.record_times = 1;
+        step_timing tm;
+        if (step_timing_init(&tm, pp)) goto out;
+        dp_status st = dp_runtime_create(&c, &rt);
+        if (st == DP_OK) st = dp_runtime_load_batch(rt, x, y);
+        for (int i = 0; i < 3 && st == DP_OK; i++) {
+            st = dp_runtime_train_loaded(rt, l);
+            if (st == DP_OK) step_timing_collect(&tm, rt, i > 0, NULL, NULL);
+        }
+        if (st == DP_OK) {
+            printf("  %-9s with each action timed (2 steps after a warm-up):\n", "");
+            step_timing_report(&tm, dp_runtime_schedule(rt), stdout);
+        }
+        step_timing_free(&tm);
+        if (st != DP_OK) {
+            cli_error("recorded steps: %s", dp_last_error());
+            goto out;
+        }
+        fflush(stdout);
+    }
     rc = 0;
 out:
     dp_runtime_destroy(rt);
@@ -286,6 +314,9 @@ int cmd_bench_cuda(int argc, char **argv)
             continue;
         } else if (!strcmp(a, "--host-inputs")) {
             o.host_inputs = 1;
+            continue;
+        } else if (!strcmp(a, "--no-idle")) {
+            o.no_idle = 1;
             continue;
         } else if (!strcmp(a, "--shared")) {
             shared = 1;

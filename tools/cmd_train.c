@@ -15,6 +15,7 @@
 #include "engine/runtime.h"
 #include "tools/cli.h"
 #include "tools/commands.h"
+#include "tools/step_timing.h"
 
 static void usage(FILE *out)
 {
@@ -131,14 +132,7 @@ fail:
 }
 
 /* ----------------------------------------------------------------------------
- * timings: per-kind means, per-rank busy and idle, and the trace's events */
-
-typedef struct {
-    double sum[5]; /* F, B, I, W, F&B pair */
-    long count[5];
-    double *busy, *idle; /* [ranks], summed over measured steps */
-    int steps;
-} timing;
+ * the trace's events */
 
 typedef struct {
     int rank, step;
@@ -149,6 +143,8 @@ typedef struct {
 typedef struct {
     trace_event *ev;
     size_t n, cap;
+    int step;      /* of the step being collected */
+    double offset; /* its start, from the run's start */
 } trace_log;
 
 static int trace_add(trace_log *t, const trace_event *e)
@@ -163,39 +159,13 @@ static int trace_add(trace_log *t, const trace_event *e)
     return 0;
 }
 
-static void collect(dp_runtime *rt, int step, int measure, double offset, timing *tm, trace_log *trace)
+static void trace_visit(void *ctx, int rank, const dp_action *a, const dp_action *b, const dp_action_time *at)
 {
-    const dp_schedule *s = dp_runtime_schedule(rt);
-    double makespan = 0;
-    for (int r = 0; r < s->num_ranks; r++) {
-        const dp_action_time *t = dp_runtime_times(rt, r);
-        double busy = 0, last = 0;
-        for (int i = 0; i < s->num_actions[r];) {
-            const dp_action *a = &s->actions[r][i];
-            int pair = a->overlap && i + 1 < s->num_actions[r];
-            double d = t[i].end - t[i].ready;
-            busy += d;
-            last = t[i].end > last ? t[i].end : last;
-            if (measure) {
-                int k = pair ? 4 : a->kind;
-                tm->sum[k] += d, tm->count[k]++;
-            }
-            if (trace) {
-                trace_event e = {r, step, *a, {.kind = 0xff}, offset + t[i].start, offset + t[i].ready,
-                                 offset + t[i].end};
-                if (pair) e.b = s->actions[r][i + 1];
-                trace_add(trace, &e);
-            }
-            i += pair ? 2 : 1;
-        }
-        if (measure) tm->busy[r] += busy;
-        makespan = last > makespan ? last : makespan;
-        if (measure) tm->idle[r] -= busy;
-    }
-    if (measure) {
-        for (int r = 0; r < s->num_ranks; r++) tm->idle[r] += makespan;
-        tm->steps++;
-    }
+    trace_log *t = ctx;
+    trace_event e = {rank, t->step, *a, {.kind = 0xff}, t->offset + at->start, t->offset + at->ready,
+                     t->offset + at->end};
+    if (b) e.b = *b;
+    trace_add(t, &e);
 }
 
 static void action_name(char *buf, size_t n, const dp_action *a)
@@ -406,7 +376,7 @@ int cmd_train(int argc, char **argv)
     dp_reference *ref = NULL;
     teacher tch = {0};
     trace_log trace = {0};
-    timing tm = {0};
+    step_timing tm = {0};
     float *x = NULL, *losses = NULL, *ref_losses = NULL;
     void *targets = NULL;
     int rc = CLI_EXIT_FAIL;
@@ -427,9 +397,8 @@ int cmd_train(int argc, char **argv)
     targets = malloc(dp_model_host_target_bytes(m) * (size_t)c.chunks);
     losses = calloc((size_t)c.chunks, sizeof(float));
     ref_losses = calloc((size_t)c.chunks, sizeof(float));
-    tm.busy = calloc((size_t)c.ranks, sizeof(double));
-    tm.idle = calloc((size_t)c.ranks, sizeof(double));
-    if (!x || !targets || !losses || !ref_losses || !tm.busy || !tm.idle) {
+    if (step_timing_init(&tm, c.ranks)) goto out;
+    if (!x || !targets || !losses || !ref_losses) {
         cli_error("out of memory for a step of %zu floats", n);
         goto out;
     }
@@ -463,7 +432,8 @@ int cmd_train(int argc, char **argv)
             cli_error("step %d failed: %s", step, dp_last_error());
             goto out_steps;
         }
-        collect(rt, step, step > 1 || steps == 1, dp_runtime_step_start(rt) - run_t0, &tm, trace_path ? &trace : NULL);
+        trace.step = step, trace.offset = dp_runtime_step_start(rt) - run_t0;
+        step_timing_collect(&tm, rt, step > 1 || steps == 1, trace_path ? trace_visit : NULL, &trace);
         step_ms[step - 1] = ms;
         total_ms += ms;
         double loss = 0;
@@ -499,34 +469,7 @@ int cmd_train(int argc, char **argv)
                last_loss, steps, last_loss < first_loss ? "learning" : "not falling", med,
                (double)c.chunks * m->tokens / (med * 1e-3), flops_per_step / (med * 1e-3) * 1e-9);
 
-        /* measured costs -> simulator */
-        double mean[5];
-        for (int k = 0; k < 5; k++) mean[k] = tm.count[k] ? tm.sum[k] / tm.count[k] : 0;
-        dp_cost cost = {0};
-        cost.f = mean[DP_ACT_F];
-        cost.w = tm.count[DP_ACT_W] ? mean[DP_ACT_W] : 0;
-        cost.b = tm.count[DP_ACT_B] ? mean[DP_ACT_B] : mean[DP_ACT_I] + cost.w;
-        if (!tm.count[DP_ACT_W]) cost.w = cost.b / 2;
-        /* noisy timings of tiny models can make a W look longer than a B: a B is at least I + W */
-        if (cost.w > cost.b) cost.b = cost.w + mean[DP_ACT_I];
-        cost.fb = tm.count[4] ? mean[4] : cost.f + cost.b;
-        printf("measured mean action times: F %.3f ms, B %.3f ms, I %.3f ms, W %.3f ms, F&B %.3f ms\n", mean[0], mean[1],
-               mean[2], mean[3], mean[4]);
-        dp_simulation sim = {0};
-        int simulated = dp_schedule_simulate(s, &cost, &sim) == DP_OK;
-        if (!simulated) cli_warn("no simulation from the measured times: %s", dp_last_error());
-        int ms_steps = tm.steps ? tm.steps : 1;
-        printf("per rank, mean per step over %d step%s:   measured               simulated from measured costs\n",
-               ms_steps, ms_steps > 1 ? "s" : "");
-        printf("  rank    busy ms    idle ms  idle %%        busy ms    idle ms  idle %%\n");
-        for (int r = 0; r < c.ranks; r++) {
-            double b = tm.busy[r] / ms_steps, i = tm.idle[r] / ms_steps;
-            printf("  %4d %10.2f %10.2f %6.1f%%", r, b, i, 100 * i / (b + i + 1e-12));
-            if (simulated)
-                printf("     %10.2f %10.2f %6.1f%%", sim.busy[r], sim.idle[r], 100 * sim.idle[r] / (sim.makespan + 1e-12));
-            printf("\n");
-        }
-        dp_simulation_free(&sim);
+        step_timing_report(&tm, s, stdout);
     }
     if (trace_path) {
         char title[128];
@@ -555,6 +498,7 @@ out:
     teacher_close(&tch);
     dp_reference_destroy(ref);
     dp_runtime_destroy(rt);
-    free(x), free(targets), free(losses), free(ref_losses), free(tm.busy), free(tm.idle), free(trace.ev);
+    free(x), free(targets), free(losses), free(ref_losses), free(trace.ev);
+    step_timing_free(&tm);
     return rc;
 }

@@ -7,7 +7,9 @@ tools_dualpipe_SOURCES = \
 	tools/commands.h \
 	tools/cli.c \
 	tools/cli.h \
-	tools/cmd_schedule.c
+	tools/cmd_schedule.c \
+	tools/step_timing.c \
+	tools/step_timing.h
 tools_dualpipe_LDADD = engine/libdualpipe.la
 tools_dualpipe_SOURCES += tools/cmd_train.c tools/cmd_bench.c
 tools_dualpipe_SOURCES += tools/cmd_verify.c

@@ -1,0 +1,89 @@
+/* step_timing.c: per-action means and per-rank busy/idle of recorded steps, and the
+ * simulator's prediction from the measured means (see step_timing.h). */
+#include "tools/step_timing.h"
+
+#include <stdlib.h>
+
+#include "tools/cli.h"
+
+int step_timing_init(step_timing *t, int ranks)
+{
+    *t = (step_timing){0};
+    t->ranks = ranks;
+    t->busy = calloc((size_t)ranks, sizeof(double));
+    t->idle = calloc((size_t)ranks, sizeof(double));
+    if (!t->busy || !t->idle) {
+        step_timing_free(t);
+        cli_error("out of memory for the timings of %d ranks", ranks);
+        return 1;
+    }
+    return 0;
+}
+
+void step_timing_free(step_timing *t)
+{
+    free(t->busy), free(t->idle);
+    t->busy = t->idle = NULL;
+}
+
+void step_timing_collect(step_timing *t, dp_runtime *rt, int measure, step_timing_visit visit, void *ctx)
+{
+    const dp_schedule *s = dp_runtime_schedule(rt);
+    double makespan = 0;
+    for (int r = 0; r < s->num_ranks; r++) {
+        const dp_action_time *at = dp_runtime_times(rt, r);
+        if (!at) return; /* the runtime records no times */
+        double busy = 0, last = 0;
+        for (int i = 0; i < s->num_actions[r];) {
+            const dp_action *a = &s->actions[r][i];
+            int pair = a->overlap && i + 1 < s->num_actions[r];
+            double d = at[i].end - at[i].ready;
+            busy += d;
+            last = at[i].end > last ? at[i].end : last;
+            if (measure) {
+                int k = pair ? 4 : a->kind;
+                t->sum[k] += d, t->count[k]++;
+            }
+            if (visit) visit(ctx, r, a, pair ? &s->actions[r][i + 1] : NULL, &at[i]);
+            i += pair ? 2 : 1;
+        }
+        if (measure) t->busy[r] += busy, t->idle[r] -= busy;
+        makespan = last > makespan ? last : makespan;
+    }
+    if (measure) {
+        for (int r = 0; r < s->num_ranks; r++) t->idle[r] += makespan;
+        t->steps++;
+    }
+}
+
+void step_timing_report(const step_timing *t, const dp_schedule *s, FILE *out)
+{
+    double mean[5];
+    for (int k = 0; k < 5; k++) mean[k] = t->count[k] ? t->sum[k] / t->count[k] : 0;
+    dp_cost cost = {0};
+    cost.f = mean[DP_ACT_F];
+    cost.w = t->count[DP_ACT_W] ? mean[DP_ACT_W] : 0;
+    cost.b = t->count[DP_ACT_B] ? mean[DP_ACT_B] : mean[DP_ACT_I] + cost.w;
+    if (!t->count[DP_ACT_W]) cost.w = cost.b / 2;
+    /* noisy timings of tiny models can make a W look longer than a B: a B is at least I + W */
+    if (cost.w > cost.b) cost.b = cost.w + mean[DP_ACT_I];
+    cost.fb = t->count[4] ? mean[4] : cost.f + cost.b;
+    fprintf(out, "measured mean action times: F %.3f ms, B %.3f ms, I %.3f ms, W %.3f ms, F&B %.3f ms\n", mean[0],
+            mean[1], mean[2], mean[3], mean[4]);
+    dp_simulation sim = {0};
+    int simulated = dp_schedule_simulate(s, &cost, &sim) == DP_OK;
+    if (!simulated) cli_warn("no simulation from the measured times: %s", dp_last_error());
+    int steps = t->steps ? t->steps : 1;
+    fprintf(out, "per rank, mean per step over %d step%s:   measured               simulated from measured costs\n",
+            steps, steps > 1 ? "s" : "");
+    fprintf(out, "  rank    busy ms    idle ms  idle %%        busy ms    idle ms  idle %%\n");
+    for (int r = 0; r < t->ranks && r < s->num_ranks; r++) {
+        double b = t->busy[r] / steps, i = t->idle[r] / steps;
+        fprintf(out, "  %4d %10.2f %10.2f %6.1f%%", r, b, i, 100 * i / (b + i + 1e-12));
+        if (simulated)
+            fprintf(out, "     %10.2f %10.2f %6.1f%%", sim.busy[r], sim.idle[r],
+                    100 * sim.idle[r] / (sim.makespan + 1e-12));
+        fprintf(out, "\n");
+    }
+    dp_simulation_free(&sim);
+}

@@ -1,0 +1,33 @@
+/* step_timing.h: what the ranks did in recorded steps (a runtime made with record_times):
+ * the mean time of each kind of action, each rank's busy and idle time per step, and the same
+ * figures predicted by the schedule simulator from those measured action times. Shared by
+ * `dualpipe train` and `dualpipe bench-cuda`. */
+#ifndef DP_TOOLS_STEP_TIMING_H
+#define DP_TOOLS_STEP_TIMING_H
+
+#include <stdio.h>
+
+#include "engine/runtime.h"
+
+typedef struct {
+    double sum[5]; /* F, B, I, W, an overlapped F&B pair */
+    long count[5];
+    double *busy, *idle; /* [ranks], summed over the measured steps */
+    int ranks, steps;
+} step_timing;
+
+/* Called for each action (or pair: b is the pair's second half, else NULL) of a collected step. */
+typedef void (*step_timing_visit)(void *ctx, int rank, const dp_action *a, const dp_action *b,
+                                  const dp_action_time *t);
+
+/* 0, or nonzero (and a message printed) when out of memory. */
+int step_timing_init(step_timing *t, int ranks);
+void step_timing_free(step_timing *t);
+/* Reads the runtime's times of its last step; adds them to the means when `measure` (leave out
+ * warm-up steps); calls visit (may be NULL) for every action. */
+void step_timing_collect(step_timing *t, dp_runtime *rt, int measure, step_timing_visit visit, void *ctx);
+/* Prints the mean action times, then per rank the measured busy and idle time per step next to
+ * the simulator's prediction from the measured means. */
+void step_timing_report(const step_timing *t, const dp_schedule *s, FILE *out);
+
+#endif
