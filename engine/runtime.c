@@ -48,6 +48,7 @@ struct dp_runtime {
     /* set-up's meeting point before the link (see setup_gate) */
     pthread_cond_t gate_cond;
     int gate_arrived, gate_failed_rank;
+    dp_status gate_status; /* the failed rank's */
     char gate_message[512];
 };
 
@@ -102,7 +103,7 @@ static dp_status run_ranks(dp_runtime *rt, rank_fn fn)
              * through the link */
             pthread_mutex_lock(&rt->lock);
             if (rt->gate_failed_rank < 0) {
-                rt->gate_failed_rank = r;
+                rt->gate_failed_rank = r, rt->gate_status = st;
                 snprintf(rt->gate_message, sizeof rt->gate_message, "its thread could not start");
             }
             rt->gate_arrived += n - r;
@@ -159,17 +160,18 @@ static dp_status setup_gate(dp_runtime *rt, int r, dp_status st)
 {
     pthread_mutex_lock(&rt->lock);
     if (st != DP_OK && rt->gate_failed_rank < 0) {
-        rt->gate_failed_rank = r;
+        rt->gate_failed_rank = r, rt->gate_status = st;
         snprintf(rt->gate_message, sizeof rt->gate_message, "%s", dp_last_error());
     }
     if (++rt->gate_arrived == rt->cfg.ranks) pthread_cond_broadcast(&rt->gate_cond);
     while (rt->gate_arrived < rt->cfg.ranks) pthread_cond_wait(&rt->gate_cond, &rt->lock);
     int failed = rt->gate_failed_rank;
+    dp_status why_status = rt->gate_status;
     char why[512];
     snprintf(why, sizeof why, "%s", rt->gate_message);
     pthread_mutex_unlock(&rt->lock);
     if (st != DP_OK || failed < 0) return st;
-    return dp_fail(DP_ERR_DEVICE, "set-up stopped because rank %d failed: %s", failed, why);
+    return dp_fail(why_status, "set-up stopped because rank %d failed: %s", failed, why);
 }
 
 static dp_status rank_setup(dp_runtime *rt, int r)
@@ -187,14 +189,14 @@ static dp_status rank_setup(dp_runtime *rt, int r)
         int partner = s->stage_rank[1 - pipe][stage];
         DP_CHECK(L->split(rs->link, r < partner ? r : partner, r, &rs->pair_link));
     }
-    size_t act = dp_model_act_bytes(&rt->cfg.model), cpp = (size_t)s->chunks_per_pipe;
+    size_t act_bytes = dp_model_act_bytes(&rt->cfg.model), cpp = (size_t)s->chunks_per_pipe;
     for (int d = 0; d < s->num_dirs; d++) {
         int pipe = s->slot_pipe[d][r];
-        if (dp_schedule_is_first_stage(s, r, d)) DP_CHECK(D->alloc(rs->dev, cpp * act, &rs->input[pipe]));
+        if (dp_schedule_is_first_stage(s, r, d)) DP_CHECK(D->alloc(rs->dev, cpp * act_bytes, &rs->input[pipe]));
         if (dp_schedule_is_last_stage(s, r, d)) {
             DP_CHECK(D->alloc(rs->dev, cpp * dp_model_target_bytes(&rt->cfg.model), &rs->target[pipe]));
             DP_CHECK(alloc_floats(rt, rs, cpp, &rs->loss[pipe]));
-            DP_CHECK(D->alloc(rs->dev, cpp * act, &rs->output[pipe]));
+            DP_CHECK(D->alloc(rs->dev, cpp * act_bytes, &rs->output[pipe]));
         }
     }
     if (rt->cfg.record_times) {
