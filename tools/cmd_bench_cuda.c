@@ -1,6 +1,7 @@
-/* cmd_bench_cuda.c: `dualpipe bench-cuda`: figures for the CUDA driver. For each model shape,
- * the cuBLAS time of the stage's six GEMMs (the bubble-free floor of a step), then the median
- * step time of a pipelined training step, its rate per GPU and its ratio to the floor. Prints
+/* cmd_bench_cuda.c: `dualpipe bench-cuda`: figures for the CUDA driver, in fp32 or bf16. For
+ * each model shape, the cuBLAS time of the stage's six GEMMs (the bubble-free floor of a step),
+ * the median step time of a pipelined training step, its rate per GPU and its ratio to the
+ * floor, then each rank's measured idle time next to the simulator's prediction. Prints
  * figures; asserts nothing about speed. */
 #define _POSIX_C_SOURCE 200809L
 #include "config.h"
