@@ -63,28 +63,40 @@ static void usage(FILE *out)
 }
 
 /* ----------------------------------------------------------------------------
- * the teacher: one block of the same kind with its own seed, on the cpu driver */
+ * the teacher: one fp32 block with its own seed, on the run's driver (device 0), so that a
+ * GPU run is not held up by the whole batch's forward on the host */
 
 typedef struct {
     const dp_device_ops *ops;
     dp_device *dev;
     dp_stage *stage;
+    float *out;  /* the forward's output, on the host */
     float scale; /* makes the first batch's targets unit-variance */
 } teacher;
 
-static int teacher_open(teacher *t, const dp_model_config *m, int chunks, uint64_t seed, int threads)
+static int teacher_open(teacher *t, const char *driver, const dp_model_config *m, int chunks, uint64_t seed,
+                        int threads)
 {
-    const dp_driver *cpu;
-    dp_driver_load("cpu", &cpu);
-    t->ops = cpu->device;
+    const dp_driver *drv;
+    if (dp_driver_load(driver, &drv) != DP_OK) {
+        cli_error("cannot load the teacher's driver: %s", dp_last_error());
+        return 1;
+    }
+    t->ops = drv->device;
     dp_device_config dc = {.threads = threads};
     dp_model_config tm = *m;
-    tm.tokens = m->tokens * chunks; /* the whole step's batch at once */
+    /* the teacher runs one micro-batch at a time (chunks of them per step), so its device
+     * memory does not grow with the batch */
     tm.layers_per_stage = 1;
     tm.block = DP_BLOCK_MLP;
     tm.seed = seed ^ 0x7eac4e5ull;
     tm.dtype = DP_DTYPE_F32; /* the teacher's targets are fp32 whatever the student's dtype */
     t->scale = 0;
+    t->out = malloc(sizeof(float) * dp_model_act_elems(&tm) * (size_t)chunks);
+    if (!t->out) {
+        cli_error("out of memory for the teacher's outputs");
+        return 1;
+    }
     if (t->ops->open(&dc, &t->dev) != DP_OK || dp_stage_create(t->ops, t->dev, &tm, 0, 2, &t->stage) != DP_OK) {
         cli_error("cannot build the teacher network: %s", dp_last_error());
         return 1;
@@ -96,6 +108,7 @@ static void teacher_close(teacher *t)
 {
     dp_stage_destroy(t->stage);
     if (t->dev) t->ops->close(t->dev);
+    free(t->out);
 }
 
 /* targets for inputs x [chunks*tokens x h]: floats (mse) or argmax labels (xent) */
@@ -103,10 +116,18 @@ static int teacher_targets(teacher *t, const dp_model_config *m, int chunks, con
 {
     dp_slot *slot;
     size_t rows = (size_t)m->tokens * chunks, n = rows * m->hidden;
+    size_t mb = (size_t)m->tokens * m->hidden, bytes = mb * sizeof(float);
     if (dp_stage_slot_get(t->stage, &slot) != DP_OK) goto fail;
-    memcpy(slot->x, x, n * sizeof(float));
-    if (dp_stage_forward(t->stage, NULL, slot, NULL) != DP_OK) goto fail;
-    const float *out = slot->y;
+    for (int k = 0; k < chunks; k++) {
+        if (t->ops->copy(t->dev, slot->x, x + k * mb, bytes, DP_COPY_HOST_TO_DEVICE, NULL) != DP_OK ||
+            dp_stage_forward(t->stage, NULL, slot, NULL) != DP_OK ||
+            t->ops->copy(t->dev, t->out + k * mb, slot->y, bytes, DP_COPY_DEVICE_TO_HOST, NULL) != DP_OK) {
+            dp_stage_slot_put(t->stage, slot);
+            goto fail;
+        }
+    }
+    dp_stage_slot_put(t->stage, slot);
+    const float *out = t->out;
     if (t->scale == 0) {
         double ss = 0;
         for (size_t i = 0; i < n; i++) ss += (double)out[i] * out[i];
@@ -124,7 +145,6 @@ static int teacher_targets(teacher *t, const dp_model_config *m, int chunks, con
             l[r] = best;
         }
     }
-    dp_stage_slot_put(t->stage, slot);
     return 0;
 fail:
     cli_error("the teacher network failed: %s", dp_last_error());
@@ -402,7 +422,7 @@ int cmd_train(int argc, char **argv)
         cli_error("out of memory for a step of %zu floats", n);
         goto out;
     }
-    if (teacher_open(&tch, m, c.chunks, c.model.seed, c.threads_per_rank)) goto out;
+    if (teacher_open(&tch, c.driver, m, c.chunks, c.model.seed, c.threads_per_rank)) goto out;
 
     const dp_driver *drv;
     dp_driver_load(c.driver, &drv);
