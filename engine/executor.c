@@ -356,12 +356,9 @@ static dp_status communicate(dp_executor *ex, prepared *p, int n)
         if (p[i].recv.req) {
             dp_status w = L->wait(l, p[i].recv.req);
             p[i].recv.req = NULL;
-            if (st == DP_OK && w != DP_OK) {
-                char what[768];
-                snprintf(what, sizeof what, "%s", dp_last_error());
-                st = dp_fail(w, "%s (while rank %d waited to run %c of local stage %d, micro-batch %d)", what, ex->r,
-                             dp_action_letter(p[i].a.kind), p[i].a.dir, p[i].a.chunk);
-            }
+            if (st == DP_OK && w != DP_OK)
+                st = dp_fail(w, "%s (while rank %d waited to run %c of local stage %d, micro-batch %d)",
+                             dp_last_error(), ex->r, dp_action_letter(p[i].a.kind), p[i].a.dir, p[i].a.chunk);
         }
     return st;
 }

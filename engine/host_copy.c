@@ -4,7 +4,8 @@
 
 static dp_status staging_get(const dp_device_ops *D, dp_device *dev, dp_cast_staging *stg, size_t n)
 {
-    size_t want = n < DP_CAST_STAGING_MAX ? n : DP_CAST_STAGING_MAX;
+    size_t cap = stg->max_elems ? stg->max_elems : DP_CAST_STAGING_MAX;
+    size_t want = n < cap ? n : cap;
     if (stg->elems >= want) return DP_OK;
     D->free(dev, stg->buf);
     stg->buf = NULL, stg->elems = 0;

@@ -16,9 +16,9 @@ extern "C" {
 typedef struct {
     float *buf;
     size_t elems;
+    size_t max_elems; /* the most it grows to: a longer copy goes in pieces (0: DP_CAST_STAGING_MAX) */
 } dp_cast_staging;
 
-/* Elements a staging buffer holds at most: a copy bigger than this goes in pieces. */
 #define DP_CAST_STAGING_MAX ((size_t)16 << 20)
 
 /* dst (device, n elements of t) = host (n fp32). For fp32 a plain copy; otherwise pieces of

@@ -453,11 +453,7 @@ static dp_status train(dp_runtime *rt, const float *inputs, const void *targets,
     dp_status st = run_ranks(rt, rank_train);
     rt->inputs = NULL, rt->targets = NULL;
     if (st == DP_OK) rt->loaded = 1;
-    if (st != DP_OK) {
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", dp_last_error());
-        return dp_fail(st, "training step %d: %s", rt->step, msg);
-    }
+    if (st != DP_OK) return dp_fail(st, "training step %d: %s", rt->step, dp_last_error());
     return DP_OK;
 }
 

@@ -18,6 +18,11 @@ check_LTLIBRARIES += tests/dualpipe_failopen.la
 tests_dualpipe_failopen_la_SOURCES = tests/driver_failopen.c
 tests_dualpipe_failopen_la_LDFLAGS = -module -avoid-version -rpath /nowhere
 
+check_PROGRAMS += tests/test_engine_host_copy
+TESTS += tests/test_engine_host_copy
+tests_test_engine_host_copy_SOURCES = tests/test_engine_host_copy.c
+tests_test_engine_host_copy_LDADD = engine/libdualpipe.la
+
 check_PROGRAMS += tests/test_engine_setup
 TESTS += tests/test_engine_setup
 tests_test_engine_setup_SOURCES = tests/test_engine_setup.c

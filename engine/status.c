@@ -3,6 +3,7 @@
 
 #include <pthread.h>
 #include <stdio.h>
+#include <string.h>
 
 static _Thread_local char dp_errbuf[1024];
 
@@ -27,10 +28,13 @@ const char *dp_last_error(void) { return dp_errbuf; }
 
 dp_status dp_fail(dp_status s, const char *fmt, ...)
 {
+    /* formatted aside first: an argument may be dp_last_error() itself (adding context) */
+    char msg[sizeof dp_errbuf];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(dp_errbuf, sizeof dp_errbuf, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    memcpy(dp_errbuf, msg, sizeof msg);
     return s;
 }
 

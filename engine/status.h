@@ -32,7 +32,8 @@ const char *dp_status_name(dp_status s);
 const char *dp_last_error(void);
 
 /* Sets this thread's message and returns s, so that error paths read
- * `return dp_fail(DP_ERR_INVALID, "chunks (%d) must be even", n);`. */
+ * `return dp_fail(DP_ERR_INVALID, "chunks (%d) must be even", n);`. The arguments may include
+ * dp_last_error(), to add context to a failure: `dp_fail(st, "step %d: %s", k, dp_last_error())`. */
 dp_status dp_fail(dp_status s, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))

@@ -34,6 +34,30 @@ typedef struct {
     void *load_scratch; /* nitems keyed, for sorting */
 } packing;
 
+/* A packing over the scratch's arrays; strict: every replica stays on its expert's node. */
+static void packing_init(packing *pk, const double *w, const eplb_shape *s, eplb_scratch *sc, int strict)
+{
+    *pk = (packing){0};
+    pk->w = w;
+    pk->s = s;
+    pk->S = s->slots;
+    pk->Pn = s->hierarchical ? s->P / s->N : s->P;
+    pk->strict = strict;
+    pk->expert = sc->i[0];
+    pk->home = sc->i[1];
+    pk->gpu = sc->i[2];
+    pk->first = sc->i[3];
+    pk->cnt = sc->i[4];
+    pk->slot = sc->i[5];
+    pk->fill = sc->i[6];
+    pk->load = sc->d[0];
+    pk->gload = sc->d[1];
+    pk->by_load = sc->i[20];
+    pk->pos = sc->i[21];
+    pk->sload = sc->d[6];
+    pk->load_scratch = (char *)sc->sort_work + (size_t)sc->n * 16;
+}
+
 static int on_gpu(const packing *pk, int e, int g, int except_item)
 {
     for (int k = 0; k < pk->cnt[e]; k++) {
@@ -785,28 +809,10 @@ eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_
 {
     const int E = s->E, R = s->R, P = s->P;
     const int N = s->hierarchical ? s->N : 1;
-    packing pk = {0};
-    pk.w = w;
-    pk.s = s;
-    pk.S = s->slots;
-    pk.Pn = P / N;
-    pk.strict = s->hierarchical && !cross_nodes;
-    pk.expert = sc->i[0];
-    pk.home = sc->i[1];
-    pk.gpu = sc->i[2];
-    pk.first = sc->i[3];
-    pk.cnt = sc->i[4];
-    pk.slot = sc->i[5];
-    pk.fill = sc->i[6];
+    packing pk;
+    packing_init(&pk, w, s, sc, s->hierarchical && !cross_nodes);
     int *expert_node = sc->i[7], *ids = sc->i[8], *cnt = sc->i[9];
     int *node_free = sc->i[10], *bound_left = sc->i[11];
-    pk.load = sc->d[0];
-    pk.gload = sc->d[1];
-    pk.by_load = sc->i[20];
-    pk.pos = sc->i[21];
-    pk.sload = sc->d[6];
-
-    pk.load_scratch = (char *)sc->sort_work + (size_t)sc->n * 16;
     double *ref_load = sc->d[2];
     keyed *order = sc->sort_work;
 
@@ -913,24 +919,8 @@ double eplb_balanced_layer_from(const double *w, const eplb_shape *s, eplb_scrat
                                 const int *cur_phy2log, double stop_at, int *phy2log, int *rank)
 {
     const int P = s->P;
-    packing pk = {0};
-    pk.w = w;
-    pk.s = s;
-    pk.S = s->slots;
-    pk.Pn = s->hierarchical ? P / s->N : P;
-    pk.strict = s->hierarchical;
-    pk.expert = sc->i[0];
-    pk.home = sc->i[1];
-    pk.gpu = sc->i[2];
-    pk.first = sc->i[3];
-    pk.cnt = sc->i[4];
-    pk.slot = sc->i[5];
-    pk.fill = sc->i[6];
-    pk.load = sc->d[0];
-    pk.gload = sc->d[1];
-    pk.by_load = sc->i[20];
-    pk.pos = sc->i[21];
-    pk.sload = sc->d[6];
+    packing pk;
+    packing_init(&pk, w, s, sc, s->hierarchical);
 
     if (s->hierarchical && !keeps_groups_on_nodes(cur_phy2log, s, sc->i[10])) return -1;
     seat_as(&pk, cur_phy2log, sc->i[9], sc->i[7], sc->i[8], 0);

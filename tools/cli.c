@@ -62,6 +62,20 @@ int cli_parse_double(const char *option, const char *text, double *out)
     return 0;
 }
 
+int cli_option_error(int opt, char **argv)
+{
+    if (opt == ':') cli_error("option %s needs a value; see --help", argv[optind - 1]);
+    else cli_error("unknown option '%s'; see --help", argv[optind - 1]);
+    return CLI_EXIT_USAGE;
+}
+
+int cli_extra_arguments(int argc, char **argv)
+{
+    if (optind >= argc) return 0;
+    cli_error("unexpected argument '%s'; see --help", argv[optind]);
+    return 1;
+}
+
 int cli_parse_dtype(const char *option, const char *text, dp_dtype *out)
 {
     if (text && (strcmp(text, "fp32") == 0 || strcmp(text, "float32") == 0)) *out = DP_DTYPE_F32;

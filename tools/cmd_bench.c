@@ -199,14 +199,10 @@ int cmd_bench(int argc, char **argv)
         case O_HIDDEN: if (cli_parse_int("--hidden", optarg, 1, 1 << 15, &one.hidden)) return CLI_EXIT_USAGE; custom = 1; break;
         case O_TOKENS: if (cli_parse_int("--tokens", optarg, 1, 1 << 20, &one.tokens)) return CLI_EXIT_USAGE; custom = 1; break;
         case 'h': usage(stdout); return CLI_EXIT_OK;
-        case ':': cli_error("option %s needs a value; see --help", argv[optind - 1]); return CLI_EXIT_USAGE;
-        default: cli_error("unknown option '%s'; see --help", argv[optind - 1]); return CLI_EXIT_USAGE;
+        default: return cli_option_error(opt, argv);
         }
     }
-    if (optind < argc) {
-        cli_error("unexpected argument '%s'; see --help", argv[optind]);
-        return CLI_EXIT_USAGE;
-    }
+    if (cli_extra_arguments(argc, argv)) return CLI_EXIT_USAGE;
     if (gemm && !custom) bench_gemm(quick);
     if (!step_times) return CLI_EXIT_OK;
     step_header();

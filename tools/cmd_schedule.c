@@ -76,14 +76,10 @@ int cmd_schedule(int argc, char **argv)
                 printf("%-10s %s\n", g->name, g->summary);
             return CLI_EXIT_OK;
         case 'h': usage(stdout); return CLI_EXIT_OK;
-        case ':': cli_error("option %s needs a value; see --help", argv[optind - 1]); return CLI_EXIT_USAGE;
-        default: cli_error("unknown option '%s'; see --help", argv[optind - 1]); return CLI_EXIT_USAGE;
+        default: return cli_option_error(opt, argv);
         }
     }
-    if (optind < argc) {
-        cli_error("unexpected argument '%s'; see --help", argv[optind]);
-        return CLI_EXIT_USAGE;
-    }
+    if (cli_extra_arguments(argc, argv)) return CLI_EXIT_USAGE;
     dp_schedule_format fmt = DP_FORMAT_TEXT;
     if (format) {
         if (dp_schedule_format_parse(format, &fmt) != DP_OK) {

@@ -369,14 +369,10 @@ int cmd_train(int argc, char **argv)
         case O_DTYPE: if (cli_parse_dtype("--dtype", optarg, &c.model.dtype)) return CLI_EXIT_USAGE; break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); return CLI_EXIT_OK;
-        case ':': cli_error("option %s needs a value; see --help", argv[optind - 1]); return CLI_EXIT_USAGE;
-        default: cli_error("unknown option '%s'; see --help", argv[optind - 1]); return CLI_EXIT_USAGE;
+        default: return cli_option_error(opt, argv);
         }
     }
-    if (optind < argc) {
-        cli_error("unexpected argument '%s'; see --help", argv[optind]);
-        return CLI_EXIT_USAGE;
-    }
+    if (cli_extra_arguments(argc, argv)) return CLI_EXIT_USAGE;
     c.model.seed = (uint64_t)seed;
     c.optimizer.kind = sgd ? DP_OPT_SGD : DP_OPT_ADAMW;
     c.optimizer.lr = (float)(lr > 0 ? lr : sgd ? 1e-2 : 1e-3);
