@@ -160,3 +160,11 @@ void cli_output_abort(cli_output *o)
 }
 
 int cli_stderr_is_tty(void) { return isatty(STDERR_FILENO); }
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+void cli_sort_doubles(double *v, size_t n) { qsort(v, n, sizeof *v, cmp_double); }

@@ -40,6 +40,9 @@ int cli_output_open(cli_output *o, const char *path);
 int cli_output_commit(cli_output *o); /* flush, close, rename; nonzero on failure (reported) */
 void cli_output_abort(cli_output *o); /* close and remove the temporary */
 
+/* Sorts n doubles in increasing order (for medians of timings). */
+void cli_sort_doubles(double *v, size_t n);
+
 /* Whether stderr is a terminal (for progress indicators). */
 int cli_stderr_is_tty(void);
 

@@ -32,12 +32,6 @@ static void usage(FILE *out)
             "Run the ranks on otherwise idle cores: the figures are wall-clock medians.\n");
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* ----------------------------------------------------------------------------
  * GEMM */
 
@@ -63,7 +57,7 @@ static double gemm_rate(dp_device *dev, int use_blas, int threads, int m, int n,
         dp_cpu_gemm(dev, NULL, &g);
         t[r] = dp_now_ms() - t0;
     }
-    qsort(t, (size_t)reps, sizeof *t, cmp_double);
+    cli_sort_doubles(t, (size_t)reps);
     double ms = t[reps / 2];
     free(a), free(b), free(c), free(t);
     return 2.0 * m * n * k / (ms * 1e-3) * 1e-9;
@@ -148,7 +142,7 @@ static int bench_step(const step_shape *sh, int steps)
         t[i] = dp_now_ms() - t0;
     }
     if (!rc) {
-        qsort(t + 1, (size_t)steps, sizeof *t, cmp_double);
+        cli_sort_doubles(t + 1, (size_t)steps);
         double med = t[1 + steps / 2];
         double flops = 48.0 * c.model.tokens * (double)c.model.hidden * c.model.hidden * s->num_stages * c.chunks;
         long cores = sysconf(_SC_NPROCESSORS_ONLN);

@@ -1,7 +1,7 @@
 /* cmd_bench_cuda.c: `dualpipe bench-cuda`: figures for the CUDA driver, in fp32 or bf16. For
- * each model shape, the cuBLAS time of the stage's six GEMMs (the bubble-free floor of a step),
- * the median step time of a pipelined training step, its rate per GPU and its ratio to the
- * floor, then each rank's measured idle time next to the simulator's prediction. Prints
+ * each model shape, the cuBLAS time of the stage's six GEMMs (the bubble-free floor of a step,
+ * tools/gemm_floor.c), the median step time of a pipelined training step, its rate per GPU and
+ * its ratio to the floor, then each rank's measured idle time next to the simulator's prediction. Prints
  * figures; asserts nothing about speed. */
 #define _POSIX_C_SOURCE 200809L
 #include "config.h"
@@ -14,6 +14,7 @@
 #include "engine/runtime.h"
 #include "tools/cli.h"
 #include "tools/commands.h"
+#include "tools/gemm_floor.h"
 #include "tools/step_timing.h"
 
 static void usage(FILE *out)
@@ -21,9 +22,11 @@ static void usage(FILE *out)
     fprintf(out,
             "Usage: dualpipe bench-cuda [OPTIONS]   (also: dualpipe bench --driver cuda [OPTIONS])\n"
             "Benchmark the CUDA driver on the example stage (Linear h->4h, GELU, Linear 4h->h, MSE), in fp32\n"
-            "with TF32 off or in bf16 with fp32 accumulation: the stage's GEMMs alone through cuBLAS (the\n"
-            "floor), then pipelined steps on a batch loaded onto the GPUs once, as the reference's\n"
-            "benchmark does (--host-inputs: copied from the host every step, as dualpipe train does).\n\n"
+            "with TF32 off or in bf16 with fp32 accumulation: the stage's GEMMs through cuBLAS, back to\n"
+            "back after a second of them (the floor of a step is the GEMMs the busiest GPU runs, as the\n"
+            "schedule gives them; a first stage computes no input gradient), then pipelined steps on a\n"
+            "batch loaded onto the GPUs once, as the reference's benchmark does (--host-inputs: copied\n"
+            "from the host every step, as dualpipe train does).\n\n"
             "  --driver NAME     GPU driver module (default cuda)\n"
             "  --schedule NAME   schedule (default dualpipe)\n"
             "  --pp N            pipeline ranks (default 2)\n"
@@ -39,14 +42,11 @@ static void usage(FILE *out)
             "  --gemm-only       only the GEMM floor\n"
             "  --shared          all ranks on GPU 0 (copy link) even with several GPUs\n"
             "  -h, --help        show this help\n\n"
-            "FLOPs per GPU per step = chunks x 48 x tokens x hidden^2 x stages / pp (forward 16, backward 32).\n"
+            "FLOPs per GPU per step = chunks x 48 x tokens x hidden^2 x stages / pp (forward 16, backward 32),\n"
+            "as the reference's figures count them.\n"
+            "One GPU standing in for one rank of DualPipe on two: --schedule dualpipev --pp 1 --chunks 10\n"
+            "runs the same forwards, backwards and overlapped pairs, without the transfers.\n"
             "Ranks go one per GPU where there are enough, unless --shared.\n");
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
 }
 
 #define TRY(call)                                                             \
@@ -56,115 +56,6 @@ static int cmp_double(const void *a, const void *b)
             goto out;                                                         \
         }                                                                     \
     } while (0)
-
-/* ----------------------------------------------------------------------------
- * the floor: the stage's six GEMMs, each timed with events (median of reps) */
-
-typedef struct {
-    double fwd_ms, bwd_in_ms, bwd_w_ms; /* per micro-batch and stage, both Linears */
-} gemm_floor;
-
-static int time_gemm(const dp_driver *drv, dp_device *dev, dp_stream *s, const dp_gemm_args *g, int reps,
-                     double *ms)
-{
-    const dp_device_ops *D = drv->device;
-    dp_event *e0 = NULL, *e1 = NULL;
-    double *t = malloc(sizeof(double) * (size_t)reps);
-    int rc = 1;
-    if (!t) return 1;
-    TRY(D->event_create(dev, &e0));
-    TRY(D->event_create(dev, &e1));
-    for (int i = 0; i < 3; i++) TRY(D->gemm(dev, s, g)); /* warm-up: handle, heuristics, clocks */
-    for (int r = 0; r < reps; r++) {
-        float f;
-        TRY(D->event_record(dev, e0, s));
-        TRY(D->gemm(dev, s, g));
-        TRY(D->event_record(dev, e1, s));
-        TRY(D->event_synchronize(dev, e1));
-        TRY(D->event_elapsed(dev, e0, e1, &f));
-        t[r] = f;
-    }
-    qsort(t, (size_t)reps, sizeof *t, cmp_double);
-    *ms = t[reps / 2];
-    rc = 0;
-out:
-    if (e0) D->event_destroy(dev, e0);
-    if (e1) D->event_destroy(dev, e1);
-    free(t);
-    return rc;
-}
-
-/* n elements of dtype t on the device from fp32 host values (through tmp, fp32, n long) */
-static dp_status upload_as(const dp_device_ops *D, dp_device *dev, dp_stream *s, void *dst, dp_dtype t,
-                           const float *host, size_t n, void *tmp)
-{
-    if (t == DP_DTYPE_F32) return D->copy(dev, dst, host, n * 4, DP_COPY_HOST_TO_DEVICE, s);
-    DP_CHECK(D->copy(dev, tmp, host, n * 4, DP_COPY_HOST_TO_DEVICE, s));
-    return D->cast(dev, s, n, DP_DTYPE_F32, tmp, t, dst);
-}
-
-static int measure_floor(const dp_driver *drv, int hidden, int tokens, dp_dtype dt, gemm_floor *f)
-{
-    const dp_device_ops *D = drv->device;
-    dp_device *dev = NULL;
-    dp_stream *s = NULL;
-    void *x = NULL, *h = NULL, *w1 = NULL, *w2 = NULL, *dh = NULL, *dx = NULL, *dw1 = NULL, *dw2 = NULL, *y = NULL;
-    void *tmp = NULL;
-    float *host = NULL;
-    int rc = 1, ffn = 4 * hidden;
-    size_t th = (size_t)tokens * hidden, tf = (size_t)tokens * ffn, wf = (size_t)ffn * hidden, es = dp_dtype_size(dt);
-    size_t big = tf > wf ? tf : wf;
-    dp_device_config dc = {.ordinal = 0};
-    TRY(D->open(&dc, &dev));
-    TRY(D->stream_create(dev, &s));
-    TRY(D->alloc(dev, th * es, &x));
-    TRY(D->alloc(dev, th * es, &y));
-    TRY(D->alloc(dev, th * es, &dx));
-    TRY(D->alloc(dev, tf * es, &h));
-    TRY(D->alloc(dev, tf * es, &dh));
-    TRY(D->alloc(dev, wf * es, &w1));
-    TRY(D->alloc(dev, wf * es, &w2));
-    TRY(D->alloc(dev, wf * 4, &dw1)); /* weight gradients are fp32 in both dtypes */
-    TRY(D->alloc(dev, wf * 4, &dw2));
-    TRY(D->alloc(dev, big * 4, &tmp));
-    /* random-ish data, not zeros: zeros run faster than real data on these GPUs */
-    void *bufs[] = {x, y, dx, h, dh, w1, w2, dw1, dw2};
-    size_t lens[] = {th, th, th, tf, tf, wf, wf, wf, wf};
-    host = malloc(sizeof(float) * big);
-    if (!host) {
-        cli_error("out of host memory");
-        goto out;
-    }
-    for (size_t i = 0; i < big; i++) host[i] = dp_counter_uniform(5, 0, i) * 0.05f;
-    for (int i = 0; i < 9; i++) TRY(upload_as(D, dev, s, bufs[i], i < 7 ? dt : DP_DTYPE_F32, host, lens[i], tmp));
-    TRY(D->stream_synchronize(dev, s));
-    /* as engine/model.c calls them: y = x W^T; dx = dy W; dW += dy^T x (into fp32) */
-    dp_gemm_args f1 = {0, 1, tokens, ffn, hidden, 1.0f, 0.0f, x, hidden, dt, w1, hidden, dt, h, ffn, dt};
-    dp_gemm_args f2 = {0, 1, tokens, hidden, ffn, 1.0f, 0.0f, h, ffn, dt, w2, ffn, dt, y, hidden, dt};
-    dp_gemm_args b2 = {0, 0, tokens, ffn, hidden, 1.0f, 0.0f, y, hidden, dt, w2, ffn, dt, dh, ffn, dt};
-    dp_gemm_args b1 = {0, 0, tokens, hidden, ffn, 1.0f, 0.0f, dh, ffn, dt, w1, hidden, dt, dx, hidden, dt};
-    dp_gemm_args w2g = {1, 0, hidden, ffn, tokens, 1.0f, 1.0f, y, hidden, dt, h, ffn, dt, dw2, ffn, DP_DTYPE_F32};
-    dp_gemm_args w1g = {1, 0, ffn, hidden, tokens, 1.0f, 1.0f, dh, ffn, dt, x, hidden, dt, dw1, hidden, DP_DTYPE_F32};
-    double t[6];
-    int reps = 15;
-    if (time_gemm(drv, dev, s, &f1, reps, &t[0]) || time_gemm(drv, dev, s, &f2, reps, &t[1]) ||
-        time_gemm(drv, dev, s, &b2, reps, &t[2]) || time_gemm(drv, dev, s, &b1, reps, &t[3]) ||
-        time_gemm(drv, dev, s, &w2g, reps, &t[4]) || time_gemm(drv, dev, s, &w1g, reps, &t[5]))
-        goto out;
-    f->fwd_ms = t[0] + t[1];
-    f->bwd_in_ms = t[2] + t[3];
-    f->bwd_w_ms = t[4] + t[5];
-    rc = 0;
-out:
-    free(host);
-    if (dev) {
-        void *all[] = {x, y, dx, h, dh, w1, w2, dw1, dw2, tmp};
-        for (int i = 0; i < 10; i++) D->free(dev, all[i]);
-        if (s) D->stream_destroy(dev, s);
-        D->close(dev);
-    }
-    return rc;
-}
 
 /* ----------------------------------------------------------------------------
  * pipelined steps */
@@ -179,14 +70,15 @@ static int bench_shape(const dp_driver *drv, const bench_options *o, int hidden,
 {
     const char *schedule = o->schedule;
     int pp = o->pp, gpus = o->gpus, chunks = o->chunks, steps = o->steps;
-    gemm_floor f = {0, 0, 0};
-    if (measure_floor(drv, hidden, tokens, o->dtype, &f)) return 1;
+    gemm_floor f;
+    memset(&f, 0, sizeof f);
+    if (gemm_floor_measure(drv, hidden, tokens, o->dtype, &f)) return 1;
     double visit_flops = 48.0 * tokens * (double)hidden * hidden;
-    double visit_ms = f.fwd_ms + f.bwd_in_ms + f.bwd_w_ms;
-    printf("hidden %d, tokens %d: cuBLAS %s per stage visit: F %.3f ms, B(input) %.3f ms, W %.3f ms = %.3f ms "
-           "(%.1f TFLOP/s)\n",
-           hidden, tokens, dp_dtype_name(o->dtype), f.fwd_ms, f.bwd_in_ms, f.bwd_w_ms, visit_ms,
-           visit_flops / (visit_ms * 1e-3) * 1e-12);
+    double visit_ms = gemm_floor_fwd(&f) + gemm_floor_bwd_in(&f) + gemm_floor_bwd_w(&f);
+    printf("hidden %d, tokens %d: cuBLAS %s per stage visit, after %.0f ms of them: F %.3f ms, B(input) %.3f ms "
+           "(dx %.3f of it), W %.3f ms = %.3f ms (%.1f TFLOP/s)\n",
+           hidden, tokens, dp_dtype_name(o->dtype), f.sustained_ms, gemm_floor_fwd(&f), gemm_floor_bwd_in(&f), f.ms[GEMM_FLOOR_B1],
+           gemm_floor_bwd_w(&f), visit_ms, visit_flops / (visit_ms * 1e-3) * 1e-12);
     fflush(stdout);
     if (o->gemm_only) return 0;
 
@@ -250,12 +142,13 @@ static int bench_shape(const dp_driver *drv, const bench_options *o, int hidden,
             D->close(dev);
         }
     }
-    qsort(t + 2, (size_t)steps, sizeof *t, cmp_double);
+    cli_sort_doubles(t + 2, (size_t)steps);
     double med = t[2 + steps / 2], best = t[2];
     /* visits per GPU: every micro-batch passes every stage of its pipe once; ranks sharing a
-     * GPU share its work */
-    double visits = (double)chunks * s->num_stages / gpus;
-    double floor_ms = visits * visit_ms;
+     * GPU share its work. The rate counts 48 x tokens x hidden^2 per visit, as the reference's
+     * figures do; the floor counts the GEMMs really run (first stages skip one). */
+    double visits = (double)chunks * s->num_stages / o->gpus;
+    double floor_ms = gemm_floor_per_gpu(s, o->gpus, &f);
     double flops = visits * visit_flops;
     printf("  %-9s pp %d, %d chunks: step median %.2f ms (best %.2f), %.1f TFLOP/s per GPU; floor %.2f ms; "
            "step / floor %.3f; first loss %.6g\n",
