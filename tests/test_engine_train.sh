@@ -2,7 +2,8 @@
 # test_engine_train.sh: `dualpipe train` end to end at a small size: it learns (the loss
 # falls), --verify finds the pipelined run bit-equal to the single-rank reference for
 # dualpipe and dualpipev, in fp32 and in bf16, --trace writes a whole Chrome trace, and bad
-# input fails plainly (exit 2, a message naming the problem, no trace file left).
+# input fails plainly (exit 2, a message naming the problem, no trace file left); bench-cuda
+# runs on the cpu driver too.
 dp="${top_builddir:-.}/tools/dualpipe"
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
@@ -54,6 +55,17 @@ ok $? "dualpipe with 3 ranks: exit 2, says why, no trace ($(head -n 1 "$tmp/err"
 "$dp" train --help | grep -q -- '--verify'; ok $? "--help lists the options"
 "$dp" bench --quick --gemm-only > "$tmp/out" 2> "$tmp/err"; ok $? "bench --quick --gemm-only runs"
 grep -q 'portable' "$tmp/out"; ok $? "and reports the portable GEMM"
+# bench-cuda takes any driver module; on the cpu driver it checks the tool's arithmetic paths
+"$dp" bench-cuda --driver cpu --hidden 16 --tokens 8 --steps 2 --schedule dualpipev --pp 1 --chunks 4 > "$tmp/out" 2> "$tmp/err"
+ok $? "bench-cuda --driver cpu runs one rank of DualPipeV"
+grep -qE 'floor [0-9.]+ ms; step / floor [0-9.]+' "$tmp/out" && grep -q '(dx [0-9.]* of it)' "$tmp/out"
+ok $? "and prints the floor, its input-gradient GEMM and the step's ratio to it"
+grep -q 'simulated from measured costs' "$tmp/out" && [ "$(grep -cE '^ +0 +[0-9.]+ +[0-9.]+ ' "$tmp/out")" -eq 1 ]
+ok $? "and the rank's measured and simulated idle time"
+"$dp" bench-cuda --steps 0 > "$tmp/out" 2> "$tmp/err"
+[ $? -eq 2 ] && grep -q -- '--steps' "$tmp/err"; ok $? "bench-cuda --steps 0 is refused"
+"$dp" bench-cuda --driver no-such-driver > "$tmp/out" 2> "$tmp/err"
+[ $? -eq 1 ] && grep -q 'no-such-driver' "$tmp/err"; ok $? "bench-cuda names a driver it cannot load"
 
 echo "1..$n"
 exit $failed

@@ -75,7 +75,7 @@ static int bench_shape(const dp_driver *drv, const bench_options *o, int hidden,
     if (gemm_floor_measure(drv, hidden, tokens, o->dtype, &f)) return 1;
     double visit_flops = 48.0 * tokens * (double)hidden * hidden;
     double visit_ms = gemm_floor_fwd(&f) + gemm_floor_bwd_in(&f) + gemm_floor_bwd_w(&f);
-    printf("hidden %d, tokens %d: cuBLAS %s per stage visit, after %.0f ms of them: F %.3f ms, B(input) %.3f ms "
+    printf("hidden %d, tokens %d: %s GEMMs per stage visit, after %.0f ms of them: F %.3f ms, B(input) %.3f ms "
            "(dx %.3f of it), W %.3f ms = %.3f ms (%.1f TFLOP/s)\n",
            hidden, tokens, dp_dtype_name(o->dtype), f.sustained_ms, gemm_floor_fwd(&f), gemm_floor_bwd_in(&f), f.ms[GEMM_FLOOR_B1],
            gemm_floor_bwd_w(&f), visit_ms, visit_flops / (visit_ms * 1e-3) * 1e-12);
@@ -253,7 +253,7 @@ int cmd_bench_cuda(int argc, char **argv)
     o.gpus = shared || count < o.pp ? 1 : o.pp;
     printf("dualpipe bench-cuda: %d x %s; %s; ranks %s\n", count, info.name,
            o.dtype == DP_DTYPE_BF16 ? "bf16, fp32 accumulation" : "fp32, TF32 off",
-           o.gpus == 1 ? "share GPU 0 (copy link)" : "one per GPU (NCCL)");
+           o.gpus == 1 ? "share device 0 (copy link)" : "one per GPU (NCCL)");
     if (hidden)
         return bench_shape(drv, &o, hidden, tokens ? tokens : 2 * hidden) ? CLI_EXIT_FAIL : CLI_EXIT_OK;
     static const int shapes[][2] = {{1024, 2048}, {2048, 4096}, {4096, 8192}};
