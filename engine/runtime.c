@@ -1,6 +1,7 @@
-/* runtime.c: the in-process job (see runtime.h): one thread per pipeline rank for set-up,
- * every step and tear-down; the first rank to fail aborts the link so that the others stop
- * waiting, and its message is the one reported. */
+/* runtime.c: the in-process job (see runtime.h): one thread per pipeline rank, started with
+ * the runtime and kept until it is destroyed, runs set-up, every step and tear-down; the
+ * first rank to fail aborts the link so that the others stop waiting, and its message is the
+ * one reported. */
 #define _POSIX_C_SOURCE 200809L
 #include "engine/runtime.h"
 
@@ -50,15 +51,30 @@ struct dp_runtime {
     int gate_arrived, gate_failed_rank;
     dp_status gate_status; /* the failed rank's */
     char gate_message[512];
+    /* the rank threads: each waits for a new generation of work, runs job for its rank, and
+     * the last to finish wakes the caller. Threads are kept between steps: starting them anew
+     * each step cost about 0.1 ms, and a CPU rank's kernel threads would be started anew too. */
+    struct rank_pool *pool;
 };
 
 typedef dp_status (*rank_fn)(dp_runtime *rt, int r);
 
 typedef struct {
-    dp_runtime *rt;
+    struct rank_pool *pool;
     int rank;
-    rank_fn fn;
-} rank_job;
+} rank_worker;
+
+struct rank_pool {
+    dp_runtime *rt;
+    pthread_t *threads;
+    rank_worker *workers;
+    int started;       /* threads running */
+    pthread_cond_t work, done;
+    unsigned long generation; /* bumped for each job */
+    rank_fn job;
+    int pending; /* ranks still running the job */
+    int quit;
+};
 
 static void record_failure(dp_runtime *rt, int r, dp_status st)
 {
@@ -75,50 +91,86 @@ static void record_failure(dp_runtime *rt, int r, dp_status st)
 
 static void *rank_thread(void *arg)
 {
-    rank_job *j = arg;
-    dp_status st = j->fn(j->rt, j->rank);
-    if (st != DP_OK) record_failure(j->rt, j->rank, st);
+    rank_worker *w = arg;
+    struct rank_pool *p = w->pool;
+    dp_runtime *rt = p->rt;
+    unsigned long seen = 0;
+    pthread_mutex_lock(&rt->lock);
+    for (;;) {
+        while (p->generation == seen && !p->quit) pthread_cond_wait(&p->work, &rt->lock);
+        if (p->quit) break;
+        seen = p->generation;
+        rank_fn fn = p->job;
+        pthread_mutex_unlock(&rt->lock);
+        dp_status st = fn(rt, w->rank);
+        if (st != DP_OK) record_failure(rt, w->rank, st);
+        pthread_mutex_lock(&rt->lock);
+        if (--p->pending == 0) pthread_cond_signal(&p->done);
+    }
+    pthread_mutex_unlock(&rt->lock);
     return NULL;
+}
+
+static void pool_stop(dp_runtime *rt)
+{
+    struct rank_pool *p = rt->pool;
+    if (!p) return;
+    pthread_mutex_lock(&rt->lock);
+    p->quit = 1;
+    pthread_cond_broadcast(&p->work);
+    pthread_mutex_unlock(&rt->lock);
+    for (int r = 0; r < p->started; r++) pthread_join(p->threads[r], NULL);
+    pthread_cond_destroy(&p->work);
+    pthread_cond_destroy(&p->done);
+    free(p->threads), free(p->workers), free(p);
+    rt->pool = NULL;
+}
+
+/* Starts the rank threads; they wait for work. */
+static dp_status pool_start(dp_runtime *rt)
+{
+    int n = rt->cfg.ranks;
+    struct rank_pool *p = calloc(1, sizeof *p);
+    if (p) {
+        p->threads = calloc((size_t)n, sizeof *p->threads);
+        p->workers = calloc((size_t)n, sizeof *p->workers);
+    }
+    if (!p || !p->threads || !p->workers) {
+        if (p) free(p->threads), free(p->workers);
+        free(p);
+        return dp_fail(DP_ERR_NOMEM, "out of memory starting rank threads");
+    }
+    p->rt = rt;
+    pthread_cond_init(&p->work, NULL);
+    pthread_cond_init(&p->done, NULL);
+    rt->pool = p;
+    for (int r = 0; r < n; r++) {
+        p->workers[r] = (rank_worker){p, r};
+        if (pthread_create(&p->threads[r], NULL, rank_thread, &p->workers[r]) != 0) {
+            pool_stop(rt);
+            return dp_fail(DP_ERR_INTERNAL, "could not start the thread of rank %d (of %d); the system may be out "
+                                            "of threads or memory", r, n);
+        }
+        p->started++;
+    }
+    return DP_OK;
 }
 
 /* Runs fn on every rank, each on its own thread; returns the first failure. */
 static dp_status run_ranks(dp_runtime *rt, rank_fn fn)
 {
-    int n = rt->cfg.ranks;
-    pthread_t *t = calloc((size_t)n, sizeof *t);
-    rank_job *jobs = calloc((size_t)n, sizeof *jobs);
-    int *started = calloc((size_t)n, sizeof *started);
-    if (!t || !jobs || !started) {
-        free(t), free(jobs), free(started);
-        return dp_fail(DP_ERR_NOMEM, "out of memory starting rank threads");
-    }
+    struct rank_pool *p = rt->pool;
+    pthread_mutex_lock(&rt->lock);
     rt->first_status = DP_OK;
     rt->first_message[0] = 0;
-    dp_status st = DP_OK;
-    for (int r = 0; r < n; r++) {
-        jobs[r] = (rank_job){rt, r, fn};
-        if (pthread_create(&t[r], NULL, rank_thread, &jobs[r]) != 0) {
-            st = dp_fail(DP_ERR_INTERNAL, "could not start the thread of rank %d", r);
-            /* the started ranks would wait for this one: end them, at set-up's gate or
-             * through the link */
-            pthread_mutex_lock(&rt->lock);
-            if (rt->gate_failed_rank < 0) {
-                rt->gate_failed_rank = r, rt->gate_status = st;
-                snprintf(rt->gate_message, sizeof rt->gate_message, "its thread could not start");
-            }
-            rt->gate_arrived += n - r;
-            pthread_cond_broadcast(&rt->gate_cond);
-            pthread_mutex_unlock(&rt->lock);
-            if (rt->ranks[0].link) rt->drv->link->abort(rt->ranks[0].link, st, "a rank thread could not start");
-            break;
-        }
-        started[r] = 1;
-    }
-    for (int r = 0; r < n; r++)
-        if (started[r]) pthread_join(t[r], NULL);
-    free(t), free(jobs), free(started);
-    if (st != DP_OK) return st;
-    if (rt->first_status != DP_OK) return dp_fail(rt->first_status, "%s", rt->first_message);
+    p->job = fn;
+    p->pending = rt->cfg.ranks;
+    p->generation++;
+    pthread_cond_broadcast(&p->work);
+    while (p->pending > 0) pthread_cond_wait(&p->done, &rt->lock);
+    dp_status st = rt->first_status;
+    pthread_mutex_unlock(&rt->lock);
+    if (st != DP_OK) return dp_fail(st, "%s", rt->first_message);
     return DP_OK;
 }
 
@@ -284,7 +336,8 @@ dp_status dp_runtime_create(const dp_runtime_config *cfg_in, dp_runtime **out)
     }
     dp_link_world_config wc = {.world_size = cfg.ranks, .first_rank = 0, .local_ranks = cfg.ranks,
                                .timeout_ms = cfg.timeout_ms};
-    st = drv->link->world_create(&wc, &rt->world);
+    st = pool_start(rt);
+    if (st == DP_OK) st = drv->link->world_create(&wc, &rt->world);
     if (st == DP_OK) st = run_ranks(rt, rank_setup);
     if (st != DP_OK) {
         char msg[1024];
@@ -300,10 +353,11 @@ void dp_runtime_destroy(dp_runtime *rt)
 {
     if (!rt) return;
     if (rt->ranks) {
-        if (rt->world) run_ranks(rt, rank_teardown_fn);
+        if (rt->world && rt->pool) run_ranks(rt, rank_teardown_fn);
         else
             for (int r = 0; r < rt->cfg.ranks; r++) rank_teardown(rt, r);
     }
+    pool_stop(rt);
     if (rt->world) rt->drv->link->world_destroy(rt->world);
     free(rt->ranks);
     dp_schedule_free(rt->sched);
