@@ -40,6 +40,16 @@ int cli_output_open(cli_output *o, const char *path);
 int cli_output_commit(cli_output *o); /* flush, close, rename; nonzero on failure (reported) */
 void cli_output_abort(cli_output *o); /* close and remove the temporary */
 
+/* In a function with an `out:` label: a failed dp_status call prints the call and
+ * dp_last_error() and jumps there. */
+#define CLI_TRY(call)                                                         \
+    do {                                                                      \
+        if ((call) != DP_OK) {                                                \
+            cli_error("%s: %s", #call, dp_last_error());                      \
+            goto out;                                                         \
+        }                                                                     \
+    } while (0)
+
 /* Sorts n doubles in increasing order (for medians of timings). */
 void cli_sort_doubles(double *v, size_t n);
 

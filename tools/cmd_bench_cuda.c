@@ -1,8 +1,8 @@
 /* cmd_bench_cuda.c: `dualpipe bench-cuda`: figures for the CUDA driver, in fp32 or bf16. For
  * each model shape, the cuBLAS time of the stage's six GEMMs (the bubble-free floor of a step,
  * tools/gemm_floor.c), the median step time of a pipelined training step, its rate per GPU and
- * its ratio to the floor, then each rank's measured idle time next to the simulator's prediction. Prints
- * figures; asserts nothing about speed. */
+ * its ratio to the floor, then each rank's measured idle time next to the simulator's
+ * prediction. Prints figures; asserts nothing about speed. */
 #define _POSIX_C_SOURCE 200809L
 #include "config.h"
 
@@ -49,14 +49,6 @@ static void usage(FILE *out)
             "Ranks go one per GPU where there are enough, unless --shared.\n");
 }
 
-#define TRY(call)                                                             \
-    do {                                                                      \
-        if ((call) != DP_OK) {                                                \
-            cli_error("%s: %s", #call, dp_last_error());                      \
-            goto out;                                                         \
-        }                                                                     \
-    } while (0)
-
 /* ----------------------------------------------------------------------------
  * pipelined steps */
 
@@ -98,7 +90,7 @@ static int bench_shape(const dp_driver *drv, const bench_options *o, int hidden,
     float *x = NULL, *y = NULL, *l = NULL;
     double *t = NULL;
     int rc = 1;
-    TRY(dp_runtime_create(&c, &rt));
+    CLI_TRY(dp_runtime_create(&c, &rt));
     const dp_schedule *s = dp_runtime_schedule(rt);
     size_t n = (size_t)chunks * tokens * hidden;
     x = malloc(sizeof(float) * n), y = malloc(sizeof(float) * n), l = malloc(sizeof(float) * (size_t)chunks);
@@ -111,13 +103,13 @@ static int bench_shape(const dp_driver *drv, const bench_options *o, int hidden,
     double load_ms = 0;
     if (!o->host_inputs) {
         double t0 = dp_now_ms();
-        TRY(dp_runtime_load_batch(rt, x, y));
+        CLI_TRY(dp_runtime_load_batch(rt, x, y));
         load_ms = dp_now_ms() - t0;
     }
     for (int i = 0; i < steps + 2; i++) {
         double t0 = dp_now_ms();
-        if (o->host_inputs) TRY(dp_runtime_train_step(rt, x, y, l));
-        else TRY(dp_runtime_train_loaded(rt, l));
+        if (o->host_inputs) CLI_TRY(dp_runtime_train_step(rt, x, y, l));
+        else CLI_TRY(dp_runtime_train_loaded(rt, l));
         t[i] = dp_now_ms() - t0;
         if (cli_stderr_is_tty()) fprintf(stderr, "\r  step %d/%d: %.1f ms   ", i + 1, steps + 2, t[i]);
     }

@@ -9,20 +9,13 @@
 #include "engine/model.h"
 #include "tools/cli.h"
 
-#define TRY(call)                                                             \
-    do {                                                                      \
-        if ((call) != DP_OK) {                                                \
-            cli_error("%s: %s", #call, dp_last_error());                      \
-            goto out;                                                         \
-        }                                                                     \
-    } while (0)
-
 /* Timing: the stage's six GEMMs in the order a stage visit runs them, queued back to back
- * and timed with an event between each two. Two things would make it too optimistic and are
- * avoided: a GEMM timed between a host wait and its own launch counts the launch latency
+ * and timed with an event between each two. Two things would put the floor off and are
+ * avoided: a GEMM timed between a host wait and its own launch counts the launch latency too
  * (about 10 us, a third of a GEMM at hidden 1024), and a GEMM timed in a short burst runs at
- * clocks that a step of tens of milliseconds does not keep. So the visits first run for about
- * a second, then 15 more are timed; each GEMM's median counts. */
+ * clocks that a step of tens of milliseconds does not keep (bf16 GEMMs draw the GPU to its
+ * power limit). So the visits first run for about a second, then 15 more are timed; each
+ * GEMM's median counts. */
 
 enum { FLOOR_REPS = 15 };
 #define FLOOR_SUSTAIN_MS 1000.0
@@ -38,36 +31,36 @@ static int time_visits(const dp_driver *drv, dp_device *dev, dp_stream *s, const
     dp_event *e[NE] = {NULL};
     double t[FLOOR_REPS];
     int rc = 1;
-    for (int i = 0; i < NE; i++) TRY(D->event_create(dev, &e[i]));
+    for (int i = 0; i < NE; i++) CLI_TRY(D->event_create(dev, &e[i]));
     /* warm-up (handles, heuristics), then one visit timed to size the sustained run */
-    for (int i = 0; i < 2 * GEMM_FLOOR_GEMMS; i++) TRY(D->gemm(dev, s, &g[i % GEMM_FLOOR_GEMMS]));
-    TRY(D->event_record(dev, e[0], s));
-    for (int k = 0; k < GEMM_FLOOR_GEMMS; k++) TRY(D->gemm(dev, s, &g[k]));
-    TRY(D->event_record(dev, e[1], s));
-    TRY(D->event_synchronize(dev, e[1]));
+    for (int i = 0; i < 2 * GEMM_FLOOR_GEMMS; i++) CLI_TRY(D->gemm(dev, s, &g[i % GEMM_FLOOR_GEMMS]));
+    CLI_TRY(D->event_record(dev, e[0], s));
+    for (int k = 0; k < GEMM_FLOOR_GEMMS; k++) CLI_TRY(D->gemm(dev, s, &g[k]));
+    CLI_TRY(D->event_record(dev, e[1], s));
+    CLI_TRY(D->event_synchronize(dev, e[1]));
     float one;
-    TRY(D->event_elapsed(dev, e[0], e[1], &one));
+    CLI_TRY(D->event_elapsed(dev, e[0], e[1], &one));
     long visits = one > 0 ? (long)(FLOOR_SUSTAIN_MS / one) : 0;
     if (visits > 20000) visits = 20000;
-    TRY(D->event_record(dev, e[0], s));
+    CLI_TRY(D->event_record(dev, e[0], s));
     for (long v = 0; v < visits; v++)
-        for (int k = 0; k < GEMM_FLOOR_GEMMS; k++) TRY(D->gemm(dev, s, &g[k]));
-    TRY(D->event_record(dev, e[1], s));
-    TRY(D->event_synchronize(dev, e[1]));
-    TRY(D->event_elapsed(dev, e[0], e[1], &one));
+        for (int k = 0; k < GEMM_FLOOR_GEMMS; k++) CLI_TRY(D->gemm(dev, s, &g[k]));
+    CLI_TRY(D->event_record(dev, e[1], s));
+    CLI_TRY(D->event_synchronize(dev, e[1]));
+    CLI_TRY(D->event_elapsed(dev, e[0], e[1], &one));
     f->sustained_ms = one;
-    TRY(D->event_record(dev, e[0], s));
+    CLI_TRY(D->event_record(dev, e[0], s));
     for (int r = 0; r < FLOOR_REPS; r++)
         for (int k = 0; k < GEMM_FLOOR_GEMMS; k++) {
-            TRY(D->gemm(dev, s, &g[k]));
-            TRY(D->event_record(dev, e[r * GEMM_FLOOR_GEMMS + k + 1], s));
+            CLI_TRY(D->gemm(dev, s, &g[k]));
+            CLI_TRY(D->event_record(dev, e[r * GEMM_FLOOR_GEMMS + k + 1], s));
         }
-    TRY(D->event_synchronize(dev, e[NE - 1]));
+    CLI_TRY(D->event_synchronize(dev, e[NE - 1]));
     for (int k = 0; k < GEMM_FLOOR_GEMMS; k++) {
         for (int r = 0; r < FLOOR_REPS; r++) {
             int i = r * GEMM_FLOOR_GEMMS + k;
             float ms;
-            TRY(D->event_elapsed(dev, e[i], e[i + 1], &ms));
+            CLI_TRY(D->event_elapsed(dev, e[i], e[i + 1], &ms));
             t[r] = ms;
         }
         cli_sort_doubles(t, FLOOR_REPS);
@@ -123,18 +116,18 @@ int gemm_floor_measure(const dp_driver *drv, int hidden, int tokens, dp_dtype dt
     size_t th = (size_t)tokens * hidden, tf = (size_t)tokens * ffn, wf = (size_t)ffn * hidden, es = dp_dtype_size(dt);
     size_t big = tf > wf ? tf : wf;
     dp_device_config dc = {.ordinal = 0};
-    TRY(D->open(&dc, &dev));
-    TRY(D->stream_create(dev, &s));
-    TRY(D->alloc(dev, th * es, &x));
-    TRY(D->alloc(dev, th * es, &y));
-    TRY(D->alloc(dev, th * es, &dx));
-    TRY(D->alloc(dev, tf * es, &h));
-    TRY(D->alloc(dev, tf * es, &dh));
-    TRY(D->alloc(dev, wf * es, &w1));
-    TRY(D->alloc(dev, wf * es, &w2));
-    TRY(D->alloc(dev, wf * 4, &dw1)); /* weight gradients are fp32 in both dtypes */
-    TRY(D->alloc(dev, wf * 4, &dw2));
-    TRY(D->alloc(dev, big * 4, &tmp));
+    CLI_TRY(D->open(&dc, &dev));
+    CLI_TRY(D->stream_create(dev, &s));
+    CLI_TRY(D->alloc(dev, th * es, &x));
+    CLI_TRY(D->alloc(dev, th * es, &y));
+    CLI_TRY(D->alloc(dev, th * es, &dx));
+    CLI_TRY(D->alloc(dev, tf * es, &h));
+    CLI_TRY(D->alloc(dev, tf * es, &dh));
+    CLI_TRY(D->alloc(dev, wf * es, &w1));
+    CLI_TRY(D->alloc(dev, wf * es, &w2));
+    CLI_TRY(D->alloc(dev, wf * 4, &dw1)); /* weight gradients are fp32 in both dtypes */
+    CLI_TRY(D->alloc(dev, wf * 4, &dw2));
+    CLI_TRY(D->alloc(dev, big * 4, &tmp));
     /* random-ish data, not zeros: zeros run faster than real data on these GPUs */
     void *bufs[] = {x, y, dx, h, dh, w1, w2, dw1, dw2};
     size_t lens[] = {th, th, th, tf, tf, wf, wf, wf, wf};
@@ -144,8 +137,8 @@ int gemm_floor_measure(const dp_driver *drv, int hidden, int tokens, dp_dtype dt
         goto out;
     }
     for (size_t i = 0; i < big; i++) host[i] = dp_counter_uniform(5, 0, i) * 0.05f;
-    for (int i = 0; i < 9; i++) TRY(upload_as(D, dev, s, bufs[i], i < 7 ? dt : DP_DTYPE_F32, host, lens[i], tmp));
-    TRY(D->stream_synchronize(dev, s));
+    for (int i = 0; i < 9; i++) CLI_TRY(upload_as(D, dev, s, bufs[i], i < 7 ? dt : DP_DTYPE_F32, host, lens[i], tmp));
+    CLI_TRY(D->stream_synchronize(dev, s));
     /* as engine/model.c calls them: y = x W^T; dx = dy W; dW += dy^T x (into fp32) */
     dp_gemm_args f1 = {0, 1, tokens, ffn, hidden, 1.0f, 0.0f, x, hidden, dt, w1, hidden, dt, h, ffn, dt};
     dp_gemm_args f2 = {0, 1, tokens, hidden, ffn, 1.0f, 0.0f, h, ffn, dt, w2, ffn, dt, y, hidden, dt};
@@ -154,7 +147,8 @@ int gemm_floor_measure(const dp_driver *drv, int hidden, int tokens, dp_dtype dt
     dp_gemm_args w2g = {1, 0, hidden, ffn, tokens, 1.0f, 1.0f, y, hidden, dt, h, ffn, dt, dw2, ffn, DP_DTYPE_F32};
     dp_gemm_args w1g = {1, 0, ffn, hidden, tokens, 1.0f, 1.0f, dh, ffn, dt, x, hidden, dt, dw1, hidden, DP_DTYPE_F32};
     dp_gemm_args g[GEMM_FLOOR_GEMMS];
-    g[GEMM_FLOOR_F1] = f1, g[GEMM_FLOOR_F2] = f2, g[GEMM_FLOOR_B2] = b2, g[GEMM_FLOOR_B1] = b1, g[GEMM_FLOOR_W2] = w2g, g[GEMM_FLOOR_W1] = w1g;
+    g[GEMM_FLOOR_F1] = f1, g[GEMM_FLOOR_F2] = f2, g[GEMM_FLOOR_B2] = b2;
+    g[GEMM_FLOOR_B1] = b1, g[GEMM_FLOOR_W2] = w2g, g[GEMM_FLOOR_W1] = w1g;
     if (time_visits(drv, dev, s, g, f)) goto out;
     rc = 0;
 out:
