@@ -52,8 +52,8 @@ struct dp_runtime {
     dp_status gate_status; /* the failed rank's */
     char gate_message[512];
     /* the rank threads: each waits for a new generation of work, runs job for its rank, and
-     * the last to finish wakes the caller. Threads are kept between steps: starting them anew
-     * each step cost about 0.1 ms, and a CPU rank's kernel threads would be started anew too. */
+     * the last to finish wakes the caller. Threads are kept between steps: starting and joining
+     * them in every step cost 0.17 ms a step with 4 ranks on the cpu driver. */
     struct rank_pool *pool;
 };
 
