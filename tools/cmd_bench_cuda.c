@@ -139,8 +139,8 @@ static int bench_shape(const dp_driver *drv, const bench_options *o, int hidden,
     /* visits per GPU: every micro-batch passes every stage of its pipe once; ranks sharing a
      * GPU share its work. The rate counts 48 x tokens x hidden^2 per visit, as the reference's
      * figures do; the floor counts the GEMMs really run (first stages skip one). */
-    double visits = (double)chunks * s->num_stages / o->gpus;
-    double floor_ms = gemm_floor_per_gpu(s, o->gpus, &f);
+    double visits = (double)chunks * s->num_stages / gpus;
+    double floor_ms = gemm_floor_per_gpu(s, gpus, &f);
     double flops = visits * visit_flops;
     printf("  %-9s pp %d, %d chunks: step median %.2f ms (best %.2f), %.1f TFLOP/s per GPU; floor %.2f ms; "
            "step / floor %.3f; first loss %.6g\n",

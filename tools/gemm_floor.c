@@ -6,6 +6,7 @@
 
 #include <stdlib.h>
 
+#include "engine/host_copy.h"
 #include "engine/model.h"
 #include "tools/cli.h"
 
@@ -95,22 +96,13 @@ double gemm_floor_per_gpu(const dp_schedule *sc, int gpus, const gemm_floor *f)
     return worst;
 }
 
-/* n elements of dtype t on the device from fp32 host values (through tmp, fp32, n long) */
-static dp_status upload_as(const dp_device_ops *D, dp_device *dev, dp_stream *s, void *dst, dp_dtype t,
-                           const float *host, size_t n, void *tmp)
-{
-    if (t == DP_DTYPE_F32) return D->copy(dev, dst, host, n * 4, DP_COPY_HOST_TO_DEVICE, s);
-    DP_CHECK(D->copy(dev, tmp, host, n * 4, DP_COPY_HOST_TO_DEVICE, s));
-    return D->cast(dev, s, n, DP_DTYPE_F32, tmp, t, dst);
-}
-
 int gemm_floor_measure(const dp_driver *drv, int hidden, int tokens, dp_dtype dt, gemm_floor *f)
 {
     const dp_device_ops *D = drv->device;
     dp_device *dev = NULL;
     dp_stream *s = NULL;
     void *x = NULL, *h = NULL, *w1 = NULL, *w2 = NULL, *dh = NULL, *dx = NULL, *dw1 = NULL, *dw2 = NULL, *y = NULL;
-    void *tmp = NULL;
+    dp_cast_staging stg = {0};
     float *host = NULL;
     int rc = 1, ffn = 4 * hidden;
     size_t th = (size_t)tokens * hidden, tf = (size_t)tokens * ffn, wf = (size_t)ffn * hidden, es = dp_dtype_size(dt);
@@ -127,7 +119,6 @@ int gemm_floor_measure(const dp_driver *drv, int hidden, int tokens, dp_dtype dt
     CLI_TRY(D->alloc(dev, wf * es, &w2));
     CLI_TRY(D->alloc(dev, wf * 4, &dw1)); /* weight gradients are fp32 in both dtypes */
     CLI_TRY(D->alloc(dev, wf * 4, &dw2));
-    CLI_TRY(D->alloc(dev, big * 4, &tmp));
     /* random-ish data, not zeros: zeros run faster than real data on these GPUs */
     void *bufs[] = {x, y, dx, h, dh, w1, w2, dw1, dw2};
     size_t lens[] = {th, th, th, tf, tf, wf, wf, wf, wf};
@@ -137,8 +128,8 @@ int gemm_floor_measure(const dp_driver *drv, int hidden, int tokens, dp_dtype dt
         goto out;
     }
     for (size_t i = 0; i < big; i++) host[i] = dp_counter_uniform(5, 0, i) * 0.05f;
-    for (int i = 0; i < 9; i++) CLI_TRY(upload_as(D, dev, s, bufs[i], i < 7 ? dt : DP_DTYPE_F32, host, lens[i], tmp));
-    CLI_TRY(D->stream_synchronize(dev, s));
+    for (int i = 0; i < 9; i++) /* returns with the copy done */
+        CLI_TRY(dp_upload_f32(D, dev, s, &stg, bufs[i], i < 7 ? dt : DP_DTYPE_F32, host, lens[i]));
     /* as engine/model.c calls them: y = x W^T; dx = dy W; dW += dy^T x (into fp32) */
     dp_gemm_args f1 = {0, 1, tokens, ffn, hidden, 1.0f, 0.0f, x, hidden, dt, w1, hidden, dt, h, ffn, dt};
     dp_gemm_args f2 = {0, 1, tokens, hidden, ffn, 1.0f, 0.0f, h, ffn, dt, w2, ffn, dt, y, hidden, dt};
@@ -154,8 +145,9 @@ int gemm_floor_measure(const dp_driver *drv, int hidden, int tokens, dp_dtype dt
 out:
     free(host);
     if (dev) {
-        void *all[] = {x, y, dx, h, dh, w1, w2, dw1, dw2, tmp};
-        for (int i = 0; i < 10; i++) D->free(dev, all[i]);
+        void *all[] = {x, y, dx, h, dh, w1, w2, dw1, dw2};
+        for (int i = 0; i < 9; i++) D->free(dev, all[i]);
+        dp_cast_staging_free(D, dev, &stg);
         if (s) D->stream_destroy(dev, s);
         D->close(dev);
     }
