@@ -381,24 +381,25 @@ static dp_status play(dp_executor *ex, dp_step_io *io, int infer)
         }
         int pair = !infer && acts[i].overlap && i + 1 < n;
         int count = pair ? 2 : 1;
+        int two = pair && !ex->cfg.serial_pairs; /* the pair's halves on two streams */
         /* a pair's second stream must see all the first stream has queued (local hand-offs,
          * activations, weight gradients): on a GPU the two streams really run at once. An
          * event orders them on the device, so the host goes on queueing work meanwhile. */
         const dp_device_ops *D = ex->cfg.dops;
-        if (pair) {
+        if (two) {
             DP_CHECK(D->event_record(ex->cfg.dev, ex->fork, ex->cfg.streams[0]));
             DP_CHECK(D->stream_wait_event(ex->cfg.dev, ex->cfg.streams[1], ex->fork));
         }
         prepared p[2];
         double t_start = io->times ? dp_now_ms() - io->t0 : 0;
         for (int j = 0; j < count; j++)
-            DP_CHECK(prepare(ex, io, &acts[i + j], ex->cfg.streams[pair ? j : 0], infer, &p[j]));
+            DP_CHECK(prepare(ex, io, &acts[i + j], ex->cfg.streams[two ? j : 0], infer, &p[j]));
         DP_CHECK(communicate(ex, p, count));
         DP_CHECK(reclaim(ex, 0));
         double t_ready = io->times ? dp_now_ms() - io->t0 : 0;
         for (int j = 0; j < count; j++) DP_CHECK(compute(ex, io, &p[j], infer));
         /* and what follows on the first stream sees all the pair did */
-        if (pair) {
+        if (two) {
             DP_CHECK(D->event_record(ex->cfg.dev, ex->join, ex->cfg.streams[1]));
             DP_CHECK(D->stream_wait_event(ex->cfg.dev, ex->cfg.streams[0], ex->join));
         }

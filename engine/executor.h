@@ -1,7 +1,8 @@
 /* executor.h: plays one rank's actions of a schedule. Each action first posts, in one link
  * group, the sends left by the previous action and the receives it needs, waits for the
  * receives, then runs the stage's forward / backward-input / backward-weight; an overlapped
- * F&B pair posts both halves' receives together and runs them on two streams. */
+ * F&B pair posts both halves' receives together and runs them on two streams (or, asked to,
+ * one after the other on one). */
 #ifndef DP_EXECUTOR_H
 #define DP_EXECUTOR_H
 
@@ -29,6 +30,9 @@ typedef struct {
     dp_link *link;                  /* the pipeline group */
     dp_stage *stages[DP_MAX_DIRS];  /* by local stage (dir) */
     int sync_each_action;           /* synchronise streams after every action, so timings are real */
+    /* 1: an overlapped pair's halves run one after the other on streams[0] (their transfers
+     * still overlap them); 0: on two streams at once, as the schedule intends */
+    int serial_pairs;
 } dp_executor_config;
 
 /* When one action (or an overlapped pair, both halves alike) ran, in ms from the step's start. */

@@ -48,7 +48,7 @@ dp_status dp_reference_create(const dp_runtime_config *cfg_in, dp_reference **ou
     ref->chunks_per_pipe = sched->chunks_per_pipe;
     dp_schedule_free(sched);
     const dp_device_ops *D = drv->device;
-    dp_device_config dc = {.threads = cfg.threads_per_rank};
+    dp_device_config dc = {.threads = cfg.threads_per_rank, .flags = cfg.device_flags};
     dp_status st = D->open(&dc, &ref->dev);
     int n = ref->num_pipes * ref->num_stages;
     ref->stages = calloc((size_t)n, sizeof *ref->stages);

@@ -196,7 +196,7 @@ static dp_status rank_setup_local(dp_runtime *rt, int r)
         DP_CHECK(D->device_count(&count));
         if (count > 0) ordinal = r % count;
     }
-    dp_device_config dc = {.ordinal = ordinal, .threads = rt->cfg.threads_per_rank, .rank = r};
+    dp_device_config dc = {.ordinal = ordinal, .threads = rt->cfg.threads_per_rank, .rank = r, .flags = rt->cfg.device_flags};
     DP_CHECK(D->open(&dc, &rs->dev));
     for (int i = 0; i < 2; i++) DP_CHECK(D->stream_create(rs->dev, &rs->streams[i]));
     for (int d = 0; d < s->num_dirs; d++)
@@ -256,7 +256,7 @@ static dp_status rank_setup(dp_runtime *rt, int r)
         if (!rs->times) return dp_fail(DP_ERR_NOMEM, "out of memory for timings");
     }
     dp_executor_config ec = {.sched = s, .rank = r, .dops = D, .dev = rs->dev, .lops = L, .link = rs->link,
-                             .sync_each_action = rt->cfg.record_times};
+                             .sync_each_action = rt->cfg.record_times, .serial_pairs = rt->cfg.serial_pairs};
     ec.streams[0] = rs->streams[0], ec.streams[1] = rs->streams[1];
     for (int d = 0; d < s->num_dirs; d++) ec.stages[d] = rs->stages[d];
     return dp_executor_create(&ec, &rs->ex);

@@ -5,6 +5,7 @@
 #define DP_RUNTIME_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "engine/executor.h"
 #include "engine/model.h"
@@ -28,6 +29,8 @@ typedef struct {
      * there are enough (GPUs talk through NCCL); 0: every rank opens device 0 (ranks sharing
      * a GPU talk through the driver's same-device link). */
     int spread_devices;
+    uint32_t device_flags; /* DP_DEVICE_* for every rank's device (TF32, GEMM tuning) */
+    int serial_pairs;      /* an overlapped F&B pair's halves one after the other on one stream */
 } dp_runtime_config;
 
 typedef struct dp_runtime dp_runtime;

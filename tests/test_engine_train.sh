@@ -2,8 +2,8 @@
 # test_engine_train.sh: `dualpipe train` end to end at a small size: it learns (the loss
 # falls), --verify finds the pipelined run bit-equal to the single-rank reference for
 # dualpipe and dualpipev, in fp32 and in bf16, --trace writes a whole Chrome trace, and bad
-# input fails plainly (exit 2, a message naming the problem, no trace file left); bench-cuda
-# runs on the cpu driver too.
+# input fails plainly (exit 2, a message naming the problem, no trace file left); overlapped
+# pairs may run one after the other (--serial-pairs); bench-cuda runs on the cpu driver too.
 dp="${top_builddir:-.}/tools/dualpipe"
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
@@ -30,6 +30,10 @@ grep -c '"tid": 3, "ts"' "$tmp/run.json" > "$tmp/count"; [ "$(cat "$tmp/count")"
 "$dp" train $small --schedule dualpipev --pp 2 --chunks 6 --steps 3 --block mlp --loss xent --optimizer sgd --verify > "$tmp/out" 2> "$tmp/err"
 ok $? "dualpipev, mlp blocks, cross-entropy, sgd"
 grep -q 'bit-equal' "$tmp/out"; ok $? "dualpipev --verify: bit-equal"
+
+"$dp" train $small --schedule dualpipev --pp 2 --chunks 6 --steps 3 --serial-pairs --tune-gemm --verify > "$tmp/out" 2> "$tmp/err"
+ok $? "dualpipev with each overlapped pair's halves on one stream (--serial-pairs)"
+grep -q 'parameters 0 (relative 0): bit-equal' "$tmp/out"; ok $? "--serial-pairs --verify: bit-equal"
 
 "$dp" train $small --schedule dualpipe --pp 2 --chunks 4 --steps 8 --lr 3e-3 --dtype bf16 --verify > "$tmp/out" 2> "$tmp/err"
 ok $? "mixed precision (--dtype bf16)"
@@ -62,6 +66,11 @@ grep -qE 'floor [0-9.]+ ms; step / floor [0-9.]+' "$tmp/out" && grep -q '(dx [0-
 ok $? "and prints the floor, its input-gradient GEMM and the step's ratio to it"
 grep -q 'simulated from measured costs' "$tmp/out" && [ "$(grep -cE '^ +0 +[0-9.]+ +[0-9.]+ ' "$tmp/out")" -eq 1 ]
 ok $? "and the rank's measured and simulated idle time"
+"$dp" bench-cuda --driver cpu --hidden 16 --tokens 8 --steps 2 --schedule dualpipev --pp 1 --chunks 4 --no-idle \
+  --serial-pairs --tune-gemm > "$tmp/out" 2> "$tmp/err"
+ok $? "bench-cuda --serial-pairs --tune-gemm runs on the cpu driver"
+grep -q 'GEMM algorithms tuned under sustained load; overlapped pairs one after the other' "$tmp/out"
+ok $? "and says how its GEMMs and pairs run"
 "$dp" bench-cuda --steps 0 > "$tmp/out" 2> "$tmp/err"
 [ $? -eq 2 ] && grep -q -- '--steps' "$tmp/err"; ok $? "bench-cuda --steps 0 is refused"
 "$dp" bench-cuda --driver no-such-driver > "$tmp/out" 2> "$tmp/err"

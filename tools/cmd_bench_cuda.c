@@ -41,6 +41,11 @@ static void usage(FILE *out)
             "                    rank's measured idle time with the simulator's prediction\n"
             "  --gemm-only       only the GEMM floor\n"
             "  --shared          all ranks on GPU 0 (copy link) even with several GPUs\n"
+            "  --serial-pairs    run an overlapped F&B pair's halves one after the other on one stream\n"
+            "                    (default: on two streams at once)\n"
+            "  --tune-gemm       each GEMM shape runs the cuBLASLt algorithm fastest under sustained load,\n"
+            "                    timed at its first use (about a second per shape; DUALPIPE_GEMM_CACHE=FILE\n"
+            "                    keeps the choices for later runs)\n"
             "  -h, --help        show this help\n\n"
             "FLOPs per GPU per step = chunks x 48 x tokens x hidden^2 x stages / pp (forward 16, backward 32),\n"
             "as the reference's figures count them.\n"
@@ -54,7 +59,8 @@ static void usage(FILE *out)
 
 typedef struct {
     const char *schedule;
-    int pp, gpus, chunks, steps, gemm_only, host_inputs, no_idle;
+    int pp, gpus, chunks, steps, gemm_only, host_inputs, no_idle, serial_pairs;
+    uint32_t device_flags;
     dp_dtype dtype;
 } bench_options;
 
@@ -64,7 +70,7 @@ static int bench_shape(const dp_driver *drv, const bench_options *o, int hidden,
     int pp = o->pp, gpus = o->gpus, chunks = o->chunks, steps = o->steps;
     gemm_floor f;
     memset(&f, 0, sizeof f);
-    if (gemm_floor_measure(drv, hidden, tokens, o->dtype, &f)) return 1;
+    if (gemm_floor_measure(drv, o->device_flags, hidden, tokens, o->dtype, &f)) return 1;
     double visit_flops = 48.0 * tokens * (double)hidden * hidden;
     double visit_ms = gemm_floor_fwd(&f) + gemm_floor_bwd_in(&f) + gemm_floor_bwd_w(&f);
     printf("hidden %d, tokens %d: %s GEMMs per stage visit, after %.0f ms of them: F %.3f ms, B(input) %.3f ms "
@@ -86,6 +92,8 @@ static int bench_shape(const dp_driver *drv, const bench_options *o, int hidden,
     c.model.dtype = o->dtype;
     c.optimizer.kind = DP_OPT_NONE; /* the reference's step: forwards and backwards, no optimizer */
     c.spread_devices = gpus > 1;
+    c.device_flags = o->device_flags;
+    c.serial_pairs = o->serial_pairs;
     dp_runtime *rt = NULL;
     float *x = NULL, *y = NULL, *l = NULL;
     double *t = NULL;
@@ -207,6 +215,12 @@ int cmd_bench_cuda(int argc, char **argv)
         } else if (!strcmp(a, "--shared")) {
             shared = 1;
             continue;
+        } else if (!strcmp(a, "--serial-pairs")) {
+            o.serial_pairs = 1;
+            continue;
+        } else if (!strcmp(a, "--tune-gemm")) {
+            o.device_flags |= DP_DEVICE_TUNE_GEMM;
+            continue;
         }
         if (!val) {
             cli_error("%s needs a value; run 'dualpipe bench-cuda --help'", a);
@@ -243,9 +257,11 @@ int cmd_bench_cuda(int argc, char **argv)
     }
     drv->device->close(dev);
     o.gpus = shared || count < o.pp ? 1 : o.pp;
-    printf("dualpipe bench-cuda: %d x %s; %s; ranks %s\n", count, info.name,
-           o.dtype == DP_DTYPE_BF16 ? "bf16, fp32 accumulation" : "fp32, TF32 off",
-           o.gpus == 1 ? "share device 0 (copy link)" : "one per GPU (NCCL)");
+    printf("dualpipe bench-cuda: %d x %s; %s; ranks %s; GEMM algorithms %s; overlapped pairs %s\n", count,
+           info.name, o.dtype == DP_DTYPE_BF16 ? "bf16, fp32 accumulation" : "fp32, TF32 off",
+           o.gpus == 1 ? "share device 0 (copy link)" : "one per GPU (NCCL)",
+           o.device_flags & DP_DEVICE_TUNE_GEMM ? "tuned under sustained load" : "the driver's default",
+           o.serial_pairs ? "one after the other" : "on two streams");
     if (hidden)
         return bench_shape(drv, &o, hidden, tokens ? tokens : 2 * hidden) ? CLI_EXIT_FAIL : CLI_EXIT_OK;
     static const int shapes[][2] = {{1024, 2048}, {2048, 4096}, {4096, 8192}};

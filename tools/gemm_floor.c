@@ -96,7 +96,8 @@ double gemm_floor_per_gpu(const dp_schedule *sc, int gpus, const gemm_floor *f)
     return worst;
 }
 
-int gemm_floor_measure(const dp_driver *drv, int hidden, int tokens, dp_dtype dt, gemm_floor *f)
+int gemm_floor_measure(const dp_driver *drv, uint32_t device_flags, int hidden, int tokens, dp_dtype dt,
+                       gemm_floor *f)
 {
     const dp_device_ops *D = drv->device;
     dp_device *dev = NULL;
@@ -107,7 +108,7 @@ int gemm_floor_measure(const dp_driver *drv, int hidden, int tokens, dp_dtype dt
     int rc = 1, ffn = 4 * hidden;
     size_t th = (size_t)tokens * hidden, tf = (size_t)tokens * ffn, wf = (size_t)ffn * hidden, es = dp_dtype_size(dt);
     size_t big = tf > wf ? tf : wf;
-    dp_device_config dc = {.ordinal = 0};
+    dp_device_config dc = {.ordinal = 0, .flags = device_flags};
     CLI_TRY(D->open(&dc, &dev));
     CLI_TRY(D->stream_create(dev, &s));
     CLI_TRY(D->alloc(dev, th * es, &x));

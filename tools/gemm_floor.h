@@ -24,9 +24,11 @@ typedef struct {
     double sustained_ms;         /* GPU time the GEMMs ran before the timed ones */
 } gemm_floor;
 
-/* Times the six GEMMs of a stage of `hidden` and `tokens` in `dt` on device 0 of the driver.
- * 0, or nonzero with the error printed. */
-int gemm_floor_measure(const dp_driver *drv, int hidden, int tokens, dp_dtype dt, gemm_floor *f);
+/* Times the six GEMMs of a stage of `hidden` and `tokens` in `dt` on device 0 of the driver,
+ * opened with `device_flags` (DP_DEVICE_*, as the step's devices are). 0, or nonzero with the
+ * error printed. */
+int gemm_floor_measure(const dp_driver *drv, uint32_t device_flags, int hidden, int tokens, dp_dtype dt,
+                       gemm_floor *f);
 
 /* Forward, input-gradient and weight-gradient GEMMs of one stage visit. */
 double gemm_floor_fwd(const gemm_floor *f);
