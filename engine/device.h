@@ -56,9 +56,6 @@ typedef struct {
 
 enum {
     DP_DEVICE_ALLOW_TF32 = 1u << 0, /* fp32 GEMMs may use TF32 (off by default: fp32 means fp32) */
-    /* each GEMM shape runs the algorithm that was fastest when timed under sustained load,
-     * tuned at its first use (drivers that have no choice of algorithm ignore it) */
-    DP_DEVICE_TUNE_GEMM = 1u << 1,
 };
 
 typedef struct {

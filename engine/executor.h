@@ -30,8 +30,8 @@ typedef struct {
     dp_link *link;                  /* the pipeline group */
     dp_stage *stages[DP_MAX_DIRS];  /* by local stage (dir) */
     int sync_each_action;           /* synchronise streams after every action, so timings are real */
-    /* 1: an overlapped pair's halves run one after the other on streams[0] (their transfers
-     * still overlap them); 0: on two streams at once, as the schedule intends */
+    /* 1: an overlapped pair's halves run one after the other on streams[0], as the reference's
+     * example stage runs them (their transfers still overlap them); 0: on two streams at once */
     int serial_pairs;
 } dp_executor_config;
 

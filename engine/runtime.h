@@ -29,7 +29,7 @@ typedef struct {
      * there are enough (GPUs talk through NCCL); 0: every rank opens device 0 (ranks sharing
      * a GPU talk through the driver's same-device link). */
     int spread_devices;
-    uint32_t device_flags; /* DP_DEVICE_* for every rank's device (TF32, GEMM tuning) */
+    uint32_t device_flags; /* DP_DEVICE_* for every rank's device (DP_DEVICE_ALLOW_TF32) */
     int serial_pairs;      /* an overlapped F&B pair's halves one after the other on one stream */
 } dp_runtime_config;
 

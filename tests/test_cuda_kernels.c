@@ -70,9 +70,7 @@ static int compare(const float *got, const float *want, size_t n, double atol, d
  * GEMM: fp32 near float rounding; bf16 inputs compared with the CPU's fp32 product of the
  * same (rounded) inputs */
 
-/* `gd` is a device of the GPU opened with `how`'s flags (cuBLAS's choice, or tuned cuBLASLt
- * algorithms); `skew` offsets A by one element, so that it is only 4- or 2-byte aligned. */
-static void test_gemm(dp_device *gd, const char *how, int skew)
+static void test_gemm(void)
 {
     static const int shapes[][3] = {{1, 1, 1}, {37, 53, 71}, {128, 96, 256}, {5, 300, 17}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
@@ -84,12 +82,10 @@ static void test_gemm(dp_device *gd, const char *how, int skew)
                     size_t na = (size_t)(ta ? k : m) * lda, nb = (size_t)(tb ? n : k) * ldb, nc = (size_t)m * ldc;
                     float *a = randv(na), *b = randv(nb), *c = randv(nc), *got = malloc(nc * 4);
                     float alpha = acc ? 1.0f : 0.5f, beta = acc ? 1.0f : 0.0f;
-                    void *da0 = poisoned((na + 1) * 4), *db = up(b, nb * 4), *dc = acc ? up(c, nc * 4) : poisoned(nc * 4);
-                    float *da = (float *)da0 + skew;
-                    check(G->copy(gdev, da, a, na * 4, DP_COPY_HOST_TO_DEVICE, NULL), "copy to device");
+                    void *da = up(a, na * 4), *db = up(b, nb * 4), *dc = acc ? up(c, nc * 4) : poisoned(nc * 4);
                     dp_gemm_args g = {ta, tb, m, n, k, alpha, beta, da, lda, DP_DTYPE_F32, db, ldb, DP_DTYPE_F32,
                                       dc, ldc, DP_DTYPE_F32};
-                    dp_status st = G->gemm(gd, NULL, &g);
+                    dp_status st = G->gemm(gdev, NULL, &g);
                     down(got, dc, nc * 4);
                     dp_gemm_args h = {ta, tb, m, n, k, alpha, beta, a, lda, DP_DTYPE_F32, b, ldb, DP_DTYPE_F32,
                                       c, ldc, DP_DTYPE_F32};
@@ -101,12 +97,11 @@ static void test_gemm(dp_device *gd, const char *how, int skew)
                          * k * 2^-24 * sum |a b| <= k^2 * 6e-8; measured differences are far smaller */
                         ok = compare(got + (size_t)i * ldc, c + (size_t)i * ldc, (size_t)n, 1e-6 * k, 1e-5,
                                      i == 0 ? "gemm row 0" : "gemm row");
-                    tap_ok(ok, "gemm fp32 %dx%dx%d ta=%d tb=%d %s, %s%s", m, n, k, ta, tb,
-                           acc ? "accumulating (beta 1)" : "beta 0 over NaN", how, skew ? ", A 4-byte aligned" : "");
-                    G->free(gdev, da0), G->free(gdev, db), G->free(gdev, dc);
+                    tap_ok(ok, "gemm fp32 %dx%dx%d ta=%d tb=%d %s", m, n, k, ta, tb,
+                           acc ? "accumulating (beta 1)" : "beta 0 over NaN");
+                    G->free(gdev, da), G->free(gdev, db), G->free(gdev, dc);
                     free(a), free(b), free(c), free(got);
                 }
-    if (skew) return;
     /* bf16 x bf16 -> fp32 and -> bf16, fp32 accumulation */
     for (int out16 = 0; out16 < 2; out16++) {
         int m = 64, n = 48, k = 320;
@@ -118,7 +113,7 @@ static void test_gemm(dp_device *gd, const char *how, int skew)
         void *dc = poisoned((size_t)m * n * (out16 ? 2 : 4));
         dp_gemm_args g = {0, 0, m, n, k, 1.0f, 0.0f, da, k, DP_DTYPE_BF16, db, n, DP_DTYPE_BF16,
                           dc, n, out16 ? DP_DTYPE_BF16 : DP_DTYPE_F32};
-        dp_status st = G->gemm(gd, NULL, &g);
+        dp_status st = G->gemm(gdev, NULL, &g);
         if (out16) {
             uint16_t *c16 = malloc((size_t)m * n * 2);
             down(c16, dc, (size_t)m * n * 2);
@@ -132,14 +127,56 @@ static void test_gemm(dp_device *gd, const char *how, int skew)
          * a bf16 output adds one rounding, 2^-8 relative */
         tap_ok(st == DP_OK && compare(got, want, (size_t)m * n, out16 ? 1e-2 : 1e-4, out16 ? 4e-3 : 1e-5,
                                       out16 ? "gemm bf16->bf16" : "gemm bf16->fp32"),
-               "gemm bf16 x bf16 -> %s, fp32 accumulation, %s", out16 ? "bf16" : "fp32", how);
+               "gemm bf16 x bf16 -> %s, fp32 accumulation", out16 ? "bf16" : "fp32");
         G->free(gdev, da), G->free(gdev, db), G->free(gdev, dc);
         free(a), free(b), free(a16), free(b16), free(want), free(got);
     }
     dp_gemm_args bad = {0, 0, 4, 4, 4, 1.0f, 0.0f, NULL, 4, DP_DTYPE_F32, NULL, 4, DP_DTYPE_BF16, NULL, 4, DP_DTYPE_F32};
-    dp_status st = G->gemm(gd, NULL, &bad);
+    dp_status st = G->gemm(gdev, NULL, &bad);
     tap_ok(st == DP_ERR_UNSUPPORTED && strstr(dp_last_error(), "not supported"),
-           "gemm with mixed fp32/bf16 inputs is refused plainly, %s (%s)", how, dp_last_error());
+           "gemm with mixed fp32/bf16 inputs is refused plainly (%s)", dp_last_error());
+}
+
+/* TF32 when the device is opened with DP_DEVICE_ALLOW_TF32: each product's inputs keep 10
+ * mantissa bits (rounded: 2^-11 relative; truncated: 2^-10), so an element may differ from the
+ * fp32 product by up to 2^-9 of sum |a b|; and it really is TF32: the difference is far
+ * larger than true fp32's */
+static void test_gemm_tf32(void)
+{
+    int m = 128, n = 96, k = 1024;
+    dp_device_config cfg = {.ordinal = 0, .flags = DP_DEVICE_ALLOW_TF32};
+    dp_device *tdev = NULL;
+    check(G->open(&cfg, &tdev), "open cuda device 0 allowing TF32");
+    float *a = randv((size_t)m * k), *b = randv((size_t)k * n), *want = malloc((size_t)m * n * 4);
+    float *bound = malloc((size_t)m * n * 4), *tf = malloc((size_t)m * n * 4), *f32 = malloc((size_t)m * n * 4);
+    float *aa = malloc((size_t)m * k * 4), *ab = malloc((size_t)k * n * 4);
+    for (size_t i = 0; i < (size_t)m * k; i++) aa[i] = fabsf(a[i]);
+    for (size_t i = 0; i < (size_t)k * n; i++) ab[i] = fabsf(b[i]);
+    void *da = up(a, (size_t)m * k * 4), *db = up(b, (size_t)k * n * 4), *dc = poisoned((size_t)m * n * 4);
+    dp_gemm_args g = {0, 0, m, n, k, 1.0f, 0.0f, da, k, DP_DTYPE_F32, db, n, DP_DTYPE_F32, dc, n, DP_DTYPE_F32};
+    dp_status st = G->gemm(tdev, NULL, &g);
+    down(tf, dc, (size_t)m * n * 4);
+    dp_status st2 = G->gemm(gdev, NULL, &g);
+    down(f32, dc, (size_t)m * n * 4);
+    dp_gemm_args h = {0, 0, m, n, k, 1.0f, 0.0f, a, k, DP_DTYPE_F32, b, n, DP_DTYPE_F32, want, n, DP_DTYPE_F32};
+    check(C->gemm(cdev, NULL, &h), "cpu gemm");
+    dp_gemm_args hb = {0, 0, m, n, k, 1.0f, 0.0f, aa, k, DP_DTYPE_F32, ab, n, DP_DTYPE_F32, bound, n, DP_DTYPE_F32};
+    check(C->gemm(cdev, NULL, &hb), "cpu gemm of |a| |b|");
+    double worst_tf = 0, worst_f32 = 0;
+    int within = st == DP_OK && st2 == DP_OK;
+    for (size_t i = 0; i < (size_t)m * n; i++) {
+        double d = fabs((double)tf[i] - want[i]), d32 = fabs((double)f32[i] - want[i]);
+        if (!(d <= 1.0 / 512 * bound[i] + 1e-6)) within = 0;
+        if (d > worst_tf) worst_tf = d;
+        if (d32 > worst_f32) worst_f32 = d32;
+    }
+    tap_ok(within, "gemm fp32 %dx%dx%d with TF32 allowed: within 2^-9 of sum |a b| of the fp32 product "
+                   "(largest difference %.3g)", m, n, k, worst_tf);
+    tap_ok(within && worst_tf > 10 * worst_f32, "and it is TF32: %.3g off against %.3g for true fp32", worst_tf,
+           worst_f32);
+    G->free(gdev, da), G->free(gdev, db), G->free(gdev, dc);
+    G->close(tdev);
+    free(a), free(b), free(want), free(bound), free(tf), free(f32), free(aa), free(ab);
 }
 
 /* ----------------------------------------------------------------------------
@@ -463,28 +500,8 @@ int main(void)
     dp_device_config cfg = {.ordinal = 0};
     check(G->open(&cfg, &gdev), "open cuda device 0");
     check(C->open(&cfg, &cdev), "open cpu device");
-    test_gemm(gdev, "cuBLAS's algorithm", 0);
-    {
-        /* tuned cuBLASLt algorithms (briefly: no warm-up), kept in a cache file */
-        char cache[] = "/tmp/dp-gemm-cache-XXXXXX";
-        int fd = mkstemp(cache);
-        if (fd >= 0) close(fd), remove(cache);
-        setenv("DUALPIPE_GEMM_TUNE_MS", "0", 1);
-        setenv("DUALPIPE_GEMM_CACHE", cache, 1);
-        dp_device_config tcfg = {.ordinal = 0, .flags = DP_DEVICE_TUNE_GEMM};
-        dp_device *tdev = NULL;
-        check(G->open(&tcfg, &tdev), "open cuda device 0 with tuned GEMMs");
-        test_gemm(tdev, "tuned algorithm", 0);
-        test_gemm(tdev, "tuned algorithm", 1);
-        FILE *f = fopen(cache, "r");
-        int lines = 0, c;
-        while (f && (c = fgetc(f)) != EOF) lines += c == '\n';
-        if (f) fclose(f);
-        /* 3 comment lines, then one per shape: more than one shape was tuned and kept */
-        tap_ok(lines > 4, "the tuned algorithms are kept in DUALPIPE_GEMM_CACHE (%d lines)", lines);
-        remove(cache);
-        G->close(tdev);
-    }
+    test_gemm();
+    test_gemm_tf32();
     test_elementwise();
     test_fill_cast();
     test_rmsnorm();

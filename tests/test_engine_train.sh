@@ -31,7 +31,7 @@ grep -c '"tid": 3, "ts"' "$tmp/run.json" > "$tmp/count"; [ "$(cat "$tmp/count")"
 ok $? "dualpipev, mlp blocks, cross-entropy, sgd"
 grep -q 'bit-equal' "$tmp/out"; ok $? "dualpipev --verify: bit-equal"
 
-"$dp" train $small --schedule dualpipev --pp 2 --chunks 6 --steps 3 --serial-pairs --tune-gemm --verify > "$tmp/out" 2> "$tmp/err"
+"$dp" train $small --schedule dualpipev --pp 2 --chunks 6 --steps 3 --serial-pairs --verify > "$tmp/out" 2> "$tmp/err"
 ok $? "dualpipev with each overlapped pair's halves on one stream (--serial-pairs)"
 grep -q 'parameters 0 (relative 0): bit-equal' "$tmp/out"; ok $? "--serial-pairs --verify: bit-equal"
 
@@ -67,9 +67,9 @@ ok $? "and prints the floor, its input-gradient GEMM and the step's ratio to it"
 grep -q 'simulated from measured costs' "$tmp/out" && [ "$(grep -cE '^ +0 +[0-9.]+ +[0-9.]+ ' "$tmp/out")" -eq 1 ]
 ok $? "and the rank's measured and simulated idle time"
 "$dp" bench-cuda --driver cpu --hidden 16 --tokens 8 --steps 2 --schedule dualpipev --pp 1 --chunks 4 --no-idle \
-  --serial-pairs --tune-gemm > "$tmp/out" 2> "$tmp/err"
-ok $? "bench-cuda --serial-pairs --tune-gemm runs on the cpu driver"
-grep -q 'GEMM algorithms tuned under sustained load; overlapped pairs one after the other' "$tmp/out"
+  --serial-pairs --tf32 > "$tmp/out" 2> "$tmp/err"
+ok $? "bench-cuda --serial-pairs --tf32 runs on the cpu driver"
+grep -q 'fp32, TF32 allowed; ranks share device 0 (copy link); overlapped pairs one after the other' "$tmp/out"
 ok $? "and says how its GEMMs and pairs run"
 "$dp" bench-cuda --steps 0 > "$tmp/out" 2> "$tmp/err"
 [ $? -eq 2 ] && grep -q -- '--steps' "$tmp/err"; ok $? "bench-cuda --steps 0 is refused"

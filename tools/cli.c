@@ -32,13 +32,6 @@ void cli_warn(const char *fmt, ...)
     va_end(ap);
 }
 
-void cli_log(void *user, dp_log_level level, const char *message)
-{
-    (void)user;
-    fprintf(stderr, "%s: %s%s\n", cli_program,
-            level == DP_LOG_ERROR ? "error: " : level == DP_LOG_WARN ? "warning: " : "", message);
-}
-
 int cli_parse_int(const char *option, const char *text, long min, long max, int *out)
 {
     char *end = NULL;

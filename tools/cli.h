@@ -14,8 +14,6 @@ extern const char *cli_program; /* "dualpipe schedule", used as the message pref
 
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* The library's log hook for the tools: its messages on stderr, as the tools' own. */
-void cli_log(void *user, dp_log_level level, const char *message);
 
 /* Parse a whole decimal integer / finite number; on failure print which option was
  * wrong and return nonzero. */

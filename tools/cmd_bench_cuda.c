@@ -43,9 +43,8 @@ static void usage(FILE *out)
             "  --shared          all ranks on GPU 0 (copy link) even with several GPUs\n"
             "  --serial-pairs    run an overlapped F&B pair's halves one after the other on one stream\n"
             "                    (default: on two streams at once)\n"
-            "  --tune-gemm       each GEMM shape runs the cuBLASLt algorithm fastest under sustained load,\n"
-            "                    timed at its first use (about a second per shape; DUALPIPE_GEMM_CACHE=FILE\n"
-            "                    keeps the choices for later runs)\n"
+            "  --tf32            fp32 GEMMs may use TF32 tensor cores (inputs rounded to 10-bit mantissas;\n"
+            "                    default: true fp32)\n"
             "  -h, --help        show this help\n\n"
             "FLOPs per GPU per step = chunks x 48 x tokens x hidden^2 x stages / pp (forward 16, backward 32),\n"
             "as the reference's figures count them.\n"
@@ -218,8 +217,8 @@ int cmd_bench_cuda(int argc, char **argv)
         } else if (!strcmp(a, "--serial-pairs")) {
             o.serial_pairs = 1;
             continue;
-        } else if (!strcmp(a, "--tune-gemm")) {
-            o.device_flags |= DP_DEVICE_TUNE_GEMM;
+        } else if (!strcmp(a, "--tf32")) {
+            o.device_flags |= DP_DEVICE_ALLOW_TF32;
             continue;
         }
         if (!val) {
@@ -257,10 +256,11 @@ int cmd_bench_cuda(int argc, char **argv)
     }
     drv->device->close(dev);
     o.gpus = shared || count < o.pp ? 1 : o.pp;
-    printf("dualpipe bench-cuda: %d x %s; %s; ranks %s; GEMM algorithms %s; overlapped pairs %s\n", count,
-           info.name, o.dtype == DP_DTYPE_BF16 ? "bf16, fp32 accumulation" : "fp32, TF32 off",
+    printf("dualpipe bench-cuda: %d x %s; %s; ranks %s; overlapped pairs %s\n", count, info.name,
+           o.dtype == DP_DTYPE_BF16                  ? "bf16, fp32 accumulation"
+           : o.device_flags & DP_DEVICE_ALLOW_TF32 ? "fp32, TF32 allowed"
+                                                   : "fp32, TF32 off",
            o.gpus == 1 ? "share device 0 (copy link)" : "one per GPU (NCCL)",
-           o.device_flags & DP_DEVICE_TUNE_GEMM ? "tuned under sustained load" : "the driver's default",
            o.serial_pairs ? "one after the other" : "on two streams");
     if (hidden)
         return bench_shape(drv, &o, hidden, tokens ? tokens : 2 * hidden) ? CLI_EXIT_FAIL : CLI_EXIT_OK;

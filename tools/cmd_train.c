@@ -25,7 +25,7 @@ static void usage(FILE *out)
             "                      [--loss mse|xent] [--dtype fp32|bf16] [--steps S] [--seed S]\n"
             "                      [--optimizer adamw|sgd] [--lr X] [--weight-decay X] [--momentum X]\n"
             "                      [--threads N] [--timeout MS] [--trace FILE] [--verify] [--spread]\n"
-            "                      [--serial-pairs] [--tune-gemm] [--quiet]\n"
+            "                      [--serial-pairs] [--tf32] [--quiet]\n"
             "Train a pipeline-parallel model on one thread per rank to imitate a fixed random teacher\n"
             "network (fresh random inputs every step), and report how the ranks spent their time.\n\n"
             "  -d, --driver NAME        cpu (default) or a driver module (see DUALPIPE_DRIVER_PATH)\n"
@@ -56,9 +56,8 @@ static void usage(FILE *out)
             "                           where there are enough); default: every rank on device 0\n"
             "      --serial-pairs       run an overlapped F&B pair's halves one after the other on one\n"
             "                           stream (default: two streams at once)\n"
-            "      --tune-gemm          each GEMM shape runs the algorithm fastest under sustained load,\n"
-            "                           timed at its first use (GPU drivers; DUALPIPE_GEMM_CACHE=FILE\n"
-            "                           keeps the choices)\n"
+            "      --tf32               fp32 GEMMs may use TF32 tensor cores (GPU drivers; default: true\n"
+            "                           fp32; the reference of --verify then uses TF32 too)\n"
             "      --trace FILE         write a Chrome trace (chrome://tracing, Perfetto) of every step\n"
             "      --verify             also run the single-rank sequential reference and report the\n"
             "                           largest differences of losses, gradients and parameters\n"
@@ -297,7 +296,7 @@ static int parse_kind(const char *opt, const char *v, const char *a, const char 
 int cmd_train(int argc, char **argv)
 {
     enum { O_HIDDEN = 256, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_SEED, O_OPT, O_LR, O_WD, O_MOM, O_THREADS,
-           O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD, O_DTYPE, O_SERIAL_PAIRS, O_TUNE_GEMM };
+           O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD, O_DTYPE, O_SERIAL_PAIRS, O_TF32 };
     static const struct option opts[] = {
         {"driver", required_argument, 0, 'd'},     {"schedule", required_argument, 0, 's'},
         {"pp", required_argument, 0, 'p'},         {"chunks", required_argument, 0, 'c'},
@@ -310,7 +309,7 @@ int cmd_train(int argc, char **argv)
         {"timeout", required_argument, 0, O_TIMEOUT}, {"trace", required_argument, 0, O_TRACE},
         {"verify", no_argument, 0, O_VERIFY},       {"quiet", no_argument, 0, 'q'},
         {"spread", no_argument, 0, O_SPREAD},       {"dtype", required_argument, 0, O_DTYPE},
-        {"serial-pairs", no_argument, 0, O_SERIAL_PAIRS}, {"tune-gemm", no_argument, 0, O_TUNE_GEMM},
+        {"serial-pairs", no_argument, 0, O_SERIAL_PAIRS}, {"tf32", no_argument, 0, O_TF32},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0},
     };
     dp_runtime_config c;
@@ -373,7 +372,7 @@ int cmd_train(int argc, char **argv)
         case O_VERIFY: verify = 1; break;
         case O_SPREAD: c.spread_devices = 1; break;
         case O_SERIAL_PAIRS: c.serial_pairs = 1; break;
-        case O_TUNE_GEMM: c.device_flags |= DP_DEVICE_TUNE_GEMM; break;
+        case O_TF32: c.device_flags |= DP_DEVICE_ALLOW_TF32; break;
         case O_DTYPE: if (cli_parse_dtype("--dtype", optarg, &c.model.dtype)) return CLI_EXIT_USAGE; break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); return CLI_EXIT_OK;

@@ -42,7 +42,7 @@ static void usage(FILE *out)
             "  --seed N              parameters and data seed (default 1)\n"
             "  --spread              one GPU per rank where there are enough (NCCL between them)\n"
             "  --serial-pairs        an overlapped F&B pair's halves one after the other on one stream\n"
-            "  --tune-gemm           GEMM algorithms tuned under sustained load (see dualpipe train)\n"
+
             "  --atol X              absolute tolerance as a fraction of the tensor's largest |value|\n"
             "                        (default 1e-5 for fp32, 1e-2 for bf16)\n"
             "  --rtol X              relative tolerance (default 1e-4 for fp32, 1e-2 for bf16)\n"
@@ -211,9 +211,6 @@ int cmd_verify(int argc, char **argv)
             continue;
         } else if (!strcmp(a, "--serial-pairs")) {
             c.serial_pairs = 1;
-            continue;
-        } else if (!strcmp(a, "--tune-gemm")) {
-            c.device_flags |= DP_DEVICE_TUNE_GEMM;
             continue;
         }
         if (!val) {

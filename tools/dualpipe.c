@@ -42,7 +42,6 @@ int main(int argc, char **argv)
             static char prog[64];
             snprintf(prog, sizeof prog, "dualpipe %s", c->name);
             cli_program = prog;
-            dp_log_set_hook(cli_log, NULL, DP_LOG_INFO); /* e.g. a driver's tuned GEMMs */
             return c->run(argc - 1, argv + 1);
         }
     }

@@ -1,5 +1,6 @@
-/* cuda_device.cu: the CUDA driver's devices, memory, streams (each with its cuBLAS handle)
- * and events, and the device table the module exports; GEMMs are in cuda_gemm.cu. */
+/* cuda_device.cu: the CUDA driver's devices, memory, streams, events and GEMM (cuBLAS),
+ * and the driver struct the module exports. fp32 GEMMs are true fp32 (TF32 only when the
+ * device was opened with DP_DEVICE_ALLOW_TF32); bf16 GEMMs accumulate in fp32. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,7 +72,6 @@ void dp_cuda_stream_fini(dp_stream *s)
     if (s->s) cudaStreamSynchronize(s->s);
     if (s->blas) cublasDestroy(s->blas);
     if (s->scratch) cudaFree(s->scratch);
-    if (s->gemm_workspace) cudaFree(s->gemm_workspace);
     if (s->s) cudaStreamDestroy(s->s);
     memset(s, 0, sizeof *s);
 }
@@ -314,6 +314,44 @@ static dp_status cuda_event_elapsed(dp_device *dev, dp_event *start, dp_event *e
 {
     DP_CHECK(dp_cuda_enter(dev));
     CUDA_TRY(cudaEventElapsedTime(ms, start->e, end->e));
+    return DP_OK;
+}
+
+/* ----------------------------------------------------------------------------
+ * GEMM. The interface is row-major; cuBLAS is column-major. A row-major matrix read as
+ * column-major is its transpose, so C = op(A) op(B) is computed as C^T = op(B)^T op(A)^T:
+ * cuBLAS gets B first, then A, with the same transpose flags and the sizes n, m, k. */
+
+static cudaDataType_t cuda_type(dp_dtype t)
+{
+    return t == DP_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_32F;
+}
+
+dp_status dp_cuda_gemm(dp_device *dev, dp_stream *s, const dp_gemm_args *g)
+{
+    if (g->m < 0 || g->n < 0 || g->k < 0)
+        return dp_fail(DP_ERR_INVALID, "gemm: negative size (m %d, n %d, k %d)", g->m, g->n, g->k);
+    if (g->m == 0 || g->n == 0) return DP_OK;
+    int a_cols = g->trans_a ? g->m : g->k, b_cols = g->trans_b ? g->k : g->n;
+    if (g->lda < (a_cols > 1 ? a_cols : 1) || g->ldb < (b_cols > 1 ? b_cols : 1) || g->ldc < (g->n > 1 ? g->n : 1))
+        return dp_fail(DP_ERR_INVALID, "gemm: row strides too small (lda %d for %d columns, ldb %d for %d, ldc %d for %d)",
+                       g->lda, a_cols, g->ldb, b_cols, g->ldc, g->n);
+    int ab_f32 = g->a_type == DP_DTYPE_F32 && g->b_type == DP_DTYPE_F32;
+    int ab_bf16 = g->a_type == DP_DTYPE_BF16 && g->b_type == DP_DTYPE_BF16;
+    int c_ok = g->c_type == DP_DTYPE_F32 || (ab_bf16 && g->c_type == DP_DTYPE_BF16);
+    if (!(ab_f32 || ab_bf16) || !c_ok)
+        return dp_fail(DP_ERR_UNSUPPORTED,
+                       "cuda driver: gemm with A dtype %d, B dtype %d, C dtype %d is not supported "
+                       "(use fp32 x fp32 -> fp32, or bf16 x bf16 -> bf16 or fp32)",
+                       (int)g->a_type, (int)g->b_type, (int)g->c_type);
+    DP_CHECK(dp_cuda_enter(dev));
+    dp_stream *st = dp_cuda_stream(dev, s);
+    cublasComputeType_t compute =
+        ab_f32 && (dev->flags & DP_DEVICE_ALLOW_TF32) ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    CUBLAS_TRY(cublasGemmEx(st->blas, g->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, g->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                            g->n, g->m, g->k, &g->alpha, g->b, cuda_type(g->b_type), g->ldb, g->a,
+                            cuda_type(g->a_type), g->lda, &g->beta, g->c, cuda_type(g->c_type), g->ldc, compute,
+                            CUBLAS_GEMM_DEFAULT));
     return DP_OK;
 }
 

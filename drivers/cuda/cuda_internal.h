@@ -19,7 +19,6 @@ struct dp_stream {
     cublasHandle_t blas;
     void *scratch; /* device memory */
     size_t scratch_bytes;
-    void *gemm_workspace; /* cuBLASLt's workspace for tuned GEMMs (DP_GEMM_WORKSPACE bytes), made at first use */
 };
 
 struct dp_event {
@@ -31,7 +30,6 @@ struct dp_device {
     int rank;
     uint32_t flags;
     int sm_count;
-    char gpu_name[96];        /* the GPU's model, filled at the first tuned GEMM */
     dp_stream default_stream; /* used where a call passes a NULL stream */
     void *stage[2];           /* pinned staging for copies from pageable host memory */
     cudaEvent_t stage_done[2];
@@ -88,8 +86,7 @@ void dp_cuda_stream_fini(dp_stream *s);
 dp_status dp_cuda_copy_from_host(dp_device *dev, dp_stream *st, void *dst, const void *src, size_t bytes);
 void dp_cuda_staging_fini(dp_device *dev);
 
-/* GEMM (cuBLAS; cuBLASLt with tuned algorithms under DP_DEVICE_TUNE_GEMM), in cuda_gemm.cu. */
-#define DP_GEMM_WORKSPACE ((size_t)32 << 20)
+/* GEMM (cuBLAS), in cuda_device.cu. */
 dp_status dp_cuda_gemm(dp_device *dev, dp_stream *s, const dp_gemm_args *g);
 
 /* Kernels other than GEMM, in cuda_kernels.cu (table members, in its order). */

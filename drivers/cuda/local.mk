@@ -7,7 +7,6 @@ NVCCFLAGS = -arch=$(NVCC_ARCH) -O3 -std=c++17 --fmad=false -lineinfo -Xcompiler=
 cuda_driver_sources = \
 	drivers/cuda/cuda_module.c \
 	drivers/cuda/cuda_device.cu \
-	drivers/cuda/cuda_gemm.cu \
 	drivers/cuda/cuda_kernels.cu \
 	drivers/cuda/cuda_staging.cu \
 	drivers/cuda/cuda_link.cu \
