@@ -1,12 +1,14 @@
 /* test_cuda_link.c: the CUDA link with one thread per rank: four ranks sharing GPU 0 (the
  * copy link), then one rank per GPU through NCCL when there are two GPUs or more. Sends and
  * receives (grouped, FIFO per tag, independent channels), all_reduce, all_to_all_v, barrier,
- * split, and a missing send that must end in an error naming the peer rather than a hang. */
+ * split, a missing send that must end in an error naming the peer rather than a hang, and a
+ * send whose receive is posted late, which must complete when it is (not at its deadline). */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine/driver.h"
 #include "tests/cuda_test_util.h"
@@ -25,6 +27,8 @@ typedef struct {
     /* results, checked on the main thread (TAP output stays in one thread) */
     int ring_ok, fifo_ok, channels_ok, sum_ok, max_ok, a2a_ok, barrier_ok, split_ok;
     dp_status timeout_status;
+    double late_wait_ms; /* the late-receive case: how long rank 0's send waited */
+    int late_ok;
     char message[512];
     char fail[512];
 } rank_ctx;
@@ -63,6 +67,30 @@ static void *rank_main(void *arg)
     TRY(G->alloc(dev, bytes, &rbuf2));
     int next = (c->rank + 1) % c->size, prev = (c->rank + c->size - 1) % c->size;
 
+    if (c->timeout_case == 2) { /* rank 1 posts its receive 300 ms after rank 0's send */
+        dp_request *r = NULL;
+        float v[16] = {0};
+        if (c->rank == 0) {
+            for (int i = 0; i < 16; i++) v[i] = (float)(i + 1);
+            TRY(G->copy(dev, sbuf, v, sizeof v, DP_COPY_HOST_TO_DEVICE, NULL));
+            struct timespec t0, t1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            TRY(L->isend(l, sbuf, sizeof v, 1, DP_TAG(0, 7), NULL, &r));
+            TRY(L->wait(l, r));
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            c->late_wait_ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-6;
+            c->late_ok = 1;
+        } else {
+            struct timespec late = {0, 300 * 1000 * 1000};
+            nanosleep(&late, NULL);
+            TRY(L->irecv(l, rbuf, sizeof v, 0, DP_TAG(0, 7), NULL, &r));
+            TRY(L->wait(l, r));
+            TRY(G->copy(dev, v, rbuf, sizeof v, DP_COPY_DEVICE_TO_HOST, NULL));
+            c->late_ok = 1;
+            for (int i = 0; i < 16; i++) c->late_ok &= v[i] == (float)(i + 1);
+        }
+        goto out;
+    }
     if (c->timeout_case) {
         dp_request *r = NULL;
         if (c->rank == 0) {
@@ -246,6 +274,12 @@ int main(void)
     check_world("copy link (1 rank)", 1, ctx);
     run_world(2, 0, 1, ctx);
     check_timeout("copy link", ctx);
+    /* the link's deadline is 20 s: without the receiver waking the sender, its wait ends there */
+    run_world(2, 0, 2, ctx);
+    if (ctx[0].fail[0] || ctx[1].fail[0]) tap_diag("%s %s", ctx[0].fail, ctx[1].fail);
+    tap_ok(ctx[0].late_ok && ctx[1].late_ok && ctx[0].late_wait_ms < 10000,
+           "copy link: a send whose receive comes 300 ms late completes when it comes (waited %.0f ms), intact",
+           ctx[0].late_wait_ms);
 
     /* NCCL on a one-rank world: communicator set-up, sends to itself, collectives and split,
      * where the machine has a single GPU */

@@ -530,7 +530,7 @@ static dp_status nccl_wait_event(dp_link *l, cudaEvent_t e, int peer, int tag, c
 /* ----------------------------------------------------------------------------
  * point to point: the copy link (all ranks on one GPU) */
 
-static dp_status copy_match_locked(group *g, int member);
+static dp_status copy_match_locked(dp_link_world *w, group *g, int member);
 
 static dp_status copy_issue(dp_link *l, dp_request *r)
 {
@@ -559,7 +559,7 @@ static dp_status copy_issue(dp_link *l, dp_request *r)
         if (g->inbox_tail[r->peer]) g->inbox_tail[r->peer]->next = m;
         else g->inbox_head[r->peer] = m;
         g->inbox_tail[r->peer] = m;
-        dp_status st = copy_match_locked(g, r->peer);
+        dp_status st = copy_match_locked(w, g, r->peer);
         pthread_cond_broadcast(&w->cond);
         pthread_mutex_unlock(&w->lock);
         return st;
@@ -568,16 +568,17 @@ static dp_status copy_issue(dp_link *l, dp_request *r)
     dp_request **p = &g->posted_head[l->rank];
     while (*p) p = &(*p)->next_posted;
     *p = r;
-    dp_status st = copy_match_locked(g, l->rank);
+    dp_status st = copy_match_locked(w, g, l->rank);
     pthread_mutex_unlock(&w->lock);
     return st;
 }
 
 /* Gives the messages waiting for `member` to its posted receives, earliest first, and queues
  * each copy on the receiver's stream behind the sender's data. Either side's thread may run
- * it (whichever posts second), so that no side waits for the other to come and match.
+ * it (whichever posts second), so that no side waits for the other to come and match; a
+ * match wakes the waiting threads, since a sender may be waiting for its message to be taken.
  * World lock held. */
-static dp_status copy_match_locked(group *g, int member)
+static dp_status copy_match_locked(dp_link_world *w, group *g, int member)
 {
     for (dp_request *r = g->posted_head[member]; r; r = r->next_posted) {
         if (r->done) continue;
@@ -591,6 +592,7 @@ static dp_status copy_match_locked(group *g, int member)
             r->msg = m;
             r->done = 1;
             m->matched = 1; /* a size mismatch also releases the sender; both sides report it */
+            pthread_cond_broadcast(&w->cond);
             if (m->bytes == r->bytes) {
                 cudaStream_t rs = r->cs;
                 CUDA_TRY(cudaStreamWaitEvent(rs, m->ready, 0));
@@ -629,7 +631,7 @@ static dp_status copy_wait(dp_link *l, dp_request *r)
     pthread_mutex_lock(&w->lock);
     for (;;) {
         if (r->kind == REQ_RECV) {
-            st = copy_match_locked(l->g, l->rank);
+            st = copy_match_locked(w, l->g, l->rank);
             if (st != DP_OK || r->done) break;
         } else if (r->msg->matched)
             break;
@@ -638,7 +640,7 @@ static dp_status copy_wait(dp_link *l, dp_request *r)
             break;
         }
         if (pthread_cond_timedwait(&w->cond, &w->lock, &ts) != 0) {
-            if (r->kind == REQ_RECV) st = copy_match_locked(l->g, l->rank);
+            if (r->kind == REQ_RECV) st = copy_match_locked(w, l->g, l->rank);
             if (st == DP_OK && (r->kind == REQ_RECV ? r->done : r->msg->matched)) break;
             char what[128];
             describe(what, sizeof what, r->peer, r->tag);
@@ -773,7 +775,7 @@ static dp_status cuda_test(dp_link *l, dp_request *r, int *done)
         return DP_OK;
     }
     pthread_mutex_lock(&l->w->lock);
-    dp_status st = r->kind == REQ_RECV ? copy_match_locked(l->g, l->rank) : DP_OK;
+    dp_status st = r->kind == REQ_RECV ? copy_match_locked(l->w, l->g, l->rank) : DP_OK;
     *done = r->kind == REQ_RECV ? r->done : r->msg->matched;
     int aborted = l->w->aborted;
     pthread_mutex_unlock(&l->w->lock);
