@@ -196,7 +196,8 @@ static dp_status rank_setup_local(dp_runtime *rt, int r)
         DP_CHECK(D->device_count(&count));
         if (count > 0) ordinal = r % count;
     }
-    dp_device_config dc = {.ordinal = ordinal, .threads = rt->cfg.threads_per_rank, .rank = r, .flags = rt->cfg.device_flags};
+    dp_device_config dc = {
+        .ordinal = ordinal, .threads = rt->cfg.threads_per_rank, .rank = r, .flags = rt->cfg.device_flags};
     DP_CHECK(D->open(&dc, &rs->dev));
     for (int i = 0; i < 2; i++) DP_CHECK(D->stream_create(rs->dev, &rs->streams[i]));
     for (int d = 0; d < s->num_dirs; d++)

@@ -256,10 +256,10 @@ int cmd_bench_cuda(int argc, char **argv)
     }
     drv->device->close(dev);
     o.gpus = shared || count < o.pp ? 1 : o.pp;
-    printf("dualpipe bench-cuda: %d x %s; %s; ranks %s; overlapped pairs %s\n", count, info.name,
-           o.dtype == DP_DTYPE_BF16                  ? "bf16, fp32 accumulation"
-           : o.device_flags & DP_DEVICE_ALLOW_TF32 ? "fp32, TF32 allowed"
-                                                   : "fp32, TF32 off",
+    const char *precision = o.dtype == DP_DTYPE_BF16 ? "bf16, fp32 accumulation"
+                            : o.device_flags & DP_DEVICE_ALLOW_TF32 ? "fp32, TF32 allowed"
+                                                                    : "fp32, TF32 off";
+    printf("dualpipe bench-cuda: %d x %s; %s; ranks %s; overlapped pairs %s\n", count, info.name, precision,
            o.gpus == 1 ? "share device 0 (copy link)" : "one per GPU (NCCL)",
            o.serial_pairs ? "one after the other" : "on two streams");
     if (hidden)

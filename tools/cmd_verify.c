@@ -42,7 +42,6 @@ static void usage(FILE *out)
             "  --seed N              parameters and data seed (default 1)\n"
             "  --spread              one GPU per rank where there are enough (NCCL between them)\n"
             "  --serial-pairs        an overlapped F&B pair's halves one after the other on one stream\n"
-
             "  --atol X              absolute tolerance as a fraction of the tensor's largest |value|\n"
             "                        (default 1e-5 for fp32, 1e-2 for bf16)\n"
             "  --rtol X              relative tolerance (default 1e-4 for fp32, 1e-2 for bf16)\n"
