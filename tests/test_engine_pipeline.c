@@ -315,6 +315,91 @@ static void check_timeout(void)
     dp_schedule_free(s);
 }
 
+/* --serial-pairs: an overlapped pair's halves both run on the first stream. The CPU driver's
+ * streams all run on the calling thread, so this counts, through a copy of its device table
+ * whose GEMM notes its stream, the GEMMs the executor puts on its second stream. */
+static const dp_device_ops *real_ops;
+static dp_stream *second_stream;
+static int gemms_on_second, gemms_total;
+
+static dp_status counting_gemm(dp_device *dev, dp_stream *s, const dp_gemm_args *g)
+{
+    gemms_total++;
+    gemms_on_second += s == second_stream;
+    return real_ops->gemm(dev, s, g);
+}
+
+static void count_pair_streams(int serial, int *on_second, int *total)
+{
+    const dp_driver *drv;
+    dp_driver_load("cpu", &drv);
+    real_ops = drv->device;
+    dp_device_ops ops = *drv->device;
+    ops.gemm = counting_gemm;
+    dp_schedule_params sp = {.ranks = 1, .chunks = 6};
+    dp_schedule *s;
+    dp_schedule_generate("dualpipev", &sp, &s);
+    dp_link_world *w;
+    dp_link_world_config wc = {.world_size = 1, .timeout_ms = 5000};
+    drv->link->world_create(&wc, &w);
+    dp_model_config m = {.hidden = 8, .tokens = 4, .layers_per_stage = 1, .seed = 1};
+    dp_device *dev;
+    dp_link *l;
+    dp_device_config dc = {.threads = 1};
+    ops.open(&dc, &dev);
+    drv->link->open(w, 0, dev, &l);
+    dp_executor_config ec = {.sched = s, .rank = 0, .dops = &ops, .dev = dev, .lops = drv->link, .link = l,
+                             .serial_pairs = serial};
+    for (int i = 0; i < 2; i++) ops.stream_create(dev, &ec.streams[i]);
+    second_stream = ec.streams[1];
+    dp_step_io io;
+    memset(&io, 0, sizeof io);
+    void *bufs[4 * DP_MAX_DIRS] = {0};
+    int nb = 0;
+    size_t cpp = (size_t)s->chunks_per_pipe;
+    for (int d = 0; d < s->num_dirs; d++) {
+        dp_stage_create(&ops, dev, &m, s->slot_stage[d][0], s->num_stages, &ec.stages[d]);
+        int pipe = s->slot_pipe[d][0];
+        if (dp_schedule_is_first_stage(s, 0, d)) {
+            float *x = calloc(cpp * dp_model_act_bytes(&m), 1);
+            for (size_t i = 0; i < cpp * dp_model_act_bytes(&m) / sizeof(float); i++)
+                x[i] = dp_counter_uniform(5, 0, i);
+            io.input[pipe] = bufs[nb++] = x;
+        }
+        if (dp_schedule_is_last_stage(s, 0, d)) {
+            io.target[pipe] = bufs[nb++] = calloc(cpp * dp_model_target_bytes(&m), 1);
+            io.loss[pipe] = bufs[nb++] = calloc(cpp, sizeof(float));
+            io.output[pipe] = bufs[nb++] = calloc(cpp * dp_model_act_bytes(&m), 1);
+        }
+    }
+    dp_executor *ex = NULL;
+    gemms_on_second = gemms_total = 0;
+    dp_status st = dp_executor_create(&ec, &ex);
+    if (st == DP_OK) st = dp_executor_train(ex, &io);
+    if (st != DP_OK) tap_diag("serial pairs %d: %s", serial, dp_last_error());
+    *on_second = gemms_on_second, *total = st == DP_OK ? gemms_total : -1;
+    dp_executor_destroy(ex);
+    for (int d = 0; d < s->num_dirs; d++) dp_stage_destroy(ec.stages[d]);
+    for (int i = 0; i < nb; i++) free(bufs[i]);
+    for (int i = 0; i < 2; i++) ops.stream_destroy(dev, ec.streams[i]);
+    drv->link->close(l);
+    ops.close(dev);
+    drv->link->world_destroy(w);
+    dp_schedule_free(s);
+}
+
+static void check_serial_pairs(void)
+{
+    int two_second, two_total, one_second, one_total;
+    count_pair_streams(0, &two_second, &two_total);
+    count_pair_streams(1, &one_second, &one_total);
+    tap_ok(two_total > 0 && two_second > 0,
+           "DualPipeV's overlapped pairs put GEMMs on the second stream (%d of %d)", two_second, two_total);
+    tap_ok(one_total == two_total && one_second == 0,
+           "with serial_pairs the same %d GEMMs all run on the first stream (%d on the second)", one_total,
+           one_second);
+}
+
 int main(void)
 {
     static const shape shapes[] = {
@@ -345,5 +430,6 @@ int main(void)
     check_loaded_batch();
     check_errors();
     check_timeout();
+    check_serial_pairs();
     return tap_done();
 }
