@@ -46,7 +46,7 @@ struct dp_executor {
     const dp_schedule *s;
     int r;
     size_t act_bytes, target_bytes;
-    dp_slot **slots[DP_MAX_DIRS]; /* [dir][chunk] */
+    dp_slot **slots[DP_MAX_LOCAL_STAGES]; /* [local_stage][chunk] */
     deferred_send *sends;
     int nsends, cap_sends;
     dp_slot **retired; /* slots done with, waiting for their sends to finish */
@@ -67,7 +67,7 @@ dp_status dp_executor_create(const dp_executor_config *cfg, dp_executor **out)
     ex->s = cfg->sched;
     ex->r = cfg->rank;
     const dp_schedule *s = ex->s;
-    for (int d = 0; d < s->num_dirs; d++) {
+    for (int d = 0; d < s->num_local_stages; d++) {
         if (!cfg->stages[d]) {
             free(ex);
             return dp_fail(DP_ERR_INTERNAL, "executor: rank %d has no stage for local stage %d", cfg->rank, d);
@@ -112,7 +112,7 @@ static void staging_free_list(dp_executor *ex, staged *p)
 void dp_executor_destroy(dp_executor *ex)
 {
     if (!ex) return;
-    for (int d = 0; d < DP_MAX_DIRS; d++) free(ex->slots[d]);
+    for (int d = 0; d < DP_MAX_LOCAL_STAGES; d++) free(ex->slots[d]);
     free(ex->sends);
     free(ex->retired);
     staging_free_list(ex, ex->staging);
@@ -122,8 +122,8 @@ void dp_executor_destroy(dp_executor *ex)
     free(ex);
 }
 
-static dp_stage *stage_of(dp_executor *ex, int dir) { return ex->cfg.stages[dir]; }
-static int pipe_of(dp_executor *ex, int dir) { return ex->s->slot_pipe[dir][ex->r]; }
+static dp_stage *stage_of(dp_executor *ex, int local_stage) { return ex->cfg.stages[local_stage]; }
+static int pipe_of(dp_executor *ex, int local_stage) { return ex->s->slot_pipe[local_stage][ex->r]; }
 
 static dp_status defer_send(dp_executor *ex, const void *buf, size_t bytes, int peer, int tag, dp_slot *slot,
                             int which, dp_stream *stream)
@@ -240,17 +240,17 @@ static dp_status prepare(dp_executor *ex, dp_step_io *io, const dp_action *a, dp
                          prepared *p)
 {
     const dp_schedule *s = ex->s;
-    int r = ex->r, d = a->dir, k = a->chunk, pipe = pipe_of(ex, d);
+    int r = ex->r, d = a->local_stage, k = a->chunk, pipe = pipe_of(ex, d);
     memset(p, 0, sizeof *p);
     p->a = *a;
     p->stream = stream;
     p->local_tag = -1;
-    if (k < 0 || k >= s->chunks_per_pipe || d >= s->num_dirs)
-        return dp_fail(DP_ERR_INTERNAL, "rank %d: action %c with dir %d chunk %d is out of range", r,
+    if (k < 0 || k >= s->chunks_per_pipe || d >= s->num_local_stages)
+        return dp_fail(DP_ERR_INTERNAL, "rank %d: action %c with local stage %d chunk %d is out of range", r,
                        dp_action_letter(a->kind), d, k);
     dp_stage *stage = stage_of(ex, d);
     if (a->kind == DP_ACT_F) {
-        if (ex->slots[d][k]) return dp_fail(DP_ERR_INTERNAL, "rank %d: forward of dir %d chunk %d runs twice", r, d, k);
+        if (ex->slots[d][k]) return dp_fail(DP_ERR_INTERNAL, "rank %d: forward of local stage %d chunk %d runs twice", r, d, k);
         dp_slot *slot;
         DP_CHECK(dp_stage_slot_get(stage, &slot));
         ex->slots[d][k] = slot;
@@ -268,7 +268,7 @@ static dp_status prepare(dp_executor *ex, dp_step_io *io, const dp_action *a, dp
     }
     dp_slot *slot = ex->slots[d][k];
     if (!slot)
-        return dp_fail(DP_ERR_INTERNAL, "rank %d: %c of dir %d chunk %d before its forward", r,
+        return dp_fail(DP_ERR_INTERNAL, "rank %d: %c of local stage %d chunk %d before its forward", r,
                        dp_action_letter(a->kind), d, k);
     if (a->kind == DP_ACT_W) return DP_OK;
     int nd, next = dp_schedule_next(s, r, d, &nd);
@@ -282,7 +282,7 @@ static dp_status prepare(dp_executor *ex, dp_step_io *io, const dp_action *a, dp
 static dp_status compute(dp_executor *ex, dp_step_io *io, prepared *p, int infer)
 {
     const dp_schedule *s = ex->s;
-    int r = ex->r, d = p->a.dir, k = p->a.chunk, pipe = pipe_of(ex, d);
+    int r = ex->r, d = p->a.local_stage, k = p->a.chunk, pipe = pipe_of(ex, d);
     dp_stage *stage = stage_of(ex, d);
     dp_slot *slot = ex->slots[d][k];
     if (p->local_tag >= 0) DP_CHECK(stage_in(ex, p->local_tag, p->local_dst, p->stream));
@@ -358,7 +358,7 @@ static dp_status communicate(dp_executor *ex, prepared *p, int n)
             p[i].recv.req = NULL;
             if (st == DP_OK && w != DP_OK)
                 st = dp_fail(w, "%s (while rank %d waited to run %c of local stage %d, micro-batch %d)",
-                             dp_last_error(), ex->r, dp_action_letter(p[i].a.kind), p[i].a.dir, p[i].a.chunk);
+                             dp_last_error(), ex->r, dp_action_letter(p[i].a.kind), p[i].a.local_stage, p[i].a.chunk);
         }
     return st;
 }
@@ -412,7 +412,7 @@ static dp_status play(dp_executor *ex, dp_step_io *io, int infer)
         i += count;
     }
     DP_CHECK(flush(ex));
-    for (int d = 0; d < s->num_dirs; d++)
+    for (int d = 0; d < s->num_local_stages; d++)
         for (int k = 0; k < s->chunks_per_pipe; k++)
             if (ex->slots[d][k])
                 return dp_fail(DP_ERR_INTERNAL, "rank %d: micro-batch %d of local stage %d never finished its backward",

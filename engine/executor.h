@@ -28,7 +28,7 @@ typedef struct {
     dp_stream *streams[2]; /* [0] forwards and lone actions, [1] the backward of an overlapped pair */
     const dp_link_ops *lops;
     dp_link *link;                  /* the pipeline group */
-    dp_stage *stages[DP_MAX_DIRS];  /* by local stage (dir) */
+    dp_stage *stages[DP_MAX_LOCAL_STAGES];  /* by local stage (local_stage) */
     int sync_each_action;           /* synchronise streams after every action, so timings are real */
     /* 1: an overlapped pair's halves run one after the other on streams[0], as the reference's
      * example stage runs them (their transfers still overlap them); 0: on two streams at once */
@@ -45,10 +45,10 @@ typedef struct {
 /* A step's data, per pipe, in device memory. Micro-batch k of pipe p is element
  * p * chunks_per_pipe + k of the step, as in the schedule. */
 typedef struct {
-    const void *input[DP_MAX_DIRS];  /* [chunks_per_pipe x tokens x hidden] in the model's dtype: read by the pipe's first stage */
-    const void *target[DP_MAX_DIRS]; /* per micro-batch targets (dp_model_target_bytes each): read by the pipe's last stage */
-    float *loss[DP_MAX_DIRS];        /* [chunks_per_pipe] fp32: written by the pipe's last stage (training) */
-    void *output[DP_MAX_DIRS];       /* [chunks_per_pipe x tokens x hidden] in the model's dtype: written by the last stage (inference) */
+    const void *input[DP_MAX_LOCAL_STAGES];  /* [chunks_per_pipe x tokens x hidden] in the model's dtype: read by the pipe's first stage */
+    const void *target[DP_MAX_LOCAL_STAGES]; /* per micro-batch targets (dp_model_target_bytes each): read by the pipe's last stage */
+    float *loss[DP_MAX_LOCAL_STAGES];        /* [chunks_per_pipe] fp32: written by the pipe's last stage (training) */
+    void *output[DP_MAX_LOCAL_STAGES];       /* [chunks_per_pipe x tokens x hidden] in the model's dtype: written by the last stage (inference) */
     dp_action_time *times;           /* [num_actions of this rank] or NULL */
     double t0;                       /* the step's start on the monotonic clock (ms), for times */
 } dp_step_io;

@@ -19,13 +19,13 @@ typedef struct {
     dp_stream *streams[2];
     dp_link *link;      /* the pipeline group */
     dp_link *pair_link; /* the two ranks holding the same stages (two pipes), or NULL */
-    dp_stage *stages[DP_MAX_DIRS];
+    dp_stage *stages[DP_MAX_LOCAL_STAGES];
     dp_executor *ex;
-    void *input[DP_MAX_DIRS], *output[DP_MAX_DIRS]; /* in the model's dtype */
-    float *loss[DP_MAX_DIRS];
+    void *input[DP_MAX_LOCAL_STAGES], *output[DP_MAX_LOCAL_STAGES]; /* in the model's dtype */
+    float *loss[DP_MAX_LOCAL_STAGES];
     dp_cast_staging staging; /* for host fp32 <-> device bf16 */
     float *grad_scratch; /* both local stages' gradients side by side, for one all_reduce */
-    void *target[DP_MAX_DIRS];
+    void *target[DP_MAX_LOCAL_STAGES];
     dp_action_time *times;
 } rank_state;
 
@@ -200,7 +200,7 @@ static dp_status rank_setup_local(dp_runtime *rt, int r)
         .ordinal = ordinal, .threads = rt->cfg.threads_per_rank, .rank = r, .flags = rt->cfg.device_flags};
     DP_CHECK(D->open(&dc, &rs->dev));
     for (int i = 0; i < 2; i++) DP_CHECK(D->stream_create(rs->dev, &rs->streams[i]));
-    for (int d = 0; d < s->num_dirs; d++)
+    for (int d = 0; d < s->num_local_stages; d++)
         DP_CHECK(dp_stage_create(D, rs->dev, &rt->cfg.model, s->slot_stage[d][r], s->num_stages, &rs->stages[d]));
     return DP_OK;
 }
@@ -243,7 +243,7 @@ static dp_status rank_setup(dp_runtime *rt, int r)
         DP_CHECK(L->split(rs->link, r < partner ? r : partner, r, &rs->pair_link));
     }
     size_t act_bytes = dp_model_act_bytes(&rt->cfg.model), cpp = (size_t)s->chunks_per_pipe;
-    for (int d = 0; d < s->num_dirs; d++) {
+    for (int d = 0; d < s->num_local_stages; d++) {
         int pipe = s->slot_pipe[d][r];
         if (dp_schedule_is_first_stage(s, r, d)) DP_CHECK(D->alloc(rs->dev, cpp * act_bytes, &rs->input[pipe]));
         if (dp_schedule_is_last_stage(s, r, d)) {
@@ -259,7 +259,7 @@ static dp_status rank_setup(dp_runtime *rt, int r)
     dp_executor_config ec = {.sched = s, .rank = r, .dops = D, .dev = rs->dev, .lops = L, .link = rs->link,
                              .sync_each_action = rt->cfg.record_times, .serial_pairs = rt->cfg.serial_pairs};
     ec.streams[0] = rs->streams[0], ec.streams[1] = rs->streams[1];
-    for (int d = 0; d < s->num_dirs; d++) ec.stages[d] = rs->stages[d];
+    for (int d = 0; d < s->num_local_stages; d++) ec.stages[d] = rs->stages[d];
     return dp_executor_create(&ec, &rs->ex);
 }
 
@@ -269,7 +269,7 @@ static void rank_teardown(dp_runtime *rt, int r)
     const dp_link_ops *L = rt->drv->link;
     rank_state *rs = &rt->ranks[r];
     dp_executor_destroy(rs->ex);
-    for (int d = 0; d < DP_MAX_DIRS; d++) {
+    for (int d = 0; d < DP_MAX_LOCAL_STAGES; d++) {
         dp_stage_destroy(rs->stages[d]);
         if (rs->dev) {
             D->free(rs->dev, rs->input[d]);
@@ -389,7 +389,7 @@ static dp_status load_inputs(dp_runtime *rt, int r, int with_targets)
     const dp_model_config *m = &rt->cfg.model;
     rank_state *rs = &rt->ranks[r];
     size_t act = dp_model_act_elems(m), cpp = (size_t)s->chunks_per_pipe;
-    for (int d = 0; d < s->num_dirs; d++) {
+    for (int d = 0; d < s->num_local_stages; d++) {
         int pipe = s->slot_pipe[d][r];
         if (dp_schedule_is_first_stage(s, r, d))
             DP_CHECK(dp_upload_f32(D, rs->dev, rs->streams[0], &rs->staging, rs->input[pipe], m->dtype,
@@ -414,7 +414,7 @@ static dp_step_io step_io(dp_runtime *rt, int r)
     rank_state *rs = &rt->ranks[r];
     dp_step_io io;
     memset(&io, 0, sizeof io);
-    for (int p = 0; p < DP_MAX_DIRS; p++) {
+    for (int p = 0; p < DP_MAX_LOCAL_STAGES; p++) {
         io.input[p] = rs->input[p];
         io.target[p] = rs->target[p];
         io.loss[p] = rs->loss[p];
@@ -432,15 +432,15 @@ static dp_status sync_gradients(dp_runtime *rt, int r)
     rank_state *rs = &rt->ranks[r];
     if (!rs->pair_link) return DP_OK;
     const dp_schedule *s = rt->sched;
-    int order[DP_MAX_DIRS] = {0, 1};
-    if (s->num_dirs == 2 && s->slot_stage[1][r] < s->slot_stage[0][r]) order[0] = 1, order[1] = 0;
+    int order[DP_MAX_LOCAL_STAGES] = {0, 1};
+    if (s->num_local_stages == 2 && s->slot_stage[1][r] < s->slot_stage[0][r]) order[0] = 1, order[1] = 0;
     /* One all_reduce for both stages, in stage order on both ranks of the pair: when ranks
      * outnumber cores every message costs a wake-up, which costs more than the copies. */
     const dp_device_ops *D = rt->drv->device;
-    size_t n[DP_MAX_DIRS] = {0, 0}, total = 0;
-    float *g[DP_MAX_DIRS] = {NULL, NULL};
-    for (int i = 0; i < s->num_dirs; i++) g[i] = dp_stage_grads(rs->stages[order[i]], &n[i]), total += n[i];
-    if (s->num_dirs == 1)
+    size_t n[DP_MAX_LOCAL_STAGES] = {0, 0}, total = 0;
+    float *g[DP_MAX_LOCAL_STAGES] = {NULL, NULL};
+    for (int i = 0; i < s->num_local_stages; i++) g[i] = dp_stage_grads(rs->stages[order[i]], &n[i]), total += n[i];
+    if (s->num_local_stages == 1)
         return rt->drv->link->all_reduce(rs->pair_link, g[0], g[0], n[0], DP_DTYPE_F32, DP_REDUCE_SUM, rs->streams[0]);
     if (!rs->grad_scratch) {
         void *p;
@@ -464,15 +464,15 @@ static dp_status rank_train(dp_runtime *rt, int r)
     const dp_schedule *s = rt->sched;
     rank_state *rs = &rt->ranks[r];
     if (rt->inputs) DP_CHECK(load_inputs(rt, r, 1));
-    for (int d = 0; d < s->num_dirs; d++) DP_CHECK(dp_stage_zero_grad(rs->stages[d], rs->streams[0]));
+    for (int d = 0; d < s->num_local_stages; d++) DP_CHECK(dp_stage_zero_grad(rs->stages[d], rs->streams[0]));
     dp_step_io io = step_io(rt, r);
     DP_CHECK(dp_executor_train(rs->ex, &io));
     for (int i = 0; i < 2; i++) DP_CHECK(D->stream_synchronize(rs->dev, rs->streams[i]));
     DP_CHECK(sync_gradients(rt, r));
-    for (int d = 0; d < s->num_dirs; d++)
+    for (int d = 0; d < s->num_local_stages; d++)
         DP_CHECK(dp_stage_optimizer_step(rs->stages[d], rs->streams[0], &rt->cfg.optimizer, rt->step));
     size_t cpp = (size_t)s->chunks_per_pipe;
-    for (int d = 0; d < s->num_dirs; d++) {
+    for (int d = 0; d < s->num_local_stages; d++) {
         int pipe = s->slot_pipe[d][r];
         if (dp_schedule_is_last_stage(s, r, d))
             DP_CHECK(D->copy(rs->dev, rt->losses + (size_t)pipe * cpp, rs->loss[pipe], cpp * sizeof(float),
@@ -490,7 +490,7 @@ static dp_status rank_infer(dp_runtime *rt, int r)
     dp_step_io io = step_io(rt, r);
     DP_CHECK(dp_executor_infer(rs->ex, &io));
     size_t act = dp_model_act_elems(&rt->cfg.model), cpp = (size_t)s->chunks_per_pipe;
-    for (int d = 0; d < s->num_dirs; d++) {
+    for (int d = 0; d < s->num_local_stages; d++) {
         int pipe = s->slot_pipe[d][r];
         if (dp_schedule_is_last_stage(s, r, d))
             DP_CHECK(dp_download_f32(D, rs->dev, rs->streams[0], &rs->staging, rt->outputs + (size_t)pipe * cpp * act,
@@ -556,7 +556,7 @@ int dp_runtime_num_params(const dp_runtime *rt, int stage)
 {
     const dp_schedule *s = rt->sched;
     if (stage < 0 || stage >= s->num_stages) return 0;
-    int r = s->stage_rank[0][stage], d = s->stage_dir[0][stage];
+    int r = s->stage_rank[0][stage], d = s->stage_local[0][stage];
     return dp_stage_num_params(rt->ranks[r].stages[d]);
 }
 
@@ -567,7 +567,7 @@ dp_status dp_runtime_read_param(dp_runtime *rt, int stage, int copy, int index, 
     if (stage < 0 || stage >= s->num_stages || copy < 0 || copy >= s->num_pipes)
         return dp_fail(DP_ERR_INVALID, "no stage %d copy %d (stages %d, copies %d)", stage, copy, s->num_stages,
                        s->num_pipes);
-    int r = s->stage_rank[copy][stage], d = s->stage_dir[copy][stage];
+    int r = s->stage_rank[copy][stage], d = s->stage_local[copy][stage];
     rank_state *rs = &rt->ranks[r];
     if (index < 0 || index >= dp_stage_num_params(rs->stages[d]))
         return dp_fail(DP_ERR_INVALID, "stage %d has no parameter %d", stage, index);

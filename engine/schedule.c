@@ -77,20 +77,20 @@ typedef struct {
     int *capacity; /* [num_ranks] */
 } dp_schedule_impl;
 
-dp_status dp_schedule_alloc(const char *name, int ranks, int dirs, int pipes, int stages, int chunks,
+dp_status dp_schedule_alloc(const char *name, int ranks, int local_stages, int pipes, int stages, int chunks,
                             dp_schedule **out)
 {
     *out = NULL;
-    if (ranks < 1 || dirs < 1 || dirs > DP_MAX_DIRS || pipes < 1 || pipes > DP_MAX_DIRS || stages < 1 ||
+    if (ranks < 1 || local_stages < 1 || local_stages > DP_MAX_LOCAL_STAGES || pipes < 1 || pipes > DP_MAX_LOCAL_STAGES || stages < 1 ||
         chunks < 1 || chunks % pipes != 0)
         return dp_fail(DP_ERR_INTERNAL, "bad schedule shape: ranks %d dirs %d pipes %d stages %d chunks %d",
-                       ranks, dirs, pipes, stages, chunks);
+                       ranks, local_stages, pipes, stages, chunks);
     dp_schedule_impl *impl = calloc(1, sizeof *impl);
     if (!impl) return dp_fail(DP_ERR_NOMEM, "out of memory allocating a schedule");
     dp_schedule *s = &impl->pub;
     snprintf(s->name, sizeof s->name, "%s", name);
     s->num_ranks = ranks;
-    s->num_dirs = dirs;
+    s->num_local_stages = local_stages;
     s->num_pipes = pipes;
     s->num_stages = stages;
     s->num_chunks = chunks;
@@ -99,14 +99,14 @@ dp_status dp_schedule_alloc(const char *name, int ranks, int dirs, int pipes, in
     s->actions = calloc((size_t)ranks, sizeof *s->actions);
     impl->capacity = calloc((size_t)ranks, sizeof *impl->capacity);
     int ok = s->num_actions && s->actions && impl->capacity;
-    for (int d = 0; d < DP_MAX_DIRS && ok; d++) {
+    for (int d = 0; d < DP_MAX_LOCAL_STAGES && ok; d++) {
         s->stage_rank[d] = malloc(sizeof(int) * (size_t)stages);
-        s->stage_dir[d] = malloc(sizeof(int) * (size_t)stages);
+        s->stage_local[d] = malloc(sizeof(int) * (size_t)stages);
         s->slot_pipe[d] = malloc(sizeof(int) * (size_t)ranks);
         s->slot_stage[d] = malloc(sizeof(int) * (size_t)ranks);
-        ok = s->stage_rank[d] && s->stage_dir[d] && s->slot_pipe[d] && s->slot_stage[d];
+        ok = s->stage_rank[d] && s->stage_local[d] && s->slot_pipe[d] && s->slot_stage[d];
         if (!ok) break;
-        for (int i = 0; i < stages; i++) s->stage_rank[d][i] = s->stage_dir[d][i] = -1;
+        for (int i = 0; i < stages; i++) s->stage_rank[d][i] = s->stage_local[d][i] = -1;
         for (int i = 0; i < ranks; i++) s->slot_pipe[d][i] = s->slot_stage[d][i] = -1;
     }
     if (!ok) {
@@ -124,9 +124,9 @@ void dp_schedule_free(dp_schedule *s)
     for (int r = 0; s->actions && r < s->num_ranks; r++) free(s->actions[r]);
     free(s->actions);
     free(s->num_actions);
-    for (int d = 0; d < DP_MAX_DIRS; d++) {
+    for (int d = 0; d < DP_MAX_LOCAL_STAGES; d++) {
         free(s->stage_rank[d]);
-        free(s->stage_dir[d]);
+        free(s->stage_local[d]);
         free(s->slot_pipe[d]);
         free(s->slot_stage[d]);
     }
@@ -134,15 +134,15 @@ void dp_schedule_free(dp_schedule *s)
     free(impl);
 }
 
-void dp_schedule_place(dp_schedule *s, int pipe, int stage, int rank, int dir)
+void dp_schedule_place(dp_schedule *s, int pipe, int stage, int rank, int local_stage)
 {
     s->stage_rank[pipe][stage] = rank;
-    s->stage_dir[pipe][stage] = dir;
-    s->slot_pipe[dir][rank] = pipe;
-    s->slot_stage[dir][rank] = stage;
+    s->stage_local[pipe][stage] = local_stage;
+    s->slot_pipe[local_stage][rank] = pipe;
+    s->slot_stage[local_stage][rank] = stage;
 }
 
-dp_status dp_schedule_push(dp_schedule *s, int rank, int kind, int dir, int chunk, int overlap)
+dp_status dp_schedule_push(dp_schedule *s, int rank, int kind, int local_stage, int chunk, int overlap)
 {
     dp_schedule_impl *impl = (dp_schedule_impl *)s;
     if (s->num_actions[rank] == impl->capacity[rank]) {
@@ -154,7 +154,7 @@ dp_status dp_schedule_push(dp_schedule *s, int rank, int kind, int dir, int chun
     }
     dp_action *a = &s->actions[rank][s->num_actions[rank]++];
     a->kind = (uint8_t)kind;
-    a->dir = (uint8_t)dir;
+    a->local_stage = (uint8_t)local_stage;
     a->overlap = (uint8_t)(overlap != 0);
     a->reserved = 0;
     a->chunk = chunk;
@@ -164,28 +164,28 @@ dp_status dp_schedule_push(dp_schedule *s, int rank, int kind, int dir, int chun
 /* ----------------------------------------------------------------------------
  * neighbours along a pipe */
 
-int dp_schedule_prev(const dp_schedule *s, int rank, int dir, int *prev_dir)
+int dp_schedule_prev(const dp_schedule *s, int rank, int local_stage, int *prev_local)
 {
-    int p = s->slot_pipe[dir][rank], st = s->slot_stage[dir][rank];
+    int p = s->slot_pipe[local_stage][rank], st = s->slot_stage[local_stage][rank];
     if (st <= 0) return -1;
-    if (prev_dir) *prev_dir = s->stage_dir[p][st - 1];
+    if (prev_local) *prev_local = s->stage_local[p][st - 1];
     return s->stage_rank[p][st - 1];
 }
 
-int dp_schedule_next(const dp_schedule *s, int rank, int dir, int *next_dir)
+int dp_schedule_next(const dp_schedule *s, int rank, int local_stage, int *next_local)
 {
-    int p = s->slot_pipe[dir][rank], st = s->slot_stage[dir][rank];
+    int p = s->slot_pipe[local_stage][rank], st = s->slot_stage[local_stage][rank];
     if (st < 0 || st >= s->num_stages - 1) return -1;
-    if (next_dir) *next_dir = s->stage_dir[p][st + 1];
+    if (next_local) *next_local = s->stage_local[p][st + 1];
     return s->stage_rank[p][st + 1];
 }
 
-int dp_schedule_is_first_stage(const dp_schedule *s, int rank, int dir)
+int dp_schedule_is_first_stage(const dp_schedule *s, int rank, int local_stage)
 {
-    return s->slot_stage[dir][rank] == 0;
+    return s->slot_stage[local_stage][rank] == 0;
 }
 
-int dp_schedule_is_last_stage(const dp_schedule *s, int rank, int dir)
+int dp_schedule_is_last_stage(const dp_schedule *s, int rank, int local_stage)
 {
-    return s->slot_stage[dir][rank] == s->num_stages - 1;
+    return s->slot_stage[local_stage][rank] == s->num_stages - 1;
 }

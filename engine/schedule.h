@@ -25,7 +25,7 @@ typedef enum {
 
 typedef struct {
     uint8_t kind;    /* dp_action_kind */
-    uint8_t dir;     /* local stage of the rank: DualPipe direction, DualPipeV first/second stage */
+    uint8_t local_stage;     /* local stage of the rank: DualPipe direction, DualPipeV first/second stage */
     uint8_t overlap; /* 1: this action and the next form one overlapped F&B pair */
     uint8_t reserved;
     int32_t chunk;   /* micro-batch index within its pipe, from 0 */
@@ -38,30 +38,30 @@ char dp_action_letter(int kind);
  * Schedules
  *
  * Micro-batches travel through one or two *pipes*. A pipe is a chain of stages
- * 0..num_stages-1; each stage lives on one (rank, dir) slot. DualPipe has two pipes
+ * 0..num_stages-1; each stage lives on one (rank, local_stage) slot. DualPipe has two pipes
  * (pipe 0 enters at rank 0, pipe 1 at the last rank) of PP stages each; DualPipeV has
  * one pipe of 2R stages folded in a V; the classic schedules have one pipe of PP
  * stages, one per rank. Micro-batch `chunk` of pipe p is batch element
  * p * chunks_per_pipe + chunk of the step's input. */
 
-#define DP_MAX_DIRS 2
+#define DP_MAX_LOCAL_STAGES 2
 
 typedef struct dp_schedule {
     char name[32];        /* generator name: "dualpipe", "1f1b", ... */
     int num_ranks;        /* pipeline ranks */
-    int num_dirs;         /* local stages per rank (1 or 2) */
+    int num_local_stages;         /* local stages per rank (1 or 2) */
     int num_pipes;        /* 1 or 2 */
     int num_stages;       /* stages per pipe */
     int num_chunks;       /* micro-batches in a step, over all pipes */
     int chunks_per_pipe;  /* num_chunks / num_pipes */
     int *num_actions;     /* [num_ranks] */
     dp_action **actions;  /* [num_ranks][num_actions[r]] */
-    /* placement: stage s of pipe p runs on rank stage_rank[p][s], local stage stage_dir[p][s] */
-    int *stage_rank[DP_MAX_DIRS];
-    int *stage_dir[DP_MAX_DIRS];
-    /* and the inverse: (rank, dir) holds stage slot_stage[dir][rank] of pipe slot_pipe[dir][rank] */
-    int *slot_pipe[DP_MAX_DIRS];
-    int *slot_stage[DP_MAX_DIRS];
+    /* placement: stage s of pipe p runs on rank stage_rank[p][s], local stage stage_local[p][s] */
+    int *stage_rank[DP_MAX_LOCAL_STAGES];
+    int *stage_local[DP_MAX_LOCAL_STAGES];
+    /* and the inverse: (rank, local_stage) holds stage slot_stage[local_stage][rank] of pipe slot_pipe[local_stage][rank] */
+    int *slot_pipe[DP_MAX_LOCAL_STAGES];
+    int *slot_stage[DP_MAX_LOCAL_STAGES];
 } dp_schedule;
 
 /* Parameters of a generator. */
@@ -91,20 +91,20 @@ dp_status dp_schedule_generate(const char *name, const dp_schedule_params *p, dp
 void dp_schedule_free(dp_schedule *s);
 
 /* Helpers for generators. */
-dp_status dp_schedule_alloc(const char *name, int ranks, int dirs, int pipes, int stages, int chunks,
+dp_status dp_schedule_alloc(const char *name, int ranks, int local_stages, int pipes, int stages, int chunks,
                             dp_schedule **out);
 /* Sets where stage `stage` of pipe `pipe` lives. */
-void dp_schedule_place(dp_schedule *s, int pipe, int stage, int rank, int dir);
+void dp_schedule_place(dp_schedule *s, int pipe, int stage, int rank, int local_stage);
 /* Appends an action to a rank's list. */
-dp_status dp_schedule_push(dp_schedule *s, int rank, int kind, int dir, int chunk, int overlap);
+dp_status dp_schedule_push(dp_schedule *s, int rank, int kind, int local_stage, int chunk, int overlap);
 
-/* Neighbours of (rank, dir) along its pipe: the rank and dir of the previous / next stage,
+/* Neighbours of (rank, local_stage) along its pipe: the rank and local_stage of the previous / next stage,
  * or -1 for the first / last stage. */
-int dp_schedule_prev(const dp_schedule *s, int rank, int dir, int *prev_dir);
-int dp_schedule_next(const dp_schedule *s, int rank, int dir, int *next_dir);
-/* Whether (rank, dir) is the first / last stage of its pipe. */
-int dp_schedule_is_first_stage(const dp_schedule *s, int rank, int dir);
-int dp_schedule_is_last_stage(const dp_schedule *s, int rank, int dir);
+int dp_schedule_prev(const dp_schedule *s, int rank, int local_stage, int *prev_local);
+int dp_schedule_next(const dp_schedule *s, int rank, int local_stage, int *next_local);
+/* Whether (rank, local_stage) is the first / last stage of its pipe. */
+int dp_schedule_is_first_stage(const dp_schedule *s, int rank, int local_stage);
+int dp_schedule_is_last_stage(const dp_schedule *s, int rank, int local_stage);
 
 /* ----------------------------------------------------------------------------
  * Validation */

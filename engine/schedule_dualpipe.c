@@ -15,33 +15,33 @@ typedef struct {
     int rank;
     int flip;
     int f_next[2], b_next[2];
-    int wq_dir[1024], wq_chunk[1024]; /* FIFO of deferred W; never holds more than a rank's in-flight I's */
+    int wq_local[1024], wq_chunk[1024]; /* FIFO of deferred W; never holds more than a rank's in-flight I's */
     int wq_head, wq_tail;
     dp_status err;
 } emitter;
 
-static void emit(emitter *e, int kind, int dir, int chunk, int overlap)
+static void emit(emitter *e, int kind, int local_stage, int chunk, int overlap)
 {
-    if (e->err == DP_OK) e->err = dp_schedule_push(e->s, e->rank, kind, dir, chunk, overlap);
+    if (e->err == DP_OK) e->err = dp_schedule_push(e->s, e->rank, kind, local_stage, chunk, overlap);
 }
 
 static void forward(emitter *e, int phase, int overlap)
 {
-    int dir = phase ^ e->flip;
-    emit(e, DP_ACT_F, dir, e->f_next[dir]++, overlap);
+    int local_stage = phase ^ e->flip;
+    emit(e, DP_ACT_F, local_stage, e->f_next[local_stage]++, overlap);
 }
 
 static void backward(emitter *e, int phase, int zero_bubble)
 {
-    int dir = phase ^ e->flip;
-    int chunk = e->b_next[dir]++;
-    emit(e, zero_bubble ? DP_ACT_I : DP_ACT_B, dir, chunk, 0);
+    int local_stage = phase ^ e->flip;
+    int chunk = e->b_next[local_stage]++;
+    emit(e, zero_bubble ? DP_ACT_I : DP_ACT_B, local_stage, chunk, 0);
     if (zero_bubble) {
         if (e->wq_tail - e->wq_head >= 1024) {
             if (e->err == DP_OK) e->err = dp_fail(DP_ERR_INTERNAL, "too many deferred weight gradients");
             return;
         }
-        e->wq_dir[e->wq_tail % 1024] = dir;
+        e->wq_local[e->wq_tail % 1024] = local_stage;
         e->wq_chunk[e->wq_tail % 1024] = chunk;
         e->wq_tail++;
     }
@@ -61,7 +61,7 @@ static void weight(emitter *e)
         return;
     }
     int i = e->wq_head++ % 1024;
-    emit(e, DP_ACT_W, e->wq_dir[i], e->wq_chunk[i], 0);
+    emit(e, DP_ACT_W, e->wq_local[i], e->wq_chunk[i], 0);
 }
 
 dp_status dp_schedule_emit_dualpipe_rank(dp_schedule *s, int rank, int n, int h, int c, int flip,

@@ -19,11 +19,11 @@ dp_status dp_schedule_interleaved_check(const dp_schedule_params *p)
 }
 
 /* The k-th forward (or backward) of a rank: its model chunk and micro-batch. */
-static void virtual_step(int k, int pp, int forward, int *dir, int *chunk)
+static void virtual_step(int k, int pp, int forward, int *local_stage, int *chunk)
 {
     int group = k / (pp * CHUNKS_PER_RANK), in_group = k % (pp * CHUNKS_PER_RANK);
     int model_chunk = in_group / pp;
-    *dir = forward ? model_chunk : CHUNKS_PER_RANK - 1 - model_chunk;
+    *local_stage = forward ? model_chunk : CHUNKS_PER_RANK - 1 - model_chunk;
     *chunk = group * pp + in_group % pp;
 }
 
@@ -38,20 +38,20 @@ dp_status dp_schedule_interleaved_generate(const dp_schedule_params *p, dp_sched
     for (int r = 0; r < pp && status == DP_OK; r++) {
         int warmup = 2 * (pp - 1 - r) + (v - 1) * pp;
         if (warmup > total) warmup = total;
-        int dir, chunk;
+        int local_stage, chunk;
         for (int k = 0; k < warmup && status == DP_OK; k++) {
-            virtual_step(k, pp, 1, &dir, &chunk);
-            status = dp_schedule_push(s, r, DP_ACT_F, dir, chunk, 0);
+            virtual_step(k, pp, 1, &local_stage, &chunk);
+            status = dp_schedule_push(s, r, DP_ACT_F, local_stage, chunk, 0);
         }
         for (int k = 0; k < total - warmup && status == DP_OK; k++) {
-            virtual_step(k + warmup, pp, 1, &dir, &chunk);
-            status = dp_schedule_push(s, r, DP_ACT_F, dir, chunk, 0);
-            virtual_step(k, pp, 0, &dir, &chunk);
-            if (status == DP_OK) status = dp_schedule_push(s, r, DP_ACT_B, dir, chunk, 0);
+            virtual_step(k + warmup, pp, 1, &local_stage, &chunk);
+            status = dp_schedule_push(s, r, DP_ACT_F, local_stage, chunk, 0);
+            virtual_step(k, pp, 0, &local_stage, &chunk);
+            if (status == DP_OK) status = dp_schedule_push(s, r, DP_ACT_B, local_stage, chunk, 0);
         }
         for (int k = total - warmup; k < total && status == DP_OK; k++) {
-            virtual_step(k, pp, 0, &dir, &chunk);
-            status = dp_schedule_push(s, r, DP_ACT_B, dir, chunk, 0);
+            virtual_step(k, pp, 0, &local_stage, &chunk);
+            status = dp_schedule_push(s, r, DP_ACT_B, local_stage, chunk, 0);
         }
     }
     if (status != DP_OK) {

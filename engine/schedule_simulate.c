@@ -85,7 +85,7 @@ static size_t at(const dp_schedule *s, int pipe, int stage, int chunk)
 static double ready_time(const replay_state *st, const dp_cost *cost, int rank, const dp_action *a)
 {
     const dp_schedule *s = st->s;
-    int pipe = s->slot_pipe[a->dir][rank], stage = s->slot_stage[a->dir][rank];
+    int pipe = s->slot_pipe[a->local_stage][rank], stage = s->slot_stage[a->local_stage][rank];
     int from_stage;
     const double *table;
     if (a->kind == DP_ACT_F) {
@@ -107,7 +107,7 @@ static double ready_time(const replay_state *st, const dp_cost *cost, int rank, 
 static void record(replay_state *st, int rank, const dp_action *a, double end)
 {
     const dp_schedule *s = st->s;
-    int pipe = s->slot_pipe[a->dir][rank], stage = s->slot_stage[a->dir][rank];
+    int pipe = s->slot_pipe[a->local_stage][rank], stage = s->slot_stage[a->local_stage][rank];
     if (a->kind == DP_ACT_F) st->f_end[at(s, pipe, stage, a->chunk)] = end;
     else if (a->kind == DP_ACT_B || a->kind == DP_ACT_I) st->b_end[at(s, pipe, stage, a->chunk)] = end;
 }
@@ -160,8 +160,8 @@ dp_status dp_schedule_replay(const dp_schedule *s, const dp_cost *cost, double *
         const dp_action *a = &s->actions[r][next[r]];
         size_t len = strlen(stuck);
         if (len < sizeof stuck - 64)
-            snprintf(stuck + len, sizeof stuck - len, "%srank %d at action %d (%c dir %d chunk %d)", len ? "; " : "", r,
-                     next[r], dp_action_letter(a->kind), a->dir, a->chunk);
+            snprintf(stuck + len, sizeof stuck - len, "%srank %d at action %d (%c local stage %d chunk %d)", len ? "; " : "", r,
+                     next[r], dp_action_letter(a->kind), a->local_stage, a->chunk);
         status = DP_ERR_INVALID;
     }
     if (status != DP_OK)

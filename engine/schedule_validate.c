@@ -11,7 +11,7 @@ enum { NONE = 0, FORWARD_DONE, INPUT_GRAD_DONE, COMPLETE };
 
 static const char *describe(const dp_action *a, char *buf, size_t n)
 {
-    snprintf(buf, n, "%c dir %d chunk %d", dp_action_letter(a->kind), a->dir, a->chunk);
+    snprintf(buf, n, "%c local stage %d chunk %d", dp_action_letter(a->kind), a->local_stage, a->chunk);
     return buf;
 }
 
@@ -20,13 +20,13 @@ static dp_status check_rank(const dp_schedule *s, int r, unsigned char *state, i
 {
     int cpp = s->chunks_per_pipe, alive = 0;
     char buf[64];
-    memset(state, NONE, (size_t)s->num_dirs * (size_t)cpp);
+    memset(state, NONE, (size_t)s->num_local_stages * (size_t)cpp);
     *peak = 0;
     for (int i = 0; i < s->num_actions[r]; i++) {
         const dp_action *a = &s->actions[r][i];
         if (a->kind > DP_ACT_W)
             return dp_fail(DP_ERR_INVALID, "rank %d action %d has an unknown kind %d", r, i, a->kind);
-        if (a->dir >= s->num_dirs || s->slot_pipe[a->dir][r] < 0)
+        if (a->local_stage >= s->num_local_stages || s->slot_pipe[a->local_stage][r] < 0)
             return dp_fail(DP_ERR_INVALID, "rank %d action %d (%s) names a local stage the rank does not hold", r, i,
                            describe(a, buf, sizeof buf));
         if (a->chunk < 0 || a->chunk >= cpp)
@@ -39,11 +39,11 @@ static dp_status check_rank(const dp_schedule *s, int r, unsigned char *state, i
                                "rank %d action %d (%s): an overlapped pair must be a forward followed by a backward", r,
                                i, describe(a, buf, sizeof buf));
         }
-        unsigned char *st = &state[(size_t)a->dir * (size_t)cpp + (size_t)a->chunk];
+        unsigned char *st = &state[(size_t)a->local_stage * (size_t)cpp + (size_t)a->chunk];
         switch (a->kind) {
         case DP_ACT_F:
             if (*st != NONE)
-                return dp_fail(DP_ERR_INVALID, "rank %d action %d: second forward of dir %d chunk %d", r, i, a->dir,
+                return dp_fail(DP_ERR_INVALID, "rank %d action %d: second forward of local stage %d chunk %d", r, i, a->local_stage,
                                a->chunk);
             *st = FORWARD_DONE;
             if (++alive > *peak) *peak = alive;
@@ -64,12 +64,12 @@ static dp_status check_rank(const dp_schedule *s, int r, unsigned char *state, i
             break;
         }
     }
-    for (int d = 0; d < s->num_dirs; d++) {
+    for (int d = 0; d < s->num_local_stages; d++) {
         if (s->slot_pipe[d][r] < 0) continue;
         for (int k = 0; k < cpp; k++) {
             unsigned char st = state[(size_t)d * (size_t)cpp + (size_t)k];
             if (st != COMPLETE)
-                return dp_fail(DP_ERR_INVALID, "rank %d never %s dir %d chunk %d", r,
+                return dp_fail(DP_ERR_INVALID, "rank %d never %s local stage %d chunk %d", r,
                                st == NONE ? "runs the forward of" : st == FORWARD_DONE ? "runs the backward of"
                                                                                         : "runs the weight gradient of",
                                d, k);
@@ -95,14 +95,14 @@ dp_status dp_schedule_validate(const dp_schedule *s, dp_schedule_report *report)
             if (s->stage_rank[p][st] < 0 || s->stage_rank[p][st] >= R)
                 return dp_fail(DP_ERR_INVALID, "stage %d of pipe %d is placed on no rank", st, p);
 
-    unsigned char *state = malloc((size_t)s->num_dirs * (size_t)s->chunks_per_pipe);
+    unsigned char *state = malloc((size_t)s->num_local_stages * (size_t)s->chunks_per_pipe);
     int *peak = calloc((size_t)R, sizeof(int)), *params = calloc((size_t)R, sizeof(int));
     double **start = calloc((size_t)R, sizeof(double *)), **end = calloc((size_t)R, sizeof(double *));
     dp_status st = DP_OK;
     if (!state || !peak || !params || !start || !end) st = dp_fail(DP_ERR_NOMEM, "out of memory validating a schedule");
     for (int r = 0; st == DP_OK && r < R; r++) {
         st = check_rank(s, r, state, &peak[r]);
-        for (int d = 0; d < s->num_dirs; d++) params[r] += s->slot_pipe[d][r] >= 0;
+        for (int d = 0; d < s->num_local_stages; d++) params[r] += s->slot_pipe[d][r] >= 0;
         size_t n = s->num_actions[r] ? (size_t)s->num_actions[r] : 1;
         start[r] = malloc(sizeof(double) * n);
         end[r] = malloc(sizeof(double) * n);

@@ -18,17 +18,17 @@ dp_status dp_schedule_write_chrome(FILE *out, const dp_schedule *s, const dp_sim
             char name[64];
             if (a->overlap && i + 1 < s->num_actions[r]) {
                 const dp_action *b = a + 1;
-                snprintf(name, sizeof name, "%c%d.%d & %c%d.%d", dp_action_letter(a->kind), a->dir, a->chunk,
-                         dp_action_letter(b->kind), b->dir, b->chunk);
+                snprintf(name, sizeof name, "%c%d.%d & %c%d.%d", dp_action_letter(a->kind), a->local_stage, a->chunk,
+                         dp_action_letter(b->kind), b->local_stage, b->chunk);
                 i++;
             } else {
-                snprintf(name, sizeof name, "%c%d.%d", dp_action_letter(a->kind), a->dir, a->chunk);
+                snprintf(name, sizeof name, "%c%d.%d", dp_action_letter(a->kind), a->local_stage, a->chunk);
             }
             fprintf(out,
                     ",\n  {\"name\": \"%s\", \"cat\": \"%s\", \"ph\": \"X\", \"pid\": 0, \"tid\": %d, \"ts\": %.3f, "
                     "\"dur\": %.3f, \"args\": {\"dir\": %d, \"chunk\": %d}}",
                     name, a->overlap ? "F&B" : (char[]){dp_action_letter(a->kind), 0}, r, sim->start[r][i] * us,
-                    (sim->end[r][i] - sim->start[r][i]) * us, a->dir, a->chunk);
+                    (sim->end[r][i] - sim->start[r][i]) * us, a->local_stage, a->chunk);
         }
     }
     fprintf(out, "\n]}\n");

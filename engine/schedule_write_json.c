@@ -23,7 +23,7 @@ dp_status dp_schedule_write_json(FILE *out, const dp_schedule *s, const dp_cost 
             int paired = i > 0 && s->actions[r][i - 1].overlap;
             fprintf(out, "%s\n       {\"kind\": \"%c\", \"dir\": %d, \"chunk\": %d, \"stage\": %d, \"start\": %.17g, "
                          "\"end\": %.17g, \"overlapped\": %s}",
-                    i ? "," : "", dp_action_letter(a->kind), a->dir, a->chunk, s->slot_stage[a->dir][r],
+                    i ? "," : "", dp_action_letter(a->kind), a->local_stage, a->chunk, s->slot_stage[a->local_stage][r],
                     sim->start[r][i], sim->end[r][i], a->overlap || paired ? "true" : "false");
         }
         fprintf(out, "\n     ]}%s\n", r + 1 < s->num_ranks ? "," : "");

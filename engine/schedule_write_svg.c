@@ -17,7 +17,7 @@ static const char *const fill[4][2] = {
 static void cell(FILE *out, double x, double y, double w, const dp_action *a)
 {
     fprintf(out, "<rect x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%d\" fill=\"%s\" stroke=\"#ffffff\" stroke-width=\"1\"/>\n",
-            x, y, w, ROW_H, fill[a->kind & 3][a->dir ? 1 : 0]);
+            x, y, w, ROW_H, fill[a->kind & 3][a->local_stage ? 1 : 0]);
     if (w >= FONT * 0.8)
         fprintf(out, "<text x=\"%.2f\" y=\"%.2f\">%d</text>\n", x + w / 2, y + ROW_H / 2.0 + FONT * 0.35, a->chunk);
 }
@@ -93,7 +93,7 @@ dp_status dp_schedule_write_svg(FILE *out, const dp_schedule *s, const dp_cost *
         fprintf(out, "<text x=\"%.0f\" y=\"%d\">%s</text>\n", x + 38, legend_y + 11, names[k]);
     }
     const char *dirs = s->num_pipes == 2 ? "dark: micro-batches entering at rank 0, light: entering at the last rank"
-                                        : s->num_dirs == 2 ? "dark: the rank's first stage, light: its second stage"
+                                        : s->num_local_stages == 2 ? "dark: the rank's first stage, light: its second stage"
                                                            : "one stage per rank";
     fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"30\" height=\"14\" fill=\"none\" stroke=\"#000000\" stroke-width=\"2\"/>\n",
             LEFT, legend_y + 24);

@@ -12,7 +12,7 @@
 static void label(const dp_action *a, char *buf, size_t n)
 {
     char k = dp_action_letter(a->kind);
-    snprintf(buf, n, "%c%d", a->dir ? (char)tolower((unsigned char)k) : k, a->chunk);
+    snprintf(buf, n, "%c%d", a->local_stage ? (char)tolower((unsigned char)k) : k, a->chunk);
 }
 
 dp_status dp_schedule_write_text(FILE *out, const dp_schedule *s, const dp_cost *c, const dp_simulation *sim,
@@ -31,7 +31,7 @@ dp_status dp_schedule_write_text(FILE *out, const dp_schedule *s, const dp_cost 
             c->w, c->fb, c->p2p);
     fprintf(out, "F forward, B backward, I input-gradient backward, W weight gradient; upper case: %s, lower case: %s;\n"
                  "X&y: an overlapped F&B pair; '.': idle\n\n",
-            s->num_pipes == 2 ? "direction 0 (enters at rank 0)" : s->num_dirs == 2 ? "first local stage" : "the stage",
+            s->num_pipes == 2 ? "direction 0 (enters at rank 0)" : s->num_local_stages == 2 ? "first local stage" : "the stage",
             s->num_pipes == 2 ? "direction 1 (enters at the last rank)" : "second local stage");
     for (int r = 0; r < s->num_ranks; r++) {
         memset(row, '.', (size_t)width);

@@ -354,10 +354,10 @@ static void count_pair_streams(int serial, int *on_second, int *total)
     second_stream = ec.streams[1];
     dp_step_io io;
     memset(&io, 0, sizeof io);
-    void *bufs[4 * DP_MAX_DIRS] = {0};
+    void *bufs[4 * DP_MAX_LOCAL_STAGES] = {0};
     int nb = 0;
     size_t cpp = (size_t)s->chunks_per_pipe;
-    for (int d = 0; d < s->num_dirs; d++) {
+    for (int d = 0; d < s->num_local_stages; d++) {
         dp_stage_create(&ops, dev, &m, s->slot_stage[d][0], s->num_stages, &ec.stages[d]);
         int pipe = s->slot_pipe[d][0];
         if (dp_schedule_is_first_stage(s, 0, d)) {
@@ -379,7 +379,7 @@ static void count_pair_streams(int serial, int *on_second, int *total)
     if (st != DP_OK) tap_diag("serial pairs %d: %s", serial, dp_last_error());
     *on_second = gemms_on_second, *total = st == DP_OK ? gemms_total : -1;
     dp_executor_destroy(ex);
-    for (int d = 0; d < s->num_dirs; d++) dp_stage_destroy(ec.stages[d]);
+    for (int d = 0; d < s->num_local_stages; d++) dp_stage_destroy(ec.stages[d]);
     for (int i = 0; i < nb; i++) free(bufs[i]);
     for (int i = 0; i < 2; i++) ops.stream_destroy(dev, ec.streams[i]);
     drv->link->close(l);

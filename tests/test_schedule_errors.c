@@ -72,7 +72,7 @@ int main(void)
     expect_invalid(1, 1, (dp_action){.kind = DP_ACT_B, .chunk = 9}, "out of range", "a chunk out of range");
     expect_invalid(0, 0, (dp_action){.kind = DP_ACT_F, .chunk = 0, .overlap = 1}, "overlapped pair",
                    "a pair of two forwards");
-    expect_invalid(0, 0, (dp_action){.kind = DP_ACT_F, .dir = 1, .chunk = 0}, "does not hold",
+    expect_invalid(0, 0, (dp_action){.kind = DP_ACT_F, .local_stage = 1, .chunk = 0}, "does not hold",
                    "a local stage the rank does not hold");
 
     /* deadlock: rank 1 runs its backwards in reverse order, while rank 0 sends F3 only

@@ -16,7 +16,7 @@ static void format_rank(const dp_schedule *s, int r, char *buf, size_t n)
         const dp_action *a = &s->actions[r][i];
         int paired = i > 0 && s->actions[r][i - 1].overlap;
         len += (size_t)snprintf(buf + len, n - len, "%s%s%c%d.%d", i ? " " : "", paired ? "&" : "",
-                                dp_action_letter(a->kind), a->dir, a->chunk);
+                                dp_action_letter(a->kind), a->local_stage, a->chunk);
     }
 }
 

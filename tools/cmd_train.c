@@ -194,7 +194,7 @@ static void trace_visit(void *ctx, int rank, const dp_action *a, const dp_action
 
 static void action_name(char *buf, size_t n, const dp_action *a)
 {
-    snprintf(buf, n, "%c%d%s", dp_action_letter(a->kind), a->chunk, a->dir ? "'" : "");
+    snprintf(buf, n, "%c%d%s", dp_action_letter(a->kind), a->chunk, a->local_stage ? "'" : "");
 }
 
 /* Writes the trace into an output opened before the run (so that a bad path fails first). */
@@ -224,7 +224,7 @@ static int write_trace(cli_output *o, const trace_log *t, const char *title)
                 "{\"name\": \"%s\", \"cat\": \"%s\", \"ph\": \"X\", \"pid\": 0, \"tid\": %d, \"ts\": %.3f, \"dur\": %.3f, "
                 "\"args\": {\"step\": %d, \"local_stage\": %d, \"micro_batch\": %d}}%s\n",
                 name, e->b.kind != 0xff ? "F&B" : (char[]){dp_action_letter(e->a.kind), 0}, e->rank, e->ready * 1e3,
-                (e->end - e->ready) * 1e3, e->step, e->a.dir, e->a.chunk, i + 1 < t->n ? "," : "");
+                (e->end - e->ready) * 1e3, e->step, e->a.local_stage, e->a.chunk, i + 1 < t->n ? "," : "");
     }
     fprintf(o->fp, "]}\n");
     return cli_output_commit(o);

@@ -85,7 +85,7 @@ double gemm_floor_per_gpu(const dp_schedule *sc, int gpus, const gemm_floor *f)
         for (int r = gpu; r < sc->num_ranks; r += gpus)
             for (int i = 0; i < sc->num_actions[r]; i++) {
                 const dp_action *a = &sc->actions[r][i];
-                double dx = dp_schedule_is_first_stage(sc, r, a->dir) ? 0 : f->ms[GEMM_FLOOR_B1];
+                double dx = dp_schedule_is_first_stage(sc, r, a->local_stage) ? 0 : f->ms[GEMM_FLOOR_B1];
                 if (a->kind == DP_ACT_F) sum += gemm_floor_fwd(f);
                 else if (a->kind == DP_ACT_B) sum += f->ms[GEMM_FLOOR_B2] + dx + gemm_floor_bwd_w(f);
                 else if (a->kind == DP_ACT_I) sum += f->ms[GEMM_FLOOR_B2] + dx;
