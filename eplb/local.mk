@@ -1,5 +1,5 @@
-# eplb/local.mk: the expert-parallel load balancer library (libeplb), its tool, tests and
-# benchmark.
+# eplb/local.mk: the expert-parallel load balancer library (libeplb), its tool and tests
+# (its benchmark is with the other benchmarks, in tools/local.mk).
 lib_LTLIBRARIES += eplb/libeplb.la
 eplb_libeplb_la_LDFLAGS = $(AM_LDFLAGS) -version-info 0:0:0
 eplb_libeplb_la_LIBADD = -lm
@@ -46,13 +46,6 @@ TESTS += tests/test_eplb_tool.sh
 EXTRA_DIST += tests/test_eplb_tool.sh tests/data/eplb_readme.txt
 dist_man_MANS += doc/eplb.1
 
-# Benchmark (make bench): planning time and balance on real loads.
-EXTRA_PROGRAMS += eplb/bench_eplb
-bench_targets += eplb/bench_eplb
-eplb_bench_eplb_SOURCES = eplb/bench_eplb.c tools/eplb_input.c tools/eplb_json.c tools/cli.c
-eplb_bench_eplb_LDADD = eplb/libeplb.la
-eplb_bench_eplb_CPPFLAGS = $(AM_CPPFLAGS) -DEPLB_SRCDIR='"$(abs_top_srcdir)"'
-CLEANFILES += eplb/bench_eplb
 EXTRA_DIST += tests/data/eplb_prefill_in1024.json
 check_PROGRAMS += tests/test_eplb_realdata
 tests_test_eplb_realdata_SOURCES = tests/test_eplb_realdata.c tools/eplb_input.c tools/eplb_json.c tools/cli.c

@@ -1,23 +1,38 @@
-# tools/local.mk: the `dualpipe` command. Each subcommand is one file (tools/cmd_*.c)
-# and one row in tools/commands.c.
-bin_PROGRAMS += tools/dualpipe
-tools_dualpipe_SOURCES = \
-	tools/dualpipe.c \
+# tools/local.mk: the `dualpipe` command and the benchmarks. Each subcommand is one file
+# (tools/cmd_*.c) and one row in tools/commands.c; add its files to dualpipe_command_sources.
+dualpipe_command_sources = \
 	tools/commands.c \
 	tools/commands.h \
 	tools/cli.c \
 	tools/cli.h \
 	tools/cmd_schedule.c \
+	tools/cmd_train.c \
+	tools/cmd_bench.c \
+	tools/cmd_verify.c \
+	tools/cmd_bench_cuda.c \
 	tools/step_timing.c \
 	tools/step_timing.h \
 	tools/gemm_floor.c \
 	tools/gemm_floor.h
+bin_PROGRAMS += tools/dualpipe
+tools_dualpipe_SOURCES = tools/dualpipe.c $(dualpipe_command_sources)
 tools_dualpipe_LDADD = engine/libdualpipe.la
-tools_dualpipe_SOURCES += tools/cmd_train.c tools/cmd_bench.c
-tools_dualpipe_SOURCES += tools/cmd_verify.c
-tools_dualpipe_SOURCES += tools/cmd_bench_cuda.c
 
 check_PROGRAMS += tests/test_gemm_floor
 TESTS += tests/test_gemm_floor
 tests_test_gemm_floor_SOURCES = tests/test_gemm_floor.c tools/gemm_floor.c tools/cli.c
 tests_test_gemm_floor_LDADD = engine/libdualpipe.la
+
+# Benchmarks (`make bench`; `make bench-quick` runs each for seconds). `make check` builds them.
+# The CPU driver's GEMM rates and step times: `dualpipe bench` as a program of its own.
+check_PROGRAMS += tools/bench_cpu
+bench_targets += tools/bench_cpu
+tools_bench_cpu_SOURCES = tools/bench_cpu.c $(dualpipe_command_sources)
+tools_bench_cpu_LDADD = engine/libdualpipe.la
+# EPLB: planning time and balance on real loads; links the balancer and the eplb tool's input
+# reader, not the engine.
+check_PROGRAMS += tools/bench_eplb
+bench_targets += tools/bench_eplb
+tools_bench_eplb_SOURCES = tools/bench_eplb.c tools/eplb_input.c tools/eplb_json.c tools/cli.c
+tools_bench_eplb_LDADD = eplb/libeplb.la
+tools_bench_eplb_CPPFLAGS = $(AM_CPPFLAGS) -DEPLB_SRCDIR='"$(abs_top_srcdir)"'

@@ -19,9 +19,3 @@ tests_test_cpu_bf16_LDADD = engine/libdualpipe.la -lm
 tests_test_cpu_link_SOURCES = tests/test_cpu_link.c
 tests_test_cpu_link_LDADD = engine/libdualpipe.la
 
-# `make bench`: GEMM rates and step times of the CPU driver (figures only).
-EXTRA_PROGRAMS += tools/bench_cpu
-bench_targets += tools/bench_cpu
-CLEANFILES += tools/bench_cpu
-tools_bench_cpu_SOURCES = tools/bench_cpu.c tools/cmd_bench.c tools/cmd_bench_cuda.c tools/cli.c tools/cli.h tools/commands.h
-tools_bench_cpu_LDADD = engine/libdualpipe.la

@@ -1,7 +1,8 @@
 /* bench_eplb.c: how fast and how well both policies plan real expert loads. For every file
  * (default: tests/data/eplb_prefill_in1024.json, DeepSeek-V3 serving statistics) and every
  * typical shape it prints planning time for all layers (median of several runs, one core),
- * balancedness next to the best possible, and same-GPU duplicates. Prints, never asserts. */
+ * balancedness next to the best possible, and same-GPU duplicates. Prints, never asserts.
+ * Usage: bench_eplb [--quick] [FILE...]; --quick plans each shape 3 times instead of 11. */
 #define _POSIX_C_SOURCE 200809L
 #include "eplb/eplb.h"
 #include "tools/cli.h"
@@ -48,8 +49,14 @@ int main(int argc, char **argv)
     const char *top = getenv("top_srcdir"); /* else the source tree this was built from */
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", top ? top : EPLB_SRCDIR, fallback);
+    enum { RUNS = 11, QUICK_RUNS = 3 };
+    int runs = RUNS;
+    if (argc > 1 && strcmp(argv[1], "--quick") == 0) runs = QUICK_RUNS, argc--, argv++;
+    if (argc > 1 && argv[1][0] == '-') {
+        cli_error("unknown option '%s'; usage: bench_eplb [--quick] [FILE...]", argv[1]);
+        return CLI_EXIT_USAGE;
+    }
     int nfiles = argc > 1 ? argc - 1 : 1;
-    const int runs = 11;
     printf("%-28s %-40s %-8s %9s %9s %9s %5s\n", "file", "shape", "policy", "time(ms)",
            "balanced", "best", "dups");
     for (int f = 0; f < nfiles; f++) {
@@ -66,7 +73,7 @@ int main(int argc, char **argv)
                 c.num_nodes = s->nodes;
                 c.cross_nodes = s->cross;
                 c.policy = pol;
-                double t[runs];
+                double t[RUNS];
                 eplb_plan plan = {0};
                 for (int r = 0; r < runs; r++) {
                     if (r) eplb_plan_free(&plan);
