@@ -43,7 +43,7 @@ dualpipe_include_HEADERS += engine/model.h engine/executor.h engine/runtime.h en
 
 check_PROGRAMS += tests/test_engine_pipeline
 TESTS += tests/test_engine_pipeline
-tests_test_engine_pipeline_SOURCES = tests/test_engine_pipeline.c
+tests_test_engine_pipeline_SOURCES = tests/test_engine_pipeline.c tools/compare.c tools/compare.h
 tests_test_engine_pipeline_LDADD = engine/libdualpipe.la
 
 TESTS += tests/test_engine_train.sh

@@ -17,6 +17,7 @@
 #include "engine/reference.h"
 #include "engine/runtime.h"
 #include "tests/tap.h"
+#include "tools/compare.h"
 
 typedef struct {
     const char *schedule;
@@ -40,39 +41,12 @@ static void *make_targets(const dp_runtime_config *c)
     return l;
 }
 
-static double max_abs_diff(const float *a, const float *b, size_t n)
-{
-    double m = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = a[i] > b[i] ? (double)a[i] - b[i] : (double)b[i] - a[i];
-        if (d != d) return 1e300;
-        m = d > m ? d : m;
-    }
-    return m;
-}
-
 /* Every parameter (grad = 0) or gradient (grad = 1) of every copy equals the reference's bits. */
 static int params_equal(dp_runtime *rt, dp_reference *ref, int grad, double *worst)
 {
-    const dp_schedule *s = dp_runtime_schedule(rt);
-    int ok = 1;
-    *worst = 0;
-    for (int st = 0; st < s->num_stages; st++)
-        for (int i = 0; i < dp_runtime_num_params(rt, st); i++) {
-            size_t n;
-            dp_reference_read_param(ref, st, i, grad, NULL, &n);
-            float *want = malloc(sizeof(float) * n), *got = malloc(sizeof(float) * n);
-            dp_reference_read_param(ref, st, i, grad, want, &n);
-            for (int copy = 0; copy < s->num_pipes; copy++) {
-                dp_runtime_read_param(rt, st, copy, i, grad, got, &n, NULL);
-                if (memcmp(got, want, sizeof(float) * n) != 0) {
-                    ok = 0;
-                    double d = max_abs_diff(got, want, n);
-                    *worst = d > *worst ? d : *worst;
-                }
-            }
-            free(want), free(got);
-        }
+    compare_stats s = {0};
+    int ok = compare_with_reference(rt, ref, grad, 0, 0, &s) == DP_OK && s.unequal == 0 && s.n > 0;
+    *worst = s.max_abs;
     return ok;
 }
 

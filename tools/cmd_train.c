@@ -15,6 +15,7 @@
 #include "engine/runtime.h"
 #include "tools/cli.h"
 #include "tools/commands.h"
+#include "tools/compare.h"
 #include "tools/step_timing.h"
 
 static void usage(FILE *out)
@@ -238,44 +239,14 @@ typedef struct {
     double grad_rel, param_rel;
 } differences;
 
-static void diff_into(const float *a, const float *b, size_t n, double *abs_max, double *rel_max)
-{
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (d != d) d = INFINITY;
-        if (d > *abs_max) *abs_max = d;
-        double rel = d / (fabs((double)b[i]) + 1e-30);
-        if (d > 0 && rel > *rel_max) *rel_max = rel;
-    }
-}
-
 static int compare_params(dp_runtime *rt, dp_reference *ref, differences *df)
 {
-    const dp_schedule *s = dp_runtime_schedule(rt);
-    for (int st = 0; st < s->num_stages; st++)
-        for (int i = 0; i < dp_runtime_num_params(rt, st); i++) {
-            size_t n;
-            dp_reference_read_param(ref, st, i, 0, NULL, &n);
-            float *a = malloc(sizeof(float) * n), *b = malloc(sizeof(float) * n);
-            if (!a || !b) {
-                free(a), free(b);
-                cli_error("out of memory comparing parameters");
-                return 1;
-            }
-            for (int g = 0; g < 2; g++) {
-                dp_reference_read_param(ref, st, i, g, b, &n);
-                for (int copy = 0; copy < s->num_pipes; copy++) {
-                    if (dp_runtime_read_param(rt, st, copy, i, g, a, &n, NULL) != DP_OK) {
-                        cli_error("%s", dp_last_error());
-                        free(a), free(b);
-                        return 1;
-                    }
-                    if (g) diff_into(a, b, n, &df->grad, &df->grad_rel);
-                    else diff_into(a, b, n, &df->param, &df->param_rel);
-                }
-            }
-            free(a), free(b);
-        }
+    compare_stats g = {0}, p = {0};
+    if (compare_with_reference(rt, ref, 1, 0, 0, &g) != DP_OK || compare_with_reference(rt, ref, 0, 0, 0, &p) != DP_OK) {
+        cli_error("%s", dp_last_error());
+        return 1;
+    }
+    df->grad = g.max_abs, df->grad_rel = g.max_rel, df->param = p.max_abs, df->param_rel = p.max_rel;
     return 0;
 }
 

@@ -5,6 +5,8 @@ dualpipe_command_sources = \
 	tools/commands.h \
 	tools/cli.c \
 	tools/cli.h \
+	tools/compare.c \
+	tools/compare.h \
 	tools/cmd_schedule.c \
 	tools/cmd_train.c \
 	tools/cmd_bench.c \
