@@ -17,6 +17,8 @@
 #include "tools/commands.h"
 #include "tools/compare.h"
 #include "tools/step_timing.h"
+#include "tools/train_teacher.h"
+#include "tools/train_trace.h"
 
 static void usage(FILE *out)
 {
@@ -68,170 +70,6 @@ static void usage(FILE *out)
 }
 
 /* ----------------------------------------------------------------------------
- * the teacher: one fp32 block with its own seed, on the run's driver (device 0), so that a
- * GPU run is not held up by the whole batch's forward on the host */
-
-typedef struct {
-    const dp_device_ops *ops;
-    dp_device *dev;
-    dp_stage *stage;
-    float *out;  /* the forward's output, on the host */
-    float scale; /* makes the first batch's targets unit-variance */
-} teacher;
-
-static int teacher_open(teacher *t, const char *driver, const dp_model_config *m, int chunks, uint64_t seed,
-                        int threads)
-{
-    const dp_driver *drv;
-    if (dp_driver_load(driver, &drv) != DP_OK) {
-        cli_error("cannot load the teacher's driver: %s", dp_last_error());
-        return 1;
-    }
-    t->ops = drv->device;
-    dp_device_config dc = {.threads = threads};
-    dp_model_config tm = *m;
-    /* the teacher runs one micro-batch at a time (chunks of them per step), so its device
-     * memory does not grow with the batch */
-    tm.layers_per_stage = 1;
-    tm.block = DP_BLOCK_MLP;
-    tm.seed = seed ^ 0x7eac4e5ull;
-    tm.dtype = DP_DTYPE_F32; /* the teacher's targets are fp32 whatever the student's dtype */
-    t->scale = 0;
-    t->out = malloc(sizeof(float) * dp_model_act_elems(&tm) * (size_t)chunks);
-    if (!t->out) {
-        cli_error("out of memory for the teacher's outputs");
-        return 1;
-    }
-    if (t->ops->open(&dc, &t->dev) != DP_OK || dp_stage_create(t->ops, t->dev, &tm, 0, 2, &t->stage) != DP_OK) {
-        cli_error("cannot build the teacher network: %s", dp_last_error());
-        return 1;
-    }
-    return 0;
-}
-
-static void teacher_close(teacher *t)
-{
-    dp_stage_destroy(t->stage);
-    if (t->dev) t->ops->close(t->dev);
-    free(t->out);
-}
-
-/* targets for inputs x [chunks*tokens x h]: floats (mse) or argmax labels (xent) */
-static int teacher_targets(teacher *t, const dp_model_config *m, int chunks, const float *x, void *targets)
-{
-    dp_slot *slot;
-    size_t rows = (size_t)m->tokens * chunks, n = rows * m->hidden;
-    size_t mb = (size_t)m->tokens * m->hidden, bytes = mb * sizeof(float);
-    if (dp_stage_slot_get(t->stage, &slot) != DP_OK) goto fail;
-    for (int k = 0; k < chunks; k++) {
-        if (t->ops->copy(t->dev, slot->x, x + k * mb, bytes, DP_COPY_HOST_TO_DEVICE, NULL) != DP_OK ||
-            dp_stage_forward(t->stage, NULL, slot, NULL) != DP_OK ||
-            t->ops->copy(t->dev, t->out + k * mb, slot->y, bytes, DP_COPY_DEVICE_TO_HOST, NULL) != DP_OK) {
-            dp_stage_slot_put(t->stage, slot);
-            goto fail;
-        }
-    }
-    dp_stage_slot_put(t->stage, slot);
-    const float *out = t->out;
-    if (t->scale == 0) {
-        double ss = 0;
-        for (size_t i = 0; i < n; i++) ss += (double)out[i] * out[i];
-        t->scale = ss > 0 ? (float)(1.0 / sqrt(ss / n)) : 1.0f;
-    }
-    if (m->loss == DP_LOSS_MSE) {
-        float *y = targets;
-        for (size_t i = 0; i < n; i++) y[i] = out[i] * t->scale;
-    } else {
-        int32_t *l = targets;
-        for (size_t r = 0; r < rows; r++) {
-            const float *row = out + r * m->hidden;
-            int best = 0;
-            for (int c = 1; c < m->hidden; c++) best = row[c] > row[best] ? c : best;
-            l[r] = best;
-        }
-    }
-    return 0;
-fail:
-    cli_error("the teacher network failed: %s", dp_last_error());
-    return 1;
-}
-
-/* ----------------------------------------------------------------------------
- * the trace's events */
-
-typedef struct {
-    int rank, step;
-    dp_action a, b; /* b.kind == 0xff: not a pair */
-    double start, ready, end; /* ms from the run's start */
-} trace_event;
-
-typedef struct {
-    trace_event *ev;
-    size_t n, cap;
-    int step;      /* of the step being collected */
-    double offset; /* its start, from the run's start */
-} trace_log;
-
-static int trace_add(trace_log *t, const trace_event *e)
-{
-    if (t->n == t->cap) {
-        size_t cap = t->cap ? 2 * t->cap : 1024;
-        trace_event *n = realloc(t->ev, sizeof *n * cap);
-        if (!n) return 1;
-        t->ev = n, t->cap = cap;
-    }
-    t->ev[t->n++] = *e;
-    return 0;
-}
-
-static void trace_visit(void *ctx, int rank, const dp_action *a, const dp_action *b, const dp_action_time *at)
-{
-    trace_log *t = ctx;
-    trace_event e = {rank, t->step, *a, {.kind = 0xff}, t->offset + at->start, t->offset + at->ready,
-                     t->offset + at->end};
-    if (b) e.b = *b;
-    trace_add(t, &e);
-}
-
-static void action_name(char *buf, size_t n, const dp_action *a)
-{
-    snprintf(buf, n, "%c%d%s", dp_action_letter(a->kind), a->chunk, a->local_stage ? "'" : "");
-}
-
-/* Writes the trace into an output opened before the run (so that a bad path fails first). */
-static int write_trace(cli_output *o, const trace_log *t, const char *title)
-{
-    fprintf(o->fp, "{\"displayTimeUnit\": \"ms\", \"otherData\": {\"run\": \"%s\"}, \"traceEvents\": [\n", title);
-    int ranks = 0;
-    for (size_t i = 0; i < t->n; i++) ranks = t->ev[i].rank + 1 > ranks ? t->ev[i].rank + 1 : ranks;
-    for (int r = 0; r < ranks; r++)
-        fprintf(o->fp, "{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": 0, \"tid\": %d, \"args\": {\"name\": \"rank %d\"}},\n",
-                r, r);
-    for (size_t i = 0; i < t->n; i++) {
-        const trace_event *e = &t->ev[i];
-        char name[64], n2[32];
-        action_name(name, sizeof name, &e->a);
-        if (e->b.kind != 0xff) {
-            action_name(n2, sizeof n2, &e->b);
-            strncat(name, "&", sizeof name - strlen(name) - 1);
-            strncat(name, n2, sizeof name - strlen(name) - 1);
-        }
-        if (e->ready - e->start > 1e-3)
-            fprintf(o->fp,
-                    "{\"name\": \"wait\", \"cat\": \"wait\", \"ph\": \"X\", \"pid\": 0, \"tid\": %d, \"ts\": %.3f, "
-                    "\"dur\": %.3f, \"args\": {\"for\": \"%s\", \"step\": %d}},\n",
-                    e->rank, e->start * 1e3, (e->ready - e->start) * 1e3, name, e->step);
-        fprintf(o->fp,
-                "{\"name\": \"%s\", \"cat\": \"%s\", \"ph\": \"X\", \"pid\": 0, \"tid\": %d, \"ts\": %.3f, \"dur\": %.3f, "
-                "\"args\": {\"step\": %d, \"local_stage\": %d, \"micro_batch\": %d}}%s\n",
-                name, e->b.kind != 0xff ? "F&B" : (char[]){dp_action_letter(e->a.kind), 0}, e->rank, e->ready * 1e3,
-                (e->end - e->ready) * 1e3, e->step, e->a.local_stage, e->a.chunk, i + 1 < t->n ? "," : "");
-    }
-    fprintf(o->fp, "]}\n");
-    return cli_output_commit(o);
-}
-
-/* ----------------------------------------------------------------------------
  * verification */
 
 typedef struct {
@@ -251,7 +89,15 @@ static int compare_params(dp_runtime *rt, dp_reference *ref, differences *df)
 }
 
 /* ----------------------------------------------------------------------------
- * the command */
+ * options */
+
+typedef struct {
+    dp_runtime_config c;
+    int steps, verify, quiet, sgd;
+    const char *trace_path;
+} train_options;
+
+enum { TRAIN_GO_ON = -1 }; /* not an exit code: the step succeeded, carry on */
 
 static int parse_kind(const char *opt, const char *v, const char *a, const char *b, int *out)
 {
@@ -264,7 +110,8 @@ static int parse_kind(const char *opt, const char *v, const char *a, const char 
     return 0;
 }
 
-int cmd_train(int argc, char **argv)
+/* Fills o from the command line: TRAIN_GO_ON, or the exit code (after --help or an error). */
+static int parse_options(int argc, char **argv, train_options *o)
 {
     enum { O_HIDDEN = 256, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_SEED, O_OPT, O_LR, O_WD, O_MOM, O_THREADS,
            O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD, O_DTYPE, O_SERIAL_PAIRS, O_TF32 };
@@ -283,41 +130,40 @@ int cmd_train(int argc, char **argv)
         {"serial-pairs", no_argument, 0, O_SERIAL_PAIRS}, {"tf32", no_argument, 0, O_TF32},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0},
     };
-    dp_runtime_config c;
-    memset(&c, 0, sizeof c);
-    c.driver = "cpu", c.schedule = "dualpipe", c.ranks = 4, c.chunks = 8;
-    c.model.hidden = 256, c.model.tokens = 64, c.model.layers_per_stage = 1;
-    c.model.block = DP_BLOCK_RESIDUAL;
-    c.optimizer.kind = DP_OPT_ADAMW;
-    int steps = 20, seed = 1, verify = 0, quiet = 0, kind, sgd = 0;
+    memset(o, 0, sizeof *o);
+    dp_runtime_config *c = &o->c;
+    c->driver = "cpu", c->schedule = "dualpipe", c->ranks = 4, c->chunks = 8;
+    c->model.hidden = 256, c->model.tokens = 64, c->model.layers_per_stage = 1;
+    c->model.block = DP_BLOCK_RESIDUAL;
+    o->steps = 20;
+    int seed = 1, kind;
     double lr = 0, wd = 0, momentum = 0.9;
-    const char *trace_path = NULL;
     int opt;
     opterr = 0;
     while ((opt = getopt_long(argc, argv, ":d:s:p:c:n:qh", opts, NULL)) != -1) {
         double v;
         switch (opt) {
-        case 'd': c.driver = optarg; break;
-        case 's': c.schedule = optarg; break;
-        case 'p': if (cli_parse_int("--pp", optarg, 1, 1024, &c.ranks)) return CLI_EXIT_USAGE; break;
-        case 'c': if (cli_parse_int("--chunks", optarg, 1, 1 << 16, &c.chunks)) return CLI_EXIT_USAGE; break;
-        case O_HIDDEN: if (cli_parse_int("--hidden", optarg, 1, 1 << 16, &c.model.hidden)) return CLI_EXIT_USAGE; break;
-        case O_TOKENS: if (cli_parse_int("--tokens", optarg, 1, 1 << 20, &c.model.tokens)) return CLI_EXIT_USAGE; break;
+        case 'd': c->driver = optarg; break;
+        case 's': c->schedule = optarg; break;
+        case 'p': if (cli_parse_int("--pp", optarg, 1, 1024, &c->ranks)) return CLI_EXIT_USAGE; break;
+        case 'c': if (cli_parse_int("--chunks", optarg, 1, 1 << 16, &c->chunks)) return CLI_EXIT_USAGE; break;
+        case O_HIDDEN: if (cli_parse_int("--hidden", optarg, 1, 1 << 16, &c->model.hidden)) return CLI_EXIT_USAGE; break;
+        case O_TOKENS: if (cli_parse_int("--tokens", optarg, 1, 1 << 20, &c->model.tokens)) return CLI_EXIT_USAGE; break;
         case O_LAYERS:
-            if (cli_parse_int("--layers-per-stage", optarg, 1, 64, &c.model.layers_per_stage)) return CLI_EXIT_USAGE;
+            if (cli_parse_int("--layers-per-stage", optarg, 1, 64, &c->model.layers_per_stage)) return CLI_EXIT_USAGE;
             break;
         case O_BLOCK:
             if (parse_kind("--block", optarg, "mlp", "residual", &kind)) return CLI_EXIT_USAGE;
-            c.model.block = kind ? DP_BLOCK_RESIDUAL : DP_BLOCK_MLP;
+            c->model.block = kind ? DP_BLOCK_RESIDUAL : DP_BLOCK_MLP;
             break;
         case O_LOSS:
             if (parse_kind("--loss", optarg, "mse", "xent", &kind)) return CLI_EXIT_USAGE;
-            c.model.loss = kind ? DP_LOSS_XENT : DP_LOSS_MSE;
+            c->model.loss = kind ? DP_LOSS_XENT : DP_LOSS_MSE;
             break;
-        case 'n': if (cli_parse_int("--steps", optarg, 1, 1 << 24, &steps)) return CLI_EXIT_USAGE; break;
+        case 'n': if (cli_parse_int("--steps", optarg, 1, 1 << 24, &o->steps)) return CLI_EXIT_USAGE; break;
         case O_SEED: if (cli_parse_int("--seed", optarg, 0, 2147483647, &seed)) return CLI_EXIT_USAGE; break;
         case O_OPT:
-            if (parse_kind("--optimizer", optarg, "adamw", "sgd", &sgd)) return CLI_EXIT_USAGE;
+            if (parse_kind("--optimizer", optarg, "adamw", "sgd", &o->sgd)) return CLI_EXIT_USAGE;
             break;
         case O_LR:
         case O_WD:
@@ -334,165 +180,240 @@ int cmd_train(int argc, char **argv)
             else momentum = v;
             break;
         case O_THREADS:
-            if (cli_parse_int("--threads", optarg, 1, 1024, &c.threads_per_rank)) return CLI_EXIT_USAGE;
+            if (cli_parse_int("--threads", optarg, 1, 1024, &c->threads_per_rank)) return CLI_EXIT_USAGE;
             break;
         case O_TIMEOUT:
-            if (cli_parse_int("--timeout", optarg, 1, 86400000, &c.timeout_ms)) return CLI_EXIT_USAGE;
+            if (cli_parse_int("--timeout", optarg, 1, 86400000, &c->timeout_ms)) return CLI_EXIT_USAGE;
             break;
-        case O_TRACE: trace_path = optarg; break;
-        case O_VERIFY: verify = 1; break;
-        case O_SPREAD: c.spread_devices = 1; break;
-        case O_SERIAL_PAIRS: c.serial_pairs = 1; break;
-        case O_TF32: c.device_flags |= DP_DEVICE_ALLOW_TF32; break;
-        case O_DTYPE: if (cli_parse_dtype("--dtype", optarg, &c.model.dtype)) return CLI_EXIT_USAGE; break;
-        case 'q': quiet = 1; break;
+        case O_TRACE: o->trace_path = optarg; break;
+        case O_VERIFY: o->verify = 1; break;
+        case O_SPREAD: c->spread_devices = 1; break;
+        case O_SERIAL_PAIRS: c->serial_pairs = 1; break;
+        case O_TF32: c->device_flags |= DP_DEVICE_ALLOW_TF32; break;
+        case O_DTYPE: if (cli_parse_dtype("--dtype", optarg, &c->model.dtype)) return CLI_EXIT_USAGE; break;
+        case 'q': o->quiet = 1; break;
         case 'h': usage(stdout); return CLI_EXIT_OK;
         default: return cli_option_error(opt, argv);
         }
     }
     if (cli_extra_arguments(argc, argv)) return CLI_EXIT_USAGE;
-    c.model.seed = (uint64_t)seed;
-    c.optimizer.kind = sgd ? DP_OPT_SGD : DP_OPT_ADAMW;
-    c.optimizer.lr = (float)(lr > 0 ? lr : sgd ? 1e-2 : 1e-3);
-    c.optimizer.weight_decay = (float)wd;
-    c.optimizer.momentum = sgd ? (float)momentum : 0.0f;
-    c.record_times = 1;
-    if (c.threads_per_rank == 0) {
+    c->model.seed = (uint64_t)seed;
+    c->optimizer.kind = o->sgd ? DP_OPT_SGD : DP_OPT_ADAMW;
+    c->optimizer.lr = (float)(lr > 0 ? lr : o->sgd ? 1e-2 : 1e-3);
+    c->optimizer.weight_decay = (float)wd;
+    c->optimizer.momentum = o->sgd ? (float)momentum : 0.0f;
+    c->record_times = 1;
+    if (c->threads_per_rank == 0) {
         /* resolved here so that the teacher and the reference use the ranks' count too: the
          * BLAS library's thread count is process-wide */
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        c.threads_per_rank = cores > c.ranks ? (int)(cores / c.ranks) : 1;
+        c->threads_per_rank = cores > c->ranks ? (int)(cores / c->ranks) : 1;
     }
+    return TRAIN_GO_ON;
+}
 
-    cli_output trace_out = {0};
-    if (trace_path && cli_output_open(&trace_out, trace_path)) return CLI_EXIT_USAGE;
-    dp_runtime *rt = NULL;
-    dp_reference *ref = NULL;
-    teacher tch = {0};
-    trace_log trace = {0};
-    step_timing tm = {0};
-    float *x = NULL, *losses = NULL, *ref_losses = NULL;
-    void *targets = NULL;
-    int rc = CLI_EXIT_FAIL;
-    dp_status st = dp_runtime_create(&c, &rt);
+/* ----------------------------------------------------------------------------
+ * the runtime and what a step needs */
+
+typedef struct {
+    dp_runtime *rt;
+    dp_reference *ref; /* with --verify */
+    train_teacher teacher;
+    const dp_driver *drv;
+    const dp_model_config *m;
+    const dp_schedule *s;
+    size_t n;        /* floats of a step's input */
+    float *x;        /* a step's input */
+    void *targets;   /* and the teacher's targets for it */
+    float *losses, *ref_losses; /* per micro-batch */
+    step_timing tm;
+    double flops_per_step;
+} train_state;
+
+/* TRAIN_GO_ON, or the exit code having said why not (free t either way). */
+static int build_runtime(const train_options *o, train_state *t)
+{
+    const dp_runtime_config *c = &o->c;
+    dp_status st = dp_runtime_create(c, &t->rt);
     if (st != DP_OK) {
         cli_error("%s", dp_last_error());
-        if (trace_path) cli_output_abort(&trace_out);
         return st == DP_ERR_INVALID || st == DP_ERR_NOT_FOUND ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
     }
-    const dp_model_config *m = dp_runtime_model(rt);
-    const dp_schedule *s = dp_runtime_schedule(rt);
-    if (verify && dp_reference_create(&c, &ref) != DP_OK) {
+    t->m = dp_runtime_model(t->rt);
+    t->s = dp_runtime_schedule(t->rt);
+    if (o->verify && dp_reference_create(c, &t->ref) != DP_OK) {
         cli_error("cannot start the reference: %s", dp_last_error());
-        goto out;
+        return CLI_EXIT_FAIL;
     }
-    size_t n = (size_t)c.chunks * m->tokens * m->hidden;
-    x = malloc(sizeof(float) * n);
-    targets = malloc(dp_model_host_target_bytes(m) * (size_t)c.chunks);
-    losses = calloc((size_t)c.chunks, sizeof(float));
-    ref_losses = calloc((size_t)c.chunks, sizeof(float));
-    if (step_timing_init(&tm, c.ranks)) goto out;
-    if (!x || !targets || !losses || !ref_losses) {
-        cli_error("out of memory for a step of %zu floats", n);
-        goto out;
+    t->n = (size_t)c->chunks * t->m->tokens * t->m->hidden;
+    t->x = malloc(sizeof(float) * t->n);
+    t->targets = malloc(dp_model_host_target_bytes(t->m) * (size_t)c->chunks);
+    t->losses = calloc((size_t)c->chunks, sizeof(float));
+    t->ref_losses = calloc((size_t)c->chunks, sizeof(float));
+    if (step_timing_init(&t->tm, c->ranks)) return CLI_EXIT_FAIL;
+    if (!t->x || !t->targets || !t->losses || !t->ref_losses) {
+        cli_error("out of memory for a step of %zu floats", t->n);
+        return CLI_EXIT_FAIL;
     }
-    if (teacher_open(&tch, c.driver, m, c.chunks, c.model.seed, c.threads_per_rank)) goto out;
-
-    const dp_driver *drv;
-    dp_driver_load(c.driver, &drv);
+    if (train_teacher_open(&t->teacher, c->driver, t->m, c->chunks, c->model.seed, c->threads_per_rank))
+        return CLI_EXIT_FAIL;
+    dp_driver_load(c->driver, &t->drv); /* loaded already, by the runtime and the teacher */
     /* every micro-batch crosses every stage: forward 4 T h f, backward twice that, per block */
-    double flops_per_step = 12.0 * m->tokens * (double)m->hidden * m->ffn * m->layers_per_stage * s->num_stages * c.chunks;
-    printf("dualpipe train: %s on %d ranks (%d stages), %d micro-batches x %d tokens, hidden %d, %d %s block%s per "
-           "stage, %s loss, %s, %s, driver %s\n",
-           s->name, s->num_ranks, s->num_stages, c.chunks, m->tokens, m->hidden,
-           m->layers_per_stage, m->block == DP_BLOCK_MLP ? "mlp" : "residual", m->layers_per_stage > 1 ? "s" : "",
-           m->loss == DP_LOSS_MSE ? "mse" : "xent", sgd ? "sgd" : "adamw", dp_dtype_name(m->dtype), drv->name);
-    fflush(stdout);
+    const dp_model_config *m = t->m;
+    t->flops_per_step = 12.0 * m->tokens * (double)m->hidden * m->ffn * m->layers_per_stage * t->s->num_stages * c->chunks;
+    return TRAIN_GO_ON;
+}
 
-    int tty = cli_stderr_is_tty() && !quiet;
-    double first_loss = 0, last_loss = 0, total_ms = 0, run_t0 = dp_now_ms();
-    double *step_ms = calloc((size_t)steps, sizeof(double));
-    differences df = {0};
-    if (!step_ms) goto out;
+static void free_runtime(train_state *t)
+{
+    train_teacher_close(&t->teacher);
+    dp_reference_destroy(t->ref);
+    dp_runtime_destroy(t->rt);
+    free(t->x), free(t->targets), free(t->losses), free(t->ref_losses);
+    step_timing_free(&t->tm);
+}
+
+/* ----------------------------------------------------------------------------
+ * the training loop */
+
+typedef struct {
+    double first_loss, last_loss;
+    double *step_ms; /* [steps] */
+    differences df;  /* with --verify; the losses' here, the rest from compare_params */
+} train_results;
+
+/* 0, or nonzero having said why a step failed. */
+static int train_loop(const train_options *o, train_state *t, train_trace *trace, train_results *res)
+{
+    const dp_runtime_config *c = &o->c;
+    const dp_model_config *m = t->m;
+    int steps = o->steps, tty = cli_stderr_is_tty() && !o->quiet;
+    double run_t0 = dp_now_ms();
+    res->step_ms = calloc((size_t)steps, sizeof(double));
+    if (!res->step_ms) {
+        cli_error("out of memory for the times of %d steps", steps);
+        return 1;
+    }
     for (int step = 1; step <= steps; step++) {
-        for (size_t i = 0; i < n; i++) x[i] = dp_counter_uniform(c.model.seed, 0x5eed0000ull + (uint64_t)step, i);
-        if (teacher_targets(&tch, m, c.chunks, x, targets)) goto out_steps;
+        for (size_t i = 0; i < t->n; i++) t->x[i] = dp_counter_uniform(c->model.seed, 0x5eed0000ull + (uint64_t)step, i);
+        if (train_teacher_targets(&t->teacher, m, c->chunks, t->x, t->targets)) return 1;
         if (tty) fprintf(stderr, "\r  step %d/%d ...", step, steps), fflush(stderr);
         double t0 = dp_now_ms();
-        st = dp_runtime_train_step(rt, x, targets, losses);
+        dp_status st = dp_runtime_train_step(t->rt, t->x, t->targets, t->losses);
         double ms = dp_now_ms() - t0;
         if (tty) fprintf(stderr, "\r%*s\r", 40, ""), fflush(stderr);
         if (st != DP_OK) {
             cli_error("step %d failed: %s", step, dp_last_error());
-            goto out_steps;
+            return 1;
         }
-        trace.step = step, trace.offset = dp_runtime_step_start(rt) - run_t0;
-        step_timing_collect(&tm, rt, step > 1 || steps == 1, trace_path ? trace_visit : NULL, &trace);
-        step_ms[step - 1] = ms;
-        total_ms += ms;
+        step_timing_collect(&t->tm, t->rt, step > 1 || steps == 1, NULL, NULL);
+        if (trace && train_trace_add_step(trace, t->rt, step, dp_runtime_step_start(t->rt) - run_t0)) return 1;
+        res->step_ms[step - 1] = ms;
         double loss = 0;
-        for (int k = 0; k < c.chunks; k++) loss += losses[k];
-        loss /= c.chunks;
-        if (step == 1) first_loss = loss;
-        last_loss = loss;
-        if (ref) {
-            if (dp_reference_train_step(ref, x, targets, ref_losses) != DP_OK) {
+        for (int k = 0; k < c->chunks; k++) loss += t->losses[k];
+        loss /= c->chunks;
+        if (step == 1) res->first_loss = loss;
+        res->last_loss = loss;
+        if (t->ref) {
+            if (dp_reference_train_step(t->ref, t->x, t->targets, t->ref_losses) != DP_OK) {
                 cli_error("reference step %d failed: %s", step, dp_last_error());
-                goto out_steps;
+                return 1;
             }
-            for (int k = 0; k < c.chunks; k++) {
-                double d = fabs((double)losses[k] - ref_losses[k]);
+            for (int k = 0; k < c->chunks; k++) {
+                double d = fabs((double)t->losses[k] - t->ref_losses[k]);
                 if (d != d) d = INFINITY;
-                df.loss = d > df.loss ? d : df.loss;
+                res->df.loss = d > res->df.loss ? d : res->df.loss;
             }
         }
-        if (!quiet)
+        if (!o->quiet)
             printf("step %4d/%d  loss %.6f  time %8.2f ms  %10.0f tokens/s  %6.2f GFLOP/s\n", step, steps, loss, ms,
-                   (double)c.chunks * m->tokens / (ms * 1e-3), flops_per_step / (ms * 1e-3) * 1e-9);
+                   (double)c->chunks * m->tokens / (ms * 1e-3), t->flops_per_step / (ms * 1e-3) * 1e-9);
         fflush(stdout);
     }
-    {
-        /* the median step (the first includes warm-up) */
-        for (int i = 1; i < steps; i++)
-            for (int j = i; j > 0 && step_ms[j - 1] > step_ms[j]; j--) {
-                double t = step_ms[j];
-                step_ms[j] = step_ms[j - 1], step_ms[j - 1] = t;
-            }
-        double med = step_ms[steps / 2];
-        printf("loss %.6f -> %.6f over %d steps (%s); median step %.2f ms, %.0f tokens/s, %.2f GFLOP/s\n", first_loss,
-               last_loss, steps, last_loss < first_loss ? "learning" : "not falling", med,
-               (double)c.chunks * m->tokens / (med * 1e-3), flops_per_step / (med * 1e-3) * 1e-9);
+    return 0;
+}
 
-        step_timing_report(&tm, s, stdout);
-    }
-    if (trace_path) {
-        char title[128];
-        snprintf(title, sizeof title, "%s pp %d chunks %d hidden %d", s->name, c.ranks, c.chunks, m->hidden);
-        if (write_trace(&trace_out, &trace, title)) goto out_steps;
-        printf("trace of %zu actions written to %s\n", trace.n, trace_path);
-    }
-    rc = CLI_EXIT_OK;
-    if (ref) {
-        if (compare_params(rt, ref, &df)) {
-            rc = CLI_EXIT_FAIL;
-            goto out_steps;
+/* ----------------------------------------------------------------------------
+ * reporting */
+
+static void print_header(const train_options *o, const train_state *t)
+{
+    const dp_model_config *m = t->m;
+    const dp_schedule *s = t->s;
+    printf("dualpipe train: %s on %d ranks (%d stages), %d micro-batches x %d tokens, hidden %d, %d %s block%s per "
+           "stage, %s loss, %s, %s, driver %s\n",
+           s->name, s->num_ranks, s->num_stages, o->c.chunks, m->tokens, m->hidden,
+           m->layers_per_stage, m->block == DP_BLOCK_MLP ? "mlp" : "residual", m->layers_per_stage > 1 ? "s" : "",
+           m->loss == DP_LOSS_MSE ? "mse" : "xent", o->sgd ? "sgd" : "adamw", dp_dtype_name(m->dtype), t->drv->name);
+    fflush(stdout);
+}
+
+/* The losses, the median step (the first includes warm-up), and how the ranks spent their time. */
+static void print_summary(const train_options *o, const train_state *t, train_results *res)
+{
+    int steps = o->steps;
+    double *step_ms = res->step_ms;
+    for (int i = 1; i < steps; i++)
+        for (int j = i; j > 0 && step_ms[j - 1] > step_ms[j]; j--) {
+            double x = step_ms[j];
+            step_ms[j] = step_ms[j - 1], step_ms[j - 1] = x;
         }
-        int exact = df.loss == 0 && df.grad == 0 && df.param == 0;
-        printf("verify against the single-rank reference (%d steps): largest |difference| of losses %.3g, gradients "
-               "%.3g (relative %.3g), parameters %.3g (relative %.3g): %s\n",
-               steps, df.loss, df.grad, df.grad_rel, df.param, df.param_rel,
-               exact ? "bit-equal" : "DIFFERENT");
-        /* the cpu driver is bit-exact by construction; other drivers are held to fp32 rounding */
-        if (!exact && (strcmp(drv->name, "cpu") == 0 || df.param_rel > 1e-4 || df.loss > 1e-5)) rc = CLI_EXIT_FAIL;
+    double med = step_ms[steps / 2];
+    printf("loss %.6f -> %.6f over %d steps (%s); median step %.2f ms, %.0f tokens/s, %.2f GFLOP/s\n", res->first_loss,
+           res->last_loss, steps, res->last_loss < res->first_loss ? "learning" : "not falling", med,
+           (double)o->c.chunks * t->m->tokens / (med * 1e-3), t->flops_per_step / (med * 1e-3) * 1e-9);
+    step_timing_report(&t->tm, t->s, stdout);
+}
+
+/* The differences from the single-rank reference: the exit code. */
+static int report_verify(const train_options *o, train_state *t, differences *df)
+{
+    if (compare_params(t->rt, t->ref, df)) return CLI_EXIT_FAIL;
+    int exact = df->loss == 0 && df->grad == 0 && df->param == 0;
+    printf("verify against the single-rank reference (%d steps): largest |difference| of losses %.3g, gradients "
+           "%.3g (relative %.3g), parameters %.3g (relative %.3g): %s\n",
+           o->steps, df->loss, df->grad, df->grad_rel, df->param, df->param_rel, exact ? "bit-equal" : "DIFFERENT");
+    /* the cpu driver is bit-exact by construction; other drivers are held to fp32 rounding */
+    if (!exact && (strcmp(t->drv->name, "cpu") == 0 || df->param_rel > 1e-4 || df->loss > 1e-5)) return CLI_EXIT_FAIL;
+    return CLI_EXIT_OK;
+}
+
+/* ----------------------------------------------------------------------------
+ * the trace */
+
+static int write_trace(const train_options *o, const train_state *t, train_trace *trace)
+{
+    char title[128];
+    snprintf(title, sizeof title, "%s pp %d chunks %d hidden %d", t->s->name, o->c.ranks, o->c.chunks, t->m->hidden);
+    if (train_trace_write(trace, title)) return 1;
+    printf("trace of %zu actions written to %s\n", train_trace_actions(trace), o->trace_path);
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * the command */
+
+int cmd_train(int argc, char **argv)
+{
+    train_options o;
+    int rc = parse_options(argc, argv, &o);
+    if (rc != TRAIN_GO_ON) return rc;
+    train_trace trace = {0};
+    if (o.trace_path && train_trace_open(&trace, o.trace_path)) return CLI_EXIT_USAGE;
+    train_state t = {0};
+    train_results res = {0};
+    rc = build_runtime(&o, &t);
+    if (rc == TRAIN_GO_ON) {
+        print_header(&o, &t);
+        rc = CLI_EXIT_FAIL;
+        if (train_loop(&o, &t, o.trace_path ? &trace : NULL, &res) == 0) {
+            print_summary(&o, &t, &res);
+            if (!o.trace_path || write_trace(&o, &t, &trace) == 0)
+                rc = t.ref ? report_verify(&o, &t, &res.df) : CLI_EXIT_OK;
+        }
     }
-out_steps:
-    free(step_ms);
-out:
-    if (trace_path && trace_out.fp) cli_output_abort(&trace_out);
-    teacher_close(&tch);
-    dp_reference_destroy(ref);
-    dp_runtime_destroy(rt);
-    free(x), free(targets), free(losses), free(ref_losses), free(trace.ev);
-    step_timing_free(&tm);
+    free(res.step_ms);
+    train_trace_close(&trace);
+    free_runtime(&t);
     return rc;
 }

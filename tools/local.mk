@@ -9,6 +9,10 @@ dualpipe_command_sources = \
 	tools/compare.h \
 	tools/cmd_schedule.c \
 	tools/cmd_train.c \
+	tools/train_teacher.c \
+	tools/train_teacher.h \
+	tools/train_trace.c \
+	tools/train_trace.h \
 	tools/cmd_bench.c \
 	tools/cmd_verify.c \
 	tools/cmd_bench_cuda.c \
