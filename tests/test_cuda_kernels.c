@@ -1,6 +1,8 @@
 /* test_cuda_kernels.c: every CUDA device op against the CPU driver (the definition of correct)
- * on the same random inputs. Outputs are poisoned with NaN bytes before each kernel so that an
- * element the GPU never wrote fails. Skips when no GPU is present or the module is not built. */
+ * on the same random inputs, then every kernel, every element, against double-precision
+ * references with derived bounds (tests/kernel_fp64_checks.h, the CPU's fp64 test run on the GPU).
+ * Outputs are poisoned with NaN bytes before each kernel so that an element the GPU never wrote
+ * fails. Skips when no GPU is present or the module is not built. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdint.h>
@@ -11,6 +13,7 @@
 
 #include "engine/driver.h"
 #include "tests/cuda_test_util.h"
+#include "tests/kernel_fp64_checks.h"
 #include "tests/tap.h"
 
 static const dp_device_ops *G, *C; /* GPU and CPU tables */
@@ -511,6 +514,9 @@ int main(void)
     test_streams();
     test_large_copy();
     test_errors();
+    kc_ops = G, kc_dev = gdev, kc_name = "cuda";
+    kc_gemm_all("");
+    kc_run_kernels();
     G->close(gdev);
     C->close(cdev);
     return tap_done();

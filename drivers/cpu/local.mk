@@ -10,8 +10,11 @@ engine_libdualpipe_la_SOURCES += \
 	drivers/cpu/cpu_kernels.c \
 	drivers/cpu/cpu_link.c
 
-check_PROGRAMS += tests/test_cpu_kernels tests/test_cpu_link tests/test_cpu_bf16
-TESTS += tests/test_cpu_kernels tests/test_cpu_link tests/test_cpu_bf16
+check_PROGRAMS += tests/test_cpu_kernels tests/test_cpu_link tests/test_cpu_bf16 tests/test_cpu_kernels_fp64
+TESTS += tests/test_cpu_kernels tests/test_cpu_link tests/test_cpu_bf16 tests/test_cpu_kernels_fp64
+noinst_HEADERS += tests/kernel_fp64_checks.h
+tests_test_cpu_kernels_fp64_SOURCES = tests/test_cpu_kernels_fp64.c
+tests_test_cpu_kernels_fp64_LDADD = engine/libdualpipe.la -lm
 tests_test_cpu_kernels_SOURCES = tests/test_cpu_kernels.c
 tests_test_cpu_kernels_LDADD = engine/libdualpipe.la -lm
 tests_test_cpu_bf16_SOURCES = tests/test_cpu_bf16.c
