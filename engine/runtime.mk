@@ -48,3 +48,9 @@ tests_test_engine_pipeline_LDADD = engine/libdualpipe.la
 
 TESTS += tests/test_engine_train.sh
 EXTRA_DIST += tests/test_engine_train.sh
+
+# the stage's gradients against finite differences, every block kind and loss
+check_PROGRAMS += tests/test_gradcheck
+TESTS += tests/test_gradcheck
+tests_test_gradcheck_SOURCES = tests/test_gradcheck.c
+tests_test_gradcheck_LDADD = engine/libdualpipe.la -lm
