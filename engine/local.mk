@@ -27,7 +27,8 @@ noinst_HEADERS += engine/schedule_internal.h engine/schedule_replay.h
 
 check_PROGRAMS += tests/test_schedule_exact tests/test_schedule_formulas tests/test_schedule_errors
 TESTS += tests/test_schedule_exact tests/test_schedule_formulas tests/test_schedule_errors tests/test_schedule_tool.sh
-EXTRA_DIST += tests/test_schedule_tool.sh tests/data/dualpipe_reference_orders.txt tools/record_torch_orders.py
+EXTRA_DIST += tests/test_schedule_tool.sh tests/data/dualpipe_reference_orders.txt tests/data/torch_pipelining_orders.txt \
+	tools/record_torch_orders.py
 tests_test_schedule_exact_LDADD = engine/libdualpipe.la
 tests_test_schedule_formulas_LDADD = engine/libdualpipe.la
 tests_test_schedule_errors_LDADD = engine/libdualpipe.la
