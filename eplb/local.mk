@@ -16,7 +16,7 @@ eplb_libeplb_la_SOURCES = \
 	eplb/eplb_rebalance.c
 eplb_includedir = $(includedir)/eplb
 eplb_include_HEADERS = eplb/eplb.h
-noinst_HEADERS += tests/eplb_test_loads.h
+noinst_HEADERS += tests/eplb_test_loads.h tests/eplb_test_evaluate.h
 
 # The eplb command.
 bin_PROGRAMS += tools/eplb

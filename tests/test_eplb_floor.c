@@ -34,11 +34,11 @@ int main(void)
                 tap_ok(0, "out of memory for the test");
                 return tap_done();
             }
-            int worst_ok = 1, lower_ok = 1;
+            int worst_ok = 1, lower_ok = 1, planned = 1;
             double worst = 0, slack = (s.slots + 2) * 0x1p-24;
             for (int layer = 0; layer < 20; layer++) {
                 test_random_loads(w, s.E, style);
-                eplb_deepseek_layer(w, &s, sc, p2l, p2l + s.R);
+                planned &= eplb_deepseek_layer(w, &s, sc, p2l, p2l + s.R) == EPLB_OK;
                 double ref = eplb_gpu_loads(w, s.E, p2l, s.R, s.P, cnt, load);
                 double est = eplb_deepseek_max_f32(w, &s, sc, HUGE_VAL);
                 double quick = eplb_deepseek_max_f32(w, &s, sc, 0);
@@ -48,6 +48,8 @@ int main(void)
                 worst_ok &= tap_close(est, ref, 0, slack);
                 lower_ok &= quick <= ref * (1 + slack); /* a lower bound, to rounding */
             }
+            tap_ok(planned, "E=%d R=%d groups=%d nodes=%d gpus=%d loads#%d: the reference plans every layer (%s)",
+                   s.E, s.R, s.groups, s.N, s.P, style, eplb_last_error());
             tap_ok(worst_ok, "E=%d R=%d groups=%d nodes=%d gpus=%d loads#%d: the reference's "
                    "largest GPU load alone is within %.2g of its plan's (worst %.2g)",
                    s.E, s.R, s.groups, s.N, s.P, style, slack, worst);
