@@ -10,6 +10,7 @@ AC_DEFUN([DP_CHECK_CUDA], [
   AC_ARG_WITH([cuda-arch],
     [AS_HELP_STRING([--with-cuda-arch=ARCH], [nvcc GPU architecture (default: sm_90, Hopper)])],
     [NVCC_ARCH=$withval], [NVCC_ARCH=sm_90])
+  AC_ARG_VAR([NVCCFLAGS], [nvcc flags for the CUDA driver, after the package's own (which they override)])
   have_cuda=no
   CUDA_HOME_GUESS=""
   AS_CASE([$with_cuda],

@@ -2,7 +2,9 @@
 # when configure finds CUDA and NCCL. Only this module links libcudart, cuBLAS and NCCL; the
 # .cu files go through build-aux/nvcc-libtool so that libtool can drive nvcc.
 NVCC_LIBTOOL = $(top_builddir)/build-aux/nvcc-libtool
-NVCCFLAGS = -arch=$(NVCC_ARCH) -O3 -std=c++17 --fmad=false -lineinfo -Xcompiler=-fvisibility=hidden
+# The package's nvcc flags; the user's NVCCFLAGS (configure's precious variable) come after
+# them and win, as CFLAGS do after AM_CFLAGS.
+AM_NVCCFLAGS = -arch=$(NVCC_ARCH) -O3 -std=c++17 --fmad=false -lineinfo -Xcompiler=-fvisibility=hidden
 
 cuda_driver_sources = \
 	drivers/cuda/cuda_module.c \
@@ -21,12 +23,27 @@ else
 EXTRA_DIST += $(cuda_driver_sources)
 endif
 
+# .cu -> .lo through libtool. nvcc writes each object's header dependencies as it compiles
+# (-MMD: headers outside the system directories; -MP: an empty rule per header, so a removed
+# header does not stop make) into drivers/cuda/.deps/NAME.cu.d, naming the .lo as target; the
+# files found there are read back below, so that editing engine/device.h, say, rebuilds the
+# module (with positional ops tables, a stale object is a silent ABI mismatch).
 SUFFIXES = .cu
+NVCCCOMPILE = $(NVCC_LIBTOOL) $(DEFS) $(DEFAULT_INCLUDES) $(INCLUDES) $(AM_CPPFLAGS) $(CUDA_CPPFLAGS) \
+	$(NCCL_CPPFLAGS) $(CPPFLAGS) $(AM_NVCCFLAGS) $(NVCCFLAGS)
+AM_V_NVCC = $(am__v_NVCC_$(V))
+am__v_NVCC_ = $(am__v_NVCC_$(AM_DEFAULT_VERBOSITY))
+am__v_NVCC_0 = @echo "  NVCC    " $@;
+am__v_NVCC_1 =
 .cu.lo:
-	@$(MKDIR_P) $(@D)
-	$(AM_V_CC)$(LIBTOOL) $(AM_V_lt) --tag=CC $(AM_LIBTOOLFLAGS) $(LIBTOOLFLAGS) --mode=compile \
-	  $(NVCC_LIBTOOL) $(DEFS) -I$(top_srcdir) -I$(top_builddir) $(CPPFLAGS) $(CUDA_CPPFLAGS) $(NCCL_CPPFLAGS) \
-	  $(NVCCFLAGS) -c -o $@ $<
+	@$(MKDIR_P) $(@D)/$(DEPDIR)
+	$(AM_V_NVCC)$(LIBTOOL) $(AM_V_lt) --tag=CC $(AM_LIBTOOLFLAGS) $(LIBTOOLFLAGS) --mode=compile \
+	  $(NVCCCOMPILE) -MMD -MP -MT $@ -MF $(@D)/$(DEPDIR)/$(*F).cu.d -c -o $@ $<
+-include $(wildcard drivers/cuda/$(DEPDIR)/*.cu.d)
+distclean-local: distclean-cuda-deps
+distclean-cuda-deps:
+	-rm -f drivers/cuda/$(DEPDIR)/*.cu.d
+.PHONY: distclean-cuda-deps
 
 # GPU tests: always built, they skip ("1..0 # SKIP no CUDA device") without a GPU or the module.
 noinst_HEADERS += tests/cuda_test_util.h
