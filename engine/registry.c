@@ -93,6 +93,7 @@ static const dp_driver *try_file(const char *path, char *tried, size_t n)
         dlclose(h);
         return NULL;
     }
+    dp_log(DP_LOG_INFO, "driver '%s' (%s) loaded from %s", d->name, d->description ? d->description : "", path);
     return d;
 }
 

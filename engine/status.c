@@ -70,3 +70,31 @@ void dp_log(dp_log_level level, const char *fmt, ...)
     va_end(ap);
     fn(user, level, msg);
 }
+
+dp_status dp_log_level_parse(const char *text, dp_log_level *level)
+{
+    if (!text || !*text || strcmp(text, "0") == 0) {
+        *level = DP_LOG_WARN;
+    } else if (strcmp(text, "1") == 0 || strcmp(text, "info") == 0) {
+        *level = DP_LOG_INFO;
+    } else if (strcmp(text, "2") == 0 || strcmp(text, "debug") == 0) {
+        *level = DP_LOG_DEBUG;
+    } else {
+        *level = DP_LOG_INFO;
+        return dp_fail(DP_ERR_INVALID, DP_LOG_ENV " is '%s'; use 1 (or info) for what was loaded and chosen, "
+                                                  "2 (or debug) for more, 0 or unset for warnings only",
+                       text);
+    }
+    return DP_OK;
+}
+
+const char *dp_log_level_name(dp_log_level level)
+{
+    switch (level) {
+    case DP_LOG_ERROR: return "error";
+    case DP_LOG_WARN: return "warning";
+    case DP_LOG_INFO: return "info";
+    case DP_LOG_DEBUG: return "debug";
+    }
+    return "log";
+}

@@ -58,6 +58,17 @@ void dp_log(dp_log_level level, const char *fmt, ...)
 #endif
     ;
 
+/* The environment variable that asks for more log: what a tool's hook passes on (the library
+ * itself reads no log setting: whoever installs the hook chooses). */
+#define DP_LOG_ENV "DUALPIPE_DEBUG"
+/* The level a DUALPIPE_DEBUG value asks for: unset, empty or "0": DP_LOG_WARN (errors and
+ * warnings); "1" or "info": DP_LOG_INFO (what was loaded and chosen, once per run); "2" or
+ * "debug": DP_LOG_DEBUG. Anything else: DP_ERR_INVALID, a message saying what is accepted, and
+ * *level = DP_LOG_INFO (whoever set it wanted to see more). */
+dp_status dp_log_level_parse(const char *text, dp_log_level *level);
+/* "error", "warning", "info", "debug". */
+const char *dp_log_level_name(dp_log_level level);
+
 #ifdef __cplusplus
 }
 #endif

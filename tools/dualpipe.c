@@ -6,6 +6,7 @@
 
 #include "tools/cli.h"
 #include "tools/commands.h"
+#include "tools/log_stderr.h"
 
 static void usage(FILE *out)
 {
@@ -42,6 +43,7 @@ int main(int argc, char **argv)
             static char prog[64];
             snprintf(prog, sizeof prog, "dualpipe %s", c->name);
             cli_program = prog;
+            log_stderr_install();
             return c->run(argc - 1, argv + 1);
         }
     }

@@ -5,6 +5,8 @@ dualpipe_command_sources = \
 	tools/commands.h \
 	tools/cli.c \
 	tools/cli.h \
+	tools/log_stderr.c \
+	tools/log_stderr.h \
 	tools/compare.c \
 	tools/compare.h \
 	tools/cmd_schedule.c \
@@ -42,3 +44,7 @@ bench_targets += tools/bench_eplb
 tools_bench_eplb_SOURCES = tools/bench_eplb.c tools/eplb_input.c tools/eplb_json.c tools/cli.c
 tools_bench_eplb_LDADD = eplb/libeplb.la
 tools_bench_eplb_CPPFLAGS = $(AM_CPPFLAGS) -DEPLB_SRCDIR='"$(abs_top_srcdir)"'
+
+# The library's log on the tools' stderr, as DUALPIPE_DEBUG asks.
+TESTS += tests/test_tool_log.sh
+EXTRA_DIST += tests/test_tool_log.sh
