@@ -22,13 +22,51 @@ typedef struct dp_request dp_request;       /* a posted send or receive */
 
 typedef enum { DP_REDUCE_SUM = 0, DP_REDUCE_MAX = 1 } dp_reduce_op;
 
+/* ----------------------------------------------------------------------------
+ * Bootstrap: how the ranks of a job first meet, before any link exists. The launcher
+ * provides it: ranks that are threads of one process (the default, dp_bootstrap_threads),
+ * MPI, or a TCP rendezvous for torchrun-style environments. A link uses it for what needs
+ * the whole world (the NCCL unique id, every rank's device and process); sub-groups are then
+ * made by split over the link itself. Every rank of the world calls the collectives in the
+ * same order; `rank` is the caller's world rank (a process may host several ranks). Each
+ * call gives up after the bootstrap's own timeout. */
+
+#define DP_BOOTSTRAP_ABI_VERSION 1
+
+typedef struct dp_bootstrap_ops {
+    uint32_t abi_version; /* DP_BOOTSTRAP_ABI_VERSION */
+    uint32_t struct_size; /* sizeof(struct dp_bootstrap_ops) as it was built */
+    const char *name;     /* "threads", "mpi", "tcp" */
+    /* all[r * bytes ...] receives rank r's `mine`, for every rank r of the world. */
+    dp_status (*allgather)(void *ctx, int rank, const void *mine, void *all, size_t bytes);
+    /* buf of `root` is copied to every rank's buf. */
+    dp_status (*broadcast)(void *ctx, int rank, void *buf, size_t bytes, int root);
+    dp_status (*barrier)(void *ctx, int rank);
+    /* Ends the job: every rank's pending and later calls fail with DP_ERR_COMM naming `rank`
+     * and the message; a bootstrap that spans processes tells the other processes too. */
+    dp_status (*abort)(void *ctx, int rank, dp_status reason, const char *message);
+} dp_bootstrap_ops;
+
+/* The in-process bootstrap: the ranks are threads of this process. */
+extern const dp_bootstrap_ops dp_bootstrap_threads;
+dp_status dp_bootstrap_threads_create(int world_size, int timeout_ms, void **ctx);
+void dp_bootstrap_threads_destroy(void *ctx);
+
 typedef struct {
     int world_size;    /* ranks in the job */
     int first_rank;    /* the first rank hosted by this process (in-process drivers: 0) */
     int local_ranks;   /* ranks hosted by this process, each on its own thread (in-process: world_size) */
     int timeout_ms;    /* a wait gives up after this long (0: 60 s) */
     uint32_t flags;
+    /* --- appended members, read only where struct_size covers them (0: none of them) */
+    uint32_t struct_size;                 /* sizeof(dp_link_world_config) as the caller was built */
+    const dp_bootstrap_ops *bootstrap;    /* NULL: the ranks are threads of this process */
+    void *bootstrap_ctx;                  /* the bootstrap's first argument; it outlives the world */
 } dp_link_world_config;
+
+/* Whether the caller's config has `member` (set struct_size when setting any appended member). */
+#define DP_LINK_WORLD_CONFIG_HAS(cfg, member)                                                   \
+    ((cfg)->struct_size >= offsetof(dp_link_world_config, member) + sizeof((cfg)->member))
 
 /* ----------------------------------------------------------------------------
  * Tags

@@ -4,9 +4,11 @@ engine_libdualpipe_la_CPPFLAGS = $(AM_CPPFLAGS) -DDP_PKGLIBDIR='"$(pkglibdir)"'
 engine_libdualpipe_la_SOURCES += \
 	engine/device.h \
 	engine/link.h \
+	engine/link_common.h engine/link_common.c \
+	engine/bootstrap_threads.c \
 	engine/driver.h \
 	engine/registry.c
-dualpipe_include_HEADERS += engine/device.h engine/link.h engine/driver.h
+dualpipe_include_HEADERS += engine/device.h engine/link.h engine/link_common.h engine/driver.h
 
 # A module with the wrong ABI, for the registry's refusal test (never installed).
 check_LTLIBRARIES += tests/dualpipe_badabi.la

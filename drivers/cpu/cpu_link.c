@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "drivers/cpu/cpu_internal.h"
+#include "engine/link_common.h"
 
 typedef struct message {
     struct message *next;
@@ -40,9 +41,8 @@ struct dp_link_world {
     int timeout_ms;
     pthread_mutex_t lock;
     pthread_cond_t arrived; /* broadcast on every message and on abort */
-    int aborted;
-    dp_status abort_status;
-    char abort_message[512];
+    dp_link_abort abort;
+    dp_link_bootstrap bootstrap; /* only to tell an abort to the launcher */
     group *world_group;
     int *opened; /* [size]: whether rank r opened its endpoint */
     message *cache[MESSAGE_CACHE]; /* freed messages, under lock */
@@ -177,13 +177,20 @@ static dp_status cpu_world_create(const dp_link_world_config *cfg, dp_link_world
     if (!w) return dp_fail(DP_ERR_NOMEM, "cpu link: out of memory");
     w->size = cfg->world_size;
     w->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : 60000;
+    dp_status st = dp_link_bootstrap_open(&w->bootstrap, cfg, w->timeout_ms, "cpu");
+    if (st != DP_OK) {
+        free(w);
+        return st;
+    }
     w->world_group = group_new(w->size);
     w->opened = calloc((size_t)w->size, sizeof *w->opened);
     if (!w->world_group || !w->opened) {
         if (w->world_group) group_free(w->world_group);
+        dp_link_bootstrap_close(&w->bootstrap);
         free(w->opened), free(w);
         return dp_fail(DP_ERR_NOMEM, "cpu link: out of memory");
     }
+    dp_link_abort_init(&w->abort);
     for (int i = 0; i < w->size; i++) w->world_group->world_of[i] = i;
     w->world_group->refs = 1; /* the world's own reference */
     pthread_mutex_init(&w->lock, NULL);
@@ -206,6 +213,8 @@ static dp_status cpu_world_destroy(dp_link_world *w)
     pthread_mutex_unlock(&w->lock);
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->arrived);
+    dp_link_abort_fini(&w->abort);
+    dp_link_bootstrap_close(&w->bootstrap);
     for (int i = 0; i < w->cached; i++) free(w->cache[i]);
     free(w->opened);
     free(w);
@@ -244,7 +253,9 @@ static dp_status cpu_open(dp_link_world *w, int rank, dp_device *dev, dp_link **
         w->opened[rank] = 0;
         group_release(w, w->world_group);
         pthread_mutex_unlock(&w->lock);
+        return st;
     }
+    dp_log(DP_LOG_INFO, "cpu link: rank %d of %d: mailboxes to every peer (threads of this process)", rank, w->size);
     return st;
 }
 
@@ -288,13 +299,8 @@ static dp_status cpu_set_timeout(dp_link *l, int timeout_ms)
 static dp_status cpu_abort(dp_link *l, dp_status reason, const char *msg)
 {
     dp_link_world *w = l->w;
+    dp_link_abort_raise(&w->abort, &w->bootstrap, l->g->world_of[l->rank], reason, msg);
     pthread_mutex_lock(&w->lock);
-    if (!w->aborted) {
-        w->aborted = 1;
-        w->abort_status = reason;
-        snprintf(w->abort_message, sizeof w->abort_message, "rank %d ended the job: %s",
-                 l->g->world_of[l->rank], msg ? msg : dp_status_name(reason));
-    }
     pthread_cond_broadcast(&w->arrived);
     pthread_mutex_unlock(&w->lock);
     return DP_OK;
@@ -433,16 +439,9 @@ static dp_status cpu_test(dp_link *l, dp_request *r, int *done)
     pthread_mutex_lock(&l->w->lock);
     match_locked(l);
     *done = r->done;
-    int aborted = l->w->aborted;
     pthread_mutex_unlock(&l->w->lock);
-    if (aborted && !*done) return dp_fail(DP_ERR_COMM, "%s", l->w->abort_message);
+    if (!*done && dp_link_abort_raised(&l->w->abort)) return dp_link_abort_fail(&l->w->abort);
     return DP_OK;
-}
-
-static void describe_tag(int tag, char *buf, size_t n)
-{
-    if (tag < 0) snprintf(buf, n, "tag %d (a collective)", tag);
-    else snprintf(buf, n, "tag %d (channel %d, sequence %d)", tag, DP_TAG_CHANNEL(tag), DP_TAG_SEQ(tag));
 }
 
 static dp_status cpu_wait(dp_link *l, dp_request *r)
@@ -467,30 +466,23 @@ static dp_status cpu_wait(dp_link *l, dp_request *r)
         return DP_OK;
     }
     struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    long long ns = (long long)deadline.tv_nsec + (long long)l->timeout_ms * 1000000LL;
-    deadline.tv_sec += (time_t)(ns / 1000000000LL);
-    deadline.tv_nsec = (long)(ns % 1000000000LL);
+    dp_link_deadline_ts(&deadline, l->timeout_ms);
 
     dp_status st = DP_OK;
     pthread_mutex_lock(&w->lock);
     for (;;) {
         match_locked(l);
         if (r->done) break;
-        if (w->aborted) {
-            st = dp_fail(DP_ERR_COMM, "%s", w->abort_message);
+        if (dp_link_abort_raised(&w->abort)) {
+            st = dp_link_abort_fail(&w->abort);
             break;
         }
         int rc = pthread_cond_timedwait(&w->arrived, &w->lock, &deadline);
         if (rc == ETIMEDOUT) {
             match_locked(l);
             if (r->done) break;
-            char what[96];
-            describe_tag(r->tag, what, sizeof what);
-            st = dp_fail(DP_ERR_TIMEOUT,
-                         "rank %d: no message from rank %d with %s after %d ms; the peer never sent it (a missing "
-                         "or reordered action) or is stuck: check the schedule, or raise the timeout",
-                         l->g->world_of[l->rank], l->g->world_of[r->peer], what, l->timeout_ms);
+            st = dp_link_fail_timeout("cpu", l->g->world_of[l->rank], "receive", r->bytes, l->g->world_of[r->peer],
+                                      r->tag, l->timeout_ms);
             break;
         }
     }
@@ -498,10 +490,8 @@ static dp_status cpu_wait(dp_link *l, dp_request *r)
     pthread_mutex_unlock(&w->lock);
     if (st == DP_OK) {
         if (r->msg->bytes != r->bytes) {
-            char what[96];
-            describe_tag(r->tag, what, sizeof what);
-            st = dp_fail(DP_ERR_COMM, "rank %d: message from rank %d with %s has %zu bytes, the receive expects %zu",
-                         l->g->world_of[l->rank], l->g->world_of[r->peer], what, r->msg->bytes, r->bytes);
+            st = dp_link_fail_size("cpu", l->g->world_of[l->rank], l->g->world_of[r->peer], r->tag, r->msg->bytes,
+                                   r->bytes);
         } else if (r->take) {
             *r->take = r->msg;
             r->msg = NULL;
@@ -627,55 +617,33 @@ static dp_status cpu_split(dp_link *l, int color, int key, dp_link **out)
 {
     *out = NULL;
     int n = l->g->size;
-    int mine[2] = {color, key};
-    int *all = malloc(sizeof(int) * 2 * (size_t)n);
-    if (!all) return dp_fail(DP_ERR_NOMEM, "cpu link: out of memory in split");
-    size_t counts[1024], displs[1024];
-    if (n > 1024) {
-        free(all);
-        return dp_fail(DP_ERR_UNSUPPORTED, "cpu link: split supports groups of up to 1024 ranks");
-    }
-    dp_status st = DP_OK;
-    /* all-gather of (color, key) */
-    int *sendbuf = malloc(sizeof(int) * 2 * (size_t)n);
-    if (!sendbuf) {
-        free(all);
+    /* one allocation: the (color, key) pairs sent and received, then colors, keys, members */
+    int *buf = calloc(7 * (size_t)n, sizeof(int));
+    size_t *counts = calloc(2 * (size_t)n, sizeof(size_t));
+    if (!buf || !counts) {
+        free(buf), free(counts);
         return dp_fail(DP_ERR_NOMEM, "cpu link: out of memory in split");
     }
+    int *sendbuf = buf, *all = buf + 2 * n, *colors = buf + 4 * n, *keys = buf + 5 * n, *members = buf + 6 * n;
+    size_t *displs = counts + n;
     for (int j = 0; j < n; j++) {
-        sendbuf[2 * j] = mine[0], sendbuf[2 * j + 1] = mine[1];
+        sendbuf[2 * j] = color, sendbuf[2 * j + 1] = key;
         counts[j] = 2, displs[j] = 2 * (size_t)j;
     }
-    st = cpu_all_to_all_v(l, sendbuf, counts, displs, all, counts, displs, sizeof(int), NULL);
-    free(sendbuf);
+    dp_status st = cpu_all_to_all_v(l, sendbuf, counts, displs, all, counts, displs, sizeof(int), NULL);
+    free(counts);
     if (st != DP_OK) {
-        free(all);
+        free(buf);
         return st;
     }
+    for (int j = 0; j < n; j++) colors[j] = all[2 * j], keys[j] = all[2 * j + 1];
     int tag = coll_tag(l);
-    /* members of my color, ordered by (key, parent rank) */
-    int size = 0, my_index = -1, first = -1;
-    int *members = malloc(sizeof(int) * (size_t)n);
-    if (!members) {
-        free(all);
-        return dp_fail(DP_ERR_NOMEM, "cpu link: out of memory in split");
-    }
-    if (color >= 0) {
-        for (int j = 0; j < n; j++)
-            if (all[2 * j] == color) members[size++] = j;
-        for (int i = 1; i < size; i++) /* insertion sort by key, stable on parent rank */
-            for (int k = i; k > 0 && all[2 * members[k - 1] + 1] > all[2 * members[k] + 1]; k--) {
-                int tmp = members[k];
-                members[k] = members[k - 1];
-                members[k - 1] = tmp;
-            }
-        for (int i = 0; i < size; i++)
-            if (members[i] == l->rank) my_index = i;
-        first = members[0];
-        for (int i = 1; i < size; i++) first = members[i] < first ? members[i] : first;
-    }
+    int my_index = -1;
+    int size = dp_link_split_members(n, colors, keys, l->rank, members, &my_index);
+    int first = n;
+    for (int i = 0; i < size; i++) first = members[i] < first ? members[i] : first;
     group *g = NULL;
-    if (color >= 0 && first == l->rank) {
+    if (size > 0 && first == l->rank) {
         g = group_new(size);
         if (!g) st = dp_fail(DP_ERR_NOMEM, "cpu link: out of memory in split");
         else {
@@ -688,13 +656,12 @@ static dp_status cpu_split(dp_link *l, int color, int key, dp_link **out)
                 dp_status s2 = send_now(l, &g, sizeof g, members[i], tag);
                 if (st == DP_OK) st = s2;
             }
-    } else if (color >= 0) {
+    } else if (size > 0) {
         st = recv_now(l, &g, sizeof g, first, tag);
         if (st == DP_OK && !g) st = dp_fail(DP_ERR_NOMEM, "cpu link: split failed on rank %d (out of memory)", first);
     }
-    free(all);
-    free(members);
-    if (st != DP_OK || color < 0) return st;
+    free(buf);
+    if (st != DP_OK || size == 0) return st;
     st = link_new(l->w, g, my_index, out);
     if (st != DP_OK) {
         pthread_mutex_lock(&l->w->lock);
