@@ -1,8 +1,10 @@
-/* model.c: layers (Linear without bias, GELU, RMSNorm, residual add), the two block kinds
- * built from them, and a stage: its parameters (initialised on the host from a counter-based
- * generator, so every driver starts from the same bits), the bf16 copies of its weights in
- * mixed precision, and its pool of micro-batch slots. */
+/* model.c: a stage, a list of layers whose kinds come from the block table: its parameters
+ * (initialised on the host from a counter-based generator, so every driver starts from the same
+ * bits), the bf16 copies of its weights in mixed precision, its pool of micro-batch slots, and
+ * its passes, run layer by layer and phase by phase. */
 #include "engine/model.h"
+
+#include "engine/block.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -21,8 +23,16 @@ dp_status dp_model_config_check(dp_model_config *c)
     if (c->layers_per_stage < 1 || c->layers_per_stage > 64)
         return dp_fail(DP_ERR_INVALID, "layers per stage must be in 1..64 (--layers-per-stage), got %d",
                        c->layers_per_stage);
-    if (c->block != DP_BLOCK_MLP && c->block != DP_BLOCK_RESIDUAL)
-        return dp_fail(DP_ERR_INVALID, "unknown block kind %d (mlp or residual)", (int)c->block);
+    if (!dp_block_kind_name(c->block))
+        return dp_fail(DP_ERR_INVALID, "unknown block kind %d (--block: 0 to %d)", (int)c->block,
+                       DP_BLOCK_NUM_KINDS - 1);
+    if (c->num_layer_kinds < 0 || c->num_layer_kinds > DP_MAX_LAYERS)
+        return dp_fail(DP_ERR_INVALID, "a model lists kinds for 0 to %d layers (num_layer_kinds), got %d",
+                       DP_MAX_LAYERS, c->num_layer_kinds);
+    for (int i = 0; i < c->num_layer_kinds; i++)
+        if (!dp_block_kind_name(c->layer_kind[i]))
+            return dp_fail(DP_ERR_INVALID, "layer %d has an unknown block kind %d (layer_kind: 0 to %d)", i,
+                           (int)c->layer_kind[i], DP_BLOCK_NUM_KINDS - 1);
     if (c->loss != DP_LOSS_MSE && c->loss != DP_LOSS_XENT)
         return dp_fail(DP_ERR_INVALID, "unknown loss %d (mse or xent)", (int)c->loss);
     if (c->tokens < 1) return dp_fail(DP_ERR_INVALID, "tokens per micro-batch must be >= 1 (--tokens), got %d", c->tokens);
@@ -30,6 +40,11 @@ dp_status dp_model_config_check(dp_model_config *c)
     if (c->dtype != DP_DTYPE_F32 && c->dtype != DP_DTYPE_BF16)
         return dp_fail(DP_ERR_INVALID, "the model's dtype must be fp32 or bf16 (--dtype), got %d", (int)c->dtype);
     return DP_OK;
+}
+
+dp_block_kind dp_model_layer_kind(const dp_model_config *c, int layer)
+{
+    return c->num_layer_kinds > 0 && layer >= 0 && layer < c->num_layer_kinds ? c->layer_kind[layer] : c->block;
 }
 
 void dp_optimizer_config_defaults(dp_optimizer_config *o)
@@ -73,28 +88,25 @@ float dp_counter_uniform(uint64_t seed, uint64_t stream, uint64_t index)
  * stage layout */
 
 typedef struct {
-    const void *w1, *w2;    /* what the GEMMs read, [ffn x h], [h x ffn], in the model's dtype */
-    const float *norm_w;    /* [h], fp32 */
-    float *g1, *g2, *gnorm; /* gradients, fp32 */
-} block_params;
-
-typedef struct {
     float *value, *grad, *m, *v; /* fp32 master value, gradient and optimizer state */
-    void *copy;                  /* the value in the model's dtype, when that is not fp32 (weights only) */
+    void *copy;                  /* the value in the model's dtype, when that is not fp32 (GEMM operands only) */
     size_t count;
     char name[32];
 } param;
 
 struct dp_stage {
-    const dp_device_ops *ops;
-    dp_device *dev;
+    dp_stage_env env;
     dp_model_config cfg;
     int index, num_stages, is_last;
-    int nblocks;
-    block_params *blocks;
+    int nlayers;
+    dp_block_layer *layers;
+    int ncreated;        /* layers whose kind's create ran (destroy undoes those) */
+    size_t *saved_bytes; /* [nlayers] each layer's bytes per micro-batch */
     int nparams;
     param *params;
-    dp_dtype dt;        /* activations and weight copies */
+    /* [nparams] the layers' views of the parameters (dp_block_layer's w, value, grad) */
+    const void **param_read;
+    float **param_value, **param_grad;
     size_t slot_bytes;  /* device bytes of one slot */
     float *grads;       /* every parameter's gradient, one after another (one all_reduce syncs them) */
     size_t grad_count;
@@ -102,19 +114,31 @@ struct dp_stage {
     dp_slot *all_slots; /* every slot made, for destroy */
 };
 
-/* Saved per micro-batch and block, carved from the slot's one allocation; in the model's
- * dtype except rstd. */
+typedef enum { PASS_NONE = 0, PASS_FORWARD, PASS_BACKWARD_INPUT, PASS_BACKWARD_WEIGHT } pass_kind;
+
+/* A pass in progress on one micro-batch: which, where it stopped, and what it began with. */
 typedef struct {
-    void *a1, *g1, *da;   /* [T x ffn]: pre-activation, GELU output, gradient of a1 */
-    void *out, *gout;     /* [T x h]: block output and its gradient (the slot's y / dy for the last block) */
-    void *xn, *dxn;       /* residual: normalised input and its gradient, [T x h] */
-    float *rstd;          /* residual: [T] reciprocal RMS, fp32 */
-} block_saved;
+    pass_kind kind;
+    dp_stream *stream;
+    dp_link *link;
+    int layer;   /* the layer running (the backwards count down) */
+    int phase;   /* and its phase */
+    float *loss; /* forward: where the loss goes (NULL: none) */
+    int need_dx; /* backward_input: the first layer's dx is wanted */
+} pass_cursor;
+
+/* A layer's part of a slot: its output and that output's gradient, which are the next layer's
+ * input and input gradient (the slot's y and dy for the last layer), and its saved bytes. */
+typedef struct {
+    void *out, *gout;
+    void *saved;
+} layer_slot;
 
 typedef struct {
     dp_slot pub;
     void *mem;
-    block_saved *saved; /* [nblocks] */
+    layer_slot *layers; /* [nlayers] */
+    pass_cursor cur;
     dp_slot *next_all;
 } slot_impl;
 
@@ -135,21 +159,22 @@ void dp_stage_param(const dp_stage *st, int i, dp_param_view *out)
 static dp_status dev_alloc_floats(dp_stage *st, size_t n, float **out)
 {
     void *p;
-    DP_CHECK(st->ops->alloc(st->dev, n * sizeof(float), &p));
+    DP_CHECK(st->env.ops->alloc(st->env.dev, n * sizeof(float), &p));
     *out = p;
     return DP_OK;
 }
 
-/* Fills a parameter on the host and copies it to the device. kind 0: uniform in
- * [-1/sqrt(fan_in), 1/sqrt(fan_in)) like torch.nn.Linear; kind 1: ones (RMSNorm). */
-static dp_status init_param(dp_stage *st, param *p, uint64_t stream, int kind, int fan_in)
+/* Fills a parameter on the host and copies it to the device: uniform in
+ * [-1/sqrt(fan_in), 1/sqrt(fan_in)) like torch.nn.Linear, or ones. */
+static dp_status init_param(dp_stage *st, param *p, uint64_t stream, dp_param_init init, size_t fan_in)
 {
     float *host = malloc(sizeof(float) * p->count);
     if (!host) return dp_fail(DP_ERR_NOMEM, "out of memory initialising %s", p->name);
-    float bound = kind == 0 ? 1.0f / sqrtf((float)fan_in) : 0.0f;
+    float bound = init == DP_PARAM_INIT_LINEAR ? 1.0f / sqrtf((float)fan_in) : 0.0f;
     for (size_t i = 0; i < p->count; i++)
-        host[i] = kind == 0 ? bound * dp_counter_uniform(st->cfg.seed, stream, i) : 1.0f;
-    dp_status s = st->ops->copy(st->dev, p->value, host, sizeof(float) * p->count, DP_COPY_HOST_TO_DEVICE, NULL);
+        host[i] = init == DP_PARAM_INIT_LINEAR ? bound * dp_counter_uniform(st->cfg.seed, stream, i) : 1.0f;
+    dp_status s = st->env.ops->copy(st->env.dev, p->value, host, sizeof(float) * p->count, DP_COPY_HOST_TO_DEVICE,
+                                    NULL);
     free(host);
     return s;
 }
@@ -159,93 +184,141 @@ static dp_status refresh_copies(dp_stage *st, dp_stream *s)
 {
     for (int i = 0; i < st->nparams; i++) {
         param *p = &st->params[i];
-        if (p->copy) DP_CHECK(st->ops->cast(st->dev, s, p->count, DP_DTYPE_F32, p->value, st->dt, p->copy));
+        if (p->copy)
+            DP_CHECK(st->env.ops->cast(st->env.dev, s, p->count, DP_DTYPE_F32, p->value, st->cfg.dtype, p->copy));
     }
     return DP_OK;
 }
 
-/* Lays a slot out in one allocation (slot->x must point at its start when slot is not NULL):
- * x, y, dy, dx, then per block a1, g1, da, out, gout (+ xn, dxn, rstd), each region aligned
- * to 256 bytes so that kernels can use their widest loads. Returns the bytes needed. */
-static size_t carve_slot(const dp_stage *st, dp_slot *slot, block_saved *saved)
+/* Lays a slot out in one allocation from base (NULL: only counts): x, y, dy, dx, then per layer
+ * its output and output gradient (but the last's, which are y and dy) and its saved bytes.
+ * Returns the bytes needed. */
+static size_t carve_slot(const dp_stage *st, void *base, slot_impl *si)
 {
-    size_t T = (size_t)st->cfg.tokens, h = (size_t)st->cfg.hidden, f = (size_t)st->cfg.ffn, es = dp_dtype_size(st->dt);
-    char *base = slot ? slot->x : NULL;
-    size_t at = 0;
-#define TAKE(bytes) (at = (at + 255) & ~(size_t)255, at += (bytes), base ? (void *)(base + at - (bytes)) : NULL)
-    void *x = TAKE(T * h * es), *y = TAKE(T * h * es), *dy = TAKE(T * h * es), *dx = TAKE(T * h * es);
-    if (slot) slot->x = x, slot->y = y, slot->dy = dy, slot->dx = dx;
-    for (int b = 0; b < st->nblocks; b++) {
-        block_saved k = {0};
-        k.a1 = TAKE(T * f * es);
-        k.g1 = TAKE(T * f * es);
-        k.da = TAKE(T * f * es);
-        k.out = TAKE(T * h * es);
-        k.gout = TAKE(T * h * es);
-        if (st->cfg.block == DP_BLOCK_RESIDUAL) {
-            k.xn = TAKE(T * h * es);
-            k.dxn = TAKE(T * h * es);
-            k.rstd = TAKE(T * sizeof(float));
-        }
-        if (saved) saved[b] = k;
+    size_t act = dp_model_act_bytes(&st->cfg);
+    dp_carver c = {base, 0};
+    void *x = dp_carve(&c, act), *y = dp_carve(&c, act), *dy = dp_carve(&c, act), *dx = dp_carve(&c, act);
+    if (si) si->pub.x = x, si->pub.y = y, si->pub.dy = dy, si->pub.dx = dx;
+    for (int b = 0; b < st->nlayers; b++) {
+        int last = b == st->nlayers - 1;
+        layer_slot ls;
+        ls.out = last ? y : dp_carve(&c, act);
+        ls.gout = last ? dy : dp_carve(&c, act);
+        ls.saved = dp_carve(&c, st->saved_bytes[b]);
+        if (si) si->layers[b] = ls;
     }
-#undef TAKE
-    /* the last block writes the slot's output and reads its gradient */
-    if (saved && slot) saved[st->nblocks - 1].out = slot->y, saved[st->nblocks - 1].gout = slot->dy;
-    return at;
+    return c.at;
 }
 
-dp_status dp_stage_create(const dp_device_ops *ops, dp_device *dev, const dp_model_config *cfg_in, int stage_index,
-                          int num_stages, dp_stage **out)
+/* The stage's layers and their kinds' state; counts their parameters into st->nparams. */
+static dp_status create_layers(dp_stage *st, const dp_block_ops *const *table, int table_size)
+{
+    int L = st->cfg.layers_per_stage;
+    for (int b = 0; b < st->nlayers; b++) {
+        dp_block_layer *layer = &st->layers[b];
+        layer->env = &st->env;
+        layer->cfg = &st->cfg;
+        layer->stage = st->index;
+        layer->index = b;
+        layer->layer = st->index * L + b;
+        dp_block_kind kind = dp_model_layer_kind(&st->cfg, layer->layer);
+        const dp_block_ops *ops = (int)kind >= 0 && (int)kind < table_size ? table[kind] : NULL;
+        if (!ops)
+            return dp_fail(DP_ERR_INVALID, "layer %d (stage %d, layer %d) has block kind %d, which the block table (%d kinds) lacks",
+                           layer->layer, st->index, b, (int)kind, table_size);
+        if (ops->abi_version != DP_BLOCK_ABI_VERSION || ops->struct_size < sizeof(dp_block_ops))
+            return dp_fail(DP_ERR_INVALID, "block kind %s was built for block ABI %u (%u bytes), this engine has %d (%zu bytes): rebuild it",
+                           ops->name ? ops->name : "?", ops->abi_version, ops->struct_size, DP_BLOCK_ABI_VERSION,
+                           sizeof(dp_block_ops));
+        layer->ops = ops;
+        DP_CHECK(ops->create(layer));
+        st->ncreated = b + 1;
+        int n = ops->num_params(layer);
+        if (n < 0) return dp_fail(DP_ERR_INTERNAL, "block kind %s reports %d parameters", ops->name, n);
+        st->nparams += n;
+    }
+    return DP_OK;
+}
+
+/* Allocates and initialises every layer's parameters, their gradients (one array) and, in mixed
+ * precision, the GEMM operands' copies; points the layers at them. */
+static dp_status create_params(dp_stage *st)
+{
+    const dp_device_ops *ops = st->env.ops;
+    size_t n = (size_t)st->nparams;
+    st->params = calloc(n ? n : 1, sizeof *st->params);
+    st->param_read = calloc(n ? n : 1, sizeof *st->param_read);
+    st->param_value = calloc(n ? n : 1, sizeof *st->param_value);
+    st->param_grad = calloc(n ? n : 1, sizeof *st->param_grad);
+    if (!st->params || !st->param_read || !st->param_value || !st->param_grad)
+        return dp_fail(DP_ERR_NOMEM, "out of memory creating stage %d", st->index);
+    dp_block_param_spec spec;
+    for (int b = 0, i = 0; b < st->nlayers; b++) {
+        dp_block_layer *layer = &st->layers[b];
+        for (int j = 0; j < layer->ops->num_params(layer); j++, i++) {
+            layer->ops->param_spec(layer, j, &spec);
+            param *p = &st->params[i];
+            snprintf(p->name, sizeof p->name, "block%d.%s", b, spec.name);
+            p->count = spec.rows * spec.cols;
+            st->grad_count += p->count;
+        }
+    }
+    DP_CHECK(dev_alloc_floats(st, st->grad_count, &st->grads));
+    DP_CHECK(ops->memset(st->env.dev, st->grads, 0, st->grad_count * sizeof(float), NULL));
+    size_t grad_offset = 0;
+    for (int b = 0, i = 0; b < st->nlayers; b++) {
+        dp_block_layer *layer = &st->layers[b];
+        layer->w = st->param_read + i;
+        layer->value = st->param_value + i;
+        layer->grad = st->param_grad + i;
+        for (int j = 0; j < layer->ops->num_params(layer); j++, i++) {
+            layer->ops->param_spec(layer, j, &spec);
+            param *p = &st->params[i];
+            DP_CHECK(dev_alloc_floats(st, p->count, &p->value));
+            p->grad = st->grads + grad_offset;
+            grad_offset += p->count;
+            /* the stream of values: stage, layer and parameter, so every copy of a stage agrees */
+            uint64_t stream = ((uint64_t)st->index << 32) | ((uint64_t)b << 8) | (uint64_t)j;
+            DP_CHECK(init_param(st, p, stream, spec.init, spec.cols));
+            if (spec.gemm_operand && st->cfg.dtype != DP_DTYPE_F32)
+                DP_CHECK(ops->alloc(st->env.dev, dp_dtype_size(st->cfg.dtype) * p->count, &p->copy));
+            st->param_read[i] = p->copy ? p->copy : (const void *)p->value;
+            st->param_value[i] = p->value;
+            st->param_grad[i] = p->grad;
+        }
+        st->saved_bytes[b] = layer->ops->saved_bytes(layer);
+    }
+    return refresh_copies(st, NULL);
+}
+
+dp_status dp_stage_create(const dp_stage_env *env, const dp_model_config *cfg_in, int stage_index, int num_stages,
+                          dp_stage **out)
 {
     *out = NULL;
     dp_model_config cfg = *cfg_in;
     DP_CHECK(dp_model_config_check(&cfg));
+    int layers = num_stages * cfg.layers_per_stage;
+    if (cfg.num_layer_kinds > 0 && cfg.num_layer_kinds != layers)
+        return dp_fail(DP_ERR_INVALID,
+                       "the model lists block kinds for %d layers (num_layer_kinds), but has %d (%d stages x %d layers per stage)",
+                       cfg.num_layer_kinds, layers, num_stages, cfg.layers_per_stage);
+    if (stage_index < 0 || stage_index >= num_stages)
+        return dp_fail(DP_ERR_INVALID, "stage %d of %d does not exist", stage_index, num_stages);
     dp_stage *st = calloc(1, sizeof *st);
     if (!st) return dp_fail(DP_ERR_NOMEM, "out of memory creating stage %d", stage_index);
-    st->ops = ops;
-    st->dev = dev;
+    st->env = *env;
     st->cfg = cfg;
     st->index = stage_index;
     st->num_stages = num_stages;
     st->is_last = stage_index == num_stages - 1;
-    st->dt = cfg.dtype;
-    st->nblocks = cfg.layers_per_stage;
-    int per_block = cfg.block == DP_BLOCK_RESIDUAL ? 3 : 2;
-    st->nparams = st->nblocks * per_block;
-    st->blocks = calloc((size_t)st->nblocks, sizeof *st->blocks);
-    st->params = calloc((size_t)st->nparams, sizeof *st->params);
-    dp_status s = st->blocks && st->params ? DP_OK : dp_fail(DP_ERR_NOMEM, "out of memory creating a stage");
-    size_t h = (size_t)cfg.hidden, f = (size_t)cfg.ffn;
-    st->grad_count = (size_t)st->nblocks * (2 * h * f + (per_block == 3 ? h : 0));
-    if (s == DP_OK) s = dev_alloc_floats(st, st->grad_count, &st->grads);
-    if (s == DP_OK) s = ops->memset(dev, st->grads, 0, st->grad_count * sizeof(float), NULL);
-    size_t grad_offset = 0;
-    for (int b = 0; b < st->nblocks && s == DP_OK; b++) {
-        for (int j = 0; j < per_block && s == DP_OK; j++) {
-            param *p = &st->params[b * per_block + j];
-            static const char *names[] = {"linear1", "linear2", "norm"};
-            snprintf(p->name, sizeof p->name, "block%d.%s", b, names[j]);
-            p->count = j == 2 ? h : h * f;
-            s = dev_alloc_floats(st, p->count, &p->value);
-            p->grad = st->grads + grad_offset;
-            grad_offset += p->count;
-            /* the stream of values: stage, block and parameter, so every copy of a stage agrees */
-            uint64_t stream = ((uint64_t)stage_index << 32) | ((uint64_t)b << 8) | (uint64_t)j;
-            if (s == DP_OK) s = init_param(st, p, stream, j == 2 ? 1 : 0, j == 0 ? (int)h : (int)f);
-            /* RMSNorm's weight is read in fp32 by its kernels: only the matrices need copies */
-            if (s == DP_OK && st->dt != DP_DTYPE_F32 && j < 2)
-                s = ops->alloc(dev, dp_dtype_size(st->dt) * p->count, &p->copy);
-        }
-        block_params *bp = &st->blocks[b];
-        if (s == DP_OK) {
-            param *p1 = &st->params[b * per_block], *p2 = &st->params[b * per_block + 1];
-            bp->w1 = p1->copy ? p1->copy : (void *)p1->value, bp->g1 = p1->grad;
-            bp->w2 = p2->copy ? p2->copy : (void *)p2->value, bp->g2 = p2->grad;
-            if (per_block == 3) bp->norm_w = st->params[b * per_block + 2].value, bp->gnorm = st->params[b * per_block + 2].grad;
-        }
-    }
-    if (s == DP_OK) s = refresh_copies(st, NULL);
+    st->nlayers = cfg.layers_per_stage;
+    st->layers = calloc((size_t)st->nlayers, sizeof *st->layers);
+    st->saved_bytes = calloc((size_t)st->nlayers, sizeof *st->saved_bytes);
+    dp_status s = st->layers && st->saved_bytes ? DP_OK : dp_fail(DP_ERR_NOMEM, "out of memory creating stage %d", stage_index);
+    const dp_block_ops *const *table = env->block_table ? env->block_table : dp_block_table;
+    int table_size = env->block_table ? env->block_table_size : DP_BLOCK_NUM_KINDS;
+    if (s == DP_OK) s = create_layers(st, table, table_size);
+    if (s == DP_OK) s = create_params(st);
     if (s != DP_OK) {
         dp_stage_destroy(st);
         return s;
@@ -258,24 +331,30 @@ dp_status dp_stage_create(const dp_device_ops *ops, dp_device *dev, const dp_mod
 void dp_stage_destroy(dp_stage *st)
 {
     if (!st) return;
+    const dp_device_ops *ops = st->env.ops;
     for (dp_slot *s = st->all_slots; s;) {
         slot_impl *si = (slot_impl *)s;
         dp_slot *next = si->next_all;
-        st->ops->free(st->dev, si->mem);
-        free(si->saved);
+        ops->free(st->env.dev, si->mem);
+        free(si->layers);
         free(si);
         s = next;
     }
     for (int i = 0; st->params && i < st->nparams; i++) {
         param *p = &st->params[i];
-        st->ops->free(st->dev, p->value);
-        st->ops->free(st->dev, p->copy);
-        st->ops->free(st->dev, p->m);
-        st->ops->free(st->dev, p->v);
+        ops->free(st->env.dev, p->value);
+        ops->free(st->env.dev, p->copy);
+        ops->free(st->env.dev, p->m);
+        ops->free(st->env.dev, p->v);
     }
-    st->ops->free(st->dev, st->grads);
+    for (int b = 0; b < st->ncreated; b++) st->layers[b].ops->destroy(&st->layers[b]);
+    ops->free(st->env.dev, st->grads);
     free(st->params);
-    free(st->blocks);
+    free(st->param_read);
+    free(st->param_value);
+    free(st->param_grad);
+    free(st->saved_bytes);
+    free(st->layers);
     free(st);
 }
 
@@ -294,21 +373,20 @@ dp_status dp_stage_slot_get(dp_stage *st, dp_slot **out)
         return DP_OK;
     }
     slot_impl *si = calloc(1, sizeof *si);
-    block_saved *saved = calloc((size_t)st->nblocks, sizeof *saved);
-    if (!si || !saved) {
-        free(si), free(saved);
+    layer_slot *layers = calloc((size_t)st->nlayers, sizeof *layers);
+    if (!si || !layers) {
+        free(si), free(layers);
         return dp_fail(DP_ERR_NOMEM, "out of memory for a micro-batch slot");
     }
     void *m;
-    dp_status s = st->ops->alloc(st->dev, st->slot_bytes, &m);
+    dp_status s = st->env.ops->alloc(st->env.dev, st->slot_bytes, &m);
     if (s != DP_OK) {
-        free(si), free(saved);
+        free(si), free(layers);
         return s;
     }
     si->mem = m;
-    si->saved = saved;
-    si->pub.x = m;
-    carve_slot(st, &si->pub, saved);
+    si->layers = layers;
+    carve_slot(st, m, si);
     si->next_all = st->all_slots;
     st->all_slots = &si->pub;
     si->pub.priv = si;
@@ -325,146 +403,172 @@ void dp_stage_slot_put(dp_stage *st, dp_slot *slot)
 }
 
 /* ----------------------------------------------------------------------------
- * layers: Linear (no bias), on [T x in] row-major activations with W [out x in]; activations
- * and W in the model's dtype, accumulation in fp32 */
+ * passes: layer by layer, each layer phase by phase; a phase that stops at a communication
+ * point returns to the caller, and dp_stage_continue picks up at the same layer's next phase */
 
-static dp_status linear_forward(dp_stage *st, dp_stream *s, const void *x, const void *w, void *y, int in, int out)
+/* The expert-parallel link of the stream a pass runs on. */
+static dp_link *link_for(const dp_stage *st, dp_stream *s)
 {
-    dp_gemm_args g = {0, 1, st->cfg.tokens, out, in, 1.0f, 0.0f, x, in, st->dt, w, in, st->dt, y, out, st->dt};
-    return st->ops->gemm(st->dev, s, &g);
+    for (int i = 0; i < DP_STAGE_STREAMS; i++)
+        if (st->env.streams[i] == s) return st->env.ep_link[i];
+    return NULL;
 }
 
-/* dx[T x in] = dy[T x out] W[out x in] */
-static dp_status linear_backward_input(dp_stage *st, dp_stream *s, const void *dy, const void *w, void *dx, int in,
-                                       int out)
+static dp_status loss_forward(dp_stage *st, dp_stream *s, dp_slot *slot, float *loss)
 {
-    dp_gemm_args g = {0, 0, st->cfg.tokens, in, out, 1.0f, 0.0f, dy, out, st->dt, w, in, st->dt, dx, in, st->dt};
-    return st->ops->gemm(st->dev, s, &g);
+    const dp_device_ops *o = st->env.ops;
+    if (st->cfg.loss == DP_LOSS_MSE)
+        return o->mse_forward(st->env.dev, s, st->cfg.dtype, dp_model_act_elems(&st->cfg), slot->y, slot->target,
+                              loss);
+    return o->xent_forward(st->env.dev, s, st->cfg.dtype, st->cfg.tokens, st->cfg.hidden, slot->y, slot->target, loss);
 }
 
-/* dW[out x in] += dy^T x, into the fp32 gradient */
-static dp_status linear_backward_weight(dp_stage *st, dp_stream *s, const void *dy, const void *x, float *dw, int in,
-                                        int out)
+/* each micro-batch's loss is differentiated on its own, as loss.backward() per chunk */
+static dp_status loss_backward(dp_stage *st, dp_stream *s, dp_slot *slot)
 {
-    dp_gemm_args g = {1, 0, out, in, st->cfg.tokens, 1.0f, 1.0f, dy, out, st->dt, x, in, st->dt, dw, in, DP_DTYPE_F32};
-    return st->ops->gemm(st->dev, s, &g);
+    const dp_device_ops *o = st->env.ops;
+    if (st->cfg.loss == DP_LOSS_MSE)
+        return o->mse_backward(st->env.dev, s, st->cfg.dtype, dp_model_act_elems(&st->cfg), slot->y, slot->target,
+                               1.0f, slot->dy);
+    return o->xent_backward(st->env.dev, s, st->cfg.dtype, st->cfg.tokens, st->cfg.hidden, slot->y, slot->target,
+                            1.0f, slot->dy);
 }
 
-/* ----------------------------------------------------------------------------
- * blocks */
-
-static const void *block_input(dp_slot *slot, block_saved *saved, int b)
+/* Runs the slot's pass from where it stopped to its next communication point or its end. */
+static dp_status run_pass(dp_stage *st, slot_impl *si, dp_phase *phase)
 {
-    return b == 0 ? slot->x : saved[b - 1].out;
-}
-
-static void *block_input_grad(dp_slot *slot, block_saved *saved, int b)
-{
-    return b == 0 ? slot->dx : saved[b - 1].gout;
-}
-
-static dp_status block_forward(dp_stage *st, dp_stream *s, block_params *p, block_saved *k, const void *x)
-{
-    const dp_device_ops *o = st->ops;
-    int h = st->cfg.hidden, f = st->cfg.ffn, T = st->cfg.tokens;
-    size_t nf = (size_t)T * f, nh = (size_t)T * h;
-    const void *in = x;
-    if (st->cfg.block == DP_BLOCK_RESIDUAL) {
-        DP_CHECK(o->rmsnorm_forward(st->dev, s, st->dt, T, h, st->cfg.norm_eps, x, p->norm_w, k->xn, k->rstd));
-        in = k->xn;
-    }
-    DP_CHECK(linear_forward(st, s, in, p->w1, k->a1, h, f));
-    DP_CHECK(o->gelu_forward(st->dev, s, st->dt, nf, k->a1, k->g1));
-    DP_CHECK(linear_forward(st, s, k->g1, p->w2, k->out, f, h));
-    if (st->cfg.block == DP_BLOCK_RESIDUAL) DP_CHECK(o->add(st->dev, s, st->dt, nh, k->out, x, k->out));
-    return DP_OK;
-}
-
-/* k->gout -> dx (NULL: not needed) */
-static dp_status block_backward_input(dp_stage *st, dp_stream *s, block_params *p, block_saved *k, const void *x,
-                                      void *dx)
-{
-    const dp_device_ops *o = st->ops;
-    int h = st->cfg.hidden, f = st->cfg.ffn, T = st->cfg.tokens;
-    size_t nf = (size_t)T * f, nh = (size_t)T * h;
-    DP_CHECK(linear_backward_input(st, s, k->gout, p->w2, k->da, f, h));
-    DP_CHECK(o->gelu_backward(st->dev, s, st->dt, nf, k->a1, k->da, k->da));
-    if (st->cfg.block == DP_BLOCK_RESIDUAL) {
-        DP_CHECK(linear_backward_input(st, s, k->da, p->w1, k->dxn, h, f));
-        if (dx) {
-            DP_CHECK(o->rmsnorm_backward_input(st->dev, s, st->dt, T, h, x, p->norm_w, k->rstd, k->dxn, dx));
-            DP_CHECK(o->add(st->dev, s, st->dt, nh, dx, k->gout, dx));
+    pass_cursor *c = &si->cur;
+    int forward = c->kind == PASS_FORWARD;
+    while (c->layer >= 0 && c->layer < st->nlayers) {
+        int b = c->layer;
+        const dp_block_layer *layer = &st->layers[b];
+        dp_block_pass p = {
+            .stream = c->stream,
+            .link = c->link,
+            .x = b == 0 ? si->pub.x : si->layers[b - 1].out,
+            .y = si->layers[b].out,
+            .dy = si->layers[b].gout,
+            .saved = si->layers[b].saved,
+            .phase = c->phase,
+        };
+        dp_phase next = DP_PHASE_DONE;
+        dp_status s;
+        if (forward) {
+            s = layer->ops->forward(layer, &p, &next);
+        } else if (c->kind == PASS_BACKWARD_INPUT) {
+            if (b > 0 || c->need_dx) p.dx = b == 0 ? si->pub.dx : si->layers[b - 1].gout;
+            s = layer->ops->backward_input(layer, &p, &next);
+        } else {
+            s = layer->ops->backward_weight(layer, &p, &next);
         }
-    } else if (dx) {
-        DP_CHECK(linear_backward_input(st, s, k->da, p->w1, dx, h, f));
+        if (s != DP_OK) {
+            c->kind = PASS_NONE;
+            return s;
+        }
+        if (next == DP_PHASE_COMM) {
+            c->phase++;
+            *phase = DP_PHASE_COMM;
+            return DP_OK;
+        }
+        c->phase = 0;
+        c->layer += forward ? 1 : -1;
     }
+    c->kind = PASS_NONE;
+    *phase = DP_PHASE_DONE;
+    if (forward && c->loss) DP_CHECK(loss_forward(st, c->stream, &si->pub, c->loss));
     return DP_OK;
 }
 
-static dp_status block_backward_weight(dp_stage *st, dp_stream *s, block_params *p, block_saved *k, const void *x)
+static dp_status begin_pass(dp_stage *st, dp_stream *s, dp_slot *slot, pass_kind kind, slot_impl **out)
 {
-    int h = st->cfg.hidden, f = st->cfg.ffn, T = st->cfg.tokens;
-    DP_CHECK(linear_backward_weight(st, s, k->gout, k->g1, p->g2, f, h));
-    if (st->cfg.block == DP_BLOCK_RESIDUAL) {
-        DP_CHECK(linear_backward_weight(st, s, k->da, k->xn, p->g1, h, f));
-        DP_CHECK(st->ops->rmsnorm_backward_weight(st->dev, s, st->dt, T, h, x, k->rstd, k->dxn, p->gnorm));
-    } else {
-        DP_CHECK(linear_backward_weight(st, s, k->da, x, p->g1, h, f));
-    }
+    slot_impl *si = slot->priv;
+    static const char *names[] = {"", "forward", "backward_input", "backward_weight"};
+    if (si->cur.kind != PASS_NONE)
+        return dp_fail(DP_ERR_INTERNAL, "stage %d: %s began on a micro-batch whose %s has not finished (continue it first)",
+                       st->index, names[kind], names[si->cur.kind]);
+    memset(&si->cur, 0, sizeof si->cur);
+    si->cur.kind = kind;
+    si->cur.stream = s;
+    si->cur.link = link_for(st, s);
+    si->cur.layer = kind == PASS_FORWARD ? 0 : st->nlayers - 1;
+    *out = si;
     return DP_OK;
 }
 
-/* ----------------------------------------------------------------------------
- * stage */
+dp_status dp_stage_forward_begin(dp_stage *st, dp_stream *s, dp_slot *slot, float *loss, dp_phase *phase)
+{
+    if (st->is_last && loss && !slot->target)
+        return dp_fail(DP_ERR_INTERNAL, "stage %d: the last stage needs a target", st->index);
+    slot_impl *si = NULL;
+    DP_CHECK(begin_pass(st, s, slot, PASS_FORWARD, &si));
+    si->cur.loss = st->is_last ? loss : NULL;
+    return run_pass(st, si, phase);
+}
+
+dp_status dp_stage_backward_input_begin(dp_stage *st, dp_stream *s, dp_slot *slot, int need_dx, dp_phase *phase)
+{
+    if (st->is_last && !slot->target)
+        return dp_fail(DP_ERR_INTERNAL, "stage %d: the last stage needs a target", st->index);
+    slot_impl *si = NULL;
+    DP_CHECK(begin_pass(st, s, slot, PASS_BACKWARD_INPUT, &si));
+    si->cur.need_dx = need_dx;
+    if (st->is_last) {
+        dp_status e = loss_backward(st, s, slot);
+        if (e != DP_OK) {
+            si->cur.kind = PASS_NONE;
+            return e;
+        }
+    }
+    return run_pass(st, si, phase);
+}
+
+dp_status dp_stage_backward_weight_begin(dp_stage *st, dp_stream *s, dp_slot *slot, dp_phase *phase)
+{
+    slot_impl *si = NULL;
+    DP_CHECK(begin_pass(st, s, slot, PASS_BACKWARD_WEIGHT, &si));
+    return run_pass(st, si, phase);
+}
+
+dp_status dp_stage_continue(dp_stage *st, dp_slot *slot, dp_phase *phase)
+{
+    slot_impl *si = slot->priv;
+    if (si->cur.kind == PASS_NONE)
+        return dp_fail(DP_ERR_INTERNAL, "stage %d: continue on a micro-batch with no pass stopped at a communication point",
+                       st->index);
+    return run_pass(st, si, phase);
+}
+
+/* A whole pass: its phases one after the other, nothing between them. */
+static dp_status finish(dp_stage *st, dp_slot *slot, dp_status s, dp_phase phase)
+{
+    while (s == DP_OK && phase == DP_PHASE_COMM) s = dp_stage_continue(st, slot, &phase);
+    return s;
+}
 
 dp_status dp_stage_forward(dp_stage *st, dp_stream *s, dp_slot *slot, float *loss)
 {
-    block_saved *saved = ((slot_impl *)slot->priv)->saved;
-    for (int b = 0; b < st->nblocks; b++)
-        DP_CHECK(block_forward(st, s, &st->blocks[b], &saved[b], block_input(slot, saved, b)));
-    if (st->is_last && loss) {
-        if (!slot->target) return dp_fail(DP_ERR_INTERNAL, "stage %d: the last stage needs a target", st->index);
-        if (st->cfg.loss == DP_LOSS_MSE)
-            DP_CHECK(st->ops->mse_forward(st->dev, s, st->dt, dp_model_act_elems(&st->cfg), slot->y, slot->target,
-                                          loss));
-        else
-            DP_CHECK(st->ops->xent_forward(st->dev, s, st->dt, st->cfg.tokens, st->cfg.hidden, slot->y,
-                                           slot->target, loss));
-    }
-    return DP_OK;
+    dp_phase phase = DP_PHASE_DONE;
+    dp_status e = dp_stage_forward_begin(st, s, slot, loss, &phase);
+    return finish(st, slot, e, phase);
 }
 
 dp_status dp_stage_backward_input(dp_stage *st, dp_stream *s, dp_slot *slot, int need_dx)
 {
-    block_saved *saved = ((slot_impl *)slot->priv)->saved;
-    if (st->is_last) {
-        /* each micro-batch's loss is differentiated on its own, as loss.backward() per chunk */
-        if (!slot->target) return dp_fail(DP_ERR_INTERNAL, "stage %d: the last stage needs a target", st->index);
-        if (st->cfg.loss == DP_LOSS_MSE)
-            DP_CHECK(st->ops->mse_backward(st->dev, s, st->dt, dp_model_act_elems(&st->cfg), slot->y,
-                                           slot->target, 1.0f, slot->dy));
-        else
-            DP_CHECK(st->ops->xent_backward(st->dev, s, st->dt, st->cfg.tokens, st->cfg.hidden, slot->y,
-                                            slot->target, 1.0f, slot->dy));
-    }
-    for (int b = st->nblocks - 1; b >= 0; b--) {
-        void *dx = b > 0 || need_dx ? block_input_grad(slot, saved, b) : NULL;
-        DP_CHECK(block_backward_input(st, s, &st->blocks[b], &saved[b], block_input(slot, saved, b), dx));
-    }
-    return DP_OK;
+    dp_phase phase = DP_PHASE_DONE;
+    dp_status e = dp_stage_backward_input_begin(st, s, slot, need_dx, &phase);
+    return finish(st, slot, e, phase);
 }
 
 dp_status dp_stage_backward_weight(dp_stage *st, dp_stream *s, dp_slot *slot)
 {
-    block_saved *saved = ((slot_impl *)slot->priv)->saved;
-    for (int b = st->nblocks - 1; b >= 0; b--)
-        DP_CHECK(block_backward_weight(st, s, &st->blocks[b], &saved[b], block_input(slot, saved, b)));
-    return DP_OK;
+    dp_phase phase = DP_PHASE_DONE;
+    dp_status e = dp_stage_backward_weight_begin(st, s, slot, &phase);
+    return finish(st, slot, e, phase);
 }
 
 dp_status dp_stage_zero_grad(dp_stage *st, dp_stream *s)
 {
-    return st->ops->memset(st->dev, st->grads, 0, st->grad_count * sizeof(float), s);
+    return st->env.ops->memset(st->env.dev, st->grads, 0, st->grad_count * sizeof(float), s);
 }
 
 float *dp_stage_grads(const dp_stage *st, size_t *count)
@@ -481,18 +585,18 @@ dp_status dp_stage_optimizer_step(dp_stage *st, dp_stream *s, const dp_optimizer
         int need_v = o->kind == DP_OPT_ADAMW, need_m = need_v || o->momentum != 0.0f;
         if (need_m && !p->m) {
             DP_CHECK(dev_alloc_floats(st, p->count, &p->m));
-            DP_CHECK(st->ops->memset(st->dev, p->m, 0, p->count * sizeof(float), s));
+            DP_CHECK(st->env.ops->memset(st->env.dev, p->m, 0, p->count * sizeof(float), s));
         }
         if (need_v && !p->v) {
             DP_CHECK(dev_alloc_floats(st, p->count, &p->v));
-            DP_CHECK(st->ops->memset(st->dev, p->v, 0, p->count * sizeof(float), s));
+            DP_CHECK(st->env.ops->memset(st->env.dev, p->v, 0, p->count * sizeof(float), s));
         }
         if (o->kind == DP_OPT_ADAMW) {
             dp_adamw_args a = {o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, step};
-            DP_CHECK(st->ops->adamw_update(st->dev, s, p->count, p->value, p->grad, p->m, p->v, &a));
+            DP_CHECK(st->env.ops->adamw_update(st->env.dev, s, p->count, p->value, p->grad, p->m, p->v, &a));
         } else {
             dp_sgd_args a = {o->lr, o->momentum, o->weight_decay};
-            DP_CHECK(st->ops->sgd_update(st->dev, s, p->count, p->value, p->grad, p->m, &a));
+            DP_CHECK(st->env.ops->sgd_update(st->env.dev, s, p->count, p->value, p->grad, p->m, &a));
         }
     }
     return refresh_copies(st, s);

@@ -1,7 +1,8 @@
-/* model.h: the model, written once against the device interface. A stage is a list of blocks
- * (DualPipe's example MLP: Linear h->4h, GELU, Linear 4h->h; or a pre-norm residual MLP);
- * each runs forward, backward_input and backward_weight (the zero-bubble split) on one
- * micro-batch held in a slot that keeps what the backwards need. */
+/* model.h: the model, written once against the device interface. A stage is a list of layers,
+ * each a block of some kind (engine/block.h: DualPipe's example MLP, a pre-norm residual MLP);
+ * a stage runs forward, backward_input and backward_weight (the zero-bubble split) on one
+ * micro-batch held in a slot that keeps what the backwards need, in phases that may stop where
+ * a block communicates. */
 #ifndef DP_MODEL_H
 #define DP_MODEL_H
 
@@ -9,16 +10,34 @@
 #include <stdint.h>
 
 #include "engine/device.h"
+#include "engine/link.h"
 #include "engine/status.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
+/* The block kinds, one row each: X(ENUM, name), where engine/block_<name>.c exports the kind's
+ * ops table dp_block_<name> (engine/block.h). Adding a kind is its file and its row, appended
+ * here so that the kinds' numbers stay what they were. */
+#define DP_BLOCK_KINDS(X)                                                                        \
+    X(MLP, mlp)           /* y = Linear2(GELU(Linear1(x))), no bias: DualPipe's example stage */ \
+    X(RESIDUAL, residual) /* y = x + Linear2(GELU(Linear1(RMSNorm(x)))) */
+
 typedef enum {
-    DP_BLOCK_MLP = 0,      /* y = Linear2(GELU(Linear1(x))), no bias: DualPipe's example stage */
-    DP_BLOCK_RESIDUAL = 1, /* y = x + Linear2(GELU(Linear1(RMSNorm(x)))) */
+#define DP_BLOCK_ENUM_(K, name) DP_BLOCK_##K,
+    DP_BLOCK_KINDS(DP_BLOCK_ENUM_)
+#undef DP_BLOCK_ENUM_
+    DP_BLOCK_NUM_KINDS
 } dp_block_kind;
+
+/* A kind's name ("mlp"), or NULL for a number that is no kind. */
+const char *dp_block_kind_name(dp_block_kind kind);
+/* The kind named `name`; DP_ERR_INVALID, listing the kinds, when there is none. */
+dp_status dp_block_kind_parse(const char *name, dp_block_kind *out);
+
+/* Layers a model may list kinds for (stages x layers per stage). */
+#define DP_MAX_LAYERS 1024
 
 typedef enum {
     DP_LOSS_MSE = 0,  /* mean squared error against fp32 targets of the output's shape */
@@ -29,7 +48,7 @@ typedef struct {
     int hidden;           /* h */
     int ffn;              /* inner width (0: 4h) */
     int layers_per_stage; /* blocks per stage (0: 1) */
-    dp_block_kind block;
+    dp_block_kind block;  /* every layer's kind, unless layer_kind lists them */
     dp_loss_kind loss;
     int tokens;     /* rows of a micro-batch */
     uint64_t seed;  /* parameters are a pure function of (seed, stage, parameter, element) */
@@ -39,6 +58,12 @@ typedef struct {
      * GEMMs accumulating in fp32, while parameters, gradients, optimizer state and losses
      * stay fp32 (the copies are refreshed after every optimizer step). */
     dp_dtype dtype;
+    /* A kind per layer, for a model that mixes them (DeepSeek-V3 keeps its first layers dense):
+     * layer_kind[i] is layer i of the whole model, stage s's layer b being
+     * s * layers_per_stage + b, and num_layer_kinds is then stages x layers_per_stage.
+     * 0: every layer is `block`. */
+    int num_layer_kinds;
+    dp_block_kind layer_kind[DP_MAX_LAYERS];
 } dp_model_config;
 
 typedef enum { DP_OPT_NONE = 0, DP_OPT_SGD = 1, DP_OPT_ADAMW = 2 } dp_optimizer_kind;
@@ -52,6 +77,8 @@ typedef struct {
 
 /* Fills unset fields with defaults and checks the rest; the message names the field. */
 dp_status dp_model_config_check(dp_model_config *cfg);
+/* The kind of layer `layer` of the model (counted over all stages). */
+dp_block_kind dp_model_layer_kind(const dp_model_config *cfg, int layer);
 /* AdamW(lr 1e-3, 0.9, 0.999, 1e-8, wd 0.01) unless set. */
 void dp_optimizer_config_defaults(dp_optimizer_config *o);
 
@@ -74,6 +101,10 @@ float dp_counter_uniform(uint64_t seed, uint64_t stream, uint64_t index);
 
 typedef struct dp_stage dp_stage;
 
+/* Where a pass stopped: at its end, or at a communication point (a block started a dispatch or
+ * a combine that it must wait for) from which it is resumed. */
+typedef enum { DP_PHASE_DONE = 0, DP_PHASE_COMM = 1 } dp_phase;
+
 /* One micro-batch's buffers on a stage (device memory, in the model's dtype): the input x,
  * the output y, the gradient dy of the output (received, or the loss's), the gradient dx of
  * the input, and what the backwards keep. Taken before F, given back after W (or B). */
@@ -87,11 +118,32 @@ typedef struct dp_slot {
     int state;         /* the executor's sends of y / dx not yet posted to the link */
     struct dp_stage *owner;
     struct dp_slot *next_free;
-    void *priv;        /* the blocks' saved activations */
+    void *priv;        /* the stage's own record of the slot (layers' saved activations) */
 } dp_slot;
 
-dp_status dp_stage_create(const dp_device_ops *ops, dp_device *dev, const dp_model_config *cfg, int stage_index,
-                          int num_stages, dp_stage **out);
+/* What a stage runs on, and what its blocks may use: given once at creation (and copied), so
+ * that a block that communicates finds its link here rather than through new parameters. */
+#define DP_STAGE_STREAMS 2
+typedef struct dp_stage_env {
+    const dp_device_ops *ops;
+    dp_device *dev;
+    /* the streams passes run on: [0] forwards and lone actions, [1] the backward of an
+     * overlapped pair (NULL: the device's default stream, as the reference runs) */
+    dp_stream *streams[DP_STAGE_STREAMS];
+    const dp_link_ops *link_ops; /* the table of the links below (NULL while there are none) */
+    /* the expert-parallel group, one communicator per stream, so that an overlapped pair's two
+     * all-to-alls never share one: a pass on streams[i] gets ep_link[i] (NULL: no expert
+     * parallelism) */
+    dp_link *ep_link[DP_STAGE_STREAMS];
+    /* the block kinds by dp_block_kind, block_table_size of them (NULL: the built-in table,
+     * dp_block_table); a test may put a kind of its own in a row */
+    const struct dp_block_ops *const *block_table;
+    int block_table_size;
+} dp_stage_env;
+
+/* Stage stage_index of num_stages, with its own parameters (initialised from cfg->seed). */
+dp_status dp_stage_create(const dp_stage_env *env, const dp_model_config *cfg, int stage_index, int num_stages,
+                          dp_stage **out);
 void dp_stage_destroy(dp_stage *st);
 int dp_stage_index(const dp_stage *st);
 const dp_model_config *dp_stage_config(const dp_stage *st);
@@ -108,6 +160,18 @@ dp_status dp_stage_backward_input(dp_stage *st, dp_stream *s, dp_slot *slot, int
 /* Weight gradient of an earlier backward_input, accumulated into the gradients
  * (GEMMs with beta = 1), so that gradients fold micro-batches in the order W runs. */
 dp_status dp_stage_backward_weight(dp_stage *st, dp_stream *s, dp_slot *slot);
+
+/* The same passes in phases, for a caller that interleaves two micro-batches (an overlapped
+ * F&B pair): each begins the pass and runs it up to its first communication point (a block's
+ * dispatch or combine in flight, *phase = DP_PHASE_COMM) or its end (DP_PHASE_DONE). While a
+ * pass is stopped, the caller may run other work, on other slots and streams; then
+ * dp_stage_continue runs it on to the next point, on the stream it began on, until DONE. A slot
+ * has one pass at a time. Blocks that never communicate finish in their first call, and the
+ * plain calls above are begin followed by continue until DONE. */
+dp_status dp_stage_forward_begin(dp_stage *st, dp_stream *s, dp_slot *slot, float *loss, dp_phase *phase);
+dp_status dp_stage_backward_input_begin(dp_stage *st, dp_stream *s, dp_slot *slot, int need_dx, dp_phase *phase);
+dp_status dp_stage_backward_weight_begin(dp_stage *st, dp_stream *s, dp_slot *slot, dp_phase *phase);
+dp_status dp_stage_continue(dp_stage *st, dp_slot *slot, dp_phase *phase);
 
 dp_status dp_stage_zero_grad(dp_stage *st, dp_stream *s);
 /* One optimizer step (step counts from 1). */

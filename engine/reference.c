@@ -53,8 +53,9 @@ dp_status dp_reference_create(const dp_runtime_config *cfg_in, dp_reference **ou
     int n = ref->num_pipes * ref->num_stages;
     ref->stages = calloc((size_t)n, sizeof *ref->stages);
     if (st == DP_OK && !ref->stages) st = dp_fail(DP_ERR_NOMEM, "out of memory creating the reference");
+    dp_stage_env env = {.ops = D, .dev = ref->dev};
     for (int i = 0; st == DP_OK && i < n; i++)
-        st = dp_stage_create(D, ref->dev, &cfg.model, i % ref->num_stages, ref->num_stages, &ref->stages[i]);
+        st = dp_stage_create(&env, &cfg.model, i % ref->num_stages, ref->num_stages, &ref->stages[i]);
     void *p;
     if (st == DP_OK && (st = D->alloc(ref->dev, sizeof(float), &p)) == DP_OK) ref->loss = p;
     if (st == DP_OK) st = D->alloc(ref->dev, dp_model_target_bytes(&cfg.model), &ref->target);

@@ -200,8 +200,9 @@ static dp_status rank_setup_local(dp_runtime *rt, int r)
         .ordinal = ordinal, .threads = rt->cfg.threads_per_rank, .rank = r, .flags = rt->cfg.device_flags};
     DP_CHECK(D->open(&dc, &rs->dev));
     for (int i = 0; i < 2; i++) DP_CHECK(D->stream_create(rs->dev, &rs->streams[i]));
+    dp_stage_env env = {.ops = D, .dev = rs->dev, .streams = {rs->streams[0], rs->streams[1]}};
     for (int d = 0; d < s->num_local_stages; d++)
-        DP_CHECK(dp_stage_create(D, rs->dev, &rt->cfg.model, s->slot_stage[d][r], s->num_stages, &rs->stages[d]));
+        DP_CHECK(dp_stage_create(&env, &rt->cfg.model, s->slot_stage[d][r], s->num_stages, &rs->stages[d]));
     return DP_OK;
 }
 

@@ -37,11 +37,13 @@ tests_test_engine_registry_LDADD = engine/libdualpipe.la
 
 engine_libdualpipe_la_SOURCES += \
 	engine/model.h engine/model.c \
+	engine/block.h engine/block_table.c engine/block_linear.c \
+	engine/block_mlp.c engine/block_residual.c \
 	engine/host_copy.h engine/host_copy.c \
 	engine/executor.h engine/executor.c \
 	engine/runtime.h engine/runtime.c \
 	engine/reference.h engine/reference.c
-dualpipe_include_HEADERS += engine/model.h engine/executor.h engine/runtime.h engine/reference.h
+dualpipe_include_HEADERS += engine/model.h engine/block.h engine/executor.h engine/runtime.h engine/reference.h
 
 check_PROGRAMS += tests/test_engine_pipeline
 TESTS += tests/test_engine_pipeline

@@ -50,6 +50,8 @@ static int params_equal(dp_runtime *rt, dp_reference *ref, int grad, double *wor
     return ok;
 }
 
+static void train_both_and_compare(dp_runtime_config *cfg, const char *what, int adam_steps);
+
 static void check_shape(const shape *sh, dp_block_kind block, int layers, dp_loss_kind loss, int adam_steps,
                         dp_dtype dtype)
 {
@@ -66,16 +68,23 @@ static void check_shape(const shape *sh, dp_block_kind block, int layers, dp_los
     c.model.loss = loss;
     c.model.seed = 42;
     c.model.dtype = dtype;
+    char what[128];
+    snprintf(what, sizeof what, "%s pp %d chunks %d %s x%d %s%s", sh->schedule, sh->ranks, sh->chunks,
+             block == DP_BLOCK_MLP ? "mlp" : "residual", layers, loss == DP_LOSS_MSE ? "mse" : "xent",
+             dtype == DP_DTYPE_BF16 ? " bf16" : "");
+    train_both_and_compare(&c, what, adam_steps);
+}
+
+/* Trains c with the runtime and the reference and checks losses, gradients, parameters after
+ * adam_steps steps and inference outputs for equal bits. */
+static void train_both_and_compare(dp_runtime_config *cfg, const char *what, int adam_steps)
+{
+    dp_runtime_config c = *cfg;
     c.optimizer.kind = DP_OPT_ADAMW;
     c.optimizer.lr = 1e-2f;
     c.optimizer.weight_decay = 0.01f;
     c.threads_per_rank = 1;
     c.timeout_ms = 20000;
-    char what[128];
-    snprintf(what, sizeof what, "%s pp %d chunks %d %s x%d %s%s", sh->schedule, sh->ranks, sh->chunks,
-             block == DP_BLOCK_MLP ? "mlp" : "residual", layers, loss == DP_LOSS_MSE ? "mse" : "xent",
-             dtype == DP_DTYPE_BF16 ? " bf16" : "");
-
     dp_runtime *rt = NULL;
     dp_reference *ref = NULL;
     dp_status st = dp_runtime_create(&c, &rt);
@@ -121,6 +130,44 @@ static void check_shape(const shape *sh, dp_block_kind block, int layers, dp_los
     free(x), free(t), free(l1), free(l2), free(o1), free(o2);
     dp_runtime_destroy(rt);
     dp_reference_destroy(ref);
+}
+
+/* A model that mixes kinds layer by layer, within a stage too (as DeepSeek-V3 mixes dense and
+ * MoE layers): each layer gets the kind listed for it (its parameter count shows it) and the
+ * pipelined run still equals the reference; a list of the wrong length is refused. */
+static void check_mixed_layers(void)
+{
+    dp_runtime_config c;
+    memset(&c, 0, sizeof c);
+    c.schedule = "dualpipev", c.ranks = 2, c.chunks = 6;
+    c.model.hidden = 8, c.model.ffn = 24, c.model.tokens = 3, c.model.seed = 11;
+    c.model.layers_per_stage = 3;
+    c.model.block = DP_BLOCK_RESIDUAL; /* overridden by the list */
+    static const dp_block_kind kinds[] = {DP_BLOCK_MLP,      DP_BLOCK_RESIDUAL, DP_BLOCK_RESIDUAL, DP_BLOCK_RESIDUAL,
+                                          DP_BLOCK_MLP,      DP_BLOCK_RESIDUAL, DP_BLOCK_MLP,      DP_BLOCK_MLP,
+                                          DP_BLOCK_MLP,      DP_BLOCK_RESIDUAL, DP_BLOCK_MLP,      DP_BLOCK_RESIDUAL};
+    c.model.num_layer_kinds = 12; /* 4 stages x 3 layers */
+    memcpy(c.model.layer_kind, kinds, sizeof kinds);
+    dp_runtime *rt = NULL;
+    dp_status st = dp_runtime_create(&c, &rt);
+    int want[4] = {2 + 3 + 3, 3 + 2 + 3, 2 + 2 + 2, 3 + 2 + 3}, got[4] = {0};
+    for (int s = 0; s < 4 && st == DP_OK; s++) got[s] = dp_runtime_num_params(rt, s);
+    tap_ok(st == DP_OK && memcmp(got, want, sizeof want) == 0,
+           "each layer has the kind listed for it: parameters per stage %d %d %d %d (want 8 8 6 8)", got[0], got[1],
+           got[2], got[3]);
+    dp_runtime_destroy(rt);
+    train_both_and_compare(&c, "dualpipev pp 2 chunks 6, mlp and residual layers mixed in each stage", 4);
+    c.model.num_layer_kinds = 9;
+    st = dp_runtime_create(&c, &rt);
+    tap_ok(st == DP_ERR_INVALID && strstr(dp_last_error(), "num_layer_kinds") && strstr(dp_last_error(), "12"),
+           "kinds listed for 9 of 12 layers are refused: %s", dp_last_error());
+    if (st == DP_OK) dp_runtime_destroy(rt);
+    c.model.num_layer_kinds = 12;
+    c.model.layer_kind[5] = (dp_block_kind)7;
+    st = dp_runtime_create(&c, &rt);
+    tap_ok(st == DP_ERR_INVALID && strstr(dp_last_error(), "layer 5"), "an unknown kind is refused, naming its layer: %s",
+           dp_last_error());
+    if (st == DP_OK) dp_runtime_destroy(rt);
 }
 
 /* bf16 really changes the arithmetic: the same model and data give other losses than in
@@ -265,7 +312,8 @@ static void check_timeout(void)
         dp_device_config dc = {.threads = 1, .rank = r};
         drv->device->open(&dc, &dev[r]);
         drv->link->open(w, r, dev[r], &l[r]);
-        dp_stage_create(drv->device, dev[r], &m, r, 2, &stg[r]);
+        dp_stage_env env = {.ops = drv->device, .dev = dev[r]};
+        dp_stage_create(&env, &m, r, 2, &stg[r]);
         dp_executor_config ec = {.sched = s, .rank = r, .dops = drv->device, .dev = dev[r], .lops = drv->link,
                                  .link = l[r]};
         ec.stages[0] = stg[r];
@@ -332,7 +380,8 @@ static void count_pair_streams(int serial, int *on_second, int *total)
     int nb = 0;
     size_t cpp = (size_t)s->chunks_per_pipe;
     for (int d = 0; d < s->num_local_stages; d++) {
-        dp_stage_create(&ops, dev, &m, s->slot_stage[d][0], s->num_stages, &ec.stages[d]);
+        dp_stage_env env = {.ops = &ops, .dev = dev, .streams = {ec.streams[0], ec.streams[1]}};
+        dp_stage_create(&env, &m, s->slot_stage[d][0], s->num_stages, &ec.stages[d]);
         int pipe = s->slot_pipe[d][0];
         if (dp_schedule_is_first_stage(s, 0, d)) {
             float *x = calloc(cpp * dp_model_act_bytes(&m), 1);
@@ -400,6 +449,7 @@ int main(void)
     for (int i = 0; i < (int)(sizeof bf / sizeof bf[0]); i++)
         check_shape(&bf[i], i % 2 ? DP_BLOCK_MLP : DP_BLOCK_RESIDUAL, 1 + i % 2, i == 3 ? DP_LOSS_XENT : DP_LOSS_MSE,
                     5, DP_DTYPE_BF16);
+    check_mixed_layers();
     check_bf16_is_bf16();
     check_loaded_batch();
     check_errors();

@@ -126,7 +126,7 @@ static void gradcheck(dp_model_config cfg, int last)
     snprintf(label, sizeof label, "%s block, %d layer%s, %s", cfg.block == DP_BLOCK_MLP ? "mlp" : cfg.block == DP_BLOCK_RESIDUAL ? "residual" : "new",
              cfg.layers_per_stage, cfg.layers_per_stage > 1 ? "s" : "",
              !last ? "stage before the last (L = <dy, y>)" : cfg.loss == DP_LOSS_MSE ? "mse loss" : cfg.loss == DP_LOSS_XENT ? "xent loss" : "new loss");
-    dp_status s = dp_stage_create(ops, dev, &cfg, last ? 1 : 0, 2, &st);
+    dp_status s = dp_stage_create(&(dp_stage_env){.ops = ops, .dev = dev}, &cfg, last ? 1 : 0, 2, &st);
     if (s != DP_OK) {
         tap_ok(0, "%s: create a stage: %s", label, dp_last_error());
         return;

@@ -22,7 +22,7 @@ int train_teacher_open(train_teacher *t, const char *driver, const dp_model_conf
     /* the teacher runs one micro-batch at a time (chunks of them per step), so its device
      * memory does not grow with the batch */
     tm.layers_per_stage = 1;
-    tm.block = DP_BLOCK_MLP;
+    tm.block = DP_BLOCK_MLP, tm.num_layer_kinds = 0;
     tm.seed = seed ^ 0x7eac4e5ull;
     tm.dtype = DP_DTYPE_F32; /* the teacher's targets are fp32 whatever the student's dtype */
     t->scale = 0;
@@ -31,7 +31,8 @@ int train_teacher_open(train_teacher *t, const char *driver, const dp_model_conf
         cli_error("out of memory for the teacher's outputs");
         return 1;
     }
-    if (t->ops->open(&dc, &t->dev) != DP_OK || dp_stage_create(t->ops, t->dev, &tm, 0, 2, &t->stage) != DP_OK) {
+    if (t->ops->open(&dc, &t->dev) != DP_OK ||
+        dp_stage_create(&(dp_stage_env){.ops = t->ops, .dev = t->dev}, &tm, 0, 2, &t->stage) != DP_OK) {
         cli_error("cannot build the teacher network: %s", dp_last_error());
         return 1;
     }
