@@ -154,6 +154,8 @@ void dp_stage_param(const dp_stage *st, int i, dp_param_view *out)
     out->count = st->params[i].count;
     out->value = st->params[i].value;
     out->grad = st->params[i].grad;
+    out->m = st->params[i].m;
+    out->v = st->params[i].v;
 }
 
 static dp_status dev_alloc_floats(dp_stage *st, size_t n, float **out)
@@ -583,14 +585,8 @@ dp_status dp_stage_optimizer_step(dp_stage *st, dp_stream *s, const dp_optimizer
     for (int i = 0; i < st->nparams; i++) {
         param *p = &st->params[i];
         int need_v = o->kind == DP_OPT_ADAMW, need_m = need_v || o->momentum != 0.0f;
-        if (need_m && !p->m) {
-            DP_CHECK(dev_alloc_floats(st, p->count, &p->m));
-            DP_CHECK(st->env.ops->memset(st->env.dev, p->m, 0, p->count * sizeof(float), s));
-        }
-        if (need_v && !p->v) {
-            DP_CHECK(dev_alloc_floats(st, p->count, &p->v));
-            DP_CHECK(st->env.ops->memset(st->env.dev, p->v, 0, p->count * sizeof(float), s));
-        }
+        if (need_m) DP_CHECK(dp_stage_param_state(st, i, DP_TENSOR_M, s));
+        if (need_v) DP_CHECK(dp_stage_param_state(st, i, DP_TENSOR_V, s));
         if (o->kind == DP_OPT_ADAMW) {
             dp_adamw_args a = {o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, step};
             DP_CHECK(st->env.ops->adamw_update(st->env.dev, s, p->count, p->value, p->grad, p->m, p->v, &a));
@@ -600,4 +596,23 @@ dp_status dp_stage_optimizer_step(dp_stage *st, dp_stream *s, const dp_optimizer
         }
     }
     return refresh_copies(st, s);
+}
+
+dp_status dp_stage_param_state(dp_stage *st, int i, dp_tensor_kind which, dp_stream *s)
+{
+    if (i < 0 || i >= st->nparams || (which != DP_TENSOR_M && which != DP_TENSOR_V))
+        return dp_fail(DP_ERR_INVALID, "stage %d: no optimizer state %d of parameter %d", st->index, (int)which, i);
+    param *p = &st->params[i];
+    float **state = which == DP_TENSOR_M ? &p->m : &p->v;
+    if (*state) return DP_OK;
+    DP_CHECK(dev_alloc_floats(st, p->count, state));
+    return st->env.ops->memset(st->env.dev, *state, 0, p->count * sizeof(float), s);
+}
+
+dp_status dp_stage_param_refresh(dp_stage *st, int i, dp_stream *s)
+{
+    if (i < 0 || i >= st->nparams) return dp_fail(DP_ERR_INVALID, "stage %d has no parameter %d", st->index, i);
+    param *p = &st->params[i];
+    if (!p->copy) return DP_OK;
+    return st->env.ops->cast(st->env.dev, s, p->count, DP_DTYPE_F32, p->value, st->cfg.dtype, p->copy);
 }

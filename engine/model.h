@@ -177,18 +177,35 @@ dp_status dp_stage_zero_grad(dp_stage *st, dp_stream *s);
 /* One optimizer step (step counts from 1). */
 dp_status dp_stage_optimizer_step(dp_stage *st, dp_stream *s, const dp_optimizer_config *o, int step);
 
-/* Parameters, for synchronisation and verification (always fp32: the master copy). */
+/* Parameters, for synchronisation, verification and checkpoints (always fp32: the master copy). */
 typedef struct {
     char name[32]; /* "block0.linear1" */
     size_t count;
     float *value; /* device memory */
     float *grad;  /* device memory */
+    float *m, *v; /* the optimizer's state (AdamW's moments; SGD's momentum is m), device memory;
+                     NULL until the optimizer or dp_stage_param_state allocates them */
 } dp_param_view;
+
+/* The tensors of one parameter, each fp32 of the parameter's size. */
+typedef enum {
+    DP_TENSOR_VALUE = 0, /* the master value */
+    DP_TENSOR_GRAD = 1,  /* the gradient of the last step */
+    DP_TENSOR_M = 2,     /* AdamW's first moment, SGD's momentum buffer */
+    DP_TENSOR_V = 3,     /* AdamW's second moment */
+} dp_tensor_kind;
 
 int dp_stage_num_params(const dp_stage *st);
 /* All the stage's gradients as one array (the parameters' gradients lie in it in order). */
 float *dp_stage_grads(const dp_stage *st, size_t *count);
 void dp_stage_param(const dp_stage *st, int i, dp_param_view *out);
+/* Allocates parameter i's optimizer state `which` (DP_TENSOR_M or DP_TENSOR_V), zeroed, if
+ * the optimizer has not yet: zeros are the state before the first step, so a state written
+ * from outside (a checkpoint, another run) can land before it. */
+dp_status dp_stage_param_state(dp_stage *st, int i, dp_tensor_kind which, dp_stream *s);
+/* Parameter i's fp32 value was written from outside the optimizer: the copy the GEMMs read in
+ * the model's dtype (bf16) follows it, as after an optimizer step. */
+dp_status dp_stage_param_refresh(dp_stage *st, int i, dp_stream *s);
 
 #ifdef __cplusplus
 }

@@ -10,6 +10,7 @@
 
 #include "engine/driver.h"
 #include "engine/host_copy.h"
+#include "engine/param_io.h"
 
 struct dp_reference {
     dp_runtime_config cfg;
@@ -162,14 +163,42 @@ dp_status dp_reference_infer(dp_reference *ref, const float *inputs, float *outp
     return DP_OK;
 }
 
+static dp_status locate(const dp_reference *ref, int stage, int copy, dp_stage **out)
+{
+    if (stage < 0 || stage >= ref->num_stages || copy < 0 || copy >= ref->num_pipes)
+        return dp_fail(DP_ERR_INVALID, "the reference has no stage %d copy %d (stages %d, copies %d)", stage, copy,
+                       ref->num_stages, ref->num_pipes);
+    *out = ref->stages[(size_t)copy * ref->num_stages + stage];
+    return DP_OK;
+}
+
+dp_status dp_reference_read_tensor(dp_reference *ref, int stage, int copy, int index, dp_tensor_kind which,
+                                   float *host, size_t *count, char name[32])
+{
+    dp_stage *st = NULL;
+    DP_CHECK(locate(ref, stage, copy, &st));
+    return dp_param_read(ref->drv->device, ref->dev, st, index, which, host, count, name);
+}
+
+dp_status dp_reference_write_tensor(dp_reference *ref, int stage, int copy, int index, dp_tensor_kind which,
+                                    const float *host, size_t count)
+{
+    dp_stage *st = NULL;
+    DP_CHECK(locate(ref, stage, copy, &st));
+    if (!host) return dp_fail(DP_ERR_INVALID, "writing the reference's stage %d parameter %d: no host data", stage, index);
+    return dp_param_write(ref->drv->device, ref->dev, st, index, which, host, count);
+}
+
 dp_status dp_reference_read_param(dp_reference *ref, int stage, int index, int grad, float *host, size_t *count)
 {
-    if (stage < 0 || stage >= ref->num_stages || index < 0 || index >= dp_stage_num_params(ref->stages[stage]))
-        return dp_fail(DP_ERR_INVALID, "the reference has no stage %d parameter %d", stage, index);
-    dp_param_view v;
-    dp_stage_param(ref->stages[stage], index, &v);
-    if (count) *count = v.count;
-    if (!host) return DP_OK;
-    return ref->drv->device->copy(ref->dev, host, grad ? v.grad : v.value, v.count * sizeof(float),
-                                  DP_COPY_DEVICE_TO_HOST, NULL);
+    return dp_reference_read_tensor(ref, stage, 0, index, grad ? DP_TENSOR_GRAD : DP_TENSOR_VALUE, host, count, NULL);
+}
+
+int dp_reference_step(const dp_reference *ref) { return ref->step; }
+
+dp_status dp_reference_set_step(dp_reference *ref, int step)
+{
+    if (step < 0) return dp_fail(DP_ERR_INVALID, "the optimizer step count must be >= 0, got %d", step);
+    ref->step = step;
+    return DP_OK;
 }

@@ -22,6 +22,15 @@ void dp_reference_destroy(dp_reference *ref);
 dp_status dp_reference_train_step(dp_reference *ref, const float *inputs, const void *targets, float *losses);
 dp_status dp_reference_infer(dp_reference *ref, const float *inputs, float *outputs);
 
+/* The same contract as dp_runtime_read_tensor, write_tensor, step and set_step: `copy`
+ * picks the pipe's copy of a stage (0 or 1 for a two-pipe schedule's shape, else 0). */
+dp_status dp_reference_read_tensor(dp_reference *ref, int stage, int copy, int index, dp_tensor_kind which,
+                                   float *host, size_t *count, char name[32]);
+dp_status dp_reference_write_tensor(dp_reference *ref, int stage, int copy, int index, dp_tensor_kind which,
+                                    const float *host, size_t count);
+int dp_reference_step(const dp_reference *ref);
+dp_status dp_reference_set_step(dp_reference *ref, int step);
+/* The value (grad = 0) or gradient (grad = 1) of copy 0. */
 dp_status dp_reference_read_param(dp_reference *ref, int stage, int index, int grad, float *host, size_t *count);
 
 #ifdef __cplusplus

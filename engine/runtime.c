@@ -13,6 +13,7 @@
 
 #include "engine/driver.h"
 #include "engine/host_copy.h"
+#include "engine/param_io.h"
 
 typedef struct {
     dp_device *dev;
@@ -561,22 +562,49 @@ int dp_runtime_num_params(const dp_runtime *rt, int stage)
     return dp_stage_num_params(rt->ranks[r].stages[d]);
 }
 
-dp_status dp_runtime_read_param(dp_runtime *rt, int stage, int copy, int index, int grad, float *host, size_t *count,
-                                char name[32])
+/* The rank and local stage holding (stage, copy), checked. */
+static dp_status locate(const dp_runtime *rt, int stage, int copy, int index, int *r, int *d)
 {
     const dp_schedule *s = rt->sched;
     if (stage < 0 || stage >= s->num_stages || copy < 0 || copy >= s->num_pipes)
         return dp_fail(DP_ERR_INVALID, "no stage %d copy %d (stages %d, copies %d)", stage, copy, s->num_stages,
                        s->num_pipes);
-    int r = s->stage_rank[copy][stage], d = s->stage_local[copy][stage];
+    *r = s->stage_rank[copy][stage], *d = s->stage_local[copy][stage];
+    int n = dp_stage_num_params(rt->ranks[*r].stages[*d]);
+    if (index < 0 || index >= n) return dp_fail(DP_ERR_INVALID, "stage %d has no parameter %d (it has %d)", stage, index, n);
+    return DP_OK;
+}
+
+dp_status dp_runtime_read_tensor(dp_runtime *rt, int stage, int copy, int index, dp_tensor_kind which, float *host,
+                                 size_t *count, char name[32])
+{
+    int r, d;
+    DP_CHECK(locate(rt, stage, copy, index, &r, &d));
     rank_state *rs = &rt->ranks[r];
-    if (index < 0 || index >= dp_stage_num_params(rs->stages[d]))
-        return dp_fail(DP_ERR_INVALID, "stage %d has no parameter %d", stage, index);
-    dp_param_view v;
-    dp_stage_param(rs->stages[d], index, &v);
-    if (count) *count = v.count;
-    if (name) snprintf(name, 32, "%s", v.name);
-    if (!host) return DP_OK;
-    return rt->drv->device->copy(rs->dev, host, grad ? v.grad : v.value, v.count * sizeof(float),
-                                 DP_COPY_DEVICE_TO_HOST, NULL);
+    return dp_param_read(rt->drv->device, rs->dev, rs->stages[d], index, which, host, count, name);
+}
+
+dp_status dp_runtime_write_tensor(dp_runtime *rt, int stage, int copy, int index, dp_tensor_kind which,
+                                  const float *host, size_t count)
+{
+    int r, d;
+    DP_CHECK(locate(rt, stage, copy, index, &r, &d));
+    if (!host) return dp_fail(DP_ERR_INVALID, "writing stage %d parameter %d: no host data", stage, index);
+    rank_state *rs = &rt->ranks[r];
+    return dp_param_write(rt->drv->device, rs->dev, rs->stages[d], index, which, host, count);
+}
+
+dp_status dp_runtime_read_param(dp_runtime *rt, int stage, int copy, int index, int grad, float *host, size_t *count,
+                                char name[32])
+{
+    return dp_runtime_read_tensor(rt, stage, copy, index, grad ? DP_TENSOR_GRAD : DP_TENSOR_VALUE, host, count, name);
+}
+
+int dp_runtime_step(const dp_runtime *rt) { return rt->step; }
+
+dp_status dp_runtime_set_step(dp_runtime *rt, int step)
+{
+    if (step < 0) return dp_fail(DP_ERR_INVALID, "the optimizer step count must be >= 0, got %d", step);
+    rt->step = step;
+    return DP_OK;
 }

@@ -61,12 +61,30 @@ dp_status dp_runtime_train_loaded(dp_runtime *rt, float *losses);
 /* Forward only: outputs [chunks x tokens x hidden] (host, fp32 whatever the model's dtype). */
 dp_status dp_runtime_infer(dp_runtime *rt, const float *inputs, float *outputs);
 
-/* Parameters of the whole model, addressed by (stage, index) as in dp_stage_param; `copy`
- * picks which pipe's copy where a stage lives twice (DualPipe), 0 otherwise. Copies `count`
- * floats of the value (grad = 0) or the gradient of the last step (grad = 1) into host. */
+/* The training state of the whole model, addressed by (stage, index) as in dp_stage_param;
+ * `copy` picks which pipe's copy where a stage lives twice (DualPipe: 0 or 1), 0 otherwise.
+ * Every parameter has four fp32 tensors of its size (dp_tensor_kind: value, gradient of the
+ * last step, the optimizer's m and v), so two runtimes of the same model, whatever their
+ * schedules and rank counts, can hand their state to each other, and a checkpoint can hold it.
+ *
+ * read_tensor copies `which` into host (when not NULL) and sets *count and name (when not
+ * NULL); optimizer state the optimizer has not allocated yet reads as zeros. write_tensor
+ * copies count floats (the parameter's size) from host: it allocates m or v first if needed,
+ * and a value written also refreshes the weight's copy in the model's dtype (bf16). Call them
+ * between steps, never during one. */
 int dp_runtime_num_params(const dp_runtime *rt, int stage);
+dp_status dp_runtime_read_tensor(dp_runtime *rt, int stage, int copy, int index, dp_tensor_kind which, float *host,
+                                 size_t *count, char name[32]);
+dp_status dp_runtime_write_tensor(dp_runtime *rt, int stage, int copy, int index, dp_tensor_kind which,
+                                  const float *host, size_t count);
+/* dp_runtime_read_tensor of the value (grad = 0) or the gradient (grad = 1). */
 dp_status dp_runtime_read_param(dp_runtime *rt, int stage, int copy, int index, int grad, float *host,
                                 size_t *count, char name[32]);
+
+/* Optimizer steps taken (training steps started): AdamW's bias correction of the next step
+ * uses this + 1. set_step makes a restored state continue where its source left off. */
+int dp_runtime_step(const dp_runtime *rt);
+dp_status dp_runtime_set_step(dp_runtime *rt, int step);
 
 /* When each action of `rank` ran in the last step (record_times), or NULL. */
 const dp_action_time *dp_runtime_times(const dp_runtime *rt, int rank);

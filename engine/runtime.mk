@@ -40,6 +40,7 @@ engine_libdualpipe_la_SOURCES += \
 	engine/block.h engine/block_table.c engine/block_linear.c \
 	engine/block_mlp.c engine/block_residual.c \
 	engine/host_copy.h engine/host_copy.c \
+	engine/param_io.h engine/param_io.c \
 	engine/executor.h engine/executor.c \
 	engine/runtime.h engine/runtime.c \
 	engine/reference.h engine/reference.c
@@ -49,6 +50,11 @@ check_PROGRAMS += tests/test_engine_pipeline
 TESTS += tests/test_engine_pipeline
 tests_test_engine_pipeline_SOURCES = tests/test_engine_pipeline.c tools/compare.c tools/compare.h
 tests_test_engine_pipeline_LDADD = engine/libdualpipe.la
+
+check_PROGRAMS += tests/test_engine_state
+TESTS += tests/test_engine_state
+tests_test_engine_state_SOURCES = tests/test_engine_state.c
+tests_test_engine_state_LDADD = engine/libdualpipe.la
 
 TESTS += tests/test_engine_train.sh
 EXTRA_DIST += tests/test_engine_train.sh
