@@ -16,12 +16,24 @@ double dp_now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
 }
 
+/* The executor's record of one micro-batch on one local stage: its slot from the forward to the
+ * last backward, then, retired, until the link's sends that read the slot's y and dx are done. */
+typedef enum { MB_FREE = 0, MB_LIVE, MB_RETIRED } mb_state;
+
+typedef struct {
+    dp_slot *slot;
+    int local_stage;
+    mb_state state;
+    dp_request *sending[2]; /* the link's send requests still reading y / dx */
+    int unposted;           /* sends of y / dx queued for the next group, not yet given to the link */
+} mb_record;
+
 /* A send waiting for the next group. */
 typedef struct {
     const void *buf;
     size_t bytes;
     int peer, tag;
-    dp_slot *slot;
+    mb_record *mb;
     int which; /* 0: y, 1: dx */
     dp_stream *stream;
 } deferred_send;
@@ -46,11 +58,11 @@ struct dp_executor {
     const dp_schedule *s;
     int r;
     size_t act_bytes, target_bytes;
-    dp_slot **slots[DP_MAX_LOCAL_STAGES]; /* [local_stage][chunk] */
+    mb_record *mb[DP_MAX_LOCAL_STAGES]; /* [local_stage][chunk] */
     deferred_send *sends;
     int nsends, cap_sends;
-    dp_slot **retired; /* slots done with, waiting for their sends to finish */
-    int nretired, cap_retired;
+    mb_record **retired; /* micro-batches done with, waiting for their sends to finish (at most all of them) */
+    int nretired;
     staged *staging, *staging_free;
     dp_event *fork, *join; /* order a pair's second stream after the first, and the first after the pair */
 };
@@ -72,19 +84,19 @@ dp_status dp_executor_create(const dp_executor_config *cfg, dp_executor **out)
             free(ex);
             return dp_fail(DP_ERR_INTERNAL, "executor: rank %d has no stage for local stage %d", cfg->rank, d);
         }
-        ex->slots[d] = calloc((size_t)s->chunks_per_pipe, sizeof(dp_slot *));
-        if (!ex->slots[d]) {
+        ex->mb[d] = calloc((size_t)s->chunks_per_pipe, sizeof *ex->mb[d]);
+        if (!ex->mb[d]) {
             dp_executor_destroy(ex);
             return dp_fail(DP_ERR_NOMEM, "out of memory creating an executor");
         }
+        for (int k = 0; k < s->chunks_per_pipe; k++) ex->mb[d][k].local_stage = d;
     }
     /* every local stage has the model's shape */
     ex->act_bytes = dp_model_act_bytes(dp_stage_config(cfg->stages[0]));
     ex->target_bytes = dp_model_target_bytes(dp_stage_config(cfg->stages[0]));
     ex->cap_sends = 16;
     ex->sends = malloc(sizeof *ex->sends * (size_t)ex->cap_sends);
-    ex->cap_retired = 16;
-    ex->retired = malloc(sizeof *ex->retired * (size_t)ex->cap_retired);
+    ex->retired = malloc(sizeof *ex->retired * (size_t)(s->num_local_stages * s->chunks_per_pipe));
     if (!ex->sends || !ex->retired) {
         dp_executor_destroy(ex);
         return dp_fail(DP_ERR_NOMEM, "out of memory creating an executor");
@@ -112,7 +124,7 @@ static void staging_free_list(dp_executor *ex, staged *p)
 void dp_executor_destroy(dp_executor *ex)
 {
     if (!ex) return;
-    for (int d = 0; d < DP_MAX_LOCAL_STAGES; d++) free(ex->slots[d]);
+    for (int d = 0; d < DP_MAX_LOCAL_STAGES; d++) free(ex->mb[d]);
     free(ex->sends);
     free(ex->retired);
     staging_free_list(ex, ex->staging);
@@ -125,7 +137,7 @@ void dp_executor_destroy(dp_executor *ex)
 static dp_stage *stage_of(dp_executor *ex, int local_stage) { return ex->cfg.stages[local_stage]; }
 static int pipe_of(dp_executor *ex, int local_stage) { return ex->s->slot_pipe[local_stage][ex->r]; }
 
-static dp_status defer_send(dp_executor *ex, const void *buf, size_t bytes, int peer, int tag, dp_slot *slot,
+static dp_status defer_send(dp_executor *ex, const void *buf, size_t bytes, int peer, int tag, mb_record *mb,
                             int which, dp_stream *stream)
 {
     if (ex->nsends == ex->cap_sends) {
@@ -134,21 +146,16 @@ static dp_status defer_send(dp_executor *ex, const void *buf, size_t bytes, int 
         if (!n) return dp_fail(DP_ERR_NOMEM, "out of memory queueing a send");
         ex->sends = n, ex->cap_sends = cap;
     }
-    ex->sends[ex->nsends++] = (deferred_send){buf, bytes, peer, tag, slot, which, stream};
-    slot->state++;
+    ex->sends[ex->nsends++] = (deferred_send){buf, bytes, peer, tag, mb, which, stream};
+    mb->unposted++;
     return DP_OK;
 }
 
-static dp_status retire(dp_executor *ex, dp_slot *slot)
+/* A micro-batch's passes are done: its slot goes back once its sends are. */
+static void retire(dp_executor *ex, mb_record *mb)
 {
-    if (ex->nretired == ex->cap_retired) {
-        int cap = 2 * ex->cap_retired;
-        dp_slot **n = realloc(ex->retired, sizeof *n * (size_t)cap);
-        if (!n) return dp_fail(DP_ERR_NOMEM, "out of memory retiring a slot");
-        ex->retired = n, ex->cap_retired = cap;
-    }
-    ex->retired[ex->nretired++] = slot;
-    return DP_OK;
+    mb->state = MB_RETIRED;
+    ex->retired[ex->nretired++] = mb;
 }
 
 /* Gives back the retired slots whose sends have finished; with `all`, waits for them. */
@@ -158,28 +165,31 @@ static dp_status reclaim(dp_executor *ex, int all)
     int kept = 0;
     dp_status st = DP_OK;
     for (int i = 0; i < ex->nretired; i++) {
-        dp_slot *slot = ex->retired[i];
-        int done = slot->state == 0;
+        mb_record *mb = ex->retired[i];
+        int done = mb->unposted == 0;
         for (int w = 0; w < 2 && done; w++) {
-            if (!slot->pending[w]) continue;
+            if (!mb->sending[w]) continue;
             int d = 1;
             if (!all) {
-                dp_status t = L->test(ex->cfg.link, slot->pending[w], &d);
+                dp_status t = L->test(ex->cfg.link, mb->sending[w], &d);
                 if (t != DP_OK && st == DP_OK) st = t;
             }
             done = d;
         }
         if (!done && !all) {
-            ex->retired[kept++] = slot;
+            ex->retired[kept++] = mb;
             continue;
         }
         for (int w = 0; w < 2; w++)
-            if (slot->pending[w]) {
-                dp_status t = L->wait(ex->cfg.link, slot->pending[w]);
+            if (mb->sending[w]) {
+                dp_status t = L->wait(ex->cfg.link, mb->sending[w]);
                 if (t != DP_OK && st == DP_OK) st = t;
-                slot->pending[w] = NULL;
+                mb->sending[w] = NULL;
             }
-        dp_stage_slot_put(slot->owner, slot);
+        dp_stage_slot_put(stage_of(ex, mb->local_stage), mb->slot);
+        mb->slot = NULL;
+        mb->unposted = 0;
+        mb->state = MB_FREE;
     }
     ex->nretired = kept;
     return st;
@@ -250,10 +260,13 @@ static dp_status prepare(dp_executor *ex, dp_step_io *io, const dp_action *a, dp
                        dp_action_letter(a->kind), d, k);
     dp_stage *stage = stage_of(ex, d);
     if (a->kind == DP_ACT_F) {
-        if (ex->slots[d][k]) return dp_fail(DP_ERR_INTERNAL, "rank %d: forward of local stage %d chunk %d runs twice", r, d, k);
+        mb_record *mb = &ex->mb[d][k];
+        if (mb->state != MB_FREE)
+            return dp_fail(DP_ERR_INTERNAL, "rank %d: forward of local stage %d chunk %d runs twice", r, d, k);
         dp_slot *slot;
         DP_CHECK(dp_stage_slot_get(stage, &slot));
-        ex->slots[d][k] = slot;
+        mb->slot = slot;
+        mb->state = MB_LIVE;
         if (dp_schedule_is_last_stage(s, r, d) && !infer)
             slot->target = (const char *)io->target[pipe] + (size_t)k * ex->target_bytes;
         int pd, prev = dp_schedule_prev(s, r, d, &pd);
@@ -266,11 +279,11 @@ static dp_status prepare(dp_executor *ex, dp_step_io *io, const dp_action *a, dp
         else p->recv = (pending_recv){slot->x, prev, tag, stream, NULL};
         return DP_OK;
     }
-    dp_slot *slot = ex->slots[d][k];
-    if (!slot)
+    if (ex->mb[d][k].state != MB_LIVE)
         return dp_fail(DP_ERR_INTERNAL, "rank %d: %c of local stage %d chunk %d before its forward", r,
                        dp_action_letter(a->kind), d, k);
     if (a->kind == DP_ACT_W) return DP_OK;
+    dp_slot *slot = ex->mb[d][k].slot;
     int nd, next = dp_schedule_next(s, r, d, &nd);
     if (next < 0) return DP_OK; /* the loss gives the gradient */
     int tag = DP_TAG(DP_CHANNEL_GRADIENT(pipe), k);
@@ -284,7 +297,8 @@ static dp_status compute(dp_executor *ex, dp_step_io *io, prepared *p, int infer
     const dp_schedule *s = ex->s;
     int r = ex->r, d = p->a.local_stage, k = p->a.chunk, pipe = pipe_of(ex, d);
     dp_stage *stage = stage_of(ex, d);
-    dp_slot *slot = ex->slots[d][k];
+    mb_record *mb = &ex->mb[d][k];
+    dp_slot *slot = mb->slot;
     if (p->local_tag >= 0) DP_CHECK(stage_in(ex, p->local_tag, p->local_dst, p->stream));
     switch (p->a.kind) {
     case DP_ACT_F: {
@@ -299,12 +313,9 @@ static dp_status compute(dp_executor *ex, dp_step_io *io, prepared *p, int infer
             int nd, next = dp_schedule_next(s, r, d, &nd);
             int tag = DP_TAG(DP_CHANNEL_ACTIVATION(pipe), k);
             if (next == r) DP_CHECK(stage_out(ex, tag, slot->y, p->stream));
-            else DP_CHECK(defer_send(ex, slot->y, ex->act_bytes, next, tag, slot, 0, p->stream));
+            else DP_CHECK(defer_send(ex, slot->y, ex->act_bytes, next, tag, mb, 0, p->stream));
         }
-        if (infer) {
-            ex->slots[d][k] = NULL;
-            DP_CHECK(retire(ex, slot));
-        }
+        if (infer) retire(ex, mb);
         return DP_OK;
     }
     case DP_ACT_B:
@@ -314,7 +325,7 @@ static dp_status compute(dp_executor *ex, dp_step_io *io, prepared *p, int infer
         if (prev >= 0) {
             int tag = DP_TAG(DP_CHANNEL_GRADIENT(pipe), k);
             if (prev == r) DP_CHECK(stage_out(ex, tag, slot->dx, p->stream));
-            else DP_CHECK(defer_send(ex, slot->dx, ex->act_bytes, prev, tag, slot, 1, p->stream));
+            else DP_CHECK(defer_send(ex, slot->dx, ex->act_bytes, prev, tag, mb, 1, p->stream));
         }
         if (p->a.kind == DP_ACT_I) return DP_OK;
         /* a full backward goes on with its weight gradient */
@@ -322,8 +333,8 @@ static dp_status compute(dp_executor *ex, dp_step_io *io, prepared *p, int infer
     /* fall through */
     case DP_ACT_W:
         DP_CHECK(dp_stage_backward_weight(stage, p->stream, slot));
-        ex->slots[d][k] = NULL;
-        return retire(ex, slot);
+        retire(ex, mb);
+        return DP_OK;
     default:
         return dp_fail(DP_ERR_INTERNAL, "rank %d: unknown action kind %d", r, p->a.kind);
     }
@@ -342,8 +353,8 @@ static dp_status communicate(dp_executor *ex, prepared *p, int n)
     dp_status st = DP_OK;
     for (int i = 0; i < ex->nsends && st == DP_OK; i++) {
         deferred_send *q = &ex->sends[i];
-        st = L->isend(l, q->buf, q->bytes, q->peer, q->tag, q->stream, (dp_request **)&q->slot->pending[q->which]);
-        if (st == DP_OK) q->slot->state--;
+        st = L->isend(l, q->buf, q->bytes, q->peer, q->tag, q->stream, &q->mb->sending[q->which]);
+        if (st == DP_OK) q->mb->unposted--;
     }
     ex->nsends = 0;
     for (int i = 0; i < n && st == DP_OK; i++)
@@ -414,7 +425,7 @@ static dp_status play(dp_executor *ex, dp_step_io *io, int infer)
     DP_CHECK(flush(ex));
     for (int d = 0; d < s->num_local_stages; d++)
         for (int k = 0; k < s->chunks_per_pipe; k++)
-            if (ex->slots[d][k])
+            if (ex->mb[d][k].state == MB_LIVE)
                 return dp_fail(DP_ERR_INTERNAL, "rank %d: micro-batch %d of local stage %d never finished its backward",
                                r, k, d);
     if (ex->staging) return dp_fail(DP_ERR_INTERNAL, "rank %d: a hand-off between its stages was never used", r);

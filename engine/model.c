@@ -110,8 +110,8 @@ struct dp_stage {
     size_t slot_bytes;  /* device bytes of one slot */
     float *grads;       /* every parameter's gradient, one after another (one all_reduce syncs them) */
     size_t grad_count;
-    dp_slot *free_slots;
-    dp_slot *all_slots; /* every slot made, for destroy */
+    struct slot_impl *free_slots;
+    struct slot_impl *all_slots; /* every slot made, for destroy */
 };
 
 typedef enum { PASS_NONE = 0, PASS_FORWARD, PASS_BACKWARD_INPUT, PASS_BACKWARD_WEIGHT } pass_kind;
@@ -134,12 +134,14 @@ typedef struct {
     void *saved;
 } layer_slot;
 
-typedef struct {
+/* A slot as the stage keeps it (the public part first, so that a dp_slot * is one of these). */
+typedef struct slot_impl {
     dp_slot pub;
     void *mem;
     layer_slot *layers; /* [nlayers] */
     pass_cursor cur;
-    dp_slot *next_all;
+    struct slot_impl *next_free;
+    struct slot_impl *next_all;
 } slot_impl;
 
 int dp_stage_index(const dp_stage *st) { return st->index; }
@@ -334,13 +336,12 @@ void dp_stage_destroy(dp_stage *st)
 {
     if (!st) return;
     const dp_device_ops *ops = st->env.ops;
-    for (dp_slot *s = st->all_slots; s;) {
-        slot_impl *si = (slot_impl *)s;
-        dp_slot *next = si->next_all;
+    for (slot_impl *si = st->all_slots; si;) {
+        slot_impl *next = si->next_all;
         ops->free(st->env.dev, si->mem);
         free(si->layers);
         free(si);
-        s = next;
+        si = next;
     }
     for (int i = 0; st->params && i < st->nparams; i++) {
         param *p = &st->params[i];
@@ -364,14 +365,12 @@ dp_status dp_stage_slot_get(dp_stage *st, dp_slot **out)
 {
     *out = NULL;
     if (st->free_slots) {
-        dp_slot *s = st->free_slots;
-        st->free_slots = s->next_free;
-        s->next_free = NULL;
-        s->target = NULL;
-        s->pending[0] = s->pending[1] = NULL;
-        s->state = 0;
-        s->owner = st;
-        *out = s;
+        slot_impl *si = st->free_slots;
+        st->free_slots = si->next_free;
+        si->next_free = NULL;
+        si->pub.target = NULL;
+        memset(&si->cur, 0, sizeof si->cur); /* a pass cut short by an error ends here */
+        *out = &si->pub;
         return DP_OK;
     }
     slot_impl *si = calloc(1, sizeof *si);
@@ -390,9 +389,7 @@ dp_status dp_stage_slot_get(dp_stage *st, dp_slot **out)
     si->layers = layers;
     carve_slot(st, m, si);
     si->next_all = st->all_slots;
-    st->all_slots = &si->pub;
-    si->pub.priv = si;
-    si->pub.owner = st;
+    st->all_slots = si;
     *out = &si->pub;
     return DP_OK;
 }
@@ -400,8 +397,9 @@ dp_status dp_stage_slot_get(dp_stage *st, dp_slot **out)
 void dp_stage_slot_put(dp_stage *st, dp_slot *slot)
 {
     if (!slot) return;
-    slot->next_free = st->free_slots;
-    st->free_slots = slot;
+    slot_impl *si = (slot_impl *)slot;
+    si->next_free = st->free_slots;
+    st->free_slots = si;
 }
 
 /* ----------------------------------------------------------------------------
@@ -483,7 +481,7 @@ static dp_status run_pass(dp_stage *st, slot_impl *si, dp_phase *phase)
 
 static dp_status begin_pass(dp_stage *st, dp_stream *s, dp_slot *slot, pass_kind kind, slot_impl **out)
 {
-    slot_impl *si = slot->priv;
+    slot_impl *si = (slot_impl *)slot;
     static const char *names[] = {"", "forward", "backward_input", "backward_weight"};
     if (si->cur.kind != PASS_NONE)
         return dp_fail(DP_ERR_INTERNAL, "stage %d: %s began on a micro-batch whose %s has not finished (continue it first)",
@@ -533,7 +531,7 @@ dp_status dp_stage_backward_weight_begin(dp_stage *st, dp_stream *s, dp_slot *sl
 
 dp_status dp_stage_continue(dp_stage *st, dp_slot *slot, dp_phase *phase)
 {
-    slot_impl *si = slot->priv;
+    slot_impl *si = (slot_impl *)slot;
     if (si->cur.kind == PASS_NONE)
         return dp_fail(DP_ERR_INTERNAL, "stage %d: continue on a micro-batch with no pass stopped at a communication point",
                        st->index);

@@ -114,11 +114,6 @@ typedef struct dp_slot {
     void *dy;          /* [tokens x hidden] gradient of y (received into, or the loss's) */
     void *dx;          /* [tokens x hidden] gradient of x (sent back) */
     const void *target; /* last stage: this micro-batch's target (device memory) */
-    void *pending[2];  /* the link's send requests still reading y / dx (owned by the executor) */
-    int state;         /* the executor's sends of y / dx not yet posted to the link */
-    struct dp_stage *owner;
-    struct dp_slot *next_free;
-    void *priv;        /* the stage's own record of the slot (layers' saved activations) */
 } dp_slot;
 
 /* What a stage runs on, and what its blocks may use: given once at creation (and copied), so
