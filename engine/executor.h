@@ -35,13 +35,6 @@ typedef struct {
     int serial_pairs;
 } dp_executor_config;
 
-/* When one action (or an overlapped pair, both halves alike) ran, in ms from the step's start. */
-typedef struct {
-    double start; /* began posting its communication */
-    double ready; /* its inputs had arrived */
-    double end;   /* its compute had finished */
-} dp_action_time;
-
 /* A step's data, per pipe, in device memory. Micro-batch k of pipe p is element
  * p * chunks_per_pipe + k of the step, as in the schedule. */
 typedef struct {

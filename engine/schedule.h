@@ -151,6 +151,14 @@ typedef struct {
 dp_status dp_schedule_simulate(const dp_schedule *s, const dp_cost *cost, dp_simulation *out);
 void dp_simulation_free(dp_simulation *sim);
 
+/* When one action (or an overlapped pair, both halves alike) ran when measured, in ms (the
+ * executor's times count from the step's start). */
+typedef struct {
+    double start; /* began posting its communication */
+    double ready; /* its inputs had arrived */
+    double end;   /* its compute had finished */
+} dp_action_time;
+
 /* ----------------------------------------------------------------------------
  * Writers: text timeline, the `trace` interface, JSON, SVG and Chrome trace events. */
 
@@ -165,6 +173,23 @@ typedef enum {
 dp_status dp_schedule_format_parse(const char *name, dp_schedule_format *fmt);
 dp_status dp_schedule_write(FILE *out, dp_schedule_format fmt, const dp_schedule *s, const dp_cost *cost,
                             const dp_simulation *sim, const dp_schedule_report *report);
+
+/* Measured steps of a schedule for the Chrome writer: for each of num_steps steps (numbered from
+ * 1), every rank's action times in the order of its actions, rank 0's first, all on one clock
+ * (a pair's times at its first action, as the executor records them). */
+typedef struct {
+    const char *title;           /* the trace's process name; NULL: "NAME schedule" */
+    int num_steps;
+    const dp_action_time *times; /* [num_steps][actions of all ranks] */
+} dp_measured_steps;
+
+/* Chrome trace events (Perfetto, chrome://tracing), one track per rank, an overlapped pair one
+ * event named "F0.3 & B1.2" (kind, local stage, micro-batch). Without `measured` (NULL): the
+ * `chrome` format, at the simulator's times, one cost unit drawn as 1 ms. With it: every measured
+ * step, each event's args naming its step, and the time an action waited for its inputs drawn
+ * as a "wait" event before it. */
+dp_status dp_schedule_write_chrome(FILE *out, const dp_schedule *s, const dp_simulation *sim,
+                                   const dp_measured_steps *measured);
 
 #ifdef __cplusplus
 }

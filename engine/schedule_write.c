@@ -10,7 +10,6 @@ dp_status dp_schedule_write_json(FILE *out, const dp_schedule *s, const dp_cost 
                                  const dp_schedule_report *rep);
 dp_status dp_schedule_write_svg(FILE *out, const dp_schedule *s, const dp_cost *c, const dp_simulation *sim,
                                 const dp_schedule_report *rep);
-dp_status dp_schedule_write_chrome(FILE *out, const dp_schedule *s, const dp_simulation *sim);
 
 static const char *const format_names[] = {"text", "trace", "json", "svg", "chrome"};
 
@@ -34,7 +33,7 @@ dp_status dp_schedule_write(FILE *out, dp_schedule_format fmt, const dp_schedule
     case DP_FORMAT_TRACE: return dp_schedule_write_trace(out, s);
     case DP_FORMAT_JSON: return dp_schedule_write_json(out, s, cost, sim, report);
     case DP_FORMAT_SVG: return dp_schedule_write_svg(out, s, cost, sim, report);
-    case DP_FORMAT_CHROME: return dp_schedule_write_chrome(out, s, sim);
+    case DP_FORMAT_CHROME: return dp_schedule_write_chrome(out, s, sim, NULL);
     }
     return dp_fail(DP_ERR_INVALID, "unknown format %d", (int)fmt);
 }

@@ -1,35 +1,69 @@
-/* schedule_write_chrome.c: the `chrome` format: Chrome trace-event JSON (opens in
- * Perfetto or chrome://tracing), one track per rank, one cost unit drawn as 1 ms. An
- * overlapped F&B pair is one event. */
+/* schedule_write_chrome.c: Chrome trace-event JSON (opens in Perfetto or chrome://tracing),
+ * one track per rank, an overlapped F&B pair one event. The `chrome` format draws the
+ * simulator's times (one cost unit as 1 ms); `dualpipe train --trace` draws measured steps. */
 #include "engine/schedule.h"
 
-dp_status dp_schedule_write_chrome(FILE *out, const dp_schedule *s, const dp_simulation *sim)
+/* "F0.3" (kind, local stage, micro-batch), or "F0.3 & B1.2" for an overlapped pair */
+static void action_name(char *buf, size_t n, const dp_action *a, const dp_action *pair)
 {
-    const double us = 1000.0; /* one cost unit */
-    fprintf(out, "{\"displayTimeUnit\": \"ms\", \"traceEvents\": [\n");
-    fprintf(out, "  {\"name\": \"process_name\", \"ph\": \"M\", \"pid\": 0, \"args\": {\"name\": \"%s schedule\"}}",
-            s->name);
-    for (int r = 0; r < s->num_ranks; r++)
-        fprintf(out, ",\n  {\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": 0, \"tid\": %d, \"args\": {\"name\": \"rank %d\"}}",
-                r, r);
+    if (pair)
+        snprintf(buf, n, "%c%d.%d & %c%d.%d", dp_action_letter(a->kind), a->local_stage, a->chunk,
+                 dp_action_letter(pair->kind), pair->local_stage, pair->chunk);
+    else
+        snprintf(buf, n, "%c%d.%d", dp_action_letter(a->kind), a->local_stage, a->chunk);
+}
+
+/* One step's events at the simulator's times or at measured ones (this step's, rank after rank,
+ * in ms); a step number above 0 goes into each event's args. */
+static void write_step(FILE *out, const dp_schedule *s, int step, const dp_simulation *sim,
+                       const dp_action_time *measured)
+{
+    const double us = 1000.0; /* per ms */
     for (int r = 0; r < s->num_ranks; r++) {
         for (int i = 0; i < s->num_actions[r]; i++) {
             const dp_action *a = &s->actions[r][i];
-            char name[64];
-            if (a->overlap && i + 1 < s->num_actions[r]) {
-                const dp_action *b = a + 1;
-                snprintf(name, sizeof name, "%c%d.%d & %c%d.%d", dp_action_letter(a->kind), a->local_stage, a->chunk,
-                         dp_action_letter(b->kind), b->local_stage, b->chunk);
-                i++;
-            } else {
-                snprintf(name, sizeof name, "%c%d.%d", dp_action_letter(a->kind), a->local_stage, a->chunk);
-            }
+            dp_action_time t = measured ? measured[i]
+                                        : (dp_action_time){sim->start[r][i], sim->start[r][i], sim->end[r][i]};
+            char name[64], step_arg[32] = "";
+            int pair = a->overlap && i + 1 < s->num_actions[r];
+            action_name(name, sizeof name, a, pair ? a + 1 : NULL);
+            if (step) snprintf(step_arg, sizeof step_arg, "\"step\": %d, ", step);
+            /* from posting its receives until its inputs had arrived */
+            if (t.ready - t.start > 1e-3)
+                fprintf(out,
+                        ",\n  {\"name\": \"wait\", \"cat\": \"wait\", \"ph\": \"X\", \"pid\": 0, \"tid\": %d, "
+                        "\"ts\": %.3f, \"dur\": %.3f, \"args\": {%s\"for\": \"%s\"}}",
+                        r, t.start * us, (t.ready - t.start) * us, step_arg, name);
             fprintf(out,
                     ",\n  {\"name\": \"%s\", \"cat\": \"%s\", \"ph\": \"X\", \"pid\": 0, \"tid\": %d, \"ts\": %.3f, "
-                    "\"dur\": %.3f, \"args\": {\"dir\": %d, \"chunk\": %d}}",
-                    name, a->overlap ? "F&B" : (char[]){dp_action_letter(a->kind), 0}, r, sim->start[r][i] * us,
-                    (sim->end[r][i] - sim->start[r][i]) * us, a->local_stage, a->chunk);
+                    "\"dur\": %.3f, \"args\": {%s\"dir\": %d, \"chunk\": %d}}",
+                    name, a->overlap ? "F&B" : (char[]){dp_action_letter(a->kind), 0}, r, t.ready * us,
+                    (t.end - t.ready) * us, step_arg, a->local_stage, a->chunk);
+            i += pair;
         }
+        if (measured) measured += s->num_actions[r];
+    }
+}
+
+dp_status dp_schedule_write_chrome(FILE *out, const dp_schedule *s, const dp_simulation *sim,
+                                   const dp_measured_steps *measured)
+{
+    if (!measured && !sim) return dp_fail(DP_ERR_INVALID, "a Chrome trace needs simulated or measured times");
+    fprintf(out, "{\"displayTimeUnit\": \"ms\", \"traceEvents\": [\n");
+    char title[160];
+    snprintf(title, sizeof title, "%s schedule", s->name);
+    fprintf(out, "  {\"name\": \"process_name\", \"ph\": \"M\", \"pid\": 0, \"args\": {\"name\": \"%s\"}}",
+            measured && measured->title ? measured->title : title);
+    for (int r = 0; r < s->num_ranks; r++)
+        fprintf(out, ",\n  {\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": 0, \"tid\": %d, \"args\": {\"name\": \"rank %d\"}}",
+                r, r);
+    if (!measured) {
+        write_step(out, s, 0, sim, NULL);
+    } else {
+        size_t per_step = 0;
+        for (int r = 0; r < s->num_ranks; r++) per_step += (size_t)s->num_actions[r];
+        for (int k = 0; k < measured->num_steps; k++)
+            write_step(out, s, k + 1, NULL, measured->times + (size_t)k * per_step);
     }
     fprintf(out, "\n]}\n");
     return ferror(out) ? dp_fail(DP_ERR_IO, "writing the Chrome trace failed") : DP_OK;

@@ -21,8 +21,33 @@ ok $? "measured and simulated busy/idle for each of the 4 ranks"
 grep -q '"traceEvents"' "$tmp/run.json" && tail -n 1 "$tmp/run.json" | grep -q '^]}$'; ok $? "--trace writes a whole Chrome trace"
 if command -v python3 > /dev/null 2>&1; then
   python3 -m json.tool "$tmp/run.json" > /dev/null; ok $? "the trace parses as JSON"
+  # the measured trace names actions as the schedule's own Chrome trace does, and holds every
+  # step's actions in the schedule's order, one after the other on each rank
+  "$dp" schedule --schedule dualpipe --pp 4 --chunks 8 -f chrome > "$tmp/sched.json"
+  python3 - "$tmp/run.json" "$tmp/sched.json" 12 > "$tmp/check" 2>&1 << 'PY'
+import json, sys
+run, sched, steps = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), int(sys.argv[3])
+def actions(trace):
+    return [e for e in trace["traceEvents"] if e["ph"] == "X" and e["cat"] != "wait"]
+want = {}
+for e in actions(sched):
+    want.setdefault(e["tid"], []).append(e["name"])
+got = {}
+for e in actions(run):
+    got.setdefault((e["args"]["step"], e["tid"]), []).append(e)
+assert sorted(got) == [(s, r) for s in range(1, steps + 1) for r in sorted(want)], sorted(got)
+for (step, rank), evs in got.items():
+    assert [e["name"] for e in evs] == want[rank], (step, rank, [e["name"] for e in evs])
+    for a, b in zip(evs, evs[1:]):
+        assert a["ts"] + a["dur"] <= b["ts"] + 0.002, (step, rank, a, b)
+waits = [e for e in run["traceEvents"] if e.get("cat") == "wait"]
+assert all(e["dur"] > 0 and e["args"]["for"] in want[e["tid"]] for e in waits)
+print(len(actions(run)), "actions,", len(waits), "waits")
+PY
+  ok $? "the trace holds each step's actions in schedule order, named as the schedule's trace names them ($(tail -n 1 "$tmp/check"))"
 else
   n=$((n+1)); echo "ok $n # SKIP python3 not installed to parse the JSON"
+  n=$((n+1)); echo "ok $n # SKIP python3 not installed to read the JSON"
 fi
 # each rank has its own track of events
 grep -c '"tid": 3, "ts"' "$tmp/run.json" > "$tmp/count"; [ "$(cat "$tmp/count")" -gt 0 ]; ok $? "rank 3 has events in the trace"

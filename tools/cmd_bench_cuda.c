@@ -171,7 +171,7 @@ static int bench_shape(const dp_driver *drv, const bench_options *o, int hidden,
         if (st == DP_OK) st = dp_runtime_load_batch(rt, x, y);
         for (int i = 0; i < 3 && st == DP_OK; i++) {
             st = dp_runtime_train_loaded(rt, l);
-            if (st == DP_OK) step_timing_collect(&tm, rt, i > 0, NULL, NULL);
+            if (st == DP_OK) step_timing_collect(&tm, rt, i > 0);
         }
         if (st == DP_OK) {
             printf("  %-9s with each action timed (2 steps after a warm-up):\n", "");

@@ -306,8 +306,8 @@ static int train_loop(const train_options *o, train_state *t, train_trace *trace
             cli_error("step %d failed: %s", step, dp_last_error());
             return 1;
         }
-        step_timing_collect(&t->tm, t->rt, step > 1 || steps == 1, NULL, NULL);
-        if (trace && train_trace_add_step(trace, t->rt, step, dp_runtime_step_start(t->rt) - run_t0)) return 1;
+        step_timing_collect(&t->tm, t->rt, step > 1 || steps == 1);
+        if (trace && train_trace_add_step(trace, t->rt, dp_runtime_step_start(t->rt) - run_t0)) return 1;
         res->step_ms[step - 1] = ms;
         double loss = 0;
         for (int k = 0; k < c->chunks; k++) loss += t->losses[k];
@@ -385,7 +385,7 @@ static int write_trace(const train_options *o, const train_state *t, train_trace
 {
     char title[128];
     snprintf(title, sizeof title, "%s pp %d chunks %d hidden %d", t->s->name, o->c.ranks, o->c.chunks, t->m->hidden);
-    if (train_trace_write(trace, title)) return 1;
+    if (train_trace_write(trace, t->s, title)) return 1;
     printf("trace of %zu actions written to %s\n", train_trace_actions(trace), o->trace_path);
     return 0;
 }

@@ -26,7 +26,7 @@ void step_timing_free(step_timing *t)
     t->busy = t->idle = NULL;
 }
 
-void step_timing_collect(step_timing *t, dp_runtime *rt, int measure, step_timing_visit visit, void *ctx)
+void step_timing_collect(step_timing *t, dp_runtime *rt, int measure)
 {
     const dp_schedule *s = dp_runtime_schedule(rt);
     double makespan = 0;
@@ -44,7 +44,6 @@ void step_timing_collect(step_timing *t, dp_runtime *rt, int measure, step_timin
                 int k = pair ? 4 : a->kind;
                 t->sum[k] += d, t->count[k]++;
             }
-            if (visit) visit(ctx, r, a, pair ? &s->actions[r][i + 1] : NULL, &at[i]);
             i += pair ? 2 : 1;
         }
         if (measure) t->busy[r] += busy, t->idle[r] -= busy;

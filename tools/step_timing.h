@@ -16,16 +16,12 @@ typedef struct {
     int ranks, steps;
 } step_timing;
 
-/* Called for each action (or pair: b is the pair's second half, else NULL) of a collected step. */
-typedef void (*step_timing_visit)(void *ctx, int rank, const dp_action *a, const dp_action *b,
-                                  const dp_action_time *t);
-
 /* 0, or nonzero (and a message printed) when out of memory. */
 int step_timing_init(step_timing *t, int ranks);
 void step_timing_free(step_timing *t);
 /* Reads the runtime's times of its last step; adds them to the means when `measure` (leave out
- * warm-up steps); calls visit (may be NULL) for every action. */
-void step_timing_collect(step_timing *t, dp_runtime *rt, int measure, step_timing_visit visit, void *ctx);
+ * warm-up steps). */
+void step_timing_collect(step_timing *t, dp_runtime *rt, int measure);
 /* Prints the mean action times, then per rank the measured busy and idle time per step next to
  * the simulator's prediction from the measured means. */
 void step_timing_report(const step_timing *t, const dp_schedule *s, FILE *out);

@@ -1,5 +1,5 @@
 /* train_trace.h: `dualpipe train --trace`: when each action of each step ran, gathered from
- * the runtime step by step and written at the end as a Chrome trace (Perfetto,
+ * the runtime step by step and written at the end by the schedule's Chrome writer (Perfetto,
  * chrome://tracing). The output file is opened before training so that a bad path fails first. */
 #ifndef DP_TOOLS_TRAIN_TRACE_H
 #define DP_TOOLS_TRAIN_TRACE_H
@@ -7,24 +7,24 @@
 #include "engine/runtime.h"
 #include "tools/cli.h"
 
-typedef struct train_trace_event train_trace_event;
-
 typedef struct {
     cli_output out;
-    train_trace_event *ev;
-    size_t n, cap;
+    dp_action_time *times; /* [steps][actions of all ranks], from the run's start */
+    size_t per_step, cap;  /* times per step, and room for */
+    int steps;
+    size_t actions;        /* per step, an overlapped pair counting once */
 } train_trace;
 
 /* 0, or nonzero having said why the file cannot be written. */
 int train_trace_open(train_trace *t, const char *path);
-/* Adds the runtime's last step (number `step`), which began `offset` ms after the run's start;
- * 0, or nonzero having said so (out of memory). */
-int train_trace_add_step(train_trace *t, dp_runtime *rt, int step, double offset);
+/* Adds the runtime's last step (steps are added in order), which began `offset` ms after the
+ * run's start; 0, or nonzero having said so (out of memory). */
+int train_trace_add_step(train_trace *t, dp_runtime *rt, double offset);
 /* The number of actions (an overlapped pair counting once) added so far. */
 size_t train_trace_actions(const train_trace *t);
-/* Writes the trace and renames it into place; 0, or nonzero having said why. */
-int train_trace_write(train_trace *t, const char *title);
-/* Frees the events and removes an unwritten output. */
+/* Writes the trace of the steps added and renames it into place; 0, or nonzero having said why. */
+int train_trace_write(train_trace *t, const dp_schedule *s, const char *title);
+/* Frees the times and removes an unwritten output. */
 void train_trace_close(train_trace *t);
 
 #endif
