@@ -49,6 +49,22 @@ int cli_parse_int(const char *option, const char *text, long min, long max, int 
     return 0;
 }
 
+int cli_parse_kind(const char *option, const char *text, const char *const *names, int n, int *out)
+{
+    for (int i = 0; i < n; i++)
+        if (text && strcmp(text, names[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+    char list[256] = "";
+    for (int i = 0; i < n; i++) {
+        size_t len = strlen(list);
+        snprintf(list + len, sizeof list - len, "%s%s", i == 0 ? "" : i + 1 < n ? ", " : " or ", names[i]);
+    }
+    cli_error("%s: expected %s, got '%s'", option, list, text ? text : "");
+    return 1;
+}
+
 int cli_parse_double(const char *option, const char *text, double *out)
 {
     char *end = NULL;

@@ -24,6 +24,9 @@ int cli_parse_double(const char *option, const char *text, double *out);
 int cli_option_error(int opt, char **argv);
 /* Nonzero, having said so, when arguments are left after the options (optind < argc). */
 int cli_extra_arguments(int argc, char **argv);
+/* Which of n names `text` is (its index into *out); otherwise an error naming the option and
+ * the names it takes ("--loss: expected mse or xent, got 'l1'"), and nonzero. */
+int cli_parse_kind(const char *option, const char *text, const char *const *names, int n, int *out);
 /* "fp32" or "bf16" (also "float32", "bfloat16") into a dtype; an error naming the option otherwise. */
 int cli_parse_dtype(const char *option, const char *text, dp_dtype *out);
 

@@ -99,17 +99,6 @@ typedef struct {
 
 enum { TRAIN_GO_ON = -1 }; /* not an exit code: the step succeeded, carry on */
 
-static int parse_kind(const char *opt, const char *v, const char *a, const char *b, int *out)
-{
-    if (strcmp(v, a) == 0) *out = 0;
-    else if (strcmp(v, b) == 0) *out = 1;
-    else {
-        cli_error("%s: expected %s or %s, got '%s'", opt, a, b, v);
-        return 1;
-    }
-    return 0;
-}
-
 /* Fills o from the command line: TRAIN_GO_ON, or the exit code (after --help or an error). */
 static int parse_options(int argc, char **argv, train_options *o)
 {
@@ -137,6 +126,10 @@ static int parse_options(int argc, char **argv, train_options *o)
     c->model.block = DP_BLOCK_RESIDUAL;
     o->steps = 20;
     int seed = 1, kind;
+    const char *blocks[DP_BLOCK_NUM_KINDS];
+    for (int k = 0; k < DP_BLOCK_NUM_KINDS; k++) blocks[k] = dp_block_kind_name((dp_block_kind)k);
+    static const char *const losses[] = {"mse", "xent"};      /* as dp_loss_kind */
+    static const char *const optimizers[] = {"adamw", "sgd"}; /* o->sgd: 0 or 1 */
     double lr = 0, wd = 0, momentum = 0.9;
     int opt;
     opterr = 0;
@@ -153,17 +146,17 @@ static int parse_options(int argc, char **argv, train_options *o)
             if (cli_parse_int("--layers-per-stage", optarg, 1, 64, &c->model.layers_per_stage)) return CLI_EXIT_USAGE;
             break;
         case O_BLOCK:
-            if (parse_kind("--block", optarg, "mlp", "residual", &kind)) return CLI_EXIT_USAGE;
-            c->model.block = kind ? DP_BLOCK_RESIDUAL : DP_BLOCK_MLP;
+            if (cli_parse_kind("--block", optarg, blocks, DP_BLOCK_NUM_KINDS, &kind)) return CLI_EXIT_USAGE;
+            c->model.block = (dp_block_kind)kind;
             break;
         case O_LOSS:
-            if (parse_kind("--loss", optarg, "mse", "xent", &kind)) return CLI_EXIT_USAGE;
-            c->model.loss = kind ? DP_LOSS_XENT : DP_LOSS_MSE;
+            if (cli_parse_kind("--loss", optarg, losses, 2, &kind)) return CLI_EXIT_USAGE;
+            c->model.loss = (dp_loss_kind)kind;
             break;
         case 'n': if (cli_parse_int("--steps", optarg, 1, 1 << 24, &o->steps)) return CLI_EXIT_USAGE; break;
         case O_SEED: if (cli_parse_int("--seed", optarg, 0, 2147483647, &seed)) return CLI_EXIT_USAGE; break;
         case O_OPT:
-            if (parse_kind("--optimizer", optarg, "adamw", "sgd", &o->sgd)) return CLI_EXIT_USAGE;
+            if (cli_parse_kind("--optimizer", optarg, optimizers, 2, &o->sgd)) return CLI_EXIT_USAGE;
             break;
         case O_LR:
         case O_WD:

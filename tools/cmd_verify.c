@@ -163,17 +163,6 @@ static int compare_params(verdict *v, dp_runtime *gpu, dp_runtime *cpu, int grad
 /* ----------------------------------------------------------------------------
  * options */
 
-static int parse_kind(const char *opt, const char *val, const char *const *names, int n, int *out)
-{
-    for (int i = 0; i < n; i++)
-        if (strcmp(val, names[i]) == 0) {
-            *out = i;
-            return 0;
-        }
-    cli_error("%s: unknown value '%s'", opt, val);
-    return 1;
-}
-
 int cmd_verify(int argc, char **argv)
 {
     dp_runtime_config c;
@@ -232,13 +221,13 @@ int cmd_verify(int argc, char **argv)
             bad = cli_parse_int(a, val, 0, 2147483647L, &s);
             c.model.seed = (uint64_t)s;
         } else if (!strcmp(a, "--block")) {
-            bad = parse_kind(a, val, blocks, 2, &k);
+            bad = cli_parse_kind(a, val, blocks, 2, &k);
             c.model.block = (dp_block_kind)k;
         } else if (!strcmp(a, "--loss")) {
-            bad = parse_kind(a, val, losses, 2, &k);
+            bad = cli_parse_kind(a, val, losses, 2, &k);
             c.model.loss = (dp_loss_kind)k;
         } else if (!strcmp(a, "--optimizer")) {
-            bad = parse_kind(a, val, opts, 3, &k);
+            bad = cli_parse_kind(a, val, opts, 3, &k);
             c.optimizer.kind = (dp_optimizer_kind)k;
         } else if (!strcmp(a, "--lr")) {
             bad = cli_parse_double(a, val, &d);
