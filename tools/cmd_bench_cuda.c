@@ -28,7 +28,9 @@ static void usage(FILE *out)
             "batch loaded onto the GPUs once, as the reference's benchmark does (--host-inputs: copied\n"
             "from the host every step, as dualpipe train does).\n\n"
             "  --driver NAME     GPU driver module (default cuda)\n"
-            "  --schedule NAME   schedule (default dualpipe)\n"
+            "  --schedule NAME   ");
+    usage_schedules(out, 20, "dualpipe");
+    fprintf(out,
             "  --pp N            pipeline ranks (default 2)\n"
             "  --chunks N        micro-batches per step (default 20)\n"
             "  --hidden H        one shape instead of the built-in list (1024, 2048, 4096)\n"

@@ -15,8 +15,9 @@ static void usage(FILE *out)
             "Usage: dualpipe schedule [--schedule NAME] [--pp N] [--chunks M] [--cost LIST]\n"
             "                         [--format FMT] [-o FILE]\n"
             "Generate a pipeline schedule, check it and simulate it under a cost model.\n\n"
-            "  -s, --schedule NAME  dualpipe (default), dualpipev, 1f1b, zb1p, interleaved-1f1b,\n"
-            "                       gpipe (see --list)\n"
+            "  -s, --schedule NAME  ");
+    usage_schedules(out, 23, "dualpipe");
+    fprintf(out,
             "  -p, --pp N           pipeline ranks (dualpipev: ranks, holding 2N stages); default 8\n"
             "  -c, --chunks M       micro-batches per step; default 20\n"
             "      --cost LIST      costs as F=1,B=2,W=1,FB=3,P2P=0 (the default); B is a full\n"

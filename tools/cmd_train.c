@@ -32,7 +32,9 @@ static void usage(FILE *out)
             "Train a pipeline-parallel model on one thread per rank to imitate a fixed random teacher\n"
             "network (fresh random inputs every step), and report how the ranks spent their time.\n\n"
             "  -d, --driver NAME        cpu (default) or a driver module (see DUALPIPE_DRIVER_PATH)\n"
-            "  -s, --schedule NAME      dualpipe (default), dualpipev, 1f1b, zb1p, interleaved-1f1b, gpipe\n"
+            "  -s, --schedule NAME      ");
+    usage_schedules(out, 27, "dualpipe");
+    fprintf(out,
             "  -p, --pp N               pipeline ranks (default 4)\n"
             "  -c, --chunks M           micro-batches per step (default 8)\n"
             "      --hidden H           hidden size (default 256); blocks are h -> 4h -> h\n"

@@ -25,7 +25,9 @@ static void usage(FILE *out)
             "Prints each tensor's largest differences, then PASS (exit 0) or FAIL (exit 1).\n\n"
             "Options:\n"
             "  --driver NAME         driver under test (default cuda)\n"
-            "  --schedule NAME       dualpipe (default), dualpipev, 1f1b, zb1p, gpipe, ...\n"
+            "  --schedule NAME       ");
+    usage_schedules(out, 24, "dualpipe");
+    fprintf(out,
             "  --pp N                pipeline ranks (default 4)\n"
             "  --chunks N            micro-batches per step (default 8)\n"
             "  --hidden N            model width (default 256)\n"

@@ -1,7 +1,10 @@
-/* commands.c: the table of `dualpipe` subcommands. */
+/* commands.c: the table of `dualpipe` subcommands, and what their usage strings share. */
 #include "tools/commands.h"
 
 #include <stddef.h>
+#include <string.h>
+
+#include "engine/schedule.h"
 
 const dp_command dp_commands[] = {
     {"schedule", "generate, validate, simulate and draw a pipeline schedule", cmd_schedule},
@@ -11,3 +14,22 @@ const dp_command dp_commands[] = {
     {"bench-cuda", "time the CUDA driver: cuBLAS floor of the stage's GEMMs, pipelined steps per GPU", cmd_bench_cuda},
     {NULL, NULL, NULL},
 };
+
+void usage_schedules(FILE *out, int column, const char *default_name)
+{
+    const int width = 96;
+    int at = column;
+    for (const dp_schedule_generator *g = dp_schedule_generators; g->name; g++) {
+        const char *mark = default_name && strcmp(g->name, default_name) == 0 ? " (default)" : "";
+        int last = !g[1].name, len = (int)(strlen(g->name) + strlen(mark)) + !last; /* and its comma */
+        if (at > column && at + 2 + len > width) {
+            fprintf(out, ",\n%*s", column, "");
+            at = column;
+        } else if (at > column) {
+            fprintf(out, ", ");
+            at += 2;
+        }
+        at += fprintf(out, "%s%s", g->name, mark);
+    }
+    fprintf(out, "\n");
+}

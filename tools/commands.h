@@ -3,6 +3,8 @@
 #ifndef DP_TOOLS_COMMANDS_H
 #define DP_TOOLS_COMMANDS_H
 
+#include <stdio.h>
+
 typedef struct {
     const char *name;
     const char *summary;
@@ -10,6 +12,12 @@ typedef struct {
 } dp_command;
 
 extern const dp_command dp_commands[]; /* ends with a NULL name */
+
+/* The usage strings' list of schedules, from the generators' table (engine/schedule.c), so
+ * that a new schedule shows in every --help: "dualpipe (default), dualpipev, ...", the default
+ * marked, wrapped before column 96 with continuation lines indented to `column` (the caller has
+ * printed that far), and a newline. */
+void usage_schedules(FILE *out, int column, const char *default_name);
 
 int cmd_schedule(int argc, char **argv);
 int cmd_train(int argc, char **argv);

@@ -48,3 +48,7 @@ tools_bench_eplb_CPPFLAGS = $(AM_CPPFLAGS) -DEPLB_SRCDIR='"$(abs_top_srcdir)"'
 # The library's log on the tools' stderr, as DUALPIPE_DEBUG asks.
 TESTS += tests/test_tool_log.sh
 EXTRA_DIST += tests/test_tool_log.sh
+
+# The schedules named in usage strings, the man page and README are the generators' table's.
+TESTS += tests/test_schedule_lists.sh
+EXTRA_DIST += tests/test_schedule_lists.sh
