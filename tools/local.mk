@@ -52,3 +52,7 @@ EXTRA_DIST += tests/test_tool_log.sh
 # The schedules named in usage strings, the man page and README are the generators' table's.
 TESTS += tests/test_schedule_lists.sh
 EXTRA_DIST += tests/test_schedule_lists.sh
+
+# Every DUALPIPE_* variable the sources read is in dualpipe(1)'s ENVIRONMENT, and no other.
+TESTS += tests/test_environment.sh
+EXTRA_DIST += tests/test_environment.sh
