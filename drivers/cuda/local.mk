@@ -55,5 +55,5 @@ tests_test_cuda_link_SOURCES = tests/test_cuda_link.c
 tests_test_cuda_link_LDADD = engine/libdualpipe.la
 TESTS += tests/test_cuda_verify.sh
 EXTRA_DIST += tests/test_cuda_verify.sh
-dist_doc_DATA += doc/cuda-notes.md
+dist_doc_DATA += doc/cuda.md doc/cuda-measurements.md
 EXTRA_DIST += tools/bench_reference.py
