@@ -20,6 +20,11 @@ check_LTLIBRARIES += tests/dualpipe_failopen.la
 tests_dualpipe_failopen_la_SOURCES = tests/driver_failopen.c
 tests_dualpipe_failopen_la_LDFLAGS = -module -avoid-version -rpath /nowhere
 
+# The cpu driver with one fault named by DUALPIPE_FAULT, that `dualpipe verify` must catch.
+check_LTLIBRARIES += tests/dualpipe_fault.la
+tests_dualpipe_fault_la_SOURCES = tests/driver_fault.c
+tests_dualpipe_fault_la_LDFLAGS = -module -avoid-version -rpath /nowhere
+
 check_PROGRAMS += tests/test_engine_host_copy
 TESTS += tests/test_engine_host_copy
 tests_test_engine_host_copy_SOURCES = tests/test_engine_host_copy.c
@@ -64,3 +69,7 @@ check_PROGRAMS += tests/test_gradcheck
 TESTS += tests/test_gradcheck
 tests_test_gradcheck_SOURCES = tests/test_gradcheck.c
 tests_test_gradcheck_LDADD = engine/libdualpipe.la -lm
+
+# `dualpipe verify` against the cpu driver with one fault (tests/driver_fault.c)
+TESTS += tests/test_verify_faults.sh
+EXTRA_DIST += tests/test_verify_faults.sh

@@ -17,6 +17,10 @@ dualpipe_command_sources = \
 	tools/train_trace.h \
 	tools/cmd_bench.c \
 	tools/cmd_verify.c \
+	tools/verify_check.c \
+	tools/verify_check.h \
+	tools/verify_tolerance.c \
+	tools/verify_tolerance.h \
 	tools/cmd_bench_cuda.c \
 	tools/step_timing.c \
 	tools/step_timing.h \
