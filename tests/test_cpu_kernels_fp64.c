@@ -18,10 +18,10 @@ int main(void)
     kc_name = "cpu";
     kc_try(kc_ops->open(&cfg, &kc_dev), "open");
     kc_dev->use_blas = 0;
-    kc_gemm_all(" portable");
+    kc_gemm_all(" portable", 1);
     if (dp_cpu_have_blas()) {
         kc_dev->use_blas = 1;
-        kc_gemm_all(" cblas");
+        kc_gemm_all(" cblas", 1);
     }
     kc_run_kernels();
     kc_ops->close(kc_dev);

@@ -515,7 +515,7 @@ int main(void)
     test_large_copy();
     test_errors();
     kc_ops = G, kc_dev = gdev, kc_name = "cuda";
-    kc_gemm_all("");
+    kc_gemm_all("", 0);
     kc_run_kernels();
     G->close(gdev);
     C->close(cdev);
