@@ -1,7 +1,7 @@
 /* test_gradcheck.c: the stage's gradients against central finite differences of its own
  * forward, for every block kind and loss the model config accepts, through the public stage API
  * (dp_stage_forward / backward_input / backward_weight on the cpu driver): the gradient of the
- * stage input and of every element of every parameter.
+ * stage input and of every element of every parameter; kinds mixed in one stage too.
  *
  * What is differentiated. A last stage: its loss (MSE or cross-entropy, fp32, summed in double
  * by the loss kernels). A stage before it: L = sum_i dy_i y_i for a fixed random dy, summed in
@@ -122,9 +122,13 @@ static int check_grad(problem *p, const char *what, const float *g, size_t n, fl
 static void gradcheck(dp_model_config cfg, int last)
 {
     dp_stage *st;
-    char label[96];
-    snprintf(label, sizeof label, "%s block, %d layer%s, %s", cfg.block == DP_BLOCK_MLP ? "mlp" : cfg.block == DP_BLOCK_RESIDUAL ? "residual" : "new",
-             cfg.layers_per_stage, cfg.layers_per_stage > 1 ? "s" : "",
+    char label[128];
+    char kinds[48] = "";
+    for (int b = 0; b < cfg.layers_per_stage; b++) {
+        const char *name = dp_block_kind_name(dp_model_layer_kind(&cfg, (last ? 1 : 0) * cfg.layers_per_stage + b));
+        snprintf(kinds + strlen(kinds), sizeof kinds - strlen(kinds), "%s%s", b ? "+" : "", name ? name : "?");
+    }
+    snprintf(label, sizeof label, "%s, %d layer%s, %s", kinds, cfg.layers_per_stage, cfg.layers_per_stage > 1 ? "s" : "",
              !last ? "stage before the last (L = <dy, y>)" : cfg.loss == DP_LOSS_MSE ? "mse loss" : cfg.loss == DP_LOSS_XENT ? "xent loss" : "new loss");
     dp_status s = dp_stage_create(&(dp_stage_env){.ops = ops, .dev = dev}, &cfg, last ? 1 : 0, 2, &st);
     if (s != DP_OK) {
@@ -216,8 +220,16 @@ int main(void)
             }
         }
     }
-    tap_ok(kinds >= 2 && losses >= 2, "block kinds checked: %d, losses: %d (mlp, residual; mse, xent at least)", kinds,
-           losses);
+    /* kinds mixed in one stage (a kind per layer: stage 0 mlp then residual, stage 1 the reverse) */
+    dp_model_config mix = {.hidden = 4, .ffn = 8, .tokens = 3, .seed = 5, .layers_per_stage = 2, .num_layer_kinds = 4,
+                           .layer_kind = {DP_BLOCK_MLP, DP_BLOCK_RESIDUAL, DP_BLOCK_RESIDUAL, DP_BLOCK_MLP}};
+    dp_status mst = dp_model_config_check(&mix);
+    if (tap_ok(mst == DP_OK, "a model mixing kinds layer by layer is accepted%s%s", mst ? ": " : "", mst ? dp_last_error() : "")) {
+        gradcheck(mix, 0);
+        gradcheck(mix, 1);
+    }
+    tap_ok(kinds == DP_BLOCK_NUM_KINDS && losses >= 2, "block kinds checked: %d of %d, losses: %d (mse, xent at least)",
+           kinds, DP_BLOCK_NUM_KINDS, losses);
     ops->close(dev);
     return tap_done();
 }
