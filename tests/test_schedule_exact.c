@@ -55,6 +55,18 @@ static dp_schedule *from_lines(const dp_schedule *ours, char lines[][1 << 14])
     return s;
 }
 
+/* The most micro-batches past their F and before their W at once on rank r. */
+static int max_awaiting_w(const dp_schedule *s, int r)
+{
+    int now = 0, most = 0;
+    for (int i = 0; i < s->num_actions[r]; i++) {
+        int k = s->actions[r][i].kind;
+        now += k == DP_ACT_F ? 1 : k == DP_ACT_W || k == DP_ACT_B ? -1 : 0;
+        most = now > most ? now : most;
+    }
+    return most;
+}
+
 /* zb1p against torch's zero-bubble order: F and I the same, W the same and in the same order
  * (oldest first), the recorded order valid here too, and the same idle per rank under the
  * default costs (F=1, B=2, W=1): the ZB1P bubble (PP-1)(F+B-2W) for both */
@@ -78,6 +90,20 @@ static void compare_zero_bubble(const dp_schedule *ours, char lines[][1 << 14], 
             }
         }
     tap_ok(ok, "%s: on every rank the same F and I as torch in the same order, and the same W in the same order", key);
+    /* where the Ws may sit: from its F to its W a micro-batch holds what W needs; torch's ZB-H1
+     * keeps at most R of them on any rank, ours (by its generator's rule) at most 2R-1-r on rank r,
+     * and reaches that on rank 0 when there are micro-batches enough */
+    int held_ok = 1;
+    for (int r = 0; r < R; r++) {
+        int h_ours = max_awaiting_w(ours, r), h_torch = max_awaiting_w(t, r);
+        int want0 = ours->num_chunks < 2 * R - 1 ? ours->num_chunks : 2 * R - 1;
+        if (h_ours > 2 * R - 1 - r || h_torch > R || (r == 0 && h_ours != want0)) {
+            tap_diag("%s rank %d: at most %d micro-batches await their W in ours, %d in torch's", key, r, h_ours, h_torch);
+            held_ok = 0;
+        }
+    }
+    tap_ok(held_ok, "%s: micro-batches awaiting their W: at most 2R-1-r on rank r in ours (2R-1 reached on rank 0), "
+                    "at most R in torch's", key);
     dp_cost cost = dp_cost_default();
     dp_simulation a, b;
     int valid = dp_schedule_validate(t, NULL) == DP_OK;
