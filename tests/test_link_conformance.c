@@ -27,6 +27,7 @@ typedef struct {
     int checks_sizes;       /* a receive of another size than the send is reported */
     const char *env_name, *env_value; /* set while the target runs */
     const char *log_expect[2];        /* every rank's transport log line has these */
+    int own_bootstrap;                /* the world config names a bootstrap (as a launcher would) */
 } target;
 
 static const target *T;
@@ -154,12 +155,15 @@ static void suite(rank_ctx *c, dp_device *dev, dp_link *l, float *sbuf, float *r
     TRY(get(dev, &b, rbuf + 16, 4));
     c->fifo = a == 1.0f + (float)prev && b == 2.0f + (float)prev;
 
-    /* channels are independent: sent 2 then 3, received 3 then 2, outside any group */
+    /* channels are independent: sent 2 then 3, received 3 then 2, outside any group (a rank
+     * alone sends to itself, which NCCL can only do inside a group) */
     dp_request *s2, *s3, *r2, *r3;
+    if (n == 1) TRY(L->group_start(l));
     TRY(L->isend(l, sbuf, 4, next, DP_TAG(2, 0), NULL, &s2));
     TRY(L->isend(l, sbuf + 16, 4, next, DP_TAG(3, 0), NULL, &s3));
     TRY(L->irecv(l, rbuf + 16, 4, prev, DP_TAG(3, 0), NULL, &r3));
     TRY(L->irecv(l, rbuf, 4, prev, DP_TAG(2, 0), NULL, &r2));
+    if (n == 1) TRY(L->group_end(l));
     TRY(L->wait(l, r3));
     TRY(L->wait(l, r2));
     TRY(L->wait(l, s2));
@@ -235,10 +239,14 @@ static void suite(rank_ctx *c, dp_device *dev, dp_link *l, float *sbuf, float *r
     TRY(put(dev, sbuf, &pv, 4));
     TRY(put(dev, sbuf + 16, &cv, 4));
     dp_request *ps, *cs, *pr, *cr;
+    TRY(L->group_start(l));
+    TRY(L->group_start(sub));
     TRY(L->isend(l, sbuf, 4, next, DP_TAG(1, 9), NULL, &ps));
     TRY(L->isend(sub, sbuf + 16, 4, cnext, DP_TAG(1, 9), NULL, &cs));
     TRY(L->irecv(sub, rbuf + 16, 4, cprev, DP_TAG(1, 9), NULL, &cr));
     TRY(L->irecv(l, rbuf, 4, prev, DP_TAG(1, 9), NULL, &pr));
+    TRY(L->group_end(sub));
+    TRY(L->group_end(l));
     TRY(L->wait(sub, cr));
     TRY(L->wait(l, pr));
     TRY(L->wait(l, ps));
@@ -360,9 +368,15 @@ out:
 static int run_world(int size, run_kind kind, rank_ctx *ctx)
 {
     dp_link_world_config wc = {.world_size = size, .first_rank = 0, .local_ranks = size, .timeout_ms = 20000};
+    void *boot = NULL;
+    if (T->own_bootstrap) {
+        if (dp_bootstrap_threads_create(size, 20000, &boot) != DP_OK) return 0;
+        wc.struct_size = sizeof wc, wc.bootstrap = &dp_bootstrap_threads, wc.bootstrap_ctx = boot;
+    }
     dp_link_world *w = NULL;
     if (L->world_create(&wc, &w) != DP_OK) {
         tap_diag("%s: world_create: %s", T->name, dp_last_error());
+        dp_bootstrap_threads_destroy(boot);
         return 0;
     }
     pthread_t th[MAX_RANKS];
@@ -373,6 +387,7 @@ static int run_world(int size, run_kind kind, rank_ctx *ctx)
     }
     for (int r = 0; r < size; r++) pthread_join(th[r], NULL);
     L->world_destroy(w);
+    dp_bootstrap_threads_destroy(boot);
     for (int r = 0; r < size; r++)
         if (ctx[r].fail[0]) tap_diag("%s, rank %d: %s", T->name, r, ctx[r].fail);
     return 1;
@@ -510,8 +525,8 @@ int main(void)
     target t = {.drv = cpu, .size = 4, .sums_in_rank_order = 1, .checks_sizes = 1, .log_expect = {"mailboxes"}};
     snprintf(t.name, sizeof t.name, "cpu (4 ranks)");
     check_target(&t);
-    t.size = 3;
-    snprintf(t.name, sizeof t.name, "cpu (3 ranks)");
+    t.size = 3, t.own_bootstrap = 1;
+    snprintf(t.name, sizeof t.name, "cpu (3 ranks, a bootstrap given)");
     check_target(&t);
 
     /* the cpu link is in-process only */
@@ -521,9 +536,45 @@ int main(void)
     tap_diag("%s", dp_last_error());
 
     const char *why = NULL;
-    if (!load_cuda(&why)) {
+    const dp_driver *cuda = load_cuda(&why);
+    if (!cuda) {
         tap_ok(1, "cuda link # SKIP %s", why);
         return tap_done();
     }
+    int gpus = 0;
+    cuda->device->device_count(&gpus);
+    target c = {.drv = cuda, .size = 4, .sums_in_rank_order = 1, .checks_sizes = 1, .log_expect = {"copy"}};
+    snprintf(c.name, sizeof c.name, "cuda copy (4 ranks on GPU 0)");
+    check_target(&c);
+    c.size = 3, c.own_bootstrap = 1;
+    snprintf(c.name, sizeof c.name, "cuda copy (3 ranks on GPU 0, a bootstrap given)");
+    check_target(&c);
+    c.size = 1, c.own_bootstrap = 0;
+    snprintf(c.name, sizeof c.name, "cuda copy (1 rank)");
+    check_target(&c);
+    /* NCCL on one rank, where a machine has one GPU: set-up, sends to itself, collectives, split */
+    target one = {.drv = cuda, .size = 1, .sums_in_rank_order = 1, .env_name = "DUALPIPE_CUDA_LINK",
+                  .env_value = "nccl", .log_expect = {"nccl"}};
+    snprintf(one.name, sizeof one.name, "cuda NCCL (1 rank)");
+    check_target(&one);
+    one.env_name = "DUALPIPE_NCCL_SPLIT", one.env_value = "0";
+    setenv("DUALPIPE_CUDA_LINK", "nccl", 1);
+    snprintf(one.name, sizeof one.name, "cuda NCCL (1 rank, sub-groups without ncclCommSplit)");
+    check_target(&one);
+    unsetenv("DUALPIPE_CUDA_LINK");
+    if (gpus < 2) {
+        tap_ok(1, "cuda NCCL across GPUs and mixed placement # SKIP one GPU only");
+        return tap_done();
+    }
+    target nccl = {.drv = cuda, .size = gpus < 4 ? gpus : 4, .log_expect = {"nccl"}};
+    for (int r = 0; r < MAX_RANKS; r++) nccl.ordinal[r] = r;
+    snprintf(nccl.name, sizeof nccl.name, "cuda NCCL (%d ranks, one GPU each)", nccl.size);
+    check_target(&nccl);
+    /* two ranks on each of two GPUs: the parity split then makes groups of one GPU each, and
+     * the two-rank failure worlds cross GPUs */
+    target mixed = {.drv = cuda, .size = 4, .sums_in_rank_order = 1, .log_expect = {"copy", "nccl"}};
+    for (int r = 0; r < 4; r++) mixed.ordinal[r] = r % 2;
+    snprintf(mixed.name, sizeof mixed.name, "cuda mixed (ranks 0, 2 on GPU 0 and 1, 3 on GPU 1)");
+    check_target(&mixed);
     return tap_done();
 }

@@ -11,7 +11,10 @@ cuda_driver_sources = \
 	drivers/cuda/cuda_device.cu \
 	drivers/cuda/cuda_kernels.cu \
 	drivers/cuda/cuda_staging.cu \
+	drivers/cuda/cuda_link.h \
 	drivers/cuda/cuda_link.cu \
+	drivers/cuda/cuda_link_copy.cu \
+	drivers/cuda/cuda_link_nccl.cu \
 	drivers/cuda/cuda_internal.h
 
 if BUILD_CUDA_DRIVER
