@@ -238,12 +238,16 @@ static dp_status stage_in(dp_executor *ex, int tag, void *dst, dp_stream *stream
 /* ----------------------------------------------------------------------------
  * one action: what it receives, what it computes, what it sends */
 
+/* Where an action's compute stands: a B runs two stage passes, input then weight. */
+typedef enum { STEP_START = 0, STEP_FORWARD, STEP_BACKWARD_INPUT, STEP_BACKWARD_WEIGHT, STEP_DONE } action_step;
+
 typedef struct {
     dp_action a;
     dp_stream *stream;
     pending_recv recv; /* recv.buf == NULL: nothing to receive from another rank */
     int local_tag;     /* >= 0: take the input from the local staging instead */
     void *local_dst;
+    action_step step;
 } prepared;
 
 static dp_status prepare(dp_executor *ex, dp_step_io *io, const dp_action *a, dp_stream *stream, int infer,
@@ -292,52 +296,76 @@ static dp_status prepare(dp_executor *ex, dp_step_io *io, const dp_action *a, dp
     return DP_OK;
 }
 
-static dp_status compute(dp_executor *ex, dp_step_io *io, prepared *p, int infer)
+/* Runs an action's compute from where it stopped to its next communication point (a block's
+ * dispatch or combine in flight) or to its end (p->step == STEP_DONE). */
+static dp_status advance(dp_executor *ex, dp_step_io *io, prepared *p, int infer)
 {
     const dp_schedule *s = ex->s;
     int r = ex->r, d = p->a.local_stage, k = p->a.chunk, pipe = pipe_of(ex, d);
     dp_stage *stage = stage_of(ex, d);
     mb_record *mb = &ex->mb[d][k];
     dp_slot *slot = mb->slot;
-    if (p->local_tag >= 0) DP_CHECK(stage_in(ex, p->local_tag, p->local_dst, p->stream));
-    switch (p->a.kind) {
-    case DP_ACT_F: {
-        int last = dp_schedule_is_last_stage(s, r, d);
-        float *loss = last && !infer ? io->loss[pipe] + k : NULL;
-        DP_CHECK(dp_stage_forward(stage, p->stream, slot, loss));
-        if (last && infer) {
-            DP_CHECK(ex->cfg.dops->copy(ex->cfg.dev, (char *)io->output[pipe] + (size_t)k * ex->act_bytes, slot->y,
-                                        ex->act_bytes, DP_COPY_DEVICE_TO_DEVICE, p->stream));
+    int pd, prev = dp_schedule_prev(s, r, d, &pd), nd, next = dp_schedule_next(s, r, d, &nd);
+    int last = dp_schedule_is_last_stage(s, r, d);
+    dp_phase phase = DP_PHASE_DONE;
+    if (p->step != STEP_START) {
+        DP_CHECK(dp_stage_continue(stage, slot, &phase));
+    } else {
+        if (p->local_tag >= 0) DP_CHECK(stage_in(ex, p->local_tag, p->local_dst, p->stream));
+        switch (p->a.kind) {
+        case DP_ACT_F:
+            p->step = STEP_FORWARD;
+            DP_CHECK(dp_stage_forward_begin(stage, p->stream, slot, last && !infer ? io->loss[pipe] + k : NULL, &phase));
+            break;
+        case DP_ACT_B:
+        case DP_ACT_I:
+            p->step = STEP_BACKWARD_INPUT;
+            DP_CHECK(dp_stage_backward_input_begin(stage, p->stream, slot, prev >= 0, &phase));
+            break;
+        case DP_ACT_W:
+            p->step = STEP_BACKWARD_WEIGHT;
+            DP_CHECK(dp_stage_backward_weight_begin(stage, p->stream, slot, &phase));
+            break;
+        default:
+            return dp_fail(DP_ERR_INTERNAL, "rank %d: unknown action kind %d", r, p->a.kind);
         }
-        if (!last) {
-            int nd, next = dp_schedule_next(s, r, d, &nd);
-            int tag = DP_TAG(DP_CHANNEL_ACTIVATION(pipe), k);
-            if (next == r) DP_CHECK(stage_out(ex, tag, slot->y, p->stream));
-            else DP_CHECK(defer_send(ex, slot->y, ex->act_bytes, next, tag, mb, 0, p->stream));
+    }
+    /* a finished pass hands on what it made; a full backward goes on with its weight gradient */
+    while (phase == DP_PHASE_DONE && p->step != STEP_DONE) {
+        switch (p->step) {
+        case STEP_FORWARD:
+            if (last && infer) {
+                DP_CHECK(ex->cfg.dops->copy(ex->cfg.dev, (char *)io->output[pipe] + (size_t)k * ex->act_bytes, slot->y,
+                                            ex->act_bytes, DP_COPY_DEVICE_TO_DEVICE, p->stream));
+            }
+            if (!last) {
+                int tag = DP_TAG(DP_CHANNEL_ACTIVATION(pipe), k);
+                if (next == r) DP_CHECK(stage_out(ex, tag, slot->y, p->stream));
+                else DP_CHECK(defer_send(ex, slot->y, ex->act_bytes, next, tag, mb, 0, p->stream));
+            }
+            if (infer) retire(ex, mb);
+            p->step = STEP_DONE;
+            break;
+        case STEP_BACKWARD_INPUT:
+            if (prev >= 0) {
+                int tag = DP_TAG(DP_CHANNEL_GRADIENT(pipe), k);
+                if (prev == r) DP_CHECK(stage_out(ex, tag, slot->dx, p->stream));
+                else DP_CHECK(defer_send(ex, slot->dx, ex->act_bytes, prev, tag, mb, 1, p->stream));
+            }
+            if (p->a.kind == DP_ACT_I) {
+                p->step = STEP_DONE;
+                break;
+            }
+            p->step = STEP_BACKWARD_WEIGHT;
+            DP_CHECK(dp_stage_backward_weight_begin(stage, p->stream, slot, &phase));
+            break;
+        default: /* STEP_BACKWARD_WEIGHT */
+            retire(ex, mb);
+            p->step = STEP_DONE;
+            break;
         }
-        if (infer) retire(ex, mb);
-        return DP_OK;
     }
-    case DP_ACT_B:
-    case DP_ACT_I: {
-        int pd, prev = dp_schedule_prev(s, r, d, &pd);
-        DP_CHECK(dp_stage_backward_input(stage, p->stream, slot, prev >= 0));
-        if (prev >= 0) {
-            int tag = DP_TAG(DP_CHANNEL_GRADIENT(pipe), k);
-            if (prev == r) DP_CHECK(stage_out(ex, tag, slot->dx, p->stream));
-            else DP_CHECK(defer_send(ex, slot->dx, ex->act_bytes, prev, tag, mb, 1, p->stream));
-        }
-        if (p->a.kind == DP_ACT_I) return DP_OK;
-        /* a full backward goes on with its weight gradient */
-    }
-    /* fall through */
-    case DP_ACT_W:
-        DP_CHECK(dp_stage_backward_weight(stage, p->stream, slot));
-        retire(ex, mb);
-        return DP_OK;
-    default:
-        return dp_fail(DP_ERR_INTERNAL, "rank %d: unknown action kind %d", r, p->a.kind);
-    }
+    return DP_OK;
 }
 
 /* Posts the deferred sends and the receives of up to two actions in one group, then waits
@@ -408,7 +436,17 @@ static dp_status play(dp_executor *ex, dp_step_io *io, int infer)
         DP_CHECK(communicate(ex, p, count));
         DP_CHECK(reclaim(ex, 0));
         double t_ready = io->times ? dp_now_ms() - io->t0 : 0;
-        for (int j = 0; j < count; j++) DP_CHECK(compute(ex, io, &p[j], infer));
+        /* a pair's halves take turns, each running to its next communication point, so that one
+         * micro-batch's dispatch or combine is in flight while the other computes (DeepSeek-V3's
+         * overlap); a half of one phase (every dense block) simply runs to its end in its turn */
+        for (int left = count; left > 0;) {
+            left = 0;
+            for (int j = 0; j < count; j++) {
+                if (p[j].step == STEP_DONE) continue;
+                DP_CHECK(advance(ex, io, &p[j], infer));
+                left += p[j].step != STEP_DONE;
+            }
+        }
         /* and what follows on the first stream sees all the pair did */
         if (two) {
             DP_CHECK(D->event_record(ex->cfg.dev, ex->join, ex->cfg.streams[1]));

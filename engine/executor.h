@@ -2,7 +2,8 @@
  * group, the sends left by the previous action and the receives it needs, waits for the
  * receives, then runs the stage's forward / backward-input / backward-weight; an overlapped
  * F&B pair posts both halves' receives together and runs them on two streams (or, asked to,
- * one after the other on one). */
+ * one after the other on one), their phases taking turns where a block stops at a
+ * communication point. */
 #ifndef DP_EXECUTOR_H
 #define DP_EXECUTOR_H
 

@@ -51,6 +51,11 @@ engine_libdualpipe_la_SOURCES += \
 	engine/reference.h engine/reference.c
 dualpipe_include_HEADERS += engine/model.h engine/block.h engine/executor.h engine/runtime.h engine/reference.h
 
+check_PROGRAMS += tests/test_engine_phases
+TESTS += tests/test_engine_phases
+tests_test_engine_phases_SOURCES = tests/test_engine_phases.c
+tests_test_engine_phases_LDADD = engine/libdualpipe.la
+
 check_PROGRAMS += tests/test_engine_pipeline
 TESTS += tests/test_engine_pipeline
 tests_test_engine_pipeline_SOURCES = tests/test_engine_pipeline.c tools/compare.c tools/compare.h
