@@ -15,7 +15,7 @@ const char *dp_tensor_kind_name(dp_tensor_kind which)
     return "?";
 }
 
-static float *tensor_of(const dp_param_view *v, dp_tensor_kind which)
+float *dp_param_tensor(const dp_param_view *v, dp_tensor_kind which)
 {
     return which == DP_TENSOR_VALUE ? v->value : which == DP_TENSOR_GRAD ? v->grad : which == DP_TENSOR_M ? v->m : v->v;
 }
@@ -39,7 +39,7 @@ dp_status dp_param_read(const dp_device_ops *D, dp_device *dev, dp_stage *st, in
     if (count) *count = v.count;
     if (name) snprintf(name, 32, "%s", v.name);
     if (!host) return DP_OK;
-    const float *src = tensor_of(&v, which);
+    const float *src = dp_param_tensor(&v, which);
     if (!src) {
         memset(host, 0, v.count * sizeof(float));
         return DP_OK;
@@ -60,7 +60,7 @@ dp_status dp_param_write(const dp_device_ops *D, dp_device *dev, dp_stage *st, i
         DP_CHECK(dp_stage_param_state(st, i, which, NULL));
         dp_stage_param(st, i, &v);
     }
-    DP_CHECK(D->copy(dev, tensor_of(&v, which), host, count * sizeof(float), DP_COPY_HOST_TO_DEVICE, NULL));
+    DP_CHECK(D->copy(dev, dp_param_tensor(&v, which), host, count * sizeof(float), DP_COPY_HOST_TO_DEVICE, NULL));
     if (which == DP_TENSOR_VALUE) DP_CHECK(dp_stage_param_refresh(st, i, NULL));
     return D->stream_synchronize(dev, NULL);
 }

@@ -24,6 +24,8 @@ dp_status dp_param_read(const dp_device_ops *D, dp_device *dev, dp_stage *st, in
 dp_status dp_param_write(const dp_device_ops *D, dp_device *dev, dp_stage *st, int i, dp_tensor_kind which,
                          const float *host, size_t count);
 
+/* The device pointer of `which` in a parameter's view (NULL: optimizer state not allocated). */
+float *dp_param_tensor(const dp_param_view *v, dp_tensor_kind which);
 /* "value", "grad", "m", "v" */
 const char *dp_tensor_kind_name(dp_tensor_kind which);
 

@@ -47,6 +47,8 @@ engine_libdualpipe_la_SOURCES += \
 	engine/host_copy.h engine/host_copy.c \
 	engine/param_io.h engine/param_io.c \
 	engine/executor.h engine/executor.c \
+	engine/groups.h engine/groups.c \
+	engine/rank.h engine/rank.c \
 	engine/runtime.h engine/runtime.c \
 	engine/reference.h engine/reference.c
 dualpipe_include_HEADERS += engine/model.h engine/block.h engine/executor.h engine/runtime.h engine/reference.h

@@ -52,14 +52,19 @@ static void check_round_trip(void)
         return;
     }
     const dp_schedule *s = dp_runtime_schedule(rt);
-    /* before the first step the optimizer has no state: it reads as zeros */
+    /* before the first step the optimizer has no state: it reads as zeros, from every rank */
     size_t n = 0;
     float buf[24 * 8];
-    for (size_t i = 0; i < 24 * 8; i++) buf[i] = 1.0f;
-    dp_status st = dp_runtime_read_tensor(rt, 0, 0, 0, DP_TENSOR_M, buf, &n, NULL);
-    int zeros = st == DP_OK && n > 0;
-    for (size_t i = 0; zeros && i < n; i++) zeros = buf[i] == 0.0f;
-    tap_ok(zeros, "optimizer state not yet allocated reads as %zu zeros", n);
+    int zeros = 1, read = 0;
+    for (int stage = 0; stage < s->num_stages; stage++)
+        for (int copy = 0; copy < s->num_pipes; copy++)
+            for (int k = DP_TENSOR_M; k <= DP_TENSOR_V; k++) {
+                for (size_t i = 0; i < 24 * 8; i++) buf[i] = 1.0f;
+                zeros &= dp_runtime_read_tensor(rt, stage, copy, 0, k, buf, &n, NULL) == DP_OK && n == 24 * 8;
+                for (size_t i = 0; zeros && i < n; i++) zeros = buf[i] == 0.0f;
+                read++;
+            }
+    tap_ok(zeros && read == 8, "optimizer state not yet allocated reads as zeros (%d tensors)", read);
 
     int ok = 1, checked = 0;
     for (int pass = 0; pass < 2; pass++) /* write everything, then read everything */

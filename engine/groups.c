@@ -1,0 +1,29 @@
+/* groups.c: the process groups of a rank (see groups.h). Every split is collective: each rank
+ * makes the same splits in the same order, here and nowhere else. */
+#include "engine/groups.h"
+
+#include <string.h>
+
+dp_status dp_groups_open(const dp_link_ops *L, dp_link_world *w, int rank, dp_device *dev, int timeout_ms,
+                         const dp_schedule *s, dp_groups *g)
+{
+    memset(g, 0, sizeof *g);
+    DP_CHECK(L->open(w, rank, dev, &g->world));
+    DP_CHECK(L->set_timeout(g->world, timeout_ms));
+    g->pipeline = g->world;
+    if (s->num_pipes == 2) {
+        /* the rank holding this rank's first stage in the other pipe; color: the lower of the two */
+        int pipe = s->slot_pipe[0][rank], stage = s->slot_stage[0][rank];
+        int partner = s->stage_rank[1 - pipe][stage];
+        DP_CHECK(L->split(g->world, rank < partner ? rank : partner, rank, &g->pair));
+    }
+    return DP_OK;
+}
+
+void dp_groups_close(const dp_link_ops *L, dp_groups *g)
+{
+    if (g->pair) L->close(g->pair);
+    if (g->pipeline && g->pipeline != g->world) L->close(g->pipeline);
+    if (g->world) L->close(g->world);
+    memset(g, 0, sizeof *g);
+}

@@ -1,0 +1,453 @@
+/* rank.c: one rank's work (see rank.h). Everything here acts on this rank's device, stages
+ * and links; what the host must see is sent to the root through the world group. */
+#define _POSIX_C_SOURCE 200809L
+#include "engine/rank.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/groups.h"
+#include "engine/host_copy.h"
+#include "engine/param_io.h"
+
+/* One parameter as the root's directory lists it, and as it travels there. */
+typedef struct {
+    uint64_t count;
+    char name[32];
+} param_record;
+
+struct dp_rank {
+    dp_runtime_config cfg;
+    const dp_driver *drv;
+    const dp_schedule *sched;
+    int rank;
+    dp_device *dev;
+    dp_stream *streams[2];
+    dp_groups groups;
+    dp_stage *stages[DP_MAX_LOCAL_STAGES];
+    dp_executor *ex;
+    void *input[DP_MAX_LOCAL_STAGES], *output[DP_MAX_LOCAL_STAGES]; /* by pipe, in the model's dtype */
+    float *loss[DP_MAX_LOCAL_STAGES];
+    void *target[DP_MAX_LOCAL_STAGES];
+    dp_cast_staging staging; /* for host fp32 <-> device bf16 */
+    float *grad_scratch;     /* both local stages' gradients side by side, for one all_reduce */
+    void *scratch;           /* device bytes for results in flight to or from the root */
+    size_t scratch_bytes;
+    dp_action_time *times;
+    /* root: every stage's parameters, from the rank holding its copy 0 */
+    int *num_params;
+    param_record **params;
+};
+
+/* ----------------------------------------------------------------------------
+ * results to the root
+ *
+ * Results travel on the world group's activation channel of pipe 0, after every message of
+ * the step, with sequence numbers above any micro-batch's: neither tag matching (threads)
+ * nor order matching per channel (NCCL) can confuse them with the step's messages. */
+
+enum { RESULT_DATA = 1 << 24, RESULT_COUNT };
+#define RESULT_TAG(what) DP_TAG(DP_CHANNEL_ACTIVATION(0), (what))
+
+static dp_status scratch(dp_rank *rk, size_t bytes, void **out)
+{
+    if (bytes > rk->scratch_bytes) {
+        rk->drv->device->free(rk->dev, rk->scratch);
+        rk->scratch = NULL, rk->scratch_bytes = 0;
+        DP_CHECK(rk->drv->device->alloc(rk->dev, bytes, &rk->scratch));
+        rk->scratch_bytes = bytes;
+    }
+    *out = rk->scratch;
+    return DP_OK;
+}
+
+static dp_status send_to(dp_rank *rk, const void *dev_buf, size_t bytes, int peer, int what)
+{
+    const dp_link_ops *L = rk->drv->link;
+    dp_request *req;
+    DP_CHECK(L->isend(rk->groups.world, dev_buf, bytes, peer, RESULT_TAG(what), rk->streams[0], &req));
+    return L->wait(rk->groups.world, req);
+}
+
+static dp_status recv_from(dp_rank *rk, void *dev_buf, size_t bytes, int peer, int what)
+{
+    const dp_link_ops *L = rk->drv->link;
+    dp_request *req;
+    DP_CHECK(L->irecv(rk->groups.world, dev_buf, bytes, peer, RESULT_TAG(what), rk->streams[0], &req));
+    return L->wait(rk->groups.world, req);
+}
+
+/* Device bytes of rank `owner` to the root: the owner sends src (NULL: zeros); on the root
+ * *at points at them in device memory (src itself when the root owns them). */
+static dp_status gather_device(dp_rank *rk, int owner, const void *src, size_t bytes, const void **at)
+{
+    const dp_device_ops *D = rk->drv->device;
+    void *buf;
+    if (rk->rank == owner && (!src || owner != DP_ROOT_RANK) && bytes) {
+        if (!src) {
+            DP_CHECK(scratch(rk, bytes, &buf));
+            DP_CHECK(D->memset(rk->dev, buf, 0, bytes, rk->streams[0]));
+            src = buf;
+        }
+        if (owner != DP_ROOT_RANK) return send_to(rk, src, bytes, DP_ROOT_RANK, RESULT_DATA);
+    }
+    if (rk->rank != DP_ROOT_RANK) return DP_OK;
+    if (owner == DP_ROOT_RANK || !bytes) {
+        *at = src;
+        return DP_OK;
+    }
+    DP_CHECK(scratch(rk, bytes, &buf));
+    DP_CHECK(recv_from(rk, buf, bytes, owner, RESULT_DATA));
+    *at = buf;
+    return DP_OK;
+}
+
+/* The same, from device memory of the owner into host memory of the root. */
+static dp_status gather_to_host(dp_rank *rk, int owner, const void *src, size_t bytes, void *host)
+{
+    const void *at = NULL;
+    DP_CHECK(gather_device(rk, owner, src, bytes, &at));
+    if (rk->rank != DP_ROOT_RANK || !bytes) return DP_OK;
+    DP_CHECK(rk->drv->device->copy(rk->dev, host, at, bytes, DP_COPY_DEVICE_TO_HOST, rk->streams[0]));
+    return rk->drv->device->stream_synchronize(rk->dev, rk->streams[0]);
+}
+
+/* Host bytes of a rank to host memory of the root, through device memory (links carry
+ * device memory). */
+static dp_status host_to_root(dp_rank *rk, int owner, const void *src, void *dst, size_t bytes, int what)
+{
+    const dp_device_ops *D = rk->drv->device;
+    if (owner == DP_ROOT_RANK) {
+        if (rk->rank == DP_ROOT_RANK && dst != src && bytes) memcpy(dst, src, bytes);
+        return DP_OK;
+    }
+    if (!bytes || (rk->rank != owner && rk->rank != DP_ROOT_RANK)) return DP_OK;
+    void *buf;
+    DP_CHECK(scratch(rk, bytes, &buf));
+    if (rk->rank == owner) {
+        DP_CHECK(D->copy(rk->dev, buf, src, bytes, DP_COPY_HOST_TO_DEVICE, rk->streams[0]));
+        return send_to(rk, buf, bytes, DP_ROOT_RANK, what);
+    }
+    DP_CHECK(recv_from(rk, buf, bytes, owner, what));
+    DP_CHECK(D->copy(rk->dev, dst, buf, bytes, DP_COPY_DEVICE_TO_HOST, rk->streams[0]));
+    return D->stream_synchronize(rk->dev, rk->streams[0]);
+}
+
+/* The root learns, stage by stage, the parameters from the rank holding the stage's copy 0. */
+static dp_status gather_directory(dp_rank *rk)
+{
+    const dp_schedule *s = rk->sched;
+    int S = s->num_stages, root = rk->rank == DP_ROOT_RANK;
+    if (root) {
+        rk->num_params = calloc((size_t)S, sizeof *rk->num_params);
+        rk->params = calloc((size_t)S, sizeof *rk->params);
+        if (!rk->num_params || !rk->params) return dp_fail(DP_ERR_NOMEM, "out of memory for the parameter list");
+    }
+    for (int stage = 0; stage < S; stage++) {
+        int owner = s->stage_rank[0][stage];
+        if (!root && rk->rank != owner) continue;
+        int64_t n = 0;
+        param_record *recs = NULL;
+        if (rk->rank == owner) {
+            dp_stage *st = rk->stages[s->stage_local[0][stage]];
+            n = dp_stage_num_params(st);
+            recs = calloc((size_t)n + 1, sizeof *recs);
+            if (!recs) return dp_fail(DP_ERR_NOMEM, "out of memory for the parameter list");
+            for (int i = 0; i < n; i++) {
+                dp_param_view v;
+                dp_stage_param(st, i, &v);
+                recs[i].count = v.count;
+                memcpy(recs[i].name, v.name, sizeof recs[i].name);
+            }
+        }
+        dp_status e = host_to_root(rk, owner, &n, &n, sizeof n, RESULT_COUNT);
+        if (e == DP_OK && root && !recs && !(recs = calloc((size_t)n + 1, sizeof *recs)))
+            e = dp_fail(DP_ERR_NOMEM, "out of memory for the parameter list");
+        if (e == DP_OK) e = host_to_root(rk, owner, recs, recs, (size_t)n * sizeof *recs, RESULT_DATA);
+        if (root && e == DP_OK) rk->num_params[stage] = (int)n, rk->params[stage] = recs;
+        else free(recs);
+        if (e != DP_OK) return e;
+    }
+    return DP_OK;
+}
+
+int dp_rank_num_params(const dp_rank *rk, int stage)
+{
+    if (!rk->num_params || stage < 0 || stage >= rk->sched->num_stages) return 0;
+    return rk->num_params[stage];
+}
+
+dp_status dp_rank_param_info(const dp_rank *rk, int stage, int index, size_t *count, char name[32])
+{
+    int n = dp_rank_num_params(rk, stage);
+    if (index < 0 || index >= n) return dp_fail(DP_ERR_INVALID, "stage %d has no parameter %d (it has %d)", stage, index, n);
+    const param_record *p = &rk->params[stage][index];
+    if (count) *count = (size_t)p->count;
+    if (name) snprintf(name, 32, "%s", p->name);
+    return DP_OK;
+}
+
+dp_status dp_rank_gather_tensor(dp_rank *rk, int stage, int copy, int index, dp_tensor_kind which, float *host)
+{
+    const dp_schedule *s = rk->sched;
+    int owner = s->stage_rank[copy][stage];
+    size_t count = 0;
+    if (rk->rank == owner) {
+        dp_stage *st = rk->stages[s->stage_local[copy][stage]];
+        if (owner == DP_ROOT_RANK)
+            return dp_param_read(rk->drv->device, rk->dev, st, index, which, host, NULL, NULL);
+        if (index < 0 || index >= dp_stage_num_params(st))
+            return dp_fail(DP_ERR_INVALID, "stage %d has no parameter %d", stage, index);
+        dp_param_view v;
+        dp_stage_param(st, index, &v);
+        return gather_to_host(rk, owner, dp_param_tensor(&v, which), v.count * sizeof(float), NULL);
+    }
+    if (rk->rank != DP_ROOT_RANK) return DP_OK;
+    DP_CHECK(dp_rank_param_info(rk, stage, index, &count, NULL));
+    return gather_to_host(rk, owner, NULL, count * sizeof(float), host);
+}
+
+dp_status dp_rank_write_tensor(dp_rank *rk, int stage, int copy, int index, dp_tensor_kind which, const float *host,
+                               size_t count)
+{
+    const dp_schedule *s = rk->sched;
+    if (rk->rank != s->stage_rank[copy][stage]) return DP_OK;
+    return dp_param_write(rk->drv->device, rk->dev, rk->stages[s->stage_local[copy][stage]], index, which, host, count);
+}
+
+/* ----------------------------------------------------------------------------
+ * set-up and tear-down */
+
+dp_status dp_rank_create(const dp_rank_config *c, dp_rank **out)
+{
+    *out = NULL;
+    dp_rank *rk = calloc(1, sizeof *rk);
+    if (!rk) return dp_fail(DP_ERR_NOMEM, "out of memory creating rank %d", c->rank);
+    rk->cfg = *c->cfg;
+    rk->drv = c->drv;
+    rk->sched = c->sched;
+    rk->rank = c->rank;
+    *out = rk;
+    const dp_device_ops *D = rk->drv->device;
+    const dp_schedule *s = rk->sched;
+    int r = rk->rank, ordinal = 0, count = 0;
+    if (rk->cfg.spread_devices) {
+        DP_CHECK(D->device_count(&count));
+        if (count > 0) ordinal = r % count;
+    }
+    dp_device_config dc = {
+        .ordinal = ordinal, .threads = rk->cfg.threads_per_rank, .rank = r, .flags = rk->cfg.device_flags};
+    DP_CHECK(D->open(&dc, &rk->dev));
+    for (int i = 0; i < 2; i++) DP_CHECK(D->stream_create(rk->dev, &rk->streams[i]));
+    dp_stage_env env = {.ops = D, .dev = rk->dev, .streams = {rk->streams[0], rk->streams[1]}};
+    for (int d = 0; d < s->num_local_stages; d++)
+        DP_CHECK(dp_stage_create(&env, &rk->cfg.model, s->slot_stage[d][r], s->num_stages, &rk->stages[d]));
+    return DP_OK;
+}
+
+dp_status dp_rank_connect(dp_rank *rk, dp_link_world *w)
+{
+    const dp_device_ops *D = rk->drv->device;
+    const dp_schedule *s = rk->sched;
+    int r = rk->rank;
+    DP_CHECK(dp_groups_open(rk->drv->link, w, r, rk->dev, rk->cfg.timeout_ms, s, &rk->groups));
+    size_t act_bytes = dp_model_act_bytes(&rk->cfg.model), cpp = (size_t)s->chunks_per_pipe;
+    for (int d = 0; d < s->num_local_stages; d++) {
+        int pipe = s->slot_pipe[d][r];
+        if (dp_schedule_is_first_stage(s, r, d)) DP_CHECK(D->alloc(rk->dev, cpp * act_bytes, &rk->input[pipe]));
+        if (dp_schedule_is_last_stage(s, r, d)) {
+            void *p;
+            DP_CHECK(D->alloc(rk->dev, cpp * dp_model_target_bytes(&rk->cfg.model), &rk->target[pipe]));
+            DP_CHECK(D->alloc(rk->dev, cpp * sizeof(float), &p));
+            rk->loss[pipe] = p;
+            DP_CHECK(D->alloc(rk->dev, cpp * act_bytes, &rk->output[pipe]));
+        }
+    }
+    if (rk->cfg.record_times) {
+        rk->times = calloc((size_t)s->num_actions[r] + 1, sizeof *rk->times);
+        if (!rk->times) return dp_fail(DP_ERR_NOMEM, "out of memory for timings");
+    }
+    dp_executor_config ec = {.sched = s, .rank = r, .dops = D, .dev = rk->dev, .lops = rk->drv->link,
+                             .link = rk->groups.pipeline, .sync_each_action = rk->cfg.record_times,
+                             .serial_pairs = rk->cfg.serial_pairs};
+    ec.streams[0] = rk->streams[0], ec.streams[1] = rk->streams[1];
+    for (int d = 0; d < s->num_local_stages; d++) ec.stages[d] = rk->stages[d];
+    DP_CHECK(dp_executor_create(&ec, &rk->ex));
+    return gather_directory(rk);
+}
+
+void dp_rank_destroy(dp_rank *rk)
+{
+    if (!rk) return;
+    const dp_device_ops *D = rk->drv->device;
+    dp_executor_destroy(rk->ex);
+    for (int d = 0; d < DP_MAX_LOCAL_STAGES; d++) {
+        dp_stage_destroy(rk->stages[d]);
+        if (rk->dev) {
+            D->free(rk->dev, rk->input[d]);
+            D->free(rk->dev, rk->target[d]);
+            D->free(rk->dev, rk->loss[d]);
+            D->free(rk->dev, rk->output[d]);
+        }
+    }
+    if (rk->dev) {
+        D->free(rk->dev, rk->grad_scratch);
+        D->free(rk->dev, rk->scratch);
+        dp_cast_staging_free(D, rk->dev, &rk->staging);
+    }
+    dp_groups_close(rk->drv->link, &rk->groups);
+    for (int i = 0; i < 2; i++)
+        if (rk->streams[i]) D->stream_destroy(rk->dev, rk->streams[i]);
+    if (rk->dev) D->close(rk->dev);
+    for (int st = 0; rk->params && st < rk->sched->num_stages; st++) free(rk->params[st]);
+    free(rk->params), free(rk->num_params);
+    free(rk->times);
+    free(rk);
+}
+
+void dp_rank_abort(dp_rank *rk, dp_status why, const char *message)
+{
+    if (rk && rk->groups.world) rk->drv->link->abort(rk->groups.world, why, message);
+}
+
+/* ----------------------------------------------------------------------------
+ * steps */
+
+/* The step's inputs (and targets) from the host into this rank's device, in the model's
+ * dtype; MSE targets are fp32 on the host like the inputs, labels int32 everywhere. */
+static dp_status load_inputs(dp_rank *rk, const float *inputs, const void *targets)
+{
+    const dp_device_ops *D = rk->drv->device;
+    const dp_schedule *s = rk->sched;
+    const dp_model_config *m = &rk->cfg.model;
+    int r = rk->rank;
+    size_t act = dp_model_act_elems(m), cpp = (size_t)s->chunks_per_pipe;
+    for (int d = 0; d < s->num_local_stages; d++) {
+        int pipe = s->slot_pipe[d][r];
+        if (dp_schedule_is_first_stage(s, r, d))
+            DP_CHECK(dp_upload_f32(D, rk->dev, rk->streams[0], &rk->staging, rk->input[pipe], m->dtype,
+                                   inputs + (size_t)pipe * cpp * act, cpp * act));
+        if (!targets || !dp_schedule_is_last_stage(s, r, d)) continue;
+        if (m->loss == DP_LOSS_MSE) {
+            DP_CHECK(dp_upload_f32(D, rk->dev, rk->streams[0], &rk->staging, rk->target[pipe], m->dtype,
+                                   (const float *)targets + (size_t)pipe * cpp * act, cpp * act));
+        } else {
+            size_t tb = dp_model_host_target_bytes(m);
+            DP_CHECK(D->copy(rk->dev, rk->target[pipe], (const char *)targets + (size_t)pipe * cpp * tb, cpp * tb,
+                             DP_COPY_HOST_TO_DEVICE, rk->streams[0]));
+        }
+    }
+    return D->stream_synchronize(rk->dev, rk->streams[0]);
+}
+
+dp_status dp_rank_load(dp_rank *rk, const float *inputs, const void *targets)
+{
+    return load_inputs(rk, inputs, targets);
+}
+
+static dp_step_io step_io(dp_rank *rk, double t0)
+{
+    dp_step_io io;
+    memset(&io, 0, sizeof io);
+    for (int p = 0; p < DP_MAX_LOCAL_STAGES; p++) {
+        io.input[p] = rk->input[p];
+        io.target[p] = rk->target[p];
+        io.loss[p] = rk->loss[p];
+        io.output[p] = rk->output[p];
+    }
+    io.times = rk->times;
+    io.t0 = t0;
+    return io;
+}
+
+/* The copies of each stage add their gradients; both orders of a sum of two give the same
+ * bits, so every copy ends equal to the single-rank reference's pipe-by-pipe sum. */
+static dp_status sync_gradients(dp_rank *rk)
+{
+    dp_link *pair = rk->groups.pair;
+    if (!pair) return DP_OK;
+    const dp_schedule *s = rk->sched;
+    int r = rk->rank;
+    int order[DP_MAX_LOCAL_STAGES] = {0, 1};
+    if (s->num_local_stages == 2 && s->slot_stage[1][r] < s->slot_stage[0][r]) order[0] = 1, order[1] = 0;
+    /* One all_reduce for both stages, in stage order on both ranks of the pair: when ranks
+     * outnumber cores every message costs a wake-up, which costs more than the copies. */
+    const dp_device_ops *D = rk->drv->device;
+    const dp_link_ops *L = rk->drv->link;
+    size_t n[DP_MAX_LOCAL_STAGES] = {0, 0}, total = 0;
+    float *g[DP_MAX_LOCAL_STAGES] = {NULL, NULL};
+    for (int i = 0; i < s->num_local_stages; i++) g[i] = dp_stage_grads(rk->stages[order[i]], &n[i]), total += n[i];
+    if (s->num_local_stages == 1)
+        return L->all_reduce(pair, g[0], g[0], n[0], DP_DTYPE_F32, DP_REDUCE_SUM, rk->streams[0]);
+    if (!rk->grad_scratch) {
+        void *p;
+        DP_CHECK(D->alloc(rk->dev, total * sizeof(float), &p));
+        rk->grad_scratch = p;
+    }
+    DP_CHECK(D->copy(rk->dev, rk->grad_scratch, g[0], n[0] * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, rk->streams[0]));
+    DP_CHECK(D->copy(rk->dev, rk->grad_scratch + n[0], g[1], n[1] * sizeof(float), DP_COPY_DEVICE_TO_DEVICE,
+                     rk->streams[0]));
+    DP_CHECK(L->all_reduce(pair, rk->grad_scratch, rk->grad_scratch, total, DP_DTYPE_F32, DP_REDUCE_SUM,
+                           rk->streams[0]));
+    DP_CHECK(D->copy(rk->dev, g[0], rk->grad_scratch, n[0] * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, rk->streams[0]));
+    DP_CHECK(D->copy(rk->dev, g[1], rk->grad_scratch + n[0], n[1] * sizeof(float), DP_COPY_DEVICE_TO_DEVICE,
+                     rk->streams[0]));
+    return DP_OK;
+}
+
+/* Every rank's recorded times to the root, rank by rank. */
+static dp_status gather_times(dp_rank *rk, dp_action_time **times)
+{
+    if (!rk->times) return DP_OK;
+    const dp_schedule *s = rk->sched;
+    for (int r = 0; r < s->num_ranks; r++) {
+        if (rk->rank != r && rk->rank != DP_ROOT_RANK) continue;
+        size_t bytes = ((size_t)s->num_actions[r] + 1) * sizeof(dp_action_time);
+        DP_CHECK(host_to_root(rk, r, rk->times, rk->rank == DP_ROOT_RANK ? times[r] : NULL, bytes, RESULT_DATA));
+    }
+    return DP_OK;
+}
+
+dp_status dp_rank_train(dp_rank *rk, const dp_rank_step *a)
+{
+    const dp_device_ops *D = rk->drv->device;
+    const dp_schedule *s = rk->sched;
+    if (a->inputs) DP_CHECK(load_inputs(rk, a->inputs, a->targets));
+    for (int d = 0; d < s->num_local_stages; d++) DP_CHECK(dp_stage_zero_grad(rk->stages[d], rk->streams[0]));
+    dp_step_io io = step_io(rk, a->t0);
+    DP_CHECK(dp_executor_train(rk->ex, &io));
+    for (int i = 0; i < 2; i++) DP_CHECK(D->stream_synchronize(rk->dev, rk->streams[i]));
+    DP_CHECK(sync_gradients(rk));
+    for (int d = 0; d < s->num_local_stages; d++)
+        DP_CHECK(dp_stage_optimizer_step(rk->stages[d], rk->streams[0], &rk->cfg.optimizer, a->step));
+    /* each pipe's losses, from the rank holding its last stage */
+    size_t cpp = (size_t)s->chunks_per_pipe;
+    for (int pipe = 0; pipe < s->num_pipes; pipe++)
+        DP_CHECK(gather_to_host(rk, s->stage_rank[pipe][s->num_stages - 1], rk->loss[pipe], cpp * sizeof(float),
+                                rk->rank == DP_ROOT_RANK ? a->losses + (size_t)pipe * cpp : NULL));
+    DP_CHECK(D->stream_synchronize(rk->dev, rk->streams[0]));
+    return gather_times(rk, a->times);
+}
+
+dp_status dp_rank_infer(dp_rank *rk, const dp_rank_step *a)
+{
+    const dp_device_ops *D = rk->drv->device;
+    const dp_schedule *s = rk->sched;
+    DP_CHECK(load_inputs(rk, a->inputs, NULL));
+    dp_step_io io = step_io(rk, a->t0);
+    DP_CHECK(dp_executor_infer(rk->ex, &io));
+    const dp_model_config *m = &rk->cfg.model;
+    size_t act = dp_model_act_elems(m), cpp = (size_t)s->chunks_per_pipe;
+    for (int pipe = 0; pipe < s->num_pipes; pipe++) {
+        const void *at = NULL;
+        DP_CHECK(gather_device(rk, s->stage_rank[pipe][s->num_stages - 1], rk->output[pipe],
+                               cpp * dp_model_act_bytes(m), &at));
+        if (rk->rank == DP_ROOT_RANK)
+            DP_CHECK(dp_download_f32(D, rk->dev, rk->streams[0], &rk->staging, a->outputs + (size_t)pipe * cpp * act,
+                                     m->dtype, at, cpp * act));
+    }
+    DP_CHECK(D->stream_synchronize(rk->dev, rk->streams[0]));
+    return gather_times(rk, a->times);
+}
