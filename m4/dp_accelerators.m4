@@ -78,10 +78,11 @@ AC_DEFUN([DP_CHECK_NCCL], [
   AC_SUBST([NCCL_HOME]) AC_SUBST([NCCL_CPPFLAGS]) AC_SUBST([NCCL_LDFLAGS]) AC_SUBST([NCCL_LIBS])
 ])
 
-# DP_CHECK_HIP: sets have_hip, HIP_HOME, HIPCC.
+# DP_CHECK_HIP: sets have_hip, HIP_HOME, HIPCC. Detected and reported only: no code in this
+# version builds with hipcc.
 AC_DEFUN([DP_CHECK_HIP], [
   AC_ARG_WITH([hip],
-    [AS_HELP_STRING([--with-hip[=DIR]], [ROCm/HIP root (default: auto, $ROCM_PATH or /opt/rocm)])],
+    [AS_HELP_STRING([--with-hip[=DIR]], [ROCm/HIP root (default: auto, $ROCM_PATH or /opt/rocm); detected and reported only, nothing in this version uses it])],
     [], [with_hip=check])
   have_hip=no
   HIP_GUESS=""
@@ -98,10 +99,11 @@ AC_DEFUN([DP_CHECK_HIP], [
   AC_SUBST([HIP_HOME]) AC_SUBST([HIPCC])
 ])
 
-# DP_CHECK_MPI: sets have_mpi, MPICC, MPI_CFLAGS, MPI_LIBS.
+# DP_CHECK_MPI: sets have_mpi, MPICC, MPI_CFLAGS, MPI_LIBS, HAVE_MPI. Detected and reported
+# only: no code in this version uses MPI.
 AC_DEFUN([DP_CHECK_MPI], [
   AC_ARG_WITH([mpi],
-    [AS_HELP_STRING([--with-mpi[=MPICC]], [MPI for runs across processes and hosts (default: auto, mpicc on PATH)])],
+    [AS_HELP_STRING([--with-mpi[=MPICC]], [MPI compiler wrapper (default: auto, mpicc on PATH); detected and reported only, nothing in this version uses it])],
     [], [with_mpi=check])
   have_mpi=no
   AS_CASE([$with_mpi],
