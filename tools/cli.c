@@ -92,17 +92,6 @@ int cli_extra_arguments(int argc, char **argv)
     return 1;
 }
 
-int cli_parse_dtype(const char *option, const char *text, dp_dtype *out)
-{
-    if (text && (strcmp(text, "fp32") == 0 || strcmp(text, "float32") == 0)) *out = DP_DTYPE_F32;
-    else if (text && (strcmp(text, "bf16") == 0 || strcmp(text, "bfloat16") == 0)) *out = DP_DTYPE_BF16;
-    else {
-        cli_error("%s expects fp32 or bf16, got '%s'", option, text ? text : "");
-        return 1;
-    }
-    return 0;
-}
-
 int cli_output_open(cli_output *o, const char *path)
 {
     memset(o, 0, sizeof *o);

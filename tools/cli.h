@@ -3,9 +3,8 @@
 #ifndef DP_TOOLS_CLI_H
 #define DP_TOOLS_CLI_H
 
+#include <stddef.h>
 #include <stdio.h>
-
-#include "engine/device.h"
 
 /* Exit codes: 0 success, 1 the run failed, 2 bad usage or bad input. */
 enum { CLI_EXIT_OK = 0, CLI_EXIT_FAIL = 1, CLI_EXIT_USAGE = 2 };
@@ -27,8 +26,6 @@ int cli_extra_arguments(int argc, char **argv);
 /* Which of n names `text` is (its index into *out); otherwise an error naming the option and
  * the names it takes ("--loss: expected mse or xent, got 'l1'"), and nonzero. */
 int cli_parse_kind(const char *option, const char *text, const char *const *names, int n, int *out);
-/* "fp32" or "bf16" (also "float32", "bfloat16") into a dtype; an error naming the option otherwise. */
-int cli_parse_dtype(const char *option, const char *text, dp_dtype *out);
 
 /* Output that is either stdout (path NULL or "-") or a temporary file in the target's
  * directory, renamed over the target only on cli_output_commit: a failed run never
@@ -42,16 +39,6 @@ typedef struct {
 int cli_output_open(cli_output *o, const char *path);
 int cli_output_commit(cli_output *o); /* flush, close, rename; nonzero on failure (reported) */
 void cli_output_abort(cli_output *o); /* close and remove the temporary */
-
-/* In a function with an `out:` label: a failed dp_status call prints the call and
- * dp_last_error() and jumps there. */
-#define CLI_TRY(call)                                                         \
-    do {                                                                      \
-        if ((call) != DP_OK) {                                                \
-            cli_error("%s: %s", #call, dp_last_error());                      \
-            goto out;                                                         \
-        }                                                                     \
-    } while (0)
 
 /* Sorts n doubles in increasing order (for medians of timings). */
 void cli_sort_doubles(double *v, size_t n);

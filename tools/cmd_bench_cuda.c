@@ -12,7 +12,7 @@
 
 #include "engine/driver.h"
 #include "engine/runtime.h"
-#include "tools/cli.h"
+#include "tools/cli_engine.h"
 #include "tools/commands.h"
 #include "tools/gemm_floor.h"
 #include "tools/step_timing.h"

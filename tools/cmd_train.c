@@ -13,7 +13,7 @@
 #include "engine/driver.h"
 #include "engine/reference.h"
 #include "engine/runtime.h"
-#include "tools/cli.h"
+#include "tools/cli_engine.h"
 #include "tools/commands.h"
 #include "tools/compare.h"
 #include "tools/step_timing.h"

@@ -14,7 +14,7 @@
 
 #include "engine/driver.h"
 #include "engine/runtime.h"
-#include "tools/cli.h"
+#include "tools/cli_engine.h"
 #include "tools/commands.h"
 #include "tools/verify_check.h"
 

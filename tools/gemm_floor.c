@@ -8,7 +8,7 @@
 
 #include "engine/host_copy.h"
 #include "engine/model.h"
-#include "tools/cli.h"
+#include "tools/cli_engine.h"
 
 /* Timing: the stage's six GEMMs in the order a stage visit runs them, queued back to back
  * and timed with an event between each two. Two things would put the floor off and are
