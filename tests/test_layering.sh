@@ -19,8 +19,11 @@ check() {
         echo "not ok $n - $name: no sources given (run through make check, which passes layering_*)"
         return
     fi
+    seen=" "
     for src in $sources; do
         case $src in *.c|*.h) ;; *) continue ;; esac
+        case $seen in *" $src "*) continue ;; esac # a file in two programs' lists
+        seen="$seen$src "
         found=$(awk -v top="$top" -v forbid="$forbid" -v root="$src" '
             function follow(f,    path, line, inc) {
                 path = top "/" f
@@ -59,5 +62,6 @@ check() {
 check "libeplb" "engine/|drivers/|tools/" "${layering_libeplb-}"
 check "eplb tool and bench_eplb" "engine/|drivers/" "${layering_eplb_tool-}"
 check "libdualpipe" "tools/|drivers/cuda/" "${layering_libdualpipe-}"
+check "dualpipe tool and bench_cpu" "drivers/" "${layering_dualpipe_tool-}"
 echo "1..$n"
 exit $fail

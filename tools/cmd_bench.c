@@ -9,10 +9,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "drivers/cpu/cpu_internal.h"
 #include "engine/driver.h"
 #include "engine/runtime.h"
-#include "tools/cli.h"
+#include "tools/cli_engine.h"
 #include "tools/commands.h"
 
 static void usage(FILE *out)
@@ -35,54 +34,110 @@ static void usage(FILE *out)
 /* ----------------------------------------------------------------------------
  * GEMM */
 
-/* GFLOP/s of C[m x n] = A[m x k] B^T (the forward's shape), median of `reps` */
-static double gemm_rate(dp_device *dev, int use_blas, int threads, int m, int n, int k, int reps)
+/* The GEMMs are timed through the driver's device table, as the model runs them. The CPU
+ * driver fixes a device's GEMM and thread count when the device opens (CBLAS where built in,
+ * unless DUALPIPE_CPU_GEMM=portable), so each measurement opens a device of its own. */
+
+/* Opens a device of the CPU driver with `threads` kernel threads (0: all cores); `portable`
+ * asks for the driver's own GEMM even where CBLAS is built in. The environment is as before. */
+static dp_status open_device(const dp_driver *drv, int portable, int threads, dp_device **dev)
 {
-    float *a = malloc(sizeof(float) * (size_t)m * k), *b = malloc(sizeof(float) * (size_t)n * k);
-    float *c = malloc(sizeof(float) * (size_t)m * n);
-    double *t = malloc(sizeof(double) * (size_t)reps);
-    if (!a || !b || !c || !t) {
-        free(a), free(b), free(c), free(t);
-        return 0;
+    const char *old = getenv("DUALPIPE_CPU_GEMM");
+    char *saved = old ? strdup(old) : NULL;
+    if (portable) setenv("DUALPIPE_CPU_GEMM", "portable", 1);
+    dp_device_config dc = {.threads = threads};
+    dp_status st = drv->device->open(&dc, dev);
+    if (portable) {
+        if (saved) setenv("DUALPIPE_CPU_GEMM", saved, 1);
+        else unsetenv("DUALPIPE_CPU_GEMM");
     }
-    for (size_t i = 0; i < (size_t)m * k; i++) a[i] = (float)((i * 7 % 13) - 6) * 0.1f;
-    for (size_t i = 0; i < (size_t)n * k; i++) b[i] = (float)((i * 5 % 11) - 5) * 0.1f;
-    dev->use_blas = use_blas;
-    dev->threads = threads;
-    if (use_blas) dp_cpu_blas_set_threads(threads);
-    dp_gemm_args g = {0, 1, m, n, k, 1.0f, 0.0f, a, k, DP_DTYPE_F32, b, k, DP_DTYPE_F32, c, n, DP_DTYPE_F32};
-    dp_cpu_gemm(dev, NULL, &g); /* warm-up */
-    for (int r = 0; r < reps; r++) {
-        double t0 = dp_now_ms();
-        dp_cpu_gemm(dev, NULL, &g);
-        t[r] = dp_now_ms() - t0;
-    }
-    cli_sort_doubles(t, (size_t)reps);
-    double ms = t[reps / 2];
-    free(a), free(b), free(c), free(t);
-    return 2.0 * m * n * k / (ms * 1e-3) * 1e-9;
+    free(saved);
+    return st;
 }
 
-static void bench_gemm(int quick)
+/* GFLOP/s of C[m x n] = A[m x k] B^T (the forward's shape), median of `reps` after one warm-up,
+ * each timed between two events; 0 (said) on failure. */
+static double gemm_rate(const dp_driver *drv, int portable, int threads, int m, int n, int k, int reps)
+{
+    const dp_device_ops *D = drv->device;
+    dp_device *dev = NULL;
+    void *a = NULL, *b = NULL, *c = NULL;
+    dp_event *e0 = NULL, *e1 = NULL;
+    float *ha = malloc(sizeof(float) * (size_t)m * k), *hb = malloc(sizeof(float) * (size_t)n * k);
+    double *t = malloc(sizeof(double) * (size_t)reps);
+    double rate = 0;
+    if (!ha || !hb || !t) {
+        cli_error("out of memory for a %d x %d x %d GEMM", m, n, k);
+        goto out;
+    }
+    for (size_t i = 0; i < (size_t)m * k; i++) ha[i] = (float)((i * 7 % 13) - 6) * 0.1f;
+    for (size_t i = 0; i < (size_t)n * k; i++) hb[i] = (float)((i * 5 % 11) - 5) * 0.1f;
+    CLI_TRY(open_device(drv, portable, threads, &dev));
+    CLI_TRY(D->alloc(dev, sizeof(float) * (size_t)m * k, &a));
+    CLI_TRY(D->alloc(dev, sizeof(float) * (size_t)n * k, &b));
+    CLI_TRY(D->alloc(dev, sizeof(float) * (size_t)m * n, &c));
+    CLI_TRY(D->copy(dev, a, ha, sizeof(float) * (size_t)m * k, DP_COPY_HOST_TO_DEVICE, NULL));
+    CLI_TRY(D->copy(dev, b, hb, sizeof(float) * (size_t)n * k, DP_COPY_HOST_TO_DEVICE, NULL));
+    CLI_TRY(D->event_create(dev, &e0));
+    CLI_TRY(D->event_create(dev, &e1));
+    dp_gemm_args g = {0, 1, m, n, k, 1.0f, 0.0f, a, k, DP_DTYPE_F32, b, k, DP_DTYPE_F32, c, n, DP_DTYPE_F32};
+    CLI_TRY(D->gemm(dev, NULL, &g)); /* warm-up */
+    for (int r = 0; r < reps; r++) {
+        float ms;
+        CLI_TRY(D->event_record(dev, e0, NULL));
+        CLI_TRY(D->gemm(dev, NULL, &g));
+        CLI_TRY(D->event_record(dev, e1, NULL));
+        CLI_TRY(D->event_synchronize(dev, e1));
+        CLI_TRY(D->event_elapsed(dev, e0, e1, &ms));
+        t[r] = ms;
+    }
+    cli_sort_doubles(t, (size_t)reps);
+    rate = 2.0 * m * n * k / (t[reps / 2] * 1e-3) * 1e-9;
+out:
+    if (dev) {
+        D->event_destroy(dev, e0), D->event_destroy(dev, e1);
+        D->free(dev, a), D->free(dev, b), D->free(dev, c);
+        D->close(dev);
+    }
+    free(ha), free(hb), free(t);
+    return rate;
+}
+
+/* The name the driver gives a device opened that way ("cpu (2 threads, CBLAS GEMM)"). */
+static int device_name(const dp_driver *drv, int portable, char *name, size_t size)
+{
+    dp_device *dev = NULL;
+    dp_device_info info;
+    int rc = 1;
+    CLI_TRY(open_device(drv, portable, 1, &dev));
+    CLI_TRY(drv->device->info(dev, &info));
+    snprintf(name, size, "%s", info.name);
+    rc = 0;
+out:
+    if (dev) drv->device->close(dev);
+    return rc;
+}
+
+static int bench_gemm(int quick)
 {
     const dp_driver *d;
-    dp_driver_load("cpu", &d);
-    dp_device *dev;
-    dp_device_config dc = {.threads = 0};
-    d->device->open(&dc, &dev);
-    int cores = dev->threads;
-    int blas = dp_cpu_have_blas();
-    int peak_n = quick ? 512 : 1024;
-    double peak1 = 0, peakn = 0;
-    if (blas) {
-        peak1 = gemm_rate(dev, 1, 1, peak_n, peak_n, peak_n, 5);
-        peakn = gemm_rate(dev, 1, cores, peak_n, peak_n, peak_n, 5);
-    } else {
-        peak1 = gemm_rate(dev, 0, 1, peak_n, peak_n, peak_n, 5);
-        peakn = gemm_rate(dev, 0, cores, peak_n, peak_n, peak_n, 5);
+    if (dp_driver_load("cpu", &d) != DP_OK) {
+        cli_error("%s", dp_last_error());
+        return 1;
     }
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    int cores = online > 0 ? (int)online : 1;
+    /* Two GEMMs to compare when the driver's choice differs from its portable GEMM (CBLAS built
+     * in and not turned off): backend 0 is the driver's choice, backend 1 the portable one. */
+    char chosen[128], portable[128];
+    if (device_name(d, 0, chosen, sizeof chosen) || device_name(d, 1, portable, sizeof portable)) return 1;
+    int blas = strcmp(chosen, portable) != 0;
+    int peak_n = quick ? 512 : 1024;
+    double peak1 = gemm_rate(d, 0, 1, peak_n, peak_n, peak_n, 5);
+    double peakn = gemm_rate(d, 0, cores, peak_n, peak_n, peak_n, 5);
+    if (peak1 <= 0 || peakn <= 0) return 1;
     printf("GEMM (fp32; measured peak = %s %dx%dx%d: %.1f GFLOP/s on 1 core, %.1f on %d)\n",
-           blas ? "CBLAS" : "portable GEMM (no CBLAS built in)", peak_n, peak_n, peak_n, peak1, peakn, cores);
+           blas ? "CBLAS" : "portable GEMM (no CBLAS in use)", peak_n, peak_n, peak_n, peak1, peakn, cores);
     printf("  %-26s %-9s %8s %9s   %8s %9s\n", "shape m x n x k", "gemm", "1 core", "of peak", "all", "of peak");
     static const int shapes[][3] = {{256, 1024, 256}, {256, 256, 1024}, {512, 2048, 512}, {512, 512, 2048},
                                     {1024, 1024, 1024}};
@@ -91,15 +146,17 @@ static void bench_gemm(int quick)
         int m = shapes[i][0], n = shapes[i][1], k = shapes[i][2];
         char label[64];
         snprintf(label, sizeof label, "%d x %d x %d", m, n, k);
-        for (int be = 0; be <= blas; be++) {
-            double r1 = gemm_rate(dev, be, 1, m, n, k, quick ? 3 : 5);
-            double rn = gemm_rate(dev, be, cores, m, n, k, quick ? 3 : 5);
-            printf("  %-26s %-9s %8.1f %8.0f%%   %8.1f %8.0f%%\n", label, be ? "cblas" : "portable", r1,
+        for (int cblas = 0; cblas <= blas; cblas++) { /* portable first, then CBLAS */
+            int use_portable = !cblas;
+            double r1 = gemm_rate(d, use_portable, 1, m, n, k, quick ? 3 : 5);
+            double rn = gemm_rate(d, use_portable, cores, m, n, k, quick ? 3 : 5);
+            if (r1 <= 0 || rn <= 0) return 1;
+            printf("  %-26s %-9s %8.1f %8.0f%%   %8.1f %8.0f%%\n", label, cblas ? "cblas" : "portable", r1,
                    100 * r1 / peak1, rn, 100 * rn / peakn);
         }
     }
-    d->device->close(dev);
     fflush(stdout);
+    return 0;
 }
 
 /* ----------------------------------------------------------------------------
@@ -197,7 +254,7 @@ int cmd_bench(int argc, char **argv)
         }
     }
     if (cli_extra_arguments(argc, argv)) return CLI_EXIT_USAGE;
-    if (gemm && !custom) bench_gemm(quick);
+    if (gemm && !custom && bench_gemm(quick)) return CLI_EXIT_FAIL;
     if (!step_times) return CLI_EXIT_OK;
     step_header();
     if (custom) return bench_step(&one, steps) ? CLI_EXIT_FAIL : CLI_EXIT_OK;
