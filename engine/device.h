@@ -1,6 +1,7 @@
-/* device.h: the device interface. A driver fills one versioned table of function pointers
- * (memory, streams and events, and every kernel the model needs); the model is written once
- * against it. The CPU driver implements all of it and is the definition of correct. */
+/* device.h: the device interface. A driver fills two versioned tables of function pointers,
+ * the runtime (memory, streams, events) and the kernels the model needs; the model is written
+ * once against the engine's complete view of both. The CPU driver implements all of it and is
+ * the definition of correct. */
 #ifndef DP_DEVICE_H
 #define DP_DEVICE_H
 
@@ -12,15 +13,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* ----------------------------------------------------------------------------
- * ABI
- *
- * The table's first two fields are its ABI version and its size. Members are only ever
- * appended: a caller reads a member only when struct_size covers it. A driver that does not
- * support an operation points it at a stub returning DP_ERR_UNSUPPORTED, never at NULL. */
-
-#define DP_DEVICE_ABI_VERSION 1
 
 /* ----------------------------------------------------------------------------
  * Types shared with the link interface */
@@ -110,98 +102,155 @@ typedef struct {
 } dp_sgd_args;
 
 /* ----------------------------------------------------------------------------
- * The table. Every member takes the device first and returns a dp_status. Kernels and
- * copies are ordered on the stream given (NULL: the device's default stream); pointers
- * are device memory unless named host_*. Element counts are in elements, not bytes. */
+ * The tables
+ *
+ * A driver fills two tables: the runtime (devices, memory, streams, events), which is stable,
+ * and the kernels, which grow with the model (MoE adds routing, row permutations, SwiGLU).
+ * Each opens with its ABI version and its size as the driver was built, and members are only
+ * ever appended to the end of their table, so a driver built against an older header still
+ * loads: what its tables lack, the engine treats as unsupported.
+ *
+ * The members are listed once, below, as X(name, (parameters)); from these lists come both
+ * tables, the engine's complete view of a driver (dp_device_ops) and the stubs that stand in
+ * for what a driver lacks. Every member takes the device first (device_count excepted) and
+ * returns a dp_status. Kernels and copies are ordered on the stream given (NULL: the device's
+ * default stream); pointers are device memory unless named host_*. Element counts are in
+ * elements, not bytes. To add a kernel: append one X(...) line to DP_DEVICE_KERNEL_OPS, then
+ * fill it in each driver's kernel table (a driver without it points it at its
+ * dp_unsupported_NAME stub). */
 
+#define DP_DEVICE_RUNTIME_ABI_VERSION 1
+#define DP_DEVICE_KERNEL_ABI_VERSION 1
+
+#define DP_DEVICE_RUNTIME_OPS(X)                                                                          \
+    /* --- devices */                                                                                     \
+    X(device_count, (int *count))                                                                         \
+    X(open, (const dp_device_config *cfg, dp_device **out))                                               \
+    X(close, (dp_device *dev))                                                                            \
+    X(info, (dp_device *dev, dp_device_info *out))                                                        \
+    /* --- memory */                                                                                      \
+    X(alloc, (dp_device *dev, size_t bytes, void **ptr)) /* aligned to 64 bytes at least */               \
+    X(free, (dp_device *dev, void *ptr))                 /* NULL is fine */                               \
+    X(copy, (dp_device *dev, void *dst, const void *src, size_t bytes, dp_copy_kind kind, dp_stream *stream)) \
+    X(memset, (dp_device *dev, void *dst, int byte, size_t bytes, dp_stream *stream))                     \
+    /* --- streams and events (two streams per rank carry an overlapped F&B pair) */                      \
+    X(stream_create, (dp_device *dev, dp_stream **out))                                                   \
+    X(stream_destroy, (dp_device *dev, dp_stream *s))                                                     \
+    X(stream_synchronize, (dp_device *dev, dp_stream *s)) /* host waits for the stream */                 \
+    X(event_create, (dp_device *dev, dp_event **out))                                                     \
+    X(event_destroy, (dp_device *dev, dp_event *e))                                                       \
+    X(event_record, (dp_device *dev, dp_event *e, dp_stream *s))                                          \
+    X(stream_wait_event, (dp_device *dev, dp_stream *s, dp_event *e)) /* s waits, host does not */        \
+    X(event_query, (dp_device *dev, dp_event *e, int *done))                                              \
+    X(event_synchronize, (dp_device *dev, dp_event *e))                                                   \
+    /* Milliseconds between two recorded and completed events. */                                        \
+    X(event_elapsed, (dp_device *dev, dp_event *start, dp_event *end, float *ms))
+
+#define DP_DEVICE_KERNEL_OPS(X)                                                                           \
+    /* --- dense algebra */                                                                               \
+    X(gemm, (dp_device *dev, dp_stream *s, const dp_gemm_args *g))                                        \
+    /* --- element-wise (n elements of dtype t) */                                                        \
+    X(fill, (dp_device *dev, dp_stream *s, dp_dtype t, size_t n, float value, void *y))                   \
+    X(cast, (dp_device *dev, dp_stream *s, size_t n, dp_dtype src_t, const void *src, dp_dtype dst_t,     \
+             void *dst))                                                                                  \
+    /* y = a + b (y may alias a or b) */                                                                  \
+    X(add, (dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *a, const void *b, void *y))   \
+    X(scale, (dp_device *dev, dp_stream *s, dp_dtype t, size_t n, float alpha, void *y)) /* y *= alpha */ \
+    /* GELU, exact (erf) form as torch.nn.GELU(): y = x/2 (1 + erf(x / sqrt 2)). */                       \
+    X(gelu_forward, (dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *x, void *y))         \
+    /* dx = dy * gelu'(x) */                                                                              \
+    X(gelu_backward, (dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *x, const void *dy,  \
+                      void *dx))                                                                          \
+    /* --- normalisation: RMSNorm over rows of `cols`: y = x / sqrt(mean(x^2) + eps) * w.                 \
+     * rstd (fp32, one per row) is saved by forward for both backwards. */                                \
+    X(rmsnorm_forward, (dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols, float eps,          \
+                        const void *x, const float *w, void *y, float *rstd))                             \
+    /* dx written */                                                                                      \
+    X(rmsnorm_backward_input, (dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols,              \
+                               const void *x, const float *w, const float *rstd, const void *dy,          \
+                               void *dx))                                                                 \
+    /* dw += sum over rows, in row order */                                                               \
+    X(rmsnorm_backward_weight, (dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols,             \
+                                const void *x, const float *rstd, const void *dy, float *dw))             \
+    /* --- losses. *loss is one fp32 in device memory (written, not accumulated).                         \
+     * MSE, mean over n elements (torch.nn.MSELoss()); dpred = dloss 2 (p - t) / n. */                    \
+    X(mse_forward, (dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *pred,                 \
+                    const void *target, float *loss))                                                     \
+    X(mse_backward, (dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *pred,                \
+                     const void *target, float dloss, void *dpred))                                       \
+    /* Softmax cross-entropy over rows of `cols` classes, mean over rows (torch's CrossEntropyLoss). */   \
+    X(xent_forward, (dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols, const void *logits,    \
+                     const int32_t *labels, float *loss))                                                 \
+    X(xent_backward, (dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols, const void *logits,   \
+                      const int32_t *labels, float dloss, void *dlogits))                                 \
+    /* --- rows (MoE dispatch and combine). Rows have `cols` elements. dst[i] = src[index[i]] */          \
+    X(gather_rows, (dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols, const void *src,        \
+                    const int32_t *index, void *dst))                                                     \
+    /* dst[index[i]] += src[i]; contributions to one row add in increasing i (deterministic). */          \
+    X(scatter_add_rows, (dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols, const void *src,   \
+                         const int32_t *index, void *dst))                                                \
+    /* --- optimizers, on fp32 parameters, gradients and state */                                         \
+    X(sgd_update, (dp_device *dev, dp_stream *s, size_t n, float *param, const float *grad,               \
+                   float *momentum_buf, const dp_sgd_args *a))                                            \
+    X(adamw_update, (dp_device *dev, dp_stream *s, size_t n, float *param, const float *grad, float *m,   \
+                     float *v, const dp_adamw_args *a))                                                   \
+    /* --- reductions: *out = sum of x^2 (fp32 in device memory), for gradient norms */                   \
+    X(sum_squares, (dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *x, float *out))
+
+#define DP_DEVICE_OP_MEMBER_(name, params) dp_status(*name) params;
+
+/* What a driver provides: devices, memory, streams and events. */
+typedef struct dp_device_runtime_ops {
+    uint32_t abi_version; /* DP_DEVICE_RUNTIME_ABI_VERSION */
+    uint32_t struct_size; /* sizeof(dp_device_runtime_ops) as the driver was built */
+    const char *name;     /* "cpu", "cuda" */
+    DP_DEVICE_RUNTIME_OPS(DP_DEVICE_OP_MEMBER_)
+} dp_device_runtime_ops;
+
+/* What a driver provides: the kernels. */
+typedef struct dp_device_kernel_ops {
+    uint32_t abi_version; /* DP_DEVICE_KERNEL_ABI_VERSION */
+    uint32_t struct_size; /* sizeof(dp_device_kernel_ops) as the driver was built */
+    DP_DEVICE_KERNEL_OPS(DP_DEVICE_OP_MEMBER_)
+} dp_device_kernel_ops;
+
+/* What the engine calls through (dp_driver.device): both tables of one driver in one struct,
+ * complete for this header. The registry builds it when it loads a driver; every member is
+ * callable, those the driver lacks answer DP_ERR_UNSUPPORTED. Never crosses a module boundary,
+ * so it carries no ABI fields of its own. */
 typedef struct dp_device_ops {
-    uint32_t abi_version; /* DP_DEVICE_ABI_VERSION */
-    uint32_t struct_size; /* sizeof(struct dp_device_ops) as the driver was built */
     const char *name;
-
-    /* --- devices */
-    dp_status (*device_count)(int *count);
-    dp_status (*open)(const dp_device_config *cfg, dp_device **out);
-    dp_status (*close)(dp_device *dev);
-    dp_status (*info)(dp_device *dev, dp_device_info *out);
-
-    /* --- memory */
-    dp_status (*alloc)(dp_device *dev, size_t bytes, void **ptr); /* aligned to 64 bytes at least */
-    dp_status (*free)(dp_device *dev, void *ptr);                 /* NULL is fine */
-    dp_status (*copy)(dp_device *dev, void *dst, const void *src, size_t bytes, dp_copy_kind kind,
-                      dp_stream *stream);
-    dp_status (*memset)(dp_device *dev, void *dst, int byte, size_t bytes, dp_stream *stream);
-
-    /* --- streams and events (two streams per rank carry an overlapped F&B pair) */
-    dp_status (*stream_create)(dp_device *dev, dp_stream **out);
-    dp_status (*stream_destroy)(dp_device *dev, dp_stream *s);
-    dp_status (*stream_synchronize)(dp_device *dev, dp_stream *s); /* host waits for the stream */
-    dp_status (*event_create)(dp_device *dev, dp_event **out);
-    dp_status (*event_destroy)(dp_device *dev, dp_event *e);
-    dp_status (*event_record)(dp_device *dev, dp_event *e, dp_stream *s);
-    dp_status (*stream_wait_event)(dp_device *dev, dp_stream *s, dp_event *e); /* s waits, host does not */
-    dp_status (*event_query)(dp_device *dev, dp_event *e, int *done);
-    dp_status (*event_synchronize)(dp_device *dev, dp_event *e);
-    /* Milliseconds between two recorded and completed events. */
-    dp_status (*event_elapsed)(dp_device *dev, dp_event *start, dp_event *end, float *ms);
-
-    /* --- dense algebra */
-    dp_status (*gemm)(dp_device *dev, dp_stream *s, const dp_gemm_args *g);
-
-    /* --- element-wise (n elements of dtype t) */
-    dp_status (*fill)(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, float value, void *y);
-    dp_status (*cast)(dp_device *dev, dp_stream *s, size_t n, dp_dtype src_t, const void *src, dp_dtype dst_t,
-                      void *dst);
-    dp_status (*add)(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *a, const void *b,
-                     void *y); /* y = a + b (y may alias a or b) */
-    dp_status (*scale)(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, float alpha, void *y); /* y *= alpha */
-    /* GELU, exact (erf) form as torch.nn.GELU(): y = x/2 (1 + erf(x / sqrt 2)). */
-    dp_status (*gelu_forward)(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *x, void *y);
-    dp_status (*gelu_backward)(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *x,
-                               const void *dy, void *dx); /* dx = dy * gelu'(x) */
-
-    /* --- normalisation: RMSNorm over rows of `cols`: y = x / sqrt(mean(x^2) + eps) * w.
-     * rstd (fp32, one per row) is saved by forward for both backwards. */
-    dp_status (*rmsnorm_forward)(dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols, float eps,
-                                 const void *x, const float *w, void *y, float *rstd);
-    dp_status (*rmsnorm_backward_input)(dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols,
-                                        const void *x, const float *w, const float *rstd, const void *dy,
-                                        void *dx); /* dx written */
-    dp_status (*rmsnorm_backward_weight)(dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols,
-                                         const void *x, const float *rstd, const void *dy,
-                                         float *dw); /* dw += sum over rows, in row order */
-
-    /* --- losses. *loss is one fp32 in device memory (written, not accumulated). */
-    /* MSE, mean over n elements (torch.nn.MSELoss()). */
-    dp_status (*mse_forward)(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *pred,
-                             const void *target, float *loss);
-    dp_status (*mse_backward)(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *pred,
-                              const void *target, float dloss, void *dpred); /* dpred = dloss 2 (p - t) / n */
-    /* Softmax cross-entropy over rows of `cols` classes, mean over rows (torch's CrossEntropyLoss). */
-    dp_status (*xent_forward)(dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols, const void *logits,
-                              const int32_t *labels, float *loss);
-    dp_status (*xent_backward)(dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols,
-                               const void *logits, const int32_t *labels, float dloss, void *dlogits);
-
-    /* --- rows (MoE dispatch and combine). Rows have `cols` elements. */
-    dp_status (*gather_rows)(dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols, const void *src,
-                             const int32_t *index, void *dst); /* dst[i] = src[index[i]] */
-    /* dst[index[i]] += src[i]; contributions to one row add in increasing i (deterministic). */
-    dp_status (*scatter_add_rows)(dp_device *dev, dp_stream *s, dp_dtype t, int rows, int cols, const void *src,
-                                  const int32_t *index, void *dst);
-
-    /* --- optimizers, on fp32 parameters, gradients and state */
-    dp_status (*sgd_update)(dp_device *dev, dp_stream *s, size_t n, float *param, const float *grad,
-                            float *momentum_buf, const dp_sgd_args *a);
-    dp_status (*adamw_update)(dp_device *dev, dp_stream *s, size_t n, float *param, const float *grad, float *m,
-                              float *v, const dp_adamw_args *a);
-
-    /* --- reductions: *out = sum of x^2 (fp32 in device memory), for gradient norms */
-    dp_status (*sum_squares)(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *x, float *out);
+    DP_DEVICE_RUNTIME_OPS(DP_DEVICE_OP_MEMBER_)
+    DP_DEVICE_KERNEL_OPS(DP_DEVICE_OP_MEMBER_)
 } dp_device_ops;
 
-/* The part of the table a caller built against this header needs. */
-#define DP_DEVICE_OPS_MIN_SIZE (offsetof(dp_device_ops, sum_squares) + sizeof(void *))
+/* The runtime members that this header's ABI 1 defines are required (a device nobody can
+ * allocate on is no device); runtime members appended later, and every kernel, are optional. */
+#define DP_DEVICE_RUNTIME_OPS_MIN_SIZE (offsetof(dp_device_runtime_ops, event_elapsed) + sizeof(void *))
+#define DP_DEVICE_KERNEL_OPS_MIN_SIZE offsetof(dp_device_kernel_ops, gemm)
+
+/* Whether a driver's table, as the driver was built, reaches `member` (a table built against
+ * an older header is shorter). Works on any versioned table: dp_device_runtime_ops,
+ * dp_device_kernel_ops, dp_link_ops. The address arithmetic stands for offsetof, which needs
+ * the table's type; nothing is read beyond struct_size. */
+#define DP_HAS(table, member)                                                                              \
+    ((size_t)((const char *)&(table)->member - (const char *)(table)) + sizeof((table)->member) <=          \
+     (size_t)(table)->struct_size)
+
+/* The stubs (engine/device_stubs.c): dp_unsupported_NAME has member NAME's signature and
+ * returns DP_ERR_UNSUPPORTED with a message naming NAME. A driver points a member it does not
+ * support at its stub; the registry points the members a driver's tables lack at them. */
+#define DP_DEVICE_OP_STUB_(name, params) dp_status dp_unsupported_##name params;
+DP_DEVICE_RUNTIME_OPS(DP_DEVICE_OP_STUB_)
+DP_DEVICE_KERNEL_OPS(DP_DEVICE_OP_STUB_)
+
+/* Whether a member of the engine's view does real work on this driver. */
+#define DP_SUPPORTS(ops, member) ((ops)->member != dp_unsupported_##member)
+
+/* Fills *out, the engine's view, from a driver's two tables: each member the tables reach and
+ * set, else its stub. The tables must have been checked (ABI, sizes) by the caller. */
+void dp_device_ops_resolve(const dp_device_runtime_ops *runtime, const dp_device_kernel_ops *kernels,
+                           dp_device_ops *out);
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,7 @@ engine_libdualpipe_la_SOURCES += \
 	engine/link_common.h engine/link_common.c \
 	engine/bootstrap_threads.c \
 	engine/driver.h \
+	engine/device_stubs.c \
 	engine/registry.c
 dualpipe_include_HEADERS += engine/device.h engine/link.h engine/link_common.h engine/driver.h
 
@@ -14,6 +15,14 @@ dualpipe_include_HEADERS += engine/device.h engine/link.h engine/link_common.h e
 check_LTLIBRARIES += tests/dualpipe_badabi.la
 tests_dualpipe_badabi_la_SOURCES = tests/driver_badabi.c
 tests_dualpipe_badabi_la_LDFLAGS = -module -avoid-version -rpath /nowhere
+
+# The cpu driver built against an older device.h (a shorter kernel table), and one whose tables
+# the registry test breaks one way at a time.
+check_LTLIBRARIES += tests/dualpipe_oldkernels.la tests/dualpipe_badtables.la
+tests_dualpipe_oldkernels_la_SOURCES = tests/driver_oldkernels.c
+tests_dualpipe_oldkernels_la_LDFLAGS = -module -avoid-version -rpath /nowhere
+tests_dualpipe_badtables_la_SOURCES = tests/driver_badtables.c
+tests_dualpipe_badtables_la_LDFLAGS = -module -avoid-version -rpath /nowhere
 
 # The cpu driver with one rank's device out of order, for the set-up failure test.
 check_LTLIBRARIES += tests/dualpipe_failopen.la

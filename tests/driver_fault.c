@@ -9,7 +9,8 @@
 
 #include "engine/driver.h"
 
-static dp_device_ops ops;
+static dp_device_runtime_ops runtime;
+static dp_device_kernel_ops kernels;
 static dp_link_ops link_ops;
 
 /* grad:F   the largest gradient element of one tensor times (1 + F), before the optimizer reads it
@@ -48,7 +49,7 @@ static dp_status adamw(dp_device *dev, dp_stream *s, size_t n, float *param, con
 {
     int first = !atomic_exchange(&claimed, 1);
     before(first, n, grad);
-    DP_CHECK(dp_cpu_driver.device->adamw_update(dev, s, n, param, grad, m, v, a));
+    DP_CHECK(dp_cpu_driver.kernels->adamw_update(dev, s, n, param, grad, m, v, a));
     after(first, n, param, grad, a->lr);
     return DP_OK;
 }
@@ -58,7 +59,7 @@ static dp_status sgd(dp_device *dev, dp_stream *s, size_t n, float *param, const
 {
     int first = !atomic_exchange(&claimed, 1);
     before(first, n, grad);
-    DP_CHECK(dp_cpu_driver.device->sgd_update(dev, s, n, param, grad, momentum, a));
+    DP_CHECK(dp_cpu_driver.kernels->sgd_update(dev, s, n, param, grad, momentum, a));
     after(first, n, param, grad, a->lr);
     return DP_OK;
 }
@@ -66,10 +67,11 @@ static dp_status sgd(dp_device *dev, dp_stream *s, size_t n, float *param, const
 /* at load time, before the registry reads the tables */
 __attribute__((constructor)) static void fill_tables(void)
 {
-    ops = *dp_cpu_driver.device;
-    ops.name = "fault";
-    ops.adamw_update = adamw;
-    ops.sgd_update = sgd;
+    runtime = *dp_cpu_driver.runtime;
+    runtime.name = "fault";
+    kernels = *dp_cpu_driver.kernels;
+    kernels.adamw_update = adamw;
+    kernels.sgd_update = sgd;
     link_ops = *dp_cpu_driver.link;
     const char *f = getenv("DUALPIPE_FAULT");
     if (!f) return;
@@ -80,11 +82,12 @@ __attribute__((constructor)) static void fill_tables(void)
     if (colon) size = atof(colon + 1);
 }
 
-const dp_driver dualpipe_driver = {
+const dp_driver_export dualpipe_driver = {
     .abi_version = DP_DRIVER_ABI_VERSION,
-    .struct_size = sizeof(dp_driver),
+    .struct_size = sizeof(dp_driver_export),
     .name = "fault",
     .description = "the cpu driver with one fault named by $DUALPIPE_FAULT",
-    .device = &ops,
+    .runtime = &runtime,
+    .kernels = &kernels,
     .link = &link_ops,
 };

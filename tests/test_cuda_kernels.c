@@ -499,7 +499,9 @@ int main(void)
 {
     const dp_driver *drv = cuda_test_load_driver();
     G = drv->device;
-    C = dp_cpu_driver.device;
+    const dp_driver *cpu = NULL;
+    check(dp_driver_load("cpu", &cpu), "load the cpu driver");
+    C = cpu->device;
     dp_device_config cfg = {.ordinal = 0};
     check(G->open(&cfg, &gdev), "open cuda device 0");
     check(C->open(&cfg, &cdev), "open cpu device");

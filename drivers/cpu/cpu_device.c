@@ -184,14 +184,39 @@ dp_status dp_cpu_event_elapsed(dp_device *dev, dp_event *start, dp_event *end, f
 }
 
 /* ----------------------------------------------------------------------------
- * the driver */
+ * the runtime table and the driver (the kernel table is in cpu_kernels.c) */
 
-const dp_driver dp_cpu_driver = {
+const dp_device_runtime_ops dp_cpu_runtime_ops = {
+    .abi_version = DP_DEVICE_RUNTIME_ABI_VERSION,
+    .struct_size = sizeof(dp_device_runtime_ops),
+    .name = "cpu",
+    .device_count = dp_cpu_device_count,
+    .open = dp_cpu_open,
+    .close = dp_cpu_close,
+    .info = dp_cpu_info,
+    .alloc = dp_cpu_alloc,
+    .free = dp_cpu_free,
+    .copy = dp_cpu_copy,
+    .memset = dp_cpu_memset,
+    .stream_create = dp_cpu_stream_create,
+    .stream_destroy = dp_cpu_stream_destroy,
+    .stream_synchronize = dp_cpu_stream_synchronize,
+    .event_create = dp_cpu_event_create,
+    .event_destroy = dp_cpu_event_destroy,
+    .event_record = dp_cpu_event_record,
+    .stream_wait_event = dp_cpu_stream_wait_event,
+    .event_query = dp_cpu_event_query,
+    .event_synchronize = dp_cpu_event_synchronize,
+    .event_elapsed = dp_cpu_event_elapsed,
+};
+
+const dp_driver_export dp_cpu_driver = {
     .abi_version = DP_DRIVER_ABI_VERSION,
-    .struct_size = sizeof(dp_driver),
+    .struct_size = sizeof(dp_driver_export),
     .name = "cpu",
     .description = "host memory and kernels, mailboxes between rank threads",
-    .device = &dp_cpu_device_ops,
+    .runtime = &dp_cpu_runtime_ops,
+    .kernels = &dp_cpu_kernel_ops,
     .link = &dp_cpu_link_ops,
     .available = NULL,
 };

@@ -35,7 +35,8 @@ struct dp_event {
     int recorded;
 };
 
-extern const dp_device_ops dp_cpu_device_ops;
+extern const dp_device_runtime_ops dp_cpu_runtime_ops; /* cpu_device.c */
+extern const dp_device_kernel_ops dp_cpu_kernel_ops;   /* cpu_kernels.c */
 extern const dp_link_ops dp_cpu_link_ops;
 
 double dp_cpu_now_ms(void);

@@ -666,30 +666,11 @@ static dp_status cpu_sum_squares(dp_device *dev, dp_stream *s, dp_dtype t, size_
 }
 
 /* ----------------------------------------------------------------------------
- * the device table: memory, streams and events come from cpu_device.c */
+ * the kernel table (the runtime table is in cpu_device.c) */
 
-const dp_device_ops dp_cpu_device_ops = {
-    .abi_version = DP_DEVICE_ABI_VERSION,
-    .struct_size = sizeof(dp_device_ops),
-    .name = "cpu",
-    .device_count = dp_cpu_device_count,
-    .open = dp_cpu_open,
-    .close = dp_cpu_close,
-    .info = dp_cpu_info,
-    .alloc = dp_cpu_alloc,
-    .free = dp_cpu_free,
-    .copy = dp_cpu_copy,
-    .memset = dp_cpu_memset,
-    .stream_create = dp_cpu_stream_create,
-    .stream_destroy = dp_cpu_stream_destroy,
-    .stream_synchronize = dp_cpu_stream_synchronize,
-    .event_create = dp_cpu_event_create,
-    .event_destroy = dp_cpu_event_destroy,
-    .event_record = dp_cpu_event_record,
-    .stream_wait_event = dp_cpu_stream_wait_event,
-    .event_query = dp_cpu_event_query,
-    .event_synchronize = dp_cpu_event_synchronize,
-    .event_elapsed = dp_cpu_event_elapsed,
+const dp_device_kernel_ops dp_cpu_kernel_ops = {
+    .abi_version = DP_DEVICE_KERNEL_ABI_VERSION,
+    .struct_size = sizeof(dp_device_kernel_ops),
     .gemm = dp_cpu_gemm,
     .fill = cpu_fill,
     .cast = cpu_cast,

@@ -1,5 +1,5 @@
 /* cuda_device.cu: the CUDA driver's devices, memory, streams, events and GEMM (cuBLAS),
- * and the driver struct the module exports. fp32 GEMMs are true fp32 (TF32 only when the
+ * and its runtime table. fp32 GEMMs are true fp32 (TF32 only when the
  * device was opened with DP_DEVICE_ALLOW_TF32); bf16 GEMMs accumulate in fp32. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -154,8 +154,10 @@ static dp_status cuda_info(dp_device *dev, dp_device_info *out)
     memset(out, 0, sizeof *out);
     cudaDeviceProp p;
     CUDA_TRY(cudaGetDeviceProperties(&p, dev->ordinal));
-    snprintf(out->name, sizeof out->name, "%s (device %d, sm_%d%d, %d SMs)", p.name, dev->ordinal, p.major, p.minor,
-             p.multiProcessorCount);
+    /* cudaDeviceProp's name has room for 256 bytes, ours for 128: the bound on the name keeps the
+     * device, architecture and SM count in (real names are under 40 characters). */
+    snprintf(out->name, sizeof out->name, "%.60s (device %d, sm_%d%d, %d SMs)", p.name, dev->ordinal, p.major,
+             p.minor, p.multiProcessorCount);
     out->total_memory = p.totalGlobalMem;
     out->supports_bf16 = 1;
     out->concurrent_streams = 1;
@@ -356,52 +358,31 @@ dp_status dp_cuda_gemm(dp_device *dev, dp_stream *s, const dp_gemm_args *g)
 }
 
 /* ----------------------------------------------------------------------------
- * the device table and the driver */
+ * the runtime table (the kernel table is in cuda_kernels.cu, the driver in cuda_module.c) */
 
 extern "C" {
-
-const dp_device_ops dp_cuda_device_ops = {
-    DP_DEVICE_ABI_VERSION,
-    (uint32_t)sizeof(dp_device_ops),
-    "cuda",
-    cuda_device_count,
-    cuda_open,
-    cuda_close,
-    cuda_info,
-    cuda_alloc,
-    cuda_free,
-    cuda_copy,
-    cuda_memset,
-    cuda_stream_create,
-    cuda_stream_destroy,
-    cuda_stream_synchronize,
-    cuda_event_create,
-    cuda_event_destroy,
-    cuda_event_record,
-    cuda_stream_wait_event,
-    cuda_event_query,
-    cuda_event_synchronize,
-    cuda_event_elapsed,
-    dp_cuda_gemm,
-    dp_cuda_fill,
-    dp_cuda_cast,
-    dp_cuda_add,
-    dp_cuda_scale,
-    dp_cuda_gelu_forward,
-    dp_cuda_gelu_backward,
-    dp_cuda_rmsnorm_forward,
-    dp_cuda_rmsnorm_backward_input,
-    dp_cuda_rmsnorm_backward_weight,
-    dp_cuda_mse_forward,
-    dp_cuda_mse_backward,
-    dp_cuda_xent_forward,
-    dp_cuda_xent_backward,
-    dp_cuda_gather_rows,
-    dp_cuda_scatter_add_rows,
-    dp_cuda_sgd_update,
-    dp_cuda_adamw_update,
-    dp_cuda_sum_squares,
+constexpr dp_device_runtime_ops dp_cuda_runtime_ops = {
+    .abi_version = DP_DEVICE_RUNTIME_ABI_VERSION,
+    .struct_size = (uint32_t)sizeof(dp_device_runtime_ops),
+    .name = "cuda",
+    .device_count = cuda_device_count,
+    .open = cuda_open,
+    .close = cuda_close,
+    .info = cuda_info,
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .copy = cuda_copy,
+    .memset = cuda_memset,
+    .stream_create = cuda_stream_create,
+    .stream_destroy = cuda_stream_destroy,
+    .stream_synchronize = cuda_stream_synchronize,
+    .event_create = cuda_event_create,
+    .event_destroy = cuda_event_destroy,
+    .event_record = cuda_event_record,
+    .stream_wait_event = cuda_stream_wait_event,
+    .event_query = cuda_event_query,
+    .event_synchronize = cuda_event_synchronize,
+    .event_elapsed = cuda_event_elapsed,
 };
-
-/* the driver struct itself is in cuda_module.c, plain C */
 }
+DP_DEVICE_RUNTIME_OPS(DP_CUDA_ASSERT_SET_RUNTIME_)

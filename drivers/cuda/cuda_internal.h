@@ -36,11 +36,20 @@ struct dp_device {
 };
 
 extern "C" {
-extern const dp_device_ops dp_cuda_device_ops;
+extern const dp_device_runtime_ops dp_cuda_runtime_ops; /* cuda_device.cu */
+extern const dp_device_kernel_ops dp_cuda_kernel_ops;   /* cuda_kernels.cu */
 extern const dp_link_ops dp_cuda_link_ops;
 /* Why this driver cannot run here (no device, no driver), or DP_OK. */
 dp_status dp_cuda_available(void);
 }
+
+/* The device tables are constexpr, so that the compiler refuses one that leaves a member unset
+ * (a member this driver cannot do points at its dp_unsupported_NAME stub instead). */
+template <typename F> constexpr bool dp_cuda_member_set(F f) { return f != nullptr; }
+#define DP_CUDA_ASSERT_SET_RUNTIME_(name, params) \
+    static_assert(dp_cuda_member_set(dp_cuda_runtime_ops.name), "the cuda runtime table leaves " #name " unset");
+#define DP_CUDA_ASSERT_SET_KERNEL_(name, params) \
+    static_assert(dp_cuda_member_set(dp_cuda_kernel_ops.name), "the cuda kernel table leaves " #name " unset");
 
 /* ----------------------------------------------------------------------------
  * errors: CUDA, cuBLAS and NCCL codes become dp_status with a message naming the call */
@@ -89,7 +98,7 @@ void dp_cuda_staging_fini(dp_device *dev);
 /* GEMM (cuBLAS), in cuda_device.cu. */
 dp_status dp_cuda_gemm(dp_device *dev, dp_stream *s, const dp_gemm_args *g);
 
-/* Kernels other than GEMM, in cuda_kernels.cu (table members, in its order). */
+/* Kernels other than GEMM, in cuda_kernels.cu (kernel table members, in its order). */
 dp_status dp_cuda_fill(dp_device *, dp_stream *, dp_dtype, size_t, float, void *);
 dp_status dp_cuda_cast(dp_device *, dp_stream *, size_t, dp_dtype, const void *, dp_dtype, void *);
 dp_status dp_cuda_add(dp_device *, dp_stream *, dp_dtype, size_t, const void *, const void *, void *);

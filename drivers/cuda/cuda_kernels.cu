@@ -1,7 +1,8 @@
 /* cuda_kernels.cu: the CUDA driver's kernels other than GEMM, each the GPU twin of the CPU
  * driver's loop: element-wise pairs (16-byte vector loads), RMSNorm, losses, row gather and
  * scatter, optimizers. Built with --fmad=false and with every reduction in a fixed order and in
- * double where the CPU sums in double, so results track the CPU reference to a rounding. */
+ * double where the CPU sums in double, so results track the CPU reference to a rounding. The
+ * kernel table is at the end. */
 #include <math.h>
 #include <stdint.h>
 
@@ -658,3 +659,33 @@ dp_status dp_cuda_adamw_update(dp_device *dev, dp_stream *s, size_t n, float *pa
     LAUNCH_TRY("adamw kernel");
     return DP_OK;
 }
+
+/* ----------------------------------------------------------------------------
+ * the kernel table (GEMM is in cuda_device.cu, the runtime table too) */
+
+extern "C" {
+constexpr dp_device_kernel_ops dp_cuda_kernel_ops = {
+    .abi_version = DP_DEVICE_KERNEL_ABI_VERSION,
+    .struct_size = (uint32_t)sizeof(dp_device_kernel_ops),
+    .gemm = dp_cuda_gemm,
+    .fill = dp_cuda_fill,
+    .cast = dp_cuda_cast,
+    .add = dp_cuda_add,
+    .scale = dp_cuda_scale,
+    .gelu_forward = dp_cuda_gelu_forward,
+    .gelu_backward = dp_cuda_gelu_backward,
+    .rmsnorm_forward = dp_cuda_rmsnorm_forward,
+    .rmsnorm_backward_input = dp_cuda_rmsnorm_backward_input,
+    .rmsnorm_backward_weight = dp_cuda_rmsnorm_backward_weight,
+    .mse_forward = dp_cuda_mse_forward,
+    .mse_backward = dp_cuda_mse_backward,
+    .xent_forward = dp_cuda_xent_forward,
+    .xent_backward = dp_cuda_xent_backward,
+    .gather_rows = dp_cuda_gather_rows,
+    .scatter_add_rows = dp_cuda_scatter_add_rows,
+    .sgd_update = dp_cuda_sgd_update,
+    .adamw_update = dp_cuda_adamw_update,
+    .sum_squares = dp_cuda_sum_squares,
+};
+}
+DP_DEVICE_KERNEL_OPS(DP_CUDA_ASSERT_SET_KERNEL_)
