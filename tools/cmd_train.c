@@ -17,6 +17,7 @@
 #include "tools/commands.h"
 #include "tools/compare.h"
 #include "tools/step_timing.h"
+#include "tools/train_data.h"
 #include "tools/train_teacher.h"
 #include "tools/train_trace.h"
 
@@ -28,7 +29,8 @@ static void usage(FILE *out)
             "                      [--loss mse|xent] [--dtype fp32|bf16] [--steps S] [--seed S]\n"
             "                      [--optimizer adamw|sgd] [--lr X] [--weight-decay X] [--momentum X]\n"
             "                      [--threads N] [--timeout MS] [--trace FILE] [--verify] [--spread]\n"
-            "                      [--serial-pairs] [--tf32] [--quiet]\n"
+            "                      [--serial-pairs] [--tf32] [--init FILE] [--data FILE]\n"
+            "                      [--save-params FILE] [--quiet]\n"
             "Train a pipeline-parallel model on one thread per rank to imitate a fixed random teacher\n"
             "network (fresh random inputs every step), and report how the ranks spent their time.\n\n"
             "  -d, --driver NAME        cpu (default) or a driver module (see DUALPIPE_DRIVER_PATH)\n"
@@ -49,7 +51,7 @@ static void usage(FILE *out)
             "                           fp32 accumulation; fp32 master weights, gradients, optimizer\n"
             "                           state and losses (the cpu driver computes bf16 in fp32 and\n"
             "                           rounds each result once, as the GPU drivers do)\n"
-            "  -n, --steps S            training steps (default 20)\n"
+            "  -n, --steps S            training steps (default 20; 0: only --init and --save-params)\n"
             "      --seed S             seed of the parameters, the teacher and the data (default 1)\n"
             "      --optimizer NAME     adamw (default) or sgd\n"
             "      --lr X               learning rate (default 1e-3 for adamw, 1e-2 for sgd)\n"
@@ -66,6 +68,11 @@ static void usage(FILE *out)
             "      --trace FILE         write a Chrome trace (chrome://tracing, Perfetto) of every step\n"
             "      --verify             also run the single-rank sequential reference and report the\n"
             "                           largest differences of losses, gradients and parameters\n"
+            "      --init FILE          start from the parameters in FILE (safetensors, F32, named as a\n"
+            "                           PyTorch state_dict: layers.<L>.linear1.weight, ...; see dualpipe(1))\n"
+            "      --data FILE          each step's inputs and targets from FILE (safetensors:\n"
+            "                           step<k>.inputs and step<k>.targets, k = 1 .. S) instead of the teacher\n"
+            "      --save-params FILE   write the final fp32 parameters to FILE, named as --init reads them\n"
             "  -q, --quiet              only the summary\n"
             "  -h, --help               show this help\n\n"
             "Example: dualpipe train --schedule dualpipev --pp 2 --chunks 8 --verify\n");
@@ -97,6 +104,7 @@ typedef struct {
     dp_runtime_config c;
     int steps, verify, quiet, sgd;
     const char *trace_path;
+    const char *init_path, *data_path, *save_path; /* --init, --data, --save-params */
 } train_options;
 
 enum { TRAIN_GO_ON = -1 }; /* not an exit code: the step succeeded, carry on */
@@ -105,7 +113,7 @@ enum { TRAIN_GO_ON = -1 }; /* not an exit code: the step succeeded, carry on */
 static int parse_options(int argc, char **argv, train_options *o)
 {
     enum { O_HIDDEN = 256, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_SEED, O_OPT, O_LR, O_WD, O_MOM, O_THREADS,
-           O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD, O_DTYPE, O_SERIAL_PAIRS, O_TF32 };
+           O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD, O_DTYPE, O_SERIAL_PAIRS, O_TF32, O_INIT, O_DATA, O_SAVE_PARAMS };
     static const struct option opts[] = {
         {"driver", required_argument, 0, 'd'},     {"schedule", required_argument, 0, 's'},
         {"pp", required_argument, 0, 'p'},         {"chunks", required_argument, 0, 'c'},
@@ -119,6 +127,8 @@ static int parse_options(int argc, char **argv, train_options *o)
         {"verify", no_argument, 0, O_VERIFY},       {"quiet", no_argument, 0, 'q'},
         {"spread", no_argument, 0, O_SPREAD},       {"dtype", required_argument, 0, O_DTYPE},
         {"serial-pairs", no_argument, 0, O_SERIAL_PAIRS}, {"tf32", no_argument, 0, O_TF32},
+        {"init", required_argument, 0, O_INIT},     {"data", required_argument, 0, O_DATA},
+        {"save-params", required_argument, 0, O_SAVE_PARAMS},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0},
     };
     memset(o, 0, sizeof *o);
@@ -155,7 +165,7 @@ static int parse_options(int argc, char **argv, train_options *o)
             if (cli_parse_kind("--loss", optarg, losses, 2, &kind)) return CLI_EXIT_USAGE;
             c->model.loss = (dp_loss_kind)kind;
             break;
-        case 'n': if (cli_parse_int("--steps", optarg, 1, 1 << 24, &o->steps)) return CLI_EXIT_USAGE; break;
+        case 'n': if (cli_parse_int("--steps", optarg, 0, 1 << 24, &o->steps)) return CLI_EXIT_USAGE; break;
         case O_SEED: if (cli_parse_int("--seed", optarg, 0, 2147483647, &seed)) return CLI_EXIT_USAGE; break;
         case O_OPT:
             if (cli_parse_kind("--optimizer", optarg, optimizers, 2, &o->sgd)) return CLI_EXIT_USAGE;
@@ -181,6 +191,9 @@ static int parse_options(int argc, char **argv, train_options *o)
             if (cli_parse_int("--timeout", optarg, 1, 86400000, &c->timeout_ms)) return CLI_EXIT_USAGE;
             break;
         case O_TRACE: o->trace_path = optarg; break;
+        case O_INIT: o->init_path = optarg; break;
+        case O_DATA: o->data_path = optarg; break;
+        case O_SAVE_PARAMS: o->save_path = optarg; break;
         case O_VERIFY: o->verify = 1; break;
         case O_SPREAD: c->spread_devices = 1; break;
         case O_SERIAL_PAIRS: c->serial_pairs = 1; break;
@@ -214,6 +227,7 @@ typedef struct {
     dp_runtime *rt;
     dp_reference *ref; /* with --verify */
     train_teacher teacher;
+    train_data data; /* with --data */
     const dp_driver *drv;
     const dp_model_config *m;
     const dp_schedule *s;
@@ -252,6 +266,9 @@ static int build_runtime(const train_options *o, train_state *t)
     }
     if (train_teacher_open(&t->teacher, c->driver, t->m, c->chunks, c->model.seed, c->threads_per_rank))
         return CLI_EXIT_FAIL;
+    int rc;
+    if (o->init_path && (rc = train_params_load(t->rt, t->ref, o->init_path)) != 0) return rc;
+    if (o->data_path && (rc = train_data_open(&t->data, o->data_path, t->m, c->chunks, o->steps)) != 0) return rc;
     dp_driver_load(c->driver, &t->drv); /* loaded already, by the runtime and the teacher */
     /* every micro-batch crosses every stage: forward 4 T h f, backward twice that, per block */
     const dp_model_config *m = t->m;
@@ -262,6 +279,7 @@ static int build_runtime(const train_options *o, train_state *t)
 static void free_runtime(train_state *t)
 {
     train_teacher_close(&t->teacher);
+    train_data_close(&t->data);
     dp_reference_destroy(t->ref);
     dp_runtime_destroy(t->rt);
     free(t->x), free(t->targets), free(t->losses), free(t->ref_losses);
@@ -284,14 +302,18 @@ static int train_loop(const train_options *o, train_state *t, train_trace *trace
     const dp_model_config *m = t->m;
     int steps = o->steps, tty = cli_stderr_is_tty() && !o->quiet;
     double run_t0 = dp_now_ms();
-    res->step_ms = calloc((size_t)steps, sizeof(double));
+    res->step_ms = calloc(steps ? (size_t)steps : 1, sizeof(double));
     if (!res->step_ms) {
         cli_error("out of memory for the times of %d steps", steps);
         return 1;
     }
     for (int step = 1; step <= steps; step++) {
-        for (size_t i = 0; i < t->n; i++) t->x[i] = dp_counter_uniform(c->model.seed, 0x5eed0000ull + (uint64_t)step, i);
-        if (train_teacher_targets(&t->teacher, m, c->chunks, t->x, t->targets)) return 1;
+        if (t->data.f) {
+            if (train_data_step(&t->data, step, t->x, t->targets)) return 1;
+        } else {
+            for (size_t i = 0; i < t->n; i++) t->x[i] = dp_counter_uniform(c->model.seed, 0x5eed0000ull + (uint64_t)step, i);
+            if (train_teacher_targets(&t->teacher, m, c->chunks, t->x, t->targets)) return 1;
+        }
         if (tty) fprintf(stderr, "\r  step %d/%d ...", step, steps), fflush(stderr);
         double t0 = dp_now_ms();
         dp_status st = dp_runtime_train_step(t->rt, t->x, t->targets, t->losses);
@@ -402,9 +424,13 @@ int cmd_train(int argc, char **argv)
         print_header(&o, &t);
         rc = CLI_EXIT_FAIL;
         if (train_loop(&o, &t, o.trace_path ? &trace : NULL, &res) == 0) {
-            print_summary(&o, &t, &res);
+            if (o.steps > 0) print_summary(&o, &t, &res);
             if (!o.trace_path || write_trace(&o, &t, &trace) == 0)
                 rc = t.ref ? report_verify(&o, &t, &res.df) : CLI_EXIT_OK;
+            if (rc == CLI_EXIT_OK && o.save_path) {
+                rc = train_params_save(t.rt, o.save_path);
+                if (rc == CLI_EXIT_OK && !o.quiet) printf("parameters written to %s\n", o.save_path);
+            }
         }
     }
     free(res.step_ms);

@@ -17,6 +17,8 @@ dualpipe_command_sources = \
 	tools/train_teacher.h \
 	tools/train_trace.c \
 	tools/train_trace.h \
+	tools/train_data.c \
+	tools/train_data.h \
 	tools/cmd_bench.c \
 	tools/cmd_verify.c \
 	tools/verify_check.c \
@@ -62,3 +64,10 @@ EXTRA_DIST += tests/test_schedule_lists.sh
 # Every DUALPIPE_* variable the sources read is in dualpipe(1)'s ENVIRONMENT, and no other.
 TESTS += tests/test_environment.sh
 EXTRA_DIST += tests/test_environment.sh
+
+# train --init, --data and --save-params: safetensors in and out, a split run equal to a whole
+# one; tests/make_train_data writes the data files it feeds
+check_PROGRAMS += tests/make_train_data
+tests_make_train_data_LDADD = engine/libdualpipe.la
+TESTS += tests/test_train_data.sh
+EXTRA_DIST += tests/test_train_data.sh tools/torch_compare.py
