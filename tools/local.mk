@@ -71,3 +71,6 @@ check_PROGRAMS += tests/make_train_data
 tests_make_train_data_LDADD = engine/libdualpipe.la
 TESTS += tests/test_train_data.sh
 EXTRA_DIST += tests/test_train_data.sh tools/torch_compare.py
+# dualpipe's arithmetic against the same maths written out in float64 (tools/torch_compare.py)
+TESTS += tests/test_torch_compare.sh
+EXTRA_DIST += tests/test_torch_compare.sh

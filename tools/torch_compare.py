@@ -23,6 +23,8 @@ The PyTorch model is what doc/design.md and the engine's block files describe:
   micro-batches (DualPipe's two copies of a stage each sum their half, then the halves are
   added); one optimizer step per training step: AdamW (lr 1e-3, betas 0.9/0.999, eps 1e-8,
   decoupled weight decay 0 unless given) as torch.optim.AdamW, or SGD as torch.optim.SGD.
+With --reference python the same maths runs without PyTorch, written out by hand (the test
+suite's independent check of dualpipe's arithmetic).
 """
 import argparse
 import json
@@ -104,6 +106,9 @@ def parse_args():
     p.add_argument("--atol", type=float, default=2e-5, help="per element: |dualpipe - torch| <= atol + rtol |torch|")
     p.add_argument("--rtol", type=float, default=1e-4)
     p.add_argument("--keep", metavar="DIR", help="write the files here and keep them (default: a temporary directory)")
+    p.add_argument("--reference", choices=["torch", "python"], default="torch",
+                   help="torch (default), or python: the same maths written out by hand in float64 with the "
+                        "standard library (slow: small shapes only; what the test suite runs without PyTorch)")
     return p.parse_args()
 
 
@@ -205,6 +210,104 @@ def run_torch(a, torch, d):
     return {n: params[n].detach().double().reshape(-1).tolist() for n in names}
 
 
+def run_python(a, d):
+    """The same steps without PyTorch: forward and backward written out in float64 by hand."""
+    init, _ = read_safetensors(os.path.join(d, "init.safetensors"))
+    data, _ = read_safetensors(os.path.join(d, "data.safetensors"))
+    P = {n: list(init[n][2]) for n in init}
+    H, C, T = a.hidden, a.chunks, a.tokens
+    layers = sorted({layer_index(n) for n in P})
+    Fw = len(P["layers.%d.linear1.weight" % layers[0]]) // H
+    m = {n: [0.0] * len(P[n]) for n in P}
+    v = {n: [0.0] * len(P[n]) for n in P}
+
+    def linear(x, w, n_in, n_out):  # x [T][n_in], w [n_out * n_in] row-major: x w^T
+        return [[sum(row[i] * w[o * n_in + i] for i in range(n_in)) for o in range(n_out)] for row in x]
+
+    def gelu(z):
+        return 0.5 * z * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+    def dgelu(z):
+        return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0))) + z * math.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+
+    for k in range(1, a.steps + 1):
+        X, Y = data["step%d.inputs" % k][2], data["step%d.targets" % k][2]
+        G = {n: [0.0] * len(P[n]) for n in P}
+        losses = []
+        for c in range(C):
+            x = [list(X[(c * T + t) * H:(c * T + t + 1) * H]) for t in range(T)]
+            saved = []
+            for L in layers:
+                w1, w2 = P["layers.%d.linear1.weight" % L], P["layers.%d.linear2.weight" % L]
+                if a.block == "residual":
+                    wn = P["layers.%d.norm.weight" % L]
+                    r = [1.0 / math.sqrt(sum(e * e for e in row) / H + 1e-6) for row in x]
+                    xn = [[row[i] * r[t] * wn[i] for i in range(H)] for t, row in enumerate(x)]
+                else:
+                    r, xn = None, x
+                pre = linear(xn, w1, H, Fw)
+                g = [[gelu(e) for e in row] for row in pre]
+                z = linear(g, w2, Fw, H)
+                saved.append((x, r, xn, pre, g))
+                x = [[x[t][i] + z[t][i] for i in range(H)] for t in range(T)] if a.block == "residual" else z
+            if a.loss == "xent":
+                labels = Y[c * T:(c + 1) * T]
+                loss, dy = 0.0, []
+                for t in range(T):
+                    mx = max(x[t])
+                    se = sum(math.exp(e - mx) for e in x[t])
+                    loss += math.log(se) + mx - x[t][labels[t]]
+                    row = [math.exp(e - mx) / se / T for e in x[t]]
+                    row[labels[t]] -= 1.0 / T
+                    dy.append(row)
+                loss /= T
+            else:
+                tg = [Y[(c * T + t) * H:(c * T + t + 1) * H] for t in range(T)]
+                loss = sum((x[t][i] - tg[t][i]) ** 2 for t in range(T) for i in range(H)) / (T * H)
+                dy = [[2.0 * (x[t][i] - tg[t][i]) / (T * H) for i in range(H)] for t in range(T)]
+            losses.append(loss)
+            for L, (x0, r, xn, pre, g) in reversed(list(zip(layers, saved))):
+                w1, w2 = P["layers.%d.linear1.weight" % L], P["layers.%d.linear2.weight" % L]
+                g1, g2 = G["layers.%d.linear1.weight" % L], G["layers.%d.linear2.weight" % L]
+                for i in range(H):
+                    for f in range(Fw):
+                        g2[i * Fw + f] += sum(dy[t][i] * g[t][f] for t in range(T))
+                da = [[sum(dy[t][i] * w2[i * Fw + f] for i in range(H)) * dgelu(pre[t][f]) for f in range(Fw)]
+                      for t in range(T)]
+                for f in range(Fw):
+                    for i in range(H):
+                        g1[f * H + i] += sum(da[t][f] * xn[t][i] for t in range(T))
+                dxn = [[sum(da[t][f] * w1[f * H + i] for f in range(Fw)) for i in range(H)] for t in range(T)]
+                if a.block != "residual":
+                    dy = dxn
+                    continue
+                wn, gn = P["layers.%d.norm.weight" % L], G["layers.%d.norm.weight" % L]
+                for i in range(H):
+                    gn[i] += sum(dxn[t][i] * x0[t][i] * r[t] for t in range(T))
+                dx = []
+                for t in range(T):
+                    u = [dxn[t][i] * wn[i] for i in range(H)]
+                    s = sum(u[i] * x0[t][i] for i in range(H)) / H
+                    dx.append([r[t] * u[i] - r[t] ** 3 * x0[t][i] * s + dy[t][i] for i in range(H)])
+                dy = dx
+        for n in P:  # torch.optim.AdamW / SGD, element by element
+            p, g, mm, vv = P[n], G[n], m[n], v[n]
+            for i in range(len(p)):
+                if a.optimizer == "adamw":
+                    lr = a.lr if a.lr is not None else 1e-3
+                    mm[i] = 0.9 * mm[i] + 0.1 * g[i]
+                    vv[i] = 0.999 * vv[i] + 0.001 * g[i] * g[i]
+                    p[i] *= 1.0 - lr * a.weight_decay
+                    p[i] -= lr * (mm[i] / (1.0 - 0.9 ** k)) / (math.sqrt(vv[i] / (1.0 - 0.999 ** k)) + 1e-8)
+                else:
+                    lr = a.lr if a.lr is not None else 1e-2
+                    gi = g[i] + a.weight_decay * p[i]
+                    mm[i] = a.momentum * mm[i] + gi if k > 1 else gi
+                    p[i] -= lr * mm[i]
+        print("python step %4d/%d  loss %.6f" % (k, a.steps, sum(losses) / C))
+    return P
+
+
 def compare(a, ours, theirs):
     worst_abs = worst_rel = 0.0
     outside = total = 0
@@ -230,11 +333,11 @@ def compare(a, ours, theirs):
         return 1
     print("parameters after %d steps: max abs difference %.3g, max rel difference %.3g over %d elements"
           % (a.steps, worst_abs, worst_rel, total))
-    print("tolerance per element: |dualpipe - torch| <= %g + %g |torch| (fp32 dualpipe against torch %s)"
-          % (a.atol, a.rtol, a.torch_dtype))
+    print("tolerance per element: |dualpipe - reference| <= %g + %g |reference| (fp32 dualpipe against %s)"
+          % (a.atol, a.rtol, "torch " + a.torch_dtype if a.reference == "torch" else "python float64"))
     if outside:
         name, i, g, w = first
-        print("FAIL: %d elements outside; the first: %s[%d] dualpipe %.9g torch %.9g" % (outside, name, i, g, w))
+        print("FAIL: %d elements outside; the first: %s[%d] dualpipe %.9g reference %.9g" % (outside, name, i, g, w))
         return 1
     print("PASS")
     return 0
@@ -242,15 +345,16 @@ def compare(a, ours, theirs):
 
 def main():
     a = parse_args()
-    try:
-        import torch
-    except ImportError:
-        print("SKIP: torch not installed")
-        return 0
+    torch = None
+    if a.reference == "torch":
+        try:
+            import torch
+        except ImportError:
+            print("SKIP: torch not installed")
+            return 0
     if a.steps < 1:
         print("torch_compare: --steps must be >= 1", file=sys.stderr)
         return 2
-    torch.manual_seed(0)
     tmp = None
     if a.keep:
         os.makedirs(a.keep, exist_ok=True)
@@ -262,7 +366,7 @@ def main():
     out = os.path.join(d, "dualpipe.safetensors")
     run_dualpipe(a, ["--steps", str(a.steps), "--init", os.path.join(d, "init.safetensors"),
                      "--data", os.path.join(d, "data.safetensors"), "--save-params", out])
-    theirs = run_torch(a, torch, d)
+    theirs = run_torch(a, torch, d) if torch else run_python(a, d)
     ours, _ = read_safetensors(out)
     rc = compare(a, ours, theirs)
     if tmp:
