@@ -157,7 +157,13 @@ static void test_gemm_tf32(void)
     for (size_t i = 0; i < (size_t)k * n; i++) ab[i] = fabsf(b[i]);
     void *da = up(a, (size_t)m * k * 4), *db = up(b, (size_t)k * n * 4), *dc = poisoned((size_t)m * n * 4);
     dp_gemm_args g = {0, 0, m, n, k, 1.0f, 0.0f, da, k, DP_DTYPE_F32, db, n, DP_DTYPE_F32, dc, n, DP_DTYPE_F32};
+    /* The two devices' default streams are not ordered with each other: the poisoning memset
+     * (gdev's stream) must be done before tdev's GEMM starts, and the GEMM before gdev's copy
+     * reads its output; otherwise the copy may see the NaN poison, or the poison may land on
+     * top of the product. */
+    check(G->stream_synchronize(gdev, NULL), "wait for the inputs and the poison");
     dp_status st = G->gemm(tdev, NULL, &g);
+    check(G->stream_synchronize(tdev, NULL), "wait for the TF32 GEMM");
     down(tf, dc, (size_t)m * n * 4);
     dp_status st2 = G->gemm(gdev, NULL, &g);
     down(f32, dc, (size_t)m * n * 4);
@@ -174,7 +180,7 @@ static void test_gemm_tf32(void)
         if (d32 > worst_f32) worst_f32 = d32;
     }
     tap_ok(within, "gemm fp32 %dx%dx%d with TF32 allowed: within 2^-9 of sum |a b| of the fp32 product "
-                   "(largest difference %.3g)", m, n, k, worst_tf);
+                   "(largest difference %.3g; status %d, %d)", m, n, k, worst_tf, (int)st, (int)st2);
     tap_ok(within && worst_tf > 10 * worst_f32, "and it is TF32: %.3g off against %.3g for true fp32", worst_tf,
            worst_f32);
     G->free(gdev, da), G->free(gdev, db), G->free(gdev, dc);
