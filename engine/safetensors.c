@@ -698,6 +698,14 @@ dp_status dp_safetensors_write(const dp_safetensors_writer *w, const char *path)
         free(h.s);
         return dp_fail(DP_ERR_NOMEM, "out of memory writing the header of %s", path);
     }
+    struct stat sb;
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+        /* renaming the finished file into place would replace a device node or fail on a
+         * directory */
+        free(h.s);
+        return dp_fail(DP_ERR_INVALID, "%s is not a regular file (a directory, device or FIFO): give the path of a file",
+                       path);
+    }
     size_t tn = strlen(path) + 32;
     char *tmp = malloc(tn);
     if (!tmp) {

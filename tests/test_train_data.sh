@@ -69,6 +69,12 @@ refuse "mis-shaped tensors" '"layers.0.linear1.weight" is F32 \[64, 16\], expect
   "$dp" train --hidden 32 --tokens 8 --threads 1 --chunks 4 --pp 4 --schedule 1f1b --steps 1 --init "$tmp/p4"
 refuse "a data file that is not safetensors" "header too large" "$dp" train $small --pp 2 --steps 1 --data "$0"
 refuse "a missing --init file" "cannot open" "$dp" train $small --pp 2 --steps 1 --init "$tmp/nothing"
+refuse "--save-params to a directory" "is not a regular file" "$dp" train $small --pp 2 --steps 1 --save-params "$tmp"
+mkfifo "$tmp/fifo"
+refuse "--save-params to a FIFO (as to a device: a rename would replace it)" "is not a regular file" \
+  "$dp" train $small --pp 2 --steps 1 --save-params "$tmp/fifo"
+[ -p "$tmp/fifo" ]; ok $? "the FIFO is still a FIFO"
+rm -f "$tmp/fifo"
 ls "$tmp" | grep -q '\.tmp\.'; [ $? -ne 0 ]; ok $? "no temporary file left behind"
 
 echo "1..$n"

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "engine/driver.h"
@@ -205,6 +206,14 @@ static int parse_options(int argc, char **argv, train_options *o)
         }
     }
     if (cli_extra_arguments(argc, argv)) return CLI_EXIT_USAGE;
+    struct stat sb;
+    if (o->save_path && stat(o->save_path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+        /* the file is written aside and renamed into place, which would replace a device node
+         * or fail on a directory: refuse before training rather than after */
+        cli_error("--save-params: %s is not a regular file (a directory, device or FIFO); give the path of a "
+                  "safetensors file to write", o->save_path);
+        return CLI_EXIT_USAGE;
+    }
     c->model.seed = (uint64_t)seed;
     c->optimizer.kind = o->sgd ? DP_OPT_SGD : DP_OPT_ADAMW;
     c->optimizer.lr = (float)(lr > 0 ? lr : o->sgd ? 1e-2 : 1e-3);
