@@ -187,7 +187,7 @@ static int read_json(const char *file, const char *text, eplb_loads *out)
     char err[256];
     json_value *root = json_parse(text, err, sizeof err);
     if (!root) {
-        cli_error("%s: %s (not valid JSON)", file, err);
+        cli_error("%s:%s (not valid JSON)", file, err);
         return 1;
     }
     int rc = 1;
@@ -271,7 +271,7 @@ int eplb_read_phy2log(const char *path, int *layers, int *replicas, int **phy2lo
     free(text);
     const char *file = name_of(path);
     if (!root) {
-        cli_error("%s: %s (the current plan must be the JSON that eplb writes)", file, err);
+        cli_error("%s:%s (the current plan must be the JSON that eplb writes)", file, err);
         return 1;
     }
     int rc = 1;

@@ -19,7 +19,7 @@ enum { max_depth = 64 };
 
 static int fail(reader *r, const char *what)
 {
-    if (!r->err[0]) snprintf(r->err, (size_t)r->errlen, "line %d: %s", r->line, what);
+    if (!r->err[0]) snprintf(r->err, (size_t)r->errlen, "%d: %s", r->line, what);
     return 1;
 }
 
@@ -202,7 +202,7 @@ json_value *json_parse(const char *text, char *err, int errlen)
     err[0] = 0;
     json_value *v = calloc(1, sizeof *v);
     if (!v) {
-        snprintf(err, (size_t)errlen, "out of memory");
+        snprintf(err, (size_t)errlen, "1: out of memory");
         return NULL;
     }
     if (parse_value(&r, v)) {

@@ -15,7 +15,8 @@ typedef struct json_value {
     int count;
 } json_value;
 
-/* Parses text; on failure returns NULL and writes "line N: what" into err. */
+/* Parses text; on failure returns NULL and writes "N: what" into err (N the line), so that
+ * "FILE:" before it makes the FILE:LINE: of every other input error. */
 json_value *json_parse(const char *text, char *err, int errlen);
 void json_free(json_value *v);
 /* The member of an object with this key, or NULL. */
