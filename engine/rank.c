@@ -135,19 +135,36 @@ static dp_status host_to_root(dp_rank *rk, int owner, const void *src, void *dst
     return D->stream_synchronize(rk->dev, rk->streams[0]);
 }
 
-/* The root learns, stage by stage, the parameters from the rank holding the stage's copy 0. */
+/* Host bytes of rank `owner` to host memory of every rank, through device memory. */
+static dp_status host_to_all(dp_rank *rk, int owner, void *host, size_t bytes, int what)
+{
+    const dp_device_ops *D = rk->drv->device;
+    int n = rk->sched->num_ranks;
+    if (!bytes || n == 1) return DP_OK;
+    void *buf;
+    DP_CHECK(scratch(rk, bytes, &buf));
+    if (rk->rank == owner) {
+        DP_CHECK(D->copy(rk->dev, buf, host, bytes, DP_COPY_HOST_TO_DEVICE, rk->streams[0]));
+        for (int r = 0; r < n; r++)
+            if (r != owner) DP_CHECK(send_to(rk, buf, bytes, r, what));
+        return DP_OK;
+    }
+    DP_CHECK(recv_from(rk, buf, bytes, owner, what));
+    DP_CHECK(D->copy(rk->dev, host, buf, bytes, DP_COPY_DEVICE_TO_HOST, rk->streams[0]));
+    return D->stream_synchronize(rk->dev, rk->streams[0]);
+}
+
+/* Every rank learns, stage by stage, the parameters from the rank holding the stage's copy 0:
+ * in a job of several processes each of them answers questions about the state alike. */
 static dp_status gather_directory(dp_rank *rk)
 {
     const dp_schedule *s = rk->sched;
-    int S = s->num_stages, root = rk->rank == DP_ROOT_RANK;
-    if (root) {
-        rk->num_params = calloc((size_t)S, sizeof *rk->num_params);
-        rk->params = calloc((size_t)S, sizeof *rk->params);
-        if (!rk->num_params || !rk->params) return dp_fail(DP_ERR_NOMEM, "out of memory for the parameter list");
-    }
+    int S = s->num_stages;
+    rk->num_params = calloc((size_t)S, sizeof *rk->num_params);
+    rk->params = calloc((size_t)S, sizeof *rk->params);
+    if (!rk->num_params || !rk->params) return dp_fail(DP_ERR_NOMEM, "out of memory for the parameter list");
     for (int stage = 0; stage < S; stage++) {
         int owner = s->stage_rank[0][stage];
-        if (!root && rk->rank != owner) continue;
         int64_t n = 0;
         param_record *recs = NULL;
         if (rk->rank == owner) {
@@ -162,11 +179,11 @@ static dp_status gather_directory(dp_rank *rk)
                 memcpy(recs[i].name, v.name, sizeof recs[i].name);
             }
         }
-        dp_status e = host_to_root(rk, owner, &n, &n, sizeof n, RESULT_COUNT);
-        if (e == DP_OK && root && !recs && !(recs = calloc((size_t)n + 1, sizeof *recs)))
+        dp_status e = host_to_all(rk, owner, &n, sizeof n, RESULT_COUNT);
+        if (e == DP_OK && !recs && !(recs = calloc((size_t)n + 1, sizeof *recs)))
             e = dp_fail(DP_ERR_NOMEM, "out of memory for the parameter list");
-        if (e == DP_OK) e = host_to_root(rk, owner, recs, recs, (size_t)n * sizeof *recs, RESULT_DATA);
-        if (root && e == DP_OK) rk->num_params[stage] = (int)n, rk->params[stage] = recs;
+        if (e == DP_OK) e = host_to_all(rk, owner, recs, (size_t)n * sizeof *recs, RESULT_DATA);
+        if (e == DP_OK) rk->num_params[stage] = (int)n, rk->params[stage] = recs;
         else free(recs);
         if (e != DP_OK) return e;
     }

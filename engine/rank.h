@@ -28,7 +28,7 @@ typedef struct {
 /* The rank's own set-up, no communication: its device, streams and stages. *out is set even
  * when this fails (unless out of memory), for dp_rank_destroy. */
 dp_status dp_rank_create(const dp_rank_config *c, dp_rank **out);
-/* Collective over the world: the rank's groups, step buffers and executor, and the root
+/* Collective over the world: the rank's groups, step buffers and executor, and every rank
  * learns every stage's parameters (dp_rank_num_params). */
 dp_status dp_rank_connect(dp_rank *rk, dp_link_world *w);
 /* Frees what the rank made (closing its links: collective where the link's close is). */
@@ -53,9 +53,9 @@ dp_status dp_rank_load(dp_rank *rk, const float *inputs, const void *targets);
 dp_status dp_rank_train(dp_rank *rk, const dp_rank_step *a);
 dp_status dp_rank_infer(dp_rank *rk, const dp_rank_step *a);
 
-/* Root only, after connect: the parameters of a stage (as its copy 0 holds them). */
+/* After connect, on every rank: the parameters of a stage (as its copy 0 holds them). */
 int dp_rank_num_params(const dp_rank *rk, int stage);
-/* Root only: parameter `index` of `stage`'s count and name; DP_ERR_INVALID when none. */
+/* On every rank: parameter `index` of `stage`'s count and name; DP_ERR_INVALID when none. */
 dp_status dp_rank_param_info(const dp_rank *rk, int stage, int index, size_t *count, char name[32]);
 /* On every rank: `which` of parameter index of (stage, copy) lands in host on the root (count
  * floats, as dp_rank_param_info says), sent there by the rank holding it. */

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "drivers/mpi/dp_mpi.h"
 #include "engine/driver.h"
 #include "engine/param_io.h"
 #include "engine/rank.h"
@@ -20,6 +21,7 @@
 struct dp_runtime {
     dp_runtime_config cfg;
     const dp_driver *drv;
+    dp_driver with_link; /* the driver with another link (cfg.link), when asked */
     dp_schedule *sched;
     dp_link_world *world;
     /* the ranks this process hosts, world ranks first_rank .. first_rank + local_ranks - 1
@@ -76,8 +78,10 @@ struct rank_pool {
 
 static dp_rank **local(dp_runtime *rt, int r) { return &rt->ranks[r - rt->first_rank]; }
 
-/* The root rank, where results are gathered: hosted here in one process. */
-static const dp_rank *root(const dp_runtime *rt) { return rt->ranks[DP_ROOT_RANK - rt->first_rank]; }
+/* A rank of this process: every rank knows the parameters' directory. */
+static const dp_rank *any_local(const dp_runtime *rt) { return rt->ranks[0]; }
+
+int dp_runtime_is_root(const dp_runtime *rt) { return rt->first_rank == DP_ROOT_RANK; }
 
 static void record_failure(dp_runtime *rt, int r, dp_status st)
 {
@@ -198,8 +202,25 @@ static dp_status setup_gate(dp_runtime *rt, int r, dp_status st)
     char why[512];
     snprintf(why, sizeof why, "%s", rt->gate_message);
     pthread_mutex_unlock(&rt->lock);
-    if (st != DP_OK || failed < 0) return st;
-    return dp_fail(why_status, "set-up stopped because rank %d failed: %s", failed, why);
+    if (st == DP_OK && failed >= 0) st = dp_fail(why_status, "set-up stopped because rank %d failed: %s", failed, why);
+    if (!rt->cfg.bootstrap) return st;
+    /* the ranks of the other processes: every rank says whether it failed */
+    int world = rt->cfg.ranks;
+    int32_t mine = st != DP_OK, *all = calloc((size_t)world, sizeof *all);
+    if (!all) return st != DP_OK ? st : dp_fail(DP_ERR_NOMEM, "out of memory in set-up");
+    char keep[1024];
+    snprintf(keep, sizeof keep, "%s", st != DP_OK ? dp_last_error() : "");
+    dp_status bs = rt->cfg.bootstrap->allgather(rt->cfg.bootstrap_ctx, r, &mine, all, sizeof mine);
+    int other = -1;
+    for (int i = 0; bs == DP_OK && i < world && other < 0; i++)
+        if (all[i] && (i < rt->first_rank || i >= rt->first_rank + rt->local_ranks)) other = i;
+    free(all);
+    if (st != DP_OK) return dp_fail(st, "%s", keep);
+    if (bs != DP_OK) return bs;
+    if (other >= 0)
+        return dp_fail(DP_ERR_COMM, "set-up stopped because rank %d (in another process) failed; that process "
+                                    "reports why", other);
+    return DP_OK;
 }
 
 static dp_status job_setup(dp_runtime *rt, int r)
@@ -241,9 +262,30 @@ dp_status dp_runtime_create(const dp_runtime_config *cfg_in, dp_runtime **out)
         cfg.threads_per_rank = cores > cfg.ranks && cfg.ranks > 0 ? (int)(cores / cfg.ranks) : 1;
     }
     if (cfg.timeout_ms <= 0) cfg.timeout_ms = 60000;
+    if (cfg.local_ranks <= 0) cfg.first_rank = 0, cfg.local_ranks = cfg.ranks;
+    if (cfg.first_rank < 0 || cfg.local_ranks > cfg.ranks || cfg.first_rank > cfg.ranks - cfg.local_ranks)
+        return dp_fail(DP_ERR_INVALID, "this process would host ranks %d..%d of a job of %d ranks", cfg.first_rank,
+                       cfg.first_rank + cfg.local_ranks - 1, cfg.ranks);
+    if (cfg.local_ranks < cfg.ranks && !cfg.bootstrap)
+        return dp_fail(DP_ERR_INVALID, "ranks %d..%d of %d live in this process: the others need a bootstrap to "
+                                       "meet them (dp_bootstrap_mpi, a TCP rendezvous)",
+                       cfg.first_rank, cfg.first_rank + cfg.local_ranks - 1, cfg.ranks);
 
     const dp_driver *drv;
     DP_CHECK(dp_driver_load(cfg.driver, &drv));
+    const dp_link_ops *link = drv->link;
+    if (cfg.link && strcmp(cfg.link, drv->link->name) != 0) {
+        if (strcmp(cfg.link, "mpi") != 0)
+            return dp_fail(DP_ERR_NOT_FOUND, "no link \"%s\": the links are the driver's own (%s) and mpi", cfg.link,
+                           drv->link->name);
+        if (!dp_mpi_built())
+            return dp_fail(DP_ERR_UNSUPPORTED, "the mpi link was asked for, but this build has no MPI: install an MPI "
+                                               "(Debian: libopenmpi-dev openmpi-bin) and run ./configure again");
+        if (strcmp(drv->name, "cpu") != 0)
+            return dp_fail(DP_ERR_UNSUPPORTED, "the mpi link carries host memory, so it runs with the cpu driver "
+                                               "only; the %s driver crosses processes with its own link", drv->name);
+        link = &dp_mpi_link_ops;
+    }
     dp_schedule_params sp = {.ranks = cfg.ranks, .chunks = cfg.chunks};
     dp_schedule *sched;
     DP_CHECK(dp_schedule_generate(cfg.schedule, &sp, &sched));
@@ -259,8 +301,13 @@ dp_status dp_runtime_create(const dp_runtime_config *cfg_in, dp_runtime **out)
     }
     rt->cfg = cfg;
     rt->drv = drv;
+    if (link != drv->link) {
+        rt->with_link = *drv;
+        rt->with_link.link = link;
+        rt->drv = &rt->with_link;
+    }
     rt->sched = sched;
-    rt->first_rank = 0, rt->local_ranks = cfg.ranks;
+    rt->first_rank = cfg.first_rank, rt->local_ranks = cfg.local_ranks;
     pthread_mutex_init(&rt->lock, NULL);
     pthread_cond_init(&rt->gate_cond, NULL);
     rt->gate_failed_rank = -1;
@@ -272,9 +319,11 @@ dp_status dp_runtime_create(const dp_runtime_config *cfg_in, dp_runtime **out)
         return st;
     }
     dp_link_world_config wc = {.world_size = cfg.ranks, .first_rank = rt->first_rank,
-                               .local_ranks = rt->local_ranks, .timeout_ms = cfg.timeout_ms};
+                               .local_ranks = rt->local_ranks, .timeout_ms = cfg.timeout_ms,
+                               .struct_size = sizeof wc, .bootstrap = cfg.bootstrap,
+                               .bootstrap_ctx = cfg.bootstrap_ctx};
     st = pool_start(rt);
-    if (st == DP_OK) st = drv->link->world_create(&wc, &rt->world);
+    if (st == DP_OK) st = rt->drv->link->world_create(&wc, &rt->world);
     if (st == DP_OK) st = run_ranks(rt, job_setup);
     if (st != DP_OK) {
         char msg[1024];
@@ -383,7 +432,7 @@ dp_status dp_runtime_infer(dp_runtime *rt, const float *inputs, float *outputs)
  * training state: the root knows every parameter's name and size; tensors travel to it
  * from the rank holding them, and a write is done by that rank */
 
-int dp_runtime_num_params(const dp_runtime *rt, int stage) { return dp_rank_num_params(root(rt), stage); }
+int dp_runtime_num_params(const dp_runtime *rt, int stage) { return dp_rank_num_params(any_local(rt), stage); }
 
 /* Checks (stage, copy, index, which) and gives the parameter's size and name. */
 static dp_status locate(const dp_runtime *rt, int stage, int copy, int index, dp_tensor_kind which, size_t *count,
@@ -395,7 +444,7 @@ static dp_status locate(const dp_runtime *rt, int stage, int copy, int index, dp
                        s->num_pipes);
     if (which < DP_TENSOR_VALUE || which > DP_TENSOR_V)
         return dp_fail(DP_ERR_INVALID, "no tensor kind %d (DP_TENSOR_VALUE, _GRAD, _M or _V)", (int)which);
-    return dp_rank_param_info(root(rt), stage, index, count, name);
+    return dp_rank_param_info(any_local(rt), stage, index, count, name);
 }
 
 static dp_status job_gather_tensor(dp_runtime *rt, int r)

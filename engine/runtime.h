@@ -31,6 +31,16 @@ typedef struct {
     int spread_devices;
     uint32_t device_flags; /* DP_DEVICE_* for every rank's device (DP_DEVICE_ALLOW_TF32) */
     int serial_pairs;      /* an overlapped F&B pair's halves one after the other on one stream */
+    /* --- where the ranks live. Zeros: every rank is a thread of this process. A job spread
+     * over processes creates a runtime in each of them with the same configuration (and makes
+     * every later call in each, in the same order); each hosts local_ranks ranks from
+     * first_rank, meets the others through the bootstrap, and talks to them through `link`.
+     * Results (losses, outputs, tensors read, times) arrive in the process hosting rank 0. */
+    int first_rank;                    /* the first world rank this process hosts */
+    int local_ranks;                   /* how many it hosts (0: all of them) */
+    const char *link;                  /* NULL: the driver's own link; "mpi": the MPI link (CPU ranks) */
+    const dp_bootstrap_ops *bootstrap; /* how the processes meet (dp_bootstrap_mpi, a TCP rendezvous) */
+    void *bootstrap_ctx;
 } dp_runtime_config;
 
 typedef struct dp_runtime dp_runtime;
@@ -42,6 +52,9 @@ void dp_runtime_destroy(dp_runtime *rt);
 
 const dp_schedule *dp_runtime_schedule(const dp_runtime *rt);
 const dp_model_config *dp_runtime_model(const dp_runtime *rt);
+
+/* Whether this process hosts rank 0, where results arrive. */
+int dp_runtime_is_root(const dp_runtime *rt);
 
 /* One training step over chunks micro-batches: inputs [chunks x tokens x hidden] (host, fp32
  * whatever the model's dtype), targets per micro-batch ([chunks x tokens x hidden] floats for

@@ -1,6 +1,6 @@
 # engine/runtime.mk: the device, link and driver interfaces, the driver registry, and the
 # model, executor and runtime that play a schedule on a driver. Appends to libdualpipe.
-engine_libdualpipe_la_CPPFLAGS = $(AM_CPPFLAGS) -DDP_PKGLIBDIR='"$(pkglibdir)"'
+engine_libdualpipe_la_CPPFLAGS = $(AM_CPPFLAGS) $(MPI_CFLAGS) -DDP_PKGLIBDIR='"$(pkglibdir)"'
 engine_libdualpipe_la_SOURCES += \
 	engine/device.h \
 	engine/link.h \

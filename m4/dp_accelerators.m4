@@ -82,7 +82,7 @@ AC_DEFUN([DP_CHECK_NCCL], [
 # version builds with hipcc.
 AC_DEFUN([DP_CHECK_HIP], [
   AC_ARG_WITH([hip],
-    [AS_HELP_STRING([--with-hip[=DIR]], [ROCm/HIP root (default: auto, $ROCM_PATH or /opt/rocm); detected and reported only, nothing in this version uses it])],
+    [AS_HELP_STRING([--with-hip[=DIR]], [ROCm/HIP root (default: auto, $ROCM_PATH or /opt/rocm); the mpi link and bootstrap, for ranks in several processes])],
     [], [with_hip=check])
   have_hip=no
   HIP_GUESS=""
@@ -100,10 +100,10 @@ AC_DEFUN([DP_CHECK_HIP], [
 ])
 
 # DP_CHECK_MPI: sets have_mpi, MPICC, MPI_CFLAGS, MPI_LIBS, HAVE_MPI. Detected and reported
-# only: no code in this version uses MPI.
+# the mpi link, the MPI bootstrap and dp_mpi_start (drivers/mpi) are built when found.
 AC_DEFUN([DP_CHECK_MPI], [
   AC_ARG_WITH([mpi],
-    [AS_HELP_STRING([--with-mpi[=MPICC]], [MPI compiler wrapper (default: auto, mpicc on PATH); detected and reported only, nothing in this version uses it])],
+    [AS_HELP_STRING([--with-mpi[=MPICC]], [MPI compiler wrapper (default: auto, mpicc on PATH); the mpi link and bootstrap, for ranks in several processes])],
     [], [with_mpi=check])
   have_mpi=no
   AS_CASE([$with_mpi],

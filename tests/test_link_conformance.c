@@ -1,5 +1,6 @@
 /* test_link_conformance.c: the link contract (engine/link.h), checked alike on every link this
- * build has: the cpu link always; the cuda link's transports when a CUDA device is present
+ * build has: the cpu link always; the mpi link where the build has MPI (every rank a thread of
+ * this one process, MPI started as a singleton); the cuda link's transports when a CUDA device is present
  * (copy between ranks on one GPU, NCCL across GPUs, both in one group when placement is mixed).
  * One thread per rank; buffers live on each rank's device and are moved through its table. */
 #define _POSIX_C_SOURCE 200809L
@@ -10,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "drivers/mpi/dp_mpi.h"
 #include "engine/driver.h"
 #include "tests/tap.h"
 
@@ -51,7 +53,7 @@ static void log_hook(void *user, dp_log_level level, const char *message)
 static int logged(int r)
 {
     char head[64];
-    snprintf(head, sizeof head, "%s link: rank %d ", T->drv->name, r);
+    snprintf(head, sizeof head, "%s link: rank %d ", T->drv->link->name, r);
     for (const char *p = strstr(log_text, head); p; p = strstr(p + 1, head)) {
         const char *end = strchr(p, '\n');
         size_t n = end ? (size_t)(end - p) : strlen(p);
@@ -534,6 +536,28 @@ int main(void)
     dp_link_world_config other = {.world_size = 4, .first_rank = 2, .local_ranks = 2};
     tap_is_int(cpu->link->world_create(&other, &w), DP_ERR_UNSUPPORTED, "cpu: ranks in other processes are refused");
     tap_diag("%s", dp_last_error());
+
+    /* the mpi link, its ranks threads of this process (tests/test_mpi_*.sh run it across processes) */
+    int process, processes, local_rank;
+    if (!dp_mpi_built()) {
+        tap_ok(1, "mpi link # SKIP this build has no MPI");
+    } else if (dp_mpi_start(NULL, NULL, &process, &processes, &local_rank) != DP_OK) {
+        tap_ok(1, "mpi link # SKIP MPI did not start: %s", dp_last_error());
+    } else {
+        dp_driver over_mpi = *cpu;
+        over_mpi.link = &dp_mpi_link_ops;
+        target m = {.drv = &over_mpi, .size = 4, .sums_in_rank_order = 1, .checks_sizes = 1, .log_expect = {"process 0 of 1"}};
+        snprintf(m.name, sizeof m.name, "mpi (4 ranks in one process)");
+        check_target(&m);
+        m.size = 3, m.own_bootstrap = 1;
+        snprintf(m.name, sizeof m.name, "mpi (3 ranks, a bootstrap given)");
+        check_target(&m);
+        dp_link_world_config uneven = {.world_size = 3, .first_rank = 0, .local_ranks = 2};
+        tap_is_int(dp_mpi_link_ops.world_create(&uneven, &w), DP_ERR_INVALID,
+                   "mpi: a world that the processes do not share evenly is refused");
+        tap_diag("%s", dp_last_error());
+        dp_mpi_finish(0);
+    }
 
     const char *why = NULL;
     const dp_driver *cuda = load_cuda(&why);
