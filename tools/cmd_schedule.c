@@ -1,34 +1,35 @@
 /* cmd_schedule.c: `dualpipe schedule`: generate a pipeline schedule, validate it, simulate
  * it under a cost model and write it as a timeline, trace, JSON, SVG or Chrome trace. */
 #define _POSIX_C_SOURCE 200809L
-#include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "engine/schedule.h"
 #include "tools/cli.h"
+#include "tools/cli_options.h"
 #include "tools/commands.h"
 
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "Usage: dualpipe schedule [--schedule NAME] [--pp N] [--chunks M] [--cost LIST]\n"
-            "                         [--format FMT] [-o FILE]\n"
-            "Generate a pipeline schedule, check it and simulate it under a cost model.\n\n"
-            "  -s, --schedule NAME  ");
-    usage_schedules(out, 23, "dualpipe");
-    fprintf(out,
-            "  -p, --pp N           pipeline ranks (dualpipev: ranks, holding 2N stages); default 8\n"
-            "  -c, --chunks M       micro-batches per step; default 20\n"
-            "      --cost LIST      costs as F=1,B=2,W=1,FB=3,P2P=0 (the default); B is a full\n"
-            "                       backward, an I costs B-W, FB an overlapped F&B pair\n"
-            "  -f, --format FMT     text (default), trace, json, svg, chrome; guessed from the\n"
-            "                       extension of -o (.svg, .json, .trace) when not given\n"
-            "  -o, --output FILE    write there instead of standard output\n"
-            "  -l, --list           list the schedules and exit\n"
-            "  -h, --help           show this help\n\n"
-            "Example: dualpipe schedule --pp 8 --chunks 20 -o dualpipe.svg\n");
-}
+enum { O_COST = CLI_LONG_ONLY };
+
+static const cli_option options[] = {
+    {'s', 's', "schedule", "NAME", .help_fn = usage_schedule_names},
+    {'p', 'p', "pp", "N", .help = "pipeline ranks (dualpipev: ranks, holding 2N stages); default 8"},
+    {'c', 'c', "chunks", "M", .help = "micro-batches per step; default 20"},
+    {O_COST, 0, "cost", "LIST", .help = "costs as F=1,B=2,W=1,FB=3,P2P=0 (the default); B is a full\n"
+                                        "backward, an I costs B-W, FB an overlapped F&B pair"},
+    {'f', 'f', "format", "FMT", .help = "text (default), trace, json, svg, chrome; guessed from the\n"
+                                        "extension of -o (.svg, .json, .trace) when not given"},
+    {'o', 'o', "output", "FILE", .help = "write there instead of standard output"},
+    {'l', 'l', "list", NULL, .help = "list the schedules and exit"},
+    {0},
+};
+
+static const cli_spec spec = {
+    .synopsis = "[OPTION]...",
+    .about = "Generate a pipeline schedule, check it and simulate it under a cost model.",
+    .options = options,
+    .epilogue = "Example: dualpipe schedule --pp 8 --chunks 20 -o dualpipe.svg\n",
+};
 
 static int guess_format(const char *path, dp_schedule_format *fmt)
 {
@@ -43,44 +44,36 @@ static int guess_format(const char *path, dp_schedule_format *fmt)
 
 int cmd_schedule(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"schedule", required_argument, 0, 's'}, {"pp", required_argument, 0, 'p'},
-        {"chunks", required_argument, 0, 'c'},   {"cost", required_argument, 0, 'C'},
-        {"format", required_argument, 0, 'f'},   {"output", required_argument, 0, 'o'},
-        {"list", no_argument, 0, 'l'},           {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0},
-    };
     const char *name = "dualpipe", *format = NULL, *path = NULL;
     dp_schedule_params params = {.ranks = 8, .chunks = 20};
     dp_cost cost = dp_cost_default();
-    int opt;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, ":s:p:c:f:o:lh", opts, NULL)) != -1) {
+    cli_parser p;
+    int opt = cli_parse_start(&p, &spec, argc, argv);
+    if (opt != CLI_GO_ON) return opt;
+    while ((opt = cli_next(&p))) {
         switch (opt) {
-        case 's': name = optarg; break;
+        case 's': name = p.value; break;
         case 'p':
-            if (cli_parse_int("--pp", optarg, 1, 4096, &params.ranks)) return CLI_EXIT_USAGE;
+            if (cli_parse_int("--pp", p.value, 1, 4096, &params.ranks)) return CLI_EXIT_USAGE;
             break;
         case 'c':
-            if (cli_parse_int("--chunks", optarg, 1, 1 << 20, &params.chunks)) return CLI_EXIT_USAGE;
+            if (cli_parse_int("--chunks", p.value, 1, 1 << 20, &params.chunks)) return CLI_EXIT_USAGE;
             break;
-        case 'C':
-            if (dp_cost_parse(optarg, &cost) != DP_OK) {
+        case O_COST:
+            if (dp_cost_parse(p.value, &cost) != DP_OK) {
                 cli_error("--cost: %s", dp_last_error());
                 return CLI_EXIT_USAGE;
             }
             break;
-        case 'f': format = optarg; break;
-        case 'o': path = optarg; break;
+        case 'f': format = p.value; break;
+        case 'o': path = p.value; break;
         case 'l':
             for (const dp_schedule_generator *g = dp_schedule_generators; g->name; g++)
                 printf("%-10s %s\n", g->name, g->summary);
             return CLI_EXIT_OK;
-        case 'h': usage(stdout); return CLI_EXIT_OK;
-        default: return cli_option_error(opt, argv);
         }
     }
-    if (cli_extra_arguments(argc, argv)) return CLI_EXIT_USAGE;
+    if (cli_no_operands(&p)) return CLI_EXIT_USAGE;
     dp_schedule_format fmt = DP_FORMAT_TEXT;
     if (format) {
         if (dp_schedule_format_parse(format, &fmt) != DP_OK) {

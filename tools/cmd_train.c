@@ -3,7 +3,6 @@
  * idle time next to what the simulator predicts from the measured action times; optionally a
  * Chrome trace of what ran, and a side-by-side check against the single-rank reference. */
 #define _POSIX_C_SOURCE 200809L
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,69 +14,13 @@
 #include "engine/reference.h"
 #include "engine/runtime.h"
 #include "tools/cli_engine.h"
+#include "tools/cli_options.h"
 #include "tools/commands.h"
 #include "tools/compare.h"
 #include "tools/step_timing.h"
 #include "tools/train_data.h"
 #include "tools/train_teacher.h"
 #include "tools/train_trace.h"
-
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "Usage: dualpipe train [--driver NAME] [--schedule NAME] [--pp N] [--chunks M]\n"
-            "                      [--hidden H] [--tokens T] [--layers-per-stage L] [--block mlp|residual]\n"
-            "                      [--loss mse|xent] [--dtype fp32|bf16] [--steps S] [--seed S]\n"
-            "                      [--optimizer adamw|sgd] [--lr X] [--weight-decay X] [--momentum X]\n"
-            "                      [--threads N] [--timeout MS] [--trace FILE] [--verify] [--spread]\n"
-            "                      [--serial-pairs] [--tf32] [--init FILE] [--data FILE]\n"
-            "                      [--save-params FILE] [--quiet]\n"
-            "Train a pipeline-parallel model on one thread per rank to imitate a fixed random teacher\n"
-            "network (fresh random inputs every step), and report how the ranks spent their time.\n\n"
-            "  -d, --driver NAME        cpu (default) or a driver module (see DUALPIPE_DRIVER_PATH)\n"
-            "  -s, --schedule NAME      ");
-    usage_schedules(out, 27, "dualpipe");
-    fprintf(out,
-            "  -p, --pp N               pipeline ranks (default 4)\n"
-            "  -c, --chunks M           micro-batches per step (default 8)\n"
-            "      --hidden H           hidden size (default 256); blocks are h -> 4h -> h\n"
-            "      --tokens T           rows per micro-batch (default 64)\n"
-            "      --layers-per-stage L blocks per stage (default 1)\n"
-            "      --block KIND         residual (default: pre-norm RMSNorm residual MLP blocks) or mlp\n"
-            "                           (DualPipe's example stage: Linear, GELU, Linear; a deep stack\n"
-            "                           of them without normalisation learns slowly)\n"
-            "      --loss KIND          mse (default; regression to the teacher's outputs) or xent\n"
-            "                           (classification into the teacher's argmax over h classes)\n"
-            "      --dtype T            fp32 (default) or bf16: bf16 activations and weight copies,\n"
-            "                           fp32 accumulation; fp32 master weights, gradients, optimizer\n"
-            "                           state and losses (the cpu driver computes bf16 in fp32 and\n"
-            "                           rounds each result once, as the GPU drivers do)\n"
-            "  -n, --steps S            training steps (default 20; 0: only --init and --save-params)\n"
-            "      --seed S             seed of the parameters, the teacher and the data (default 1)\n"
-            "      --optimizer NAME     adamw (default) or sgd\n"
-            "      --lr X               learning rate (default 1e-3 for adamw, 1e-2 for sgd)\n"
-            "      --weight-decay X     default 0\n"
-            "      --momentum X         sgd momentum (default 0.9)\n"
-            "      --threads N          kernel threads per rank (default: cores / ranks)\n"
-            "      --timeout MS         a rank gives up waiting for a message after MS (default 60000)\n"
-            "      --spread             rank r on device r mod the driver's devices (one GPU per rank\n"
-            "                           where there are enough); default: every rank on device 0\n"
-            "      --serial-pairs       run an overlapped F&B pair's halves one after the other on one\n"
-            "                           stream (default: two streams at once)\n"
-            "      --tf32               fp32 GEMMs may use TF32 tensor cores (GPU drivers; default: true\n"
-            "                           fp32; the reference of --verify then uses TF32 too)\n"
-            "      --trace FILE         write a Chrome trace (chrome://tracing, Perfetto) of every step\n"
-            "      --verify             also run the single-rank sequential reference and report the\n"
-            "                           largest differences of losses, gradients and parameters\n"
-            "      --init FILE          start from the parameters in FILE (safetensors, F32, named as a\n"
-            "                           PyTorch state_dict: layers.<L>.linear1.weight, ...; see dualpipe(1))\n"
-            "      --data FILE          each step's inputs and targets from FILE (safetensors:\n"
-            "                           step<k>.inputs and step<k>.targets, k = 1 .. S) instead of the teacher\n"
-            "      --save-params FILE   write the final fp32 parameters to FILE, named as --init reads them\n"
-            "  -q, --quiet              only the summary\n"
-            "  -h, --help               show this help\n\n"
-            "Example: dualpipe train --schedule dualpipev --pp 2 --chunks 8 --verify\n");
-}
 
 /* ----------------------------------------------------------------------------
  * verification */
@@ -101,6 +44,61 @@ static int compare_params(dp_runtime *rt, dp_reference *ref, differences *df)
 /* ----------------------------------------------------------------------------
  * options */
 
+enum { O_HIDDEN = CLI_LONG_ONLY, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_SEED, O_OPT, O_LR, O_WD, O_MOM, O_THREADS,
+       O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD, O_DTYPE, O_SERIAL_PAIRS, O_TF32, O_INIT, O_DATA, O_SAVE_PARAMS };
+
+static const cli_option options[] = {
+    {'d', 'd', "driver", "NAME", .help = "cpu (default) or a driver module (see DUALPIPE_DRIVER_PATH)"},
+    {'s', 's', "schedule", "NAME", .help_fn = usage_schedule_names},
+    {'p', 'p', "pp", "N", .help = "pipeline ranks (default 4)"},
+    {'c', 'c', "chunks", "M", .help = "micro-batches per step (default 8)"},
+    {O_HIDDEN, 0, "hidden", "H", .help = "hidden size (default 256); blocks are h -> 4h -> h"},
+    {O_TOKENS, 0, "tokens", "T", .help = "rows per micro-batch (default 64)"},
+    {O_LAYERS, 0, "layers-per-stage", "L", .help = "blocks per stage (default 1)"},
+    {O_BLOCK, 0, "block", "KIND", .help = "residual (default: pre-norm RMSNorm residual MLP blocks) or mlp\n"
+                                          "(DualPipe's example stage: Linear, GELU, Linear; a deep stack\n"
+                                          "of them without normalisation learns slowly)"},
+    {O_LOSS, 0, "loss", "KIND", .help = "mse (default; regression to the teacher's outputs) or xent\n"
+                                        "(classification into the teacher's argmax over h classes)"},
+    {O_DTYPE, 0, "dtype", "T", .help = "fp32 (default) or bf16: bf16 activations and weight copies,\n"
+                                       "fp32 accumulation; fp32 master weights, gradients, optimizer\n"
+                                       "state and losses (the cpu driver computes bf16 in fp32 and\n"
+                                       "rounds each result once, as the GPU drivers do)"},
+    {'n', 'n', "steps", "S", .help = "training steps (default 20; 0: only --init and --save-params)"},
+    {O_SEED, 0, "seed", "S", .help = "seed of the parameters, the teacher and the data (default 1)"},
+    {O_OPT, 0, "optimizer", "NAME", .help = "adamw (default) or sgd"},
+    {O_LR, 0, "lr", "X", .help = "learning rate (default 1e-3 for adamw, 1e-2 for sgd)"},
+    {O_WD, 0, "weight-decay", "X", .help = "default 0"},
+    {O_MOM, 0, "momentum", "X", .help = "sgd momentum (default 0.9)"},
+    {O_THREADS, 0, "threads", "N", .help = "kernel threads per rank (default: cores / ranks)"},
+    {O_TIMEOUT, 0, "timeout-ms", "MS", .help = "a rank gives up waiting for a message after MS (default 60000)"},
+    {O_TIMEOUT, 0, "timeout", "MS", .deprecated = "timeout-ms"},
+    {O_SPREAD, 0, "spread", NULL, .help = "rank r on device r mod the driver's devices (one GPU per rank\n"
+                                          "where there are enough); default: every rank on device 0"},
+    {O_SERIAL_PAIRS, 0, "serial-pairs", NULL, .help = "run an overlapped F&B pair's halves one after the other on one\n"
+                                                      "stream (default: two streams at once)"},
+    {O_TF32, 0, "tf32", NULL, .help = "fp32 GEMMs may use TF32 tensor cores (GPU drivers; default: true\n"
+                                      "fp32; the reference of --verify then uses TF32 too)"},
+    {O_TRACE, 0, "trace", "FILE", .help = "write a Chrome trace (chrome://tracing, Perfetto) of every step"},
+    {O_VERIFY, 0, "verify", NULL, .help = "also run the single-rank sequential reference and report the\n"
+                                          "largest differences of losses, gradients and parameters"},
+    {O_INIT, 0, "init", "FILE", .help = "start from the parameters in FILE (safetensors, F32, named as a\n"
+                                        "PyTorch state_dict: layers.<L>.linear1.weight, ...; see dualpipe(1))"},
+    {O_DATA, 0, "data", "FILE", .help = "each step's inputs and targets from FILE (safetensors:\n"
+                                        "step<k>.inputs and step<k>.targets, k = 1 .. S) instead of the teacher"},
+    {O_SAVE_PARAMS, 0, "save-params", "FILE", .help = "write the final fp32 parameters to FILE, named as --init reads them"},
+    {'q', 'q', "quiet", NULL, .help = "only the summary"},
+    {0},
+};
+
+static const cli_spec spec = {
+    .synopsis = "[OPTION]...",
+    .about = "Train a pipeline-parallel model on one thread per rank to imitate a fixed random teacher\n"
+             "network (fresh random inputs every step), and report how the ranks spent their time.",
+    .options = options,
+    .epilogue = "Example: dualpipe train --schedule dualpipev --pp 2 --chunks 8 --verify\n",
+};
+
 typedef struct {
     dp_runtime_config c;
     int steps, verify, quiet, sgd;
@@ -113,25 +111,6 @@ enum { TRAIN_GO_ON = -1 }; /* not an exit code: the step succeeded, carry on */
 /* Fills o from the command line: TRAIN_GO_ON, or the exit code (after --help or an error). */
 static int parse_options(int argc, char **argv, train_options *o)
 {
-    enum { O_HIDDEN = 256, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_SEED, O_OPT, O_LR, O_WD, O_MOM, O_THREADS,
-           O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD, O_DTYPE, O_SERIAL_PAIRS, O_TF32, O_INIT, O_DATA, O_SAVE_PARAMS };
-    static const struct option opts[] = {
-        {"driver", required_argument, 0, 'd'},     {"schedule", required_argument, 0, 's'},
-        {"pp", required_argument, 0, 'p'},         {"chunks", required_argument, 0, 'c'},
-        {"hidden", required_argument, 0, O_HIDDEN}, {"tokens", required_argument, 0, O_TOKENS},
-        {"layers-per-stage", required_argument, 0, O_LAYERS}, {"block", required_argument, 0, O_BLOCK},
-        {"loss", required_argument, 0, O_LOSS},     {"steps", required_argument, 0, 'n'},
-        {"seed", required_argument, 0, O_SEED},     {"optimizer", required_argument, 0, O_OPT},
-        {"lr", required_argument, 0, O_LR},         {"weight-decay", required_argument, 0, O_WD},
-        {"momentum", required_argument, 0, O_MOM},  {"threads", required_argument, 0, O_THREADS},
-        {"timeout", required_argument, 0, O_TIMEOUT}, {"trace", required_argument, 0, O_TRACE},
-        {"verify", no_argument, 0, O_VERIFY},       {"quiet", no_argument, 0, 'q'},
-        {"spread", no_argument, 0, O_SPREAD},       {"dtype", required_argument, 0, O_DTYPE},
-        {"serial-pairs", no_argument, 0, O_SERIAL_PAIRS}, {"tf32", no_argument, 0, O_TF32},
-        {"init", required_argument, 0, O_INIT},     {"data", required_argument, 0, O_DATA},
-        {"save-params", required_argument, 0, O_SAVE_PARAMS},
-        {"help", no_argument, 0, 'h'},              {0, 0, 0, 0},
-    };
     memset(o, 0, sizeof *o);
     dp_runtime_config *c = &o->c;
     c->driver = "cpu", c->schedule = "dualpipe", c->ranks = 4, c->chunks = 8;
@@ -144,41 +123,42 @@ static int parse_options(int argc, char **argv, train_options *o)
     static const char *const losses[] = {"mse", "xent"};      /* as dp_loss_kind */
     static const char *const optimizers[] = {"adamw", "sgd"}; /* o->sgd: 0 or 1 */
     double lr = 0, wd = 0, momentum = 0.9;
-    int opt;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, ":d:s:p:c:n:qh", opts, NULL)) != -1) {
+    cli_parser p;
+    int opt = cli_parse_start(&p, &spec, argc, argv);
+    if (opt != CLI_GO_ON) return opt;
+    while ((opt = cli_next(&p))) {
         double v;
         switch (opt) {
-        case 'd': c->driver = optarg; break;
-        case 's': c->schedule = optarg; break;
-        case 'p': if (cli_parse_int("--pp", optarg, 1, 1024, &c->ranks)) return CLI_EXIT_USAGE; break;
-        case 'c': if (cli_parse_int("--chunks", optarg, 1, 1 << 16, &c->chunks)) return CLI_EXIT_USAGE; break;
-        case O_HIDDEN: if (cli_parse_int("--hidden", optarg, 1, 1 << 16, &c->model.hidden)) return CLI_EXIT_USAGE; break;
-        case O_TOKENS: if (cli_parse_int("--tokens", optarg, 1, 1 << 20, &c->model.tokens)) return CLI_EXIT_USAGE; break;
+        case 'd': c->driver = p.value; break;
+        case 's': c->schedule = p.value; break;
+        case 'p': if (cli_parse_int("--pp", p.value, 1, 1024, &c->ranks)) return CLI_EXIT_USAGE; break;
+        case 'c': if (cli_parse_int("--chunks", p.value, 1, 1 << 16, &c->chunks)) return CLI_EXIT_USAGE; break;
+        case O_HIDDEN: if (cli_parse_int("--hidden", p.value, 1, 1 << 16, &c->model.hidden)) return CLI_EXIT_USAGE; break;
+        case O_TOKENS: if (cli_parse_int("--tokens", p.value, 1, 1 << 20, &c->model.tokens)) return CLI_EXIT_USAGE; break;
         case O_LAYERS:
-            if (cli_parse_int("--layers-per-stage", optarg, 1, 64, &c->model.layers_per_stage)) return CLI_EXIT_USAGE;
+            if (cli_parse_int("--layers-per-stage", p.value, 1, 64, &c->model.layers_per_stage)) return CLI_EXIT_USAGE;
             break;
         case O_BLOCK:
-            if (cli_parse_kind("--block", optarg, blocks, DP_BLOCK_NUM_KINDS, &kind)) return CLI_EXIT_USAGE;
+            if (cli_parse_kind("--block", p.value, blocks, DP_BLOCK_NUM_KINDS, &kind)) return CLI_EXIT_USAGE;
             c->model.block = (dp_block_kind)kind;
             break;
         case O_LOSS:
-            if (cli_parse_kind("--loss", optarg, losses, 2, &kind)) return CLI_EXIT_USAGE;
+            if (cli_parse_kind("--loss", p.value, losses, 2, &kind)) return CLI_EXIT_USAGE;
             c->model.loss = (dp_loss_kind)kind;
             break;
-        case 'n': if (cli_parse_int("--steps", optarg, 0, 1 << 24, &o->steps)) return CLI_EXIT_USAGE; break;
-        case O_SEED: if (cli_parse_int("--seed", optarg, 0, 2147483647, &seed)) return CLI_EXIT_USAGE; break;
+        case 'n': if (cli_parse_int("--steps", p.value, 0, 1 << 24, &o->steps)) return CLI_EXIT_USAGE; break;
+        case O_SEED: if (cli_parse_int("--seed", p.value, 0, 2147483647, &seed)) return CLI_EXIT_USAGE; break;
         case O_OPT:
-            if (cli_parse_kind("--optimizer", optarg, optimizers, 2, &o->sgd)) return CLI_EXIT_USAGE;
+            if (cli_parse_kind("--optimizer", p.value, optimizers, 2, &o->sgd)) return CLI_EXIT_USAGE;
             break;
         case O_LR:
         case O_WD:
         case O_MOM:
-            if (cli_parse_double(opt == O_LR ? "--lr" : opt == O_WD ? "--weight-decay" : "--momentum", optarg, &v))
+            if (cli_parse_double(opt == O_LR ? "--lr" : opt == O_WD ? "--weight-decay" : "--momentum", p.value, &v))
                 return CLI_EXIT_USAGE;
             if (v < 0 || (opt == O_LR && v == 0) || (opt == O_MOM && v >= 1)) {
                 cli_error("%s must be %s, got %s", opt == O_LR ? "--lr" : opt == O_WD ? "--weight-decay" : "--momentum",
-                          opt == O_LR ? "> 0" : opt == O_WD ? ">= 0" : "in [0, 1)", optarg);
+                          opt == O_LR ? "> 0" : opt == O_WD ? ">= 0" : "in [0, 1)", p.value);
                 return CLI_EXIT_USAGE;
             }
             if (opt == O_LR) lr = v;
@@ -186,26 +166,24 @@ static int parse_options(int argc, char **argv, train_options *o)
             else momentum = v;
             break;
         case O_THREADS:
-            if (cli_parse_int("--threads", optarg, 1, 1024, &c->threads_per_rank)) return CLI_EXIT_USAGE;
+            if (cli_parse_int("--threads", p.value, 1, 1024, &c->threads_per_rank)) return CLI_EXIT_USAGE;
             break;
         case O_TIMEOUT:
-            if (cli_parse_int("--timeout", optarg, 1, 86400000, &c->timeout_ms)) return CLI_EXIT_USAGE;
+            if (cli_parse_int("--timeout-ms", p.value, 1, 86400000, &c->timeout_ms)) return CLI_EXIT_USAGE;
             break;
-        case O_TRACE: o->trace_path = optarg; break;
-        case O_INIT: o->init_path = optarg; break;
-        case O_DATA: o->data_path = optarg; break;
-        case O_SAVE_PARAMS: o->save_path = optarg; break;
+        case O_TRACE: o->trace_path = p.value; break;
+        case O_INIT: o->init_path = p.value; break;
+        case O_DATA: o->data_path = p.value; break;
+        case O_SAVE_PARAMS: o->save_path = p.value; break;
         case O_VERIFY: o->verify = 1; break;
         case O_SPREAD: c->spread_devices = 1; break;
         case O_SERIAL_PAIRS: c->serial_pairs = 1; break;
         case O_TF32: c->device_flags |= DP_DEVICE_ALLOW_TF32; break;
-        case O_DTYPE: if (cli_parse_dtype("--dtype", optarg, &c->model.dtype)) return CLI_EXIT_USAGE; break;
+        case O_DTYPE: if (cli_parse_dtype("--dtype", p.value, &c->model.dtype)) return CLI_EXIT_USAGE; break;
         case 'q': o->quiet = 1; break;
-        case 'h': usage(stdout); return CLI_EXIT_OK;
-        default: return cli_option_error(opt, argv);
         }
     }
-    if (cli_extra_arguments(argc, argv)) return CLI_EXIT_USAGE;
+    if (cli_no_operands(&p)) return CLI_EXIT_USAGE;
     struct stat sb;
     if (o->save_path && stat(o->save_path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
         /* the file is written aside and renamed into place, which would replace a device node

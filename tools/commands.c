@@ -33,3 +33,5 @@ void usage_schedules(FILE *out, int column, const char *default_name)
     }
     fprintf(out, "\n");
 }
+
+void usage_schedule_names(FILE *out, int column) { usage_schedules(out, column, "dualpipe"); }

@@ -18,6 +18,8 @@ extern const dp_command dp_commands[]; /* ends with a NULL name */
  * marked, wrapped before column 96 with continuation lines indented to `column` (the caller has
  * printed that far), and a newline. */
 void usage_schedules(FILE *out, int column, const char *default_name);
+/* The same with dualpipe as the default: the description of every command's --schedule. */
+void usage_schedule_names(FILE *out, int column);
 
 int cmd_schedule(int argc, char **argv);
 int cmd_train(int argc, char **argv);

@@ -5,6 +5,8 @@ dualpipe_command_sources = \
 	tools/commands.h \
 	tools/cli.c \
 	tools/cli.h \
+	tools/cli_options.c \
+	tools/cli_options.h \
 	tools/cli_engine.c \
 	tools/cli_engine.h \
 	tools/log_stderr.c \
