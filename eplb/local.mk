@@ -22,6 +22,8 @@ noinst_HEADERS += tests/eplb_test_loads.h tests/eplb_test_evaluate.h
 bin_PROGRAMS += tools/eplb
 tools_eplb_SOURCES = \
 	tools/eplb.c \
+	tools/cli_options.c \
+	tools/cli_options.h \
 	tools/eplb_input.c \
 	tools/eplb_input.h \
 	tools/eplb_json.c \

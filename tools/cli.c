@@ -78,20 +78,6 @@ int cli_parse_double(const char *option, const char *text, double *out)
     return 0;
 }
 
-int cli_option_error(int opt, char **argv)
-{
-    if (opt == ':') cli_error("option %s needs a value; see --help", argv[optind - 1]);
-    else cli_error("unknown option '%s'; see --help", argv[optind - 1]);
-    return CLI_EXIT_USAGE;
-}
-
-int cli_extra_arguments(int argc, char **argv)
-{
-    if (optind >= argc) return 0;
-    cli_error("unexpected argument '%s'; see --help", argv[optind]);
-    return 1;
-}
-
 int cli_output_open(cli_output *o, const char *path)
 {
     memset(o, 0, sizeof *o);

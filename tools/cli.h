@@ -18,11 +18,6 @@ void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * wrong and return nonzero. */
 int cli_parse_int(const char *option, const char *text, long min, long max, int *out);
 int cli_parse_double(const char *option, const char *text, double *out);
-/* getopt_long's ':' (an option without its value) or '?' (an unknown option): says which,
- * pointing to --help, and returns CLI_EXIT_USAGE. */
-int cli_option_error(int opt, char **argv);
-/* Nonzero, having said so, when arguments are left after the options (optind < argc). */
-int cli_extra_arguments(int argc, char **argv);
 /* Which of n names `text` is (its index into *out); otherwise an error naming the option and
  * the names it takes ("--loss: expected mse or xent, got 'l1'"), and nonzero. */
 int cli_parse_kind(const char *option, const char *text, const char *const *names, int n, int *out);

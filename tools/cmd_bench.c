@@ -3,7 +3,6 @@
  * the median step time of each schedule at fixed models, including the shapes of the
  * reference's side-by-side measurements. Prints figures; asserts nothing about speed. */
 #define _POSIX_C_SOURCE 200809L
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,24 +11,8 @@
 #include "engine/driver.h"
 #include "engine/runtime.h"
 #include "tools/cli_engine.h"
+#include "tools/cli_options.h"
 #include "tools/commands.h"
-
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "Usage: dualpipe bench [--steps N] [--quick] [--gemm-only | --steps-only]\n"
-            "                      [--schedule NAME --pp N --chunks M --hidden H --tokens T]\n"
-            "Benchmark the CPU driver: GEMM GFLOP/s (portable and CBLAS, 1 thread and all cores)\n"
-            "against the measured peak, then median step times of each schedule.\n\n"
-            "  -n, --steps N     timed steps per configuration, after one warm-up (default 5)\n"
-            "      --quick       small shapes only (seconds)\n"
-            "      --gemm-only   only the GEMM rates\n"
-            "      --steps-only  only the step times\n"
-            "  -s, --schedule, -p, --pp, -c, --chunks, --hidden, --tokens\n"
-            "                    time one configuration instead of the built-in list\n"
-            "  -h, --help        show this help\n\n"
-            "Run the ranks on otherwise idle cores: the figures are wall-clock medians.\n");
-}
 
 /* ----------------------------------------------------------------------------
  * GEMM */
@@ -220,40 +203,61 @@ static void step_header(void)
            "step ms", "GFLOP/s", "per core");
 }
 
+/* ----------------------------------------------------------------------------
+ * the command */
+
+enum { O_QUICK = CLI_LONG_ONLY, O_GEMM, O_STEPS_ONLY, O_HIDDEN, O_TOKENS };
+
+static const cli_option options[] = {
+    {'d', 'd', "driver", "NAME", .help = "cpu (default); another driver's figures are bench-cuda's, with its\n"
+                                         "options (dualpipe bench --driver cuda --help)"},
+    {'n', 'n', "steps", "S", .help = "timed steps per configuration, after one warm-up (default 5)"},
+    {O_QUICK, 0, "quick", NULL, .help = "small shapes only (seconds)"},
+    {O_GEMM, 0, "gemm-only", NULL, .help = "only the GEMM rates"},
+    {O_STEPS_ONLY, 0, "steps-only", NULL, .help = "only the step times"},
+    {'s', 's', "schedule", "NAME", .help = "with --pp, --chunks, --hidden, --tokens: time one configuration\n"
+                                           "instead of the built-in list (defaults dualpipe, 2, 8, 256, 256)"},
+    {'p', 'p', "pp", "N", .help = "pipeline ranks of that configuration"},
+    {'c', 'c', "chunks", "M", .help = "its micro-batches per step"},
+    {O_HIDDEN, 0, "hidden", "H", .help = "its hidden size"},
+    {O_TOKENS, 0, "tokens", "T", .help = "its rows per micro-batch"},
+    {0},
+};
+
+static const cli_spec spec = {
+    .synopsis = "[OPTION]...",
+    .about = "Benchmark the CPU driver: GEMM GFLOP/s (portable and CBLAS, 1 thread and all cores)\n"
+             "against the measured peak, then median step times of each schedule.",
+    .options = options,
+    .epilogue = "Run the ranks on otherwise idle cores: the figures are wall-clock medians.\n",
+};
+
 int cmd_bench(int argc, char **argv)
 {
-    /* `dualpipe bench --driver NAME ...`: a GPU driver's figures are bench-cuda's */
-    if (argc > 2 && strcmp(argv[1], "--driver") == 0 && strcmp(argv[2], "cpu") != 0) return cmd_bench_cuda(argc, argv);
-    if (argc > 2 && strcmp(argv[1], "--driver") == 0) argc -= 2, argv += 2;
-    enum { O_QUICK = 256, O_GEMM, O_STEPS_ONLY, O_HIDDEN, O_TOKENS };
-    static const struct option opts[] = {
-        {"steps", required_argument, 0, 'n'},     {"quick", no_argument, 0, O_QUICK},
-        {"gemm-only", no_argument, 0, O_GEMM},    {"steps-only", no_argument, 0, O_STEPS_ONLY},
-        {"schedule", required_argument, 0, 's'},  {"pp", required_argument, 0, 'p'},
-        {"chunks", required_argument, 0, 'c'},    {"hidden", required_argument, 0, O_HIDDEN},
-        {"tokens", required_argument, 0, O_TOKENS}, {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0},
-    };
+    /* `dualpipe bench --driver NAME ...`: a GPU driver's figures and options are bench-cuda's */
+    const char *driver = cli_peek(&spec, 'd', argc, argv);
+    if (driver && strcmp(driver, "cpu") != 0) return cmd_bench_cuda(argc, argv);
     int steps = 5, quick = 0, gemm = 1, step_times = 1, custom = 0;
     step_shape one = {"dualpipe", 2, 8, 256, 256};
-    int opt;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, ":n:s:p:c:h", opts, NULL)) != -1) {
+    cli_parser p;
+    int opt = cli_parse_start(&p, &spec, argc, argv);
+    if (opt != CLI_GO_ON) return opt;
+    while ((opt = cli_next(&p))) {
+        const char *a = p.name, *val = p.value;
         switch (opt) {
-        case 'n': if (cli_parse_int("--steps", optarg, 1, 1000, &steps)) return CLI_EXIT_USAGE; break;
+        case 'd': break; /* cpu */
+        case 'n': if (cli_parse_int(a, val, 1, 1000, &steps)) return CLI_EXIT_USAGE; break;
         case O_QUICK: quick = 1; break;
         case O_GEMM: step_times = 0; break;
         case O_STEPS_ONLY: gemm = 0; break;
-        case 's': one.schedule = optarg, custom = 1; break;
-        case 'p': if (cli_parse_int("--pp", optarg, 1, 64, &one.ranks)) return CLI_EXIT_USAGE; custom = 1; break;
-        case 'c': if (cli_parse_int("--chunks", optarg, 1, 4096, &one.chunks)) return CLI_EXIT_USAGE; custom = 1; break;
-        case O_HIDDEN: if (cli_parse_int("--hidden", optarg, 1, 1 << 15, &one.hidden)) return CLI_EXIT_USAGE; custom = 1; break;
-        case O_TOKENS: if (cli_parse_int("--tokens", optarg, 1, 1 << 20, &one.tokens)) return CLI_EXIT_USAGE; custom = 1; break;
-        case 'h': usage(stdout); return CLI_EXIT_OK;
-        default: return cli_option_error(opt, argv);
+        case 's': one.schedule = val, custom = 1; break;
+        case 'p': if (cli_parse_int(a, val, 1, 64, &one.ranks)) return CLI_EXIT_USAGE; custom = 1; break;
+        case 'c': if (cli_parse_int(a, val, 1, 4096, &one.chunks)) return CLI_EXIT_USAGE; custom = 1; break;
+        case O_HIDDEN: if (cli_parse_int(a, val, 1, 1 << 15, &one.hidden)) return CLI_EXIT_USAGE; custom = 1; break;
+        case O_TOKENS: if (cli_parse_int(a, val, 1, 1 << 20, &one.tokens)) return CLI_EXIT_USAGE; custom = 1; break;
         }
     }
-    if (cli_extra_arguments(argc, argv)) return CLI_EXIT_USAGE;
+    if (cli_no_operands(&p)) return CLI_EXIT_USAGE;
     if (gemm && !custom && bench_gemm(quick)) return CLI_EXIT_FAIL;
     if (!step_times) return CLI_EXIT_OK;
     step_header();

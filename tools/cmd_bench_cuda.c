@@ -13,47 +13,10 @@
 #include "engine/driver.h"
 #include "engine/runtime.h"
 #include "tools/cli_engine.h"
+#include "tools/cli_options.h"
 #include "tools/commands.h"
 #include "tools/gemm_floor.h"
 #include "tools/step_timing.h"
-
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "Usage: dualpipe bench-cuda [OPTIONS]   (also: dualpipe bench --driver cuda [OPTIONS])\n"
-            "Benchmark the CUDA driver on the example stage (Linear h->4h, GELU, Linear 4h->h, MSE), in fp32\n"
-            "with TF32 off or in bf16 with fp32 accumulation: the stage's GEMMs through cuBLAS, back to\n"
-            "back after a second of them (the floor of a step is the GEMMs the busiest GPU runs, as the\n"
-            "schedule gives them; a first stage computes no input gradient), then pipelined steps on a\n"
-            "batch loaded onto the GPUs once, as the reference's benchmark does (--host-inputs: copied\n"
-            "from the host every step, as dualpipe train does).\n\n"
-            "  --driver NAME     GPU driver module (default cuda)\n"
-            "  --schedule NAME   ");
-    usage_schedules(out, 20, "dualpipe");
-    fprintf(out,
-            "  --pp N            pipeline ranks (default 2)\n"
-            "  --chunks N        micro-batches per step (default 20)\n"
-            "  --hidden H        one shape instead of the built-in list (1024, 2048, 4096)\n"
-            "  --tokens T        tokens per micro-batch for --hidden (default 2 x hidden)\n"
-            "  --steps N         timed steps after 2 warm-up steps (default 10)\n"
-            "  --dtype T         fp32 (default) or bf16 (activations and weight copies; fp32 master\n"
-            "                    weights and gradients, fp32 accumulation)\n"
-            "  --host-inputs     copy inputs and targets from host memory in every step\n"
-            "  --no-idle         skip the recorded steps (each action timed on its own) that compare each\n"
-            "                    rank's measured idle time with the simulator's prediction\n"
-            "  --gemm-only       only the GEMM floor\n"
-            "  --shared          all ranks on GPU 0 (copy link) even with several GPUs\n"
-            "  --serial-pairs    run an overlapped F&B pair's halves one after the other on one stream\n"
-            "                    (default: on two streams at once)\n"
-            "  --tf32            fp32 GEMMs may use TF32 tensor cores (inputs rounded to 10-bit mantissas;\n"
-            "                    default: true fp32)\n"
-            "  -h, --help        show this help\n\n"
-            "FLOPs per GPU per step = chunks x 48 x tokens x hidden^2 x stages / pp (forward 16, backward 32),\n"
-            "as the reference's figures count them.\n"
-            "One GPU standing in for one rank of DualPipe on two: --schedule dualpipev --pp 1 --chunks 10\n"
-            "runs the same forwards, backwards and overlapped pairs, without the transfers.\n"
-            "Ranks go one per GPU where there are enough, unless --shared.\n");
-}
 
 /* ----------------------------------------------------------------------------
  * pipelined steps */
@@ -193,55 +156,80 @@ out:
     return rc;
 }
 
+/* ----------------------------------------------------------------------------
+ * the command */
+
+enum { O_HIDDEN = CLI_LONG_ONLY, O_TOKENS, O_DTYPE, O_HOST_INPUTS, O_NO_IDLE, O_GEMM_ONLY, O_SHARED, O_SERIAL_PAIRS,
+       O_TF32 };
+
+static const cli_option options[] = {
+    {'d', 'd', "driver", "NAME", .help = "GPU driver module (default cuda)"},
+    {'s', 's', "schedule", "NAME", .help_fn = usage_schedule_names},
+    {'p', 'p', "pp", "N", .help = "pipeline ranks (default 2)"},
+    {'c', 'c', "chunks", "M", .help = "micro-batches per step (default 20)"},
+    {O_HIDDEN, 0, "hidden", "H", .help = "one shape instead of the built-in list (1024, 2048, 4096)"},
+    {O_TOKENS, 0, "tokens", "T", .help = "tokens per micro-batch for --hidden (default 2 x hidden)"},
+    {'n', 'n', "steps", "S", .help = "timed steps after 2 warm-up steps (default 10)"},
+    {O_DTYPE, 0, "dtype", "T", .help = "fp32 (default) or bf16 (activations and weight copies; fp32 master\n"
+                                       "weights and gradients, fp32 accumulation)"},
+    {O_HOST_INPUTS, 0, "host-inputs", NULL, .help = "copy inputs and targets from host memory in every step"},
+    {O_NO_IDLE, 0, "no-idle", NULL, .help = "skip the recorded steps (each action timed on its own) that compare\n"
+                                            "each rank's measured idle time with the simulator's prediction"},
+    {O_GEMM_ONLY, 0, "gemm-only", NULL, .help = "only the GEMM floor"},
+    {O_SHARED, 0, "shared", NULL, .help = "all ranks on GPU 0 (copy link) even with several GPUs"},
+    {O_SERIAL_PAIRS, 0, "serial-pairs", NULL, .help = "run an overlapped F&B pair's halves one after the other on one\n"
+                                                      "stream (default: on two streams at once)"},
+    {O_TF32, 0, "tf32", NULL, .help = "fp32 GEMMs may use TF32 tensor cores (inputs rounded to 10-bit\n"
+                                      "mantissas; default: true fp32)"},
+    {0},
+};
+
+static const cli_spec spec = {
+    .synopsis = "[OPTION]...   (also: dualpipe bench --driver cuda [OPTION]...)",
+    .about = "Benchmark the CUDA driver on the example stage (Linear h->4h, GELU, Linear 4h->h, MSE), in fp32\n"
+             "with TF32 off or in bf16 with fp32 accumulation: the stage's GEMMs through cuBLAS, back to\n"
+             "back after a second of them (the floor of a step is the GEMMs the busiest GPU runs, as the\n"
+             "schedule gives them; a first stage computes no input gradient), then pipelined steps on a\n"
+             "batch loaded onto the GPUs once, as the reference's benchmark does (--host-inputs: copied\n"
+             "from the host every step, as dualpipe train does).",
+    .options = options,
+    .epilogue = "FLOPs per GPU per step = chunks x 48 x tokens x hidden^2 x stages / pp (forward 16, backward 32),\n"
+                "as the reference's figures count them.\n"
+                "One GPU standing in for one rank of DualPipe on two: --schedule dualpipev --pp 1 --chunks 10\n"
+                "runs the same forwards, backwards and overlapped pairs, without the transfers.\n"
+                "Ranks go one per GPU where there are enough, unless --shared.\n",
+};
+
 int cmd_bench_cuda(int argc, char **argv)
 {
     const char *driver = "cuda";
     bench_options o = {.schedule = "dualpipe", .pp = 2, .chunks = 20, .steps = 10, .dtype = DP_DTYPE_F32};
     int hidden = 0, tokens = 0, shared = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+    cli_parser p;
+    int opt = cli_parse_start(&p, &spec, argc, argv);
+    if (opt != CLI_GO_ON) return opt;
+    while ((opt = cli_next(&p))) {
+        const char *a = p.name, *val = p.value;
         int bad = 0;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            return CLI_EXIT_OK;
-        } else if (!strcmp(a, "--gemm-only")) {
-            o.gemm_only = 1;
-            continue;
-        } else if (!strcmp(a, "--host-inputs")) {
-            o.host_inputs = 1;
-            continue;
-        } else if (!strcmp(a, "--no-idle")) {
-            o.no_idle = 1;
-            continue;
-        } else if (!strcmp(a, "--shared")) {
-            shared = 1;
-            continue;
-        } else if (!strcmp(a, "--serial-pairs")) {
-            o.serial_pairs = 1;
-            continue;
-        } else if (!strcmp(a, "--tf32")) {
-            o.device_flags |= DP_DEVICE_ALLOW_TF32;
-            continue;
-        }
-        if (!val) {
-            cli_error("%s needs a value; run 'dualpipe bench-cuda --help'", a);
-            return CLI_EXIT_USAGE;
-        }
-        i++;
-        if (!strcmp(a, "--driver")) driver = val;
-        else if (!strcmp(a, "--schedule")) o.schedule = val;
-        else if (!strcmp(a, "--pp")) bad = cli_parse_int(a, val, 1, 64, &o.pp);
-        else if (!strcmp(a, "--chunks")) bad = cli_parse_int(a, val, 1, 4096, &o.chunks);
-        else if (!strcmp(a, "--dtype")) bad = cli_parse_dtype(a, val, &o.dtype);
-        else if (!strcmp(a, "--hidden")) bad = cli_parse_int(a, val, 1, 1 << 16, &hidden);
-        else if (!strcmp(a, "--tokens")) bad = cli_parse_int(a, val, 1, 1 << 22, &tokens);
-        else if (!strcmp(a, "--steps")) bad = cli_parse_int(a, val, 1, 10000, &o.steps);
-        else {
-            cli_error("unknown option '%s'; run 'dualpipe bench-cuda --help'", a);
-            return CLI_EXIT_USAGE;
+        switch (opt) {
+        case O_GEMM_ONLY: o.gemm_only = 1; break;
+        case O_HOST_INPUTS: o.host_inputs = 1; break;
+        case O_NO_IDLE: o.no_idle = 1; break;
+        case O_SHARED: shared = 1; break;
+        case O_SERIAL_PAIRS: o.serial_pairs = 1; break;
+        case O_TF32: o.device_flags |= DP_DEVICE_ALLOW_TF32; break;
+        case 'd': driver = val; break;
+        case 's': o.schedule = val; break;
+        case 'p': bad = cli_parse_int(a, val, 1, 64, &o.pp); break;
+        case 'c': bad = cli_parse_int(a, val, 1, 4096, &o.chunks); break;
+        case O_DTYPE: bad = cli_parse_dtype(a, val, &o.dtype); break;
+        case O_HIDDEN: bad = cli_parse_int(a, val, 1, 1 << 16, &hidden); break;
+        case O_TOKENS: bad = cli_parse_int(a, val, 1, 1 << 22, &tokens); break;
+        case 'n': bad = cli_parse_int(a, val, 1, 10000, &o.steps); break;
         }
         if (bad) return CLI_EXIT_USAGE;
     }
+    if (cli_no_operands(&p)) return CLI_EXIT_USAGE;
     const dp_driver *drv;
     if (dp_driver_load(driver, &drv) != DP_OK) {
         cli_error("%s", dp_last_error());

@@ -15,52 +15,9 @@
 #include "engine/driver.h"
 #include "engine/runtime.h"
 #include "tools/cli_engine.h"
+#include "tools/cli_options.h"
 #include "tools/commands.h"
 #include "tools/verify_check.h"
-
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "Usage: dualpipe verify [OPTIONS]\n"
-            "Runs the same training steps from the same seed on the CPU driver and on DRIVER in lockstep (after\n"
-            "each step DRIVER takes the CPU's parameters and optimizer state, so that every step starts both\n"
-            "from the same state), compares every loss, gradient and parameter of every step, and prints each\n"
-            "tensor's largest differences, then PASS (exit 0) or FAIL (exit 1).\n\n"
-            "Options:\n"
-            "  --driver NAME         driver under test (default cuda)\n"
-            "  --schedule NAME       ");
-    usage_schedules(out, 24, "dualpipe");
-    fprintf(out,
-            "  --pp N                pipeline ranks (default 4)\n"
-            "  --chunks N            micro-batches per step (default 8)\n"
-            "  --hidden N            model width (default 256)\n"
-            "  --ffn N               inner width (default 4 x hidden)\n"
-            "  --tokens N            rows per micro-batch (default 64)\n"
-            "  --layers-per-stage N  blocks per stage (default 1)\n"
-            "  --block mlp|residual  stage blocks (default mlp: Linear, GELU, Linear)\n"
-            "  --loss mse|xent       loss (default mse)\n"
-            "  --dtype fp32|bf16     activations and weight copies on both sides (default fp32); bf16 keeps\n"
-            "                        fp32 master weights, gradients and optimizer state\n"
-            "  --optimizer adamw|sgd|none  (default adamw)\n"
-            "  --lr X                learning rate (default 1e-3)\n"
-            "  --steps N             training steps (default 3)\n"
-            "  --seed N              parameters and data seed (default 1)\n"
-            "  --spread              one GPU per rank where there are enough (NCCL between them)\n"
-            "  --serial-pairs        an overlapped F&B pair's halves one after the other on one stream\n"
-            "  --atol X, --rtol X    hold losses and gradients to X x rms of the tensor + X x |cpu| instead\n"
-            "                        of the derived tolerance\n"
-            "  --timeout-ms N        a rank gives up waiting after this long (default 60000)\n"
-            "  -q, --quiet           print only failing tensors and the verdict\n"
-            "  -h, --help            show this help\n"
-            "\nTolerances (derived in dualpipe(1), printed in the header): a loss or gradient element c may\n"
-            "differ by eps x (rms + |c|), rms the tensor's root mean square, eps = 7 u sqrt(sum K) in fp32\n"
-            "(u = 2^-24, sum K the lengths of the sums on its path: different summation orders) plus\n"
-            "7 x 2^-7 sqrt(roundings / 6) in bf16 (activations rounded either side of a bf16 boundary). The\n"
-            "optimizer's moments must be the CPU's moved by the gradients' difference, and a parameter the\n"
-            "step replayed from the driver's own moments, within the optimizer's rounding, not leaning one\n"
-            "way. Where AdamW's gradient is within its own tolerance its direction is undefined: such\n"
-            "elements may end up to 2 x lr from the CPU's and are counted in the report.\n");
-}
 
 /* ----------------------------------------------------------------------------
  * the two runs */
@@ -99,6 +56,56 @@ typedef struct {
 static const char *const blocks[] = {"mlp", "residual"}, *const losses[] = {"mse", "xent"};
 static const char *const optimizers[] = {"none", "sgd", "adamw"};
 
+enum { O_HIDDEN = CLI_LONG_ONLY, O_FFN, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_DTYPE, O_OPT, O_LR, O_SEED, O_SPREAD,
+       O_SERIAL_PAIRS, O_ATOL, O_RTOL, O_TIMEOUT, O_PARAM_ATOL };
+
+static const cli_option options[] = {
+    {'d', 'd', "driver", "NAME", .help = "driver under test (default cuda)"},
+    {'s', 's', "schedule", "NAME", .help_fn = usage_schedule_names},
+    {'p', 'p', "pp", "N", .help = "pipeline ranks (default 4)"},
+    {'c', 'c', "chunks", "M", .help = "micro-batches per step (default 8)"},
+    {O_HIDDEN, 0, "hidden", "H", .help = "model width (default 256)"},
+    {O_FFN, 0, "ffn", "F", .help = "inner width of a block (default 4 x hidden)"},
+    {O_TOKENS, 0, "tokens", "T", .help = "rows per micro-batch (default 64)"},
+    {O_LAYERS, 0, "layers-per-stage", "L", .help = "blocks per stage (default 1)"},
+    {O_BLOCK, 0, "block", "KIND", .help = "mlp (default: Linear, GELU, Linear) or residual"},
+    {O_LOSS, 0, "loss", "KIND", .help = "mse (default) or xent"},
+    {O_DTYPE, 0, "dtype", "T", .help = "fp32 (default) or bf16: activations and weight copies on both sides;\n"
+                                       "bf16 keeps fp32 master weights, gradients and optimizer state"},
+    {O_OPT, 0, "optimizer", "NAME", .help = "adamw (default), sgd or none"},
+    {O_LR, 0, "lr", "X", .help = "learning rate (default 1e-3)"},
+    {'n', 'n', "steps", "S", .help = "training steps (default 3)"},
+    {O_SEED, 0, "seed", "S", .help = "seed of the parameters and the data (default 1)"},
+    {O_SPREAD, 0, "spread", NULL, .help = "one GPU per rank where there are enough (NCCL between them)"},
+    {O_SERIAL_PAIRS, 0, "serial-pairs", NULL, .help = "an overlapped F&B pair's halves one after the other on one stream"},
+    {O_ATOL, 0, "atol", "X", .help = "hold losses and gradients to X x rms of the tensor + rtol x |cpu|\n"
+                                     "(default: the derived tolerance, eps)"},
+    {O_RTOL, 0, "rtol", "X", .help = "hold losses and gradients to atol x rms of the tensor + X x |cpu|\n"
+                                     "(default: eps)"},
+    {O_TIMEOUT, 0, "timeout-ms", "MS", .help = "a rank gives up waiting for a message after MS (default 60000)"},
+    {O_TIMEOUT, 0, "timeout", "MS", .deprecated = "timeout-ms"},
+    {'q', 'q', "quiet", NULL, .help = "print only failing tensors and the verdict"},
+    {O_PARAM_ATOL, 0, "param-atol", "X", .help = NULL}, /* gone: said so, not unknown */
+    {0},
+};
+
+static const cli_spec spec = {
+    .synopsis = "[OPTION]...",
+    .about = "Runs the same training steps from the same seed on the CPU driver and on DRIVER in lockstep (after\n"
+             "each step DRIVER takes the CPU's parameters and optimizer state, so that every step starts both\n"
+             "from the same state), compares every loss, gradient and parameter of every step, and prints each\n"
+             "tensor's largest differences, then PASS (exit 0) or FAIL (exit 1).",
+    .options = options,
+    .epilogue = "Tolerances (derived in dualpipe(1), printed in the header): a loss or gradient element c may\n"
+                "differ by eps x (rms + |c|), rms the tensor's root mean square, eps = 7 u sqrt(sum K) in fp32\n"
+                "(u = 2^-24, sum K the lengths of the sums on its path: different summation orders) plus\n"
+                "7 x 2^-7 sqrt(roundings / 6) in bf16 (activations rounded either side of a bf16 boundary). The\n"
+                "optimizer's moments must be the CPU's moved by the gradients' difference, and a parameter the\n"
+                "step replayed from the driver's own moments, within the optimizer's rounding, not leaning one\n"
+                "way. Where AdamW's gradient is within its own tolerance its direction is undefined: such\n"
+                "elements may end up to 2 x lr from the CPU's and are counted in the report.\n",
+};
+
 /* Returns -1 to go on, or the exit status (help, a usage error). */
 static int parse_options(int argc, char **argv, verify_options *o)
 {
@@ -117,68 +124,58 @@ static int parse_options(int argc, char **argv, verify_options *o)
     o->steps = 3;
     o->atol = o->rtol = -1;
 
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
-        int k, bad = 0;
+    cli_parser p;
+    int opt = cli_parse_start(&p, &spec, argc, argv);
+    if (opt != CLI_GO_ON) return opt;
+    while ((opt = cli_next(&p))) {
+        const char *a = p.name, *val = p.value;
+        int k, s, bad = 0;
         double d;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            return CLI_EXIT_OK;
-        } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
-            o->quiet = 1;
-            continue;
-        } else if (!strcmp(a, "--spread")) {
-            c->spread_devices = 1;
-            continue;
-        } else if (!strcmp(a, "--serial-pairs")) {
-            c->serial_pairs = 1;
-            continue;
-        }
-        if (!val) {
-            cli_error("%s needs a value; run 'dualpipe verify --help'", a);
-            return CLI_EXIT_USAGE;
-        }
-        i++;
-        if (!strcmp(a, "--driver")) o->driver = val;
-        else if (!strcmp(a, "--schedule")) c->schedule = val;
-        else if (!strcmp(a, "--pp")) bad = cli_parse_int(a, val, 1, 1024, &c->ranks);
-        else if (!strcmp(a, "--chunks")) bad = cli_parse_int(a, val, 1, 1 << 20, &c->chunks);
-        else if (!strcmp(a, "--hidden")) bad = cli_parse_int(a, val, 1, 1 << 20, &c->model.hidden);
-        else if (!strcmp(a, "--ffn")) bad = cli_parse_int(a, val, 0, 1 << 22, &c->model.ffn);
-        else if (!strcmp(a, "--tokens")) bad = cli_parse_int(a, val, 1, 1 << 24, &c->model.tokens);
-        else if (!strcmp(a, "--layers-per-stage")) bad = cli_parse_int(a, val, 1, 4096, &c->model.layers_per_stage);
-        else if (!strcmp(a, "--steps")) bad = cli_parse_int(a, val, 1, 1000000, &o->steps);
-        else if (!strcmp(a, "--timeout-ms")) bad = cli_parse_int(a, val, 1, 1 << 30, &c->timeout_ms);
-        else if (!strcmp(a, "--seed")) {
-            int s;
+        switch (opt) {
+        case 'q': o->quiet = 1; break;
+        case O_SPREAD: c->spread_devices = 1; break;
+        case O_SERIAL_PAIRS: c->serial_pairs = 1; break;
+        case 'd': o->driver = val; break;
+        case 's': c->schedule = val; break;
+        case 'p': bad = cli_parse_int(a, val, 1, 1024, &c->ranks); break;
+        case 'c': bad = cli_parse_int(a, val, 1, 1 << 20, &c->chunks); break;
+        case O_HIDDEN: bad = cli_parse_int(a, val, 1, 1 << 20, &c->model.hidden); break;
+        case O_FFN: bad = cli_parse_int(a, val, 0, 1 << 22, &c->model.ffn); break;
+        case O_TOKENS: bad = cli_parse_int(a, val, 1, 1 << 24, &c->model.tokens); break;
+        case O_LAYERS: bad = cli_parse_int(a, val, 1, 4096, &c->model.layers_per_stage); break;
+        case 'n': bad = cli_parse_int(a, val, 1, 1000000, &o->steps); break;
+        case O_TIMEOUT: bad = cli_parse_int(a, val, 1, 1 << 30, &c->timeout_ms); break;
+        case O_SEED:
             bad = cli_parse_int(a, val, 0, 2147483647L, &s);
             c->model.seed = (uint64_t)s;
-        } else if (!strcmp(a, "--block")) {
+            break;
+        case O_BLOCK:
             bad = cli_parse_kind(a, val, blocks, 2, &k);
             c->model.block = (dp_block_kind)k;
-        } else if (!strcmp(a, "--loss")) {
+            break;
+        case O_LOSS:
             bad = cli_parse_kind(a, val, losses, 2, &k);
             c->model.loss = (dp_loss_kind)k;
-        } else if (!strcmp(a, "--optimizer")) {
+            break;
+        case O_OPT:
             bad = cli_parse_kind(a, val, optimizers, 3, &k);
             c->optimizer.kind = (dp_optimizer_kind)k;
-        } else if (!strcmp(a, "--lr")) {
+            break;
+        case O_LR:
             bad = cli_parse_double(a, val, &d);
             c->optimizer.lr = (float)d;
-        } else if (!strcmp(a, "--dtype")) bad = cli_parse_dtype(a, val, &c->model.dtype);
-        else if (!strcmp(a, "--atol")) bad = cli_parse_double(a, val, &o->atol);
-        else if (!strcmp(a, "--rtol")) bad = cli_parse_double(a, val, &o->rtol);
-        else if (!strcmp(a, "--param-atol")) {
+            break;
+        case O_DTYPE: bad = cli_parse_dtype(a, val, &c->model.dtype); break;
+        case O_ATOL: bad = cli_parse_double(a, val, &o->atol); break;
+        case O_RTOL: bad = cli_parse_double(a, val, &o->rtol); break;
+        case O_PARAM_ATOL:
             cli_error("--param-atol is gone: parameters are compared in lockstep against the step replayed from the "
                       "driver's own gradient (see 'dualpipe verify --help'); leave it out");
-            return CLI_EXIT_USAGE;
-        } else {
-            cli_error("unknown option '%s'; run 'dualpipe verify --help'", a);
             return CLI_EXIT_USAGE;
         }
         if (bad) return CLI_EXIT_USAGE;
     }
+    if (cli_no_operands(&p)) return CLI_EXIT_USAGE;
     if ((o->atol < 0 && o->atol != -1) || (o->rtol < 0 && o->rtol != -1)) {
         cli_error("--atol and --rtol must not be negative");
         return CLI_EXIT_USAGE;

@@ -5,49 +5,14 @@
 #include "config.h"
 #include "eplb/eplb.h"
 #include "tools/cli.h"
+#include "tools/cli_options.h"
 #include "tools/eplb_input.h"
 #include "tools/eplb_output.h"
 
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static void usage(FILE *fp)
-{
-    fputs("Usage: eplb --replicas R --gpus G [OPTION]... [LOADS]\n"
-          "Plan expert replicas and their GPUs for every MoE layer from measured expert loads.\n"
-          "\n"
-          "LOADS is a file (or - / nothing for standard input) holding either JSON\n"
-          "{\"logical_count\": [[loads of layer 0], ...]} or text with one layer per line,\n"
-          "loads separated by commas or spaces ('#' starts a comment).\n"
-          "\n"
-          "  -r, --replicas=R     physical expert slots per layer (a multiple of G, >= experts)\n"
-          "  -g, --gpus=G         GPUs in the expert-parallel group\n"
-          "      --groups=N       expert groups (default 1; experts must divide evenly)\n"
-          "      --nodes=N        server nodes (default 1; G must be a multiple). Groups are\n"
-          "                       kept on nodes when groups % nodes == 0 and nodes > 1\n"
-          "  -p, --policy=NAME    balanced (default): duplicate-free, never less balanced than\n"
-          "                       deepseek; deepseek: deepseek-ai/EPLB exactly\n"
-          "      --cross-nodes    balanced, groups on nodes: let redundant replicas leave\n"
-          "                       their group's node (more inter-node traffic, better balance)\n"
-          "  -o, --output=FILE    write the plan JSON to FILE (- for standard output; the\n"
-          "                       summary then goes to standard error)\n"
-          "      --current=PLAN   the plan running now (JSON with phy2log): start from it, keep\n"
-          "                       experts in place and report the expert weights to move\n"
-          "      --keep-within=D  with --current: keep (an improved) current placement when its\n"
-          "                       balancedness is within D of a fresh plan's (default 0.0005)\n"
-          "      --svg=FILE       draw per-GPU load before/after of one layer (see --layer)\n"
-          "      --layer=L        the layer for --svg (default: the least balanced before)\n"
-          "      --brief          summary without the per-layer table\n"
-          "  -q, --quiet          no summary\n"
-          "  -h, --help           show this help\n"
-          "  -V, --version        show the version\n"
-          "\n"
-          "Exit status: 0 success, 1 failure, 2 bad usage or bad input (nothing written).\n",
-          fp);
-}
 
 static double now_ms(void)
 {
@@ -63,85 +28,108 @@ typedef struct {
     eplb_config cfg;
 } options;
 
+enum { O_GROUPS = CLI_LONG_ONLY, O_NODES, O_CROSS_NODES, O_CURRENT, O_KEEP_WITHIN, O_SVG, O_LAYER, O_BRIEF };
+
+static const cli_option option_table[] = {
+    {'r', 'r', "replicas", "R", .help = "physical expert slots per layer (a multiple of G, >= experts)"},
+    {'g', 'g', "gpus", "G", .help = "GPUs in the expert-parallel group"},
+    {O_GROUPS, 0, "groups", "N", .help = "expert groups (default 1; experts must divide evenly)"},
+    {O_NODES, 0, "nodes", "N", .help = "server nodes (default 1; G must be a multiple). Groups are\n"
+                                       "kept on nodes when groups % nodes == 0 and nodes > 1"},
+    {'p', 'p', "policy", "NAME", .help = "balanced (default): duplicate-free, never less balanced than\n"
+                                         "deepseek; deepseek: deepseek-ai/EPLB exactly"},
+    {O_CROSS_NODES, 0, "cross-nodes", NULL, .help = "balanced, groups on nodes: let redundant replicas leave\n"
+                                                    "their group's node (more inter-node traffic, better balance)"},
+    {'o', 'o', "output", "FILE", .help = "write the plan JSON to FILE (- for standard output; the\n"
+                                         "summary then goes to standard error)"},
+    {O_CURRENT, 0, "current", "PLAN", .help = "the plan running now (JSON with phy2log): start from it, keep\n"
+                                              "experts in place and report the expert weights to move"},
+    {O_KEEP_WITHIN, 0, "keep-within", "D", .help = "with --current: keep (an improved) current placement when its\n"
+                                                   "balancedness is within D of a fresh plan's (default 0.0005)"},
+    {O_SVG, 0, "svg", "FILE", .help = "draw per-GPU load before/after of one layer (see --layer)"},
+    {O_LAYER, 0, "layer", "L", .help = "the layer for --svg (default: the least balanced before)"},
+    {O_BRIEF, 0, "brief", NULL, .help = "summary without the per-layer table"},
+    {'q', 'q', "quiet", NULL, .help = "no summary"},
+    {0},
+};
+
+static const cli_spec spec = {
+    .synopsis = "--replicas R --gpus G [OPTION]... [LOADS]",
+    .about = "Plan expert replicas and their GPUs for every MoE layer from measured expert loads.\n"
+             "\n"
+             "LOADS is a file (or - / nothing for standard input) holding either JSON\n"
+             "{\"logical_count\": [[loads of layer 0], ...]} or text with one layer per line,\n"
+             "loads separated by commas or spaces ('#' starts a comment).",
+    .options = option_table,
+    .epilogue = "Exit status: 0 success, 1 failure, 2 bad usage or bad input (nothing written).\n",
+};
+
+/* CLI_GO_ON, or the exit status (after --help, --version or an error). */
 static int parse_options(int argc, char **argv, options *o)
 {
-    static const struct option longs[] = {
-        {"replicas", required_argument, NULL, 'r'}, {"gpus", required_argument, NULL, 'g'},
-        {"groups", required_argument, NULL, 'G'},   {"nodes", required_argument, NULL, 'N'},
-        {"policy", required_argument, NULL, 'p'},   {"cross-nodes", no_argument, NULL, 'X'},
-        {"output", required_argument, NULL, 'o'},   {"current", required_argument, NULL, 'c'},
-        {"svg", required_argument, NULL, 's'},      {"layer", required_argument, NULL, 'l'},
-        {"brief", no_argument, NULL, 'b'},          {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},           {"version", no_argument, NULL, 'V'},
-        {"keep-within", required_argument, NULL, 'K'},
-        {NULL, 0, NULL, 0}};
     memset(o, 0, sizeof *o);
     o->cfg = eplb_config_default(0, 0);
     o->layer = -1;
     o->keep_within = 0.0005;
     int have_r = 0, have_g = 0, c;
     const long big = 1 << 20;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":r:g:p:o:qhV", longs, NULL)) != -1) {
+    cli_parser p;
+    if ((c = cli_parse_start(&p, &spec, argc, argv)) != CLI_GO_ON) return c;
+    while ((c = cli_next(&p))) {
+        const char *value = p.value;
         switch (c) {
         case 'r':
-            if (cli_parse_int("--replicas", optarg, 1, big, &o->cfg.num_replicas)) return 2;
+            if (cli_parse_int("--replicas", value, 1, big, &o->cfg.num_replicas)) return 2;
             have_r = 1;
             break;
         case 'g':
-            if (cli_parse_int("--gpus", optarg, 1, big, &o->cfg.num_gpus)) return 2;
+            if (cli_parse_int("--gpus", value, 1, big, &o->cfg.num_gpus)) return 2;
             have_g = 1;
             break;
-        case 'G':
-            if (cli_parse_int("--groups", optarg, 1, big, &o->cfg.num_groups)) return 2;
+        case O_GROUPS:
+            if (cli_parse_int("--groups", value, 1, big, &o->cfg.num_groups)) return 2;
             break;
-        case 'N':
-            if (cli_parse_int("--nodes", optarg, 1, big, &o->cfg.num_nodes)) return 2;
+        case O_NODES:
+            if (cli_parse_int("--nodes", value, 1, big, &o->cfg.num_nodes)) return 2;
             break;
         case 'p':
-            if (strcmp(optarg, "balanced") == 0) o->cfg.policy = EPLB_POLICY_BALANCED;
-            else if (strcmp(optarg, "deepseek") == 0) o->cfg.policy = EPLB_POLICY_DEEPSEEK;
+            if (strcmp(value, "balanced") == 0) o->cfg.policy = EPLB_POLICY_BALANCED;
+            else if (strcmp(value, "deepseek") == 0) o->cfg.policy = EPLB_POLICY_DEEPSEEK;
             else {
-                cli_error("--policy must be 'balanced' or 'deepseek', got '%s'", optarg);
+                cli_error("--policy must be 'balanced' or 'deepseek', got '%s'", value);
                 return 2;
             }
             break;
-        case 'X': o->cfg.cross_nodes = 1; break;
-        case 'o': o->output = optarg; break;
-        case 'c': o->current = optarg; break;
-        case 's': o->svg = optarg; break;
-        case 'l':
-            if (cli_parse_int("--layer", optarg, 0, big, &o->layer)) return 2;
+        case O_CROSS_NODES: o->cfg.cross_nodes = 1; break;
+        case 'o': o->output = value; break;
+        case O_CURRENT: o->current = value; break;
+        case O_SVG: o->svg = value; break;
+        case O_LAYER:
+            if (cli_parse_int("--layer", value, 0, big, &o->layer)) return 2;
             break;
-        case 'K':
-            if (cli_parse_double("--keep-within", optarg, &o->keep_within)) return 2;
+        case O_KEEP_WITHIN:
+            if (cli_parse_double("--keep-within", value, &o->keep_within)) return 2;
             if (o->keep_within < 0 || o->keep_within > 1) {
                 cli_error("--keep-within must be between 0 and 1, got %g", o->keep_within);
                 return 2;
             }
             break;
-        case 'b': o->brief = 1; break;
+        case O_BRIEF: o->brief = 1; break;
         case 'q': o->quiet = 1; break;
-        case 'h': usage(stdout); return -1;
-        case 'V': printf("eplb (dualpipe) %s\n", eplb_version()); return -1;
-        case ':':
-            cli_error("option '%s' needs a value (see --help)", argv[optind - 1]);
-            return 2;
-        default:
-            cli_error("unknown option '%s' (see --help)", argv[optind - 1]);
-            return 2;
         }
     }
     if (!have_r || !have_g) {
         cli_error("--replicas and --gpus are required (see --help)");
         return 2;
     }
-    if (optind < argc) o->loads_path = argv[optind++];
-    if (optind < argc) {
-        cli_error("one loads file at most, got also '%s'", argv[optind]);
+    char **operands;
+    int n = cli_operands(&p, &operands);
+    if (n > 0) o->loads_path = operands[0];
+    if (n > 1) {
+        cli_error("one loads file at most, got also '%s'", operands[1]);
         return 2;
     }
-    return 0;
+    return CLI_GO_ON;
 }
 
 /* The layer drawn by default: the least balanced one before balancing. */
@@ -241,7 +229,7 @@ int main(int argc, char **argv)
     cli_program = "eplb";
     options o;
     int rc = parse_options(argc, argv, &o);
-    if (rc) return rc < 0 ? CLI_EXIT_OK : CLI_EXIT_USAGE;
+    if (rc != CLI_GO_ON) return rc;
 
     eplb_loads in;
     if (eplb_read_loads(o.loads_path, &in)) return CLI_EXIT_USAGE;
