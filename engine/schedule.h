@@ -136,8 +136,12 @@ typedef struct {
 /* F=1, B=2, W=1, F&B=3, no latency: the DualPipe README's setting. */
 dp_cost dp_cost_default(void);
 
-/* Parses "F=1,B=2,W=1,FB=3,P2P=0" (any subset, case-insensitive). */
+/* Parses "F=1,B=2,W=1,FB=3,P2P=0" (any subset, case-insensitive). Each cost must be 0 or
+ * between DP_COST_MIN and DP_COST_MAX, so that every simulated time and every picture's
+ * scale stays finite for any schedule the generators make; W must not exceed B. */
 dp_status dp_cost_parse(const char *text, dp_cost *cost);
+#define DP_COST_MIN 1e-9
+#define DP_COST_MAX 1e9
 
 typedef struct {
     double **start; /* [rank][action] */
@@ -148,6 +152,8 @@ typedef struct {
     int num_ranks;
 } dp_simulation;
 
+/* Costs: any finite numbers >= 0 with W <= B. DP_ERR_INVALID, naming the rank and action,
+ * when a simulated time is not finite (costs so large that their sums overflow). */
 dp_status dp_schedule_simulate(const dp_schedule *s, const dp_cost *cost, dp_simulation *out);
 void dp_simulation_free(dp_simulation *sim);
 
@@ -171,6 +177,9 @@ typedef enum {
 } dp_schedule_format;
 
 dp_status dp_schedule_format_parse(const char *name, dp_schedule_format *fmt);
+/* Writes one format. DP_ERR_INVALID, before writing anything, when a time of `sim` is not a
+ * finite number >= 0 or an action ends before it starts, or when a picture's scale would not
+ * be finite. */
 dp_status dp_schedule_write(FILE *out, dp_schedule_format fmt, const dp_schedule *s, const dp_cost *cost,
                             const dp_simulation *sim, const dp_schedule_report *report);
 

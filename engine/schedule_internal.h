@@ -1,4 +1,5 @@
-/* schedule_internal.h: pieces shared between schedule generators, not part of the API. */
+/* schedule_internal.h: pieces shared between schedule generators, and between the writers,
+ * not part of the API. */
 #ifndef DP_SCHEDULE_INTERNAL_H
 #define DP_SCHEDULE_INTERNAL_H
 
@@ -12,5 +13,10 @@
  * unoverlapped (DualPipe's middle ranks, DualPipeV's last rank). */
 dp_status dp_schedule_emit_dualpipe_rank(dp_schedule *s, int rank, int n, int h, int c, int flip,
                                          int unpaired_first);
+
+/* DP_ERR_INVALID, naming the rank and action, unless every time of sim is a finite number
+ * >= 0 with each action ending no earlier than it starts (the writers' precondition: a
+ * picture scaled by an infinite makespan never ends). */
+dp_status dp_simulation_check(const dp_schedule *s, const dp_simulation *sim);
 
 #endif

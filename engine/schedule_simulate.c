@@ -2,6 +2,9 @@
  * the validator. Given F, B, W, F&B and a p2p latency it gives every action's start and
  * end, each rank's busy and idle time, and the makespan. */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -9,6 +12,24 @@
 #include "engine/schedule_replay.h"
 
 dp_cost dp_cost_default(void) { return (dp_cost){.f = 1, .b = 2, .w = 1, .fb = 3, .p2p = 0}; }
+
+/* Any finite cost >= 0 keeps the simulator's arithmetic meaningful (its times are checked
+ * for overflow as they are made); W <= B keeps an I's cost B - W >= 0. */
+static dp_status cost_check(const dp_cost *c)
+{
+    const double v[5] = {c->f, c->b, c->w, c->fb, c->p2p};
+    static const char *names[5] = {"F", "B", "W", "FB", "P2P"};
+    for (int i = 0; i < 5; i++) {
+        if (!isfinite(v[i]))
+            return dp_fail(DP_ERR_INVALID, "cost %s is %g: every cost must be a finite number >= 0", names[i], v[i]);
+        if (v[i] < 0)
+            return dp_fail(DP_ERR_INVALID, "cost %s is negative (%g): every cost must be >= 0", names[i], v[i]);
+    }
+    if (c->w > c->b)
+        return dp_fail(DP_ERR_INVALID, "cost W (%g) exceeds B (%g): B is the full backward, and an I costs B - W",
+                       c->w, c->b);
+    return DP_OK;
+}
 
 dp_status dp_cost_parse(const char *text, dp_cost *cost)
 {
@@ -24,11 +45,20 @@ dp_status dp_cost_parse(const char *text, dp_cost *cost)
             return dp_fail(DP_ERR_INVALID, "cost item '%s' is not NAME=VALUE; expected e.g. F=1,B=2,W=1,FB=3", item);
         *eq = '\0';
         char *end = NULL;
+        errno = 0;
         double v = strtod(eq + 1, &end);
         if (eq[1] == '\0' || *end != '\0' || v != v)
             return dp_fail(DP_ERR_INVALID, "cost %s has value '%s', which is not a number", item, eq + 1);
+        if (!isfinite(v) || (errno == ERANGE && fabs(v) > 1))
+            return dp_fail(DP_ERR_INVALID, "cost %s is '%s', which is not a finite number: every cost must be 0 or "
+                                           "between %g and %g", item, eq + 1, DP_COST_MIN, DP_COST_MAX);
         if (v < 0)
             return dp_fail(DP_ERR_INVALID, "cost %s is negative (%g): every cost must be >= 0", item, v);
+        /* the range keeps every simulated time and the pictures' scales finite; an underflow
+         * (1e-400) is not silently taken for 0 */
+        if (errno == ERANGE || (v != 0 && (v < DP_COST_MIN || v > DP_COST_MAX)))
+            return dp_fail(DP_ERR_INVALID, "cost %s is '%s': every cost must be 0 or between %g and %g", item, eq + 1,
+                           DP_COST_MIN, DP_COST_MAX);
         double *slot = NULL;
         if (strcasecmp(item, "F") == 0) slot = &c.f;
         else if (strcasecmp(item, "B") == 0) slot = &c.b;
@@ -39,21 +69,8 @@ dp_status dp_cost_parse(const char *text, dp_cost *cost)
             return dp_fail(DP_ERR_INVALID, "unknown cost '%s'; known: F, B, W, FB, P2P", item);
         *slot = v;
     }
-    if (c.w > c.b)
-        return dp_fail(DP_ERR_INVALID, "cost W (%g) exceeds B (%g): B is the full backward, and an I costs B - W",
-                       c.w, c.b);
+    DP_CHECK(cost_check(&c));
     *cost = c;
-    return DP_OK;
-}
-
-static dp_status cost_check(const dp_cost *c)
-{
-    const double v[5] = {c->f, c->b, c->w, c->fb, c->p2p};
-    static const char *names[5] = {"F", "B", "W", "FB", "P2P"};
-    for (int i = 0; i < 5; i++)
-        if (!(v[i] >= 0)) return dp_fail(DP_ERR_INVALID, "cost %s is negative or not a number (%g): every cost must be >= 0", names[i], v[i]);
-    if (c->w > c->b)
-        return dp_fail(DP_ERR_INVALID, "cost W (%g) exceeds B (%g): an I costs B - W", c->w, c->b);
     return DP_OK;
 }
 
@@ -139,6 +156,13 @@ dp_status dp_schedule_replay(const dp_schedule *s, const dp_cost *cost, double *
                 if (t0 > t) t = t0;
                 if (t1 > t) t = t1;
                 double d = pair ? cost->fb : dp_cost_of(cost, a->kind);
+                if (!isfinite(t + d)) {
+                    status = dp_fail(DP_ERR_INVALID,
+                                     "rank %d action %d (%c local stage %d micro-batch %d) would end at %g, which is not "
+                                     "finite: the costs are too large for the simulated times (keep them within %g)",
+                                     r, i, dp_action_letter(a->kind), a->local_stage, a->chunk, t + d, DP_COST_MAX);
+                    goto done;
+                }
                 start[r][i] = t;
                 end[r][i] = t + d;
                 record(&st, r, a, t + d);

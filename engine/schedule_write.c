@@ -1,7 +1,8 @@
 /* schedule_write.c: picks a writer by format name; each format lives in its own file. */
+#include <math.h>
 #include <string.h>
 
-#include "engine/schedule.h"
+#include "engine/schedule_internal.h"
 
 dp_status dp_schedule_write_text(FILE *out, const dp_schedule *s, const dp_cost *c, const dp_simulation *sim,
                                  const dp_schedule_report *rep);
@@ -25,9 +26,35 @@ dp_status dp_schedule_format_parse(const char *name, dp_schedule_format *fmt)
                    name ? name : "");
 }
 
+dp_status dp_simulation_check(const dp_schedule *s, const dp_simulation *sim)
+{
+    if (!sim || sim->num_ranks != s->num_ranks || !sim->start || !sim->end)
+        return dp_fail(DP_ERR_INVALID, "no simulation of the schedule's %d ranks to draw", s->num_ranks);
+    if (!isfinite(sim->makespan) || sim->makespan < 0)
+        return dp_fail(DP_ERR_INVALID, "the simulated makespan is %g: times must be finite numbers >= 0",
+                       sim->makespan);
+    for (int r = 0; r < s->num_ranks; r++) {
+        if (!isfinite(sim->busy[r]) || !isfinite(sim->idle[r]))
+            return dp_fail(DP_ERR_INVALID, "rank %d: simulated busy %g and idle %g must be finite", r, sim->busy[r],
+                           sim->idle[r]);
+        for (int i = 0; i < s->num_actions[r]; i++) {
+            double t0 = sim->start[r][i], t1 = sim->end[r][i];
+            if (!isfinite(t0) || !isfinite(t1) || t0 < 0 || t1 < t0) {
+                const dp_action *a = &s->actions[r][i];
+                return dp_fail(DP_ERR_INVALID,
+                               "rank %d action %d (%c local stage %d micro-batch %d): simulated start %g and end %g "
+                               "must be finite, >= 0 and in order",
+                               r, i, dp_action_letter(a->kind), a->local_stage, a->chunk, t0, t1);
+            }
+        }
+    }
+    return DP_OK;
+}
+
 dp_status dp_schedule_write(FILE *out, dp_schedule_format fmt, const dp_schedule *s, const dp_cost *cost,
                             const dp_simulation *sim, const dp_schedule_report *report)
 {
+    if (fmt != DP_FORMAT_TRACE) DP_CHECK(dp_simulation_check(s, sim));
     switch (fmt) {
     case DP_FORMAT_TEXT: return dp_schedule_write_text(out, s, cost, sim, report);
     case DP_FORMAT_TRACE: return dp_schedule_write_trace(out, s);

@@ -1,7 +1,9 @@
 /* schedule_write_chrome.c: Chrome trace-event JSON (opens in Perfetto or chrome://tracing),
  * one track per rank, an overlapped F&B pair one event. The `chrome` format draws the
  * simulator's times (one cost unit as 1 ms); `dualpipe train --trace` draws measured steps. */
-#include "engine/schedule.h"
+#include <math.h>
+
+#include "engine/schedule_internal.h"
 
 /* "F0.3" (kind, local stage, micro-batch), or "F0.3 & B1.2" for an overlapped pair */
 static void action_name(char *buf, size_t n, const dp_action *a, const dp_action *pair)
@@ -49,6 +51,22 @@ dp_status dp_schedule_write_chrome(FILE *out, const dp_schedule *s, const dp_sim
                                    const dp_measured_steps *measured)
 {
     if (!measured && !sim) return dp_fail(DP_ERR_INVALID, "a Chrome trace needs simulated or measured times");
+    /* every time is written in microseconds: it must stay finite times 1000 (JSON has no inf) */
+    if (!measured) {
+        DP_CHECK(dp_simulation_check(s, sim));
+        if (!isfinite(sim->makespan * 1000.0))
+            return dp_fail(DP_ERR_INVALID, "the simulated makespan %g is too large to write in microseconds",
+                           sim->makespan);
+    } else {
+        size_t per_step = 0;
+        for (int r = 0; r < s->num_ranks; r++) per_step += (size_t)s->num_actions[r];
+        for (size_t i = 0; i < per_step * (size_t)measured->num_steps; i++) {
+            const dp_action_time *t = &measured->times[i];
+            if (!isfinite(t->start * 1000.0) || !isfinite(t->ready * 1000.0) || !isfinite(t->end * 1000.0))
+                return dp_fail(DP_ERR_INVALID, "step %zu: a measured time (%g, %g, %g ms) is not finite in microseconds",
+                               i / (per_step ? per_step : 1) + 1, t->start, t->ready, t->end);
+        }
+    }
     fprintf(out, "{\"displayTimeUnit\": \"ms\", \"traceEvents\": [\n");
     char title[160];
     snprintf(title, sizeof title, "%s schedule", s->name);

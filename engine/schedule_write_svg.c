@@ -2,6 +2,8 @@
  * README figure: ranks as rows, time to the right, F/B/I/W in their colours (a lighter
  * shade for direction / local stage 1), the micro-batch number in each cell, and the two
  * halves of an overlapped F&B pair enclosed in one heavy border; a legend below. */
+#include <math.h>
+
 #include "engine/schedule.h"
 
 enum { LEFT = 78, TOP = 46, ROW_H = 28, ROW_GAP = 6, FONT = 12 };
@@ -28,6 +30,9 @@ dp_status dp_schedule_write_svg(FILE *out, const dp_schedule *s, const dp_cost *
     double unit = c->f > 0 ? c->f : 1;
     double ppu = 26.0 / unit; /* pixels per cost unit: a unit cell fits two digits */
     if (sim->makespan * ppu > 3000) ppu = 3000 / sim->makespan;
+    if (!isfinite(ppu) || !(ppu > 0))
+        return dp_fail(DP_ERR_INVALID, "costs this small (F=%g, makespan %g) cannot be drawn: take larger units",
+                       c->f, sim->makespan);
     double plot_w = sim->makespan * ppu;
     int rows_h = s->num_ranks * (ROW_H + ROW_GAP);
     int legend_y = TOP + rows_h + 34;

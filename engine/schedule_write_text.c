@@ -22,6 +22,9 @@ dp_status dp_schedule_write_text(FILE *out, const dp_schedule *s, const dp_cost 
     double unit = c->f > 0 ? c->f : 1;
     double scale = 4.0 / unit;
     if (sim->makespan * scale > 240) scale = 240 / sim->makespan;
+    if (!isfinite(scale) || !(scale > 0))
+        return dp_fail(DP_ERR_INVALID, "costs this small (F=%g, makespan %g) cannot be drawn: take larger units",
+                       c->f, sim->makespan);
     int width = (int)ceil(sim->makespan * scale);
     char *row = malloc((size_t)width + 1);
     if (!row) return dp_fail(DP_ERR_NOMEM, "out of memory drawing a timeline");

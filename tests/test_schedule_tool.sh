@@ -51,6 +51,15 @@ bad "even number of pipeline ranks" --pp 3
 bad ">= 2 x PP" --pp 4 --chunks 6
 bad "known schedules" --schedule pipedream
 bad "negative" --cost F=-1
+# non-finite and overflowing costs: refused before anything is drawn (an infinite makespan once
+# made the SVG writer loop for ever and the text writer allocate a negative size)
+for f in svg text json chrome; do
+  bad "finite number" --cost F=inf --format $f
+done
+bad "finite number" --cost F=1e400
+bad "not a number" --cost B=nan
+bad "between 1e-09 and 1e+09" --cost F=1e300,B=1e300,FB=1e300,P2P=1e300
+bad "between 1e-09 and 1e+09" --cost P2P=1e-400
 bad "whole number" --pp four
 bad "known formats" --format png
 bad "unknown option" --frobnicate
