@@ -1,5 +1,6 @@
 /* rank.c: one rank's work (see rank.h). Everything here acts on this rank's device, stages
- * and links; what the host must see is sent to the root through the world group. */
+ * and links; what the host must see is sent to the root through the world group. The rank
+ * plays its pipeline rank's part of the schedule on its replica's share of the batch. */
 #define _POSIX_C_SOURCE 200809L
 #include "engine/rank.h"
 
@@ -22,7 +23,9 @@ struct dp_rank {
     dp_runtime_config cfg;
     const dp_driver *drv;
     const dp_schedule *sched;
-    int rank;
+    int rank;          /* world rank */
+    dp_layout layout;  /* where world ranks sit (groups.h) */
+    int prank, replica; /* this rank's pipeline rank (its part of the schedule) and replica */
     dp_device *dev;
     dp_stream *streams[2];
     dp_groups groups;
@@ -135,11 +138,11 @@ static dp_status host_to_root(dp_rank *rk, int owner, const void *src, void *dst
     return D->stream_synchronize(rk->dev, rk->streams[0]);
 }
 
-/* Host bytes of rank `owner` to host memory of every rank, through device memory. */
+/* Host bytes of rank `owner` to host memory of every rank of the world, through device memory. */
 static dp_status host_to_all(dp_rank *rk, int owner, void *host, size_t bytes, int what)
 {
     const dp_device_ops *D = rk->drv->device;
-    int n = rk->sched->num_ranks;
+    int n = dp_layout_world_size(&rk->layout);
     if (!bytes || n == 1) return DP_OK;
     void *buf;
     DP_CHECK(scratch(rk, bytes, &buf));
@@ -154,8 +157,15 @@ static dp_status host_to_all(dp_rank *rk, int owner, void *host, size_t bytes, i
     return D->stream_synchronize(rk->dev, rk->streams[0]);
 }
 
-/* Every rank learns, stage by stage, the parameters from the rank holding the stage's copy 0:
- * in a job of several processes each of them answers questions about the state alike. */
+/* The world rank holding `copy` of `stage` in `replica`. */
+static int holder(const dp_rank *rk, int replica, int copy, int stage)
+{
+    return dp_layout_world_rank(&rk->layout, replica, rk->sched->stage_rank[copy][stage]);
+}
+
+/* Every rank learns, stage by stage, the parameters from the rank holding the stage's copy 0
+ * in replica 0 (the replicas hold the same parameters): in a job of several processes each of
+ * them answers questions about the state alike. */
 static dp_status gather_directory(dp_rank *rk)
 {
     const dp_schedule *s = rk->sched;
@@ -164,7 +174,7 @@ static dp_status gather_directory(dp_rank *rk)
     rk->params = calloc((size_t)S, sizeof *rk->params);
     if (!rk->num_params || !rk->params) return dp_fail(DP_ERR_NOMEM, "out of memory for the parameter list");
     for (int stage = 0; stage < S; stage++) {
-        int owner = s->stage_rank[0][stage];
+        int owner = holder(rk, 0, 0, stage);
         int64_t n = 0;
         param_record *recs = NULL;
         if (rk->rank == owner) {
@@ -208,8 +218,14 @@ dp_status dp_rank_param_info(const dp_rank *rk, int stage, int index, size_t *co
 
 dp_status dp_rank_gather_tensor(dp_rank *rk, int stage, int copy, int index, dp_tensor_kind which, float *host)
 {
+    return dp_rank_gather_replica_tensor(rk, 0, stage, copy, index, which, host);
+}
+
+dp_status dp_rank_gather_replica_tensor(dp_rank *rk, int replica, int stage, int copy, int index, dp_tensor_kind which,
+                                        float *host)
+{
     const dp_schedule *s = rk->sched;
-    int owner = s->stage_rank[copy][stage];
+    int owner = holder(rk, replica, copy, stage);
     size_t count = 0;
     if (rk->rank == owner) {
         dp_stage *st = rk->stages[s->stage_local[copy][stage]];
@@ -230,7 +246,8 @@ dp_status dp_rank_write_tensor(dp_rank *rk, int stage, int copy, int index, dp_t
                                size_t count)
 {
     const dp_schedule *s = rk->sched;
-    if (rk->rank != s->stage_rank[copy][stage]) return DP_OK;
+    /* every replica's copy, so that the replicas stay identical */
+    if (rk->prank != s->stage_rank[copy][stage]) return DP_OK;
     return dp_param_write(rk->drv->device, rk->dev, rk->stages[s->stage_local[copy][stage]], index, which, host, count);
 }
 
@@ -246,10 +263,13 @@ dp_status dp_rank_create(const dp_rank_config *c, dp_rank **out)
     rk->drv = c->drv;
     rk->sched = c->sched;
     rk->rank = c->rank;
+    rk->layout = (dp_layout){.replicas = rk->cfg.dp > 1 ? rk->cfg.dp : 1, .pipeline_ranks = c->sched->num_ranks};
+    rk->prank = dp_layout_pipeline_rank(&rk->layout, c->rank);
+    rk->replica = dp_layout_replica(&rk->layout, c->rank);
     *out = rk;
     const dp_device_ops *D = rk->drv->device;
     const dp_schedule *s = rk->sched;
-    int r = rk->rank, ordinal = 0, count = 0;
+    int r = rk->rank, pr = rk->prank, ordinal = 0, count = 0;
     if (rk->cfg.spread_devices) {
         DP_CHECK(D->device_count(&count));
         if (count > 0) ordinal = r % count;
@@ -260,7 +280,7 @@ dp_status dp_rank_create(const dp_rank_config *c, dp_rank **out)
     for (int i = 0; i < 2; i++) DP_CHECK(D->stream_create(rk->dev, &rk->streams[i]));
     dp_stage_env env = {.ops = D, .dev = rk->dev, .streams = {rk->streams[0], rk->streams[1]}};
     for (int d = 0; d < s->num_local_stages; d++)
-        DP_CHECK(dp_stage_create(&env, &rk->cfg.model, s->slot_stage[d][r], s->num_stages, &rk->stages[d]));
+        DP_CHECK(dp_stage_create(&env, &rk->cfg.model, s->slot_stage[d][pr], s->num_stages, &rk->stages[d]));
     return DP_OK;
 }
 
@@ -268,8 +288,8 @@ dp_status dp_rank_connect(dp_rank *rk, dp_link_world *w)
 {
     const dp_device_ops *D = rk->drv->device;
     const dp_schedule *s = rk->sched;
-    int r = rk->rank;
-    DP_CHECK(dp_groups_open(rk->drv->link, w, r, rk->dev, rk->cfg.timeout_ms, s, &rk->groups));
+    int r = rk->prank;
+    DP_CHECK(dp_groups_open(rk->drv->link, w, rk->rank, rk->dev, rk->cfg.timeout_ms, s, &rk->layout, &rk->groups));
     size_t act_bytes = dp_model_act_bytes(&rk->cfg.model), cpp = (size_t)s->chunks_per_pipe;
     for (int d = 0; d < s->num_local_stages; d++) {
         int pipe = s->slot_pipe[d][r];
@@ -332,6 +352,10 @@ void dp_rank_abort(dp_rank *rk, dp_status why, const char *message)
 /* ----------------------------------------------------------------------------
  * steps */
 
+/* The micro-batches of one replica: the step's host arrays hold replica 0's, then replica 1's,
+ * and so on (each replica gets its own micro-batches of the global batch). */
+static size_t replica_chunks(const dp_rank *rk) { return (size_t)rk->sched->num_pipes * rk->sched->chunks_per_pipe; }
+
 /* The step's inputs (and targets) from the host into this rank's device, in the model's
  * dtype; MSE targets are fp32 on the host like the inputs, labels int32 everywhere. */
 static dp_status load_inputs(dp_rank *rk, const float *inputs, const void *targets)
@@ -339,20 +363,21 @@ static dp_status load_inputs(dp_rank *rk, const float *inputs, const void *targe
     const dp_device_ops *D = rk->drv->device;
     const dp_schedule *s = rk->sched;
     const dp_model_config *m = &rk->cfg.model;
-    int r = rk->rank;
-    size_t act = dp_model_act_elems(m), cpp = (size_t)s->chunks_per_pipe;
+    int r = rk->prank;
+    size_t act = dp_model_act_elems(m), cpp = (size_t)s->chunks_per_pipe, tb = dp_model_host_target_bytes(m);
+    size_t first = (size_t)rk->replica * replica_chunks(rk); /* this replica's first micro-batch */
     for (int d = 0; d < s->num_local_stages; d++) {
         int pipe = s->slot_pipe[d][r];
+        size_t mb = first + (size_t)pipe * cpp;
         if (dp_schedule_is_first_stage(s, r, d))
             DP_CHECK(dp_upload_f32(D, rk->dev, rk->streams[0], &rk->staging, rk->input[pipe], m->dtype,
-                                   inputs + (size_t)pipe * cpp * act, cpp * act));
+                                   inputs + mb * act, cpp * act));
         if (!targets || !dp_schedule_is_last_stage(s, r, d)) continue;
         if (m->loss == DP_LOSS_MSE) {
             DP_CHECK(dp_upload_f32(D, rk->dev, rk->streams[0], &rk->staging, rk->target[pipe], m->dtype,
-                                   (const float *)targets + (size_t)pipe * cpp * act, cpp * act));
+                                   (const float *)targets + mb * act, cpp * act));
         } else {
-            size_t tb = dp_model_host_target_bytes(m);
-            DP_CHECK(D->copy(rk->dev, rk->target[pipe], (const char *)targets + (size_t)pipe * cpp * tb, cpp * tb,
+            DP_CHECK(D->copy(rk->dev, rk->target[pipe], (const char *)targets + mb * tb, cpp * tb,
                              DP_COPY_HOST_TO_DEVICE, rk->streams[0]));
         }
     }
@@ -379,49 +404,57 @@ static dp_step_io step_io(dp_rank *rk, double t0)
     return io;
 }
 
-/* The copies of each stage add their gradients; both orders of a sum of two give the same
- * bits, so every copy ends equal to the single-rank reference's pipe-by-pipe sum. */
+/* The gradients of each stage summed over its every copy: first within the replica (the
+ * pair: both orders of a sum of two give the same bits), then across the replicas, which the
+ * link sums in group-rank order, that is replica order: ((G0 + G1) + G2) + ... with Gd replica
+ * d's pair-summed gradient. The single-rank reference (reference.c) sums in this grouping, so
+ * every copy of every replica ends bit-equal to it. The sum is not divided by the replicas:
+ * a step's gradient is the sum of its micro-batches' gradients, whoever ran them. */
 static dp_status sync_gradients(dp_rank *rk)
 {
-    dp_link *pair = rk->groups.pair;
-    if (!pair) return DP_OK;
+    dp_link *groups[2] = {rk->groups.pair, rk->groups.data}; /* in this order on every rank */
+    if (!groups[0] && !groups[1]) return DP_OK;
     const dp_schedule *s = rk->sched;
-    int r = rk->rank;
+    int r = rk->prank;
     int order[DP_MAX_LOCAL_STAGES] = {0, 1};
     if (s->num_local_stages == 2 && s->slot_stage[1][r] < s->slot_stage[0][r]) order[0] = 1, order[1] = 0;
-    /* One all_reduce for both stages, in stage order on both ranks of the pair: when ranks
-     * outnumber cores every message costs a wake-up, which costs more than the copies. */
+    /* One all_reduce per group for both stages, in stage order on every member (the pair's
+     * ranks and the replicas' hold the same two stages): when ranks outnumber cores every
+     * message costs a wake-up, which costs more than the copies. */
     const dp_device_ops *D = rk->drv->device;
     const dp_link_ops *L = rk->drv->link;
     size_t n[DP_MAX_LOCAL_STAGES] = {0, 0}, total = 0;
     float *g[DP_MAX_LOCAL_STAGES] = {NULL, NULL};
     for (int i = 0; i < s->num_local_stages; i++) g[i] = dp_stage_grads(rk->stages[order[i]], &n[i]), total += n[i];
-    if (s->num_local_stages == 1)
-        return L->all_reduce(pair, g[0], g[0], n[0], DP_DTYPE_F32, DP_REDUCE_SUM, rk->streams[0]);
-    if (!rk->grad_scratch) {
-        void *p;
-        DP_CHECK(D->alloc(rk->dev, total * sizeof(float), &p));
-        rk->grad_scratch = p;
+    float *all = g[0];
+    if (s->num_local_stages == 2) {
+        if (!rk->grad_scratch) {
+            void *p;
+            DP_CHECK(D->alloc(rk->dev, total * sizeof(float), &p));
+            rk->grad_scratch = p;
+        }
+        all = rk->grad_scratch;
+        DP_CHECK(D->copy(rk->dev, all, g[0], n[0] * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, rk->streams[0]));
+        DP_CHECK(D->copy(rk->dev, all + n[0], g[1], n[1] * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, rk->streams[0]));
     }
-    DP_CHECK(D->copy(rk->dev, rk->grad_scratch, g[0], n[0] * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, rk->streams[0]));
-    DP_CHECK(D->copy(rk->dev, rk->grad_scratch + n[0], g[1], n[1] * sizeof(float), DP_COPY_DEVICE_TO_DEVICE,
-                     rk->streams[0]));
-    DP_CHECK(L->all_reduce(pair, rk->grad_scratch, rk->grad_scratch, total, DP_DTYPE_F32, DP_REDUCE_SUM,
-                           rk->streams[0]));
-    DP_CHECK(D->copy(rk->dev, g[0], rk->grad_scratch, n[0] * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, rk->streams[0]));
-    DP_CHECK(D->copy(rk->dev, g[1], rk->grad_scratch + n[0], n[1] * sizeof(float), DP_COPY_DEVICE_TO_DEVICE,
-                     rk->streams[0]));
+    for (int i = 0; i < 2; i++)
+        if (groups[i]) DP_CHECK(L->all_reduce(groups[i], all, all, total, DP_DTYPE_F32, DP_REDUCE_SUM, rk->streams[0]));
+    if (s->num_local_stages == 2) {
+        DP_CHECK(D->copy(rk->dev, g[0], all, n[0] * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, rk->streams[0]));
+        DP_CHECK(D->copy(rk->dev, g[1], all + n[0], n[1] * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, rk->streams[0]));
+    }
     return DP_OK;
 }
 
-/* Every rank's recorded times to the root, rank by rank. */
+/* Every world rank's recorded times to the root, rank by rank. */
 static dp_status gather_times(dp_rank *rk, dp_action_time **times)
 {
     if (!rk->times) return DP_OK;
     const dp_schedule *s = rk->sched;
-    for (int r = 0; r < s->num_ranks; r++) {
+    for (int r = 0; r < dp_layout_world_size(&rk->layout); r++) {
         if (rk->rank != r && rk->rank != DP_ROOT_RANK) continue;
-        size_t bytes = ((size_t)s->num_actions[r] + 1) * sizeof(dp_action_time);
+        int actions = s->num_actions[dp_layout_pipeline_rank(&rk->layout, r)];
+        size_t bytes = ((size_t)actions + 1) * sizeof(dp_action_time);
         DP_CHECK(host_to_root(rk, r, rk->times, rk->rank == DP_ROOT_RANK ? times[r] : NULL, bytes, RESULT_DATA));
     }
     return DP_OK;
@@ -439,11 +472,15 @@ dp_status dp_rank_train(dp_rank *rk, const dp_rank_step *a)
     DP_CHECK(sync_gradients(rk));
     for (int d = 0; d < s->num_local_stages; d++)
         DP_CHECK(dp_stage_optimizer_step(rk->stages[d], rk->streams[0], &rk->cfg.optimizer, a->step));
-    /* each pipe's losses, from the rank holding its last stage */
+    /* each replica's pipes' losses, from the rank holding the pipe's last stage */
     size_t cpp = (size_t)s->chunks_per_pipe;
-    for (int pipe = 0; pipe < s->num_pipes; pipe++)
-        DP_CHECK(gather_to_host(rk, s->stage_rank[pipe][s->num_stages - 1], rk->loss[pipe], cpp * sizeof(float),
-                                rk->rank == DP_ROOT_RANK ? a->losses + (size_t)pipe * cpp : NULL));
+    for (int rep = 0; rep < rk->layout.replicas; rep++)
+        for (int pipe = 0; pipe < s->num_pipes; pipe++) {
+            size_t mb = (size_t)rep * replica_chunks(rk) + (size_t)pipe * cpp;
+            int owner = holder(rk, rep, pipe, s->num_stages - 1);
+            DP_CHECK(gather_to_host(rk, owner, rk->rank == owner ? rk->loss[pipe] : NULL, cpp * sizeof(float),
+                                    rk->rank == DP_ROOT_RANK ? a->losses + mb : NULL));
+        }
     DP_CHECK(D->stream_synchronize(rk->dev, rk->streams[0]));
     return gather_times(rk, a->times);
 }
@@ -457,14 +494,17 @@ dp_status dp_rank_infer(dp_rank *rk, const dp_rank_step *a)
     DP_CHECK(dp_executor_infer(rk->ex, &io));
     const dp_model_config *m = &rk->cfg.model;
     size_t act = dp_model_act_elems(m), cpp = (size_t)s->chunks_per_pipe;
-    for (int pipe = 0; pipe < s->num_pipes; pipe++) {
-        const void *at = NULL;
-        DP_CHECK(gather_device(rk, s->stage_rank[pipe][s->num_stages - 1], rk->output[pipe],
-                               cpp * dp_model_act_bytes(m), &at));
-        if (rk->rank == DP_ROOT_RANK)
-            DP_CHECK(dp_download_f32(D, rk->dev, rk->streams[0], &rk->staging, a->outputs + (size_t)pipe * cpp * act,
-                                     m->dtype, at, cpp * act));
-    }
+    for (int rep = 0; rep < rk->layout.replicas; rep++)
+        for (int pipe = 0; pipe < s->num_pipes; pipe++) {
+            size_t mb = (size_t)rep * replica_chunks(rk) + (size_t)pipe * cpp;
+            int owner = holder(rk, rep, pipe, s->num_stages - 1);
+            const void *at = NULL;
+            DP_CHECK(gather_device(rk, owner, rk->rank == owner ? rk->output[pipe] : NULL,
+                                   cpp * dp_model_act_bytes(m), &at));
+            if (rk->rank == DP_ROOT_RANK)
+                DP_CHECK(dp_download_f32(D, rk->dev, rk->streams[0], &rk->staging, a->outputs + mb * act, m->dtype,
+                                         at, cpp * act));
+        }
     DP_CHECK(D->stream_synchronize(rk->dev, rk->streams[0]));
     return gather_times(rk, a->times);
 }

@@ -17,7 +17,9 @@ struct dp_reference {
     const dp_driver *drv;
     dp_device *dev;
     int num_stages, num_pipes, chunks_per_pipe;
+    int replicas;      /* data-parallel replicas whose micro-batches a step runs (>= 1) */
     dp_stage **stages; /* [pipe * num_stages + stage]: a copy of the model per pipe */
+    float **sum;       /* replicas > 1: [pipe * num_stages + stage], device, the replicas' gradients summed */
     float *loss;        /* device: one micro-batch's loss */
     void *target;       /* device: its target, in the model's dtype (MSE) or int32 labels */
     dp_cast_staging staging;
@@ -32,6 +34,8 @@ dp_status dp_reference_create(const dp_runtime_config *cfg_in, dp_reference **ou
     if (!cfg.schedule) cfg.schedule = "dualpipe";
     DP_CHECK(dp_model_config_check(&cfg.model));
     if (cfg.optimizer.kind != DP_OPT_NONE) dp_optimizer_config_defaults(&cfg.optimizer);
+    if (cfg.dp < 0)
+        return dp_fail(DP_ERR_INVALID, "data-parallel replicas must be >= 1 (0 or 1: none), got %d", cfg.dp);
     const dp_driver *drv;
     DP_CHECK(dp_driver_load(cfg.driver, &drv));
     dp_schedule_params sp = {.ranks = cfg.ranks, .chunks = cfg.chunks};
@@ -47,6 +51,7 @@ dp_status dp_reference_create(const dp_runtime_config *cfg_in, dp_reference **ou
     ref->num_stages = sched->num_stages;
     ref->num_pipes = sched->num_pipes;
     ref->chunks_per_pipe = sched->chunks_per_pipe;
+    ref->replicas = cfg.dp > 1 ? cfg.dp : 1;
     dp_schedule_free(sched);
     const dp_device_ops *D = drv->device;
     dp_device_config dc = {.threads = cfg.threads_per_rank, .flags = cfg.device_flags};
@@ -60,6 +65,13 @@ dp_status dp_reference_create(const dp_runtime_config *cfg_in, dp_reference **ou
     void *p;
     if (st == DP_OK && (st = D->alloc(ref->dev, sizeof(float), &p)) == DP_OK) ref->loss = p;
     if (st == DP_OK) st = D->alloc(ref->dev, dp_model_target_bytes(&cfg.model), &ref->target);
+    if (st == DP_OK && ref->replicas > 1 && !(ref->sum = calloc((size_t)n, sizeof *ref->sum)))
+        st = dp_fail(DP_ERR_NOMEM, "out of memory creating the reference");
+    for (int i = 0; st == DP_OK && ref->sum && i < n; i++) {
+        size_t count;
+        dp_stage_grads(ref->stages[i], &count);
+        if ((st = D->alloc(ref->dev, (count ? count : 1) * sizeof(float), &p)) == DP_OK) ref->sum[i] = p;
+    }
     if (st != DP_OK) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", dp_last_error());
@@ -76,6 +88,9 @@ void dp_reference_destroy(dp_reference *ref)
     const dp_device_ops *D = ref->drv->device;
     for (int i = 0; ref->stages && i < ref->num_pipes * ref->num_stages; i++) dp_stage_destroy(ref->stages[i]);
     free(ref->stages);
+    if (ref->dev)
+        for (int i = 0; ref->sum && i < ref->num_pipes * ref->num_stages; i++) D->free(ref->dev, ref->sum[i]);
+    free(ref->sum);
     if (ref->dev) {
         D->free(ref->dev, ref->loss);
         D->free(ref->dev, ref->target);
@@ -123,20 +138,21 @@ static dp_status run_micro_batch(dp_reference *ref, int pipe, const float *x_hos
     return st;
 }
 
-dp_status dp_reference_train_step(dp_reference *ref, const float *inputs, const void *targets, float *losses)
+/* One replica's micro-batches into fresh gradients (losses [chunks] of it), and, with two
+ * copies, each copy given the sum of both pipes' gradients, as a pair of ranks sums them. */
+static dp_status replica_gradients(dp_reference *ref, int replica, const float *inputs, const void *targets,
+                                   float *losses)
 {
     const dp_device_ops *D = ref->drv->device;
     const dp_model_config *m = &ref->cfg.model;
     size_t act = dp_model_act_elems(m), tb = dp_model_host_target_bytes(m);
     int S = ref->num_stages, P = ref->num_pipes, cpp = ref->chunks_per_pipe;
-    ref->step++;
     for (int i = 0; i < P * S; i++) DP_CHECK(dp_stage_zero_grad(ref->stages[i], NULL));
     for (int p = 0; p < P; p++)
         for (int k = 0; k < cpp; k++) {
-            size_t mb = (size_t)p * cpp + k;
+            size_t mb = ((size_t)replica * P + p) * cpp + k;
             DP_CHECK(run_micro_batch(ref, p, inputs + mb * act, (const char *)targets + mb * tb, 1, &losses[mb], NULL));
         }
-    /* two copies: each gets the sum of both pipes' gradients */
     if (P == 2)
         for (int s = 0; s < S; s++)
             for (int i = 0; i < dp_stage_num_params(ref->stages[s]); i++) {
@@ -146,8 +162,32 @@ dp_status dp_reference_train_step(dp_reference *ref, const float *inputs, const 
                 DP_CHECK(D->add(ref->dev, NULL, DP_DTYPE_F32, a.count, a.grad, b.grad, a.grad));
                 DP_CHECK(D->copy(ref->dev, b.grad, a.grad, a.count * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, NULL));
             }
-    for (int i = 0; i < P * S; i++)
-        DP_CHECK(dp_stage_optimizer_step(ref->stages[i], NULL, &ref->cfg.optimizer, ref->step));
+    return DP_OK;
+}
+
+dp_status dp_reference_train_step(dp_reference *ref, const float *inputs, const void *targets, float *losses)
+{
+    const dp_device_ops *D = ref->drv->device;
+    int n = ref->num_stages * ref->num_pipes;
+    ref->step++;
+    /* replica by replica, each summed within itself first, then added to the sum of the
+     * replicas before it: ((G0 + G1) + G2) + ..., the grouping of the pipelined run's
+     * all-reduce over the replicas (rank.c, sync_gradients) */
+    for (int d = 0; d < ref->replicas; d++) {
+        DP_CHECK(replica_gradients(ref, d, inputs, targets, losses));
+        for (int i = 0; ref->replicas > 1 && i < n; i++) {
+            size_t count;
+            float *g = dp_stage_grads(ref->stages[i], &count);
+            if (d == 0) DP_CHECK(D->copy(ref->dev, ref->sum[i], g, count * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, NULL));
+            else DP_CHECK(D->add(ref->dev, NULL, DP_DTYPE_F32, count, ref->sum[i], g, ref->sum[i]));
+        }
+    }
+    for (int i = 0; ref->replicas > 1 && i < n; i++) {
+        size_t count;
+        float *g = dp_stage_grads(ref->stages[i], &count);
+        DP_CHECK(D->copy(ref->dev, g, ref->sum[i], count * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, NULL));
+    }
+    for (int i = 0; i < n; i++) DP_CHECK(dp_stage_optimizer_step(ref->stages[i], NULL, &ref->cfg.optimizer, ref->step));
     return DP_OK;
 }
 
@@ -155,11 +195,12 @@ dp_status dp_reference_infer(dp_reference *ref, const float *inputs, float *outp
 {
     size_t act = dp_model_act_elems(&ref->cfg.model);
     int cpp = ref->chunks_per_pipe;
-    for (int p = 0; p < ref->num_pipes; p++)
-        for (int k = 0; k < cpp; k++) {
-            size_t mb = (size_t)p * cpp + k;
-            DP_CHECK(run_micro_batch(ref, p, inputs + mb * act, NULL, 0, NULL, outputs + mb * act));
-        }
+    for (int d = 0; d < ref->replicas; d++)
+        for (int p = 0; p < ref->num_pipes; p++)
+            for (int k = 0; k < cpp; k++) {
+                size_t mb = ((size_t)d * ref->num_pipes + p) * cpp + k;
+                DP_CHECK(run_micro_batch(ref, p, inputs + mb * act, NULL, 0, NULL, outputs + mb * act));
+            }
     return DP_OK;
 }
 

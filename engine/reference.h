@@ -1,6 +1,7 @@
 /* reference.h: the single-rank sequential reference a pipelined run must equal: the same
  * stages on one device, each micro-batch run forward through every stage and then backward,
- * in micro-batch order, pipe by pipe, with the same kernels. */
+ * in micro-batch order, pipe by pipe, replica by replica, with the same kernels, and the
+ * gradients summed in the grouping the pipelined run sums them. */
 #ifndef DP_REFERENCE_H
 #define DP_REFERENCE_H
 
@@ -12,9 +13,11 @@ extern "C" {
 
 typedef struct dp_reference dp_reference;
 
-/* Takes the model, optimizer, driver, and from the schedule only its shape (stages and
- * pipes): a two-pipe schedule keeps a gradient per pipe and adds them, as its two copies of
- * each stage do. threads_per_rank sets the device's threads (0: all cores). */
+/* Takes the model, optimizer, driver, the replicas (dp) and from the schedule only its shape
+ * (stages and pipes): a two-pipe schedule keeps a gradient per pipe and adds them, as its two
+ * copies of each stage do; with dp > 1 each replica's micro-batches are summed on their own
+ * (and over the pipes), then the replicas' sums are added in replica order, as the
+ * data-parallel all-reduce adds them. threads_per_rank sets the device's threads (0: all cores). */
 dp_status dp_reference_create(const dp_runtime_config *cfg, dp_reference **out);
 void dp_reference_destroy(dp_reference *ref);
 

@@ -24,6 +24,7 @@ struct dp_runtime {
     dp_driver with_link; /* the driver with another link (cfg.link), when asked */
     dp_schedule *sched;
     dp_link_world *world;
+    int replicas, world_size; /* data-parallel replicas (>= 1); world ranks: replicas x pipeline ranks */
     /* the ranks this process hosts, world ranks first_rank .. first_rank + local_ranks - 1
      * (in one process: all of them) */
     int first_rank, local_ranks;
@@ -35,7 +36,7 @@ struct dp_runtime {
     /* the job's arguments, for the rank threads */
     dp_rank_step args;
     struct {
-        int stage, copy, index;
+        int replica, stage, copy, index;
         dp_tensor_kind which;
         float *out;
         const float *in;
@@ -156,7 +157,7 @@ static dp_status pool_start(dp_runtime *rt)
         if (pthread_create(&p->threads[i], NULL, rank_thread, &p->workers[i]) != 0) {
             pool_stop(rt);
             return dp_fail(DP_ERR_INTERNAL, "could not start the thread of rank %d (of %d); the system may be out "
-                                            "of threads or memory", r, rt->cfg.ranks);
+                                            "of threads or memory", r, rt->world_size);
         }
         p->started++;
     }
@@ -205,7 +206,7 @@ static dp_status setup_gate(dp_runtime *rt, int r, dp_status st)
     if (st == DP_OK && failed >= 0) st = dp_fail(why_status, "set-up stopped because rank %d failed: %s", failed, why);
     if (!rt->cfg.bootstrap) return st;
     /* the ranks of the other processes: every rank says whether it failed */
-    int world = rt->cfg.ranks;
+    int world = rt->world_size;
     int32_t mine = st != DP_OK, *all = calloc((size_t)world, sizeof *all);
     if (!all) return st != DP_OK ? st : dp_fail(DP_ERR_NOMEM, "out of memory in set-up");
     char keep[1024];
@@ -241,10 +242,10 @@ static dp_status job_teardown(dp_runtime *rt, int r)
 static dp_status alloc_times(dp_runtime *rt)
 {
     const dp_schedule *s = rt->sched;
-    rt->times = calloc((size_t)s->num_ranks, sizeof *rt->times);
-    for (int r = 0; rt->times && r < s->num_ranks; r++)
-        if (!(rt->times[r] = calloc((size_t)s->num_actions[r] + 1, sizeof **rt->times))) break;
-    for (int r = 0; rt->times && r < s->num_ranks; r++)
+    rt->times = calloc((size_t)rt->world_size, sizeof *rt->times);
+    for (int r = 0; rt->times && r < rt->world_size; r++)
+        if (!(rt->times[r] = calloc((size_t)s->num_actions[r % s->num_ranks] + 1, sizeof **rt->times))) break;
+    for (int r = 0; rt->times && r < rt->world_size; r++)
         if (!rt->times[r]) return dp_fail(DP_ERR_NOMEM, "out of memory for timings");
     return rt->times ? DP_OK : dp_fail(DP_ERR_NOMEM, "out of memory for timings");
 }
@@ -257,19 +258,37 @@ dp_status dp_runtime_create(const dp_runtime_config *cfg_in, dp_runtime **out)
     if (!cfg.schedule) cfg.schedule = "dualpipe";
     DP_CHECK(dp_model_config_check(&cfg.model));
     if (cfg.optimizer.kind != DP_OPT_NONE) dp_optimizer_config_defaults(&cfg.optimizer);
-    if (cfg.threads_per_rank <= 0) {
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        cfg.threads_per_rank = cores > cfg.ranks && cfg.ranks > 0 ? (int)(cores / cfg.ranks) : 1;
-    }
-    if (cfg.timeout_ms <= 0) cfg.timeout_ms = 60000;
-    if (cfg.local_ranks <= 0) cfg.first_rank = 0, cfg.local_ranks = cfg.ranks;
-    if (cfg.first_rank < 0 || cfg.local_ranks > cfg.ranks || cfg.first_rank > cfg.ranks - cfg.local_ranks)
+    if (cfg.dp < 0)
+        return dp_fail(DP_ERR_INVALID, "data-parallel replicas must be >= 1 (0 or 1: none), got %d", cfg.dp);
+    if (cfg.dp == 0) cfg.dp = 1;
+    /* the world: dp replicas of a pipeline of `ranks` (groups.h lays them out) */
+    long long world = (long long)cfg.dp * (cfg.ranks > 0 ? cfg.ranks : 1);
+    if (world > DP_RUNTIME_MAX_WORLD)
+        return dp_fail(DP_ERR_INVALID, "%d replicas x %d pipeline ranks make %lld ranks; a job has at most %d",
+                       cfg.dp, cfg.ranks, world, DP_RUNTIME_MAX_WORLD);
+    int W = (int)world;
+    if (cfg.local_ranks <= 0) cfg.first_rank = 0, cfg.local_ranks = W;
+    if (cfg.first_rank < 0 || cfg.local_ranks > W || cfg.first_rank > W - cfg.local_ranks)
         return dp_fail(DP_ERR_INVALID, "this process would host ranks %d..%d of a job of %d ranks", cfg.first_rank,
-                       cfg.first_rank + cfg.local_ranks - 1, cfg.ranks);
-    if (cfg.local_ranks < cfg.ranks && !cfg.bootstrap)
+                       cfg.first_rank + cfg.local_ranks - 1, W);
+    if (cfg.local_ranks > DP_RUNTIME_MAX_RANKS) {
+        if (cfg.local_ranks == W)
+            return dp_fail(DP_ERR_INVALID, "%d replicas x %d pipeline ranks make %d ranks; one process runs at most %d "
+                                           "(fewer replicas or pipeline ranks, or more processes)",
+                           cfg.dp, cfg.ranks, W, DP_RUNTIME_MAX_RANKS);
+        return dp_fail(DP_ERR_INVALID, "this process would host %d of the job's %d ranks; one process runs at most %d "
+                                       "(more processes)", cfg.local_ranks, W, DP_RUNTIME_MAX_RANKS);
+    }
+    if (cfg.local_ranks < W && !cfg.bootstrap)
         return dp_fail(DP_ERR_INVALID, "ranks %d..%d of %d live in this process: the others need a bootstrap to "
                                        "meet them (dp_bootstrap_mpi, a TCP rendezvous)",
-                       cfg.first_rank, cfg.first_rank + cfg.local_ranks - 1, cfg.ranks);
+                       cfg.first_rank, cfg.first_rank + cfg.local_ranks - 1, W);
+    if (cfg.threads_per_rank <= 0) {
+        /* the ranks of this process share its cores */
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        cfg.threads_per_rank = cores > cfg.local_ranks ? (int)(cores / cfg.local_ranks) : 1;
+    }
+    if (cfg.timeout_ms <= 0) cfg.timeout_ms = 60000;
 
     const dp_driver *drv;
     DP_CHECK(dp_driver_load(cfg.driver, &drv));
@@ -307,6 +326,8 @@ dp_status dp_runtime_create(const dp_runtime_config *cfg_in, dp_runtime **out)
         rt->drv = &rt->with_link;
     }
     rt->sched = sched;
+    rt->replicas = cfg.dp;
+    rt->world_size = W;
     rt->first_rank = cfg.first_rank, rt->local_ranks = cfg.local_ranks;
     pthread_mutex_init(&rt->lock, NULL);
     pthread_cond_init(&rt->gate_cond, NULL);
@@ -318,7 +339,7 @@ dp_status dp_runtime_create(const dp_runtime_config *cfg_in, dp_runtime **out)
         dp_runtime_destroy(rt);
         return st;
     }
-    dp_link_world_config wc = {.world_size = cfg.ranks, .first_rank = rt->first_rank,
+    dp_link_world_config wc = {.world_size = rt->world_size, .first_rank = rt->first_rank,
                                .local_ranks = rt->local_ranks, .timeout_ms = cfg.timeout_ms,
                                .struct_size = sizeof wc, .bootstrap = cfg.bootstrap,
                                .bootstrap_ctx = cfg.bootstrap_ctx};
@@ -346,7 +367,7 @@ void dp_runtime_destroy(dp_runtime *rt)
     pool_stop(rt);
     if (rt->world) rt->drv->link->world_destroy(rt->world);
     free(rt->ranks);
-    for (int r = 0; rt->times && r < rt->sched->num_ranks; r++) free(rt->times[r]);
+    for (int r = 0; rt->times && r < rt->world_size; r++) free(rt->times[r]);
     free(rt->times);
     dp_schedule_free(rt->sched);
     pthread_mutex_destroy(&rt->lock);
@@ -361,7 +382,7 @@ double dp_runtime_step_start(const dp_runtime *rt) { return rt->step_t0; }
 
 const dp_action_time *dp_runtime_times(const dp_runtime *rt, int rank)
 {
-    return rt->times && rank >= 0 && rank < rt->cfg.ranks ? rt->times[rank] : NULL;
+    return rt->times && rank >= 0 && rank < rt->world_size ? rt->times[rank] : NULL;
 }
 
 /* ----------------------------------------------------------------------------
@@ -449,7 +470,7 @@ static dp_status locate(const dp_runtime *rt, int stage, int copy, int index, dp
 
 static dp_status job_gather_tensor(dp_runtime *rt, int r)
 {
-    return dp_rank_gather_tensor(*local(rt, r), rt->tensor.stage, rt->tensor.copy, rt->tensor.index,
+    return dp_rank_gather_replica_tensor(*local(rt, r), rt->tensor.replica, rt->tensor.stage, rt->tensor.copy, rt->tensor.index,
                                  rt->tensor.which, rt->tensor.out);
 }
 
@@ -466,6 +487,17 @@ dp_status dp_runtime_read_tensor(dp_runtime *rt, int stage, int copy, int index,
     DP_CHECK(locate(rt, stage, copy, index, which, &n, name));
     if (count) *count = n;
     if (!host) return DP_OK;
+    return dp_runtime_read_replica_tensor(rt, 0, stage, copy, index, which, host);
+}
+
+dp_status dp_runtime_read_replica_tensor(dp_runtime *rt, int replica, int stage, int copy, int index,
+                                         dp_tensor_kind which, float *host)
+{
+    DP_CHECK(locate(rt, stage, copy, index, which, NULL, NULL));
+    if (replica < 0 || replica >= rt->replicas)
+        return dp_fail(DP_ERR_INVALID, "no replica %d (the job has %d)", replica, rt->replicas);
+    if (!host) return dp_fail(DP_ERR_INVALID, "reading stage %d parameter %d: no host array", stage, index);
+    rt->tensor.replica = replica;
     rt->tensor.stage = stage, rt->tensor.copy = copy, rt->tensor.index = index, rt->tensor.which = which;
     rt->tensor.out = host;
     dp_status st = run_ranks(rt, job_gather_tensor);
@@ -495,6 +527,8 @@ dp_status dp_runtime_read_param(dp_runtime *rt, int stage, int copy, int index, 
 {
     return dp_runtime_read_tensor(rt, stage, copy, index, grad ? DP_TENSOR_GRAD : DP_TENSOR_VALUE, host, count, name);
 }
+
+int dp_runtime_replicas(const dp_runtime *rt) { return rt->replicas; }
 
 int dp_runtime_step(const dp_runtime *rt) { return rt->step; }
 

@@ -1,6 +1,7 @@
-/* runtime.h: a pipeline-parallel training job in one process: loads the driver, builds and
- * validates the schedule, starts one thread per pipeline rank (each with its device, two
- * streams, its link endpoint and its stages), and runs training and inference steps. */
+/* runtime.h: a pipeline-parallel training job in one process, optionally with several
+ * data-parallel replicas of the pipeline: loads the driver, builds and validates the
+ * schedule, starts one thread per rank (each with its device, two streams, its link endpoints
+ * and its stages), and runs training and inference steps. */
 #ifndef DP_RUNTIME_H
 #define DP_RUNTIME_H
 
@@ -18,8 +19,8 @@ extern "C" {
 typedef struct {
     const char *driver;   /* "cpu" (default) or a module's name */
     const char *schedule; /* "dualpipe" (default), "dualpipev", "1f1b", "zb1p", "gpipe", ... */
-    int ranks;            /* pipeline ranks */
-    int chunks;           /* micro-batches per step */
+    int ranks;            /* pipeline ranks (of one replica) */
+    int chunks;           /* micro-batches per step and replica */
     dp_model_config model;
     dp_optimizer_config optimizer; /* kind DP_OPT_NONE: gradients only */
     int threads_per_rank;          /* kernel threads of each rank's device (0: cores / ranks, at least 1) */
@@ -36,12 +37,25 @@ typedef struct {
      * every later call in each, in the same order); each hosts local_ranks ranks from
      * first_rank, meets the others through the bootstrap, and talks to them through `link`.
      * Results (losses, outputs, tensors read, times) arrive in the process hosting rank 0. */
-    int first_rank;                    /* the first world rank this process hosts */
+    int first_rank;                    /* the first world rank this process hosts (of dp x ranks) */
     int local_ranks;                   /* how many it hosts (0: all of them) */
     const char *link;                  /* NULL: the driver's own link; "mpi": the MPI link (CPU ranks) */
     const dp_bootstrap_ops *bootstrap; /* how the processes meet (dp_bootstrap_mpi, a TCP rendezvous) */
     void *bootstrap_ctx;
+    /* Data parallelism: replicas of the pipeline (0 or 1: none). The world is dp x ranks
+     * ranks, world rank = replica x ranks + pipeline rank (each replica's pipeline a contiguous
+     * block; replica 0 holds ranks 0 .. ranks - 1). A step's global batch is dp x chunks
+     * micro-batches: replica d runs micro-batches d x chunks .. (d + 1) x chunks - 1 (each
+     * replica its own micro-batches, as Megatron and DeepSpeed split a global batch), and the
+     * gradients are summed over all of them, as one pipeline fed the whole batch would sum. */
+    int dp;
 } dp_runtime_config;
+
+/* The most ranks one process hosts, each on its own thread (local_ranks, or with one process
+ * the whole world of dp x ranks). */
+#define DP_RUNTIME_MAX_RANKS 1024
+/* The most ranks of a job (dp x ranks), in any number of processes. */
+#define DP_RUNTIME_MAX_WORLD (1 << 20)
 
 typedef struct dp_runtime dp_runtime;
 
@@ -56,12 +70,14 @@ const dp_model_config *dp_runtime_model(const dp_runtime *rt);
 /* Whether this process hosts rank 0, where results arrive. */
 int dp_runtime_is_root(const dp_runtime *rt);
 
-/* One training step over chunks micro-batches: inputs [chunks x tokens x hidden] (host, fp32
- * whatever the model's dtype), targets per micro-batch ([chunks x tokens x hidden] floats for
- * MSE, [chunks x tokens] int32 labels for cross-entropy), losses [chunks] out (host). Gradients are summed over the
- * micro-batches (each micro-batch's loss differentiated on its own), synchronised between
- * the copies of a stage, then the optimizer steps. A failure on any rank ends the step on all
- * ranks and is reported with that rank's message. */
+/* One training step over the global batch of B = dp x chunks micro-batches (chunks with no
+ * data parallelism), replica by replica as dp describes: inputs [B x tokens x hidden] (host,
+ * fp32 whatever the model's dtype), targets per micro-batch ([B x tokens x hidden] floats for
+ * MSE, [B x tokens] int32 labels for cross-entropy), losses [B] out (host). Gradients are
+ * summed over the micro-batches (each micro-batch's loss differentiated on its own),
+ * synchronised between the copies of a stage in each pipeline and then across the replicas,
+ * then the optimizer steps. A failure on any rank ends the step on all ranks and is reported
+ * with that rank's message. */
 dp_status dp_runtime_train_step(dp_runtime *rt, const float *inputs, const void *targets, float *losses);
 
 /* The same step in two parts, so that one batch can stay on the devices: load_batch copies
@@ -71,11 +87,12 @@ dp_status dp_runtime_train_step(dp_runtime *rt, const float *inputs, const void 
 dp_status dp_runtime_load_batch(dp_runtime *rt, const float *inputs, const void *targets);
 dp_status dp_runtime_train_loaded(dp_runtime *rt, float *losses);
 
-/* Forward only: outputs [chunks x tokens x hidden] (host, fp32 whatever the model's dtype). */
+/* Forward only: outputs [B x tokens x hidden] (host, fp32 whatever the model's dtype), B as above. */
 dp_status dp_runtime_infer(dp_runtime *rt, const float *inputs, float *outputs);
 
 /* The training state of the whole model, addressed by (stage, index) as in dp_stage_param;
  * `copy` picks which pipe's copy where a stage lives twice (DualPipe: 0 or 1), 0 otherwise.
+ * Reads come from replica 0; writes go to every replica, which stay identical.
  * Every parameter has four fp32 tensors of its size (dp_tensor_kind: value, gradient of the
  * last step, the optimizer's m and v), so two runtimes of the same model, whatever their
  * schedules and rank counts, can hand their state to each other, and a checkpoint can hold it.
@@ -90,6 +107,12 @@ dp_status dp_runtime_read_tensor(dp_runtime *rt, int stage, int copy, int index,
                                  size_t *count, char name[32]);
 dp_status dp_runtime_write_tensor(dp_runtime *rt, int stage, int copy, int index, dp_tensor_kind which,
                                   const float *host, size_t count);
+/* dp_runtime_read_tensor from `replica` (0 .. dp_runtime_replicas - 1): to check that the
+ * replicas are identical. */
+dp_status dp_runtime_read_replica_tensor(dp_runtime *rt, int replica, int stage, int copy, int index,
+                                         dp_tensor_kind which, float *host);
+/* Data-parallel replicas of the pipeline (1: none). */
+int dp_runtime_replicas(const dp_runtime *rt);
 /* dp_runtime_read_tensor of the value (grad = 0) or the gradient (grad = 1). */
 dp_status dp_runtime_read_param(dp_runtime *rt, int stage, int copy, int index, int grad, float *host,
                                 size_t *count, char name[32]);
@@ -99,7 +122,8 @@ dp_status dp_runtime_read_param(dp_runtime *rt, int stage, int copy, int index, 
 int dp_runtime_step(const dp_runtime *rt);
 dp_status dp_runtime_set_step(dp_runtime *rt, int step);
 
-/* When each action of `rank` ran in the last step (record_times), or NULL. */
+/* When each action of world rank `rank` ran in the last step (record_times), or NULL; the
+ * actions are those of its pipeline rank, rank mod ranks. */
 const dp_action_time *dp_runtime_times(const dp_runtime *rt, int rank);
 /* When the last step started, on dp_now_ms()'s clock: the times above count from it. */
 double dp_runtime_step_start(const dp_runtime *rt);

@@ -77,8 +77,16 @@ TESTS += tests/test_engine_state
 tests_test_engine_state_SOURCES = tests/test_engine_state.c
 tests_test_engine_state_LDADD = engine/libdualpipe.la
 
+check_PROGRAMS += tests/test_engine_dataparallel
+TESTS += tests/test_engine_dataparallel
+tests_test_engine_dataparallel_SOURCES = tests/test_engine_dataparallel.c
+tests_test_engine_dataparallel_LDADD = engine/libdualpipe.la -lm
+
 TESTS += tests/test_engine_train.sh
 EXTRA_DIST += tests/test_engine_train.sh
+
+TESTS += tests/test_train_dataparallel.sh
+EXTRA_DIST += tests/test_train_dataparallel.sh
 
 # the stage's gradients against finite differences, every block kind and loss
 check_PROGRAMS += tests/test_gradcheck

@@ -45,13 +45,17 @@ static int compare_params(dp_runtime *rt, dp_reference *ref, differences *df)
  * options */
 
 enum { O_HIDDEN = CLI_LONG_ONLY, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_SEED, O_OPT, O_LR, O_WD, O_MOM, O_THREADS,
-       O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD, O_DTYPE, O_SERIAL_PAIRS, O_TF32, O_INIT, O_DATA, O_SAVE_PARAMS };
+       O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD, O_DTYPE, O_SERIAL_PAIRS, O_TF32, O_INIT, O_DATA, O_SAVE_PARAMS, O_DP };
 
 static const cli_option options[] = {
     {'d', 'd', "driver", "NAME", .help = "cpu (default) or a driver module (see DUALPIPE_DRIVER_PATH)"},
     {'s', 's', "schedule", "NAME", .help_fn = usage_schedule_names},
     {'p', 'p', "pp", "N", .help = "pipeline ranks (default 4)"},
-    {'c', 'c', "chunks", "M", .help = "micro-batches per step (default 8)"},
+    {O_DP, 0, "dp", "N", .help = "data-parallel replicas of the pipeline (default 1): N x pp\n"
+                                 "ranks, world rank = replica x pp + pipeline rank; each replica\n"
+                                 "runs its own M micro-batches of a global batch of N x M, and\n"
+                                 "the replicas sum their gradients"},
+    {'c', 'c', "chunks", "M", .help = "micro-batches per step and replica (default 8)"},
     {O_HIDDEN, 0, "hidden", "H", .help = "hidden size (default 256); blocks are h -> 4h -> h"},
     {O_TOKENS, 0, "tokens", "T", .help = "rows per micro-batch (default 64)"},
     {O_LAYERS, 0, "layers-per-stage", "L", .help = "blocks per stage (default 1)"},
@@ -108,6 +112,10 @@ typedef struct {
 
 enum { TRAIN_GO_ON = -1 }; /* not an exit code: the step succeeded, carry on */
 
+static int replicas(const dp_runtime_config *c) { return c->dp > 1 ? c->dp : 1; }
+/* micro-batches of a step's global batch, every replica's */
+static int global_chunks(const dp_runtime_config *c) { return c->chunks * replicas(c); }
+
 /* Fills o from the command line: TRAIN_GO_ON, or the exit code (after --help or an error). */
 static int parse_options(int argc, char **argv, train_options *o)
 {
@@ -133,6 +141,7 @@ static int parse_options(int argc, char **argv, train_options *o)
         case 's': c->schedule = p.value; break;
         case 'p': if (cli_parse_int("--pp", p.value, 1, 1024, &c->ranks)) return CLI_EXIT_USAGE; break;
         case 'c': if (cli_parse_int("--chunks", p.value, 1, 1 << 16, &c->chunks)) return CLI_EXIT_USAGE; break;
+        case O_DP: if (cli_parse_int("--dp", p.value, 1, DP_RUNTIME_MAX_RANKS, &c->dp)) return CLI_EXIT_USAGE; break;
         case O_HIDDEN: if (cli_parse_int("--hidden", p.value, 1, 1 << 16, &c->model.hidden)) return CLI_EXIT_USAGE; break;
         case O_TOKENS: if (cli_parse_int("--tokens", p.value, 1, 1 << 20, &c->model.tokens)) return CLI_EXIT_USAGE; break;
         case O_LAYERS:
@@ -201,8 +210,8 @@ static int parse_options(int argc, char **argv, train_options *o)
     if (c->threads_per_rank == 0) {
         /* resolved here so that the teacher and the reference use the ranks' count too: the
          * BLAS library's thread count is process-wide */
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        c->threads_per_rank = cores > c->ranks ? (int)(cores / c->ranks) : 1;
+        long cores = sysconf(_SC_NPROCESSORS_ONLN), world = (long)c->ranks * replicas(c);
+        c->threads_per_rank = cores > world ? (int)(cores / world) : 1;
     }
     return TRAIN_GO_ON;
 }
@@ -241,25 +250,26 @@ static int build_runtime(const train_options *o, train_state *t)
         cli_error("cannot start the reference: %s", dp_last_error());
         return CLI_EXIT_FAIL;
     }
-    t->n = (size_t)c->chunks * t->m->tokens * t->m->hidden;
+    int chunks = global_chunks(c);
+    t->n = (size_t)chunks * t->m->tokens * t->m->hidden;
     t->x = malloc(sizeof(float) * t->n);
-    t->targets = malloc(dp_model_host_target_bytes(t->m) * (size_t)c->chunks);
-    t->losses = calloc((size_t)c->chunks, sizeof(float));
-    t->ref_losses = calloc((size_t)c->chunks, sizeof(float));
-    if (step_timing_init(&t->tm, c->ranks)) return CLI_EXIT_FAIL;
+    t->targets = malloc(dp_model_host_target_bytes(t->m) * (size_t)chunks);
+    t->losses = calloc((size_t)chunks, sizeof(float));
+    t->ref_losses = calloc((size_t)chunks, sizeof(float));
+    if (step_timing_init(&t->tm, t->s->num_ranks * replicas(c))) return CLI_EXIT_FAIL;
     if (!t->x || !t->targets || !t->losses || !t->ref_losses) {
         cli_error("out of memory for a step of %zu floats", t->n);
         return CLI_EXIT_FAIL;
     }
-    if (train_teacher_open(&t->teacher, c->driver, t->m, c->chunks, c->model.seed, c->threads_per_rank))
+    if (train_teacher_open(&t->teacher, c->driver, t->m, chunks, c->model.seed, c->threads_per_rank))
         return CLI_EXIT_FAIL;
     int rc;
     if (o->init_path && (rc = train_params_load(t->rt, t->ref, o->init_path)) != 0) return rc;
-    if (o->data_path && (rc = train_data_open(&t->data, o->data_path, t->m, c->chunks, o->steps)) != 0) return rc;
+    if (o->data_path && (rc = train_data_open(&t->data, o->data_path, t->m, chunks, o->steps)) != 0) return rc;
     dp_driver_load(c->driver, &t->drv); /* loaded already, by the runtime and the teacher */
     /* every micro-batch crosses every stage: forward 4 T h f, backward twice that, per block */
     const dp_model_config *m = t->m;
-    t->flops_per_step = 12.0 * m->tokens * (double)m->hidden * m->ffn * m->layers_per_stage * t->s->num_stages * c->chunks;
+    t->flops_per_step = 12.0 * m->tokens * (double)m->hidden * m->ffn * m->layers_per_stage * t->s->num_stages * chunks;
     return TRAIN_GO_ON;
 }
 
@@ -287,7 +297,7 @@ static int train_loop(const train_options *o, train_state *t, train_trace *trace
 {
     const dp_runtime_config *c = &o->c;
     const dp_model_config *m = t->m;
-    int steps = o->steps, tty = cli_stderr_is_tty() && !o->quiet;
+    int steps = o->steps, tty = cli_stderr_is_tty() && !o->quiet, chunks = global_chunks(c);
     double run_t0 = dp_now_ms();
     res->step_ms = calloc(steps ? (size_t)steps : 1, sizeof(double));
     if (!res->step_ms) {
@@ -299,7 +309,7 @@ static int train_loop(const train_options *o, train_state *t, train_trace *trace
             if (train_data_step(&t->data, step, t->x, t->targets)) return 1;
         } else {
             for (size_t i = 0; i < t->n; i++) t->x[i] = dp_counter_uniform(c->model.seed, 0x5eed0000ull + (uint64_t)step, i);
-            if (train_teacher_targets(&t->teacher, m, c->chunks, t->x, t->targets)) return 1;
+            if (train_teacher_targets(&t->teacher, m, chunks, t->x, t->targets)) return 1;
         }
         if (tty) fprintf(stderr, "\r  step %d/%d ...", step, steps), fflush(stderr);
         double t0 = dp_now_ms();
@@ -314,8 +324,8 @@ static int train_loop(const train_options *o, train_state *t, train_trace *trace
         if (trace && train_trace_add_step(trace, t->rt, dp_runtime_step_start(t->rt) - run_t0)) return 1;
         res->step_ms[step - 1] = ms;
         double loss = 0;
-        for (int k = 0; k < c->chunks; k++) loss += t->losses[k];
-        loss /= c->chunks;
+        for (int k = 0; k < chunks; k++) loss += t->losses[k];
+        loss /= chunks;
         if (step == 1) res->first_loss = loss;
         res->last_loss = loss;
         if (t->ref) {
@@ -323,7 +333,7 @@ static int train_loop(const train_options *o, train_state *t, train_trace *trace
                 cli_error("reference step %d failed: %s", step, dp_last_error());
                 return 1;
             }
-            for (int k = 0; k < c->chunks; k++) {
+            for (int k = 0; k < chunks; k++) {
                 double d = fabs((double)t->losses[k] - t->ref_losses[k]);
                 if (d != d) d = INFINITY;
                 res->df.loss = d > res->df.loss ? d : res->df.loss;
@@ -331,7 +341,7 @@ static int train_loop(const train_options *o, train_state *t, train_trace *trace
         }
         if (!o->quiet)
             printf("step %4d/%d  loss %.6f  time %8.2f ms  %10.0f tokens/s  %6.2f GFLOP/s\n", step, steps, loss, ms,
-                   (double)c->chunks * m->tokens / (ms * 1e-3), t->flops_per_step / (ms * 1e-3) * 1e-9);
+                   (double)chunks * m->tokens / (ms * 1e-3), t->flops_per_step / (ms * 1e-3) * 1e-9);
         fflush(stdout);
     }
     return 0;
@@ -344,11 +354,24 @@ static void print_header(const train_options *o, const train_state *t)
 {
     const dp_model_config *m = t->m;
     const dp_schedule *s = t->s;
-    printf("dualpipe train: %s on %d ranks (%d stages), %d micro-batches x %d tokens, hidden %d, %d %s block%s per "
+    int dp = replicas(&o->c);
+    char ranks[64], batch[64];
+    snprintf(ranks, sizeof ranks, "%d ranks", s->num_ranks);
+    snprintf(batch, sizeof batch, "%d micro-batches", o->c.chunks);
+    if (dp > 1) {
+        snprintf(ranks, sizeof ranks, "%d ranks (dp %d x pp %d)", dp * s->num_ranks, dp, s->num_ranks);
+        snprintf(batch, sizeof batch, "%d micro-batches (%d per replica)", global_chunks(&o->c), o->c.chunks);
+    }
+    printf("dualpipe train: %s on %s (%d stages), %s x %d tokens, hidden %d, %d %s block%s per "
            "stage, %s loss, %s, %s, driver %s\n",
-           s->name, s->num_ranks, s->num_stages, o->c.chunks, m->tokens, m->hidden,
+           s->name, ranks, s->num_stages, batch, m->tokens, m->hidden,
            m->layers_per_stage, m->block == DP_BLOCK_MLP ? "mlp" : "residual", m->layers_per_stage > 1 ? "s" : "",
            m->loss == DP_LOSS_MSE ? "mse" : "xent", o->sgd ? "sgd" : "adamw", dp_dtype_name(m->dtype), t->drv->name);
+    if (dp > 1)
+        printf("layout: world rank = replica x %d + pipeline rank; replica d holds ranks %d d .. %d d + %d and runs "
+               "micro-batches %d d .. %d d + %d of each step; gradients summed within each replica, then over the "
+               "replicas in replica order\n",
+               s->num_ranks, s->num_ranks, s->num_ranks, s->num_ranks - 1, o->c.chunks, o->c.chunks, o->c.chunks - 1);
     fflush(stdout);
 }
 
@@ -365,7 +388,7 @@ static void print_summary(const train_options *o, const train_state *t, train_re
     double med = step_ms[steps / 2];
     printf("loss %.6f -> %.6f over %d steps (%s); median step %.2f ms, %.0f tokens/s, %.2f GFLOP/s\n", res->first_loss,
            res->last_loss, steps, res->last_loss < res->first_loss ? "learning" : "not falling", med,
-           (double)o->c.chunks * t->m->tokens / (med * 1e-3), t->flops_per_step / (med * 1e-3) * 1e-9);
+           (double)global_chunks(&o->c) * t->m->tokens / (med * 1e-3), t->flops_per_step / (med * 1e-3) * 1e-9);
     step_timing_report(&t->tm, t->s, stdout);
 }
 
@@ -388,9 +411,12 @@ static int report_verify(const train_options *o, train_state *t, differences *df
 static int write_trace(const train_options *o, const train_state *t, train_trace *trace)
 {
     char title[128];
-    snprintf(title, sizeof title, "%s pp %d chunks %d hidden %d", t->s->name, o->c.ranks, o->c.chunks, t->m->hidden);
+    char of_replica[48] = "";
+    if (replicas(&o->c) > 1) snprintf(of_replica, sizeof of_replica, " (replica 0 of dp %d)", replicas(&o->c));
+    snprintf(title, sizeof title, "%s pp %d chunks %d hidden %d%s", t->s->name, o->c.ranks, o->c.chunks, t->m->hidden,
+             of_replica);
     if (train_trace_write(trace, t->s, title)) return 1;
-    printf("trace of %zu actions written to %s\n", train_trace_actions(trace), o->trace_path);
+    printf("trace of %zu actions%s written to %s\n", train_trace_actions(trace), of_replica, o->trace_path);
     return 0;
 }
 

@@ -55,10 +55,11 @@ dp_status compare_with_reference(dp_runtime *rt, dp_reference *ref, int grad, do
             DP_CHECK(dp_reference_read_param(ref, st, i, grad, NULL, &n));
             float *want = malloc(sizeof(float) * (n ? n : 1)), *got = malloc(sizeof(float) * (n ? n : 1));
             dp_status e = want && got ? dp_reference_read_param(ref, st, i, grad, want, &n) : DP_ERR_NOMEM;
-            for (int copy = 0; copy < sch->num_pipes && e == DP_OK; copy++) {
-                e = dp_runtime_read_param(rt, st, copy, i, grad, got, &n, NULL);
-                if (e == DP_OK) compare_floats(s, got, want, n, atol, rtol);
-            }
+            for (int rep = 0; rep < dp_runtime_replicas(rt) && e == DP_OK; rep++)
+                for (int copy = 0; copy < sch->num_pipes && e == DP_OK; copy++) {
+                    e = dp_runtime_read_replica_tensor(rt, rep, st, copy, i, grad ? DP_TENSOR_GRAD : DP_TENSOR_VALUE, got);
+                    if (e == DP_OK) compare_floats(s, got, want, n, atol, rtol);
+                }
             free(want), free(got);
             if (e == DP_ERR_NOMEM) return dp_fail(e, "out of memory comparing stage %d parameter %d", st, i);
             if (e != DP_OK) return dp_fail(e, "comparing stage %d parameter %d: %s", st, i, dp_last_error());

@@ -27,7 +27,8 @@ void compare_floats(compare_stats *s, const float *got, const float *want, size_
 /* Adds the elements of b to a (b's indices are taken as they are). */
 void compare_merge(compare_stats *a, const compare_stats *b);
 
-/* Every parameter (grad 0) or gradient (grad 1) of every copy of every stage of rt against the
+/* Every parameter (grad 0) or gradient (grad 1) of every copy of every stage of every
+ * data-parallel replica of rt against the
  * single-rank reference, folded into s with atol + rtol |reference|. Returns DP_OK, or the
  * error of a read (the message says which tensor). */
 dp_status compare_with_reference(dp_runtime *rt, dp_reference *ref, int grad, double atol, double rtol,

@@ -30,9 +30,12 @@ void step_timing_collect(step_timing *t, dp_runtime *rt, int measure)
 {
     const dp_schedule *s = dp_runtime_schedule(rt);
     double makespan = 0;
-    for (int r = 0; r < s->num_ranks; r++) {
-        const dp_action_time *at = dp_runtime_times(rt, r);
+    /* every world rank; with data parallelism, world rank w plays pipeline rank w mod the
+     * schedule's ranks */
+    for (int w = 0; w < t->ranks; w++) {
+        const dp_action_time *at = dp_runtime_times(rt, w);
         if (!at) return; /* the runtime records no times */
+        int r = w % s->num_ranks;
         double busy = 0, last = 0;
         for (int i = 0; i < s->num_actions[r];) {
             const dp_action *a = &s->actions[r][i];
@@ -46,11 +49,11 @@ void step_timing_collect(step_timing *t, dp_runtime *rt, int measure)
             }
             i += pair ? 2 : 1;
         }
-        if (measure) t->busy[r] += busy, t->idle[r] -= busy;
+        if (measure) t->busy[w] += busy, t->idle[w] -= busy;
         makespan = last > makespan ? last : makespan;
     }
     if (measure) {
-        for (int r = 0; r < s->num_ranks; r++) t->idle[r] += makespan;
+        for (int w = 0; w < t->ranks; w++) t->idle[w] += makespan;
         t->steps++;
     }
 }
@@ -75,10 +78,14 @@ void step_timing_report(const step_timing *t, const dp_schedule *s, FILE *out)
     int steps = t->steps ? t->steps : 1;
     fprintf(out, "per rank, mean per step over %d step%s:   measured               simulated from measured costs\n",
             steps, steps > 1 ? "s" : "");
+    if (t->ranks > s->num_ranks)
+        fprintf(out, "  (every world rank; world rank = replica x %d + pipeline rank, simulated as its pipeline rank)\n",
+                s->num_ranks);
     fprintf(out, "  rank    busy ms    idle ms  idle %%        busy ms    idle ms  idle %%\n");
-    for (int r = 0; r < t->ranks && r < s->num_ranks; r++) {
-        double b = t->busy[r] / steps, i = t->idle[r] / steps;
-        fprintf(out, "  %4d %10.2f %10.2f %6.1f%%", r, b, i, 100 * i / (b + i + 1e-12));
+    for (int w = 0; w < t->ranks; w++) {
+        int r = w % s->num_ranks;
+        double b = t->busy[w] / steps, i = t->idle[w] / steps;
+        fprintf(out, "  %4d %10.2f %10.2f %6.1f%%", w, b, i, 100 * i / (b + i + 1e-12));
         if (simulated)
             fprintf(out, "     %10.2f %10.2f %6.1f%%", sim.busy[r], sim.idle[r],
                     100 * sim.idle[r] / (sim.makespan + 1e-12));

@@ -13,10 +13,11 @@ typedef struct {
     double sum[5]; /* F, B, I, W, an overlapped F&B pair */
     long count[5];
     double *busy, *idle; /* [ranks], summed over the measured steps */
-    int ranks, steps;
+    int ranks, steps;    /* ranks: world ranks (data-parallel replicas x the schedule's ranks) */
 } step_timing;
 
-/* 0, or nonzero (and a message printed) when out of memory. */
+/* For `ranks` world ranks (the schedule's, times the replicas with data parallelism). 0, or
+ * nonzero (and a message printed) when out of memory. */
 int step_timing_init(step_timing *t, int ranks);
 void step_timing_free(step_timing *t);
 /* Reads the runtime's times of its last step; adds them to the means when `measure` (leave out
