@@ -92,7 +92,13 @@ typedef struct eplb_plan {
     int *logcnt;
 } eplb_plan;
 
-/* Plans every layer of weight[num_layers][num_experts] (loads: finite, >= 0). On success the
+/* The largest sum of one layer's loads: every function taking loads refuses more (and loads that
+ * are negative or not finite) with EPLB_ERR_INVALID naming the layer. The reference policy sums
+ * in float32, whose range ends at 3.4e38; only the loads' ratios matter, so scale down. */
+#define EPLB_MAX_LAYER_LOAD 1e38
+
+/* Plans every layer of weight[num_layers][num_experts] (loads: finite, >= 0, each layer's sum at
+ * most EPLB_MAX_LAYER_LOAD). On success the
  * plan owns its arrays (free with eplb_plan_free); on failure it is left empty.
  *
  * Exactness of EPLB_POLICY_DEEPSEEK: loads are rounded to float32 and every sum, quotient and

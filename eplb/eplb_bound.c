@@ -255,6 +255,7 @@ eplb_status eplb_lower_bound(const double *w, int num_experts, const eplb_config
                              double *bound)
 {
     EPLB_CHECK(eplb_config_check(cfg, num_experts));
+    EPLB_CHECK(eplb_loads_check(w, 1, num_experts, 0));
     eplb_shape s = eplb_shape_of(cfg, num_experts);
     int *work = malloc((size_t)4 * s.E * sizeof(int)); /* ids, counts, 2E for the tree */
     double *key = malloc((size_t)s.E * sizeof(double));

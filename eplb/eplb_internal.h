@@ -20,6 +20,10 @@ eplb_status eplb_fail(eplb_status s, const char *fmt, ...)
             return eplb_check_s_;          \
     } while (0)
 
+/* EPLB_ERR_INVALID, naming the layer (counted from first_layer) and expert, unless every load
+ * is finite and >= 0 and each layer's sum is at most EPLB_MAX_LAYER_LOAD. */
+eplb_status eplb_loads_check(const double *weight, int num_layers, int num_experts, int first_layer);
+
 /* Sizes of one layer's problem, derived from a checked config. */
 typedef struct {
     int E, R, P, N;   /* experts, replicas, GPUs, nodes */

@@ -202,6 +202,7 @@ eplb_status eplb_layer_evaluate(const double *w, const eplb_plan *plan, int laye
         return eplb_fail(EPLB_ERR_INVALID,
                          "the config (%d replicas on %d GPUs) does not match the plan (%d on %d)",
                          cfg->num_replicas, cfg->num_gpus, R, P);
+    EPLB_CHECK(eplb_loads_check(w, 1, E, layer));
     int *cnt = malloc((size_t)E * sizeof(int));
     double *load = malloc((size_t)(P > E ? P : E) * sizeof(double));
     if (!cnt || !load) {

@@ -132,17 +132,7 @@ eplb_status eplb_rebalance(const double *weight, int L, int E, const eplb_config
     if (!weight) return eplb_fail(EPLB_ERR_INVALID, "no loads given");
     if (L < 1) return eplb_fail(EPLB_ERR_INVALID, "layers (%d) must be at least 1", L);
     EPLB_CHECK(eplb_config_check(cfg, E));
-    for (int l = 0; l < L; l++)
-        for (int e = 0; e < E; e++) {
-            double v = weight[(size_t)l * E + e];
-            if (!isfinite(v))
-                return eplb_fail(EPLB_ERR_INVALID,
-                                 "layer %d expert %d: load is not a finite number", l, e);
-            if (v < 0)
-                return eplb_fail(EPLB_ERR_INVALID,
-                                 "layer %d expert %d: load %g is negative; loads count tokens",
-                                 l, e, v);
-        }
+    EPLB_CHECK(eplb_loads_check(weight, L, E, 0));
     eplb_shape s = eplb_shape_of(cfg, E);
     EPLB_CHECK(eplb_plan_alloc(plan, L, E, s.R, s.P));
     eplb_scratch *sc = eplb_scratch_new(&s);

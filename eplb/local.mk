@@ -7,6 +7,7 @@ eplb_libeplb_la_SOURCES = \
 	eplb/eplb.h \
 	eplb/eplb_internal.h \
 	eplb/eplb_status.c \
+	eplb/eplb_loads.c \
 	eplb/eplb_sort.c \
 	eplb/eplb_deepseek.c \
 	eplb/eplb_balanced.c \
@@ -57,3 +58,7 @@ check_PROGRAMS += tests/test_eplb_floor
 tests_test_eplb_floor_SOURCES = tests/test_eplb_floor.c
 tests_test_eplb_floor_LDADD = eplb/libeplb.la -lm
 TESTS += tests/test_eplb_floor
+check_PROGRAMS += tests/test_eplb_errors
+tests_test_eplb_errors_SOURCES = tests/test_eplb_errors.c
+tests_test_eplb_errors_LDADD = eplb/libeplb.la -lm
+TESTS += tests/test_eplb_errors

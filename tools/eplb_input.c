@@ -4,6 +4,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "tools/eplb_input.h"
 
+#include "eplb/eplb.h"
 #include "tools/cli.h"
 #include "tools/eplb_json.h"
 
@@ -90,6 +91,18 @@ static int check_load(const char *file, int line, int layer, int expert, double 
     return 0;
 }
 
+/* A layer's loads must add up to at most EPLB_MAX_LAYER_LOAD (finite loads of 1e308 each
+ * overflowed the balancer's sums into a balancedness of inf or NaN). */
+static int check_layer_sum(const char *file, int line, int layer, const double *w, int n)
+{
+    double total = 0;
+    for (int e = 0; e < n; e++) total += w[e];
+    if (total <= EPLB_MAX_LAYER_LOAD) return 0;
+    cli_error("%s:%d: layer %d: the loads add up to %g, more than %g: too large to balance; scale "
+              "them down (only their ratios matter)", file, line, layer, total, EPLB_MAX_LAYER_LOAD);
+    return 1;
+}
+
 static int grow(double **w, size_t *cap, size_t need)
 {
     if (need <= *cap) return 0;
@@ -141,6 +154,11 @@ static int read_text(const char *file, char *text, eplb_loads *out)
                           "separated by commas or spaces", file, line, start);
                 return 1;
             }
+            if (errno == ERANGE && fabs(v) > 1) {
+                cli_error("%s:%d: layer %d expert %d: load '%s' is too large for a double; "
+                          "loads must be finite", file, line, out->layers, count, start);
+                return 1;
+            }
             *p = saved;
             if (check_load(file, line, out->layers, count, v)) return 1;
             if (out->layers > 0 && count >= out->experts) {
@@ -172,6 +190,8 @@ static int read_text(const char *file, char *text, eplb_loads *out)
                       "has %d", file, line, count, out->first_line, out->experts);
             return 1;
         }
+        if (check_layer_sum(file, line, out->layers, out->w + (size_t)out->layers * count, count))
+            return 1;
         out->layers++;
     }
     if (out->layers == 0) {
@@ -240,6 +260,8 @@ static int read_json(const char *file, const char *text, eplb_loads *out)
             if (check_load(file, v->line, l, e, v->number)) goto done;
             out->w[(size_t)l * out->experts + e] = v->number;
         }
+        if (check_layer_sum(file, row->line, l, out->w + (size_t)l * out->experts, out->experts))
+            goto done;
         out->layers++;
     }
     rc = 0;

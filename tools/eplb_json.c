@@ -132,6 +132,35 @@ static int parse_container(reader *r, json_value *v, char close)
     }
 }
 
+static int digits(const char *p)
+{
+    int n = 0;
+    while (p[n] >= '0' && p[n] <= '9') n++;
+    return n;
+}
+
+/* The length of the JSON number (RFC 8259: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?)
+ * at p, or 0 when p does not start one. */
+static size_t json_number_length(const char *p)
+{
+    const char *q = p;
+    if (*q == '-') q++;
+    int n = digits(q);
+    if (n == 0 || (q[0] == '0' && n > 1)) return 0;
+    q += n;
+    if (*q == '.') {
+        if (!(n = digits(q + 1))) return 0;
+        q += 1 + n;
+    }
+    if (*q == 'e' || *q == 'E') {
+        const char *e = q + 1;
+        if (*e == '+' || *e == '-') e++;
+        if (!(n = digits(e))) return 0;
+        q = e + n;
+    }
+    return (size_t)(q - p);
+}
+
 static int parse_value(reader *r, json_value *v)
 {
     skip_space(r);
@@ -165,7 +194,11 @@ static int parse_value(reader *r, json_value *v)
         errno = 0;
         v->kind = JSON_NUMBER;
         v->number = strtod(r->p, &end);
-        if (end == r->p) return fail(r, "not a number");
+        /* strtod takes more than JSON does (-inf, -nan, 0x1p3): what it read must be exactly
+         * a JSON number */
+        if (end == r->p || end != r->p + json_number_length(r->p))
+            return fail(r, "not a number: JSON numbers look like 12, 0.5 or 1e3 (no inf, nan, hex "
+                           "or leading zeros)");
         if (errno == ERANGE && (v->number > 1 || v->number < -1))
             return fail(r, "a number is too large for a double");
         r->p = end;
