@@ -5,11 +5,24 @@ engine_libdualpipe_la_SOURCES += \
 	engine/device.h \
 	engine/link.h \
 	engine/link_common.h engine/link_common.c \
+	engine/bootstrap_meeting.h engine/bootstrap_meeting.c \
 	engine/bootstrap_threads.c \
+	engine/bootstrap_tcp.h engine/bootstrap_tcp.c \
+	engine/launch_env.h engine/launch_env.c \
 	engine/driver.h \
 	engine/device_stubs.c \
 	engine/registry.c
-dualpipe_include_HEADERS += engine/device.h engine/link.h engine/link_common.h engine/driver.h
+dualpipe_include_HEADERS += engine/device.h engine/link.h engine/link_common.h engine/driver.h \
+	engine/bootstrap_tcp.h engine/launch_env.h
+noinst_HEADERS += engine/bootstrap_meeting.h
+
+# where a process stands in a job (the launcher's environment), and the TCP rendezvous
+check_PROGRAMS += tests/test_launch_env tests/test_bootstrap_tcp
+TESTS += tests/test_launch_env tests/test_bootstrap_tcp
+tests_test_launch_env_SOURCES = tests/test_launch_env.c
+tests_test_launch_env_LDADD = engine/libdualpipe.la
+tests_test_bootstrap_tcp_SOURCES = tests/test_bootstrap_tcp.c
+tests_test_bootstrap_tcp_LDADD = engine/libdualpipe.la
 
 # A module with the wrong ABI, for the registry's refusal test (never installed).
 check_LTLIBRARIES += tests/dualpipe_badabi.la

@@ -2,7 +2,9 @@
  * build has: the cpu link always; the mpi link where the build has MPI (every rank a thread of
  * this one process, MPI started as a singleton); the cuda link's transports when a CUDA device is present
  * (copy between ranks on one GPU, NCCL across GPUs, both in one group when placement is mixed).
- * One thread per rank; buffers live on each rank's device and are moved through its table. */
+ * One thread per rank; buffers live on each rank's device and are moved through its table. A
+ * world's bootstrap is the in-process one, or one the test gives: threads, or the TCP
+ * rendezvous with the ranks split between two of its endpoints (two "processes" in this one). */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
 #include <stdio.h>
@@ -11,7 +13,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include "drivers/mpi/dp_mpi.h"
+#include "engine/bootstrap_tcp.h"
 #include "engine/driver.h"
 #include "tests/tap.h"
 
@@ -30,6 +37,7 @@ typedef struct {
     const char *env_name, *env_value; /* set while the target runs */
     const char *log_expect[2];        /* every rank's transport log line has these */
     int own_bootstrap;                /* the world config names a bootstrap (as a launcher would) */
+    int tcp_bootstrap;                /* that bootstrap is the TCP rendezvous, two endpoints */
 } target;
 
 static const target *T;
@@ -366,12 +374,111 @@ out:
     return NULL;
 }
 
+/* ----------------------------------------------------------------------------
+ * the TCP bootstrap as a launcher would give it, its ranks split between two endpoints as if
+ * two processes hosted them (even ranks in one, odd in the other), so that what one rank tells
+ * it crosses a socket to reach the other half */
+
+typedef struct {
+    void *end[2];
+    dp_bootstrap_tcp_config cfg[2];
+    int process_of[MAX_RANKS];
+    dp_status st[2];
+} tcp_pair;
+
+typedef struct {
+    tcp_pair *t;
+    int i;
+} tcp_pair_half;
+
+static void *tcp_half_create(void *arg)
+{
+    tcp_pair_half *h = arg;
+    h->t->st[h->i] = dp_bootstrap_tcp_create(&h->t->cfg[h->i], &h->t->end[h->i]);
+    if (h->t->st[h->i] != DP_OK) tap_diag("tcp bootstrap, process %d: %s", h->i, dp_last_error());
+    return NULL;
+}
+
+static dp_status pair_allgather(void *ctx, int rank, const void *mine, void *all, size_t bytes)
+{
+    tcp_pair *t = ctx;
+    return dp_bootstrap_tcp.allgather(t->end[t->process_of[rank]], rank, mine, all, bytes);
+}
+static dp_status pair_broadcast(void *ctx, int rank, void *buf, size_t bytes, int root)
+{
+    tcp_pair *t = ctx;
+    return dp_bootstrap_tcp.broadcast(t->end[t->process_of[rank]], rank, buf, bytes, root);
+}
+static dp_status pair_barrier(void *ctx, int rank)
+{
+    tcp_pair *t = ctx;
+    return dp_bootstrap_tcp.barrier(t->end[t->process_of[rank]], rank);
+}
+static dp_status pair_abort(void *ctx, int rank, dp_status reason, const char *message)
+{
+    tcp_pair *t = ctx;
+    return dp_bootstrap_tcp.abort(t->end[t->process_of[rank]], rank, reason, message);
+}
+static const dp_bootstrap_ops tcp_pair_ops = {.abi_version = DP_BOOTSTRAP_ABI_VERSION,
+                                              .struct_size = sizeof(dp_bootstrap_ops), .name = "tcp (two endpoints)",
+                                              .allgather = pair_allgather, .broadcast = pair_broadcast,
+                                              .barrier = pair_barrier, .abort = pair_abort};
+
+static tcp_pair *tcp_pair_open(int size)
+{
+    tcp_pair *t = calloc(1, sizeof *t);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+        tap_diag("no free port");
+        if (fd >= 0) close(fd);
+        free(t);
+        return NULL;
+    }
+    close(fd);
+    static char port[16];
+    snprintf(port, sizeof port, "%d", ntohs(a.sin_port));
+    for (int r = 0; r < size; r++) t->process_of[r] = r % 2;
+    pthread_t th[2];
+    tcp_pair_half half[2];
+    for (int i = 0; i < 2; i++) {
+        t->cfg[i] = (dp_bootstrap_tcp_config){.addr = "127.0.0.1", .port = port, .world_size = size, .processes = 2,
+                                              .process = i, .process_of = t->process_of, .timeout_ms = 20000};
+        half[i] = (tcp_pair_half){t, i};
+        pthread_create(&th[i], NULL, tcp_half_create, &half[i]);
+    }
+    for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+    if (t->st[0] != DP_OK || t->st[1] != DP_OK) {
+        for (int i = 0; i < 2; i++) dp_bootstrap_tcp_destroy(t->end[i]);
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+static void tcp_pair_close(tcp_pair *t)
+{
+    if (!t) return;
+    for (int i = 0; i < 2; i++) dp_bootstrap_tcp_destroy(t->end[i]);
+    free(t);
+}
+
+/* After a world whose rank 0 aborted: what the other endpoint's bootstrap says (it must have
+ * heard the abort through its socket). */
+static dp_status tcp_heard;
+static char tcp_heard_msg[1024];
+
 /* Runs `size` ranks of the target (its first ranks' placement) through `kind`. */
 static int run_world(int size, run_kind kind, rank_ctx *ctx)
 {
     dp_link_world_config wc = {.world_size = size, .first_rank = 0, .local_ranks = size, .timeout_ms = 20000};
     void *boot = NULL;
-    if (T->own_bootstrap) {
+    tcp_pair *pair = NULL;
+    if (T->tcp_bootstrap) {
+        if (!(pair = tcp_pair_open(size))) return 0;
+        wc.struct_size = sizeof wc, wc.bootstrap = &tcp_pair_ops, wc.bootstrap_ctx = pair;
+    } else if (T->own_bootstrap) {
         if (dp_bootstrap_threads_create(size, 20000, &boot) != DP_OK) return 0;
         wc.struct_size = sizeof wc, wc.bootstrap = &dp_bootstrap_threads, wc.bootstrap_ctx = boot;
     }
@@ -379,6 +486,7 @@ static int run_world(int size, run_kind kind, rank_ctx *ctx)
     if (L->world_create(&wc, &w) != DP_OK) {
         tap_diag("%s: world_create: %s", T->name, dp_last_error());
         dp_bootstrap_threads_destroy(boot);
+        tcp_pair_close(pair);
         return 0;
     }
     pthread_t th[MAX_RANKS];
@@ -390,6 +498,11 @@ static int run_world(int size, run_kind kind, rank_ctx *ctx)
     for (int r = 0; r < size; r++) pthread_join(th[r], NULL);
     L->world_destroy(w);
     dp_bootstrap_threads_destroy(boot);
+    if (pair && kind == RUN_ABORT) { /* rank 1 lives behind the other endpoint */
+        tcp_heard = tcp_pair_ops.barrier(pair, 1);
+        snprintf(tcp_heard_msg, sizeof tcp_heard_msg, "%s", dp_last_error());
+    }
+    tcp_pair_close(pair);
     for (int r = 0; r < size; r++)
         if (ctx[r].fail[0]) tap_diag("%s, rank %d: %s", T->name, r, ctx[r].fail);
     return 1;
@@ -473,6 +586,11 @@ static void check_target(const target *t)
            t->name, na, slowest);
     tap_diag("%s", ctx[1].msg);
     tap_ok(later, "%s: and every later wait fails too", t->name);
+    if (t->tcp_bootstrap) {
+        tap_ok(tcp_heard == DP_ERR_COMM && strstr(tcp_heard_msg, "rank 0 ended the job: its device failed"),
+               "%s: the link told the bootstrap, and its other endpoint heard it through the socket", t->name);
+        tap_diag("%s", tcp_heard_msg);
+    }
 
     run_world(2, RUN_LATE, ctx);
     tap_ok(ctx[0].st == DP_OK && ctx[1].st == DP_OK && ctx[0].waited_ms < 10000,
@@ -530,6 +648,10 @@ int main(void)
     t.size = 3, t.own_bootstrap = 1;
     snprintf(t.name, sizeof t.name, "cpu (3 ranks, a bootstrap given)");
     check_target(&t);
+    t.tcp_bootstrap = 1;
+    snprintf(t.name, sizeof t.name, "cpu (3 ranks, the tcp bootstrap given)");
+    check_target(&t);
+    t.tcp_bootstrap = 0;
 
     /* the cpu link is in-process only */
     dp_link_world *w = NULL;
@@ -573,6 +695,10 @@ int main(void)
     c.size = 3, c.own_bootstrap = 1;
     snprintf(c.name, sizeof c.name, "cuda copy (3 ranks on GPU 0, a bootstrap given)");
     check_target(&c);
+    c.tcp_bootstrap = 1; /* the world's allgather of where each rank runs crosses the socket */
+    snprintf(c.name, sizeof c.name, "cuda copy (3 ranks on GPU 0, the tcp bootstrap given)");
+    check_target(&c);
+    c.tcp_bootstrap = 0;
     c.size = 1, c.own_bootstrap = 0;
     snprintf(c.name, sizeof c.name, "cuda copy (1 rank)");
     check_target(&c);
