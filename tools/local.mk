@@ -28,6 +28,7 @@ dualpipe_command_sources = \
 	tools/verify_tolerance.c \
 	tools/verify_tolerance.h \
 	tools/cmd_bench_cuda.c \
+	tools/cmd_bench_link.c \
 	tools/step_timing.c \
 	tools/step_timing.h \
 	tools/gemm_floor.c \
@@ -76,3 +77,6 @@ EXTRA_DIST += tests/test_train_data.sh tools/torch_compare.py
 # dualpipe's arithmetic against the same maths written out in float64 (tools/torch_compare.py)
 TESTS += tests/test_torch_compare.sh
 EXTRA_DIST += tests/test_torch_compare.sh
+# bench-link over the cpu link and the mpi link, checked element by element
+TESTS += tests/test_bench_link.sh
+EXTRA_DIST += tests/test_bench_link.sh
