@@ -2,7 +2,8 @@
 # test_train_dataparallel.sh: `dualpipe train --dp N` end to end: --verify finds every
 # schedule bit-equal to the single-rank reference fed the same global batch, with 2 replicas
 # and with 3 (dualpipe, dualpipev), every replica compared; the layout is printed and the
-# step-timing report lists every world rank; bad replica counts fail plainly (exit 2).
+# step-timing report lists every world rank; bad replica counts fail plainly (exit 2);
+# verify takes --dp too.
 dp="${top_builddir:-.}/tools/dualpipe"
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
@@ -46,6 +47,11 @@ done
 [ $? -eq 2 ] && grep -q '2048 ranks; one process runs at most 1024' "$tmp/err"
 ok $? "dp 512 x pp 4 is refused ($(head -n 1 "$tmp/err"))"
 "$dp" train --help | grep -q -- '--dp N'; ok $? "--help lists --dp"
+"$dp" verify --driver cpu --dp 2 --pp 2 --chunks 4 --hidden 16 --tokens 8 --steps 2 > "$tmp/out" 2> "$tmp/err"
+[ $? -eq 0 ] && grep -q '^PASS' "$tmp/out" && grep -q 'pp 2, dp 2, chunks 4' "$tmp/out" && grep -q ': 16 loss values' "$tmp/out"
+ok $? "verify --dp 2 compares all 16 losses of the global batch and passes"
+"$dp" verify --driver cpu --dp 0 > "$tmp/out" 2> "$tmp/err"
+[ $? -eq 2 ] && grep -q -- '--dp' "$tmp/err"; ok $? "verify --dp 0 is refused"
 
 echo "1..$n"
 exit $failed

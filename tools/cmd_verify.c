@@ -22,9 +22,12 @@
 /* ----------------------------------------------------------------------------
  * the two runs */
 
+/* micro-batches of a step's global batch, every data-parallel replica's */
+static int global_chunks(const dp_runtime_config *c) { return c->chunks * (c->dp > 1 ? c->dp : 1); }
+
 static float *step_inputs(const dp_runtime_config *c, uint64_t seed, int step, uint64_t stream)
 {
-    size_t n = (size_t)c->chunks * c->model.tokens * c->model.hidden;
+    size_t n = (size_t)global_chunks(c) * c->model.tokens * c->model.hidden;
     float *v = malloc(sizeof(float) * (n ? n : 1));
     if (!v) return NULL;
     for (size_t i = 0; i < n; i++) v[i] = dp_counter_uniform(seed, 1000003ull * (uint64_t)step + stream, i);
@@ -34,7 +37,7 @@ static float *step_inputs(const dp_runtime_config *c, uint64_t seed, int step, u
 static void *step_targets(const dp_runtime_config *c, uint64_t seed, int step)
 {
     if (c->model.loss == DP_LOSS_MSE) return step_inputs(c, seed, step, 7);
-    size_t rows = (size_t)c->chunks * c->model.tokens;
+    size_t rows = (size_t)global_chunks(c) * c->model.tokens;
     int32_t *l = malloc(sizeof(int32_t) * (rows ? rows : 1));
     if (!l) return NULL;
     for (size_t i = 0; i < rows; i++)
@@ -57,13 +60,15 @@ static const char *const blocks[] = {"mlp", "residual"}, *const losses[] = {"mse
 static const char *const optimizers[] = {"none", "sgd", "adamw"};
 
 enum { O_HIDDEN = CLI_LONG_ONLY, O_FFN, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_DTYPE, O_OPT, O_LR, O_SEED, O_SPREAD,
-       O_SERIAL_PAIRS, O_ATOL, O_RTOL, O_TIMEOUT, O_PARAM_ATOL };
+       O_SERIAL_PAIRS, O_ATOL, O_RTOL, O_TIMEOUT, O_PARAM_ATOL, O_DP };
 
 static const cli_option options[] = {
     {'d', 'd', "driver", "NAME", .help = "driver under test (default cuda)"},
     {'s', 's', "schedule", "NAME", .help_fn = usage_schedule_names},
     {'p', 'p', "pp", "N", .help = "pipeline ranks (default 4)"},
-    {'c', 'c', "chunks", "M", .help = "micro-batches per step (default 8)"},
+    {O_DP, 0, "dp", "N", .help = "data-parallel replicas of the pipeline on both sides (default 1),\n"
+                                 "as for train; replica 0's tensors are compared"},
+    {'c', 'c', "chunks", "M", .help = "micro-batches per step (and replica) (default 8)"},
     {O_HIDDEN, 0, "hidden", "H", .help = "model width (default 256)"},
     {O_FFN, 0, "ffn", "F", .help = "inner width of a block (default 4 x hidden)"},
     {O_TOKENS, 0, "tokens", "T", .help = "rows per micro-batch (default 64)"},
@@ -139,6 +144,7 @@ static int parse_options(int argc, char **argv, verify_options *o)
         case 's': c->schedule = val; break;
         case 'p': bad = cli_parse_int(a, val, 1, 1024, &c->ranks); break;
         case 'c': bad = cli_parse_int(a, val, 1, 1 << 20, &c->chunks); break;
+        case O_DP: bad = cli_parse_int(a, val, 1, DP_RUNTIME_MAX_RANKS, &c->dp); break;
         case O_HIDDEN: bad = cli_parse_int(a, val, 1, 1 << 20, &c->model.hidden); break;
         case O_FFN: bad = cli_parse_int(a, val, 0, 1 << 22, &c->model.ffn); break;
         case O_TOKENS: bad = cli_parse_int(a, val, 1, 1 << 24, &c->model.tokens); break;
@@ -212,9 +218,11 @@ static void print_header(const verify_options *o, const verify_session *vs)
     const dp_model_config *m = dp_runtime_model(vs->cpu);
     const dp_optimizer_config *opt = &vs->opt;
     int bf16 = m->dtype == DP_DTYPE_BF16;
-    printf("dualpipe verify: driver %s against cpu; schedule %s, pp %d, chunks %d, hidden %d, ffn %d, tokens %d, "
+    char dp[32] = "";
+    if (o->c.dp > 1) snprintf(dp, sizeof dp, ", dp %d", o->c.dp);
+    printf("dualpipe verify: driver %s against cpu; schedule %s, pp %d%s, chunks %d, hidden %d, ffn %d, tokens %d, "
            "%d %s block(s) per stage, loss %s, optimizer %s (lr %g), %s, %d step(s), seed %llu\n",
-           o->driver, o->c.schedule, o->c.ranks, o->c.chunks, m->hidden, m->ffn, m->tokens, m->layers_per_stage,
+           o->driver, o->c.schedule, o->c.ranks, dp, o->c.chunks, m->hidden, m->ffn, m->tokens, m->layers_per_stage,
            blocks[m->block], losses[m->loss], optimizers[opt->kind], (double)opt->lr, dp_dtype_name(m->dtype),
            o->steps, (unsigned long long)m->seed);
     printf("tolerance: losses and gradients |%s - cpu| <= atol x rms of the tensor + rtol x |cpu|:\n", o->driver);
@@ -239,7 +247,8 @@ static void print_header(const verify_options *o, const verify_session *vs)
 static int run_steps(const verify_options *o, verify_session *vs)
 {
     const dp_runtime_config *c = &o->c;
-    float *dl = malloc(sizeof(float) * (size_t)c->chunks), *cl = malloc(sizeof(float) * (size_t)c->chunks);
+    int chunks = global_chunks(c);
+    float *dl = malloc(sizeof(float) * (size_t)chunks), *cl = malloc(sizeof(float) * (size_t)chunks);
     int rc = 0;
     for (int step = 1; step <= o->steps && !rc; step++) {
         float *in = step_inputs(c, c->model.seed, step, 3);
@@ -254,7 +263,7 @@ static int run_steps(const verify_options *o, verify_session *vs)
             cli_error("step %d on cpu: %s", step, dp_last_error());
             rc = 1;
         } else {
-            verify_losses(vs, dl, cl, c->chunks);
+            verify_losses(vs, dl, cl, chunks);
             if (verify_tensors_and_sync(vs, step) != DP_OK) {
                 cli_error("comparing step %d: %s", step, dp_last_error());
                 rc = 1;
@@ -275,7 +284,8 @@ int cmd_verify(int argc, char **argv)
     if (start_runs(&o, &drv, &cpu)) return CLI_EXIT_FAIL;
     verify_session vs;
     rc = CLI_EXIT_FAIL;
-    if (verify_session_init(&vs, drv, cpu, &o.c.optimizer, o.c.chunks, o.atol, o.rtol) != DP_OK)
+    /* the gradients sum every replica's micro-batches: the sums' lengths are the global batch's */
+    if (verify_session_init(&vs, drv, cpu, &o.c.optimizer, global_chunks(&o.c), o.atol, o.rtol) != DP_OK)
         cli_error("%s", dp_last_error());
     else {
         print_header(&o, &vs);
