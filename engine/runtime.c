@@ -300,7 +300,7 @@ dp_status dp_runtime_create(const dp_runtime_config *cfg_in, dp_runtime **out)
         if (!dp_mpi_built())
             return dp_fail(DP_ERR_UNSUPPORTED, "the mpi link was asked for, but this build has no MPI: install an MPI "
                                                "(Debian: libopenmpi-dev openmpi-bin) and run ./configure again");
-        if (strcmp(drv->name, "cpu") != 0)
+        if (strcmp(drv->link->name, "cpu") != 0) /* drivers of host memory share the cpu link */
             return dp_fail(DP_ERR_UNSUPPORTED, "the mpi link carries host memory, so it runs with the cpu driver "
                                                "only; the %s driver crosses processes with its own link", drv->name);
         link = &dp_mpi_link_ops;

@@ -1,11 +1,18 @@
 /* driver_fault.c: the cpu driver with one fault that `dualpipe verify --driver fault` must
  * catch, chosen by $DUALPIPE_FAULT (test_verify_faults.sh): a wrong gradient element, a wrong
  * parameter element where the gradient is smallest (where AdamW's direction is least defined),
- * or an optimizer whose every result is one ulp high. Unset: the cpu driver unchanged. */
+ * or an optimizer whose every result is one ulp high; or a rank that, in the middle of a step,
+ * ends its process, hangs or fails, which the job must survive by ending cleanly and in bounded
+ * time (test_mpi_faults.sh). Unset: the cpu driver unchanged. */
+#define _POSIX_C_SOURCE 200809L
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "engine/driver.h"
 
@@ -16,9 +23,70 @@ static dp_link_ops link_ops;
 /* grad:F   the largest gradient element of one tensor times (1 + F), before the optimizer reads it
  * param:F  after one optimizer step, the parameter whose gradient is smallest moved by F x lr
  * ulp      every parameter the optimizer writes, one ulp toward +infinity */
-enum { NONE, GRAD, PARAM, ULP };
+/* exit:R:S  rank R's process exits (status 3) at its first GEMM of step S
+ * hang:R:S  rank R stops there for good (a stuck kernel)
+ * fail:R:S  rank R's GEMM there returns an error */
+enum { NONE, GRAD, PARAM, ULP, EXIT, HANG, FAIL };
 static int fault;
 static double size;
+static int fault_rank = -1, fault_step;
+static atomic_int steps_done; /* the optimizer's last step in this process */
+
+/* the rank of each device opened here (process faults) */
+#define MAX_DEVICES 64
+static struct {
+    dp_device *dev;
+    int rank;
+} opened[MAX_DEVICES];
+static pthread_mutex_t opened_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int rank_of(dp_device *dev)
+{
+    int r = -1;
+    pthread_mutex_lock(&opened_lock);
+    for (int i = 0; i < MAX_DEVICES; i++)
+        if (opened[i].dev == dev) r = opened[i].rank;
+    pthread_mutex_unlock(&opened_lock);
+    return r;
+}
+
+static dp_status open_device(const dp_device_config *cfg, dp_device **out)
+{
+    DP_CHECK(dp_cpu_driver.runtime->open(cfg, out));
+    pthread_mutex_lock(&opened_lock);
+    for (int i = 0; i < MAX_DEVICES; i++)
+        if (!opened[i].dev) {
+            opened[i].dev = *out, opened[i].rank = cfg->rank;
+            break;
+        }
+    pthread_mutex_unlock(&opened_lock);
+    return DP_OK;
+}
+
+static dp_status close_device(dp_device *dev)
+{
+    pthread_mutex_lock(&opened_lock);
+    for (int i = 0; i < MAX_DEVICES; i++)
+        if (opened[i].dev == dev) opened[i].dev = NULL;
+    pthread_mutex_unlock(&opened_lock);
+    return dp_cpu_driver.runtime->close(dev);
+}
+
+static dp_status gemm(dp_device *dev, dp_stream *s, const dp_gemm_args *g)
+{
+    if (fault >= EXIT && rank_of(dev) == fault_rank && atomic_load(&steps_done) + 1 == fault_step) {
+        if (fault == EXIT) {
+            fprintf(stderr, "driver fault: rank %d exits in step %d\n", fault_rank, fault_step);
+            _exit(3);
+        }
+        if (fault == HANG) {
+            fprintf(stderr, "driver fault: rank %d hangs in step %d\n", fault_rank, fault_step);
+            for (;;) pause();
+        }
+        return dp_fail(DP_ERR_DEVICE, "driver fault: rank %d's GEMM fails in step %d", fault_rank, fault_step);
+    }
+    return dp_cpu_driver.kernels->gemm(dev, s, g);
+}
 static atomic_int claimed; /* the one-element faults hit the first optimizer call of the run only */
 
 static size_t arg_extreme(const float *g, size_t n, int largest)
@@ -48,6 +116,9 @@ static dp_status adamw(dp_device *dev, dp_stream *s, size_t n, float *param, con
                        const dp_adamw_args *a)
 {
     int first = !atomic_exchange(&claimed, 1);
+    int done = atomic_load(&steps_done);
+    while (a->step > done && !atomic_compare_exchange_weak(&steps_done, &done, a->step)) {
+    }
     before(first, n, grad);
     DP_CHECK(dp_cpu_driver.kernels->adamw_update(dev, s, n, param, grad, m, v, a));
     after(first, n, param, grad, a->lr);
@@ -69,7 +140,10 @@ __attribute__((constructor)) static void fill_tables(void)
 {
     runtime = *dp_cpu_driver.runtime;
     runtime.name = "fault";
+    runtime.open = open_device;
+    runtime.close = close_device;
     kernels = *dp_cpu_driver.kernels;
+    kernels.gemm = gemm;
     kernels.adamw_update = adamw;
     kernels.sgd_update = sgd;
     link_ops = *dp_cpu_driver.link;
@@ -79,7 +153,10 @@ __attribute__((constructor)) static void fill_tables(void)
     if (!strncmp(f, "grad", 4)) fault = GRAD, size = 0.1;
     else if (!strncmp(f, "param", 5)) fault = PARAM, size = 0.5;
     else if (!strcmp(f, "ulp")) fault = ULP;
-    if (colon) size = atof(colon + 1);
+    else if (sscanf(f, "exit:%d:%d", &fault_rank, &fault_step) == 2) fault = EXIT;
+    else if (sscanf(f, "hang:%d:%d", &fault_rank, &fault_step) == 2) fault = HANG;
+    else if (sscanf(f, "fail:%d:%d", &fault_rank, &fault_step) == 2) fault = FAIL;
+    if (colon && fault < EXIT) size = atof(colon + 1);
 }
 
 const dp_driver_export dualpipe_driver = {

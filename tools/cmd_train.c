@@ -17,6 +17,7 @@
 #include "tools/cli_options.h"
 #include "tools/commands.h"
 #include "tools/compare.h"
+#include "tools/launch.h"
 #include "tools/step_timing.h"
 #include "tools/train_data.h"
 #include "tools/train_teacher.h"
@@ -106,6 +107,7 @@ static const cli_spec spec = {
 typedef struct {
     dp_runtime_config c;
     int steps, verify, quiet, sgd;
+    int follower; /* a process of the job not hosting rank 0: it takes part, quietly */
     const char *trace_path;
     const char *init_path, *data_path, *save_path; /* --init, --data, --save-params */
 } train_options;
@@ -246,7 +248,7 @@ static int build_runtime(const train_options *o, train_state *t)
     }
     t->m = dp_runtime_model(t->rt);
     t->s = dp_runtime_schedule(t->rt);
-    if (o->verify && dp_reference_create(c, &t->ref) != DP_OK) {
+    if (o->verify && !o->follower && dp_reference_create(c, &t->ref) != DP_OK) {
         cli_error("cannot start the reference: %s", dp_last_error());
         return CLI_EXIT_FAIL;
     }
@@ -396,6 +398,7 @@ static void print_summary(const train_options *o, const train_state *t, train_re
 static int report_verify(const train_options *o, train_state *t, differences *df)
 {
     if (compare_params(t->rt, t->ref, df)) return CLI_EXIT_FAIL;
+    if (o->follower) return CLI_EXIT_OK; /* the process hosting rank 0 compares and reports */
     int exact = df->loss == 0 && df->grad == 0 && df->param == 0;
     printf("verify against the single-rank reference (%d steps): largest |difference| of losses %.3g, gradients "
            "%.3g (relative %.3g), parameters %.3g (relative %.3g): %s\n",
@@ -423,24 +426,63 @@ static int write_trace(const train_options *o, const train_state *t, train_trace
 /* ----------------------------------------------------------------------------
  * the command */
 
+/* A process not hosting rank 0 takes part in the reads of train_params_save, in its order. */
+static int follow_params_save(dp_runtime *rt)
+{
+    const dp_schedule *s = dp_runtime_schedule(rt);
+    for (int st = 0; st < s->num_stages; st++)
+        for (int i = 0; i < dp_runtime_num_params(rt, st); i++) {
+            size_t n = 0;
+            float *buf = NULL;
+            dp_status e = dp_runtime_read_tensor(rt, st, 0, i, DP_TENSOR_VALUE, NULL, &n, NULL);
+            if (e == DP_OK && !(buf = malloc(sizeof(float) * (n ? n : 1)))) e = DP_ERR_NOMEM;
+            if (e == DP_OK) e = dp_runtime_read_tensor(rt, st, 0, i, DP_TENSOR_VALUE, buf, &n, NULL);
+            free(buf);
+            if (e != DP_OK) {
+                cli_error("--save-params: %s", e == DP_ERR_NOMEM ? "out of memory" : dp_last_error());
+                return CLI_EXIT_FAIL;
+            }
+        }
+    return CLI_EXIT_OK;
+}
+
+static int run_train(train_options *o);
+
 int cmd_train(int argc, char **argv)
 {
     train_options o;
     int rc = parse_options(argc, argv, &o);
     if (rc != TRAIN_GO_ON) return rc;
+    launch job;
+    if ((rc = launch_begin(&job)) != 0) return rc;
+    rc = launch_place(&job, &o.c, o.c.ranks);
+    if (rc == 0) {
+        o.follower = !launch_is_root(&job);
+        if (o.follower) o.quiet = 1, o.trace_path = NULL;
+        rc = run_train(&o);
+    }
+    launch_end(&job, rc);
+    return rc;
+}
+
+static int run_train(train_options *o_in)
+{
+    train_options o = *o_in;
+    int rc;
     train_trace trace = {0};
     if (o.trace_path && train_trace_open(&trace, o.trace_path)) return CLI_EXIT_USAGE;
     train_state t = {0};
     train_results res = {0};
     rc = build_runtime(&o, &t);
     if (rc == TRAIN_GO_ON) {
-        print_header(&o, &t);
+        if (!o.follower) print_header(&o, &t);
         rc = CLI_EXIT_FAIL;
         if (train_loop(&o, &t, o.trace_path ? &trace : NULL, &res) == 0) {
-            if (o.steps > 0) print_summary(&o, &t, &res);
+            if (o.steps > 0 && !o.follower) print_summary(&o, &t, &res);
             if (!o.trace_path || write_trace(&o, &t, &trace) == 0)
-                rc = t.ref ? report_verify(&o, &t, &res.df) : CLI_EXIT_OK;
-            if (rc == CLI_EXIT_OK && o.save_path) {
+                rc = o.verify ? report_verify(&o, &t, &res.df) : CLI_EXIT_OK;
+            if (rc == CLI_EXIT_OK && o.save_path && o.follower) rc = follow_params_save(t.rt);
+            else if (rc == CLI_EXIT_OK && o.save_path) {
                 rc = train_params_save(t.rt, o.save_path);
                 if (rc == CLI_EXIT_OK && !o.quiet) printf("parameters written to %s\n", o.save_path);
             }

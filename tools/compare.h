@@ -30,7 +30,8 @@ void compare_merge(compare_stats *a, const compare_stats *b);
 /* Every parameter (grad 0) or gradient (grad 1) of every copy of every stage of every
  * data-parallel replica of rt against the
  * single-rank reference, folded into s with atol + rtol |reference|. Returns DP_OK, or the
- * error of a read (the message says which tensor). */
+ * error of a read (the message says which tensor). ref NULL: only takes part in the reads (a
+ * process of a job that does not host rank 0, where nothing arrives). */
 dp_status compare_with_reference(dp_runtime *rt, dp_reference *ref, int grad, double atol, double rtol,
                                  compare_stats *s);
 

@@ -21,6 +21,8 @@ dualpipe_command_sources = \
 	tools/train_trace.h \
 	tools/train_data.c \
 	tools/train_data.h \
+	tools/launch.c \
+	tools/launch.h \
 	tools/cmd_bench.c \
 	tools/cmd_verify.c \
 	tools/verify_check.c \

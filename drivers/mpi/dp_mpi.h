@@ -20,9 +20,9 @@ int dp_mpi_built(void);
  * *local_rank its rank among the processes of its host. Fails when MPI cannot give
  * MPI_THREAD_MULTIPLE. */
 dp_status dp_mpi_start(int *argc, char ***argv, int *process, int *processes, int *local_rank);
-/* Ends MPI. failed != 0: ends every process of the job (MPI_Abort) instead of waiting for
- * the others in MPI_Finalize, so that one failed process ends the job. */
-void dp_mpi_finish(int failed);
+/* Ends MPI. exit_code != 0: ends every process of the job with it (MPI_Abort) instead of
+ * waiting for the others in MPI_Finalize, so that one failed process ends the job. */
+void dp_mpi_finish(int exit_code);
 /* Whether MPI is running (started and not finished). */
 int dp_mpi_running(void);
 

@@ -12,3 +12,7 @@ else
 engine_libdualpipe_la_SOURCES += drivers/mpi/dp_mpi.h drivers/mpi/mpi_absent.c
 endif
 EXTRA_DIST += drivers/mpi/mpi_start.c drivers/mpi/mpi_link.c drivers/mpi/mpi_bootstrap.c drivers/mpi/mpi_absent.c
+
+# `dualpipe train` under mpirun: schedules bit-equal, processes refused, faults ending the job
+TESTS += tests/test_mpi_train.sh
+EXTRA_DIST += tests/test_mpi_train.sh

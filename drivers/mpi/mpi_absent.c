@@ -19,7 +19,7 @@ dp_status dp_mpi_start(int *argc, char ***argv, int *process, int *processes, in
     return NO_MPI;
 }
 
-void dp_mpi_finish(int failed) { (void)failed; }
+void dp_mpi_finish(int exit_code) { (void)exit_code; }
 
 static dp_status no_world(const dp_link_world_config *cfg, dp_link_world **out)
 {

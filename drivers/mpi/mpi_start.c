@@ -44,9 +44,9 @@ dp_status dp_mpi_start(int *argc, char ***argv, int *process, int *processes, in
     return DP_OK;
 }
 
-void dp_mpi_finish(int failed)
+void dp_mpi_finish(int exit_code)
 {
     if (!dp_mpi_running()) return;
-    if (failed) MPI_Abort(MPI_COMM_WORLD, 1);
+    if (exit_code) MPI_Abort(MPI_COMM_WORLD, exit_code);
     MPI_Finalize();
 }

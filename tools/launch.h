@@ -1,0 +1,33 @@
+/* launch.h: where a tool's process sits in a job: alone (every rank a thread of it), or one
+ * of several processes started by an MPI launcher (mpirun, srun), which it then starts MPI for
+ * and shares the job's ranks with: the process hosting rank 0 prints and writes, the others
+ * stay quiet and take part. */
+#ifndef DP_TOOLS_LAUNCH_H
+#define DP_TOOLS_LAUNCH_H
+
+#include "engine/runtime.h"
+
+typedef struct {
+    int process, processes, local_rank;
+    const char *how;  /* "one process", "MPI" */
+    int mpi;          /* MPI was started here */
+    void *bootstrap;  /* the MPI bootstrap's context, once placed */
+    char prefix[96];  /* cli_program with the process in it */
+} launch;
+
+/* Finds how this process was started and, under an MPI launcher, starts MPI. 0, or the
+ * exit code having said why not. */
+int launch_begin(launch *l);
+/* Sets c's timeout from DUALPIPE_TIMEOUT_S (seconds) unless an option set it. Shares
+ * world_size ranks among the processes (each hosting world_size / processes, process
+ * p from p x that): fills c's first_rank, local_ranks, link and bootstrap, and says on stderr
+ * where this process sits (DUALPIPE_DEBUG=1, or always with several processes). 0, or the exit
+ * code having said why not. */
+int launch_place(launch *l, dp_runtime_config *c, int world_size);
+/* Whether this process prints and writes the results: it hosts rank 0. */
+int launch_is_root(const launch *l);
+/* Ends the process's part: with a failure (exit_code != 0) in a job of several processes,
+ * every process of it ends too rather than waiting for this one. */
+void launch_end(launch *l, int exit_code);
+
+#endif
