@@ -13,7 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "drivers/mpi/dp_mpi.h"
+#include "engine/mpi_job.h"
 #include "engine/driver.h"
 #include "engine/param_io.h"
 #include "engine/rank.h"

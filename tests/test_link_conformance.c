@@ -17,8 +17,8 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#include "drivers/mpi/dp_mpi.h"
 #include "engine/bootstrap_tcp.h"
+#include "engine/mpi_job.h"
 #include "engine/driver.h"
 #include "tests/tap.h"
 

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "drivers/mpi/dp_mpi.h"
+#include "engine/mpi_job.h"
 #include "engine/driver.h"
 #include "tools/cli.h"
 

@@ -1,9 +1,9 @@
-/* mpi_absent.c: what dp_mpi.h offers in a build without MPI: every call says how to get it. */
+/* mpi_absent.c: what engine/mpi_job.h offers in a build without MPI: every call says how to get it. */
 #include "config.h"
 
 #include <stddef.h>
 
-#include "drivers/mpi/dp_mpi.h"
+#include "engine/mpi_job.h"
 
 #define NO_MPI                                                                                                    \
     dp_fail(DP_ERR_UNSUPPORTED, "this build has no MPI: install an MPI (Debian: libopenmpi-dev openmpi-bin) and "  \

@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "drivers/mpi/dp_mpi.h"
+#include "engine/mpi_job.h"
 #include "engine/link_common.h"
 
 #define COLL_CHANNEL 16 /* the MPI tag's channel for the link's own collectives */

@@ -5,7 +5,7 @@
 #include <mpi.h>
 #include <stdlib.h>
 
-#include "drivers/mpi/dp_mpi.h"
+#include "engine/mpi_job.h"
 
 int dp_mpi_built(void) { return 1; }
 

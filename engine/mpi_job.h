@@ -1,10 +1,11 @@
-/* dp_mpi.h: ranks in several processes over MPI: the `mpi` link (CPU data between processes,
+/* mpi_job.h: ranks in several processes over MPI: the `mpi` link (CPU data between processes,
  * point to point through MPI, collectives built on it in group-rank order so that results
  * are bit-equal to the in-process link), the MPI bootstrap (how ranks of a job first meet:
  * allgather, broadcast, barrier, abort across processes), and starting and ending MPI.
- * In a build without MPI every function here returns DP_ERR_UNSUPPORTED saying so. */
-#ifndef DP_MPI_H
-#define DP_MPI_H
+ * Implemented in drivers/mpi/; in a build without MPI every function here returns
+ * DP_ERR_UNSUPPORTED saying so. */
+#ifndef DP_MPI_JOB_H
+#define DP_MPI_JOB_H
 
 #include "engine/link.h"
 
