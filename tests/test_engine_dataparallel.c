@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "drivers/mpi/dp_mpi.h"
+#include "engine/mpi_job.h"
 #include "engine/reference.h"
 #include "engine/runtime.h"
 #include "tests/tap.h"

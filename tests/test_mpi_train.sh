@@ -27,7 +27,7 @@ n=0
 ok() { n=$((n + 1)); echo "ok $n - $*"; }
 notok() { n=$((n + 1)); echo "not ok $n - $*"; }
 
-echo "1..14"
+echo "1..16"
 # every schedule, 2 processes x 2 rank threads, and 4 processes x 1 for the two DualPipes
 for case in "2 dualpipe 4" "2 dualpipev 2" "2 1f1b 4" "2 zb1p 4" "2 gpipe 4" "4 dualpipe 4" "4 dualpipev 4" "2 interleaved-1f1b 2"; do
   set -- $case
@@ -43,6 +43,17 @@ for case in "2 dualpipe 4" "2 dualpipev 2" "2 1f1b 4" "2 zb1p 4" "2 gpipe 4" "4 
   else
     notok "$sched on $pp ranks as $np processes (exit $status)"
     sed 's/^/# /' "$tmp/mpi" "$tmp/err" | head -30
+  fi
+done
+
+# data parallelism: 2 replicas of a 2-rank pipeline, as 4 processes and as 2 x 2 rank threads
+for np in 4 2; do
+  timeout 120 mpirun -np "$np" "$tool" train --schedule dualpipev --pp 2 --dp 2 $small --verify > "$tmp/mpi" 2> "$tmp/err"
+  status=$?
+  if [ $status -eq 0 ] && grep -q 'bit-equal' "$tmp/mpi" && [ "$(grep -o 'hosts rank' "$tmp/err" | wc -l)" -eq "$np" ]; then
+    ok "--dp 2 x --pp 2 as $np processes: bit-equal to the reference"
+  else
+    notok "--dp 2 x --pp 2 as $np processes (exit $status)"; sed 's/^/# /' "$tmp/mpi" "$tmp/err" | head -30
   fi
 done
 

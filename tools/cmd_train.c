@@ -455,7 +455,7 @@ int cmd_train(int argc, char **argv)
     if (rc != TRAIN_GO_ON) return rc;
     launch job;
     if ((rc = launch_begin(&job)) != 0) return rc;
-    rc = launch_place(&job, &o.c, o.c.ranks);
+    rc = launch_place(&job, &o.c, o.c.ranks * (o.c.dp > 1 ? o.c.dp : 1));
     if (rc == 0) {
         o.follower = !launch_is_root(&job);
         if (o.follower) o.quiet = 1, o.trace_path = NULL;
