@@ -270,7 +270,8 @@ dp_status dp_rank_create(const dp_rank_config *c, dp_rank **out)
     const dp_device_ops *D = rk->drv->device;
     const dp_schedule *s = rk->sched;
     int r = rk->rank, pr = rk->prank, ordinal = 0, count = 0;
-    if (rk->cfg.spread_devices) {
+    if (rk->cfg.pin_device) ordinal = rk->cfg.device;
+    else if (rk->cfg.spread_devices) {
         DP_CHECK(D->device_count(&count));
         if (count > 0) ordinal = r % count;
     }

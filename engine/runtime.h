@@ -49,6 +49,11 @@ typedef struct {
      * replica its own micro-batches, as Megatron and DeepSpeed split a global batch), and the
      * gradients are summed over all of them, as one pipeline fed the whole batch would sum. */
     int dp;
+    /* 1: every rank of this process opens device `device` of the driver, whatever
+     * spread_devices says (a process of a job launched one per GPU: its device comes from the
+     * launcher, DUALPIPE_DEVICE or its local rank). */
+    int pin_device;
+    int device;
 } dp_runtime_config;
 
 /* The most ranks one process hosts, each on its own thread (local_ranks, or with one process

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/mpi_job.h"
+#include "tests/mpi_skip.h"
 #include "engine/reference.h"
 #include "engine/runtime.h"
 #include "tests/tap.h"
@@ -238,23 +238,8 @@ int main(void)
     check_writes_and_inference();
     check_refusals();
     int process, processes, local_rank;
-#if defined(__SANITIZE_THREAD__)
-    int tsan = 1;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-    int tsan = 1;
-#else
-    int tsan = 0;
-#endif
-#else
-    int tsan = 0;
-#endif
-    if (tsan) {
-        /* the messages cross MPI's own (uninstrumented) threads and locks: every hand-over
-         * through them looks like a race */
-        tap_ok(1, "data parallelism over the mpi link # SKIP ThreadSanitizer cannot see MPI's synchronisation");
-    } else if (!dp_mpi_built()) {
-        tap_ok(1, "data parallelism over the mpi link # SKIP this build has no MPI");
+    if (mpi_test_skip()) {
+        tap_ok(1, "data parallelism over the mpi link # SKIP %s", mpi_test_skip());
     } else if (dp_mpi_start(NULL, NULL, &process, &processes, &local_rank) != DP_OK) {
         tap_ok(1, "data parallelism over the mpi link # SKIP MPI did not start: %s", dp_last_error());
     } else {

@@ -19,6 +19,7 @@
 
 #include "engine/bootstrap_tcp.h"
 #include "engine/mpi_job.h"
+#include "tests/mpi_skip.h"
 #include "engine/driver.h"
 #include "tests/tap.h"
 
@@ -661,8 +662,8 @@ int main(void)
 
     /* the mpi link, its ranks threads of this process (tests/test_mpi_*.sh run it across processes) */
     int process, processes, local_rank;
-    if (!dp_mpi_built()) {
-        tap_ok(1, "mpi link # SKIP this build has no MPI");
+    if (mpi_test_skip()) {
+        tap_ok(1, "mpi link # SKIP %s", mpi_test_skip());
     } else if (dp_mpi_start(NULL, NULL, &process, &processes, &local_rank) != DP_OK) {
         tap_ok(1, "mpi link # SKIP MPI did not start: %s", dp_last_error());
     } else {

@@ -1,17 +1,21 @@
 /* launch.h: where a tool's process sits in a job: alone (every rank a thread of it), or one
- * of several processes started by an MPI launcher (mpirun, srun), which it then starts MPI for
- * and shares the job's ranks with: the process hosting rank 0 prints and writes, the others
- * stay quiet and take part. */
+ * of several processes started by an MPI launcher (mpirun, srun; MPI is then started here) or
+ * a torchrun-style one (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT: GPU drivers only), sharing
+ * the job's ranks: the process hosting rank 0 prints and writes, the others stay quiet and
+ * take part. */
 #ifndef DP_TOOLS_LAUNCH_H
 #define DP_TOOLS_LAUNCH_H
 
+#include "engine/launch_env.h"
 #include "engine/runtime.h"
 
 typedef struct {
     int process, processes, local_rank;
-    const char *how;  /* "one process", "MPI" */
+    const char *how;  /* where the place came from: "one process", "MPI", "RANK", ... */
+    dp_launch_env env;
     int mpi;          /* MPI was started here */
-    void *bootstrap;  /* the MPI bootstrap's context, once placed */
+    const dp_bootstrap_ops *bootstrap_ops; /* once placed: MPI's or the TCP rendezvous */
+    void *bootstrap;
     char prefix[96];  /* cli_program with the process in it */
 } launch;
 

@@ -25,3 +25,8 @@ CLEANFILES += tools/bench-processes
 EXTRA_DIST += tools/bench_processes.sh
 tools/bench-processes: $(srcdir)/tools/bench_processes.sh
 	$(AM_V_GEN)cp $(srcdir)/tools/bench_processes.sh $@ && chmod +x $@
+noinst_HEADERS += tests/mpi_skip.h
+
+# the launcher's environment without MPI: refusals and one process unchanged
+TESTS += tests/test_launch_tool.sh
+EXTRA_DIST += tests/test_launch_tool.sh
