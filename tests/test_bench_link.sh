@@ -2,7 +2,9 @@
 # test_bench_link.sh: `dualpipe bench-link` over the cpu link with 2 and 4 rank threads, every
 # operation checked element by element (#wrong 0, exit 0), its bus bandwidth the algorithm
 # bandwidth times nccl-tests' factor; a corrupted element (the DUALPIPE_BENCH_LINK_CORRUPT test
-# hook) counted and exit 1; bad values refused with exit 2 naming the option.
+# hook) counted and exit 1; bad values refused with exit 2 naming the option; the mpi link in one
+# process, and under mpirun 2 processes x 1 and x 2 rank threads (skipped with the reason where
+# the build has no MPI or no mpirun, or under sanitizers).
 top_builddir=${top_builddir:-.}
 tool="$top_builddir/tools/dualpipe"
 tmp=$(mktemp -d) || exit 1
@@ -94,6 +96,50 @@ done <<EOF
 --link|--link tcp
 --driver|--driver nosuchdriver
 EOF
+
+# the mpi link: in this process alone, then under mpirun
+if ! grep -q '^#define HAVE_MPI 1' "$top_builddir/config.h" 2>/dev/null; then
+  why="this build has no MPI (install libopenmpi-dev openmpi-bin and configure again)"
+elif ! command -v mpirun >/dev/null 2>&1; then why="no mpirun on PATH"
+else case "${sanitizers:-no}" in
+  no|"") why="" ;;
+  *) why="MPI's own allocations and threads are not instrumented (-fsanitize=$sanitizers)" ;;
+esac; fi
+if [ -n "$why" ]; then
+  ok 0 "the mpi link # SKIP $why"
+  echo "1..$n"
+  exit $failed
+fi
+"$tool" bench-link --link mpi --ranks 2 -c 1 $quick > "$tmp/out" 2> "$tmp/err"; status=$?
+[ $status = 0 ] && rows_right "$tmp/out" 2 0 sendrecv alltoallv allreduce &&
+  grep -q '^# ranks 2: 1 process x 2 rank threads; driver cpu, link mpi' "$tmp/out"
+ok $? "the mpi link in one process, 2 rank threads, every op checked: #wrong 0 (exit $status)"
+[ $status = 0 ] || show "$tmp/out" "$tmp/err"
+"$tool" bench-link --link mpi --ranks 9 -n 1 > "$tmp/out" 2> "$tmp/err"; status=$?
+[ $status = 2 ] && grep -q 'at most 8 rank threads per process' "$tmp/err"
+ok $? "the mpi link with 9 rank threads in a process: refused, exit 2 ($(head -n 1 "$tmp/err"))"
+
+# mpirun refuses root unless told, and this machine may have fewer cores than processes
+OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM OMPI_MCA_rmaps_base_oversubscribe
+for case in "1 " "2 --link mpi"; do
+  set -- $case
+  per=$1; shift
+  timeout 120 mpirun -np 2 "$tool" bench-link ${per:+--ranks $per} "$@" -c 1 $quick > "$tmp/out" 2> "$tmp/err"
+  status=$?
+  world=$((2 * per))
+  [ $status = 0 ] && rows_right "$tmp/out" $world 0 sendrecv alltoallv allreduce &&
+    grep -q "^# ranks $world: 2 processes x $per rank thread" "$tmp/out" && grep -q 'link mpi' "$tmp/out" &&
+    [ "$(grep -c '^# wrong elements' "$tmp/out")" = 1 ] && [ "$(grep -c 'hosts rank' "$tmp/err")" = 2 ]
+  ok $? "mpirun -np 2, $per rank thread(s) each${1:+ ($*)}: every op checked over $world ranks, #wrong 0, one table (exit $status)"
+  [ $status = 0 ] || show "$tmp/out" "$tmp/err"
+done
+DUALPIPE_BENCH_LINK_CORRUPT=1 timeout 120 mpirun -np 2 "$tool" bench-link --ranks 2 -c 1 $quick > "$tmp/out" 2> "$tmp/err"
+status=$?
+[ $status != 0 ] && [ $status != 124 ] && rows_right "$tmp/out" 4 1 sendrecv alltoallv allreduce &&
+  grep -q '^# wrong elements: 23 FAILED' "$tmp/out"
+ok $? "mpirun -np 2 x 2 with a corrupted element per size: counted over the processes, non-zero exit (exit $status)"
+[ $status != 0 ] || show "$tmp/out" "$tmp/err"
 
 echo "1..$n"
 exit $failed

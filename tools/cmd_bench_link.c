@@ -11,9 +11,11 @@
 #include <time.h>
 
 #include "engine/driver.h"
+#include "engine/mpi_job.h"
 #include "tools/cli_engine.h"
 #include "tools/cli_options.h"
 #include "tools/commands.h"
+#include "tools/launch.h"
 
 /* ----------------------------------------------------------------------------
  * the operations: what each sends, what each rank must receive, the bus bandwidth factor */
@@ -115,8 +117,10 @@ enum { O_RANKS = CLI_LONG_ONLY, O_LINK, O_TIMEOUT, O_SHARED };
 
 static const cli_option options[] = {
     {'d', 'd', "driver", "NAME", .help = "cpu (default) or a driver module (see DUALPIPE_DRIVER_PATH)"},
-    {O_LINK, 0, "link", "NAME", .help = "the driver's own link (the default)"},
-    {O_RANKS, 0, "ranks", "N", .help = "rank threads (default 2)"},
+    {O_LINK, 0, "link", "NAME", .help = "the driver's own link (default; under mpirun, mpi for the cpu driver)\n"
+                                        "or mpi (CPU ranks across processes)"},
+    {O_RANKS, 0, "ranks", "N", .help = "rank threads per process (default 2 in a process alone, 1 under\n"
+                                       "mpirun); the ranks are the processes x N"},
     {'o', 'o', "op", "OP", .help = "sendrecv (a ring), alltoallv (equal counts), allreduce (fp32 sum)\n"
                                    "or all (default)"},
     {'b', 'b', "minbytes", "SIZE", .help = "smallest size per rank, in bytes; K, M, G: 1024, 1024^2, 1024^3\n"
@@ -140,7 +144,8 @@ static const cli_spec spec = {
              "1 for sendrecv, (n-1)/n for alltoallv, 2(n-1)/n for allreduce), and the elements received\n"
              "wrong. Buffers live on each rank's device. Exit status 1 when any element is wrong.",
     .options = options,
-    .epilogue = "Example: dualpipe bench-link --ranks 4 -b 1K -e 64M -f 4 -o alltoallv\n",
+    .epilogue = "Example: dualpipe bench-link --ranks 4 -b 1K -e 64M -f 4 -o alltoallv\n"
+                "         mpirun -np 2 dualpipe bench-link --ranks 2\n",
 };
 
 typedef struct {
@@ -221,13 +226,28 @@ static int parse_options(int argc, char **argv, bench_options *o)
     return CLI_GO_ON;
 }
 
-/* The link to time: the driver's own. */
+/* The link to time: the driver's own, or the mpi link (host memory only). */
 static int pick_link(const dp_driver *drv, const char *name, const dp_link_ops **out)
 {
     *out = drv->link;
     if (!name || strcmp(name, drv->link->name) == 0) return 0;
-    cli_error("--link: no link '%s': the %s driver's link is %s", name, drv->name, drv->link->name);
-    return CLI_EXIT_USAGE;
+    if (strcmp(name, "mpi") != 0) {
+        cli_error("--link: no link '%s': the links are the %s driver's own (%s) and mpi", name, drv->name,
+                  drv->link->name);
+        return CLI_EXIT_USAGE;
+    }
+    if (!dp_mpi_built()) {
+        cli_error("--link mpi: this build has no MPI: install an MPI (Debian: libopenmpi-dev openmpi-bin) and run "
+                  "./configure again");
+        return CLI_EXIT_USAGE;
+    }
+    if (strcmp(drv->link->name, "cpu") != 0) {
+        cli_error("--link mpi carries host memory, so it runs with drivers of host memory (cpu); the %s driver "
+                  "crosses processes with its own link (%s)", drv->name, drv->link->name);
+        return CLI_EXIT_USAGE;
+    }
+    *out = &dp_mpi_link_ops;
+    return 0;
 }
 
 /* ----------------------------------------------------------------------------
@@ -239,6 +259,11 @@ typedef struct {
     const dp_link_ops *link;
     dp_link_world *world;
     int world_size, first_rank, local_ranks, processes, devices;
+    int pin_device, device;            /* every rank of this process on `device` (a launcher's choice) */
+    const dp_bootstrap_ops *bootstrap; /* how the processes meet (NULL: one process) */
+    void *bootstrap_ctx;
+    int timeout_ms;
+    int wrong_everywhere; /* every process knows the results were wrong: none needs to end the others */
     size_t *sizes;
     int num_sizes;
     int corrupt; /* DUALPIPE_BENCH_LINK_CORRUPT: a test hook */
@@ -248,8 +273,8 @@ typedef struct {
     int gate_arrived;
     int failed_rank;
     char failed_msg[1024];
+    uint64_t wrong; /* over the ranks, known in every process */
     /* rank 0's results */
-    uint64_t wrong;
     double busbw_sum[NUM_OPS], last_busbw[NUM_OPS];
     size_t last_size[NUM_OPS];
     int rows[NUM_OPS];
@@ -295,7 +320,6 @@ static void print_row(bench_job *job, int opi, size_t count, double time_us, uin
     if (job->o->check) snprintf(w, sizeof w, "%" PRIu64, wrong);
     printf("%10s %12zu %12zu %6s %10.2f %8.3f %8.3f %7s\n", op->name, bytes, count, "fp32", time_us, algbw, busbw, w);
     fflush(stdout);
-    job->wrong += wrong;
     job->busbw_sum[opi] += busbw, job->rows[opi]++;
     job->last_busbw[opi] = busbw, job->last_size[opi] = bytes;
 }
@@ -320,8 +344,9 @@ static dp_status run_size(bench_job *job, bench_rank *b, int opi, size_t bytes, 
     DP_CHECK(b->G->copy(b->dev, stats, mine, sizeof mine, DP_COPY_HOST_TO_DEVICE, NULL));
     DP_CHECK(b->L->all_reduce(b->l, stats, stats + 4, 4, DP_DTYPE_F32, DP_REDUCE_SUM, NULL));
     DP_CHECK(b->G->copy(b->dev, all, stats + 4, sizeof all, DP_COPY_DEVICE_TO_HOST, NULL));
-    if (b->rank == 0)
-        print_row(job, opi, count, all[0] / b->n, (uint64_t)all[1] * 65536u + (uint64_t)all[2]);
+    wrong = (uint64_t)all[1] * 65536u + (uint64_t)all[2];
+    if (b->rank == job->first_rank) job->wrong += wrong;
+    if (b->rank == 0) print_row(job, opi, count, all[0] / b->n, wrong);
     return DP_OK;
 }
 
@@ -337,7 +362,8 @@ static void print_header(bench_job *job, bench_rank *b)
     printf("# ranks %d: %d process%s x %d rank thread%s; driver %s, link %s; %s\n", job->world_size,
            job->processes, job->processes == 1 ? "" : "es", job->local_ranks, job->local_ranks == 1 ? "" : "s",
            job->drv->name, job->link->name,
-           o->shared || job->devices <= 1 ? "every rank on device 0" : "rank r on device r mod the devices");
+           job->pin_device ? "each process's ranks on its device"
+           : o->shared || job->devices <= 1 ? "every rank on device 0" : "rank r on device r mod the devices");
     printf("# rank 0's device: %s\n", info.name);
     printf("# time: the average over the ranks of an iteration's time; algbw = size / time; busbw = algbw x 1 "
            "(sendrecv), (n-1)/n (alltoallv), 2(n-1)/n (allreduce); GB = 1e9 bytes\n");
@@ -401,8 +427,9 @@ static void *rank_main(void *argp)
     size_t max_bytes = o->maxbytes / sizeof(float) * sizeof(float);
     float *host = NULL, *stats = NULL;
     char where[96];
-    dp_device_config dc = {.ordinal = o->shared || job->devices < 1 ? 0 : a->rank % job->devices, .threads = 1,
-                           .rank = a->rank};
+    int ordinal = job->pin_device ? job->device
+                  : o->shared || job->devices < 1 ? 0 : (a->rank - job->first_rank) % job->devices;
+    dp_device_config dc = {.ordinal = ordinal, .threads = 1, .rank = a->rank};
     const char *what = "opening its device";
     if (b.G->open(&dc, &b.dev) != DP_OK) goto set_up;
     what = "opening its link";
@@ -507,8 +534,9 @@ static int run_job(bench_job *job)
         return CLI_EXIT_FAIL;
     }
     dp_link_world_config wc = {.world_size = job->world_size, .first_rank = job->first_rank,
-                               .local_ranks = job->local_ranks, .timeout_ms = job->o->timeout_ms,
-                               .struct_size = sizeof wc};
+                               .local_ranks = job->local_ranks, .timeout_ms = job->timeout_ms,
+                               .struct_size = sizeof wc, .bootstrap = job->bootstrap,
+                               .bootstrap_ctx = job->bootstrap_ctx};
     if (job->link->world_create(&wc, &job->world) != DP_OK) {
         cli_error("%s", dp_last_error());
         free(ranks);
@@ -538,7 +566,50 @@ static int run_job(bench_job *job)
         return CLI_EXIT_FAIL;
     }
     if (job->first_rank == 0) print_summary(job);
+    job->wrong_everywhere = job->wrong != 0;
     return job->wrong ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+}
+
+/* This process's share of the job, once launch_begin has said where it sits: its ranks,
+ * their link and devices; then the run. 0, or the exit code having said why not. */
+static int place_and_run(bench_job *job, launch *lp)
+{
+    const bench_options *o = job->o;
+    if (dp_driver_load(o->driver, &job->drv) != DP_OK) {
+        cli_error("--driver: %s", dp_last_error());
+        return CLI_EXIT_USAGE;
+    }
+    int per = o->ranks ? o->ranks : lp->processes > 1 ? 1 : 2;
+    dp_runtime_config place = {.driver = o->driver, .link = o->link, .timeout_ms = o->timeout_ms};
+    int rc = launch_place(lp, &place, per * lp->processes);
+    if (rc == 0) rc = pick_link(job->drv, place.link, &job->link);
+    if (rc != 0) return rc;
+    if (job->link == &dp_mpi_link_ops && per > DP_MPI_MAX_LOCAL_RANKS) {
+        cli_error("--ranks %d: the mpi link hosts at most %d rank threads per process; start more processes", per,
+                  DP_MPI_MAX_LOCAL_RANKS);
+        return CLI_EXIT_USAGE;
+    }
+    if (job->drv->available && job->drv->available() != DP_OK) {
+        cli_error("the %s driver cannot run here: %s", job->drv->name, dp_last_error());
+        return CLI_EXIT_FAIL;
+    }
+    job->processes = lp->processes, job->local_ranks = per, job->world_size = per * lp->processes;
+    job->first_rank = place.first_rank, job->timeout_ms = place.timeout_ms;
+    job->bootstrap = place.bootstrap, job->bootstrap_ctx = place.bootstrap_ctx;
+    if (job->drv->device->device_count(&job->devices) != DP_OK) job->devices = 1;
+    job->pin_device = place.pin_device, job->device = place.device;
+    int mpi_here = 0; /* the mpi link in a process alone: MPI started here, as a singleton */
+    if (job->link == &dp_mpi_link_ops && !dp_mpi_running()) {
+        int process, processes, local;
+        if (dp_mpi_start(NULL, NULL, &process, &processes, &local) != DP_OK) {
+            cli_error("--link mpi: %s", dp_last_error());
+            return CLI_EXIT_FAIL;
+        }
+        mpi_here = 1;
+    }
+    rc = run_job(job);
+    if (mpi_here) dp_mpi_finish(0);
+    return rc;
 }
 
 int cmd_bench_link(int argc, char **argv)
@@ -549,21 +620,15 @@ int cmd_bench_link(int argc, char **argv)
     bench_job job = {.o = &o, .failed_rank = -1, .processes = 1};
     const char *corrupt = getenv("DUALPIPE_BENCH_LINK_CORRUPT");
     job.corrupt = corrupt && *corrupt && strcmp(corrupt, "0") != 0;
-    if (dp_driver_load(o.driver, &job.drv) != DP_OK) {
-        cli_error("--driver: %s", dp_last_error());
-        return CLI_EXIT_USAGE;
-    }
-    if ((rc = pick_link(job.drv, o.link, &job.link)) != 0) return rc;
-    if (job.drv->available && job.drv->available() != DP_OK) {
-        cli_error("the %s driver cannot run here: %s", job.drv->name, dp_last_error());
-        return CLI_EXIT_FAIL;
-    }
-    job.local_ranks = o.ranks ? o.ranks : 2;
-    job.world_size = job.local_ranks * job.processes;
-    if (job.drv->device->device_count(&job.devices) != DP_OK) job.devices = 1;
     pthread_mutex_init(&job.lock, NULL);
     pthread_cond_init(&job.gate_cond, NULL);
-    rc = run_job(&job);
+    launch lp;
+    if ((rc = launch_begin(&lp)) == 0) {
+        rc = place_and_run(&job, &lp);
+        /* wrong results are known to every process, which each exit 1 on their own; any other
+         * failure of one process ends the others */
+        launch_end(&lp, job.wrong_everywhere ? 0 : rc);
+    }
     pthread_cond_destroy(&job.gate_cond);
     pthread_mutex_destroy(&job.lock);
     free(job.sizes);
