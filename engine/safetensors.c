@@ -2,6 +2,7 @@
  * the header holds (an object of tensor entries and an optional __metadata__ of strings), the
  * checks that make a file's offsets trustworthy, and an all-or-nothing writer. */
 #define _POSIX_C_SOURCE 200809L
+#define _XOPEN_SOURCE 700 /* realpath */
 #include "engine/safetensors.h"
 
 #include <errno.h>
@@ -642,83 +643,103 @@ static void put_json_string(text *t, const char *s)
     put(t, "\"", 1);
 }
 
-static dp_status write_file(const dp_safetensors_writer *w, const char *tmp, const text *h)
+/* The header: JSON of the metadata and every tensor's dtype, shape and offsets, padded with
+ * spaces so that the data starts aligned, as the format recommends. */
+static dp_status build_header(const dp_safetensors_writer *w, text *h, const char *name)
 {
-    FILE *fp = fopen(tmp, "wb");
-    if (!fp) return dp_fail(DP_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
-    unsigned char len[8];
-    for (int i = 0; i < 8; i++) len[i] = (unsigned char)((uint64_t)h->n >> (8 * i));
-    int ok = fwrite(len, 1, 8, fp) == 8 && fwrite(h->s, 1, h->n, fp) == h->n;
-    for (int i = 0; ok && i < w->count; i++) ok = fwrite(w->e[i].data, 1, w->e[i].bytes, fp) == w->e[i].bytes;
-    ok = ok && fflush(fp) == 0 && fsync(fileno(fp)) == 0;
-    int err = errno;
-    if (fclose(fp) != 0 && ok) ok = 0, err = errno;
-    if (!ok) {
-        remove(tmp);
-        return dp_fail(DP_ERR_IO, "cannot write %s: %s", tmp, strerror(err));
-    }
-    return DP_OK;
-}
-
-dp_status dp_safetensors_write(const dp_safetensors_writer *w, const char *path)
-{
-    text h = {0};
     char num[96];
-    put_str(&h, "{");
+    put_str(h, "{");
     if (w->num_meta) {
-        put_str(&h, "\"__metadata__\":{");
+        put_str(h, "\"__metadata__\":{");
         for (int i = 0; i < w->num_meta; i++) {
-            if (i) put_str(&h, ",");
-            put_json_string(&h, w->meta[i].key);
-            put_str(&h, ":");
-            put_json_string(&h, w->meta[i].value);
+            if (i) put_str(h, ",");
+            put_json_string(h, w->meta[i].key);
+            put_str(h, ":");
+            put_json_string(h, w->meta[i].value);
         }
-        put_str(&h, "}");
+        put_str(h, "}");
     }
     uint64_t at = 0;
     for (int i = 0; i < w->count; i++) {
         const st_entry *e = &w->e[i];
-        if (i || w->num_meta) put_str(&h, ",");
-        put_json_string(&h, e->name);
-        put_str(&h, ":{\"dtype\":\"");
-        put_str(&h, dtypes[e->dtype].name);
-        put_str(&h, "\",\"shape\":[");
+        if (i || w->num_meta) put_str(h, ",");
+        put_json_string(h, e->name);
+        put_str(h, ":{\"dtype\":\"");
+        put_str(h, dtypes[e->dtype].name);
+        put_str(h, "\",\"shape\":[");
         for (int d = 0; d < e->ndim; d++) {
             snprintf(num, sizeof num, "%s%lld", d ? "," : "", (long long)e->shape[d]);
-            put_str(&h, num);
+            put_str(h, num);
         }
         snprintf(num, sizeof num, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)at,
                  (unsigned long long)(at + e->bytes));
-        put_str(&h, num);
+        put_str(h, num);
         at += e->bytes;
     }
-    put_str(&h, "}");
-    while (h.n % 8) put_str(&h, " "); /* the data starts aligned, as the format recommends */
-    if (h.oom) {
-        free(h.s);
-        return dp_fail(DP_ERR_NOMEM, "out of memory writing the header of %s", path);
+    put_str(h, "}");
+    while (h->n % 8) put_str(h, " ");
+    if (h->oom) {
+        free(h->s);
+        h->s = NULL;
+        return dp_fail(DP_ERR_NOMEM, "out of memory writing the header of %s", name);
     }
+    return DP_OK;
+}
+
+dp_status dp_safetensors_write_stream(const dp_safetensors_writer *w, FILE *fp, const char *name)
+{
+    text h = {0};
+    DP_CHECK(build_header(w, &h, name));
+    unsigned char len[8];
+    for (int i = 0; i < 8; i++) len[i] = (unsigned char)((uint64_t)h.n >> (8 * i));
+    int ok = fwrite(len, 1, 8, fp) == 8 && fwrite(h.s, 1, h.n, fp) == h.n;
+    for (int i = 0; ok && i < w->count; i++) ok = fwrite(w->e[i].data, 1, w->e[i].bytes, fp) == w->e[i].bytes;
+    ok = ok && fflush(fp) == 0;
+    int err = errno;
+    free(h.s);
+    return ok ? DP_OK : dp_fail(DP_ERR_IO, "cannot write %s: %s", name, strerror(err));
+}
+
+/* The file at tmp, whole and on disk, with the given mode (the replaced file's). */
+static dp_status write_file(const dp_safetensors_writer *w, const char *tmp, const char *path, const struct stat *old)
+{
+    FILE *fp = fopen(tmp, "wb");
+    if (!fp) return dp_fail(DP_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
+    dp_status st = dp_safetensors_write_stream(w, fp, path);
+    if (st == DP_OK && old && fchmod(fileno(fp), old->st_mode & 07777) != 0)
+        st = dp_fail(DP_ERR_IO, "cannot give %s the mode of %s: %s", tmp, path, strerror(errno));
+    if (st == DP_OK && fsync(fileno(fp)) != 0) st = dp_fail(DP_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
+    if (fclose(fp) != 0 && st == DP_OK) st = dp_fail(DP_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
+    if (st != DP_OK) remove(tmp);
+    return st;
+}
+
+dp_status dp_safetensors_write(const dp_safetensors_writer *w, const char *path)
+{
     struct stat sb;
-    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+    int exists = stat(path, &sb) == 0;
+    if (exists && !S_ISREG(sb.st_mode))
         /* renaming the finished file into place would replace a device node or fail on a
-         * directory */
-        free(h.s);
+         * directory; a program that means to write to one passes its stream to
+         * dp_safetensors_write_stream */
         return dp_fail(DP_ERR_INVALID, "%s is not a regular file (a directory, device or FIFO): give the path of a file",
                        path);
-    }
-    size_t tn = strlen(path) + 32;
+    /* a symbolic link's target is replaced, not the link */
+    char *target = exists ? realpath(path, NULL) : strdup(path);
+    if (!target) return dp_fail(DP_ERR_IO, "cannot resolve %s: %s", path, strerror(errno));
+    size_t tn = strlen(target) + 32;
     char *tmp = malloc(tn);
     if (!tmp) {
-        free(h.s);
+        free(target);
         return dp_fail(DP_ERR_NOMEM, "out of memory writing %s", path);
     }
-    snprintf(tmp, tn, "%s.tmp.%ld", path, (long)getpid());
-    dp_status st = write_file(w, tmp, &h);
-    free(h.s);
-    if (st == DP_OK && rename(tmp, path) != 0) {
-        st = dp_fail(DP_ERR_IO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+    snprintf(tmp, tn, "%s.tmp.%ld", target, (long)getpid());
+    dp_status st = write_file(w, tmp, path, exists ? &sb : NULL);
+    if (st == DP_OK && rename(tmp, target) != 0) {
+        st = dp_fail(DP_ERR_IO, "cannot rename %s to %s: %s", tmp, target, strerror(errno));
         remove(tmp);
     }
     free(tmp);
+    free(target);
     return st;
 }

@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "engine/status.h"
 
@@ -87,9 +88,13 @@ dp_status dp_safetensors_add(dp_safetensors_writer *w, const char *name, dp_st_d
                              const int64_t *shape, const void *data);
 /* Adds a key and value to __metadata__ (strings). */
 dp_status dp_safetensors_add_metadata(dp_safetensors_writer *w, const char *key, const char *value);
-/* Writes everything to path, whole or not at all: to path.tmp.<pid>, flushed, then renamed
- * over path. Tensors lie in the order they were added. */
+/* Writes everything to path, whole or not at all: to a temporary beside it, synced, then
+ * renamed over it (over a symbolic link's target, keeping a replaced file's mode). Tensors lie
+ * in the order they were added. A path that is not a regular file is refused (DP_ERR_INVALID). */
 dp_status dp_safetensors_write(const dp_safetensors_writer *w, const char *path);
+/* Writes the same bytes to a stream the caller opened (and later closes): for a program that
+ * decides itself where and how its output lands. `name` is for messages. */
+dp_status dp_safetensors_write_stream(const dp_safetensors_writer *w, FILE *fp, const char *name);
 
 #ifdef __cplusplus
 }

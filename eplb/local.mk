@@ -31,6 +31,8 @@ tools_eplb_SOURCES = \
 	tools/eplb_json.h \
 	tools/eplb_output.c \
 	tools/eplb_output.h \
+	tools/output_file.c \
+	tools/output_file.h \
 	tools/cli.c \
 	tools/cli.h
 tools_eplb_LDADD = eplb/libeplb.la

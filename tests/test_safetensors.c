@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "engine/safetensors.h"
@@ -192,6 +193,50 @@ static void malformed(void)
     tap_ok(all, "each of the %zu shorter prefixes of a good file is refused", n ? n - 1 : 0);
 }
 
+/* Where the writer's bytes land: through a link into its target (the link and the target's
+ * mode kept), never over a FIFO, and into a stream a program opened itself. */
+static void writer_paths(void)
+{
+    int64_t shape[1] = {2};
+    float v[2] = {1.0f, 2.0f};
+    dp_safetensors_writer *w;
+    if (dp_safetensors_writer_create(&w) != DP_OK || dp_safetensors_add(w, "v", DP_ST_F32, 1, shape, v) != DP_OK) {
+        tap_ok(0, "writer for the path tests: %s", dp_last_error());
+        return;
+    }
+    FILE *fp = fopen(path_of("target"), "w");
+    if (fp) fputs("old", fp), fclose(fp);
+    chmod(path_of("target"), 0640);
+    unlink(path_of("link"));
+    int linked = symlink("target", path_of("link")) == 0;
+    struct stat st;
+    dp_status rc = dp_safetensors_write(w, path_of("link"));
+    dp_safetensors *f = NULL;
+    tap_ok(linked && rc == DP_OK && lstat(path_of("link"), &st) == 0 && S_ISLNK(st.st_mode) &&
+               stat(path_of("target"), &st) == 0 && (st.st_mode & 07777) == 0640 &&
+               dp_safetensors_open(path_of("target"), &f) == DP_OK,
+           "written through a link: the link kept, its 0640 target replaced");
+    dp_safetensors_close(f);
+
+    unlink(path_of("fifo"));
+    mkfifo(path_of("fifo"), 0600);
+    tap_ok(dp_safetensors_write(w, path_of("fifo")) == DP_ERR_INVALID && strstr(dp_last_error(), "not a regular file") &&
+               lstat(path_of("fifo"), &st) == 0 && S_ISFIFO(st.st_mode),
+           "a FIFO path is refused and left a FIFO: %s", dp_last_error());
+
+    /* the stream gets the bytes the path got */
+    fp = fopen(path_of("stream"), "wb");
+    rc = fp ? dp_safetensors_write_stream(w, fp, "stream") : DP_ERR_IO;
+    if (fp) fclose(fp);
+    char a[256] = {0}, b[256] = {0};
+    FILE *fa = fopen(path_of("target"), "rb"), *fb = fopen(path_of("stream"), "rb");
+    size_t na = fa ? fread(a, 1, sizeof a, fa) : 0, nb = fb ? fread(b, 1, sizeof b, fb) : 0;
+    if (fa) fclose(fa);
+    if (fb) fclose(fb);
+    tap_ok(rc == DP_OK && na > 0 && na == nb && memcmp(a, b, na) == 0, "a stream gets the same %zu bytes", na);
+    dp_safetensors_writer_destroy(w);
+}
+
 int main(void)
 {
     snprintf(dir, sizeof dir, "/tmp/dp-safetensors-XXXXXX");
@@ -200,6 +245,7 @@ int main(void)
     if (!mkdtemp(dir)) tap_skip_all("cannot create a temporary directory");
     round_trip();
     malformed();
+    writer_paths();
     int rc = tap_done();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

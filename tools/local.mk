@@ -7,6 +7,8 @@ dualpipe_command_sources = \
 	tools/cli.h \
 	tools/cli_options.c \
 	tools/cli_options.h \
+	tools/output_file.c \
+	tools/output_file.h \
 	tools/cli_engine.c \
 	tools/cli_engine.h \
 	tools/log_stderr.c \
@@ -57,6 +59,11 @@ bench_targets += tools/bench_eplb
 tools_bench_eplb_SOURCES = tools/bench_eplb.c tools/eplb_input.c tools/eplb_json.c tools/cli.c
 tools_bench_eplb_LDADD = eplb/libeplb.la
 tools_bench_eplb_CPPFLAGS = $(AM_CPPFLAGS) -DEPLB_SRCDIR='"$(abs_top_srcdir)"'
+
+# How every tool writes its outputs: modes, links, devices, FIFOs, same-file refusals, signals.
+check_PROGRAMS += tests/test_output_file
+TESTS += tests/test_output_file
+tests_test_output_file_SOURCES = tests/test_output_file.c tools/output_file.c tools/cli.c
 
 # The library's log on the tools' stderr, as DUALPIPE_DEBUG asks.
 TESTS += tests/test_tool_log.sh
