@@ -126,5 +126,86 @@ if grep -q 'migration: 0 of 32 slots' "$tmp/summary3" && grep -q '2 of 2 layers 
 then ok "balanced: re-planning from its own plan keeps it"; else not_ok "balanced re-plan: $(cat "$tmp/summary3")"; fi
 want='--keep-within'; bad "keep-within out of range" -r 16 -g 8 --keep-within 2 "$DATA/eplb_readme.txt"
 
+
+# Output files (tools/output_file.c): the same file as an input, or as the other output, is
+# refused before anything is written; links, modes, FIFOs and devices are honoured. Device
+# nodes are made inside $tmp, never taken from /dev.
+run="-r 16 -g 8 --groups 4 --nodes 2 -q"
+cp "$DATA/eplb_readme.txt" "$tmp/loads.txt"
+# same NAME WORDS ARGS...: exit 2, each of WORDS (|-separated) in the message, loads.txt intact
+same() {
+    name=$1 words=$2; shift 2
+    cp "$DATA/eplb_readme.txt" "$tmp/loads.txt"
+    "$EPLB" $run "$@" >"$tmp/stdout" 2>"$tmp/stderr"
+    rc=$?
+    msg=$(cat "$tmp/stderr")
+    good=1
+    [ "$rc" -eq 2 ] || good=0
+    cmp -s "$DATA/eplb_readme.txt" "$tmp/loads.txt" || good=0
+    old_ifs=$IFS; IFS='|'
+    for pat in $words; do printf '%s' "$msg" | grep -q -- "$pat" || good=0; done
+    IFS=$old_ifs
+    ls "$tmp" | grep -q '\.tmp\.' && good=0
+    if [ $good -eq 1 ]; then ok "$name: exit 2, input intact ($msg)"; else not_ok "$name: rc=$rc, $msg"; fi
+}
+same "-o over its own input" "-o|LOADS|same file" -o "$tmp/loads.txt" "$tmp/loads.txt"
+ln -s loads.txt "$tmp/loads-link"
+same "-o through a link to the input" "-o|same file" -o "$tmp/loads-link" "$tmp/loads.txt"
+"$EPLB" $run -o "$tmp/cur.json" "$tmp/loads.txt"
+cp "$tmp/cur.json" "$tmp/cur.saved"
+same "--svg over the --current plan" "--svg|--current|same file" --current "$tmp/cur.json" --svg "$tmp/cur.json" \
+    "$tmp/loads.txt"
+if cmp -s "$tmp/cur.json" "$tmp/cur.saved"; then ok "the --current plan intact"; else not_ok "--current overwritten"; fi
+rm -f "$tmp/both"
+same "-o and --svg to one file" "-o|--svg|same file" -o "$tmp/both" --svg "$tmp/./both" "$tmp/loads.txt"
+[ -e "$tmp/both" ] && not_ok "-o and --svg to one file: it was written" || ok "and nothing was written"
+same "-o a directory" "-o|is a directory" -o "$tmp" "$tmp/loads.txt"
+cp "$DATA/eplb_readme.txt" "$tmp/loads.txt"
+
+# a link's target is replaced, the link kept; a new file follows the umask, a replaced one
+# keeps its mode
+printf 'old\n' >"$tmp/plan-target"
+chmod 640 "$tmp/plan-target"
+ln -s plan-target "$tmp/plan-link"
+(umask 077 && "$EPLB" $run -o "$tmp/plan-link" --svg "$tmp/new.svg" "$tmp/loads.txt")
+if [ -L "$tmp/plan-link" ] && grep -q phy2log "$tmp/plan-target"; then ok "-o through a link writes its target"
+else not_ok "-o through a link: $(ls -l "$tmp/plan-link")"; fi
+if grep -q phy2log "$tmp/plan-target" && [ "$(stat -c %a "$tmp/plan-target")" = 640 ]; then
+    ok "the replaced plan keeps mode 640 (umask 077)"
+else not_ok "replaced plan's mode: $(stat -c %a "$tmp/plan-target")"; fi
+if [ "$(stat -c %a "$tmp/new.svg")" = 600 ]; then ok "a new SVG under umask 077 is 600"
+else not_ok "new SVG under umask 077: $(stat -c %a "$tmp/new.svg")"; fi
+rm -f "$tmp/new.json"
+(umask 022 && "$EPLB" $run -o "$tmp/new.json" "$tmp/loads.txt")
+if [ "$(stat -c %a "$tmp/new.json")" = 644 ]; then ok "a new plan under umask 022 is 644"
+else not_ok "new plan under umask 022: $(stat -c %a "$tmp/new.json")"; fi
+
+# a FIFO is written through (a reader started first)
+mkfifo "$tmp/fifo"
+cat "$tmp/fifo" >"$tmp/from-fifo" &
+reader=$!
+"$EPLB" $run -o "$tmp/fifo" "$tmp/loads.txt"
+rc=$?
+# the reader ends at the end of the data; if the FIFO was replaced instead, nothing ever comes
+tries=0
+while kill -0 $reader 2>/dev/null && [ $tries -lt 50 ]; do sleep 0.1; tries=$((tries + 1)); done
+kill $reader 2>/dev/null
+wait $reader
+if [ $rc -eq 0 ] && [ -p "$tmp/fifo" ] && cmp -s "$tmp/from-fifo" "$tmp/new.json"; then
+    ok "-o a FIFO: the plan goes down it and it stays a FIFO"
+else not_ok "-o a FIFO: rc=$rc"; fi
+
+# a device node is written through, not replaced by a file
+if [ "$(id -u)" != 0 ]; then
+    ok "-o a device node # SKIP not root: mknod needs root"
+elif ! mknod "$tmp/null" c 1 3 2>/dev/null || ! : >"$tmp/null" 2>/dev/null; then
+    ok "-o a device node # SKIP no usable device node here (mknod refused or a nodev file system)"
+else
+    "$EPLB" $run -o "$tmp/null" --svg "$tmp/null2.svg" "$tmp/loads.txt"
+    rc=$?
+    if [ $rc -eq 0 ] && [ -c "$tmp/null" ] && ! ls "$tmp" | grep -q '\.tmp\.'; then ok "-o a device node: still a device"
+    else not_ok "-o a device node: rc=$rc, $(ls -l "$tmp/null")"; fi
+fi
+
 echo "1..$n"
 exit $fail

@@ -65,5 +65,36 @@ bad "known formats" --format png
 bad "unknown option" --frobnicate
 "$dp" schedule -o "$tmp/no/such/dir/x.svg" > /dev/null 2> "$tmp/err"; rc=$?
 [ $rc -eq 1 ] && grep -q "cannot create" "$tmp/err"; ok $? "unwritable output is reported"
+
+# outputs that are not plain new files (tools/output_file.c): a directory is refused with exit 2;
+# a link's target is replaced and the link kept; modes follow the umask or are kept; a FIFO and
+# a device node are written through. Device nodes are made inside $tmp, never taken from /dev.
+"$dp" schedule -o "$tmp" > /dev/null 2> "$tmp/err"; rc=$?
+[ $rc -eq 2 ] && grep -q -- "-o '$tmp' is a directory" "$tmp/err" && [ -d "$tmp" ]
+ok $? "-o a directory: exit 2 ($(head -n 1 "$tmp/err"))"
+"$dp" schedule --pp 4 --chunks 8 > "$tmp/expected"
+echo old > "$tmp/target"; chmod 640 "$tmp/target"; ln -s target "$tmp/link"
+(umask 077 && "$dp" schedule --pp 4 --chunks 8 -o "$tmp/link")
+[ -L "$tmp/link" ] && cmp -s "$tmp/target" "$tmp/expected"; ok $? "-o through a link writes its target, the link kept"
+cmp -s "$tmp/target" "$tmp/expected" && [ "$(stat -c %a "$tmp/target")" = 640 ]; ok $? "the replaced file keeps mode 640 under umask 077"
+(umask 022 && "$dp" schedule --pp 4 --chunks 8 -o "$tmp/fresh")
+[ "$(stat -c %a "$tmp/fresh")" = 644 ]; ok $? "a new file under umask 022 is 644"
+mkfifo "$tmp/fifo"
+cat "$tmp/fifo" > "$tmp/from-fifo" &
+reader=$!
+"$dp" schedule --pp 4 --chunks 8 -o "$tmp/fifo"; rc=$?
+tries=0 # the reader ends with the data; if the FIFO was replaced instead, nothing ever comes
+while kill -0 $reader 2> /dev/null && [ $tries -lt 50 ]; do sleep 0.1; tries=$((tries + 1)); done
+kill $reader 2> /dev/null; wait $reader
+[ $rc -eq 0 ] && [ -p "$tmp/fifo" ] && cmp -s "$tmp/from-fifo" "$tmp/expected"
+ok $? "-o a FIFO: the timeline goes down it and it stays a FIFO"
+if [ "$(id -u)" != 0 ]; then
+  n=$((n+1)); echo "ok $n - -o a device node # SKIP not root: mknod needs root"
+elif ! mknod "$tmp/null" c 1 3 2> /dev/null || ! : > "$tmp/null" 2> /dev/null; then
+  n=$((n+1)); echo "ok $n - -o a device node # SKIP no usable device node here (mknod refused or a nodev file system)"
+else
+  "$dp" schedule --format svg -o "$tmp/null"; rc=$?
+  [ $rc -eq 0 ] && [ -c "$tmp/null" ] && ! ls "$tmp" | grep -q '\.tmp\.'; ok $? "-o a device node: written through, still a device"
+fi
 echo "1..$n"
 exit $failed

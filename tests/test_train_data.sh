@@ -69,13 +69,63 @@ refuse "mis-shaped tensors" '"layers.0.linear1.weight" is F32 \[64, 16\], expect
   "$dp" train --hidden 32 --tokens 8 --threads 1 --chunks 4 --pp 4 --schedule 1f1b --steps 1 --init "$tmp/p4"
 refuse "a data file that is not safetensors" "header too large" "$dp" train $small --pp 2 --steps 1 --data "$0"
 refuse "a missing --init file" "cannot open" "$dp" train $small --pp 2 --steps 1 --init "$tmp/nothing"
-refuse "--save-params to a directory" "is not a regular file" "$dp" train $small --pp 2 --steps 1 --save-params "$tmp"
+refuse "--save-params to a directory" "--save-params '$tmp' is a directory" "$dp" train $small --pp 2 --steps 1 --save-params "$tmp"
+refuse "--trace to a directory" "--trace '$tmp' is a directory" "$dp" train $small --pp 2 --steps 1 --trace "$tmp"
+
+# an output that is an input, or the other output, is refused before anything is written
+cp "$tmp/whole" "$tmp/whole.saved"
+refuse "--save-params over --init" "--save-params '$tmp/whole' is the same file as the input --init" \
+  "$dp" train $small --pp 2 --steps 1 --init "$tmp/whole" --save-params "$tmp/whole"
+cmp -s "$tmp/whole" "$tmp/whole.saved"; ok $? "and the --init file is intact"
+cp "$tmp/d1-2" "$tmp/d1-2.saved"
+refuse "--trace over --data" "--trace '$tmp/d1-2' is the same file as the input --data" \
+  "$dp" train $small --pp 2 --steps 1 --data "$tmp/d1-2" --trace "$tmp/d1-2"
+cmp -s "$tmp/d1-2" "$tmp/d1-2.saved"; ok $? "and the --data file is intact"
+refuse "--trace and --save-params to one new file" "--trace '$tmp/none' and --save-params '$tmp/./none' are the same file" \
+  "$dp" train $small --pp 2 --steps 1 --trace "$tmp/none" --save-params "$tmp/./none"
+
+# links, modes, FIFOs and devices (device nodes are made inside $tmp, never taken from /dev)
+"$dp" train $small --pp 2 --steps 0 --save-params "$tmp/seed" > /dev/null 2>&1
+echo old > "$tmp/target"; chmod 640 "$tmp/target"; ln -s target "$tmp/link"
+(umask 077 && "$dp" train $small --pp 2 --steps 0 --save-params "$tmp/link" > /dev/null 2>&1)
+[ -L "$tmp/link" ] && cmp -s "$tmp/target" "$tmp/seed" && [ "$(stat -c %a "$tmp/target")" = 640 ]
+ok $? "--save-params through a link replaces its target, keeping mode 640 under umask 077"
+(umask 022 && "$dp" train $small --pp 2 --steps 1 --trace "$tmp/fresh.json" > /dev/null 2>&1)
+[ "$(stat -c %a "$tmp/fresh.json")" = 644 ]; ok $? "a new --trace file under umask 022 is 644"
 mkfifo "$tmp/fifo"
-refuse "--save-params to a FIFO (as to a device: a rename would replace it)" "is not a regular file" \
-  "$dp" train $small --pp 2 --steps 1 --save-params "$tmp/fifo"
-[ -p "$tmp/fifo" ]; ok $? "the FIFO is still a FIFO"
-rm -f "$tmp/fifo"
+cat "$tmp/fifo" > "$tmp/from-fifo" &
+reader=$!
+"$dp" train $small --pp 2 --steps 0 --save-params "$tmp/fifo" > /dev/null 2>&1; rc=$?
+tries=0 # the reader ends with the data; if the FIFO was replaced instead, nothing ever comes
+while kill -0 $reader 2> /dev/null && [ $tries -lt 50 ]; do sleep 0.1; tries=$((tries + 1)); done
+kill $reader 2> /dev/null; wait $reader
+[ $rc -eq 0 ] && [ -p "$tmp/fifo" ] && cmp -s "$tmp/from-fifo" "$tmp/seed"
+ok $? "--save-params to a FIFO: the parameters go down it and it stays a FIFO"
+if [ "$(id -u)" != 0 ]; then
+  n=$((n+1)); echo "ok $n - --save-params and --trace to a device node # SKIP not root: mknod needs root"
+elif ! mknod "$tmp/null" c 1 3 2> /dev/null || ! : > "$tmp/null" 2> /dev/null; then
+  n=$((n+1)); echo "ok $n - --save-params and --trace to a device node # SKIP no usable device node here (mknod refused or nodev)"
+else
+  mknod "$tmp/null2" c 1 3
+  "$dp" train $small --pp 2 --steps 1 --save-params "$tmp/null" --trace "$tmp/null2" > /dev/null 2>&1; rc=$?
+  [ $rc -eq 0 ] && [ -c "$tmp/null" ] && [ -c "$tmp/null2" ]; ok $? "--save-params and --trace to device nodes: written through"
+  rm -f "$tmp/null" "$tmp/null2"
+fi
 ls "$tmp" | grep -q '\.tmp\.'; [ $? -ne 0 ]; ok $? "no temporary file left behind"
+
+# a run ended by a signal removes its temporaries (a background job ignores SIGINT, so SIGTERM
+# and SIGHUP stand for it here; tests/test_output_file sends all three)
+for sig in TERM HUP; do
+  "$dp" train $small --pp 2 --steps 10000000 --trace "$tmp/sig.json" --save-params "$tmp/sig.st" > /dev/null 2>&1 &
+  pid=$!
+  tries=0
+  while [ "$(ls "$tmp" | grep -c '^sig\..*\.tmp\.')" -lt 2 ] && [ $tries -lt 100 ]; do sleep 0.1; tries=$((tries + 1)); done
+  seen=$(ls "$tmp" | grep -c '^sig\..*\.tmp\.')
+  kill -s $sig $pid; wait $pid; rc=$?
+  left=$(ls "$tmp" | grep -c '\.tmp\.')
+  [ "$seen" -eq 2 ] && [ $rc -gt 128 ] && [ "$left" -eq 0 ] && [ ! -e "$tmp/sig.json" ] && [ ! -e "$tmp/sig.st" ]
+  ok $? "SIG$sig during training: exit $rc, $seen temporaries while running, $left after"
+done
 
 echo "1..$n"
 exit $failed

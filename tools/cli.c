@@ -1,4 +1,4 @@
-/* cli.c: messages, number parsing and atomic output files for the tools (see cli.h). */
+/* cli.c: messages and number parsing for the tools (see cli.h). */
 #define _POSIX_C_SOURCE 200809L
 #include "tools/cli.h"
 
@@ -76,78 +76,6 @@ int cli_parse_double(const char *option, const char *text, double *out)
     }
     *out = v;
     return 0;
-}
-
-int cli_output_open(cli_output *o, const char *path)
-{
-    memset(o, 0, sizeof *o);
-    if (!path || strcmp(path, "-") == 0) {
-        o->fp = stdout;
-        return 0;
-    }
-    size_t n = strlen(path);
-    o->path = strdup(path);
-    o->tmp = malloc(n + 16);
-    if (!o->path || !o->tmp) {
-        cli_error("out of memory");
-        cli_output_abort(o);
-        return 1;
-    }
-    snprintf(o->tmp, n + 16, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(o->tmp);
-    if (fd < 0) {
-        cli_error("cannot create a temporary file next to '%s': %s (is the directory writable?)", path,
-                  strerror(errno));
-        free(o->tmp);
-        o->tmp = NULL;
-        cli_output_abort(o);
-        return 1;
-    }
-    o->fp = fdopen(fd, "w");
-    if (!o->fp) {
-        close(fd);
-        cli_error("cannot open '%s' for writing: %s", o->tmp, strerror(errno));
-        cli_output_abort(o);
-        return 1;
-    }
-    return 0;
-}
-
-int cli_output_commit(cli_output *o)
-{
-    if (o->fp == stdout) {
-        int bad = fflush(stdout) != 0 || ferror(stdout);
-        o->fp = NULL;
-        if (bad) cli_error("writing to standard output failed: %s", strerror(errno));
-        return bad;
-    }
-    int bad = ferror(o->fp);
-    if (fclose(o->fp) != 0) bad = 1;
-    o->fp = NULL;
-    if (bad) {
-        cli_error("writing '%s' failed: %s (disk full?); nothing was written", o->path, strerror(errno));
-        cli_output_abort(o);
-        return 1;
-    }
-    if (rename(o->tmp, o->path) != 0) {
-        cli_error("cannot rename '%s' to '%s': %s", o->tmp, o->path, strerror(errno));
-        cli_output_abort(o);
-        return 1;
-    }
-    free(o->tmp);
-    free(o->path);
-    o->tmp = o->path = NULL;
-    return 0;
-}
-
-void cli_output_abort(cli_output *o)
-{
-    if (o->fp && o->fp != stdout) fclose(o->fp);
-    o->fp = NULL;
-    if (o->tmp) unlink(o->tmp);
-    free(o->tmp);
-    free(o->path);
-    o->tmp = o->path = NULL;
 }
 
 int cli_stderr_is_tty(void) { return isatty(STDERR_FILENO); }

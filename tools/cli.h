@@ -1,5 +1,5 @@
-/* cli.h: what the command-line tools share: messages and exit codes, number parsing
- * with clear errors, and output files written to a temporary and renamed into place. */
+/* cli.h: what the command-line tools share: messages and exit codes, and number parsing
+ * with clear errors. Output files are tools/output_file.h's. */
 #ifndef DP_TOOLS_CLI_H
 #define DP_TOOLS_CLI_H
 
@@ -21,19 +21,6 @@ int cli_parse_double(const char *option, const char *text, double *out);
 /* Which of n names `text` is (its index into *out); otherwise an error naming the option and
  * the names it takes ("--loss: expected mse or xent, got 'l1'"), and nonzero. */
 int cli_parse_kind(const char *option, const char *text, const char *const *names, int n, int *out);
-
-/* Output that is either stdout (path NULL or "-") or a temporary file in the target's
- * directory, renamed over the target only on cli_output_commit: a failed run never
- * leaves a half-written file. */
-typedef struct {
-    FILE *fp;
-    char *path;
-    char *tmp;
-} cli_output;
-
-int cli_output_open(cli_output *o, const char *path);
-int cli_output_commit(cli_output *o); /* flush, close, rename; nonzero on failure (reported) */
-void cli_output_abort(cli_output *o); /* close and remove the temporary */
 
 /* Sorts n doubles in increasing order (for medians of timings). */
 void cli_sort_doubles(double *v, size_t n);

@@ -8,6 +8,7 @@
 #include "tools/cli.h"
 #include "tools/cli_options.h"
 #include "tools/commands.h"
+#include "tools/output_file.h"
 
 enum { O_COST = CLI_LONG_ONLY };
 
@@ -74,6 +75,9 @@ int cmd_schedule(int argc, char **argv)
         }
     }
     if (cli_no_operands(&p)) return CLI_EXIT_USAGE;
+    const named_path output = {"-o", path};
+    int checked = output_files_check(&output, 1, NULL, 0);
+    if (checked) return checked;
     dp_schedule_format fmt = DP_FORMAT_TEXT;
     if (format) {
         if (dp_schedule_format_parse(format, &fmt) != DP_OK) {
@@ -100,14 +104,14 @@ int cmd_schedule(int argc, char **argv)
         cli_error("%s", dp_last_error());
         goto out;
     }
-    cli_output o;
-    if (cli_output_open(&o, path)) goto out;
+    output_file o;
+    if (output_file_open(&o, path)) goto out;
     if (dp_schedule_write(o.fp, fmt, s, &cost, &sim, &rep) != DP_OK) {
         cli_error("%s", dp_last_error());
-        cli_output_abort(&o);
+        output_file_abort(&o);
         goto out;
     }
-    if (cli_output_commit(&o)) goto out;
+    if (output_file_commit(&o)) goto out;
     rc = CLI_EXIT_OK;
 out:
     dp_simulation_free(&sim);

@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "engine/driver.h"
@@ -195,14 +194,6 @@ static int parse_options(int argc, char **argv, train_options *o)
         }
     }
     if (cli_no_operands(&p)) return CLI_EXIT_USAGE;
-    struct stat sb;
-    if (o->save_path && stat(o->save_path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
-        /* the file is written aside and renamed into place, which would replace a device node
-         * or fail on a directory: refuse before training rather than after */
-        cli_error("--save-params: %s is not a regular file (a directory, device or FIFO); give the path of a "
-                  "safetensors file to write", o->save_path);
-        return CLI_EXIT_USAGE;
-    }
     c->model.seed = (uint64_t)seed;
     c->optimizer.kind = o->sgd ? DP_OPT_SGD : DP_OPT_ADAMW;
     c->optimizer.lr = (float)(lr > 0 ? lr : o->sgd ? 1e-2 : 1e-3);
@@ -453,6 +444,9 @@ int cmd_train(int argc, char **argv)
     train_options o;
     int rc = parse_options(argc, argv, &o);
     if (rc != TRAIN_GO_ON) return rc;
+    const named_path outputs[] = {{"--trace", o.trace_path}, {"--save-params", o.save_path}};
+    const named_path inputs[] = {{"--init", o.init_path}, {"--data", o.data_path}};
+    if ((rc = output_files_check(outputs, 2, inputs, 2)) != 0) return rc;
     launch job;
     if ((rc = launch_begin(&job)) != 0) return rc;
     rc = launch_place(&job, &o.c, o.c.ranks * (o.c.dp > 1 ? o.c.dp : 1));
@@ -470,7 +464,12 @@ static int run_train(train_options *o_in)
     train_options o = *o_in;
     int rc;
     train_trace trace = {0};
+    output_file params = {0};
     if (o.trace_path && train_trace_open(&trace, o.trace_path)) return CLI_EXIT_USAGE;
+    if (o.save_path && !o.follower && output_file_open(&params, o.save_path)) {
+        train_trace_close(&trace);
+        return CLI_EXIT_USAGE;
+    }
     train_state t = {0};
     train_results res = {0};
     rc = build_runtime(&o, &t);
@@ -483,13 +482,14 @@ static int run_train(train_options *o_in)
                 rc = o.verify ? report_verify(&o, &t, &res.df) : CLI_EXIT_OK;
             if (rc == CLI_EXIT_OK && o.save_path && o.follower) rc = follow_params_save(t.rt);
             else if (rc == CLI_EXIT_OK && o.save_path) {
-                rc = train_params_save(t.rt, o.save_path);
+                rc = train_params_save(t.rt, &params);
                 if (rc == CLI_EXIT_OK && !o.quiet) printf("parameters written to %s\n", o.save_path);
             }
         }
     }
     free(res.step_ms);
     train_trace_close(&trace);
+    output_file_abort(&params);
     free_runtime(&t);
     return rc;
 }

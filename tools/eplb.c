@@ -8,6 +8,7 @@
 #include "tools/cli_options.h"
 #include "tools/eplb_input.h"
 #include "tools/eplb_output.h"
+#include "tools/output_file.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -230,6 +231,9 @@ int main(int argc, char **argv)
     options o;
     int rc = parse_options(argc, argv, &o);
     if (rc != CLI_GO_ON) return rc;
+    const named_path outputs[] = {{"-o", o.output}, {"--svg", o.svg}};
+    const named_path inputs[] = {{"LOADS", o.loads_path}, {"--current", o.current}};
+    if ((rc = output_files_check(outputs, 2, inputs, 2)) != 0) return rc;
 
     eplb_loads in;
     if (eplb_read_loads(o.loads_path, &in)) return CLI_EXIT_USAGE;
@@ -285,11 +289,11 @@ int main(int argc, char **argv)
     }
     double ms = now_ms() - t0;
 
-    cli_output out_plan = {0}, out_svg = {0};
+    output_file out_plan = {0}, out_svg = {0};
     int plan_to_stdout = o.output && strcmp(o.output, "-") == 0;
-    if (o.output && cli_output_open(&out_plan, o.output)) goto done;
-    if (o.svg && cli_output_open(&out_svg, o.svg)) {
-        if (o.output) cli_output_abort(&out_plan);
+    if (o.output && output_file_open(&out_plan, o.output)) goto done;
+    if (o.svg && output_file_open(&out_svg, o.svg)) {
+        if (o.output) output_file_abort(&out_plan);
         goto done;
     }
     if (o.output) eplb_write_plan_json(out_plan.fp, &plan, &o.cfg);
@@ -302,15 +306,15 @@ int main(int argc, char **argv)
         bad = summarise(plan_to_stdout ? stderr : stdout, &o, &in, &plan, ms, o.current != NULL,
                         moved, traffic, kept);
     if (bad) {
-        if (o.output) cli_output_abort(&out_plan);
-        if (o.svg) cli_output_abort(&out_svg);
+        if (o.output) output_file_abort(&out_plan);
+        if (o.svg) output_file_abort(&out_svg);
         goto done;
     }
-    if (o.output && cli_output_commit(&out_plan)) {
-        if (o.svg) cli_output_abort(&out_svg);
+    if (o.output && output_file_commit(&out_plan)) {
+        if (o.svg) output_file_abort(&out_svg);
         goto done;
     }
-    if (o.svg && cli_output_commit(&out_svg)) goto done;
+    if (o.svg && output_file_commit(&out_svg)) goto done;
     rc = CLI_EXIT_OK;
 done:
     free(traffic);

@@ -122,7 +122,7 @@ int train_params_load(dp_runtime *rt, dp_reference *ref, const char *path)
     return rc;
 }
 
-int train_params_save(dp_runtime *rt, const char *path)
+int train_params_save(dp_runtime *rt, output_file *out)
 {
     dp_safetensors_writer *w;
     if (dp_safetensors_writer_create(&w) != DP_OK) {
@@ -160,8 +160,11 @@ int train_params_save(dp_runtime *rt, const char *path)
             if (st == DP_OK) st = dp_safetensors_add(w, name, DP_ST_F32, ndim, shape, buf);
             if (st != DP_OK) rc = CLI_EXIT_FAIL;
         }
-    if (!rc && (st = dp_safetensors_write(w, path)) != DP_OK) rc = CLI_EXIT_FAIL;
-    if (rc) cli_error("--save-params %s: %s", path, st != DP_OK ? dp_last_error() : "out of memory");
+    if (!rc && (st = dp_safetensors_write_stream(w, out->fp, out->path ? out->path : "<stdout>")) != DP_OK)
+        rc = CLI_EXIT_FAIL;
+    if (rc) cli_error("--save-params %s: %s", out->path ? out->path : "-", st != DP_OK ? dp_last_error() : "out of memory");
+    if (rc) output_file_abort(out);
+    else if (output_file_commit(out)) rc = CLI_EXIT_FAIL;
     free(buf);
     dp_safetensors_writer_destroy(w);
     return rc;

@@ -7,6 +7,7 @@
 #include "engine/reference.h"
 #include "engine/runtime.h"
 #include "engine/safetensors.h"
+#include "tools/output_file.h"
 
 /* Parameter i of stage `stage` as a state_dict key: "layers.<L>.<name>.weight", L the layer's
  * index in the model (stage * layers_per_stage + its place in the stage), with its shape
@@ -17,9 +18,9 @@ int train_param_name(dp_runtime *rt, int stage, int index, char *name, size_t si
  * path, which must hold exactly the model's tensors, F32, of the right shapes. Returns 0 or
  * the exit code, having said what was wrong (a missing, extra or mis-shaped tensor: 2). */
 int train_params_load(dp_runtime *rt, dp_reference *ref, const char *path);
-/* --save-params: the fp32 values (copy 0 of each stage) to path, whole or not at all. 0 or
- * the exit code. */
-int train_params_save(dp_runtime *rt, const char *path);
+/* --save-params: the fp32 values (copy 0 of each stage) to out (opened before training, so
+ * that a bad path fails first), committed: whole or not at all. 0 or the exit code. */
+int train_params_save(dp_runtime *rt, output_file *out);
 
 /* --data: "step<k>.inputs" F32 [chunks, tokens, hidden] and "step<k>.targets", F32 of the
  * same shape (mse) or I32 [chunks, tokens] (xent), for k = 1 .. steps. */

@@ -6,7 +6,7 @@
 int train_trace_open(train_trace *t, const char *path)
 {
     *t = (train_trace){0};
-    return cli_output_open(&t->out, path);
+    return output_file_open(&t->out, path);
 }
 
 int train_trace_add_step(train_trace *t, dp_runtime *rt, double offset)
@@ -45,15 +45,15 @@ int train_trace_write(train_trace *t, const dp_schedule *s, const char *title)
     dp_measured_steps m = {.title = title, .num_steps = t->steps, .times = t->times};
     if (dp_schedule_write_chrome(t->out.fp, s, NULL, &m) != DP_OK) {
         cli_error("%s", dp_last_error());
-        cli_output_abort(&t->out);
+        output_file_abort(&t->out);
         return 1;
     }
-    return cli_output_commit(&t->out);
+    return output_file_commit(&t->out);
 }
 
 void train_trace_close(train_trace *t)
 {
-    cli_output_abort(&t->out);
+    output_file_abort(&t->out);
     free(t->times);
     *t = (train_trace){0};
 }

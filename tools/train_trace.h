@@ -6,9 +6,10 @@
 
 #include "engine/runtime.h"
 #include "tools/cli.h"
+#include "tools/output_file.h"
 
 typedef struct {
-    cli_output out;
+    output_file out;
     dp_action_time *times; /* [steps][actions of all ranks], from the run's start */
     size_t per_step, cap;  /* times per step, and room for */
     int steps;
