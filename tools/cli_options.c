@@ -149,8 +149,9 @@ int cli_next(cli_parser *p)
     p->value = o->value ? optarg : NULL;
     if (o->deprecated) {
         cli_warn("--%s is deprecated: use --%s", o->name, o->deprecated);
+        const char *now = o->deprecated;
         for (int i = 0; option_at(p->spec, i); i++)
-            if (strcmp(option_at(p->spec, i)->name, o->deprecated) == 0) o = option_at(p->spec, i);
+            if (strcmp(option_at(p->spec, i)->name, now) == 0) o = option_at(p->spec, i);
     }
     p->name = long_name(p, o);
     return o->id;

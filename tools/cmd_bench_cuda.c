@@ -185,13 +185,13 @@ static const cli_option options[] = {
 };
 
 static const cli_spec spec = {
-    .synopsis = "[OPTION]...   (also: dualpipe bench --driver cuda [OPTION]...)",
+    .synopsis = "[OPTION]...",
     .about = "Benchmark the CUDA driver on the example stage (Linear h->4h, GELU, Linear 4h->h, MSE), in fp32\n"
              "with TF32 off or in bf16 with fp32 accumulation: the stage's GEMMs through cuBLAS, back to\n"
              "back after a second of them (the floor of a step is the GEMMs the busiest GPU runs, as the\n"
              "schedule gives them; a first stage computes no input gradient), then pipelined steps on a\n"
              "batch loaded onto the GPUs once, as the reference's benchmark does (--host-inputs: copied\n"
-             "from the host every step, as dualpipe train does).",
+             "from the host every step, as dualpipe train does). 'dualpipe bench --driver cuda' is the same.",
     .options = options,
     .epilogue = "FLOPs per GPU per step = chunks x 48 x tokens x hidden^2 x stages / pp (forward 16, backward 32),\n"
                 "as the reference's figures count them.\n"

@@ -73,6 +73,10 @@ EXTRA_DIST += tests/test_tool_log.sh
 TESTS += tests/test_schedule_lists.sh
 EXTRA_DIST += tests/test_schedule_lists.sh
 
+# One command-line grammar: every command's --help, its man page section and its parser agree.
+TESTS += tests/test_cli_grammar.sh
+EXTRA_DIST += tests/test_cli_grammar.sh
+
 # Every DUALPIPE_* variable the sources read is in dualpipe(1)'s ENVIRONMENT, and no other.
 TESTS += tests/test_environment.sh
 EXTRA_DIST += tests/test_environment.sh
