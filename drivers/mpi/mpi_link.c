@@ -77,6 +77,10 @@ struct dp_link {
     int timeout_ms;
     int group_depth;
     dp_request *deferred_head, *deferred_tail;
+    /* all_reduce's receive buffer, kept between calls: fresh large allocations cost a page
+     * fault per page on every call, which dominates where faults are slow (VMs) */
+    float *scratch;
+    size_t scratch_bytes;
 };
 
 static int proc_of(const dp_link_world *w, int world_rank) { return world_rank / w->local_ranks; }
@@ -283,6 +287,7 @@ static dp_status mpi_close(dp_link *l)
     }
     if (l->id == 0) __atomic_store_n(&l->w->opened[l->world_of[l->rank] - l->w->first_rank], 0, __ATOMIC_RELEASE);
     free(l->world_of);
+    free(l->scratch);
     free(l);
     return DP_OK;
 }
@@ -522,7 +527,13 @@ static dp_status mpi_all_reduce(dp_link *l, const void *send, void *recv, size_t
     if (t != DP_DTYPE_F32) return dp_fail(DP_ERR_UNSUPPORTED, "mpi link: all_reduce supports only fp32 (dtype %d)", (int)t);
     int n = l->size;
     size_t bytes = count * sizeof(float);
-    float *all = malloc((size_t)n * (bytes ? bytes : 1));
+    size_t need = (size_t)n * (bytes ? bytes : 1);
+    if (need > l->scratch_bytes) {
+        free(l->scratch);
+        l->scratch_bytes = 0;
+        if ((l->scratch = malloc(need))) l->scratch_bytes = need;
+    }
+    float *all = l->scratch;
     void **rbuf = malloc((size_t)n * sizeof *rbuf);
     const void **sbuf = malloc((size_t)n * sizeof *sbuf);
     size_t *sizes = malloc((size_t)n * sizeof *sizes);
@@ -546,7 +557,7 @@ static dp_status mpi_all_reduce(dp_link *l, const void *send, void *recv, size_t
             y[i] = acc;
         }
     }
-    free(all), free(rbuf), free(sbuf), free(sizes);
+    free(rbuf), free(sbuf), free(sizes);
     return st;
 }
 
