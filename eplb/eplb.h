@@ -45,6 +45,11 @@ typedef enum {
      * free replicas), then replicas are exchanged one for one, or two for two, between the
      * most loaded GPU and the others while that lowers the maximum, stopping early once the
      * maximum is within 0.01% of the lower bound. No two replicas of one expert share a GPU.
+     * When every expert has at least as many replicas as the GPUs it may use (A), each
+     * expert's first floor(count / A) - 1 rounds of A replicas go one to each of those GPUs
+     * before the rest is packed (duplicates are unavoidable there; this spreads them), and
+     * exchanges may then move a duplicate in place of another. Cost: O(R log R) per layer, with the exchange and repair steps limited to
+     * about 4 R log2 R per layer (eplb_plan.layers_cut_short counts the layers that reach it).
      * The reference plan of the same layer is then a floor: its largest GPU load is computed
      * first (as the reference sums it, in float32; the plan itself is built only when that
      * load, allowing for float32 rounding, may be below ours); if it is more
@@ -90,6 +95,11 @@ typedef struct eplb_plan {
     int *phy2log;
     int *log2phy;
     int *logcnt;
+    /* EPLB_POLICY_BALANCED: layers whose refinement (duplicate repair, exchanges) stopped at
+     * its work limit, about 4 R log2 R steps per layer, before it was done. Their plans are
+     * valid and never less balanced than EPLB_POLICY_DEEPSEEK's, but further exchanges might
+     * have balanced them better. Never on the real loads of the tests. */
+    int layers_cut_short;
 } eplb_plan;
 
 /* The largest sum of one layer's loads: every function taking loads refuses more (and loads that
@@ -164,7 +174,8 @@ eplb_status eplb_plan_balancedness(const double *weight, const eplb_plan *plan,
 eplb_status eplb_lower_bound(const double *w, int num_experts, const eplb_config *cfg,
                              double *bound);
 
-/* Replicas beyond the first of the same expert on one GPU, summed over the plan's layers. */
+/* Replicas beyond the first of the same expert on one GPU, summed over the plan's layers
+ * (-1 when out of memory). */
 long eplb_plan_duplicates(const eplb_plan *plan);
 
 /* ------------------------------------------------------------------------------------------

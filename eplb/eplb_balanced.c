@@ -2,9 +2,12 @@
  * largest per-replica load (which minimises the heaviest replica), the replicas are packed
  * heaviest first onto the lightest GPU that does not hold the expert yet, and swaps between
  * the most loaded GPU and the others then lower the maximum until no single swap can. The
- * reference plan of the same layer is a floor: if it is better, it is improved the same way. */
+ * reference plan of the same layer is a floor: if it is better, it is improved the same way.
+ * Heaps, sorted views and a table of which GPU holds which expert keep a layer at O(R log R);
+ * the refinement steps count against a work limit so that no shape escapes that bound. */
 #include "eplb/eplb_internal.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -30,9 +33,33 @@ typedef struct {
                          * sorted ascending), contiguous for the exchange searches */
     int *by_load;       /* GPU ids, ascending load (kept sorted during improvement) */
     int *pos;           /* per GPU: its index in by_load */
+    int *spot;          /* per item: its slot, g * S + k */
+    eplb_placed *placed; /* which GPUs hold which experts */
 
     void *load_scratch; /* nitems keyed, for sorting */
+    /* Refinement (repairs, exchanges, count moves) counts its steps in `work` and stops once
+     * they pass `budget`, so that a layer costs O(R log R) whatever its shape; `cut_short`
+     * says it stopped there. Construction is not counted: it is O(R log R) by itself. */
+    long work, budget;
+    int cut_short;
+    int layered; /* the packing put whole layers first (see pack_by_differencing) */
 } packing;
+
+/* Refinement steps allowed per layer: 4 R log2 R + 2 000 000. The real loads of the tests
+ * need at most 60 000 at every typical shape, random small shapes at most 180 000, so only
+ * very large layers meet it (about a second of refinement at a million replicas). */
+static long work_budget(const eplb_shape *s)
+{
+    long R = s->R, log2r = 1;
+    while ((1L << log2r) < R) log2r++;
+    return 4 * R * log2r + 2000000L;
+}
+
+static int over_budget(packing *pk)
+{
+    if (pk->work > pk->budget) pk->cut_short = 1;
+    return pk->cut_short;
+}
 
 /* A packing over the scratch's arrays; strict: every replica stays on its expert's node. */
 static void packing_init(packing *pk, const double *w, const eplb_shape *s, eplb_scratch *sc, int strict)
@@ -55,16 +82,18 @@ static void packing_init(packing *pk, const double *w, const eplb_shape *s, eplb
     pk->by_load = sc->i[20];
     pk->pos = sc->i[21];
     pk->sload = sc->d[6];
+    pk->spot = sc->i[30];
+    pk->placed = sc->placed;
+    pk->budget = work_budget(s);
     pk->load_scratch = (char *)sc->sort_work + (size_t)sc->n * 16;
 }
 
+/* Whether GPU g holds a replica of expert e other than except_item (-1: none excepted). */
 static int on_gpu(const packing *pk, int e, int g, int except_item)
 {
-    for (int k = 0; k < pk->cnt[e]; k++) {
-        int it = pk->first[e] + k;
-        if (it != except_item && pk->gpu[it] == g) return 1;
-    }
-    return 0;
+    int n = eplb_placed_count(pk->placed, e, g);
+    if (except_item >= 0 && pk->gpu[except_item] == g && pk->expert[except_item] == e) n--;
+    return n > 0;
 }
 
 static int may_live_on(const packing *pk, int item, int g)
@@ -72,11 +101,24 @@ static int may_live_on(const packing *pk, int item, int g)
     return pk->home[item] < 0 || g / pk->Pn == pk->home[item];
 }
 
+/* Every GPU empty, no item placed. */
+static void packing_empty(packing *pk)
+{
+    for (int g = 0; g < pk->s->P; g++) {
+        pk->fill[g] = 0;
+        pk->gload[g] = 0;
+    }
+    eplb_placed_clear(pk->placed);
+}
+
 static void put(packing *pk, int item, int g)
 {
-    pk->slot[g * pk->S + pk->fill[g]++] = item;
+    int r = g * pk->S + pk->fill[g]++;
+    pk->slot[r] = item;
+    pk->spot[item] = r;
     pk->gpu[item] = g;
     pk->gload[g] += pk->load[item];
+    eplb_placed_add(pk->placed, pk->expert[item], g);
 }
 
 /* Exchanges item a (on GPU ga, at slot index ka) with item b (on gb, at kb). */
@@ -85,20 +127,35 @@ static void swap_items(packing *pk, int ga, int ka, int gb, int kb)
     int a = pk->slot[ga * pk->S + ka], b = pk->slot[gb * pk->S + kb];
     pk->slot[ga * pk->S + ka] = b;
     pk->slot[gb * pk->S + kb] = a;
+    pk->spot[b] = ga * pk->S + ka;
+    pk->spot[a] = gb * pk->S + kb;
     pk->gpu[a] = gb;
     pk->gpu[b] = ga;
+    eplb_placed_remove(pk->placed, pk->expert[a], ga);
+    eplb_placed_remove(pk->placed, pk->expert[b], gb);
+    eplb_placed_add(pk->placed, pk->expert[a], gb);
+    eplb_placed_add(pk->placed, pk->expert[b], ga);
     double d = pk->load[a] - pk->load[b];
     pk->gload[ga] -= d;
     pk->gload[gb] += d;
 }
 
-/* Whether moving a from ga to gb and b from gb to ga keeps every rule. */
+/* Whether moving a from ga to gb and b from gb to ga keeps every rule: each may live where it
+ * goes, and the exchange adds no same-GPU duplicate, counted over both GPUs. In a plan
+ * without duplicates that is: neither expert is on the other GPU already. When the replicas
+ * went in whole layers (every expert on every GPU it may use), a replica that duplicates its
+ * expert may still change places with another such one. */
 static int swap_allowed(const packing *pk, int a, int ga, int b, int gb)
 {
     int ea = pk->expert[a], eb = pk->expert[b];
     if (ea == eb) return 0;
     if (!may_live_on(pk, a, gb) || !may_live_on(pk, b, ga)) return 0;
-    return !on_gpu(pk, ea, gb, -1) && !on_gpu(pk, eb, ga, -1);
+    int added = on_gpu(pk, ea, gb, -1) + on_gpu(pk, eb, ga, -1);
+    if (added == 0) return 1;
+    if (!pk->layered) return 0;
+    int removed = (eplb_placed_count(pk->placed, ea, ga) > 1) +
+                  (eplb_placed_count(pk->placed, eb, gb) > 1);
+    return added <= removed;
 }
 
 static double max_load(const packing *pk, int *where)
@@ -166,51 +223,118 @@ static void sort_heavier_first(keyed *order, int n, keyed *tmp)
 
 /* Heaviest replica first onto the lightest GPU it may use that does not hold its expert. A
  * replica free to go anywhere only takes a node's slot when the node keeps enough slots for
- * the replicas bound to it. Returns the number of replicas that had to join their expert. */
-static int pack_greedy(packing *pk, keyed *order, int *node_free, int *bound_left, int *held)
+ * the replicas bound to it. GPUs with room wait in min-heaps by (load, index): one per node
+ * for the replicas bound there, one over the nodes still open to free replicas; a replica
+ * pops GPUs until one does not hold its expert (the first popped is the fallback when all do)
+ * and pushes the others back. Returns the number of replicas that had to join their expert. */
+typedef struct {
+    int *node_ids, *free_ids; /* heap storage, P ids each: node n's heap from n * Pn */
+    int *node_size;           /* per node: its heap's size */
+    int *node_pos, *free_pos; /* per GPU: place in its node's heap, in the free heap */
+    int *popped;              /* P ids */
+    double *key;              /* per GPU: minus its load */
+} greedy_heaps;
+
+static eplb_heap node_heap(const greedy_heaps *gh, int n, int Pn)
 {
-    const int P = pk->s->P, N = pk->s->hierarchical ? pk->s->N : 1;
-    for (int g = 0; g < P; g++) {
-        pk->fill[g] = 0;
-        pk->gload[g] = 0;
-        held[g] = 0;
-    }
+    eplb_heap h;
+    eplb_heap_init(&h, gh->node_ids + n * Pn, gh->node_pos, gh->key);
+    h.n = gh->node_size[n];
+    return h;
+}
+
+static int pack_greedy(packing *pk, keyed *order, int *node_free, int *bound_left,
+                       const greedy_heaps *gh)
+{
+    const int P = pk->s->P, N = pk->s->hierarchical ? pk->s->N : 1, Pn = P / N, S = pk->S;
+    packing_empty(pk);
     for (int n = 0; n < N; n++) {
-        node_free[n] = (P / N) * pk->S;
+        node_free[n] = Pn * S;
         bound_left[n] = 0;
     }
+    /* Whole layers first when every expert has a replica for every GPU (as in differencing),
+     * the first replica of each (bound to its node) on that node. */
+    int layered = 1, m = 0;
+    for (int e = 0; e < pk->s->E && layered; e++) layered = pk->cnt[e] >= P;
+    pk->layered = layered;
     for (int it = 0; it < pk->nitems; it++) {
-        order[it].load = pk->load[it];
-        order[it].item = it;
+        int e = pk->expert[it], k = it - pk->first[e], h = pk->home[it];
         pk->gpu[it] = -1;
-        if (pk->home[it] >= 0) bound_left[pk->home[it]]++;
+        if (layered && k < (pk->cnt[e] / P - 1) * P) {
+            int from = pk->home[pk->first[e]] >= 0 ? pk->home[pk->first[e]] * Pn : 0;
+            put(pk, it, (from + k) % P);
+            node_free[((from + k) % P) / Pn]--;
+            continue;
+        }
+        order[m].load = pk->load[it];
+        order[m].item = it;
+        m++;
+        if (h >= 0) bound_left[h]++;
     }
-    sort_heavier_first(order, pk->nitems, (keyed *)pk->load_scratch);
+    sort_heavier_first(order, m, (keyed *)pk->load_scratch);
+    for (int g = 0; g < P; g++) {
+        gh->key[g] = -pk->gload[g];
+        gh->free_pos[g] = -1;
+        gh->node_pos[g] = -1;
+    }
+    for (int n = 0; n < N; n++) {
+        eplb_heap h = node_heap(gh, n, Pn);
+        int room = 0;
+        for (int g = n * Pn; g < (n + 1) * Pn; g++)
+            if (pk->fill[g] < S) gh->popped[n * Pn + room++] = g;
+        eplb_heap_build(&h, gh->popped + n * Pn, room);
+        gh->node_size[n] = h.n;
+    }
+    eplb_heap free_heap;
+    eplb_heap_init(&free_heap, gh->free_ids, gh->free_pos, gh->key);
+    int open = 0;
+    for (int g = 0; g < P; g++)
+        if (pk->fill[g] < S && node_free[g / Pn] > bound_left[g / Pn]) gh->popped[open++] = g;
+    eplb_heap_build(&free_heap, gh->popped, open);
+
     int forced = 0;
-    for (int k = 0; k < pk->nitems; k++) {
+    for (int k = 0; k < m; k++) {
         int it = order[k].item, e = pk->expert[it], h = pk->home[it];
-        int lo = h >= 0 ? h * pk->Pn : 0, hi = h >= 0 ? lo + pk->Pn : P;
-        int best = -1, best_dup = -1;
-        for (int x = 0; x < pk->cnt[e]; x++) { /* held[g] == k + 1: g holds e already */
-            int g = pk->gpu[pk->first[e] + x];
-            if (g >= 0) held[g] = k + 1;
+        eplb_heap home_heap, *H = &free_heap;
+        if (h >= 0) {
+            home_heap = node_heap(gh, h, Pn);
+            H = &home_heap;
         }
-        for (int g = lo; g < hi; g++) {
-            if (pk->fill[g] == pk->S) continue;
-            int n = g / (P / N);
-            if (h < 0 && node_free[n] <= bound_left[n]) continue;
-            if (best_dup < 0 || pk->gload[g] < pk->gload[best_dup]) best_dup = g;
-            if (held[g] == k + 1) continue;
-            if (best < 0 || pk->gload[g] < pk->gload[best]) best = g;
+        int best = -1, best_dup = -1, npop = 0;
+        int everywhere = eplb_placed_gpus(pk->placed, e) >= P; /* no GPU without it */
+        while (H->n > 0) {
+            int g = eplb_heap_pop(H);
+            gh->popped[npop++] = g;
+            if (best_dup < 0) best_dup = g;
+            if (everywhere) break;
+            if (!on_gpu(pk, e, g, -1)) {
+                best = g;
+                break;
+            }
         }
+        for (int x = 0; x < npop; x++) eplb_heap_push(H, gh->popped[x]);
+        if (h >= 0) gh->node_size[h] = home_heap.n;
         if (best < 0) {
             best = best_dup;
             forced++;
         }
         if (best < 0) return -1;
         put(pk, it, best);
-        node_free[best / (P / N)]--;
+        int n = best / Pn;
+        node_free[n]--;
         if (h >= 0) bound_left[h]--;
+        eplb_heap nh = node_heap(gh, n, Pn);
+        if (pk->fill[best] == S) {
+            eplb_heap_remove(&nh, best);
+            if (gh->free_pos[best] >= 0) eplb_heap_remove(&free_heap, best);
+        } else {
+            eplb_heap_update(&nh, best, -pk->gload[best]);
+            if (gh->free_pos[best] >= 0) eplb_heap_update(&free_heap, best, -pk->gload[best]);
+        }
+        gh->node_size[n] = nh.n;
+        if (h < 0 && node_free[n] <= bound_left[n]) /* closed to free replicas from now on */
+            for (int g = n * Pn; g < (n + 1) * Pn; g++)
+                if (gh->free_pos[g] >= 0) eplb_heap_remove(&free_heap, g);
     }
     return forced;
 }
@@ -218,7 +342,9 @@ static int pack_greedy(packing *pk, keyed *order, int *node_free, int *bound_lef
 /* Largest differencing for equal-sized bins (Michiels, Korst, Aarts and van Leeuwen): the
  * sorted items are cut into tuples of `bins` items, each a partial solution with one item per
  * bin; the two partial solutions with the largest spread are merged, heaviest bin of one with
- * lightest of the other, until one is left. Every bin ends with one item from each tuple.
+ * lightest of the other, until one is left. The partial solutions sit in a list, live; a
+ * merged one keeps its place and the last takes the other's. A heap over places keyed by
+ * spread finds the two (ties: the earlier place, as a scan of the list would). Every bin ends with one item from each tuple.
  * items[0..n) are item ids sorted heaviest first, n a multiple of bins; bins go to GPUs
  * first_gpu.. first_gpu + bins - 1. Same-GPU duplicates are left to repair_duplicates. */
 typedef struct {
@@ -227,6 +353,8 @@ typedef struct {
     int *idx_a, *idx_b, *live;
     double *nsum, *spread;
     int *nhead, *ntail;
+    int *heap_ids, *heap_pos;  /* the heap over places in live */
+    double *place_spread;      /* per place: the spread of the solution there */
 } differencing;
 
 /* idx[0..bins) = bin indices by sum, descending (ties: lower index first); a bottom-up merge
@@ -260,6 +388,7 @@ static void pack_differencing(packing *pk, const int *items, int n, int bins, in
                               differencing *df)
 {
     int tuples = n / bins;
+    if (tuples == 0) return; /* every replica went in whole layers */
     for (int t = 0; t < tuples; t++) {
         for (int k = 0; k < bins; k++) {
             int it = items[t * bins + k], b = t * bins + k;
@@ -270,15 +399,15 @@ static void pack_differencing(packing *pk, const int *items, int n, int bins, in
         df->spread[t] = df->sum[t * bins] - df->sum[t * bins + bins - 1];
     }
     int alive = tuples, *live = df->live;
-    for (int t = 0; t < tuples; t++) live[t] = t;
+    eplb_heap by_spread;
+    eplb_heap_init(&by_spread, df->heap_ids, df->heap_pos, df->place_spread);
+    for (int t = 0; t < tuples; t++) {
+        live[t] = t;
+        df->place_spread[t] = df->spread[t];
+    }
+    eplb_heap_build(&by_spread, live, tuples);
     while (alive > 1) {
-        int x = 0, y = 1; /* the two largest spreads, x before y */
-        if (df->spread[live[y]] > df->spread[live[x]]) { x = 1; y = 0; }
-        for (int k = 2; k < alive; k++) {
-            double sp = df->spread[live[k]];
-            if (sp > df->spread[live[x]]) { y = x; x = k; }
-            else if (sp > df->spread[live[y]]) y = k;
-        }
+        int x = eplb_heap_pop(&by_spread), y = eplb_heap_pop(&by_spread);
         int A = live[x], B = live[y];
         double *sa = df->sum + A * bins, *sb = df->sum + B * bins;
         sort_bins(sa, df->idx_a, df->nhead, bins);
@@ -302,63 +431,66 @@ static void pack_differencing(packing *pk, const int *items, int n, int bins, in
             if (nsum[k] > hi) hi = nsum[k];
         }
         df->spread[A] = hi - lo;
-        live[y] = live[--alive];
+        int last = --alive; /* the last solution moves to y's place, A stays at x unless last */
+        live[y] = live[last];
+        if (last != x && last != y) {
+            eplb_heap_remove(&by_spread, last);
+            df->place_spread[y] = df->spread[live[y]];
+            eplb_heap_push(&by_spread, y);
+        }
+        int at = last == x ? y : x;
+        df->place_spread[at] = df->spread[A];
+        eplb_heap_push(&by_spread, at);
     }
     int T = live[0];
     for (int k = 0; k < bins; k++)
         for (int it = df->head[T * bins + k]; it >= 0; it = df->next[it]) put(pk, it, first_gpu + k);
 }
 
-/* Differencing over all GPUs, or node by node when replicas stay on their node. */
-static void pack_by_differencing(packing *pk, keyed *order, int *items, differencing *df)
+/* Differencing over all GPUs, or node by node when replicas stay on their node (each
+ * node's items taken out of the sorted order in one pass; start holds N ints).
+ *
+ * When every expert has at least as many replicas as the GPUs it may use (A: all GPUs, or
+ * its node's), duplicates cannot be avoided and repairing them one by one costs a search of
+ * every GPU each: so all but the last one or two rounds of A replicas of each expert go in
+ * whole layers, one on each of those GPUs (loading them all alike), and only the rest is
+ * packed by differencing, where exchanges keep the freedom to balance it. */
+static void pack_by_differencing(packing *pk, keyed *order, int *items, int *start,
+                                 differencing *df)
 {
-    const int P = pk->s->P, N = pk->strict ? pk->s->N : 1;
-    for (int g = 0; g < P; g++) {
-        pk->fill[g] = 0;
-        pk->gload[g] = 0;
-    }
+    const int P = pk->s->P, N = pk->strict ? pk->s->N : 1, A = P / N;
+    packing_empty(pk);
+    int layered = 1;
+    for (int e = 0; e < pk->s->E && layered; e++) layered = pk->cnt[e] >= A;
+    pk->layered = layered;
+    int m = 0;
     for (int it = 0; it < pk->nitems; it++) {
-        order[it].load = pk->load[it];
-        order[it].item = it;
-    }
-    sort_heavier_first(order, pk->nitems, (keyed *)pk->load_scratch);
-    for (int n = 0; n < N; n++) {
-        int m = 0;
-        for (int k = 0; k < pk->nitems; k++)
-            if (N == 1 || pk->home[order[k].item] == n) items[m++] = order[k].item;
-        pack_differencing(pk, items, m, P / N, n * (P / N), df);
-    }
-}
-
-/* Moves replicas that share a GPU with their expert elsewhere, by swaps that keep the
- * largest GPU load at or below `ceiling`. */
-static void repair_duplicates(packing *pk, double ceiling)
-{
-    const int P = pk->s->P, S = pk->S;
-    for (int g = 0; g < P; g++)
-        for (int ka = 0; ka < S; ka++) {
-            int a = pk->slot[g * S + ka];
-            if (!on_gpu(pk, pk->expert[a], g, a)) continue;
-            int bj = -1, bk = -1;
-            double best = ceiling;
-            for (int j = 0; j < P; j++) {
-                if (j == g) continue;
-                for (int kb = 0; kb < S; kb++) {
-                    int b = pk->slot[j * S + kb];
-                    double d = pk->load[a] - pk->load[b];
-                    double hi = pk->gload[g] - d > pk->gload[j] + d ? pk->gload[g] - d
-                                                                     : pk->gload[j] + d;
-                    if (hi > best) continue;
-                    int ea = pk->expert[a], eb = pk->expert[b];
-                    if (ea == eb || !may_live_on(pk, a, j) || !may_live_on(pk, b, g)) continue;
-                    if (on_gpu(pk, ea, j, -1) || on_gpu(pk, eb, g, b)) continue;
-                    best = hi;
-                    bj = j;
-                    bk = kb;
-                }
-            }
-            if (bj >= 0) swap_items(pk, g, ka, bj, bk);
+        int e = pk->expert[it], k = it - pk->first[e];
+        if (layered && k < (pk->cnt[e] / A - 1) * A) {
+            put(pk, it, (N == 1 ? 0 : pk->home[it] * A) + k % A);
+            continue;
         }
+        order[m].load = pk->load[it];
+        order[m].item = it;
+        m++;
+    }
+    sort_heavier_first(order, m, (keyed *)pk->load_scratch);
+    if (N == 1) {
+        for (int k = 0; k < m; k++) items[k] = order[k].item;
+        pack_differencing(pk, items, m, P, 0, df);
+        return;
+    }
+    for (int n = 0; n < N; n++) start[n] = 0;
+    for (int k = 0; k < m; k++) start[pk->home[order[k].item]]++;
+    for (int n = 0, sum = 0; n < N; n++) { /* node n's items from start[n] on */
+        int c = start[n];
+        start[n] = sum;
+        sum += c;
+    }
+    for (int k = 0; k < m; k++) items[start[pk->home[order[k].item]]++] = order[k].item;
+    /* start[n] is now the end of node n's items */
+    for (int n = 0, from = 0; n < N; from = start[n], n++)
+        pack_differencing(pk, items + from, start[n] - from, P / N, n * (P / N), df);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -412,6 +544,7 @@ static void sort_slots(packing *pk, int g)
 {
     int *x = pk->slot + g * pk->S;
     double *v = pk->sload + g * pk->S;
+    pk->work += pk->S;
     for (int a = 0; a < pk->S; a++) {
         int t = x[a];
         double lt = pk->load[t];
@@ -419,9 +552,11 @@ static void sort_slots(packing *pk, int g)
         for (; b > 0 && lt < v[b - 1]; b--) {
             x[b] = x[b - 1];
             v[b] = v[b - 1];
+            pk->spot[x[b]] = g * pk->S + b;
         }
         x[b] = t;
         v[b] = lt;
+        pk->spot[t] = g * pk->S + b;
     }
 }
 
@@ -435,6 +570,159 @@ static inline int lower_bound(const double *v, int n, double want)
         else hi = mid;
     }
     return lo;
+}
+
+/* Sorted views for the exchange searches: each GPU's slots by ascending load (stable:
+ * insertion sort for a node's few slots, as the exchanges keep them; a library sort on (load,
+ * slot) beyond), and by_load. */
+static int keyed_lighter(const void *x, const void *y)
+{
+    const keyed *a = x, *b = y;
+    if (a->load != b->load) return a->load < b->load ? -1 : 1;
+    return (a->item > b->item) - (a->item < b->item);
+}
+
+static void sort_gpus_by_load(packing *pk)
+{
+    const int P = pk->s->P;
+    keyed *tmp = pk->load_scratch;
+    for (int g = 0; g < P; g++) {
+        tmp[g].load = pk->gload[g];
+        tmp[g].item = g;
+    }
+    qsort(tmp, (size_t)P, sizeof *tmp, keyed_lighter);
+    for (int q = 0; q < P; q++) {
+        pk->by_load[q] = tmp[q].item;
+        pk->pos[tmp[q].item] = q;
+    }
+}
+
+/* items[0..S) (and v, their loads) in ascending load, ties in their present order. */
+static void sort_stable(packing *pk, int *items, double *v)
+{
+    const int S = pk->S;
+    keyed *tmp = pk->load_scratch;
+    for (int k = 0; k < S; k++) {
+        tmp[k].load = pk->load[items[k]];
+        tmp[k].item = k;
+    }
+    qsort(tmp, (size_t)S, sizeof *tmp, keyed_lighter);
+    for (int k = 0; k < S; k++) tmp[k].item = items[tmp[k].item];
+    for (int k = 0; k < S; k++) {
+        items[k] = tmp[k].item;
+        v[k] = tmp[k].load;
+    }
+}
+
+static void sort_views(packing *pk)
+{
+    const int P = pk->s->P, S = pk->S;
+    for (int g = 0; g < P; g++) {
+        if (S <= 32) {
+            sort_slots(pk, g);
+            continue;
+        }
+        sort_stable(pk, pk->slot + g * S, pk->sload + g * S);
+        for (int k = 0; k < S; k++) pk->spot[pk->slot[g * S + k]] = g * S + k;
+        pk->work += S;
+    }
+    sort_gpus_by_load(pk);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Same-GPU duplicates */
+
+/* In GPU g's view (items by ascending load), item `out` gives way to item `in`. */
+static void view_replace(packing *pk, int *view, int g, int out, int in)
+{
+    const int S = pk->S;
+    int *v = view + g * S;
+    double *l = pk->sload + g * S, lin = pk->load[in];
+    int p = 0;
+    while (v[p] != out) p++;
+    for (; p + 1 < S; p++) {
+        v[p] = v[p + 1];
+        l[p] = l[p + 1];
+    }
+    for (p = S - 1; p > 0 && l[p - 1] > lin; p--) {
+        v[p] = v[p - 1];
+        l[p] = l[p - 1];
+    }
+    v[p] = in;
+    l[p] = lin;
+    pk->work += S;
+}
+
+/* Moves replicas that share a GPU with their expert elsewhere, by swaps that keep the
+ * largest GPU load at or below `ceiling`. Replicas are taken in slot order; each goes by the
+ * allowed swap (partner's expert not on the GPU, and the other way round) that leaves the
+ * lowest max(Lg - d, Lj + d) of the two GPUs (d = la - lb), the last in slot order among
+ * equals. Found without trying every partner: GPUs go lightest first (no swap with j leaves
+ * less than (Lg + Lj) / 2, which ends the search), and on each, from the partner closest to
+ * the ideal d = (Lg - Lj) / 2 outwards, as far as a partner may tie. A replica whose expert
+ * is on every GPU it may use stays (its duplicate is unavoidable). dups holds R ints; view
+ * R ints (the views' loads go in sload). */
+enum { repair_partners = 1024 };
+
+static void repair_duplicates(packing *pk, double ceiling, int *dups, int *view)
+{
+    const int P = pk->s->P, S = pk->S;
+    int ndup = 0;
+    for (int r = 0; r < pk->s->R; r++) {
+        int a = pk->slot[r];
+        int allowed = pk->home[a] >= 0 ? pk->Pn : P;
+        if (eplb_placed_count(pk->placed, pk->expert[a], r / S) > 1 &&
+            eplb_placed_gpus(pk->placed, pk->expert[a]) < allowed)
+            dups[ndup++] = a;
+    }
+    if (ndup == 0) return;
+    for (int g = 0; g < P; g++) {
+        memcpy(view + g * S, pk->slot + g * S, (size_t)S * sizeof(int));
+        sort_stable(pk, view + g * S, pk->sload + g * S);
+    }
+    sort_gpus_by_load(pk);
+    pk->work += pk->s->R;
+    for (int x = 0; x < ndup && !over_budget(pk); x++) {
+        int a = dups[x], g = pk->gpu[a], ea = pk->expert[a];
+        int allowed = pk->home[a] >= 0 ? pk->Pn : P;
+        if (!on_gpu(pk, ea, g, a) || eplb_placed_gpus(pk->placed, ea) >= allowed) continue;
+        double la = pk->load[a], Lg = pk->gload[g], best = ceiling;
+        int bj = -1, bb = -1; /* the best partner so far (GPU, item) */
+        for (int q = 0, searched = 0; q < P && searched < repair_partners; q++) {
+            int j = pk->by_load[q];
+            double Lj = pk->gload[j], floor = (Lg + Lj) / 2;
+            pk->work++;
+            if (floor - 4 * DBL_EPSILON * floor > best) break; /* rounding aside */
+            if (j == g || !may_live_on(pk, a, j) || on_gpu(pk, ea, j, -1)) continue;
+            searched += bj >= 0;
+            const int *vj = view + j * S;
+            const double *lj = pk->sload + j * S;
+            int mid = lower_bound(lj, S, la - (Lg - Lj) / 2);
+            pk->work += 8;
+            for (int dir = 0; dir < 2; dir++)
+                for (int k = dir ? mid - 1 : mid; k >= 0 && k < S; k += dir ? -1 : 1) {
+                    double d = la - lj[k], up = Lg - d, down = Lj + d;
+                    pk->work++;
+                    if ((dir ? down : up) > best) break; /* grows along the walk */
+                    int b = vj[k], eb = pk->expert[b];
+                    if (eb == ea || !may_live_on(pk, b, g) || on_gpu(pk, eb, g, -1)) continue;
+                    double hi = up > down ? up : down;
+                    if (hi > best) continue;
+                    if (hi == best && bj >= 0 &&
+                        (j < bj || (j == bj && pk->spot[b] < pk->spot[bb])))
+                        continue;
+                    best = hi;
+                    bj = j;
+                    bb = b;
+                }
+        }
+        if (bj < 0) continue;
+        swap_items(pk, g, pk->spot[a] - g * S, bj, pk->spot[bb] - bj * S);
+        view_replace(pk, view, g, a, bb);
+        view_replace(pk, view, bj, bb, a);
+        reposition(pk, g);
+        reposition(pk, bj);
+    }
 }
 
 /* Best one-for-one swap for GPU i with a GPU of [lo, hi); returns 1 and applies it when it
@@ -455,6 +743,7 @@ static int swap_one(packing *pk, int i, int lo, int hi)
         if (Lj + gap / 2 >= best || bj >= 0) break;
         const int *sj = pk->slot + j * S;
         const double *vj = pk->sload + j * S, *vi = pk->sload + i * S;
+        pk->work += S;
         /* Every exchange taken has 0 < d < gap, and for each a the smallest d > 0 comes from
          * the heaviest b lighter than a: one merge of the two sorted lists finds whether
          * any pair qualifies, far cheaper than the search below on the many GPUs without. */
@@ -471,8 +760,10 @@ static int swap_one(packing *pk, int i, int lo, int hi)
             if (la <= lightest_j) break; /* nothing on j is lighter, nor for lighter a */
             if (!may_live_on(pk, a, j)) continue;
             int mid = lower_bound(vj, S, la - gap / 2);
+            pk->work += 4;
             for (int kb = mid; kb < S; kb++) { /* d <= gap / 2: i stays the larger */
                 double d = la - vj[kb];
+                pk->work++;
                 if (d <= 0 || Li - d >= best) break;
                 if (!swap_allowed(pk, a, i, sj[kb], j)) continue;
                 best = Li - d;
@@ -481,6 +772,7 @@ static int swap_one(packing *pk, int i, int lo, int hi)
             }
             for (int kb = mid - 1; kb >= 0; kb--) { /* d > gap / 2: j becomes the larger */
                 double d = la - vj[kb];
+                pk->work++;
                 if (d >= gap || Lj + d >= best) break;
                 if (!swap_allowed(pk, a, i, sj[kb], j)) continue;
                 best = Lj + d;
@@ -548,6 +840,7 @@ static int swap_two(packing *pk, int i, int lo, int hi, pair_sum *pi, pair_sum *
         double Lj = pk->gload[j], gap = Li - Lj;
         if (gap <= 0 || Lj + gap / 2 >= best) continue;
         int nj = make_pairs(pk, j, pj);
+        pk->work += (long)nj * 8 + ni;
         for (int a = 1; a < nj; a++) { /* insertion sort: short lists, no call per compare */
             pair_sum v = pj[a];
             int b = a;
@@ -567,6 +860,7 @@ static int swap_two(packing *pk, int i, int lo, int hi, pair_sum *pi, pair_sum *
                 for (int y = dir ? lo_k - 1 : lo_k; y >= 0 && y < nj; y += dir ? -1 : 1) {
                     double d = pi[x].sum - pj[y].sum;
                     double nm = dir ? Lj + d : Li - d;
+                    pk->work++;
                     if (d <= 0 || d >= gap || nm >= best) break;
                     int in[2] = {pk->slot[j * S + pj[y].k1], pk->slot[j * S + pj[y].k2]};
                     if (!exchange_allowed(pk, j, in, out, 2) ||
@@ -596,15 +890,10 @@ static const double close_enough = 1e-4;
 static void improve(packing *pk, double stop_at, pair_sum *pairs)
 {
     const int P = pk->s->P;
-    for (int g = 0; g < P; g++) {
-        pk->by_load[g] = g;
-        pk->pos[g] = g;
-        sort_slots(pk, g);
-    }
-    for (int g = 0; g < P; g++) reposition(pk, g);
+    sort_views(pk);
     pair_sum *pi = pairs, *pj = pairs + max_pair_slots * max_pair_slots / 2;
     int limit = 64 * P + 1000;
-    for (int iter = 0; iter < limit; iter++) {
+    for (int iter = 0; iter < limit && !over_budget(pk); iter++) {
         int i = pk->by_load[P - 1];
         if (pk->gload[i] <= stop_at) return;
         int lo = 0, hi = P;
@@ -619,21 +908,14 @@ static void improve(packing *pk, double stop_at, pair_sum *pairs)
 /* ------------------------------------------------------------------------------------------
  * The layer */
 
-/* Writes phy2log (experts ascending within a GPU, easy to read) and replica ranks in slot
- * order; seen holds E ints. */
-static void write_plan(const packing *pk, int *phy2log, int *rank, int *seen)
+/* Writes phy2log (experts ascending within a GPU, easy to read: items come in expert order,
+ * so each GPU's row fills in order) and replica ranks in slot order; seen holds E ints,
+ * cursor P ints. */
+static void write_plan(const packing *pk, int *phy2log, int *rank, int *seen, int *cursor)
 {
     const int P = pk->s->P, S = pk->S;
-    for (int g = 0; g < P; g++) {
-        int *row = phy2log + g * S;
-        for (int k = 0; k < S; k++) row[k] = pk->expert[pk->slot[g * S + k]];
-        for (int a = 1; a < S; a++)
-            for (int b = a; b > 0 && row[b] < row[b - 1]; b--) {
-                int t = row[b];
-                row[b] = row[b - 1];
-                row[b - 1] = t;
-            }
-    }
+    for (int g = 0; g < P; g++) cursor[g] = g * S;
+    for (int it = 0; it < pk->nitems; it++) phy2log[cursor[pk->gpu[it]]++] = pk->expert[it];
     memset(seen, 0, (size_t)pk->s->E * sizeof(int));
     for (int r = 0; r < pk->s->R; r++) rank[r] = seen[phy2log[r]]++;
 }
@@ -658,52 +940,69 @@ static void make_items(packing *pk, const int *cnt, const int *expert_node, int 
  * stays home, so a hot node sheds load only through extra replicas of its own experts. Each
  * extra replica goes to the node whose home share (the sum of its experts' per-replica
  * loads) is largest, to its expert with the largest per-replica load; no expert gets more
- * replicas than GPUs. share holds N doubles. */
+ * replicas than GPUs. Heaps: per node its experts that may take one more replica, by
+ * per-replica load; over the nodes with such an expert, by share (ties: lower ids). */
+typedef struct {
+    double *share;          /* per node */
+    double *per_replica;    /* per expert */
+    int *expert_pos;        /* per expert: place in its node's heap */
+    int *by_node;           /* E: node n's heap of experts from start[n] */
+    int *start, *size;      /* per node */
+    int *node_ids, *node_pos; /* the heap of nodes */
+} node_heaps;
+
 static void replicate_by_node(const double *w, const eplb_shape *s, const int *expert_node,
-                              int *cnt, double *share, int *pick, int *by_node, int *start)
+                              int *cnt, const node_heaps *nh)
 {
     const int E = s->E, N = s->N;
-    /* by_node: expert ids grouped by node, ascending within a node, node n's from start[n]. */
-    for (int n = 0; n < N; n++) start[n] = 0;
-    for (int e = 0; e < E; e++)
-        if (expert_node[e] + 1 < N) start[expert_node[e] + 1]++;
-    for (int n = 1; n < N; n++) start[n] += start[n - 1];
-    for (int e = 0; e < E; e++) by_node[start[expert_node[e]]++] = e;
-    for (int n = N - 1; n > 0; n--) start[n] = start[n - 1];
-    start[0] = 0;
-    for (int n = 0; n < N; n++) share[n] = 0;
+    int *start = nh->start, *size = nh->size;
+    for (int n = 0; n < N; n++) {
+        size[n] = 0;
+        nh->share[n] = 0;
+    }
+    for (int e = 0; e < E; e++) size[expert_node[e]]++;
+    for (int n = 0, sum = 0; n < N; n++) {
+        start[n] = sum;
+        sum += size[n];
+        size[n] = 0;
+    }
     for (int e = 0; e < E; e++) {
+        int n = expert_node[e];
         cnt[e] = 1;
-        share[expert_node[e]] += w[e];
+        nh->share[n] += w[e];
+        nh->per_replica[e] = w[e];
+        nh->expert_pos[e] = -1;
+        if (cnt[e] < s->P) nh->by_node[start[n] + size[n]++] = e;
     }
-    /* pick[n]: node n's expert with the largest per-replica load that may take one more
-     * replica (-1: none); only the node that got the last replica needs a new pick. */
-    for (int n = 0; n < N; n++) pick[n] = -1;
-    for (int e = 0; e < E; e++) {
-        int n = expert_node[e], p = pick[n];
-        if (cnt[e] < s->P && (p < 0 || w[e] / cnt[e] > w[p] / cnt[p])) pick[n] = e;
+    eplb_heap node;
+    eplb_heap_init(&node, nh->node_ids, nh->node_pos, nh->share);
+    int nonempty = 0;
+    for (int n = 0; n < N; n++) {
+        eplb_heap h;
+        eplb_heap_init(&h, nh->by_node + start[n], nh->expert_pos, nh->per_replica);
+        eplb_heap_build(&h, nh->by_node + start[n], size[n]);
+        nh->node_pos[n] = -1;
+        if (size[n] > 0) nh->node_ids[nonempty++] = n;
     }
+    eplb_heap_build(&node, nh->node_ids, nonempty);
     for (int left = s->R - E; left > 0;) {
-        int best_e = -1;
-        double best_share = -1;
-        for (int n = 0; n < N; n++) {
-            if (share[n] <= best_share || pick[n] < 0) continue;
-            best_share = share[n];
-            best_e = pick[n];
-        }
-        if (best_e < 0) { /* every expert on every GPU: duplicates are unavoidable */
+        if (node.n == 0) { /* every expert on every GPU: duplicates are unavoidable */
             for (int e = 0; e < E && left > 0; e++, left--) cnt[e]++;
             continue;
         }
-        int bn = expert_node[best_e];
-        share[bn] -= w[best_e] / cnt[best_e] - w[best_e] / (cnt[best_e] + 1);
-        cnt[best_e]++;
+        int bn = eplb_heap_top(&node);
+        eplb_heap h;
+        eplb_heap_init(&h, nh->by_node + start[bn], nh->expert_pos, nh->per_replica);
+        h.n = size[bn];
+        int e = eplb_heap_top(&h);
+        nh->share[bn] -= w[e] / cnt[e] - w[e] / (cnt[e] + 1);
+        cnt[e]++;
         left--;
-        pick[bn] = -1;
-        for (int k = start[bn], end = bn + 1 < N ? start[bn + 1] : E; k < end; k++) {
-            int e = by_node[k], p = pick[bn];
-            if (cnt[e] < s->P && (p < 0 || w[e] / cnt[e] > w[p] / cnt[p])) pick[bn] = e;
-        }
+        if (cnt[e] < s->P) eplb_heap_update(&h, e, w[e] / cnt[e]);
+        else eplb_heap_remove(&h, e);
+        size[bn] = h.n;
+        if (h.n > 0) eplb_heap_update(&node, bn, nh->share[bn]);
+        else eplb_heap_remove(&node, bn);
     }
 }
 
@@ -713,12 +1012,9 @@ static void replicate_by_node(const double *w, const eplb_shape *s, const int *e
 static void seat_cross(packing *pk, const int *p2l, const int *cnt, const int *expert_node,
                        int *home_slot, int *next)
 {
-    const int E = pk->s->E, R = pk->s->R, P = pk->s->P, per_node = R / pk->s->N;
+    const int E = pk->s->E, R = pk->s->R, per_node = R / pk->s->N;
     make_items(pk, cnt, expert_node, 1);
-    for (int g = 0; g < P; g++) {
-        pk->fill[g] = 0;
-        pk->gload[g] = 0;
-    }
+    packing_empty(pk);
     for (int e = 0; e < E; e++) {
         home_slot[e] = -1;
         next[e] = 1;
@@ -732,49 +1028,95 @@ static void seat_cross(packing *pk, const int *p2l, const int *cnt, const int *e
     }
 }
 
-/* One change of replica counts that unloads the most loaded GPU: a free replica of expert x
- * (x keeping at least one replica) becomes a replica of expert y held by that GPU, so every
- * GPU holding y carries less, and no GPU the change touches ends as loaded as that GPU was.
- * Other GPUs may tie with it, so the max itself may wait for later changes; the sorted
- * vector of GPU loads decreases, so this ends. Applies the best such change and returns 1,
- * or returns 0 when there is none. */
+/* One change of replica counts that unloads the most loaded GPU i: a free replica b of
+ * expert x on GPU j (x keeping at least one replica) becomes a replica of expert y held by
+ * i, so every GPU holding y carries less, and no GPU the change touches ends as loaded as i
+ * was. Other GPUs may tie with it, so the max itself may wait for later changes; the sorted
+ * vector of GPU loads decreases, so this ends. The change leaves
+ *   max(Li - dy, A(b) + w[y] / (cy + 1), C(b)),
+ * A(b) = j's load without b, C(b) = the heaviest other GPU holding x once x has one replica
+ * fewer; candidates b go by ascending A, so for each y the search ends at the first b with
+ * A(b) + w[y] / (cy + 1) above the best so far. Applies the best change and returns 1, or
+ * returns 0 when there is none (or the work budget ran out before one was found). */
+typedef struct {
+    int *top_gpu;       /* per expert: the most loaded GPU holding it */
+    double *top, *next; /* per expert: that GPU's load, the most loaded other one's (or -1) */
+    keyed *cand;        /* R */
+} recount_space;
+
 static int recount(packing *pk, const int *expert_node, int *cnt, int *p2l, int *home_slot,
-                   int *next)
+                   int *next, const recount_space *rs)
 {
-    const int P = pk->s->P, S = pk->S, R = pk->s->R;
+    const int P = pk->s->P, S = pk->S, R = pk->s->R, E = pk->s->E;
     const double *w = pk->w;
     int i = 0;
     for (int g = 1; g < P; g++)
         if (pk->gload[g] > pk->gload[i]) i = g;
     double Li = pk->gload[i], best = Li - 1e-12 * Li;
-    int best_b = -1, best_y = -1;
+    for (int e = 0; e < E; e++) {
+        rs->top_gpu[e] = -1;
+        rs->top[e] = rs->next[e] = -1;
+    }
+    for (int it = 0; it < pk->nitems; it++) {
+        int x = pk->expert[it], g = pk->gpu[it];
+        double l = pk->gload[g];
+        if (g == rs->top_gpu[x]) continue;
+        if (l > rs->top[x]) {
+            rs->next[x] = rs->top[x];
+            rs->top[x] = l;
+            rs->top_gpu[x] = g;
+        } else if (l > rs->next[x]) {
+            rs->next[x] = l;
+        }
+    }
+    double v_min = HUGE_VAL; /* the least w[y] / (cy + 1) over the experts y on i */
     for (int ka = 0; ka < S; ka++) {
         int y = pk->expert[pk->slot[i * S + ka]];
-        double cy = pk->cnt[y], dy = w[y] / cy - w[y] / (cy + 1);
-        for (int b = 0; b < pk->nitems; b++) {
-            int x = pk->expert[b], j = pk->gpu[b];
-            if (pk->home[b] >= 0 || x == y || pk->cnt[x] < 2 || on_gpu(pk, y, j, -1)) continue;
+        double v = w[y] / (pk->cnt[y] + 1);
+        if (v < v_min) v_min = v;
+    }
+    int n = 0;
+    for (int b = 0; b < pk->nitems; b++) {
+        int x = pk->expert[b], j = pk->gpu[b];
+        if (pk->home[b] >= 0 || pk->cnt[x] < 2) continue;
+        double cx = pk->cnt[x], dx = w[x] / (cx - 1) - w[x] / cx;
+        double others = rs->top_gpu[x] != j ? rs->top[x] : rs->next[x];
+        double A = pk->gload[j] - w[x] / cx;
+        if ((others >= 0 && others + dx >= best) || A + v_min >= best) continue;
+        rs->cand[n].load = A;
+        rs->cand[n].item = b;
+        n++;
+    }
+    qsort(rs->cand, (size_t)n, sizeof *rs->cand, keyed_lighter);
+    pk->work += (long)R + (long)n * 8;
+    /* The first (slot of i, item) in order with the least result, as a scan of all would. */
+    int best_b = -1, best_y = -1, best_ka = -1;
+    for (int ka = 0; ka < S && !over_budget(pk); ka++) {
+        int y = pk->expert[pk->slot[i * S + ka]];
+        double cy = pk->cnt[y], dy = w[y] / cy - w[y] / (cy + 1), vy = w[y] / (cy + 1);
+        if (Li - dy >= best) continue;
+        for (int k = 0; k < n; k++) {
+            pk->work++;
+            double A = rs->cand[k].load;
+            if (A + vy > best || (A + vy == best && best_ka != ka)) break;
+            int b = rs->cand[k].item, x = pk->expert[b], j = pk->gpu[b];
+            if (x == y || on_gpu(pk, y, j, -1)) continue;
             double cx = pk->cnt[x], dx = w[x] / (cx - 1) - w[x] / cx;
+            double others = rs->top_gpu[x] != j ? rs->top[x] : rs->next[x];
             double hi = Li - dy;
-            double lj = pk->gload[j] - w[x] / cx + w[y] / (cy + 1);
-            if (lj > hi) hi = lj;
-            if (hi >= best) continue;
-            for (int k = 0; k < pk->cnt[x] && hi < best; k++) { /* x's other GPUs carry more */
-                int g = pk->gpu[pk->first[x] + k];
-                if (g != j && pk->gload[g] + dx > hi) hi = pk->gload[g] + dx;
-            }
-            if (hi < best) {
+            if (A + vy > hi) hi = A + vy;
+            if (others >= 0 && others + dx > hi) hi = others + dx;
+            if (hi < best || (hi == best && best_ka == ka && b < best_b)) {
                 best = hi;
                 best_b = b;
                 best_y = y;
+                best_ka = ka;
             }
         }
     }
     if (best_b < 0) return 0;
     for (int r = 0; r < R; r++) p2l[r] = pk->expert[pk->slot[r]];
-    int slot_b = -1;
-    for (int r = 0; r < R && slot_b < 0; r++)
-        if (pk->slot[r] == best_b) slot_b = r;
+    int slot_b = pk->spot[best_b];
     cnt[pk->expert[best_b]]--;
     cnt[best_y]++;
     p2l[slot_b] = best_y;
@@ -787,16 +1129,14 @@ static int recount(packing *pk, const int *expert_node, int *cnt, int *p2l, int 
 static void seat_as(packing *pk, const int *p2l, int *cnt, int *expert_node, int *seated,
                     int cross_nodes)
 {
-    const int E = pk->s->E, R = pk->s->R, P = pk->s->P;
+    const int E = pk->s->E, R = pk->s->R;
     const int N = pk->s->hierarchical ? pk->s->N : 1;
     for (int e = 0; e < E; e++) cnt[e] = 0;
     for (int r = 0; r < R; r++) cnt[p2l[r]]++;
     for (int r = 0; r < R; r++) expert_node[p2l[r]] = r / (R / N);
     make_items(pk, cnt, pk->s->hierarchical ? expert_node : NULL, cross_nodes);
-    for (int g = 0; g < P; g++) {
-        pk->fill[g] = 0;
-        pk->gload[g] = 0;
-    }
+    packing_empty(pk);
+    pk->layered = 0; /* exchanges keep to the strict rule */
     for (int e = 0; e < E; e++) seated[e] = 0;
     for (int r = 0; r < R; r++) {
         int e = p2l[r];
@@ -833,42 +1173,59 @@ eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_
     /* How many replicas: per node when replicas stay on their node, globally otherwise; no
      * expert gets more replicas than the GPUs it may use, unless every expert is there. */
     if (pk.strict) {
-        for (int n = 0; n < N; n++) {
-            int m = 0;
-            for (int e = 0; e < E; e++)
-                if (expert_node[e] == n) ids[m++] = e;
-            double m_rep = eplb_min_max_replica(w, ids, m, R / N, pk.Pn, pk.gpu, heap, pk.load);
+        int *end = node_free; /* ids grouped by node, ascending: node n's end at end[n] */
+        for (int n = 0; n < N; n++) end[n] = 0;
+        for (int e = 0; e < E; e++) end[expert_node[e]]++;
+        for (int n = 0, sum = 0; n < N; n++) {
+            int c = end[n];
+            end[n] = sum;
+            sum += c;
+        }
+        for (int e = 0; e < E; e++) ids[end[expert_node[e]]++] = e;
+        for (int n = 0, from = 0; n < N; from = end[n], n++) {
+            int m = end[n] - from;
+            double m_rep =
+                eplb_min_max_replica(w, ids + from, m, R / N, pk.Pn, pk.gpu, heap, pk.load);
             if (m_rep > target) target = m_rep;
-            for (int k = 0; k < m; k++) cnt[ids[k]] = pk.gpu[k];
+            for (int k = 0; k < m; k++) cnt[ids[from + k]] = pk.gpu[k];
         }
     } else {
         for (int e = 0; e < E; e++) ids[e] = e;
         double m_rep = eplb_min_max_replica(w, ids, E, R, P, cnt, heap, pk.load);
         if (m_rep > target) target = m_rep;
-        if (s->hierarchical && cross_nodes) replicate_by_node(w, s, expert_node, cnt, pk.load, sc->i[25], sc->i[12], sc->i[13]);
+        if (s->hierarchical && cross_nodes) {
+            node_heaps nh = {pk.load, sc->d[7], sc->i[25], sc->i[12], sc->i[13], sc->i[14],
+                             sc->i[15], sc->i[16]};
+            replicate_by_node(w, s, expert_node, cnt, &nh);
+        }
     }
 
     make_items(&pk, cnt, s->hierarchical ? expert_node : NULL, cross_nodes);
     if (s->hierarchical && cross_nodes) {
         /* Replicas bound to a node and free ones mixed: greedy with slot reservations. */
-        if (pack_greedy(&pk, order, node_free, bound_left, sc->i[14]) < 0)
+        greedy_heaps gh = {sc->i[26], sc->i[27], sc->i[14], sc->i[28], sc->i[29], sc->i[15],
+                           sc->d[7]};
+        if (pack_greedy(&pk, order, node_free, bound_left, &gh) < 0)
             return eplb_fail(EPLB_ERR_INTERNAL, "no GPU had room for a replica");
     } else {
         differencing df = {sc->d[3], sc->i[12], sc->i[13], sc->i[14], sc->i[15], sc->i[16],
-                           sc->i[17], sc->d[4], sc->d[5], sc->i[18], sc->i[19]};
-        pack_by_differencing(&pk, order, ids, &df);
+                           sc->i[17], sc->d[4], sc->d[5], sc->i[18], sc->i[19], sc->i[26],
+                           sc->i[27], sc->d[7]};
+        pack_by_differencing(&pk, order, ids, sc->i[31], &df);
     }
-    repair_duplicates(&pk, HUGE_VAL);
+    repair_duplicates(&pk, HUGE_VAL, sc->i[12], sc->i[31]);
     improve(&pk, target * (1 + close_enough), sc->pairs);
     if (s->hierarchical && cross_nodes) {
         /* Exchanges cannot move a node's bound replicas off it; moving replica counts can. */
         int *p2l_now = sc->i[22], *home_slot = sc->i[23], *next = sc->i[24];
-        for (int round = 0; round < 4 * (R - E) + 8; round++) {
-            if (!recount(&pk, expert_node, cnt, p2l_now, home_slot, next)) break;
+        recount_space rs = {sc->i[31], sc->d[2], sc->d[8], sc->sort_work};
+        for (int round = 0; round < 4 * (R - E) + 8 && !over_budget(&pk); round++) {
+            if (!recount(&pk, expert_node, cnt, p2l_now, home_slot, next, &rs)) break;
             improve(&pk, target * (1 + close_enough), sc->pairs);
         }
     }
-    write_plan(&pk, phy2log, rank, ids);
+    write_plan(&pk, phy2log, rank, ids, sc->i[31]);
+    sc->cut_short = pk.cut_short;
 
     /* The floor: never less balanced than the reference plan of the same layer. Its plan is
      * built only when its largest load, known to float32 rounding, may be below ours. */
@@ -882,13 +1239,14 @@ eplb_status eplb_balanced_layer(const double *w, const eplb_shape *s, int cross_
     if (ref >= ours) return EPLB_OK;
 
     seat_as(&pk, ref_phy2log, cnt, expert_node, ids, cross_nodes);
-    repair_duplicates(&pk, max_load(&pk, NULL));
+    repair_duplicates(&pk, max_load(&pk, NULL), sc->i[12], sc->i[31]);
     improve(&pk, target * (1 + close_enough), sc->pairs);
+    sc->cut_short |= pk.cut_short;
     /* Keep ours unless the improved reference is strictly better, and that unless the
      * reference as it came is better still (sums in another slot order can round apart). cnt
      * and bound_left are free again: the items hold the counts, and packing is done. */
     int *tmp_p2l = cnt, *tmp_rank = bound_left;
-    write_plan(&pk, tmp_p2l, tmp_rank, ids);
+    write_plan(&pk, tmp_p2l, tmp_rank, ids, sc->i[31]);
     double better = eplb_gpu_loads(w, E, tmp_p2l, R, P, ids, ref_load);
     if (better < ours && better <= ref) {
         memcpy(phy2log, tmp_p2l, (size_t)R * sizeof(int));
@@ -924,14 +1282,9 @@ double eplb_balanced_layer_from(const double *w, const eplb_shape *s, eplb_scrat
 
     if (s->hierarchical && !keeps_groups_on_nodes(cur_phy2log, s, sc->i[10])) return -1;
     seat_as(&pk, cur_phy2log, sc->i[9], sc->i[7], sc->i[8], 0);
-    for (int g = 0; g < P; g++) /* a duplicate-free start: the current plan may have some */
-        for (int k = 0; k < pk.S; k++)
-            if (on_gpu(&pk, pk.expert[pk.slot[g * pk.S + k]], g, pk.slot[g * pk.S + k])) {
-                repair_duplicates(&pk, HUGE_VAL);
-                g = P;
-                break;
-            }
+    repair_duplicates(&pk, HUGE_VAL, sc->i[12], sc->i[31]); /* the current plan may have some */
     improve(&pk, stop_at, sc->pairs);
+    sc->cut_short = pk.cut_short;
     /* Keep the current slot order: slot k of GPU g keeps its expert when it is still there. */
     for (int r = 0; r < s->R; r++) phy2log[r] = pk.expert[pk.slot[r]];
     memset(sc->i[8], 0, (size_t)s->E * sizeof(int));

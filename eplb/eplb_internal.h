@@ -34,13 +34,43 @@ typedef struct {
 
 eplb_shape eplb_shape_of(const eplb_config *cfg, int num_experts);
 
+/* Which GPUs hold which experts (eplb_placed.c): replicas of expert e on GPU g, and the
+ * number of GPUs holding e, in O(1). */
+typedef struct eplb_placed eplb_placed;
+eplb_placed *eplb_placed_new(int experts, int replicas);
+void eplb_placed_free(eplb_placed *t);
+void eplb_placed_clear(eplb_placed *t);
+int eplb_placed_count(const eplb_placed *t, int e, int g);
+int eplb_placed_gpus(const eplb_placed *t, int e);
+void eplb_placed_add(eplb_placed *t, int e, int g);
+void eplb_placed_remove(eplb_placed *t, int e, int g);
+
+/* An indexed binary heap of ids (eplb_heap.c): largest key[id] on top, the lower id first
+ * among equal keys; pos[id] is the id's place in the heap (-1: not in it). Heaps over
+ * disjoint ids may share pos and key. Use negated keys for smallest first. */
+typedef struct {
+    int n;
+    int *id, *pos;
+    double *key;
+} eplb_heap;
+void eplb_heap_init(eplb_heap *h, int *id, int *pos, double *key);
+void eplb_heap_build(eplb_heap *h, const int *ids, int n); /* keys set before */
+void eplb_heap_push(eplb_heap *h, int id);                 /* key[id] set before */
+int eplb_heap_pop(eplb_heap *h);
+void eplb_heap_remove(eplb_heap *h, int id);
+void eplb_heap_update(eplb_heap *h, int id, double key);
+static inline int eplb_heap_top(const eplb_heap *h) { return h->id[0]; }
+
 /* Scratch memory for one layer, sized once per eplb_rebalance call (every array holds at
  * least max(E, R, P, groups) elements, so any planner may use any of them). */
 typedef struct eplb_scratch {
     int n;                 /* elements per array */
     float *f[4];
-    double *d[7];
-    int *i[26];
+    double *d[9];
+    int *i[32];
+    eplb_placed *placed;   /* sized for the layer's experts and replicas */
+    int cut_short;         /* set by the balanced policy: the layer's refinement stopped at
+                            * its work limit */
     void *sort_work;       /* n * 32 bytes */
     void *pairs;           /* EPLB_PAIR_BYTES: sums of two replicas, for exchanges */
 } eplb_scratch;

@@ -169,25 +169,30 @@ double eplb_gpu_loads(const double *w, int E, const int *phy2log, int R, int P, 
     return mx;
 }
 
-static int layer_duplicates(const int *p2l, int R, int P)
+/* Replicas beyond the first of the same expert on one GPU. last_gpu (E ints) remembers the
+ * last GPU each expert was seen on: one pass, whatever the slots per GPU. */
+static int layer_duplicates(const int *p2l, int E, int R, int P, int *last_gpu)
 {
     int per = R / P, dups = 0;
-    for (int g = 0; g < P; g++)
-        for (int a = 1; a < per; a++)
-            for (int b = 0; b < a; b++)
-                if (p2l[g * per + a] == p2l[g * per + b]) {
-                    dups++;
-                    break;
-                }
+    for (int e = 0; e < E; e++) last_gpu[e] = -1;
+    for (int r = 0; r < R; r++) {
+        int e = p2l[r];
+        if (last_gpu[e] == r / per) dups++;
+        else last_gpu[e] = r / per;
+    }
     return dups;
 }
 
 long eplb_plan_duplicates(const eplb_plan *plan)
 {
+    int *last_gpu = malloc((size_t)plan->num_experts * sizeof(int));
+    if (!last_gpu) return -1;
     long dups = 0;
     for (int l = 0; l < plan->num_layers; l++)
         dups += layer_duplicates(plan->phy2log + (size_t)l * plan->num_replicas,
-                                 plan->num_replicas, plan->num_gpus);
+                                 plan->num_experts, plan->num_replicas, plan->num_gpus,
+                                 last_gpu);
+    free(last_gpu);
     return dups;
 }
 
@@ -225,7 +230,7 @@ eplb_status eplb_layer_evaluate(const double *w, const eplb_plan *plan, int laye
     for (int g = 0; g < P; g++)
         if (load[g] > mx) mx = load[g];
     out->before = mx > 0 ? mean / mx : 1.0;
-    out->duplicates = layer_duplicates(p2l, R, P);
+    out->duplicates = layer_duplicates(p2l, E, R, P, cnt);
     free(cnt);
     free(load);
     EPLB_CHECK(eplb_lower_bound(w, E, cfg, &out->bound));

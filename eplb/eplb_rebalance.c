@@ -93,17 +93,18 @@ eplb_scratch *eplb_scratch_new(const eplb_shape *s)
         sc->f[k] = malloc((size_t)n * sizeof(float));
         ok = ok && sc->f[k];
     }
-    for (int k = 0; k < 7; k++) {
+    for (int k = 0; k < 9; k++) {
         sc->d[k] = malloc((size_t)n * sizeof(double));
         ok = ok && sc->d[k];
     }
-    for (int k = 0; k < 26; k++) {
+    for (int k = 0; k < 32; k++) {
         sc->i[k] = malloc((size_t)n * sizeof(int));
         ok = ok && sc->i[k];
     }
     sc->sort_work = malloc((size_t)n * 32); /* two arrays of n 16-byte records */
     sc->pairs = malloc(EPLB_PAIR_BYTES);
-    if (!ok || !sc->sort_work || !sc->pairs) {
+    sc->placed = eplb_placed_new(s->E, s->R);
+    if (!ok || !sc->sort_work || !sc->pairs || !sc->placed) {
         eplb_scratch_free(sc);
         return NULL;
     }
@@ -114,8 +115,9 @@ void eplb_scratch_free(eplb_scratch *sc)
 {
     if (!sc) return;
     for (int k = 0; k < 4; k++) free(sc->f[k]);
-    for (int k = 0; k < 7; k++) free(sc->d[k]);
-    for (int k = 0; k < 26; k++) free(sc->i[k]);
+    for (int k = 0; k < 9; k++) free(sc->d[k]);
+    for (int k = 0; k < 32; k++) free(sc->i[k]);
+    eplb_placed_free(sc->placed);
     free(sc->sort_work);
     free(sc->pairs);
     free(sc);
@@ -149,7 +151,9 @@ eplb_status eplb_rebalance(const double *weight, int L, int E, const eplb_config
         if (cfg->policy == EPLB_POLICY_DEEPSEEK) {
             st = eplb_deepseek_layer(w, &s, sc, p2l, rk);
         } else {
+            sc->cut_short = 0;
             st = eplb_balanced_layer(w, &s, cfg->cross_nodes, sc, ref, p2l, rk);
+            plan->layers_cut_short += sc->cut_short;
         }
     }
     if (st == EPLB_OK) st = eplb_plan_finish(plan, rank);
@@ -211,10 +215,12 @@ eplb_status eplb_rebalance_from(const double *weight, int L, int E, const eplb_c
                 allowed = 0; /* no load: anything goes, so keep everything */
             }
             const int *cur = current->phy2log + (size_t)l * s.R;
+            sc->cut_short = 0;
             double got = eplb_balanced_layer_from(w, &s, sc, cur, allowed, next, next + s.R);
             if (got >= 0 && got <= allowed) {
                 memcpy(p2l, next, (size_t)s.R * sizeof(int));
                 if (layers_kept) (*layers_kept)++;
+                plan->layers_cut_short += sc->cut_short;
             }
         }
         eplb_scratch_free(sc);

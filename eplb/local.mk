@@ -9,6 +9,8 @@ eplb_libeplb_la_SOURCES = \
 	eplb/eplb_status.c \
 	eplb/eplb_loads.c \
 	eplb/eplb_sort.c \
+	eplb/eplb_heap.c \
+	eplb/eplb_placed.c \
 	eplb/eplb_deepseek.c \
 	eplb/eplb_balanced.c \
 	eplb/eplb_bound.c \
@@ -64,3 +66,7 @@ check_PROGRAMS += tests/test_eplb_errors
 tests_test_eplb_errors_SOURCES = tests/test_eplb_errors.c
 tests_test_eplb_errors_LDADD = eplb/libeplb.la -lm
 TESTS += tests/test_eplb_errors
+check_PROGRAMS += tests/test_eplb_scale
+tests_test_eplb_scale_SOURCES = tests/test_eplb_scale.c tools/eplb_input.c tools/eplb_json.c tools/cli.c
+tests_test_eplb_scale_LDADD = eplb/libeplb.la -lm
+TESTS += tests/test_eplb_scale

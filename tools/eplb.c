@@ -196,6 +196,11 @@ static int summarise(FILE *fp, const options *o, const eplb_loads *in, const epl
     else
         fprintf(fp, "no layer carries any load\n");
     fprintf(fp, "same-GPU duplicates: %ld\n", dups);
+    if (plan->layers_cut_short)
+        fprintf(fp, "refinement stopped at its work limit on %d of %d layers: those plans are "
+                    "valid and at least as balanced as deepseek's, but more exchanges might "
+                    "balance them better\n",
+                plan->layers_cut_short, plan->num_layers);
     if (migrating) {
         const int G = c->num_gpus, per_node = G / c->num_nodes;
         long cross = 0;
