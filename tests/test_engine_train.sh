@@ -3,7 +3,8 @@
 # falls), --verify finds the pipelined run bit-equal to the single-rank reference for
 # dualpipe and dualpipev, in fp32 and in bf16, --trace writes a whole Chrome trace, and bad
 # input fails plainly (exit 2, a message naming the problem, no trace file left); overlapped
-# pairs may run one after the other (--serial-pairs); bench-cuda runs on the cpu driver too.
+# pairs may run one after the other (--serial-pairs); bench-cuda runs on the cpu driver too;
+# with more rank threads than cores the report says that measured idle includes time-sharing.
 dp="${top_builddir:-.}/tools/dualpipe"
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
@@ -103,6 +104,22 @@ ok $? "and says how its GEMMs and pairs run"
 [ $? -eq 2 ] && grep -q -- '--steps' "$tmp/err"; ok $? "bench-cuda --steps 0 is refused"
 "$dp" bench-cuda --driver no-such-driver > "$tmp/out" 2> "$tmp/err"
 [ $? -eq 1 ] && grep -q 'no-such-driver' "$tmp/err"; ok $? "bench-cuda names a driver it cannot load"
+
+# More rank threads than cores: the report says that measured idle includes time-sharing.
+if command -v taskset > /dev/null 2>&1 && taskset -c 0 true 2> /dev/null; then
+  taskset -c 0 "$dp" train $small --schedule dualpipe --pp 2 --chunks 4 --steps 2 > "$tmp/out" 2> "$tmp/err"
+  [ $? -eq 0 ] && grep -q '^note: 2 rank threads share 1 CPU core, .*includes that time-sharing' "$tmp/out"
+  ok $? "2 ranks on 1 core: the report says measured idle includes time-sharing"
+else
+  n=$((n+1)); echo "ok $n # SKIP taskset cannot pin to one core"
+fi
+if [ "$(nproc 2> /dev/null || echo 1)" -ge 2 ]; then
+  "$dp" train $small --schedule dualpipe --pp 2 --chunks 4 --steps 2 > "$tmp/out" 2> "$tmp/err"
+  [ $? -eq 0 ] && ! grep -q '^note: .*time-sharing' "$tmp/out"
+  ok $? "2 ranks on $(nproc) cores: no time-sharing note"
+else
+  n=$((n+1)); echo "ok $n # SKIP one core only"
+fi
 
 echo "1..$n"
 exit $failed

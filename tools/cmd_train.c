@@ -2,8 +2,9 @@
  * fixed random teacher network, printing a line per step, then the measured per-rank busy and
  * idle time next to what the simulator predicts from the measured action times; optionally a
  * Chrome trace of what ran, and a side-by-side check against the single-rank reference. */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* sched_getaffinity: the cores this process may use */
 #include <math.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -368,6 +369,16 @@ static void print_header(const train_options *o, const train_state *t)
     fflush(stdout);
 }
 
+/* The cores this process may run on (its affinity mask where there is one, as nproc says). */
+static long usable_cores(void)
+{
+#ifdef CPU_COUNT
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
+#endif
+    return sysconf(_SC_NPROCESSORS_ONLN);
+}
+
 /* The losses, the median step (the first includes warm-up), and how the ranks spent their time. */
 static void print_summary(const train_options *o, const train_state *t, train_results *res)
 {
@@ -383,6 +394,17 @@ static void print_summary(const train_options *o, const train_state *t, train_re
            res->last_loss, steps, res->last_loss < res->first_loss ? "learning" : "not falling", med,
            (double)global_chunks(&o->c) * t->m->tokens / (med * 1e-3), t->flops_per_step / (med * 1e-3) * 1e-9);
     step_timing_report(&t->tm, t->s, stdout);
+    /* On the cpu driver every rank is a thread: with more of them than cores, a rank ready to
+     * run waits for a core, and that wait is measured as idle, which the simulation (a core
+     * per rank) does not have. Said here so that the two columns are not read as a failure. */
+    long cores = usable_cores(), world = (long)o->c.ranks * replicas(&o->c);
+    long threads = world * (o->c.threads_per_rank > 0 ? o->c.threads_per_rank : 1);
+    if (strcmp(o->c.driver, "cpu") == 0 && cores > 0 && threads > cores)
+        printf("note: %ld rank threads%s share %ld CPU core%s, so ranks take turns on the cores: "
+               "measured idle includes that time-sharing, which the simulation (a core per rank) "
+               "leaves out; with no more rank threads than cores the two columns compare\n",
+               world, o->c.threads_per_rank > 1 ? " (and their kernel threads)" : "", cores,
+               cores > 1 ? "s" : "");
 }
 
 /* The differences from the single-rank reference: the exit code. */
