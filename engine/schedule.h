@@ -183,6 +183,15 @@ dp_status dp_schedule_format_parse(const char *name, dp_schedule_format *fmt);
 dp_status dp_schedule_write(FILE *out, dp_schedule_format fmt, const dp_schedule *s, const dp_cost *cost,
                             const dp_simulation *sim, const dp_schedule_report *report);
 
+/* The `text` timeline at most page_width columns wide (>= DP_TEXT_MIN_WIDTH): the legend is
+ * broken at spaces, time is drawn at 4 columns per F (rows of at most 240 columns), and a row
+ * wider than the page is cut into bands of time printed one under the other, each headed
+ * "time T0 to T1 (band k of n)".
+ * dp_schedule_write draws text DP_TEXT_DEFAULT_WIDTH wide. */
+enum { DP_TEXT_MIN_WIDTH = 50, DP_TEXT_DEFAULT_WIDTH = 80 };
+dp_status dp_schedule_write_text(FILE *out, const dp_schedule *s, const dp_cost *cost, const dp_simulation *sim,
+                                 const dp_schedule_report *report, int page_width);
+
 /* Measured steps of a schedule for the Chrome writer: for each of num_steps steps (numbered from
  * 1), every rank's action times in the order of its actions, rank 0's first, all on one clock
  * (a pair's times at its first action, as the executor records them). */

@@ -4,8 +4,6 @@
 
 #include "engine/schedule_internal.h"
 
-dp_status dp_schedule_write_text(FILE *out, const dp_schedule *s, const dp_cost *c, const dp_simulation *sim,
-                                 const dp_schedule_report *rep);
 dp_status dp_schedule_write_trace(FILE *out, const dp_schedule *s);
 dp_status dp_schedule_write_json(FILE *out, const dp_schedule *s, const dp_cost *c, const dp_simulation *sim,
                                  const dp_schedule_report *rep);
@@ -56,7 +54,7 @@ dp_status dp_schedule_write(FILE *out, dp_schedule_format fmt, const dp_schedule
 {
     if (fmt != DP_FORMAT_TRACE) DP_CHECK(dp_simulation_check(s, sim));
     switch (fmt) {
-    case DP_FORMAT_TEXT: return dp_schedule_write_text(out, s, cost, sim, report);
+    case DP_FORMAT_TEXT: return dp_schedule_write_text(out, s, cost, sim, report, DP_TEXT_DEFAULT_WIDTH);
     case DP_FORMAT_TRACE: return dp_schedule_write_trace(out, s);
     case DP_FORMAT_JSON: return dp_schedule_write_json(out, s, cost, sim, report);
     case DP_FORMAT_SVG: return dp_schedule_write_svg(out, s, cost, sim, report);

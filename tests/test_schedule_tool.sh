@@ -1,6 +1,7 @@
 #!/bin/sh
 # test_schedule_tool.sh: `dualpipe schedule` end to end: the trace interface, every
-# format, --help/--version, and bad input (clear error, exit 2, no output file left).
+# format, the text timeline fitted to the page width, --help/--version, and bad input (clear
+# error, exit 2, no output file left).
 dp="${top_builddir:-.}/tools/dualpipe"
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
@@ -35,6 +36,37 @@ else
   n=$((n+1)); echo "ok $n # SKIP python3 not installed to parse the JSON"
 fi
 "$dp" schedule -o "$tmp/guess.svg" && head -c 5 "$tmp/guess.svg" | grep -q '<?xml'; ok $? "format guessed from .svg"
+
+# The text timeline fits the page: $COLUMNS for standard output, else the terminal's width
+# (not a terminal here), else 80; -o FILE 80; --width N. A timeline wider than the page is cut
+# into bands of time: the bands of each rank put back together give the one long row.
+unbanded() { # FILE RANK: the rank's timeline, bands joined
+  awk -v r="rank $(printf '%2d' "$2") " 'index($0, r) == 1 { s = s substr($0, length(r) + 1) } END { print s }' "$1"
+}
+longest() { awk '{ if (length($0) > m) m = length($0) } END { print m + 0 }' "$1"; }
+COLUMNS=400 "$dp" schedule --pp 8 --chunks 20 > "$tmp/wide" 2> "$tmp/err"
+[ $? -eq 0 ] && [ "$(grep -c '^time .* (band ' "$tmp/wide")" -eq 0 ] && [ "$(longest "$tmp/wide")" -gt 200 ]
+ok $? "COLUMNS=400: one band as wide as the timeline ($(longest "$tmp/wide") columns)"
+for cols in 50 80 132; do
+  COLUMNS=$cols "$dp" schedule --pp 8 --chunks 20 > "$tmp/w$cols" 2> "$tmp/err"
+  good=$?
+  [ "$(longest "$tmp/w$cols")" -le "$cols" ] || good=1
+  bands=$(grep -c '^time .* (band ' "$tmp/w$cols")
+  [ "$bands" -ge 2 ] && [ "$(grep -c '^rank  7 ' "$tmp/w$cols")" -eq "$bands" ] || good=1
+  for r in 0 3 7; do [ "$(unbanded "$tmp/w$cols" $r)" = "$(unbanded "$tmp/wide" $r)" ] || good=1; done
+  grep -q '^makespan 66$' "$tmp/w$cols" || good=1
+  ok $good "COLUMNS=$cols: every line fits ($(longest "$tmp/w$cols") columns), $bands bands that join into the same rows"
+done
+(unset COLUMNS; "$dp" schedule --pp 8 --chunks 20 | cat > "$tmp/pipe")
+[ "$(longest "$tmp/pipe")" -le 80 ] && [ "$(longest "$tmp/pipe")" -gt 60 ]
+ok $? "into a pipe without COLUMNS: 80 columns ($(longest "$tmp/pipe"))"
+COLUMNS=400 "$dp" schedule --pp 8 --chunks 20 -o "$tmp/file.txt" 2> "$tmp/err"
+[ $? -eq 0 ] && [ "$(longest "$tmp/file.txt")" -le 80 ]; ok $? "-o FILE: 80 columns whatever COLUMNS says"
+"$dp" schedule --pp 8 --chunks 20 --width 100 -o "$tmp/w100.txt" 2> "$tmp/err"
+[ $? -eq 0 ] && [ "$(longest "$tmp/w100.txt")" -le 100 ] && [ "$(longest "$tmp/w100.txt")" -gt 80 ]
+ok $? "--width 100: at most 100 columns ($(longest "$tmp/w100.txt"))"
+"$dp" schedule --width 10 > "$tmp/out" 2> "$tmp/err"
+[ $? -eq 2 ] && grep -q -- '--width' "$tmp/err"; ok $? "--width below 50 is refused"
 
 "$dp" schedule --help | grep -q -- '--chunks'; ok $? "--help lists the options"
 "$dp" --version | grep -q '^dualpipe [0-9]'; ok $? "--version"

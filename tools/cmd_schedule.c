@@ -1,8 +1,11 @@
 /* cmd_schedule.c: `dualpipe schedule`: generate a pipeline schedule, validate it, simulate
  * it under a cost model and write it as a timeline, trace, JSON, SVG or Chrome trace. */
-#define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* TIOCGWINSZ: the terminal's width */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 
 #include "engine/schedule.h"
 #include "tools/cli.h"
@@ -10,7 +13,7 @@
 #include "tools/commands.h"
 #include "tools/output_file.h"
 
-enum { O_COST = CLI_LONG_ONLY };
+enum { O_COST = CLI_LONG_ONLY, O_WIDTH };
 
 static const cli_option options[] = {
     {'s', 's', "schedule", "NAME", .help_fn = usage_schedule_names},
@@ -21,6 +24,8 @@ static const cli_option options[] = {
     {'f', 'f', "format", "FMT", .help = "text (default), trace, json, svg, chrome; guessed from the\n"
                                         "extension of -o (.svg, .json, .trace) when not given"},
     {'o', 'o', "output", "FILE", .help = "write there instead of standard output"},
+    {O_WIDTH, 0, "width", "N", .help = "text: columns of the timeline (default: $COLUMNS, else the\n"
+                                       "terminal's width, else 80); wider timelines wrap in bands"},
     {'l', 'l', "list", NULL, .help = "list the schedules and exit"},
     {0},
 };
@@ -31,6 +36,22 @@ static const cli_spec spec = {
     .options = options,
     .epilogue = "Example: dualpipe schedule --pp 8 --chunks 20 -o dualpipe.svg\n",
 };
+
+/* The page width of a text timeline: --width, else for standard output $COLUMNS, else the
+ * terminal's width when it is a terminal, else DP_TEXT_DEFAULT_WIDTH. */
+static int page_width(int asked, const char *path)
+{
+    if (asked) return asked;
+    if (path && strcmp(path, "-") != 0) return DP_TEXT_DEFAULT_WIDTH;
+    const char *env = getenv("COLUMNS");
+    char *end;
+    long n = env ? strtol(env, &end, 10) : 0;
+    if (env && *env && !*end && n > 0) return n < DP_TEXT_MIN_WIDTH ? DP_TEXT_MIN_WIDTH : n > 100000 ? 100000 : (int)n;
+    struct winsize ws;
+    if (isatty(STDOUT_FILENO) && ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+        return ws.ws_col < DP_TEXT_MIN_WIDTH ? DP_TEXT_MIN_WIDTH : ws.ws_col;
+    return DP_TEXT_DEFAULT_WIDTH;
+}
 
 static int guess_format(const char *path, dp_schedule_format *fmt)
 {
@@ -48,6 +69,7 @@ int cmd_schedule(int argc, char **argv)
     const char *name = "dualpipe", *format = NULL, *path = NULL;
     dp_schedule_params params = {.ranks = 8, .chunks = 20};
     dp_cost cost = dp_cost_default();
+    int width = 0;
     cli_parser p;
     int opt = cli_parse_start(&p, &spec, argc, argv);
     if (opt != CLI_GO_ON) return opt;
@@ -65,6 +87,9 @@ int cmd_schedule(int argc, char **argv)
                 cli_error("--cost: %s", dp_last_error());
                 return CLI_EXIT_USAGE;
             }
+            break;
+        case O_WIDTH:
+            if (cli_parse_int("--width", p.value, DP_TEXT_MIN_WIDTH, 100000, &width)) return CLI_EXIT_USAGE;
             break;
         case 'f': format = p.value; break;
         case 'o': path = p.value; break;
@@ -106,7 +131,10 @@ int cmd_schedule(int argc, char **argv)
     }
     output_file o;
     if (output_file_open(&o, path)) goto out;
-    if (dp_schedule_write(o.fp, fmt, s, &cost, &sim, &rep) != DP_OK) {
+    dp_status st = fmt == DP_FORMAT_TEXT
+                       ? dp_schedule_write_text(o.fp, s, &cost, &sim, &rep, page_width(width, path))
+                       : dp_schedule_write(o.fp, fmt, s, &cost, &sim, &rep);
+    if (st != DP_OK) {
         cli_error("%s", dp_last_error());
         output_file_abort(&o);
         goto out;
