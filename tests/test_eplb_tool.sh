@@ -207,5 +207,17 @@ else
     else not_ok "-o a device node: rc=$rc, $(ls -l "$tmp/null")"; fi
 fi
 
+# With few GPUs the SVG is still as wide as its heading and legend: their x (70) plus an
+# estimated 7 pixels a character of 12-pixel sans-serif, whichever line is longer.
+for g in 1 2; do
+    printf '90 132 40 61\n' | "$EPLB" -r 4 -g $g -q --svg "$tmp/few$g.svg"
+    width=$(sed -n 's/^<svg .* width="\([0-9]*\)".*/\1/p' "$tmp/few$g.svg")
+    longest=$(sed -n 's/^<text x="70" y="[0-9]*">\(.*\)<\/text>.*/\1/p' "$tmp/few$g.svg" |
+        awk '{ if (length($0) > m) m = length($0) } END { print m + 0 }')
+    if [ -n "$width" ] && [ "$longest" -gt 60 ] && [ "$width" -gt $((70 + 7 * longest)) ]
+    then ok "--svg with $g GPU(s): width $width > 70 + 7 x $longest characters of text"
+    else not_ok "--svg with $g GPU(s): width ${width:-none} for text of $longest characters"; fi
+done
+
 echo "1..$n"
 exit $fail

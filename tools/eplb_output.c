@@ -3,6 +3,7 @@
 #include "tools/eplb_output.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 static void write_ints(FILE *fp, const int *v, int n)
 {
@@ -71,14 +72,22 @@ int eplb_write_svg(FILE *fp, const double *w, const eplb_plan *p, const eplb_con
     if (top <= 0) top = 1;
     const double mean = total / G;
     const int bar = G > 64 ? 6 : 12, gap = 2, left = 70, height = 300, pad = 40;
-    const int width = left + G * (2 * bar + gap + 4) + pad;
+    /* As wide as the bars, and as the heading and the legend with few GPUs: 12-pixel
+     * sans-serif text takes at most about 7 pixels a character. */
+    char heading[160], legend[200];
+    snprintf(heading, sizeof heading, "Layer %d: GPU load before (grey, one replica per expert) "
+             "and after (blue) balancing", layer);
+    snprintf(legend, sizeof legend, "GPU (x), load (y, top %.6g); mean %.6g, lower bound on the "
+             "max %.6g", top, mean, bound);
+    int width = left + G * (2 * bar + gap + 4) + pad, text = (int)strlen(heading);
+    if ((int)strlen(legend) > text) text = (int)strlen(legend);
+    if (left + EPLB_SVG_CHAR_PX * text + pad > width) width = left + EPLB_SVG_CHAR_PX * text + pad;
     fprintf(fp, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
                 "font-family=\"sans-serif\" font-size=\"12\">\n", width, height + 90);
     fprintf(fp, "<title>eplb: per-GPU load of layer %d, before and after balancing</title>\n",
             layer);
     fprintf(fp, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
-    fprintf(fp, "<text x=\"%d\" y=\"20\">Layer %d: GPU load before (grey, one replica per "
-                "expert) and after (blue) balancing</text>\n", left, layer);
+    fprintf(fp, "<text x=\"%d\" y=\"20\">%s</text>\n", left, heading);
     for (int g = 0; g < G; g++) {
         int x = left + g * (2 * bar + gap + 4);
         double hb = before[g] / top * height, ha = after[g] / top * height;
@@ -101,9 +110,7 @@ int eplb_write_svg(FILE *fp, const double *w, const eplb_plan *p, const eplb_con
                     "stroke-dasharray=\"2 2\"/>\n", left - 5, width - pad, yb, yb);
         fprintf(fp, "<text x=\"4\" y=\"%.1f\" fill=\"#2ca02c\">bound</text>\n", yb - 2);
     }
-    fprintf(fp, "<text x=\"%d\" y=\"%d\">GPU (x), load (y, top %.6g); mean %.6g, lower bound "
-                "on the max %.6g</text>\n</svg>\n",
-            left, 30 + height + 40, top, mean, bound);
+    fprintf(fp, "<text x=\"%d\" y=\"%d\">%s</text>\n</svg>\n", left, 30 + height + 40, legend);
     free(before);
     free(after);
     return 0;

@@ -10,6 +10,9 @@
 void eplb_write_plan_json(FILE *fp, const eplb_plan *plan, const eplb_config *cfg);
 
 /* Per-GPU loads before (expert e alone on GPU e*G/E) and after, for one layer. */
+/* Pixels a character of the SVG's 12-pixel sans-serif text takes at most, on average: the
+ * picture is at least as wide as its heading and legend at this rate. */
+enum { EPLB_SVG_CHAR_PX = 7 };
 int eplb_write_svg(FILE *fp, const double *w, const eplb_plan *plan, const eplb_config *cfg,
                    int layer);
 
