@@ -1,7 +1,8 @@
 /* cuda_link.cu: the CUDA driver's link table. It learns where every rank runs (through the
  * world's bootstrap), chooses a transport per pair of ranks, as NCCL's transport table does
- * (copy between ranks on one GPU of this process, NCCL across GPUs: cuda_link_copy.cu and
- * cuda_link_nccl.cu), and builds the collectives and split on top. One host thread per rank. */
+ * (copy between ranks on one GPU of this process, CUDA IPC between processes on one GPU, NCCL
+ * across GPUs: cuda_link_copy.cu, cuda_link_ipc.cu, cuda_link_nccl.cu), and builds the
+ * collectives and split on top. One host thread per rank. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,12 +13,17 @@
 
 static int me(dp_link *l) { return l->world_of[l->rank]; }
 
+/* The transports, in the order a batch of requests is issued to them. */
+#define DP_CUDA_TRANSPORTS 3
+static const dp_cuda_transport *const transports[DP_CUDA_TRANSPORTS] = {
+    &dp_cuda_copy_transport, &dp_cuda_ipc_transport, &dp_cuda_nccl_transport};
+
 /* ----------------------------------------------------------------------------
  * abort and events */
 
 void dp_cuda_link_abort_world(dp_link_world *w, int rank, dp_status reason, const char *why)
 {
-    dp_link_abort_raise(&w->abort, &w->bootstrap, rank, reason, why);
+    if (dp_link_abort_raise(&w->abort, &w->bootstrap, rank, reason, why)) dp_cuda_ipc_abort(w, rank, reason, why);
     pthread_mutex_lock(&w->lock);
     pthread_cond_broadcast(&w->cond);
     pthread_mutex_unlock(&w->lock);
@@ -108,6 +114,16 @@ static dp_status cuda_world_create(const dp_link_world_config *cfg, dp_link_worl
     dp_link_abort_init(&w->abort);
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->cond, NULL);
+    st = dp_cuda_ipc_world_init(w);
+    if (st != DP_OK) {
+        pthread_mutex_destroy(&w->lock);
+        pthread_cond_destroy(&w->cond);
+        dp_link_abort_fini(&w->abort);
+        dp_link_bootstrap_close(&w->bootstrap);
+        free(w->opened), free(w->mailbox);
+        free(w);
+        return st;
+    }
     *out = w;
     return DP_OK;
 }
@@ -115,6 +131,7 @@ static dp_status cuda_world_create(const dp_link_world_config *cfg, dp_link_worl
 static dp_status cuda_world_destroy(dp_link_world *w)
 {
     if (!w) return DP_OK;
+    dp_cuda_ipc_world_fini(w);
     dp_cuda_copy_world_fini(w);
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->cond);
@@ -207,8 +224,8 @@ static const char *layout_name(dp_cuda_nccl_layout x)
                                      : "no NCCL";
 }
 
-/* Peers on this rank's GPU in this process get the copy transport, the others NCCL. Ranks of
- * two processes on one GPU would need CUDA IPC, which this link does not have yet. */
+/* Peers on this rank's GPU in this process (world) get the copy transport, those on its GPU
+ * in another process CUDA IPC, the others NCCL. */
 static dp_status choose_transports(dp_link *l)
 {
     int *all = (int *)calloc((size_t)l->size, sizeof(int));
@@ -220,11 +237,7 @@ static dp_status choose_transports(dp_link *l)
     for (int p = 0; p < l->size; p++) {
         const dp_cuda_place *peer = &l->place[p];
         if (!dp_cuda_same_gpu(mine, peer)) l->transport[p] = &dp_cuda_nccl_transport;
-        else if (peer->process != mine->process)
-            return dp_fail(DP_ERR_UNSUPPORTED,
-                           "cuda link: ranks %d and %d share GPU %d but live in different processes, which needs a "
-                           "CUDA IPC transport this build does not have: host them in one process or on different GPUs",
-                           me(l), l->world_of[p], mine->ordinal);
+        else if (dp_cuda_ipc_pair(mine, peer)) l->transport[p] = &dp_cuda_ipc_transport;
         else if (l->layout == DP_CUDA_NCCL_GROUP) l->transport[p] = &dp_cuda_nccl_transport; /* itself, forced */
         else l->transport[p] = &dp_cuda_copy_transport;
     }
@@ -238,13 +251,12 @@ static void log_transports(dp_link *l)
     char line[1024];
     int n = snprintf(line, sizeof line, "cuda link: rank %d (GPU %d) in a group of %d:", me(l), l->place[l->rank].ordinal,
                      l->size);
-    const dp_cuda_transport *kinds[2] = {&dp_cuda_copy_transport, &dp_cuda_nccl_transport};
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < DP_CUDA_TRANSPORTS; k++) {
         int first = 1;
         for (int p = 0; p < l->size && n > 0 && (size_t)n < sizeof line; p++) {
-            if (l->transport[p] != kinds[k]) continue;
-            n += snprintf(line + n, sizeof line - (size_t)n, "%s%d", first ? (k ? " nccl to " : " copy to ") : ",",
-                          l->world_of[p]);
+            if (l->transport[p] != transports[k]) continue;
+            if (first) n += snprintf(line + n, sizeof line - (size_t)n, " %s to %d", transports[k]->name, l->world_of[p]);
+            else n += snprintf(line + n, sizeof line - (size_t)n, ",%d", l->world_of[p]);
             first = 0;
         }
         if (!first && n > 0 && (size_t)n < sizeof line) n += snprintf(line + n, sizeof line - (size_t)n, ";");
@@ -269,6 +281,7 @@ static dp_status describe_self(dp_link *l, dp_cuda_place *out)
     out->host = hash_bytes(host);
     out->process = l->w->process;
     out->ordinal = l->dev->ordinal;
+    out->pid = (int)getpid();
     return DP_OK;
 }
 
@@ -288,6 +301,7 @@ static dp_status ensure_ready(dp_link *l)
     DP_CHECK(b->ops->allgather(b->ctx, me(l), &mine, l->place, sizeof mine));
     DP_CHECK(choose_transports(l));
     DP_CHECK(dp_cuda_nccl_world(l));
+    DP_CHECK(dp_cuda_ipc_setup(l));
     log_transports(l);
     l->ready = 1;
     return DP_OK;
@@ -301,13 +315,12 @@ static dp_status issue_now(dp_link *l, dp_request **reqs, int n)
     /* one batch per transport, in posting order within each (an NCCL batch is one group) */
     dp_request **batch = (dp_request **)malloc((size_t)(n ? n : 1) * sizeof *batch);
     if (!batch) return dp_fail(DP_ERR_NOMEM, "cuda link: out of memory");
-    const dp_cuda_transport *kinds[2] = {&dp_cuda_copy_transport, &dp_cuda_nccl_transport};
     dp_status st = DP_OK;
-    for (int k = 0; k < 2 && st == DP_OK; k++) {
+    for (int k = 0; k < DP_CUDA_TRANSPORTS && st == DP_OK; k++) {
         int m = 0;
         for (int i = 0; i < n; i++)
-            if (reqs[i]->tp == kinds[k]) batch[m++] = reqs[i];
-        if (m) st = kinds[k]->issue(l, batch, m);
+            if (reqs[i]->tp == transports[k]) batch[m++] = reqs[i];
+        if (m) st = transports[k]->issue(l, batch, m);
     }
     free(batch);
     return st;
@@ -658,6 +671,7 @@ static dp_status cuda_link_close(dp_link *l)
     if (!l) return DP_OK;
     dp_link_world *w = l->w;
     cudaSetDevice(l->dev->ordinal);
+    dp_cuda_ipc_close(l); /* first: it hands its requests' events back to the pool */
     dp_cuda_nccl_close(l);
     for (int i = 0; i < l->pool_len; i++) cudaEventDestroy(l->event_pool[i]);
     free(l->event_pool);

@@ -1,7 +1,8 @@
 /* cuda_link.h: what the CUDA link's files share: the world, a rank's endpoint in a group, a
  * request, and the transport table. cuda_link.cu chooses a transport per pair of ranks (like
  * NCCL's transport table): cuda_link_copy.cu between ranks on one GPU of this process,
- * cuda_link_nccl.cu across GPUs. A new transport is one file exporting a cuda_transport. */
+ * cuda_link_ipc.cu between ranks of different processes on one GPU, cuda_link_nccl.cu across
+ * GPUs. A new transport is one file exporting a cuda_transport. */
 #ifndef DP_CUDA_LINK_H
 #define DP_CUDA_LINK_H
 
@@ -34,14 +35,14 @@ typedef struct {
     uint64_t host;         /* a hash of the host name */
     uint64_t process;      /* the world (one per process) hosting the rank */
     int ordinal;
-    int pad;
+    int pid;               /* the operating-system process (two worlds may share one) */
 } dp_cuda_place;
 
 /* ----------------------------------------------------------------------------
  * transports */
 
 typedef struct dp_cuda_transport {
-    const char *name; /* "copy", "nccl": in logs */
+    const char *name; /* "copy", "ipc", "nccl": in logs */
     /* Issues requests posted to peers of this transport, as one batch (a group_end). */
     dp_status (*issue)(dp_link *l, dp_request **reqs, int n);
     dp_status (*test)(dp_link *l, dp_request *r, int *done);
@@ -52,12 +53,30 @@ typedef struct dp_cuda_transport {
 } dp_cuda_transport;
 
 extern const dp_cuda_transport dp_cuda_copy_transport;
+extern const dp_cuda_transport dp_cuda_ipc_transport;
 extern const dp_cuda_transport dp_cuda_nccl_transport;
 
 /* ----------------------------------------------------------------------------
  * structures */
 
 typedef struct dp_cuda_msg dp_cuda_msg; /* a copy-transport message (cuda_link_copy.cu) */
+typedef struct dp_cuda_ipc_msg dp_cuda_ipc_msg; /* a message arriving over CUDA IPC (cuda_link_ipc.cu) */
+typedef struct dp_cuda_ipc dp_cuda_ipc;         /* the world's CUDA IPC state (cuda_link_ipc.cu) */
+
+/* What the IPC transport keeps per request. */
+typedef struct {
+    dp_request *next;     /* in its pair's send queue or list of posted receives */
+    dp_cuda_ipc_msg *msg; /* a receive: the message it matched */
+    size_t pushed;        /* a send: bytes handed to the ring so far */
+    int chunks;           /* a send: chunks handed to the ring so far */
+    int queued;           /* in one of its pair's lists */
+    int started;          /* the pair's stream already waits for `start` */
+    int finished;         /* every copy is queued and `done` recorded after the last (or none needed) */
+    dp_status failed;     /* a receive: why it cannot complete (a size mismatch, a message given up) */
+    size_t sent_bytes;    /* a receive of another size: the message's */
+    cudaEvent_t start;    /* recorded on the caller's stream when posted */
+    cudaEvent_t done;     /* recorded after the request's last copy */
+} dp_cuda_ipc_req;
 
 typedef struct {
     dp_cuda_msg *head, *tail; /* messages waiting for this rank */
@@ -75,6 +94,7 @@ struct dp_link_world {
     dp_link_bootstrap bootstrap;
     int *opened;              /* [size]: endpoints of the world group open, per local rank */
     dp_cuda_mailbox *mailbox; /* [size]: copy transport, per rank of this process */
+    dp_cuda_ipc *ipc;         /* IPC transport: rings, shared control words, the job's abort note */
 };
 
 typedef enum {
@@ -100,6 +120,7 @@ struct dp_request {
     int done;              /* copy: send matched / receive's copy queued */
     dp_cuda_msg *msg;      /* copy */
     cudaEvent_t done_event; /* nccl: recorded after the operation on the communicator's stream */
+    dp_cuda_ipc_req ipc;    /* ipc */
 };
 
 struct dp_link {
@@ -169,6 +190,18 @@ int dp_cuda_nccl_use_split(void);
 /* Host bytes from every member of the group through the link itself (device scratch and an
  * all_to_all_v): all[j * bytes ...] receives member j's `mine`. */
 dp_status dp_cuda_link_allgather_host(dp_link *l, const void *mine, void *all, size_t bytes);
+
+/* IPC transport (cuda_link_ipc.cu). Whether ranks at a and b need it (one GPU, two worlds). */
+int dp_cuda_ipc_pair(const dp_cuda_place *a, const dp_cuda_place *b);
+dp_status dp_cuda_ipc_world_init(dp_link_world *w);
+void dp_cuda_ipc_world_fini(dp_link_world *w);
+/* Rings, events and shared control words for every IPC pair of the world: called by every
+ * rank of the world at its world link's set-up (bootstrap collectives, none where the world
+ * has no IPC pair). */
+dp_status dp_cuda_ipc_setup(dp_link *l);
+void dp_cuda_ipc_close(dp_link *l); /* drops l's requests still queued */
+/* Leaves the abort where the other processes on this host poll it. */
+void dp_cuda_ipc_abort(dp_link_world *w, int rank, dp_status reason, const char *why);
 
 /* Copy transport (cuda_link_copy.cu): the world's mailboxes. */
 void dp_cuda_copy_world_fini(dp_link_world *w);

@@ -14,6 +14,7 @@ cuda_driver_sources = \
 	drivers/cuda/cuda_link.h \
 	drivers/cuda/cuda_link.cu \
 	drivers/cuda/cuda_link_copy.cu \
+	drivers/cuda/cuda_link_ipc.cu \
 	drivers/cuda/cuda_link_nccl.cu \
 	drivers/cuda/cuda_internal.h
 
@@ -50,12 +51,15 @@ distclean-cuda-deps:
 
 # GPU tests: always built, they skip ("1..0 # SKIP no CUDA device") without a GPU or the module.
 noinst_HEADERS += tests/cuda_test_util.h
-check_PROGRAMS += tests/test_cuda_kernels tests/test_cuda_link
-TESTS += tests/test_cuda_kernels tests/test_cuda_link
+check_PROGRAMS += tests/test_cuda_kernels tests/test_cuda_link tests/test_cuda_ipc
+TESTS += tests/test_cuda_kernels tests/test_cuda_link tests/test_cuda_ipc
 tests_test_cuda_kernels_SOURCES = tests/test_cuda_kernels.c
 tests_test_cuda_kernels_LDADD = engine/libdualpipe.la -lm
 tests_test_cuda_link_SOURCES = tests/test_cuda_link.c
 tests_test_cuda_link_LDADD = engine/libdualpipe.la
+# two processes (fork) sharing GPU 0 over the IPC transport
+tests_test_cuda_ipc_SOURCES = tests/test_cuda_ipc.c
+tests_test_cuda_ipc_LDADD = engine/libdualpipe.la
 TESTS += tests/test_cuda_verify.sh
 EXTRA_DIST += tests/test_cuda_verify.sh
 dist_doc_DATA += doc/cuda.md doc/cuda-measurements.md
