@@ -4,6 +4,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "engine/rank.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -461,6 +462,32 @@ static dp_status gather_times(dp_rank *rk, dp_action_time **times)
     return DP_OK;
 }
 
+/* A loss that is not finite stops the run where it is known, on the rank holding the pipe's last
+ * stage, before the optimizer applies what it gave: training has diverged. */
+static dp_status check_losses(dp_rank *rk)
+{
+    const dp_schedule *s = rk->sched;
+    size_t cpp = (size_t)s->chunks_per_pipe;
+    float *host = NULL;
+    dp_status st = DP_OK;
+    for (int d = 0; d < s->num_local_stages && st == DP_OK; d++) {
+        if (!dp_schedule_is_last_stage(s, rk->prank, d)) continue;
+        int pipe = s->slot_pipe[d][rk->prank];
+        if (!host && !(host = malloc(cpp * sizeof *host))) return dp_fail(DP_ERR_NOMEM, "out of memory for the losses");
+        st = rk->drv->device->copy(rk->dev, host, rk->loss[pipe], cpp * sizeof *host, DP_COPY_DEVICE_TO_HOST,
+                                   rk->streams[0]);
+        if (st == DP_OK) st = rk->drv->device->stream_synchronize(rk->dev, rk->streams[0]);
+        for (size_t k = 0; k < cpp && st == DP_OK; k++)
+            if (!isfinite(host[k]))
+                st = dp_fail(DP_ERR_NONFINITE,
+                             "the loss of micro-batch %zu is %s: training diverged (a learning rate too large?); "
+                             "stopped before the optimizer step", (size_t)rk->replica * replica_chunks(rk) +
+                             (size_t)pipe * cpp + k, isnan(host[k]) ? "NaN" : host[k] > 0 ? "inf" : "-inf");
+    }
+    free(host);
+    return st;
+}
+
 dp_status dp_rank_train(dp_rank *rk, const dp_rank_step *a)
 {
     const dp_device_ops *D = rk->drv->device;
@@ -470,6 +497,7 @@ dp_status dp_rank_train(dp_rank *rk, const dp_rank_step *a)
     dp_step_io io = step_io(rk, a->t0);
     DP_CHECK(dp_executor_train(rk->ex, &io));
     for (int i = 0; i < 2; i++) DP_CHECK(D->stream_synchronize(rk->dev, rk->streams[i]));
+    DP_CHECK(check_losses(rk));
     DP_CHECK(sync_gradients(rk));
     for (int d = 0; d < s->num_local_stages; d++)
         DP_CHECK(dp_stage_optimizer_step(rk->stages[d], rk->streams[0], &rk->cfg.optimizer, a->step));

@@ -20,6 +20,7 @@ const char *dp_status_name(dp_status s)
     case DP_ERR_DEVICE: return "device error";
     case DP_ERR_COMM: return "communication error";
     case DP_ERR_INTERNAL: return "internal error";
+    case DP_ERR_NONFINITE: return "not a finite number";
     default: return "unknown error";
     }
 }

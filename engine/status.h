@@ -23,6 +23,7 @@ enum {
     DP_ERR_DEVICE = -7,      /* the device or its runtime failed */
     DP_ERR_COMM = -8,        /* a link (communication) failure */
     DP_ERR_INTERNAL = -9,    /* a broken invariant: a bug in dualpipe */
+    DP_ERR_NONFINITE = -10,  /* a computed number (a loss) is not finite: training diverged */
 };
 
 /* A short name for a status code ("invalid argument", ...). */

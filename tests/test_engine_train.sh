@@ -4,7 +4,8 @@
 # dualpipe and dualpipev, in fp32 and in bf16, --trace writes a whole Chrome trace, and bad
 # input fails plainly (exit 2, a message naming the problem, no trace file left); overlapped
 # pairs may run one after the other (--serial-pairs); bench-cuda runs on the cpu driver too;
-# with more rank threads than cores the report says that measured idle includes time-sharing.
+# with more rank threads than cores the report says that measured idle includes time-sharing; a
+# loss that is not finite stops the run naming the step, rank and micro-batch.
 dp="${top_builddir:-.}/tools/dualpipe"
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
@@ -85,6 +86,13 @@ ok $? "dualpipe with 3 ranks: exit 2, says why, no trace ($(head -n 1 "$tmp/err"
 ok $? "verify names the values an option takes ($(cat "$tmp/err"))"
 "$dp" train --lr 0 > "$tmp/out" 2> "$tmp/err"
 [ $? -eq 2 ] && grep -q -- '--lr must be > 0' "$tmp/err"; ok $? "--lr 0 is refused"
+# values the engine keeps as floats: one beyond a float's range (it became inf) or rounding to 0
+# (which became the default) is refused naming the option
+for arg in "train --lr 1e39" "train --lr 1e-50" "train --weight-decay 1e39" "verify --lr 1e39"; do
+  set -- $arg
+  "$dp" "$@" --driver cpu --steps 1 > "$tmp/out" 2> "$tmp/err"
+  [ $? -eq 2 ] && grep -q -- "$2 is '$3', outside what a 32-bit float holds" "$tmp/err"; ok $? "$arg is refused"
+done
 "$dp" train --help | grep -q -- '--verify'; ok $? "--help lists the options"
 "$dp" bench --quick --gemm-only > "$tmp/out" 2> "$tmp/err"; ok $? "bench --quick --gemm-only runs"
 grep -q 'portable' "$tmp/out"; ok $? "and reports the portable GEMM"
@@ -100,6 +108,17 @@ ok $? "and the rank's measured and simulated idle time"
 ok $? "bench-cuda --serial-pairs --tf32 runs on the cpu driver"
 grep -q 'fp32, TF32 allowed; ranks share device 0 (copy link); overlapped pairs one after the other' "$tmp/out"
 ok $? "and says how its GEMMs and pairs run"
+# a loss that is not finite stops the run (it trained on into -nan losses with exit 0): the
+# message names the step, the rank holding the last stage and the micro-batch; verify says the same
+for sch in "dualpipe --pp 4" "1f1b --pp 2 --dp 2"; do
+  "$dp" train $small --schedule $sch --chunks 8 --steps 4 --lr 1e30 > "$tmp/out" 2> "$tmp/err"; rc=$?
+  [ $rc -eq 1 ] && grep -q 'training step 2: rank [0-9]*: the loss of micro-batch [0-9]* is NaN: training diverged' "$tmp/err" \
+    && ! grep -q '^step *3/' "$tmp/out"
+  ok $? "train --schedule $sch --lr 1e30 stops at step 2, exit $rc: $(cat "$tmp/err")"
+done
+"$dp" verify --driver cpu --hidden 16 --tokens 8 --pp 2 --chunks 4 --steps 3 --lr 1e30 > "$tmp/out" 2> "$tmp/err"; rc=$?
+[ $rc -eq 1 ] && grep -q 'step 2 on cpu: training step 2: rank [0-9]*: the loss of micro-batch [0-9]* is NaN' "$tmp/err"
+ok $? "verify --lr 1e30 reports the diverged step the same way, exit $rc"
 "$dp" bench-cuda --steps 0 > "$tmp/out" 2> "$tmp/err"
 [ $? -eq 2 ] && grep -q -- '--steps' "$tmp/err"; ok $? "bench-cuda --steps 0 is refused"
 "$dp" bench-cuda --driver no-such-driver > "$tmp/out" 2> "$tmp/err"

@@ -3,6 +3,7 @@
 #include "tools/cli.h"
 
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -72,6 +73,19 @@ int cli_parse_double(const char *option, const char *text, double *out)
     double v = text ? strtod(text, &end) : 0;
     if (!text || !*text || *end || errno == ERANGE || !isfinite(v)) {
         cli_error("%s expects a finite number, got '%s'", option, text ? text : "");
+        return 1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_parse_f32(const char *option, const char *text, double *out)
+{
+    double v;
+    if (cli_parse_double(option, text, &v)) return 1;
+    if (fabs(v) > FLT_MAX || (v != 0 && (float)v == 0)) {
+        cli_error("%s is '%s', outside what a 32-bit float holds (magnitudes from %g to %g)", option, text,
+                  (double)FLT_TRUE_MIN, (double)FLT_MAX);
         return 1;
     }
     *out = v;

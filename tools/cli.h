@@ -18,6 +18,9 @@ void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * wrong and return nonzero. */
 int cli_parse_int(const char *option, const char *text, long min, long max, int *out);
 int cli_parse_double(const char *option, const char *text, double *out);
+/* The same for a value the engine keeps as a float (a learning rate): also refused when the
+ * float would be infinite or round to 0. */
+int cli_parse_f32(const char *option, const char *text, double *out);
 /* Which of n names `text` is (its index into *out); otherwise an error naming the option and
  * the names it takes ("--loss: expected mse or xent, got 'l1'"), and nonzero. */
 int cli_parse_kind(const char *option, const char *text, const char *const *names, int n, int *out);

@@ -165,7 +165,7 @@ static int parse_options(int argc, char **argv, train_options *o)
         case O_LR:
         case O_WD:
         case O_MOM:
-            if (cli_parse_double(opt == O_LR ? "--lr" : opt == O_WD ? "--weight-decay" : "--momentum", p.value, &v))
+            if (cli_parse_f32(opt == O_LR ? "--lr" : opt == O_WD ? "--weight-decay" : "--momentum", p.value, &v))
                 return CLI_EXIT_USAGE;
             if (v < 0 || (opt == O_LR && v == 0) || (opt == O_MOM && v >= 1)) {
                 cli_error("%s must be %s, got %s", opt == O_LR ? "--lr" : opt == O_WD ? "--weight-decay" : "--momentum",

@@ -168,7 +168,7 @@ static int parse_options(int argc, char **argv, verify_options *o)
             c->optimizer.kind = (dp_optimizer_kind)k;
             break;
         case O_LR:
-            bad = cli_parse_double(a, val, &d);
+            bad = cli_parse_f32(a, val, &d);
             c->optimizer.lr = (float)d;
             break;
         case O_DTYPE: bad = cli_parse_dtype(a, val, &c->model.dtype); break;
