@@ -421,9 +421,9 @@ static dp_status check_tensors(dp_safetensors *f)
     return DP_OK;
 }
 
-static dp_status open_checked(dp_safetensors *f)
+/* Checks f->bytes (f->size of them) as a safetensors file. */
+static dp_status parse_checked(dp_safetensors *f)
 {
-    DP_CHECK(read_whole(f->path, &f->bytes, &f->size));
     if (f->size < 8)
         return dp_fail(DP_ERR_INVALID, "%s: truncated: %zu bytes, less than the 8 of the header's length", f->path, f->size);
     uint64_t n = 0;
@@ -442,7 +442,8 @@ static dp_status open_checked(dp_safetensors *f)
     return check_tensors(f);
 }
 
-dp_status dp_safetensors_open(const char *path, dp_safetensors **out)
+/* Opens path's bytes (bytes == NULL: the file's, read whole) as a safetensors file. */
+static dp_status open_checked(const char *path, const void *bytes, size_t size, dp_safetensors **out)
 {
     *out = NULL;
     dp_safetensors *f = calloc(1, sizeof *f);
@@ -450,13 +451,30 @@ dp_status dp_safetensors_open(const char *path, dp_safetensors **out)
         free(f);
         return dp_fail(DP_ERR_NOMEM, "out of memory opening %s", path);
     }
-    dp_status st = open_checked(f);
+    dp_status st = DP_OK;
+    if (!bytes) {
+        st = read_whole(path, &f->bytes, &f->size);
+    } else if (!(f->bytes = malloc(size ? size : 1))) {
+        st = dp_fail(DP_ERR_NOMEM, "out of memory opening %s (%zu bytes)", path, size);
+    } else {
+        memcpy(f->bytes, bytes, size);
+        f->size = size;
+    }
+    if (st == DP_OK) st = parse_checked(f);
     if (st != DP_OK) {
         dp_safetensors_close(f);
         return st;
     }
     *out = f;
     return DP_OK;
+}
+
+dp_status dp_safetensors_open(const char *path, dp_safetensors **out) { return open_checked(path, NULL, 0, out); }
+
+dp_status dp_safetensors_open_bytes(const void *bytes, size_t size, const char *name, dp_safetensors **out)
+{
+    if (!bytes && size) return dp_fail(DP_ERR_INVALID, "%s: no bytes given", name ? name : "(memory)");
+    return open_checked(name ? name : "(memory)", bytes ? bytes : "", size, out);
 }
 
 void dp_safetensors_close(dp_safetensors *f)

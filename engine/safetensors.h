@@ -56,6 +56,8 @@ typedef struct dp_safetensors dp_safetensors;
  * truncated, header too large, bad JSON, unknown dtype, offsets out of range or overlapping,
  * bytes not matching the shape, a name twice). */
 dp_status dp_safetensors_open(const char *path, dp_safetensors **out);
+/* The same for size bytes in memory (copied), named `name` in messages (NULL: "(memory)"). */
+dp_status dp_safetensors_open_bytes(const void *bytes, size_t size, const char *name, dp_safetensors **out);
 void dp_safetensors_close(dp_safetensors *f);
 
 const char *dp_safetensors_path(const dp_safetensors *f);

@@ -1,6 +1,7 @@
-/* test_safetensors.c: the safetensors reader and writer: a written file reads back with its
- * names, dtypes, shapes, bytes and metadata (and matches a header written by hand), and each
- * kind of malformed file is refused with a message naming what is wrong. */
+/* test_safetensors.c: the safetensors reader and writer: a written file reads back (from its
+ * path or from memory) with its names, dtypes, shapes, bytes and metadata (and matches a header
+ * written by hand), and each kind of malformed file is refused with a message naming what is
+ * wrong. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdint.h>
 #include <stdio.h>
@@ -191,6 +192,24 @@ static void malformed(void)
         if (dp_safetensors_open(path_of("prefix"), &f) != DP_ERR_INVALID) all = 0, dp_safetensors_close(f);
     }
     tap_ok(all, "each of the %zu shorter prefixes of a good file is refused", n ? n - 1 : 0);
+
+    /* the same bytes from memory: the same tensors, and the same refusals, named as asked */
+    dp_safetensors *f = NULL, *g = NULL;
+    int same = n > 0 && dp_safetensors_open_bytes(buf, n, "in memory", &f) == DP_OK &&
+               dp_safetensors_open(path_of("good.safetensors"), &g) == DP_OK &&
+               dp_safetensors_count(f) == dp_safetensors_count(g) &&
+               dp_safetensors_count(f) == 3;
+    for (int i = 0; same && i < dp_safetensors_count(f); i++) {
+        const dp_st_tensor *a = dp_safetensors_tensor(f, i), *b = dp_safetensors_tensor(g, i);
+        same = strcmp(a->name, b->name) == 0 && a->end - a->begin == b->end - b->begin &&
+               memcmp(dp_safetensors_data(f, a), dp_safetensors_data(g, b), a->end - a->begin) == 0;
+    }
+    tap_ok(same, "a good file's bytes open from memory with the same tensors and bytes");
+    dp_safetensors_close(f), dp_safetensors_close(g);
+    f = (dp_safetensors *)1;
+    dp_status st = dp_safetensors_open_bytes(buf, n / 2, "half.bin", &f);
+    tap_ok(st == DP_ERR_INVALID && f == NULL && strstr(dp_last_error(), "half.bin: "),
+           "half of it is refused from memory too: %s", dp_last_error());
 }
 
 /* Where the writer's bytes land: through a link into its target (the link and the target's

@@ -270,17 +270,23 @@ done:
     return rc;
 }
 
+int eplb_parse_loads(const char *name, char *text, eplb_loads *out)
+{
+    memset(out, 0, sizeof *out);
+    const char *p = text;
+    while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
+    int rc = (*p == '{' || *p == '[') ? read_json(name, text, out) : read_text(name, text, out);
+    if (rc) eplb_loads_free(out);
+    return rc;
+}
+
 int eplb_read_loads(const char *path, eplb_loads *out)
 {
     memset(out, 0, sizeof *out);
     char *text = eplb_slurp(path, NULL);
     if (!text) return 1;
-    const char *p = text;
-    while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
-    int rc = (*p == '{' || *p == '[') ? read_json(name_of(path), text, out)
-                                      : read_text(name_of(path), text, out);
+    int rc = eplb_parse_loads(name_of(path), text, out);
     free(text);
-    if (rc) eplb_loads_free(out);
     return rc;
 }
 
@@ -288,10 +294,15 @@ int eplb_read_phy2log(const char *path, int *layers, int *replicas, int **phy2lo
 {
     char *text = eplb_slurp(path, NULL);
     if (!text) return 1;
+    int rc = eplb_parse_phy2log(name_of(path), text, layers, replicas, phy2log);
+    free(text);
+    return rc;
+}
+
+int eplb_parse_phy2log(const char *file, const char *text, int *layers, int *replicas, int **phy2log)
+{
     char err[256];
     json_value *root = json_parse(text, err, sizeof err);
-    free(text);
-    const char *file = name_of(path);
     if (!root) {
         cli_error("%s:%s (the current plan must be the JSON that eplb writes)", file, err);
         return 1;

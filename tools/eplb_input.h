@@ -14,9 +14,14 @@ typedef struct {
  * cli_error) and returns nonzero. */
 int eplb_read_loads(const char *path, eplb_loads *out);
 void eplb_loads_free(eplb_loads *l);
+/* The same from text already in memory (NUL-terminated; changed while read), named `name` in
+ * messages. */
+int eplb_parse_loads(const char *name, char *text, eplb_loads *out);
 
 /* Reads phy2log (layers x replicas ints) from a plan JSON. */
 int eplb_read_phy2log(const char *path, int *layers, int *replicas, int **phy2log);
+/* The same from text in memory, named `name` in messages. */
+int eplb_parse_phy2log(const char *name, const char *text, int *layers, int *replicas, int **phy2log);
 
 /* Reads a file or stdin into a NUL-terminated buffer. */
 char *eplb_slurp(const char *path, long *len);
