@@ -195,7 +195,48 @@ typedef struct {
     X(adamw_update, (dp_device *dev, dp_stream *s, size_t n, float *param, const float *grad, float *m,   \
                      float *v, const dp_adamw_args *a))                                                   \
     /* --- reductions: *out = sum of x^2 (fp32 in device memory), for gradient norms */                   \
-    X(sum_squares, (dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *x, float *out))
+    X(sum_squares, (dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *x, float *out))            \
+    /* --- mixture of experts (DeepSeek-V3's gate and SwiGLU experts; engine/block_moe.c).                \
+     * y = sigmoid(x), n elements of dtype t (the gate's scores, from its fp32 logits) */                 \
+    X(sigmoid_forward, (dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *x, void *y))      \
+    /* Group-limited top-k of each of `tokens` rows of `experts` fp32 scores, selecting on               \
+     * scores + bias (bias NULL: zeros): the experts in `groups` equal groups, each group scored by the    \
+     * sum of its two best biased scores (its one, for groups of one), the best `topk_groups` groups kept,  \
+     * then the best `topk` experts of those. Ties go to the lower index (groups and experts), so every    \
+     * driver selects alike. expert[t x topk + k] is the k-th selected (best first); weight likewise:      \
+     * route_scale x score / (the sum of the selected unbiased scores, added in k order). */                \
+    X(moe_topk, (dp_device *dev, dp_stream *s, int tokens, int experts, int groups, int topk_groups, int topk, \
+                 const float *scores, const float *bias, float route_scale, int32_t *expert, float *weight))  \
+    /* The gradient of the gate's logits through the selected weights only: dlogits [tokens x experts]   \
+     * fp32, zero where not selected; with S the sum of the selected scores and D = sum_k dweight_k s_k    \
+     * (both in k order), dlogit_j = route_scale / S (dweight_j - D / S) s_j (1 - s_j). */                \
+    X(moe_topk_backward, (dp_device *dev, dp_stream *s, int tokens, int experts, int topk, const float *scores, \
+                          const int32_t *expert, const float *dweight, float route_scale, float *dlogits))   \
+    /* The dispatch layout: the tokens x topk (token, k) slots sorted by expert, stably (within an       \
+     * expert in slot order t x topk + k, the global token order). Row r of the sorted order is slot      \
+     * row_slot[r]; slot i is row slot_row[i]; counts[e] rows go to expert e. */                          \
+    X(moe_permute, (dp_device *dev, dp_stream *s, int tokens, int topk, int experts, const int32_t *expert,  \
+                    int32_t *row_slot, int32_t *slot_row, int32_t *counts))                               \
+    /* y[t] = (accumulate ? y[t] : 0) + sum over k in k order of weight[t x topk + k] (NULL: 1) x         \
+     * rows[slot_row[t x topk + k]], in fp32 rounded once to dtype t; rows of `cols`. */                  \
+    X(moe_combine, (dp_device *dev, dp_stream *s, dp_dtype t, int tokens, int topk, int cols, const void *rows, \
+                    const int32_t *slot_row, const float *weight, int accumulate, void *y))                \
+    /* Its backward: drows[slot_row[i]] = weight[i] dy[i / topk] (dtype t) and dweight[i] (fp32) =         \
+     * the dot product of dy[i / topk] and rows[slot_row[i]], summed in a fixed order. */                  \
+    X(moe_combine_backward, (dp_device *dev, dp_stream *s, dp_dtype t, int tokens, int topk, int cols,      \
+                             const void *rows, const int32_t *slot_row, const float *weight, const void *dy,  \
+                             void *drows, float *dweight))                                                 \
+    /* SwiGLU's product: y = silu(a) b = a sigmoid(a) b, n elements */                                    \
+    X(swiglu_forward, (dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *a, const void *b,   \
+                       void *y))                                                                          \
+    /* da = dy b sigmoid(a) (1 + a (1 - sigmoid(a))), db = dy silu(a); da and db may alias dy */           \
+    X(swiglu_backward, (dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *a, const void *b,  \
+                        const void *dy, void *da, void *db))                                              \
+    /* Auxiliary-loss-free balancing (DeepSeek-V3): bias[e] += gamma sign(mean load - load[e]), with the   \
+     * mean the fp32 sum of `load` in index order over `experts` (sign(0) = 0) */                          \
+    X(moe_bias_update, (dp_device *dev, dp_stream *s, int experts, const float *load, float gamma, float *bias)) \
+    /* y[i] += (float)x[i], n int32 counts into fp32 (exact below 2^24) */                                \
+    X(add_counts, (dp_device *dev, dp_stream *s, size_t n, const int32_t *x, float *y))
 
 #define DP_DEVICE_OP_MEMBER_(name, params) dp_status(*name) params;
 

@@ -75,6 +75,27 @@ int dp_cpu_have_blas(void);
 /* Sets the BLAS library's own thread count when it has one (OpenBLAS, BLIS). */
 void dp_cpu_blas_set_threads(int threads);
 
+/* The mixture-of-experts kernels, in cpu_moe.c (contracts in engine/device.h). */
+dp_status dp_cpu_sigmoid_forward(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *x, void *y);
+dp_status dp_cpu_moe_topk(dp_device *dev, dp_stream *s, int tokens, int experts, int groups, int topk_groups, int topk,
+                          const float *scores, const float *bias, float route_scale, int32_t *expert, float *weight);
+dp_status dp_cpu_moe_topk_backward(dp_device *dev, dp_stream *s, int tokens, int experts, int topk, const float *scores,
+                                   const int32_t *expert, const float *dweight, float route_scale, float *dlogits);
+dp_status dp_cpu_moe_permute(dp_device *dev, dp_stream *s, int tokens, int topk, int experts, const int32_t *expert,
+                             int32_t *row_slot, int32_t *slot_row, int32_t *counts);
+dp_status dp_cpu_moe_combine(dp_device *dev, dp_stream *s, dp_dtype t, int tokens, int topk, int cols, const void *rows,
+                             const int32_t *slot_row, const float *weight, int accumulate, void *y);
+dp_status dp_cpu_moe_combine_backward(dp_device *dev, dp_stream *s, dp_dtype t, int tokens, int topk, int cols,
+                                      const void *rows, const int32_t *slot_row, const float *weight, const void *dy,
+                                      void *drows, float *dweight);
+dp_status dp_cpu_swiglu_forward(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *a, const void *b,
+                                void *y);
+dp_status dp_cpu_swiglu_backward(dp_device *dev, dp_stream *s, dp_dtype t, size_t n, const void *a, const void *b,
+                                 const void *dy, void *da, void *db);
+dp_status dp_cpu_moe_bias_update(dp_device *dev, dp_stream *s, int experts, const float *load, float gamma,
+                                 float *bias);
+dp_status dp_cpu_add_counts(dp_device *dev, dp_stream *s, size_t n, const int32_t *x, float *y);
+
 /* bf16 storage, in cpu_bf16.c. A bf16 kernel widens its bf16 inputs to fp32 (exact), runs the
  * fp32 kernel and rounds each bf16 output once to nearest even, as the CUDA driver stores its
  * fp32 results: so a bf16 result is a function of the fp32 kernel's result, bit for bit. */

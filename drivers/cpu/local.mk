@@ -9,11 +9,12 @@ engine_libdualpipe_la_SOURCES += \
 	drivers/cpu/cpu_bf16.c \
 	drivers/cpu/cpu_gemm.c \
 	drivers/cpu/cpu_kernels.c \
+	drivers/cpu/cpu_moe.c \
 	drivers/cpu/cpu_link.c
 
 check_PROGRAMS += tests/test_cpu_kernels tests/test_link_conformance tests/test_cpu_bf16 tests/test_cpu_kernels_fp64
 TESTS += tests/test_cpu_kernels tests/test_link_conformance tests/test_cpu_bf16 tests/test_cpu_kernels_fp64
-noinst_HEADERS += tests/kernel_fp64_checks.h
+noinst_HEADERS += tests/kernel_fp64_checks.h tests/kernel_fp64_moe_checks.h
 tests_test_cpu_kernels_fp64_SOURCES = tests/test_cpu_kernels_fp64.c
 tests_test_cpu_kernels_fp64_LDADD = engine/libdualpipe.la -lm
 tests_test_cpu_kernels_SOURCES = tests/test_cpu_kernels.c

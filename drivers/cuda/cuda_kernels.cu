@@ -686,6 +686,17 @@ constexpr dp_device_kernel_ops dp_cuda_kernel_ops = {
     .sgd_update = dp_cuda_sgd_update,
     .adamw_update = dp_cuda_adamw_update,
     .sum_squares = dp_cuda_sum_squares,
+    /* the mixture-of-experts kernels run on the cpu driver only, so far */
+    .sigmoid_forward = dp_unsupported_sigmoid_forward,
+    .moe_topk = dp_unsupported_moe_topk,
+    .moe_topk_backward = dp_unsupported_moe_topk_backward,
+    .moe_permute = dp_unsupported_moe_permute,
+    .moe_combine = dp_unsupported_moe_combine,
+    .moe_combine_backward = dp_unsupported_moe_combine_backward,
+    .swiglu_forward = dp_unsupported_swiglu_forward,
+    .swiglu_backward = dp_unsupported_swiglu_backward,
+    .moe_bias_update = dp_unsupported_moe_bias_update,
+    .add_counts = dp_unsupported_add_counts,
 };
 }
 DP_DEVICE_KERNEL_OPS(DP_CUDA_ASSERT_SET_KERNEL_)
