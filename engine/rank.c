@@ -243,6 +243,14 @@ dp_status dp_rank_gather_replica_tensor(dp_rank *rk, int replica, int stage, int
     return gather_to_host(rk, owner, NULL, count * sizeof(float), host);
 }
 
+dp_status dp_rank_read_own_tensor(dp_rank *rk, int stage, int copy, int index, dp_tensor_kind which, float *host)
+{
+    const dp_schedule *s = rk->sched;
+    if (rk->rank != holder(rk, 0, copy, stage))
+        return dp_fail(DP_ERR_INVALID, "rank %d does not hold stage %d copy %d of replica 0", rk->rank, stage, copy);
+    return dp_param_read(rk->drv->device, rk->dev, rk->stages[s->stage_local[copy][stage]], index, which, host, NULL, NULL);
+}
+
 dp_status dp_rank_write_tensor(dp_rank *rk, int stage, int copy, int index, dp_tensor_kind which, const float *host,
                                size_t count)
 {

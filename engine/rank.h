@@ -66,6 +66,9 @@ dp_status dp_rank_gather_tensor(dp_rank *rk, int stage, int copy, int index, dp_
 /* The same from `replica` (0 .. replicas - 1, which the caller has checked). */
 dp_status dp_rank_gather_replica_tensor(dp_rank *rk, int replica, int stage, int copy, int index, dp_tensor_kind which,
                                         float *host);
+/* On the rank holding (stage, copy) in replica 0: `which` of its parameter index into host,
+ * with no message (each process reads its own ranks' stages); DP_ERR_INVALID elsewhere. */
+dp_status dp_rank_read_own_tensor(dp_rank *rk, int stage, int copy, int index, dp_tensor_kind which, float *host);
 /* On every rank: the rank holding (stage, copy) in every replica writes host (count floats)
  * into `which` of its parameter index, so that the replicas stay identical; the others do
  * nothing. host is the caller's array in every process. */

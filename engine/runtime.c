@@ -528,6 +528,42 @@ dp_status dp_runtime_read_param(dp_runtime *rt, int stage, int copy, int index, 
     return dp_runtime_read_tensor(rt, stage, copy, index, grad ? DP_TENSOR_GRAD : DP_TENSOR_VALUE, host, count, name);
 }
 
+int dp_runtime_hosts_rank(const dp_runtime *rt, int world_rank)
+{
+    return world_rank >= rt->first_rank && world_rank < rt->first_rank + rt->local_ranks;
+}
+
+static dp_status job_read_own_tensor(dp_runtime *rt, int r)
+{
+    if (r != rt->sched->stage_rank[rt->tensor.copy][rt->tensor.stage]) return DP_OK;
+    return dp_rank_read_own_tensor(*local(rt, r), rt->tensor.stage, rt->tensor.copy, rt->tensor.index, rt->tensor.which,
+                                   rt->tensor.out);
+}
+
+dp_status dp_runtime_read_local_tensor(dp_runtime *rt, int stage, int copy, int index, dp_tensor_kind which,
+                                       float *host)
+{
+    DP_CHECK(locate(rt, stage, copy, index, which, NULL, NULL));
+    int owner = rt->sched->stage_rank[copy][stage];
+    if (!dp_runtime_hosts_rank(rt, owner))
+        return dp_fail(DP_ERR_INVALID, "stage %d copy %d lives on rank %d, which this process does not host (ranks %d..%d)",
+                       stage, copy, owner, rt->first_rank, rt->first_rank + rt->local_ranks - 1);
+    if (!host) return dp_fail(DP_ERR_INVALID, "reading stage %d parameter %d: no host array", stage, index);
+    rt->tensor.stage = stage, rt->tensor.copy = copy, rt->tensor.index = index, rt->tensor.which = which;
+    rt->tensor.out = host;
+    dp_status st = run_ranks(rt, job_read_own_tensor);
+    rt->tensor.out = NULL;
+    return st;
+}
+
+static dp_status job_barrier(dp_runtime *rt, int r) { return rt->cfg.bootstrap->barrier(rt->cfg.bootstrap_ctx, r); }
+
+dp_status dp_runtime_barrier(dp_runtime *rt)
+{
+    if (!rt->cfg.bootstrap) return DP_OK; /* every rank is a thread of this process */
+    return run_ranks(rt, job_barrier);
+}
+
 int dp_runtime_replicas(const dp_runtime *rt) { return rt->replicas; }
 
 int dp_runtime_step(const dp_runtime *rt) { return rt->step; }

@@ -116,6 +116,16 @@ dp_status dp_runtime_write_tensor(dp_runtime *rt, int stage, int copy, int index
  * replicas are identical. */
 dp_status dp_runtime_read_replica_tensor(dp_runtime *rt, int replica, int stage, int copy, int index,
                                          dp_tensor_kind which, float *host);
+/* dp_runtime_read_tensor without the link, in the process hosting the rank that holds
+ * (stage, copy) in replica 0 (world rank = the schedule's stage_rank[copy][stage]), and only
+ * there (DP_ERR_INVALID elsewhere): each process of a job reads its own ranks' state, for
+ * example to write its part of a checkpoint, while the others do something else. */
+int dp_runtime_hosts_rank(const dp_runtime *rt, int world_rank);
+dp_status dp_runtime_read_local_tensor(dp_runtime *rt, int stage, int copy, int index, dp_tensor_kind which,
+                                       float *host);
+/* Returns when every process of the job has called it (through the bootstrap; at once in a job
+ * of one process): what each process wrote before it is there for the others after it. */
+dp_status dp_runtime_barrier(dp_runtime *rt);
 /* Data-parallel replicas of the pipeline (1: none). */
 int dp_runtime_replicas(const dp_runtime *rt);
 /* dp_runtime_read_tensor of the value (grad = 0) or the gradient (grad = 1). */

@@ -30,13 +30,15 @@ enum { NONE, GRAD, PARAM, ULP, EXIT, HANG, FAIL };
 static int fault;
 static double size;
 static int fault_rank = -1, fault_step;
-static atomic_int steps_done; /* the optimizer's last step in this process */
 
 /* the rank of each device opened here (process faults) */
 #define MAX_DEVICES 64
 static struct {
     dp_device *dev;
     int rank;
+    int steps; /* the optimizer's last step on this device: rank threads run apart, so a
+                  rank's own count says which step it is in */
+    const float *first_param; /* the first parameter SGD updated here (SGD's counting) */
 } opened[MAX_DEVICES];
 static pthread_mutex_t opened_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -50,13 +52,38 @@ static int rank_of(dp_device *dev)
     return r;
 }
 
+static int steps_of(dp_device *dev)
+{
+    int n = 0;
+    pthread_mutex_lock(&opened_lock);
+    for (int i = 0; i < MAX_DEVICES; i++)
+        if (opened[i].dev == dev) n = opened[i].steps;
+    pthread_mutex_unlock(&opened_lock);
+    return n;
+}
+
+/* The device's step: `step`, or with step 0 (SGD's arguments carry none) one more each time
+ * its first parameter comes round again (the optimizer updates a rank's parameters in the same
+ * order every step). */
+static void note_step(dp_device *dev, int step, const float *param)
+{
+    pthread_mutex_lock(&opened_lock);
+    for (int i = 0; i < MAX_DEVICES; i++) {
+        if (opened[i].dev != dev) continue;
+        if (step > opened[i].steps) opened[i].steps = step;
+        if (!step && !opened[i].first_param) opened[i].first_param = param;
+        if (!step && opened[i].first_param == param) opened[i].steps++;
+    }
+    pthread_mutex_unlock(&opened_lock);
+}
+
 static dp_status open_device(const dp_device_config *cfg, dp_device **out)
 {
     DP_CHECK(dp_cpu_driver.runtime->open(cfg, out));
     pthread_mutex_lock(&opened_lock);
     for (int i = 0; i < MAX_DEVICES; i++)
         if (!opened[i].dev) {
-            opened[i].dev = *out, opened[i].rank = cfg->rank;
+            opened[i].dev = *out, opened[i].rank = cfg->rank, opened[i].steps = 0, opened[i].first_param = NULL;
             break;
         }
     pthread_mutex_unlock(&opened_lock);
@@ -74,7 +101,7 @@ static dp_status close_device(dp_device *dev)
 
 static dp_status gemm(dp_device *dev, dp_stream *s, const dp_gemm_args *g)
 {
-    if (fault >= EXIT && rank_of(dev) == fault_rank && atomic_load(&steps_done) + 1 == fault_step) {
+    if (fault >= EXIT && rank_of(dev) == fault_rank && steps_of(dev) + 1 == fault_step) {
         if (fault == EXIT) {
             fprintf(stderr, "driver fault: rank %d exits in step %d\n", fault_rank, fault_step);
             _exit(3);
@@ -116,9 +143,7 @@ static dp_status adamw(dp_device *dev, dp_stream *s, size_t n, float *param, con
                        const dp_adamw_args *a)
 {
     int first = !atomic_exchange(&claimed, 1);
-    int done = atomic_load(&steps_done);
-    while (a->step > done && !atomic_compare_exchange_weak(&steps_done, &done, a->step)) {
-    }
+    note_step(dev, a->step, param);
     before(first, n, grad);
     DP_CHECK(dp_cpu_driver.kernels->adamw_update(dev, s, n, param, grad, m, v, a));
     after(first, n, param, grad, a->lr);
@@ -129,6 +154,7 @@ static dp_status sgd(dp_device *dev, dp_stream *s, size_t n, float *param, const
                      const dp_sgd_args *a)
 {
     int first = !atomic_exchange(&claimed, 1);
+    note_step(dev, 0, param);
     before(first, n, grad);
     DP_CHECK(dp_cpu_driver.kernels->sgd_update(dev, s, n, param, grad, momentum, a));
     after(first, n, param, grad, a->lr);

@@ -13,6 +13,7 @@
 #include "engine/driver.h"
 #include "engine/reference.h"
 #include "engine/runtime.h"
+#include "tools/checkpoint.h"
 #include "tools/cli_engine.h"
 #include "tools/cli_options.h"
 #include "tools/commands.h"
@@ -46,7 +47,8 @@ static int compare_params(dp_runtime *rt, dp_reference *ref, differences *df)
  * options */
 
 enum { O_HIDDEN = CLI_LONG_ONLY, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_SEED, O_OPT, O_LR, O_WD, O_MOM, O_THREADS,
-       O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD, O_DTYPE, O_SERIAL_PAIRS, O_TF32, O_INIT, O_DATA, O_SAVE_PARAMS, O_DP };
+       O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD, O_DTYPE, O_SERIAL_PAIRS, O_TF32, O_INIT, O_DATA, O_SAVE_PARAMS, O_DP,
+       O_SAVE, O_SAVE_EVERY, O_RESUME, O_SAVE_OUTPUTS };
 
 static const cli_option options[] = {
     {'d', 'd', "driver", "NAME", .help = "cpu (default) or a driver module (see DUALPIPE_DRIVER_PATH)"},
@@ -92,6 +94,15 @@ static const cli_option options[] = {
     {O_DATA, 0, "data", "FILE", .help = "each step's inputs and targets from FILE (safetensors:\n"
                                         "step<k>.inputs and step<k>.targets, k = 1 .. S) instead of the teacher"},
     {O_SAVE_PARAMS, 0, "save-params", "FILE", .help = "write the final fp32 parameters to FILE, named as --init reads them"},
+    {O_SAVE, 0, "save", "DIR", .help = "write checkpoints into DIR (created if new): DIR/step-N/, one\n"
+                                      "safetensors file per pipeline rank and an index.json; at the\n"
+                                      "end, and every --save-every steps"},
+    {O_SAVE_EVERY, 0, "save-every", "N", .help = "with --save: a checkpoint every N steps too"},
+    {O_RESUME, 0, "resume", "DIR", .help = "continue from the last checkpoint in DIR (or DIR itself, a\n"
+                                           "step-N directory), on any schedule and --pp holding the same\n"
+                                           "layers; --steps counts from the run's start"},
+    {O_SAVE_OUTPUTS, 0, "save-outputs", "FILE", .help = "after training, write the next step's inputs and the model's\n"
+                                                        "outputs for them to FILE (safetensors: inputs, outputs)"},
     {'q', 'q', "quiet", NULL, .help = "only the summary"},
     {0},
 };
@@ -110,6 +121,10 @@ typedef struct {
     int follower; /* a process of the job not hosting rank 0: it takes part, quietly */
     const char *trace_path;
     const char *init_path, *data_path, *save_path; /* --init, --data, --save-params */
+    const char *save_dir, *resume_dir, *outputs_path; /* --save, --resume, --save-outputs */
+    int save_every;
+    int first_step; /* steps already taken: those of the checkpoint resumed from */
+    char resumed_from[4096];
 } train_options;
 
 enum { TRAIN_GO_ON = -1 }; /* not an exit code: the step succeeded, carry on */
@@ -186,6 +201,12 @@ static int parse_options(int argc, char **argv, train_options *o)
         case O_INIT: o->init_path = p.value; break;
         case O_DATA: o->data_path = p.value; break;
         case O_SAVE_PARAMS: o->save_path = p.value; break;
+        case O_SAVE: o->save_dir = p.value; break;
+        case O_SAVE_EVERY:
+            if (cli_parse_int("--save-every", p.value, 1, 1 << 24, &o->save_every)) return CLI_EXIT_USAGE;
+            break;
+        case O_RESUME: o->resume_dir = p.value; break;
+        case O_SAVE_OUTPUTS: o->outputs_path = p.value; break;
         case O_VERIFY: o->verify = 1; break;
         case O_SPREAD: c->spread_devices = 1; break;
         case O_SERIAL_PAIRS: c->serial_pairs = 1; break;
@@ -195,6 +216,14 @@ static int parse_options(int argc, char **argv, train_options *o)
         }
     }
     if (cli_no_operands(&p)) return CLI_EXIT_USAGE;
+    if (o->save_every && !o->save_dir) {
+        cli_error("--save-every needs --save DIR: the directory the checkpoints go to");
+        return CLI_EXIT_USAGE;
+    }
+    if (o->resume_dir && o->init_path) {
+        cli_error("--resume and --init both give the parameters: name one of them");
+        return CLI_EXIT_USAGE;
+    }
     c->model.seed = (uint64_t)seed;
     c->optimizer.kind = o->sgd ? DP_OPT_SGD : DP_OPT_ADAMW;
     c->optimizer.lr = (float)(lr > 0 ? lr : o->sgd ? 1e-2 : 1e-3);
@@ -286,23 +315,40 @@ typedef struct {
     differences df;  /* with --verify; the losses' here, the rest from compare_params */
 } train_results;
 
-/* 0, or nonzero having said why a step failed. */
+/* The inputs of step `step` as the teacher's generator makes them: a pure function of the
+ * seed and the step, so that a resumed run continues the same sequence. */
+static void generated_inputs(const train_options *o, const train_state *t, int step)
+{
+    for (size_t i = 0; i < t->n; i++) t->x[i] = dp_counter_uniform(o->c.model.seed, 0x5eed0000ull + (uint64_t)step, i);
+}
+
+static const char *data_source(const train_options *o) { return o->data_path ? "file" : "teacher"; }
+
+/* A checkpoint after `step` steps (in every process of the job): 0, or the exit code. */
+static int save_checkpoint(const train_options *o, train_state *t, int step)
+{
+    checkpoint_run run = {&o->c, data_source(o)};
+    return checkpoint_save(t->rt, &run, o->save_dir, step, o->quiet);
+}
+
+/* 0, or nonzero (the exit code) having said why a step failed. */
 static int train_loop(const train_options *o, train_state *t, train_trace *trace, train_results *res)
 {
     const dp_runtime_config *c = &o->c;
     const dp_model_config *m = t->m;
     int steps = o->steps, tty = cli_stderr_is_tty() && !o->quiet, chunks = global_chunks(c);
+    int first = o->first_step + 1, run_steps = steps - o->first_step, saved = -1;
     double run_t0 = dp_now_ms();
-    res->step_ms = calloc(steps ? (size_t)steps : 1, sizeof(double));
+    res->step_ms = calloc(run_steps > 0 ? (size_t)run_steps : 1, sizeof(double));
     if (!res->step_ms) {
         cli_error("out of memory for the times of %d steps", steps);
         return 1;
     }
-    for (int step = 1; step <= steps; step++) {
+    for (int step = first; step <= steps; step++) {
         if (t->data.f) {
             if (train_data_step(&t->data, step, t->x, t->targets)) return 1;
         } else {
-            for (size_t i = 0; i < t->n; i++) t->x[i] = dp_counter_uniform(c->model.seed, 0x5eed0000ull + (uint64_t)step, i);
+            generated_inputs(o, t, step);
             if (train_teacher_targets(&t->teacher, m, chunks, t->x, t->targets)) return 1;
         }
         if (tty) fprintf(stderr, "\r  step %d/%d ...", step, steps), fflush(stderr);
@@ -314,13 +360,13 @@ static int train_loop(const train_options *o, train_state *t, train_trace *trace
             cli_error("step %d failed: %s", step, dp_last_error());
             return 1;
         }
-        step_timing_collect(&t->tm, t->rt, step > 1 || steps == 1);
+        step_timing_collect(&t->tm, t->rt, step > first || run_steps == 1);
         if (trace && train_trace_add_step(trace, t->rt, dp_runtime_step_start(t->rt) - run_t0)) return 1;
-        res->step_ms[step - 1] = ms;
+        res->step_ms[step - first] = ms;
         double loss = 0;
         for (int k = 0; k < chunks; k++) loss += t->losses[k];
         loss /= chunks;
-        if (step == 1) res->first_loss = loss;
+        if (step == first) res->first_loss = loss;
         res->last_loss = loss;
         if (t->ref) {
             if (dp_reference_train_step(t->ref, t->x, t->targets, t->ref_losses) != DP_OK) {
@@ -337,8 +383,76 @@ static int train_loop(const train_options *o, train_state *t, train_trace *trace
             printf("step %4d/%d  loss %.6f  time %8.2f ms  %10.0f tokens/s  %6.2f GFLOP/s\n", step, steps, loss, ms,
                    (double)chunks * m->tokens / (ms * 1e-3), t->flops_per_step / (ms * 1e-3) * 1e-9);
         fflush(stdout);
+        if (o->save_dir && ((o->save_every && step % o->save_every == 0) || step == steps)) {
+            int rc = save_checkpoint(o, t, step);
+            if (rc) return rc;
+            saved = step;
+        }
     }
+    /* no step ran (--steps 0, or a run resumed at its last step): the state as it is */
+    if (o->save_dir && saved != steps) return save_checkpoint(o, t, steps);
     return 0;
+}
+
+/* --resume: the state of the checkpoint DIR means, in every process. TRAIN_GO_ON or the exit code. */
+static int resume(train_options *o, train_state *t)
+{
+    char path[4096];
+    int rc = checkpoint_find(o->resume_dir, path, sizeof path);
+    checkpoint_run run = {&o->c, data_source(o)};
+    int step = 0;
+    if (rc == 0) rc = checkpoint_load(t->rt, t->ref, &run, path, &step);
+    if (rc) return rc;
+    if (step > o->steps) {
+        cli_error("--resume %s: the checkpoint is of step %d, past --steps %d (which counts every step of the run, "
+                  "those before the checkpoint too): give --steps %d or more",
+                  path, step, o->steps, step);
+        return CLI_EXIT_USAGE;
+    }
+    o->first_step = step;
+    /* the teacher scales its targets by its first batch's: that of step 1, as in the run resumed */
+    if (step > 0 && !t->data.f) {
+        generated_inputs(o, t, 1);
+        if (train_teacher_targets(&t->teacher, t->m, global_chunks(&o->c), t->x, t->targets)) return CLI_EXIT_FAIL;
+    }
+    snprintf(o->resumed_from, sizeof o->resumed_from, "%s", path);
+    return TRAIN_GO_ON;
+}
+
+/* --save-outputs: the model's outputs for step steps + 1's generated inputs (every process
+ * takes part; the root writes). 0, or the exit code. */
+static int save_outputs(const train_options *o, train_state *t, output_file *out)
+{
+    generated_inputs(o, t, o->steps + 1);
+    float *y = malloc(sizeof(float) * t->n);
+    if (!y) {
+        cli_error("out of memory for the outputs (%zu floats)", t->n);
+        return CLI_EXIT_FAIL;
+    }
+    dp_status st = dp_runtime_infer(t->rt, t->x, y);
+    dp_safetensors_writer *w = NULL;
+    int64_t shape[3] = {global_chunks(&o->c), t->m->tokens, t->m->hidden};
+    char step[32];
+    snprintf(step, sizeof step, "%d", o->steps + 1);
+    if (st == DP_OK && !o->follower) {
+        st = dp_safetensors_writer_create(&w);
+        if (st == DP_OK) st = dp_safetensors_add_metadata(w, "format", "pt");
+        if (st == DP_OK) st = dp_safetensors_add_metadata(w, "step", step);
+        if (st == DP_OK) st = dp_safetensors_add(w, "inputs", DP_ST_F32, 3, shape, t->x);
+        if (st == DP_OK) st = dp_safetensors_add(w, "outputs", DP_ST_F32, 3, shape, y);
+        if (st == DP_OK) st = dp_safetensors_write_stream(w, out->fp, out->path ? out->path : "<stdout>");
+    }
+    free(y);
+    dp_safetensors_writer_destroy(w);
+    if (st != DP_OK) {
+        cli_error("--save-outputs: %s", dp_last_error());
+        output_file_abort(out);
+        return CLI_EXIT_FAIL;
+    }
+    if (o->follower) return CLI_EXIT_OK;
+    if (output_file_commit(out)) return CLI_EXIT_FAIL;
+    if (!o->quiet) printf("inputs and outputs of step %d written to %s\n", o->steps + 1, o->outputs_path);
+    return CLI_EXIT_OK;
 }
 
 /* ----------------------------------------------------------------------------
@@ -382,7 +496,7 @@ static long usable_cores(void)
 /* The losses, the median step (the first includes warm-up), and how the ranks spent their time. */
 static void print_summary(const train_options *o, const train_state *t, train_results *res)
 {
-    int steps = o->steps;
+    int steps = o->steps - o->first_step; /* this run's */
     double *step_ms = res->step_ms;
     for (int i = 1; i < steps; i++)
         for (int j = i; j > 0 && step_ms[j - 1] > step_ms[j]; j--) {
@@ -466,9 +580,10 @@ int cmd_train(int argc, char **argv)
     train_options o;
     int rc = parse_options(argc, argv, &o);
     if (rc != TRAIN_GO_ON) return rc;
-    const named_path outputs[] = {{"--trace", o.trace_path}, {"--save-params", o.save_path}};
+    const named_path outputs[] = {{"--trace", o.trace_path}, {"--save-params", o.save_path},
+                                  {"--save-outputs", o.outputs_path}};
     const named_path inputs[] = {{"--init", o.init_path}, {"--data", o.data_path}};
-    if ((rc = output_files_check(outputs, 2, inputs, 2)) != 0) return rc;
+    if ((rc = output_files_check(outputs, 3, inputs, 2)) != 0) return rc;
     launch job;
     if ((rc = launch_begin(&job)) != 0) return rc;
     rc = launch_place(&job, &o.c, o.c.ranks * (o.c.dp > 1 ? o.c.dp : 1));
@@ -486,20 +601,26 @@ static int run_train(train_options *o_in)
     train_options o = *o_in;
     int rc;
     train_trace trace = {0};
-    output_file params = {0};
+    output_file params = {0}, outputs = {0};
+    /* every output is checked before anything runs, so that a bad path fails first */
+    if (o.save_dir && (rc = checkpoint_prepare(o.save_dir, o.resume_dir != NULL)) != 0) return rc;
     if (o.trace_path && train_trace_open(&trace, o.trace_path)) return CLI_EXIT_USAGE;
-    if (o.save_path && !o.follower && output_file_open(&params, o.save_path)) {
+    if ((o.save_path && !o.follower && output_file_open(&params, o.save_path)) ||
+        (o.outputs_path && !o.follower && output_file_open(&outputs, o.outputs_path))) {
         train_trace_close(&trace);
+        output_file_abort(&params);
         return CLI_EXIT_USAGE;
     }
     train_state t = {0};
     train_results res = {0};
     rc = build_runtime(&o, &t);
+    if (rc == TRAIN_GO_ON && o.resume_dir) rc = resume(&o, &t);
     if (rc == TRAIN_GO_ON) {
         if (!o.follower) print_header(&o, &t);
-        rc = CLI_EXIT_FAIL;
-        if (train_loop(&o, &t, o.trace_path ? &trace : NULL, &res) == 0) {
-            if (o.steps > 0 && !o.follower) print_summary(&o, &t, &res);
+        if (o.resume_dir && !o.quiet) printf("resumed from %s after step %d of %d\n", o.resumed_from, o.first_step, o.steps);
+        rc = train_loop(&o, &t, o.trace_path ? &trace : NULL, &res);
+        if (rc == 0) {
+            if (o.steps > o.first_step && !o.follower) print_summary(&o, &t, &res);
             if (!o.trace_path || write_trace(&o, &t, &trace) == 0)
                 rc = o.verify ? report_verify(&o, &t, &res.df) : CLI_EXIT_OK;
             if (rc == CLI_EXIT_OK && o.save_path && o.follower) rc = follow_params_save(t.rt);
@@ -507,11 +628,13 @@ static int run_train(train_options *o_in)
                 rc = train_params_save(t.rt, &params);
                 if (rc == CLI_EXIT_OK && !o.quiet) printf("parameters written to %s\n", o.save_path);
             }
+            if (rc == CLI_EXIT_OK && o.outputs_path) rc = save_outputs(&o, &t, &outputs);
         }
     }
     free(res.step_ms);
     train_trace_close(&trace);
     output_file_abort(&params);
+    output_file_abort(&outputs);
     free_runtime(&t);
     return rc;
 }

@@ -23,6 +23,14 @@ dualpipe_command_sources = \
 	tools/train_trace.h \
 	tools/train_data.c \
 	tools/train_data.h \
+	tools/checkpoint.c \
+	tools/checkpoint.h \
+	tools/checkpoint_index.c \
+	tools/checkpoint_index.h \
+	tools/crc32.c \
+	tools/crc32.h \
+	tools/eplb_json.c \
+	tools/eplb_json.h \
 	tools/launch.c \
 	tools/launch.h \
 	tools/cmd_bench.c \
@@ -87,6 +95,13 @@ check_PROGRAMS += tests/make_train_data
 tests_make_train_data_LDADD = engine/libdualpipe.la
 TESTS += tests/test_train_data.sh
 EXTRA_DIST += tests/test_train_data.sh tools/torch_compare.py
+# train --save and --resume: killed and resumed bit-equal for every schedule and across rank
+# counts; bad option values and incompatible models refused (tests/driver_fault.c kills the run)
+TESTS += tests/test_checkpoint.sh
+EXTRA_DIST += tests/test_checkpoint.sh
+# the same under mpirun: each process writes its ranks' files (skipped without MPI)
+TESTS += tests/test_mpi_checkpoint.sh
+EXTRA_DIST += tests/test_mpi_checkpoint.sh
 # dualpipe's arithmetic against the same maths written out in float64 (tools/torch_compare.py)
 TESTS += tests/test_torch_compare.sh
 EXTRA_DIST += tests/test_torch_compare.sh

@@ -1,0 +1,50 @@
+/* checkpoint.h: `dualpipe train --save DIR` and `--resume DIR`: the training state (fp32
+ * parameters, optimizer moments, step count, data position, the model's configuration) in a
+ * directory of safetensors files named as a PyTorch state_dict, whole or not at all, and read
+ * back into a runtime of any schedule and rank count holding the same layers.
+ *
+ *   DIR/step-00000040/index.json          the step, model, optimizer, data position, and each
+ *                                         file's size and CRC-32 (tools/checkpoint_index.h)
+ *   DIR/step-00000040/rank-R.safetensors  what pipeline rank R holds (copy 0 of its stages)
+ *   DIR/latest                            "step-00000040": the last checkpoint written
+ *
+ * A checkpoint is written as DIR/step-N.partial and renamed to DIR/step-N once every file and
+ * its index are on disk. In a job of several processes each writes its own ranks' files, and
+ * the process hosting rank 0 writes the index and renames, after all of them are done. */
+#ifndef DP_TOOLS_CHECKPOINT_H
+#define DP_TOOLS_CHECKPOINT_H
+
+#include "engine/reference.h"
+#include "engine/runtime.h"
+
+/* What a checkpoint records besides the tensors: the run as configured, and where its data
+ * came from ("teacher" or "file"). */
+typedef struct {
+    const dp_runtime_config *c;
+    const char *data_source;
+} checkpoint_run;
+
+/* Before training, for --save DIR: DIR is a directory this process can create entries in, or a
+ * new one (created; its parent must exist). A run that does not resume refuses a DIR already
+ * holding checkpoints, so that one run's steps never mix with another's. 0, or the exit code
+ * having said why. */
+int checkpoint_prepare(const char *dir, int resuming);
+
+/* Writes rt's state after `step` steps as DIR/step-<step>: called in every process of the job
+ * (each writes its ranks' files; the root finishes). Prints a line (step, directory, bytes,
+ * time) unless quiet. 0, or the exit code having said why. */
+int checkpoint_save(dp_runtime *rt, const checkpoint_run *run, const char *dir, int step, int quiet);
+
+/* The checkpoint --resume DIR means: DIR itself when it holds an index.json, else the one
+ * DIR/latest names, else DIR's step-N directory of the highest N. Written to path (size bytes).
+ * 0, or the exit code (2) having said why there is none. */
+int checkpoint_find(const char *dir, char *path, size_t size);
+
+/* Checks the checkpoint at path (its index, each file's size, checksum and header, each tensor's
+ * dtype and shape, the model against rt's) and writes it into every copy of every stage of rt
+ * (and ref, when not NULL), with the step count: *step is the steps it had taken. Nothing is
+ * written into rt unless everything checked. 0, or the exit code having said why (2 for a bad
+ * or incompatible checkpoint: the file, the tensor and the rule broken). */
+int checkpoint_load(dp_runtime *rt, dp_reference *ref, const checkpoint_run *run, const char *path, int *step);
+
+#endif
