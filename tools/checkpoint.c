@@ -665,7 +665,14 @@ int checkpoint_load(dp_runtime *rt, dp_reference *ref, const checkpoint_run *run
         return CLI_EXIT_USAGE;
     }
     opened_files of = {0};
-    int rc = check_compatible(&x, rt, run, index_path);
+    int rc = 0;
+    if (x.data_position != x.step) {
+        /* version 1: optimizer step k trained on batch k */
+        cli_error("--resume: %s: \"data.position\" is %d but \"step\" is %d: they are one count in this version",
+                  index_path, x.data_position, x.step);
+        rc = CLI_EXIT_USAGE;
+    }
+    if (!rc) rc = check_compatible(&x, rt, run, index_path);
     if (!rc) rc = open_files(&x, ckpt, &of);
     int used = 0, total = 0;
     if (!rc) rc = restore_tensors(rt, ref, run, &of, ckpt, 0, &used);

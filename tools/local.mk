@@ -99,6 +99,12 @@ EXTRA_DIST += tests/test_train_data.sh tools/torch_compare.py
 # counts; bad option values and incompatible models refused (tests/driver_fault.c kills the run)
 TESTS += tests/test_checkpoint.sh
 EXTRA_DIST += tests/test_checkpoint.sh
+# damaged checkpoints refused, naming the file, the tensor and the rule
+TESTS += tests/test_checkpoint_bad.sh
+EXTRA_DIST += tests/test_checkpoint_bad.sh
+# a checkpoint in PyTorch: tools/checkpoint_to_torch.py's forward against dualpipe's (skipped without torch)
+TESTS += tests/test_checkpoint_torch.sh
+EXTRA_DIST += tests/test_checkpoint_torch.sh tools/checkpoint_to_torch.py
 # the same under mpirun: each process writes its ranks' files (skipped without MPI)
 TESTS += tests/test_mpi_checkpoint.sh
 EXTRA_DIST += tests/test_mpi_checkpoint.sh

@@ -1,11 +1,12 @@
 # tests/fuzz/local.mk: libFuzzer targets for the readers of what users hand the tools (EPLB load
-# files in text and JSON, EPLB plans, --cost, safetensors files). configure --enable-fuzzing (with a
+# files in text and JSON, EPLB plans, --cost, safetensors files, checkpoints' index.json). configure --enable-fuzzing (with a
 # compiler taking -fsanitize=fuzzer, such as clang) turns them on; `make fuzz` builds them and runs
 # each for FUZZ_SECONDS over the seeds in tests/fuzz/seeds/NAME, keeping what it finds in the
 # build tree's tests/fuzz/corpus/NAME. Each target compiles the code it reads with the fuzzer's
 # instrumentation rather than linking the installed libraries, so that coverage guides it.
-fuzz_names = eplb_loads eplb_plan cost safetensors
-fuzz_programs = tests/fuzz/fuzz_eplb_loads tests/fuzz/fuzz_eplb_plan tests/fuzz/fuzz_cost tests/fuzz/fuzz_safetensors
+fuzz_names = eplb_loads eplb_plan cost safetensors checkpoint_index
+fuzz_programs = tests/fuzz/fuzz_eplb_loads tests/fuzz/fuzz_eplb_plan tests/fuzz/fuzz_cost tests/fuzz/fuzz_safetensors \
+	tests/fuzz/fuzz_checkpoint_index
 EXTRA_PROGRAMS += $(fuzz_programs)
 CLEANFILES += $(fuzz_programs) tests/fuzz/*.log
 EXTRA_DIST += tests/fuzz/seeds
@@ -30,6 +31,11 @@ tests_fuzz_fuzz_cost_LDADD = -lm
 tests_fuzz_fuzz_safetensors_SOURCES = tests/fuzz/fuzz_safetensors.c engine/status.c engine/safetensors.c
 tests_fuzz_fuzz_safetensors_CFLAGS = $(AM_CFLAGS) $(FUZZ_CFLAGS)
 tests_fuzz_fuzz_safetensors_LDFLAGS = $(FUZZ_CFLAGS)
+fuzz_checkpoint_index_sources = tools/checkpoint_index.c tools/eplb_json.c
+tests_fuzz_fuzz_checkpoint_index_SOURCES = tests/fuzz/fuzz_checkpoint_index.c $(fuzz_checkpoint_index_sources)
+tests_fuzz_fuzz_checkpoint_index_CFLAGS = $(AM_CFLAGS) $(FUZZ_CFLAGS)
+tests_fuzz_fuzz_checkpoint_index_LDFLAGS = $(FUZZ_CFLAGS)
+tests_fuzz_fuzz_checkpoint_index_LDADD = -lm
 
 FUZZ_SECONDS = 30
 if BUILD_FUZZ
@@ -54,7 +60,7 @@ endif
 
 # The same targets without libFuzzer, replaying their seeds in `make check` with any compiler.
 check_PROGRAMS += tests/fuzz/replay_eplb_loads tests/fuzz/replay_eplb_plan tests/fuzz/replay_cost \
-	tests/fuzz/replay_safetensors
+	tests/fuzz/replay_safetensors tests/fuzz/replay_checkpoint_index
 fuzz_replay_eplb_sources = tests/fuzz/replay_main.c tools/eplb_input.c tools/eplb_json.c tools/cli.c
 tests_fuzz_replay_eplb_loads_SOURCES = tests/fuzz/fuzz_eplb_loads.c $(fuzz_replay_eplb_sources)
 tests_fuzz_replay_eplb_loads_LDADD = eplb/libeplb.la -lm
@@ -64,5 +70,8 @@ tests_fuzz_replay_cost_SOURCES = tests/fuzz/fuzz_cost.c tests/fuzz/replay_main.c
 tests_fuzz_replay_cost_LDADD = engine/libdualpipe.la
 tests_fuzz_replay_safetensors_SOURCES = tests/fuzz/fuzz_safetensors.c tests/fuzz/replay_main.c
 tests_fuzz_replay_safetensors_LDADD = engine/libdualpipe.la
+tests_fuzz_replay_checkpoint_index_SOURCES = tests/fuzz/fuzz_checkpoint_index.c tests/fuzz/replay_main.c \
+	$(fuzz_checkpoint_index_sources)
+tests_fuzz_replay_checkpoint_index_LDADD = -lm
 TESTS += tests/test_fuzz_seeds.sh
 EXTRA_DIST += tests/test_fuzz_seeds.sh
