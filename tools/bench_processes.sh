@@ -3,7 +3,8 @@
 # of one process and as MPI processes (one rank each, then two rank threads each), side by side
 # in one run, with the shapes of the reference's CPU benchmark (DualPipe's example stage: Linear
 # h -> 4h, GELU, Linear 4h -> h, no bias; MSE; fp32). Prints the median step of each and the
-# ratio processes / threads. Figures only: nothing here passes or fails on a time.
+# ratio processes / threads. Figures only: nothing here passes or fails on a time. The processes
+# are left unbound, so that the mpi link's progress thread has a core (dualpipe(1), ENVIRONMENT).
 # --quick: small shapes and few steps (seconds, for CI). Skips, saying why, without MPI.
 dir=$(dirname "$0")
 tool="$dir/dualpipe"
@@ -34,10 +35,10 @@ printf '%-10s %5s %6s %7s %7s | %12s %14s %16s | %9s %9s\n' schedule ranks hidde
 echo "$shapes" | while read -r sched ranks hidden tokens chunks steps; do
   common="--schedule $sched --pp $ranks --hidden $hidden --tokens $tokens --chunks $chunks --block mlp --steps $steps --threads 1 -q"
   t=$("$tool" train $common 2>&1 | median)
-  p=$(mpirun -np "$ranks" "$tool" train $common 2>/dev/null </dev/null | median)
+  p=$(mpirun --bind-to none -np "$ranks" "$tool" train $common 2>/dev/null </dev/null | median)
   h=-
   if [ $((ranks % 2)) -eq 0 ] && [ "$ranks" -gt 2 ]; then
-    h=$(mpirun -np $((ranks / 2)) "$tool" train $common 2>/dev/null </dev/null | median)
+    h=$(mpirun --bind-to none -np $((ranks / 2)) "$tool" train $common 2>/dev/null </dev/null | median)
   fi
   if [ -z "$p" ]; then
     echo "bench_processes: this build has no MPI (or mpirun failed): $("$tool" train $common 2>&1 >/dev/null | tail -1)"

@@ -14,16 +14,28 @@
  *
  * Failures. Every wait is a test loop with the link's deadline. An abort is recorded here,
  * told to every other process on a communicator of its own (each process keeps a receive
- * posted there, tested by the waits) and to the bootstrap. */
-#define _POSIX_C_SOURCE 200809L
+ * posted there, tested by the waits) and to the bootstrap.
+ *
+ * Progress. MPI moves a large message (past the shared-memory eager limit, a few KB) in
+ * fragments, and a fragment moves only while its sender's or receiver's process is inside an MPI
+ * call. A rank thread that posts a send and then computes would hold its message back until
+ * its next wait. So while any request is in flight a progress thread per process enters MPI
+ * every DUALPIPE_MPI_PROGRESS_US microseconds (default 20; 0 turns it off), as NCCL's and gloo's
+ * own threads do; when nothing is in flight it sleeps on a condition variable. A process bound
+ * to a single core (mpirun binds to cores at 2 processes or fewer) gets no progress thread by
+ * default: there it could only take turns with the rank threads, which costs more than it saves. */
+#define _GNU_SOURCE /* sched_getaffinity */
 #include "config.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <mpi.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine/mpi_job.h"
 #include "engine/link_common.h"
@@ -53,6 +65,12 @@ struct dp_link_world {
     dp_link_bootstrap bootstrap;
     int *opened;            /* [local_ranks] */
     int *next_id;           /* [local_ranks]: the next group id each local rank may take */
+    /* the progress thread (progress_us > 0): runs while in_flight > 0 */
+    int progress_us, progress_started, progress_stop;
+    int in_flight; /* requests issued and not yet completed, freed or cancelled (atomic) */
+    pthread_t progress;
+    pthread_mutex_t progress_lock;
+    pthread_cond_t progress_wake;
 };
 
 typedef enum { REQ_SEND, REQ_RECV } req_kind;
@@ -65,6 +83,7 @@ struct dp_request {
     size_t bytes;
     int peer, tag; /* group rank, the caller's tag */
     int issued;
+    int counted; /* counted in the world's in_flight */
     MPI_Request mpi;
     dp_status result; /* of a receive that a test found complete */
 };
@@ -140,11 +159,82 @@ static dp_status mpi_abort(dp_link *l, dp_status reason, const char *msg)
 }
 
 /* ----------------------------------------------------------------------------
+ * progress */
+
+static void *progress_main(void *arg)
+{
+    dp_link_world *w = arg;
+    struct timespec pause = {0, (long)w->progress_us * 1000L};
+    pthread_mutex_lock(&w->progress_lock);
+    while (!w->progress_stop) {
+        if (__atomic_load_n(&w->in_flight, __ATOMIC_ACQUIRE) == 0) {
+            pthread_cond_wait(&w->progress_wake, &w->progress_lock);
+            continue;
+        }
+        pthread_mutex_unlock(&w->progress_lock);
+        /* any call enters MPI's progress engine; this one also learns of another process's abort */
+        int flag = 0;
+        MPI_Iprobe(MPI_ANY_SOURCE, 1, w->abort_comm, &flag, MPI_STATUS_IGNORE);
+        poll_abort(w);
+        nanosleep(&pause, NULL);
+        pthread_mutex_lock(&w->progress_lock);
+    }
+    pthread_mutex_unlock(&w->progress_lock);
+    return NULL;
+}
+
+static void in_flight_add(dp_link_world *w, dp_request *r)
+{
+    r->counted = 1;
+    if (__atomic_fetch_add(&w->in_flight, 1, __ATOMIC_ACQ_REL) == 0 && w->progress_started) {
+        pthread_mutex_lock(&w->progress_lock);
+        pthread_cond_signal(&w->progress_wake);
+        pthread_mutex_unlock(&w->progress_lock);
+    }
+}
+
+static void in_flight_done(dp_link_world *w, dp_request *r)
+{
+    if (!r->counted) return;
+    r->counted = 0;
+    __atomic_fetch_sub(&w->in_flight, 1, __ATOMIC_ACQ_REL);
+}
+
+/* DUALPIPE_MPI_PROGRESS_US: microseconds between the progress thread's calls into MPI. */
+static dp_status progress_interval(int *us)
+{
+    const char *text = getenv("DUALPIPE_MPI_PROGRESS_US");
+    *us = 20;
+    if (!text || !*text) {
+        cpu_set_t cpus;
+        if (sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) < 2) *us = 0;
+        return DP_OK;
+    }
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || end == text || *end || v < 0 || v > 1000000)
+        return dp_fail(DP_ERR_INVALID, "mpi link: DUALPIPE_MPI_PROGRESS_US=%s: give the microseconds between the "
+                                       "progress thread's calls into MPI, 0 (no progress thread) to 1000000", text);
+    *us = (int)v;
+    return DP_OK;
+}
+
+/* ----------------------------------------------------------------------------
  * world */
 
 static dp_status world_free(dp_link_world *w, int collective)
 {
     if (!w) return DP_OK;
+    if (w->progress_started) {
+        pthread_mutex_lock(&w->progress_lock);
+        w->progress_stop = 1;
+        pthread_cond_signal(&w->progress_wake);
+        pthread_mutex_unlock(&w->progress_lock);
+        pthread_join(w->progress, NULL);
+    }
+    pthread_mutex_destroy(&w->progress_lock);
+    pthread_cond_destroy(&w->progress_wake);
     int clean = collective && !dp_link_abort_raised(&w->abort);
     if (w->abort_recv != MPI_REQUEST_NULL) {
         MPI_Cancel(&w->abort_recv);
@@ -206,6 +296,8 @@ static dp_status mpi_world_create(const dp_link_world_config *cfg, dp_link_world
     w->abort_comm = MPI_COMM_NULL;
     w->abort_recv = MPI_REQUEST_NULL;
     pthread_mutex_init(&w->poll_lock, NULL);
+    pthread_mutex_init(&w->progress_lock, NULL);
+    pthread_cond_init(&w->progress_wake, NULL);
     dp_link_abort_init(&w->abort);
     w->pair_comm = malloc((size_t)local * (size_t)local * sizeof *w->pair_comm);
     w->abort_sends = malloc((size_t)processes * sizeof *w->abort_sends);
@@ -218,8 +310,8 @@ static dp_status mpi_world_create(const dp_link_world_config *cfg, dp_link_world
     for (int i = 0; i < local * local; i++) w->pair_comm[i] = MPI_COMM_NULL;
     for (int p = 0; p < processes; p++) w->abort_sends[p] = MPI_REQUEST_NULL;
     for (int i = 0; i < local; i++) w->next_id[i] = 1; /* 0 is the world group */
-    dp_status st = DP_OK;
-    if (DP_LINK_WORLD_CONFIG_HAS(cfg, bootstrap) && cfg->bootstrap)
+    dp_status st = progress_interval(&w->progress_us);
+    if (st == DP_OK && DP_LINK_WORLD_CONFIG_HAS(cfg, bootstrap) && cfg->bootstrap)
         st = dp_link_bootstrap_open(&w->bootstrap, cfg, w->timeout_ms, "mpi");
     for (int i = 0; st == DP_OK && i < local * local; i++) st = dup_world(&w->pair_comm[i]);
     if (st == DP_OK) st = dup_world(&w->abort_comm);
@@ -227,6 +319,12 @@ static dp_status mpi_world_create(const dp_link_world_config *cfg, dp_link_world
         int rc = MPI_Irecv(&w->incoming, (int)sizeof w->incoming, MPI_BYTE, MPI_ANY_SOURCE, 0, w->abort_comm,
                            &w->abort_recv);
         if (rc != MPI_SUCCESS) st = mpi_fail(rc, "MPI_Irecv");
+    }
+    if (st == DP_OK && w->progress_us > 0) {
+        if (pthread_create(&w->progress, NULL, progress_main, w) != 0)
+            st = dp_fail(DP_ERR_NOMEM, "mpi link: cannot start the progress thread (set DUALPIPE_MPI_PROGRESS_US=0 "
+                                       "to run without one)");
+        else w->progress_started = 1;
     }
     if (st != DP_OK) {
         char msg[1024];
@@ -330,6 +428,7 @@ static dp_status issue(dp_link *l, dp_request *r)
         r->mpi = MPI_REQUEST_NULL;
         return mpi_fail(rc, r->kind == REQ_SEND ? "MPI_Isend" : "MPI_Irecv");
     }
+    in_flight_add(l->w, r);
     return DP_OK;
 }
 
@@ -410,8 +509,9 @@ static dp_status check_size(dp_link *l, dp_request *r, MPI_Status *status, int r
     return DP_OK;
 }
 
-static void drop(dp_request *r)
+static void drop(dp_link_world *w, dp_request *r)
 {
+    in_flight_done(w, r);
     if (r->mpi != MPI_REQUEST_NULL) {
         MPI_Cancel(&r->mpi);
         MPI_Request_free(&r->mpi);
@@ -429,7 +529,10 @@ static dp_status mpi_test(dp_link *l, dp_request *r, int *done)
     MPI_Status status;
     int rc = MPI_Test(&r->mpi, done, &status);
     if (rc != MPI_SUCCESS && rc != MPI_ERR_TRUNCATE) return mpi_fail(rc, "MPI_Test");
-    if (*done) return r->result = check_size(l, r, &status, rc);
+    if (*done) {
+        in_flight_done(l->w, r);
+        return r->result = check_size(l, r, &status, rc);
+    }
     poll_abort(l->w);
     if (dp_link_abort_raised(&l->w->abort)) return dp_link_abort_fail(&l->w->abort);
     return DP_OK;
@@ -482,7 +585,8 @@ static dp_status mpi_wait(dp_link *l, dp_request *r)
         }
         dp_link_backoff(&spins);
     }
-    if (st != DP_OK) drop(r);
+    if (st != DP_OK) drop(w, r);
+    in_flight_done(w, r);
     free(r);
     return st;
 }
@@ -495,7 +599,7 @@ static dp_status wait_all(dp_link *l, dp_request **q, int n)
     dp_status st = DP_OK;
     for (int i = 0; i < n; i++)
         if (q[i]) {
-            dp_status s2 = st == DP_OK ? mpi_wait(l, q[i]) : (drop(q[i]), free(q[i]), DP_OK);
+            dp_status s2 = st == DP_OK ? mpi_wait(l, q[i]) : (drop(l->w, q[i]), free(q[i]), DP_OK);
             if (st == DP_OK) st = s2;
         }
     return st;
