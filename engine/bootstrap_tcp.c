@@ -111,6 +111,9 @@ typedef struct {
     int wake[2];     /* wakes the reader thread to stop */
     pthread_t reader;
     int reader_started;
+    /* One reader of the connections at a time: the reader thread, or a caller taking in what
+     * has arrived before it acts, so that an end already on the wire is never missed. */
+    pthread_mutex_t read_lock;
     pthread_mutex_t lock; /* what follows, and conns' left and gone */
     pthread_cond_t cond;
     int stopping;
@@ -444,6 +447,40 @@ static void take_end(tcp_bootstrap *b, int p, const char *problem)
     if (first) spread_end(b, -1, DP_ERR_COMM, msg, p);
 }
 
+/* Takes in every frame process p's connection holds now, and its end, without waiting. With
+ * b->read_lock. */
+static void drain_locked(tcp_bootstrap *b, int p)
+{
+    tcp_conn *c = &b->conns[p];
+    if (c->fd < 0 || c->gone) return;
+    char problem[256];
+    int rc;
+    while ((rc = conn_read(c, DP_BOOTSTRAP_TCP_MAX_BYTES + 64, problem, sizeof problem)) == 1) take_frame(b, p);
+    if (rc < 0) take_end(b, p, problem);
+}
+
+/* What the reader thread would take in next, taken now by the caller: before a call acts, so
+ * that an abort or a departure already received here ends it at once instead of being met by
+ * a send to a process that has gone ("Broken pipe"). Without b->lock. */
+static void take_pending(tcp_bootstrap *b)
+{
+    if (!b->reader_started) return;
+    pthread_mutex_lock(&b->read_lock);
+    for (int p = 0; p < b->processes; p++)
+        if (p != b->process) drain_locked(b, p);
+    pthread_mutex_unlock(&b->read_lock);
+}
+
+/* Whether the job has ended, after taking in what has arrived. */
+static int ended(tcp_bootstrap *b)
+{
+    take_pending(b);
+    pthread_mutex_lock(&b->lock);
+    int aborted = b->aborted;
+    pthread_mutex_unlock(&b->lock);
+    return aborted;
+}
+
 static void *reader_main(void *arg)
 {
     tcp_bootstrap *b = arg;
@@ -476,14 +513,10 @@ static void *reader_main(void *arg)
             char drain[16];
             while (read(b->wake[0], drain, sizeof drain) > 0) {}
         }
-        for (int i = 1; i < n; i++) {
-            if (!pf[i].revents) continue;
-            int p = peer[i];
-            int rc;
-            while ((rc = conn_read(&b->conns[p], DP_BOOTSTRAP_TCP_MAX_BYTES + 64, problem, sizeof problem)) == 1)
-                take_frame(b, p);
-            if (rc < 0) take_end(b, p, problem);
-        }
+        pthread_mutex_lock(&b->read_lock);
+        for (int i = 1; i < n; i++)
+            if (pf[i].revents) drain_locked(b, peer[i]);
+        pthread_mutex_unlock(&b->read_lock);
     }
     free(pf), free(peer);
     return NULL;
@@ -595,6 +628,7 @@ static dp_status step_root(tcp_bootstrap *b, const tcp_call *c, const void *in, 
     for (int p = 1; p < b->processes; p++)
         if (send_frame(&b->conns[p], 0, F_RESULT, seq, out, out_bytes, NULL, 0, deadline) != 0) {
             int err = errno;
+            if (ended(b)) return end_fail(b); /* it had said why before closing: that is the news */
             describe_process(b, p, who, sizeof who);
             return fail_end(b, DP_ERR_COMM, "bootstrap %s: rank %d: sending the result to %s failed: %s", what,
                             c->rank, who, err == ETIMEDOUT ? "it did not read it within the timeout" : strerror(err));
@@ -617,10 +651,7 @@ static dp_status step_leaf(tcp_bootstrap *b, const tcp_call *c, const void *in, 
     put32(desc, c->kind), put32(desc + 4, (uint32_t)c->root), put64(desc + 8, c->bytes);
     if (send_frame(&b->conns[0], b->process, F_COLLECT, seq, desc, sizeof desc, in, in_bytes, deadline) != 0) {
         int err = errno;
-        pthread_mutex_lock(&b->lock);
-        int aborted = b->aborted;
-        pthread_mutex_unlock(&b->lock);
-        if (aborted) return end_fail(b);
+        if (ended(b)) return end_fail(b); /* process 0 had said why before closing: that is the news */
         return fail_end(b, DP_ERR_COMM, "bootstrap %s: rank %d: sending to process 0 at %s failed: %s", what,
                         c->rank, b->where, err == ETIMEDOUT ? "it did not read within the timeout" : strerror(err));
     }
@@ -665,10 +696,7 @@ static dp_status tcp_step(void *arg, const void *in, size_t in_bytes, void *out,
 {
     const tcp_call *c = arg;
     tcp_bootstrap *b = c->b;
-    pthread_mutex_lock(&b->lock);
-    int aborted = b->aborted;
-    pthread_mutex_unlock(&b->lock);
-    if (aborted) return end_fail(b);
+    if (ended(b)) return end_fail(b); /* the threads may have taken long to meet: look again */
     if (b->process == 0) return step_root(b, c, in, out, out_bytes);
     return step_leaf(b, c, in, in_bytes, out, out_bytes);
 }
@@ -686,10 +714,7 @@ static dp_status collective(tcp_bootstrap *b, uint32_t kind, int rank, const voi
         return dp_fail(DP_ERR_INVALID, "bootstrap %s: %zu bytes is more than the tcp bootstrap carries (%llu): it is "
                        "for bootstrap bytes, not data", what, out_bytes,
                        (unsigned long long)DP_BOOTSTRAP_TCP_MAX_BYTES);
-    pthread_mutex_lock(&b->lock);
-    int aborted = b->aborted;
-    pthread_mutex_unlock(&b->lock);
-    if (aborted) return end_fail(b);
+    if (ended(b)) return end_fail(b); /* every call after the end fails with it, touching no socket */
     int root_slot = kind == K_ALLGATHER || kind == K_BARRIER ? -1 : b->process_of[root] == b->process ? b->slot[root]
                                                                                                       : -2;
     tcp_call call = {.b = b, .kind = kind, .rank = rank, .root = root, .bytes = bytes};
@@ -1093,6 +1118,7 @@ static void destroy(tcp_bootstrap *b, int say_bye)
     if (b->wake[1] >= 0) close(b->wake[1]);
     dp_meeting_destroy(b->meeting);
     pthread_mutex_destroy(&b->lock);
+    pthread_mutex_destroy(&b->read_lock);
     pthread_cond_destroy(&b->cond);
     free(b->process_of), free(b->slot), free(b->count), free(b->conns), free(b->shares);
     free(b);
@@ -1108,6 +1134,7 @@ dp_status dp_bootstrap_tcp_create(const dp_bootstrap_tcp_config *cfg, void **out
     b->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : 60000;
     b->wake[0] = b->wake[1] = -1;
     pthread_mutex_init(&b->lock, NULL);
+    pthread_mutex_init(&b->read_lock, NULL);
     pthread_cond_init(&b->cond, NULL);
     const char *addr = cfg->addr && *cfg->addr ? cfg->addr : "127.0.0.1";
     const char *port = cfg->port ? cfg->port : "";

@@ -46,7 +46,9 @@ void dp_bootstrap_tcp_destroy(void *ctx);
  * meet first (bootstrap_meeting.h); the last to arrive talks to process 0. An abort, a
  * process that vanishes (its connection closed or reset without leaving) or a call that misses
  * its deadline ends the job for every process: their pending and later calls fail with
- * DP_ERR_COMM naming the rank or process and why. */
+ * DP_ERR_COMM naming the rank or process and why. A later call fails at once, without touching
+ * a socket: each call first takes in what has arrived, so that an abort waiting there is
+ * never met by a send to a process that has gone. */
 extern const dp_bootstrap_ops dp_bootstrap_tcp;
 
 #ifdef __cplusplus

@@ -2,8 +2,10 @@
  * (engine/bootstrap_tcp.h): forked processes, one or two rank threads each, check allgather and
  * broadcast byte for byte and the barrier through shared memory; then an abort, a process that
  * exits early and one that is too slow, each seen by every other process well within the
- * deadline; calls in different orders; connections that do not speak the protocol refused
- * while the rendezvous goes on; and configurations refused before any socket. */
+ * deadline; every call after an abort failing at once with its message, also in a process that
+ * calls only once the aborting ones have gone; calls in different orders; connections that do
+ * not speak the protocol refused while the rendezvous goes on; and configurations refused
+ * before any socket. */
 #define _POSIX_C_SOURCE 200809L
 #define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 #include <arpa/inet.h>
@@ -60,6 +62,7 @@ static int free_port(void)
 
 typedef struct {
     int arrived[16]; /* ranks past the k-th barrier's entrance */
+    int exited[MAX_RANKS]; /* processes that have left their bootstrap */
 } shared_state;
 static shared_state *shared;
 
@@ -150,6 +153,7 @@ static void child(const scenario *sc, int process)
         failures += env[i].failures;
     }
     dp_bootstrap_tcp_destroy(ctx);
+    __atomic_store_n(&shared->exited[process], 1, __ATOMIC_SEQ_CST);
     _exit(failures ? 1 : 0);
 }
 
@@ -255,6 +259,26 @@ static void suite(rank_env *e)
 
 static int aborter = -1; /* the rank that aborts (set before fork) */
 
+/* Every call after the abort fails at once with the abort's own message, never trying the
+ * network (where the aborting process may be gone already: "Broken pipe" would hide who and
+ * why). */
+static void later_calls_fail(rank_env *e, const char *want)
+{
+    const dp_bootstrap_ops *B = &dp_bootstrap_tcp;
+    for (int call = 0; call < 3; call++) {
+        unsigned char x = 1, all[MAX_RANKS];
+        const char *name = call == 0 ? "allgather" : call == 1 ? "broadcast" : "barrier";
+        double t0 = now_ms();
+        dp_status st = call == 0 ? B->allgather(e->ctx, e->rank, &x, all, 1)
+                       : call == 1 ? B->broadcast(e->ctx, e->rank, &x, 1, 0)
+                                   : B->barrier(e->ctx, e->rank);
+        double took = now_ms() - t0;
+        CHECK(e, st == DP_ERR_COMM && strstr(dp_last_error(), want), "a later %s fails with the abort: %s (%s)", name,
+              dp_status_name(st), dp_last_error());
+        CHECK(e, took < 1000, "a later %s took %.0f ms to fail: it must fail at once", name, took);
+    }
+}
+
 static void abort_main(rank_env *e)
 {
     const dp_bootstrap_ops *B = &dp_bootstrap_tcp;
@@ -273,12 +297,34 @@ static void abort_main(rank_env *e)
           aborter, dp_status_name(st), dp_last_error());
     CHECK(e, waited < e->sc->timeout_ms / 2, "the abort took %.0f ms to arrive (deadline %d ms)", waited,
           e->sc->timeout_ms);
-    unsigned char x = 1, all[MAX_RANKS];
-    t0 = now_ms();
-    st = B->allgather(e->ctx, e->rank, &x, all, 1);
-    /* it fails at once; its message may be the abort's or the closed connection to the
-     * aborting process (which process 0 may already have torn down) */
-    CHECK(e, st == DP_ERR_COMM && now_ms() - t0 < 1000, "a later allgather fails at once: %s", dp_last_error());
+    later_calls_fail(e, want);
+}
+
+/* Rank 1 aborts; process 2 calls only once processes 0 and 1 have left: the abort is waiting in
+ * its socket, and process 0's end of the connection is closed. */
+static void late_main(rank_env *e)
+{
+    const dp_bootstrap_ops *B = &dp_bootstrap_tcp;
+    CHECK(e, B->barrier(e->ctx, e->rank) == DP_OK, "first barrier: %s", dp_last_error());
+    const char *want = "rank 1 ended the job: its device failed";
+    if (e->rank == 1) {
+        sleep_ms(100); /* rank 0 is in its barrier by now */
+        CHECK(e, B->abort(e->ctx, e->rank, DP_ERR_DEVICE, "its device failed") == DP_OK, "abort");
+        return;
+    }
+    if (e->rank == 0) {
+        dp_status st = B->barrier(e->ctx, e->rank);
+        CHECK(e, st == DP_ERR_COMM && strstr(dp_last_error(), want), "a pending barrier after rank 1's abort: %s (%s)",
+              dp_status_name(st), dp_last_error());
+    } else {
+        double until = now_ms() + 8000;
+        while (!(__atomic_load_n(&shared->exited[0], __ATOMIC_SEQ_CST) &&
+                 __atomic_load_n(&shared->exited[1], __ATOMIC_SEQ_CST)) &&
+               now_ms() < until)
+            sleep_ms(2);
+        CHECK(e, shared->exited[0] && shared->exited[1], "processes 0 and 1 did not leave within 8 s");
+    }
+    later_calls_fail(e, want);
 }
 
 static int leaver = -1; /* the process that exits early */
@@ -601,6 +647,10 @@ int main(void)
            "with its message, well within the deadline");
     aborter = 0;
     tap_ok(run(&sc), "the same with rank 0 (on process 0) aborting");
+
+    sc = (scenario){"late", 3, 3, NULL, 10000, late_main};
+    tap_ok(run(&sc), "rank 1 aborts and processes 0 and 1 leave; process 2 calls only then: each call fails at once "
+           "with the abort's message, not with the closed connection");
 
     sc = (scenario){"exit", 3, 3, NULL, 10000, exit_main};
     leaver = 2;
