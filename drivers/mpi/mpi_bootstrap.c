@@ -1,18 +1,20 @@
 /* mpi_bootstrap.c: the MPI bootstrap: how the ranks of a job spread over MPI processes first
  * meet (the NCCL id, every rank's device, set-up failures). The rank threads of a process meet
- * first; the last to arrive makes one non-blocking MPI collective for the whole process, tested
- * against the deadline, and every thread takes its result. An abort is sent to every other
- * process on a communicator of its own, where each process keeps a receive posted. */
+ * first (engine/bootstrap_meeting.h); the last to arrive makes one non-blocking MPI collective
+ * for the whole process, tested against the deadline, and every thread takes its result. An
+ * abort is sent to every other process on a communicator of its own, where each process keeps
+ * a receive posted. */
 #define _POSIX_C_SOURCE 200809L
 #include "config.h"
 
-#include <errno.h>
+#include <limits.h>
 #include <mpi.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/bootstrap_meeting.h"
 #include "engine/mpi_job.h"
 #include "engine/link_common.h"
 
@@ -26,18 +28,11 @@ typedef struct {
 typedef struct {
     int local, processes, process, timeout_ms;
     MPI_Comm comm, abort_comm;
+    dp_meeting *meeting; /* the process's rank threads, rank first + i in slot i */
+    pthread_mutex_t lock; /* the abort: what follows */
     MPI_Request abort_recv, *abort_sends;
     abort_note incoming, outgoing;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    unsigned long round; /* meetings completed */
-    int arrived, leaving;
-    size_t bytes;
-    unsigned char *block, *result; /* [local x bytes], [processes x local x bytes] */
-    size_t capacity;
-    dp_status status; /* the last meeting's */
-    char failure[512];
-    int aborted; /* under lock */
+    int aborted;
     char message[600];
 } mpi_bootstrap;
 
@@ -67,9 +62,15 @@ dp_status dp_bootstrap_mpi_create(int local_ranks, int timeout_ms, void **out)
         free(b);
         return dp_fail(DP_ERR_NOMEM, "mpi bootstrap: out of memory");
     }
+    dp_status st = dp_meeting_create(local_ranks, b->timeout_ms, &b->meeting);
+    if (st != DP_OK) {
+        free(b->abort_sends), free(b);
+        return st;
+    }
     for (int p = 0; p < b->processes; p++) b->abort_sends[p] = MPI_REQUEST_NULL;
     if (MPI_Comm_dup(MPI_COMM_WORLD, &b->comm) != MPI_SUCCESS ||
         MPI_Comm_dup(MPI_COMM_WORLD, &b->abort_comm) != MPI_SUCCESS) {
+        dp_meeting_destroy(b->meeting);
         free(b->abort_sends), free(b);
         return dp_fail(DP_ERR_COMM, "mpi bootstrap: MPI_Comm_dup failed");
     }
@@ -77,7 +78,6 @@ dp_status dp_bootstrap_mpi_create(int local_ranks, int timeout_ms, void **out)
     MPI_Comm_set_errhandler(b->abort_comm, MPI_ERRORS_RETURN);
     MPI_Irecv(&b->incoming, (int)sizeof b->incoming, MPI_BYTE, MPI_ANY_SOURCE, 0, b->abort_comm, &b->abort_recv);
     pthread_mutex_init(&b->lock, NULL);
-    pthread_cond_init(&b->cond, NULL);
     *out = b;
     return DP_OK;
 }
@@ -96,35 +96,65 @@ void dp_bootstrap_mpi_destroy(void *ctx)
         MPI_Comm_free(&b->comm);
         MPI_Comm_free(&b->abort_comm);
     }
+    dp_meeting_destroy(b->meeting);
     pthread_mutex_destroy(&b->lock);
-    pthread_cond_destroy(&b->cond);
-    free(b->block), free(b->result), free(b->abort_sends), free(b);
+    free(b->abort_sends), free(b);
 }
 
-/* Lock held. Another process's abort, if one has come. */
-static void poll_abort_locked(mpi_bootstrap *b)
+/* Another process's abort, if one has come: recorded, and the meeting ended with it. 1 when
+ * the job has ended by an abort (from here or elsewhere). */
+static int poll_abort(mpi_bootstrap *b)
 {
-    int flag = 0;
-    if (b->aborted || b->abort_recv == MPI_REQUEST_NULL) return;
-    if (MPI_Test(&b->abort_recv, &flag, MPI_STATUS_IGNORE) == MPI_SUCCESS && flag) {
+    int flag = 0, heard = 0;
+    pthread_mutex_lock(&b->lock);
+    if (!b->aborted && b->abort_recv != MPI_REQUEST_NULL &&
+        MPI_Test(&b->abort_recv, &flag, MPI_STATUS_IGNORE) == MPI_SUCCESS && flag) {
         b->incoming.text[NOTE_TEXT - 1] = '\0';
         snprintf(b->message, sizeof b->message, "rank %d ended the job: %s", (int)b->incoming.rank, b->incoming.text);
-        b->aborted = 1;
-        pthread_cond_broadcast(&b->cond);
+        b->aborted = heard = 1;
     }
+    int aborted = b->aborted;
+    char message[sizeof b->message];
+    if (heard) snprintf(message, sizeof message, "%s", b->message);
+    pthread_mutex_unlock(&b->lock);
+    if (heard) dp_meeting_abort(b->meeting, DP_ERR_COMM, message);
+    return aborted;
 }
 
-/* The process's one MPI collective of a meeting, made by the last thread to arrive, tested
- * against the deadline (lock not held). */
-static dp_status process_collective(mpi_bootstrap *b, int kind, int root_process, double deadline)
+static dp_status abort_fail(mpi_bootstrap *b)
 {
+    pthread_mutex_lock(&b->lock);
+    dp_status st = dp_fail(DP_ERR_COMM, "%s", b->message);
+    pthread_mutex_unlock(&b->lock);
+    return st;
+}
+
+/* ----------------------------------------------------------------------------
+ * collectives: the step the last rank thread of a process runs */
+
+typedef struct {
+    mpi_bootstrap *b;
+    int kind, root;
+    size_t bytes;
+} mpi_call;
+
+/* The process's one MPI collective of a meeting, tested against the deadline: the members'
+ * blocks (in, local x bytes) gathered from every process into out (processes x local x
+ * bytes), or the root's bytes broadcast into out, or a barrier. */
+static dp_status mpi_step(void *arg, const void *in, size_t in_bytes, void *out, size_t out_bytes)
+{
+    const mpi_call *c = arg;
+    mpi_bootstrap *b = c->b;
+    if (poll_abort(b)) return abort_fail(b);
+    double deadline = dp_link_now_ms() + b->timeout_ms;
     MPI_Request req;
-    int count = (int)(b->bytes * (size_t)b->local), rc;
-    if (kind == MEET_ALLGATHER)
-        rc = MPI_Iallgather(b->block, count, MPI_BYTE, b->result, count, MPI_BYTE, b->comm, &req);
-    else if (kind == MEET_BROADCAST)
-        rc = MPI_Ibcast(b->result, (int)b->bytes, MPI_BYTE, root_process, b->comm, &req);
-    else
+    int rc;
+    if (c->kind == MEET_ALLGATHER)
+        rc = MPI_Iallgather(in, (int)in_bytes, MPI_BYTE, out, (int)in_bytes, MPI_BYTE, b->comm, &req);
+    else if (c->kind == MEET_BROADCAST) {
+        if (in_bytes) memcpy(out, in, in_bytes); /* the root lives here */
+        rc = MPI_Ibcast(out, (int)out_bytes, MPI_BYTE, c->root / b->local, b->comm, &req);
+    } else
         rc = MPI_Ibarrier(b->comm, &req);
     if (rc != MPI_SUCCESS) return dp_fail(DP_ERR_COMM, "mpi bootstrap: starting a collective failed (MPI error %d)", rc);
     int spins = 0;
@@ -133,14 +163,11 @@ static dp_status process_collective(mpi_bootstrap *b, int kind, int root_process
         if (MPI_Test(&req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS)
             return dp_fail(DP_ERR_COMM, "mpi bootstrap: a collective failed");
         if (done) return DP_OK;
-        pthread_mutex_lock(&b->lock);
-        poll_abort_locked(b);
-        int aborted = b->aborted;
-        pthread_mutex_unlock(&b->lock);
+        int aborted = poll_abort(b);
         if (aborted || dp_link_now_ms() > deadline) {
             /* the collective cannot be cancelled; the job is ending, the request is left */
             MPI_Request_free(&req);
-            if (aborted) return DP_ERR_COMM;
+            if (aborted) return abort_fail(b);
             return dp_fail(DP_ERR_TIMEOUT,
                            "mpi bootstrap: process %d: the other processes did not join within %d ms (one has "
                            "failed, hangs, or runs a different command)",
@@ -157,80 +184,19 @@ static dp_status meet(mpi_bootstrap *b, int rank, int kind, const void *mine, vo
     if (rank < first || rank >= first + b->local)
         return dp_fail(DP_ERR_INVALID, "mpi bootstrap: rank %d is not hosted by process %d (ranks %d..%d)", rank,
                        b->process, first, first + b->local - 1);
-    if (bytes > (size_t)1 << 28) return dp_fail(DP_ERR_INVALID, "mpi bootstrap: %zu bytes is too much to exchange", bytes);
-    int me = rank - first;
-    double deadline = dp_link_now_ms() + b->timeout_ms;
-    struct timespec ts; /* the waiters allow the process's collective its whole deadline */
-    dp_link_deadline_ts(&ts, b->timeout_ms + 2000.0);
-    pthread_mutex_lock(&b->lock);
-    while (b->leaving > 0 && !b->aborted)
-        if (pthread_cond_timedwait(&b->cond, &b->lock, &ts) == ETIMEDOUT) break;
-    if (b->aborted || b->leaving > 0) goto failed;
-    if (b->arrived == 0) {
-        size_t need = bytes * (size_t)b->local * (size_t)b->processes + 1;
-        if (need > b->capacity) {
-            unsigned char *blk = realloc(b->block, need), *res = blk ? realloc(b->result, need) : NULL;
-            if (blk) b->block = blk;
-            if (res) b->result = res;
-            if (!blk || !res) {
-                pthread_mutex_unlock(&b->lock);
-                return dp_fail(DP_ERR_NOMEM, "mpi bootstrap: out of memory for %zu bytes", need);
-            }
-            b->capacity = need;
-        }
-        b->bytes = bytes;
-    } else if (b->bytes != bytes) {
-        pthread_mutex_unlock(&b->lock);
-        return dp_fail(DP_ERR_INVALID, "mpi bootstrap %s: rank %d brings %zu bytes where the others bring %zu", what,
-                       rank, bytes, b->bytes);
-    }
-    if (kind == MEET_ALLGATHER && bytes) memcpy(b->block + (size_t)me * bytes, mine, bytes);
-    if (kind == MEET_BROADCAST && rank == root && bytes) memcpy(b->result, mine, bytes);
-    unsigned long round = b->round;
-    if (++b->arrived == b->local) {
-        pthread_mutex_unlock(&b->lock);
-        dp_status st = process_collective(b, kind, root / b->local, deadline);
-        pthread_mutex_lock(&b->lock);
-        b->status = st;
-        if (st != DP_OK) snprintf(b->failure, sizeof b->failure, "%s", dp_last_error());
-        b->arrived = 0;
-        b->leaving = b->local;
-        b->round++;
-        pthread_cond_broadcast(&b->cond);
-    } else {
-        while (b->round == round && !b->aborted)
-            if (pthread_cond_timedwait(&b->cond, &b->lock, &ts) == ETIMEDOUT) {
-                poll_abort_locked(b);
-                if (b->round != round || b->aborted) break;
-                snprintf(b->message, sizeof b->message,
-                         "mpi bootstrap %s: rank %d: the other ranks of process %d did not arrive within %d ms", what,
-                         rank, b->process, b->timeout_ms);
-                b->aborted = 1;
-                pthread_cond_broadcast(&b->cond);
-                break;
-            }
-        if (b->round == round) goto failed;
-    }
-    dp_status st = b->status;
-    if (st == DP_OK && out && bytes) {
-        if (kind == MEET_ALLGATHER) memcpy(out, b->result, bytes * (size_t)b->local * (size_t)b->processes);
-        else if (kind == MEET_BROADCAST) memcpy(out, b->result, bytes);
-    }
-    char failure[512];
-    snprintf(failure, sizeof failure, "%s", b->failure);
-    if (--b->leaving == 0) pthread_cond_broadcast(&b->cond);
-    int aborted = b->aborted;
-    char message[600];
-    snprintf(message, sizeof message, "%s", b->message);
-    pthread_mutex_unlock(&b->lock);
-    if (aborted && st != DP_OK) return dp_fail(DP_ERR_COMM, "%s", message);
-    if (st != DP_OK) return dp_fail(st, "%s", failure);
-    return DP_OK;
-failed:;
-    char msg[600];
-    snprintf(msg, sizeof msg, "%s", b->aborted ? b->message : "mpi bootstrap: the previous meeting did not end");
-    pthread_mutex_unlock(&b->lock);
-    return dp_fail(DP_ERR_COMM, "%s", msg);
+    if (bytes > (size_t)1 << 28 || bytes * (size_t)b->local > INT_MAX)
+        return dp_fail(DP_ERR_INVALID, "mpi bootstrap: %zu bytes from each of %d rank threads is too much to exchange",
+                       bytes, b->local);
+    if (poll_abort(b)) return abort_fail(b);
+    int root_slot = kind == MEET_BROADCAST ? (root >= first && root < first + b->local ? root - first : -2) : -1;
+    size_t out_bytes = kind == MEET_ALLGATHER ? bytes * (size_t)b->local * (size_t)b->processes
+                       : kind == MEET_BROADCAST ? bytes
+                                                : 0;
+    mpi_call call = {.b = b, .kind = kind, .root = root, .bytes = bytes};
+    dp_meeting_call m = {.what = what, .rank = rank, .slot = rank - first, .mine = mine, .bytes = bytes,
+                         .root_slot = root_slot, .out = out, .out_bytes = out_bytes, .step = mpi_step,
+                         .step_arg = &call};
+    return dp_meeting_join(b->meeting, &m);
 }
 
 static dp_status mpi_allgather(void *ctx, int rank, const void *mine, void *all, size_t bytes)
@@ -252,19 +218,22 @@ static dp_status mpi_barrier(void *ctx, int rank) { return meet(ctx, rank, MEET_
 static dp_status mpi_bootstrap_abort(void *ctx, int rank, dp_status reason, const char *message)
 {
     mpi_bootstrap *b = ctx;
+    const char *text = message && *message ? message : dp_status_name(reason);
+    char ended[sizeof b->message];
     pthread_mutex_lock(&b->lock);
-    if (!b->aborted) {
+    int first = !b->aborted;
+    if (first) {
         b->aborted = 1;
-        snprintf(b->message, sizeof b->message, "rank %d ended the job: %s", rank,
-                 message && *message ? message : dp_status_name(reason));
+        snprintf(b->message, sizeof b->message, "rank %d ended the job: %s", rank, text);
         b->outgoing.rank = rank, b->outgoing.reason = (int32_t)reason;
-        snprintf(b->outgoing.text, sizeof b->outgoing.text, "%s", message && *message ? message : dp_status_name(reason));
+        snprintf(b->outgoing.text, sizeof b->outgoing.text, "%s", text);
         for (int p = 0; p < b->processes; p++)
             if (p != b->process)
                 MPI_Isend(&b->outgoing, (int)sizeof b->outgoing, MPI_BYTE, p, 0, b->abort_comm, &b->abort_sends[p]);
-        pthread_cond_broadcast(&b->cond);
+        snprintf(ended, sizeof ended, "%s", b->message);
     }
     pthread_mutex_unlock(&b->lock);
+    if (first) dp_meeting_abort(b->meeting, DP_ERR_COMM, ended);
     return DP_OK;
 }
 
