@@ -14,6 +14,7 @@
 #include "engine/driver.h"
 #include "tests/cuda_test_util.h"
 #include "tests/kernel_fp64_checks.h"
+#include "tests/kernel_fp64_moe_checks.h"
 #include "tests/tap.h"
 
 static const dp_device_ops *G, *C; /* GPU and CPU tables */
@@ -501,6 +502,138 @@ static void test_errors(void)
            "device info: %s", info.name);
 }
 
+/* ----------------------------------------------------------------------------
+ * mixture of experts: routing, layout, combine and the bias update bit-equal to the CPU (the
+ * same expressions in the same order, no fused multiply-add); sigmoid and SwiGLU, which go
+ * through expf, within a few float roundings */
+
+static int same_bytes(const void *a, const void *b, size_t n, const char *what)
+{
+    if (memcmp(a, b, n) == 0) return 1;
+    const unsigned char *x = a, *y = b;
+    size_t i = 0;
+    while (x[i] == y[i]) i++;
+    tap_diag("%s: first differing byte %zu of %zu", what, i, n);
+    return 0;
+}
+
+static void test_moe(void)
+{
+    enum { T = 517, E = 64, NG = 8, TG = 3, K = 6, H = 200 };
+    float rs = 2.5f;
+    /* scores on a grid of 1/64, so that ties between experts and between groups are common */
+    float *sc = malloc(sizeof(float) * T * E), *bias = malloc(sizeof(float) * E);
+    for (size_t i = 0; i < (size_t)T * E; i++) sc[i] = (float)(int)((urand() + 1.0f) * 32.0f) / 64.0f;
+    for (int e = 0; e < E; e++) bias[e] = (float)(int)(urand() * 4.0f) / 64.0f;
+    int32_t *ex = malloc(sizeof(int32_t) * T * K), *gex = malloc(sizeof(int32_t) * T * K);
+    float *w = malloc(sizeof(float) * T * K), *gw = malloc(sizeof(float) * T * K);
+    void *dsc = up(sc, sizeof(float) * T * E), *dbias = up(bias, sizeof(float) * E);
+    void *dex = poisoned(sizeof(int32_t) * T * K), *dw = poisoned(sizeof(float) * T * K);
+    dp_status st = G->moe_topk(gdev, NULL, T, E, NG, TG, K, dsc, dbias, rs, dex, dw);
+    check(C->moe_topk(cdev, NULL, T, E, NG, TG, K, sc, bias, rs, ex, w), "cpu moe_topk");
+    down(gex, dex, sizeof(int32_t) * T * K), down(gw, dw, sizeof(float) * T * K);
+    tap_ok(st == DP_OK && same_bytes(gex, ex, sizeof(int32_t) * T * K, "experts") &&
+               same_bytes(gw, w, sizeof(float) * T * K, "weights"),
+           "moe_topk: 517 tokens, 64 experts in 8 groups, 3 kept, top 6, many ties: the CPU's experts and weights");
+
+    /* the gate's backward from random weight gradients */
+    float *dwt = randv((size_t)T * K), *dl = malloc(sizeof(float) * T * E), *gdl = malloc(sizeof(float) * T * E);
+    void *ddwt = up(dwt, sizeof(float) * T * K), *ddl = poisoned(sizeof(float) * T * E);
+    st = G->moe_topk_backward(gdev, NULL, T, E, K, dsc, dex, ddwt, rs, ddl);
+    check(C->moe_topk_backward(cdev, NULL, T, E, K, sc, ex, dwt, rs, dl), "cpu moe_topk_backward");
+    down(gdl, ddl, sizeof(float) * T * E);
+    tap_ok(st == DP_OK && same_bytes(gdl, dl, sizeof(float) * T * E, "dlogits"),
+           "moe_topk_backward: the CPU's bits, zero where not selected");
+
+    /* the dispatch layout */
+    int32_t *rsl = malloc(sizeof(int32_t) * T * K), *srw = malloc(sizeof(int32_t) * T * K), *cnt = malloc(sizeof(int32_t) * E);
+    int32_t *grsl = malloc(sizeof(int32_t) * T * K), *gsrw = malloc(sizeof(int32_t) * T * K), *gcnt = malloc(sizeof(int32_t) * E);
+    void *drsl = poisoned(sizeof(int32_t) * T * K), *dsrw = poisoned(sizeof(int32_t) * T * K), *dcnt = poisoned(sizeof(int32_t) * E);
+    st = G->moe_permute(gdev, NULL, T, K, E, dex, drsl, dsrw, dcnt);
+    check(C->moe_permute(cdev, NULL, T, K, E, ex, rsl, srw, cnt), "cpu moe_permute");
+    down(grsl, drsl, sizeof(int32_t) * T * K), down(gsrw, dsrw, sizeof(int32_t) * T * K), down(gcnt, dcnt, sizeof(int32_t) * E);
+    tap_ok(st == DP_OK && same_bytes(grsl, rsl, sizeof(int32_t) * T * K, "row_slot") &&
+               same_bytes(gsrw, srw, sizeof(int32_t) * T * K, "slot_row") && same_bytes(gcnt, cnt, sizeof(int32_t) * E, "counts"),
+           "moe_permute: the CPU's stable layout and counts");
+
+    /* combine and its backward, fp32 and bf16 */
+    for (int b = 0; b < 2; b++) {
+        dp_dtype t = b ? DP_DTYPE_BF16 : DP_DTYPE_F32;
+        size_t es = b ? 2 : 4, nrows = (size_t)T * K * H, ny = (size_t)T * H;
+        float *rows32 = randv(nrows), *y32 = randv(ny), *dy32 = randv(ny);
+        void *rows = malloc(nrows * es), *y = malloc(ny * es), *dy = malloc(ny * es), *gy = malloc(ny * es);
+        void *drw = malloc(nrows * es), *gdrw = malloc(nrows * es);
+        float *dwc = malloc(sizeof(float) * T * K), *gdwc = malloc(sizeof(float) * T * K);
+        for (size_t i = 0; i < nrows; i++)
+            b ? (void)(((uint16_t *)rows)[i] = f32_to_bf16_rne(rows32[i])) : (void)(((float *)rows)[i] = rows32[i]);
+        for (size_t i = 0; i < ny; i++) {
+            if (b) ((uint16_t *)y)[i] = f32_to_bf16_rne(y32[i]), ((uint16_t *)dy)[i] = f32_to_bf16_rne(dy32[i]);
+            else ((float *)y)[i] = y32[i], ((float *)dy)[i] = dy32[i];
+        }
+        void *drows = up(rows, nrows * es), *dyv = up(y, ny * es), *ddy = up(dy, ny * es);
+        st = G->moe_combine(gdev, NULL, t, T, K, H, drows, dsrw, dw, 1, dyv);
+        check(C->moe_combine(cdev, NULL, t, T, K, H, rows, srw, w, 1, y), "cpu moe_combine");
+        down(gy, dyv, ny * es);
+        tap_ok(st == DP_OK && same_bytes(gy, y, ny * es, "combined"),
+               "moe_combine %s (weighted, accumulating): the CPU's bits", dp_dtype_name(t));
+        void *ddrw = poisoned(nrows * es), *ddwc = poisoned(sizeof(float) * T * K);
+        st = G->moe_combine_backward(gdev, NULL, t, T, K, H, drows, dsrw, dw, ddy, ddrw, ddwc);
+        check(C->moe_combine_backward(cdev, NULL, t, T, K, H, rows, srw, w, dy, drw, dwc), "cpu moe_combine_backward");
+        down(gdrw, ddrw, nrows * es), down(gdwc, ddwc, sizeof(float) * T * K);
+        tap_ok(st == DP_OK && same_bytes(gdrw, drw, nrows * es, "drows") &&
+                   same_bytes(gdwc, dwc, sizeof(float) * T * K, "dweight"),
+               "moe_combine_backward %s: the CPU's row gradients and weight gradients", dp_dtype_name(t));
+        G->free(gdev, drows), G->free(gdev, dyv), G->free(gdev, ddy), G->free(gdev, ddrw), G->free(gdev, ddwc);
+        free(rows32), free(y32), free(dy32), free(rows), free(y), free(dy), free(gy), free(drw), free(gdrw);
+        free(dwc), free(gdwc);
+    }
+
+    /* sigmoid and SwiGLU (fp32): expf differs by an ulp or two between the two libraries */
+    size_t n = 100003;
+    float *a = randv(n), *bb = randv(n), *g = randv(n);
+    for (size_t i = 0; i < n; i++) a[i] *= 8.0f;
+    float *want = malloc(n * 4), *got = malloc(n * 4), *want2 = malloc(n * 4), *got2 = malloc(n * 4);
+    void *da = up(a, n * 4), *db = up(bb, n * 4), *dg = up(g, n * 4), *dy = poisoned(n * 4), *dy2 = poisoned(n * 4);
+    st = G->sigmoid_forward(gdev, NULL, DP_DTYPE_F32, n, da, dy);
+    check(C->sigmoid_forward(cdev, NULL, DP_DTYPE_F32, n, a, want), "cpu sigmoid");
+    down(got, dy, n * 4);
+    tap_ok(st == DP_OK && compare(got, want, n, 1e-7, 1e-6, "sigmoid"), "sigmoid_forward within 1e-6 of the CPU");
+    st = G->swiglu_forward(gdev, NULL, DP_DTYPE_F32, n, da, db, dy);
+    check(C->swiglu_forward(cdev, NULL, DP_DTYPE_F32, n, a, bb, want), "cpu swiglu");
+    down(got, dy, n * 4);
+    tap_ok(st == DP_OK && compare(got, want, n, 1e-6, 1e-6, "swiglu"), "swiglu_forward within 1e-6 of the CPU");
+    st = G->swiglu_backward(gdev, NULL, DP_DTYPE_F32, n, da, db, dg, dy, dy2);
+    check(C->swiglu_backward(cdev, NULL, DP_DTYPE_F32, n, a, bb, g, want, want2), "cpu swiglu backward");
+    down(got, dy, n * 4), down(got2, dy2, n * 4);
+    /* da = dy b s (1 + a (1 - s)): the bracket cancels near a = -1.28, so an absolute bound */
+    tap_ok(st == DP_OK && compare(got, want, n, 2e-6, 1e-6, "swiglu da") && compare(got2, want2, n, 1e-6, 1e-6, "swiglu db"),
+           "swiglu_backward within 2e-6 of the CPU");
+
+    /* the balancing bias and the load counts */
+    float *load = malloc(sizeof(float) * E), *bias2 = malloc(sizeof(float) * E), *gbias = malloc(sizeof(float) * E);
+    for (int e = 0; e < E; e++) load[e] = (float)(e % 5 == 0 ? 0 : 3 * e % 17), bias2[e] = bias[e];
+    void *dload = up(load, sizeof(float) * E), *db2 = up(bias2, sizeof(float) * E);
+    st = G->add_counts(gdev, NULL, E, dcnt, dload);
+    if (st == DP_OK) st = G->moe_bias_update(gdev, NULL, E, dload, 1e-3f, db2);
+    check(C->add_counts(cdev, NULL, E, cnt, load), "cpu add_counts");
+    check(C->moe_bias_update(cdev, NULL, E, load, 1e-3f, bias2), "cpu moe_bias_update");
+    down(gbias, db2, sizeof(float) * E);
+    tap_ok(st == DP_OK && same_bytes(gbias, bias2, sizeof(float) * E, "bias"),
+           "add_counts and moe_bias_update: the CPU's bias, bit for bit");
+
+    /* more experts than a block's shared memory holds: refused by name, not launched */
+    st = G->moe_topk(gdev, NULL, 1, 20000, 1, 1, 1, dsc, NULL, 1.0f, dex, dw);
+    tap_ok(st == DP_ERR_UNSUPPORTED && strstr(dp_last_error(), "moe_topk handles at most"),
+           "moe_topk with 20000 experts refused (%s)", dp_last_error());
+
+    G->free(gdev, dsc), G->free(gdev, dbias), G->free(gdev, dex), G->free(gdev, dw), G->free(gdev, ddwt);
+    G->free(gdev, ddl), G->free(gdev, drsl), G->free(gdev, dsrw), G->free(gdev, dcnt), G->free(gdev, da);
+    G->free(gdev, db), G->free(gdev, dg), G->free(gdev, dy), G->free(gdev, dy2), G->free(gdev, dload), G->free(gdev, db2);
+    free(sc), free(bias), free(ex), free(gex), free(w), free(gw), free(dwt), free(dl), free(gdl);
+    free(rsl), free(srw), free(cnt), free(grsl), free(gsrw), free(gcnt);
+    free(a), free(bb), free(g), free(want), free(got), free(want2), free(got2), free(load), free(bias2), free(gbias);
+}
+
 int main(void)
 {
     const dp_driver *drv = cuda_test_load_driver();
@@ -519,12 +652,14 @@ int main(void)
     test_losses();
     test_rows();
     test_optimizers();
+    test_moe();
     test_streams();
     test_large_copy();
     test_errors();
     kc_ops = G, kc_dev = gdev, kc_name = "cuda";
     kc_gemm_all("", 0);
     kc_run_kernels();
+    kc_run_moe_kernels();
     G->close(gdev);
     C->close(cdev);
     return tap_done();

@@ -123,6 +123,23 @@ dp_status dp_cuda_sgd_update(dp_device *, dp_stream *, size_t, float *, const fl
 dp_status dp_cuda_adamw_update(dp_device *, dp_stream *, size_t, float *, const float *, float *, float *,
                                const dp_adamw_args *);
 dp_status dp_cuda_sum_squares(dp_device *, dp_stream *, dp_dtype, size_t, const void *, float *);
+/* Mixture-of-experts kernels, in cuda_moe.cu (kernel table members). */
+dp_status dp_cuda_sigmoid_forward(dp_device *, dp_stream *, dp_dtype, size_t, const void *, void *);
+dp_status dp_cuda_moe_topk(dp_device *, dp_stream *, int, int, int, int, int, const float *, const float *, float,
+                           int32_t *, float *);
+dp_status dp_cuda_moe_topk_backward(dp_device *, dp_stream *, int, int, int, const float *, const int32_t *,
+                                    const float *, float, float *);
+dp_status dp_cuda_moe_permute(dp_device *, dp_stream *, int, int, int, const int32_t *, int32_t *, int32_t *,
+                              int32_t *);
+dp_status dp_cuda_moe_combine(dp_device *, dp_stream *, dp_dtype, int, int, int, const void *, const int32_t *,
+                              const float *, int, void *);
+dp_status dp_cuda_moe_combine_backward(dp_device *, dp_stream *, dp_dtype, int, int, int, const void *,
+                                       const int32_t *, const float *, const void *, void *, float *);
+dp_status dp_cuda_swiglu_forward(dp_device *, dp_stream *, dp_dtype, size_t, const void *, const void *, void *);
+dp_status dp_cuda_swiglu_backward(dp_device *, dp_stream *, dp_dtype, size_t, const void *, const void *,
+                                  const void *, void *, void *);
+dp_status dp_cuda_moe_bias_update(dp_device *, dp_stream *, int, const float *, float, float *);
+dp_status dp_cuda_add_counts(dp_device *, dp_stream *, size_t, const int32_t *, float *);
 /* y = max(a, b), element-wise: the link's MAX reduction on one device. */
 dp_status dp_cuda_max(dp_device *, dp_stream *, dp_dtype, size_t, const void *, const void *, void *);
 

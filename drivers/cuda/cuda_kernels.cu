@@ -1,8 +1,8 @@
 /* cuda_kernels.cu: the CUDA driver's kernels other than GEMM, each the GPU twin of the CPU
  * driver's loop: element-wise pairs (16-byte vector loads), RMSNorm, losses, row gather and
- * scatter, optimizers. Built with --fmad=false and with every reduction in a fixed order and in
- * double where the CPU sums in double, so results track the CPU reference to a rounding. The
- * kernel table is at the end. */
+ * scatter, optimizers (the mixture-of-experts kernels are in cuda_moe.cu). Built with
+ * --fmad=false and with every reduction in a fixed order and in double where the CPU sums in
+ * double, so results track the CPU reference to a rounding. The kernel table is at the end. */
 #include <math.h>
 #include <stdint.h>
 
@@ -686,17 +686,16 @@ constexpr dp_device_kernel_ops dp_cuda_kernel_ops = {
     .sgd_update = dp_cuda_sgd_update,
     .adamw_update = dp_cuda_adamw_update,
     .sum_squares = dp_cuda_sum_squares,
-    /* the mixture-of-experts kernels run on the cpu driver only, so far */
-    .sigmoid_forward = dp_unsupported_sigmoid_forward,
-    .moe_topk = dp_unsupported_moe_topk,
-    .moe_topk_backward = dp_unsupported_moe_topk_backward,
-    .moe_permute = dp_unsupported_moe_permute,
-    .moe_combine = dp_unsupported_moe_combine,
-    .moe_combine_backward = dp_unsupported_moe_combine_backward,
-    .swiglu_forward = dp_unsupported_swiglu_forward,
-    .swiglu_backward = dp_unsupported_swiglu_backward,
-    .moe_bias_update = dp_unsupported_moe_bias_update,
-    .add_counts = dp_unsupported_add_counts,
+    .sigmoid_forward = dp_cuda_sigmoid_forward,
+    .moe_topk = dp_cuda_moe_topk,
+    .moe_topk_backward = dp_cuda_moe_topk_backward,
+    .moe_permute = dp_cuda_moe_permute,
+    .moe_combine = dp_cuda_moe_combine,
+    .moe_combine_backward = dp_cuda_moe_combine_backward,
+    .swiglu_forward = dp_cuda_swiglu_forward,
+    .swiglu_backward = dp_cuda_swiglu_backward,
+    .moe_bias_update = dp_cuda_moe_bias_update,
+    .add_counts = dp_cuda_add_counts,
 };
 }
 DP_DEVICE_KERNEL_OPS(DP_CUDA_ASSERT_SET_KERNEL_)

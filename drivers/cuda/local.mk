@@ -10,6 +10,7 @@ cuda_driver_sources = \
 	drivers/cuda/cuda_module.c \
 	drivers/cuda/cuda_device.cu \
 	drivers/cuda/cuda_kernels.cu \
+	drivers/cuda/cuda_moe.cu \
 	drivers/cuda/cuda_staging.cu \
 	drivers/cuda/cuda_link.h \
 	drivers/cuda/cuda_link.cu \
