@@ -19,6 +19,7 @@ extern "C" {
 typedef enum {
     DP_PARAM_INIT_LINEAR = 0, /* uniform in [-1/sqrt(cols), 1/sqrt(cols)), as torch.nn.Linear */
     DP_PARAM_INIT_ONES = 1,   /* a norm's weight */
+    DP_PARAM_INIT_ZEROS = 2,  /* a bias, a state */
 } dp_param_init;
 
 /* One parameter of a layer, as its kind declares it: a rows x cols fp32 matrix (a vector is
@@ -29,6 +30,14 @@ typedef struct {
     size_t rows, cols;
     dp_param_init init;
     int gemm_operand; /* 1: GEMMs read it, so in mixed precision it gets a copy in the model's dtype */
+    /* 1: state the kind updates itself after each step (update_state), which the optimizer leaves
+     * alone (a PyTorch buffer: MoE's balancing bias); its "gradient" holds what the passes gather
+     * for the update, summed over the copies like a gradient */
+    int buffer;
+    /* the parameter's place in the layer as one rank holding all of it lists it, which picks its
+     * initial values, when that is not j (a rank holding some of the experts); 0: j */
+    int init_index;
+    char name_storage[32]; /* where param_spec may write a name made on the fly (name points here) */
 } dp_block_param_spec;
 
 /* One layer of a stage: an instance of a kind, with its parameters in place. */
@@ -84,6 +93,9 @@ typedef struct dp_block_ops {
     dp_status (*backward_input)(const dp_block_layer *layer, dp_block_pass *pass, dp_phase *next);
     /* dy, x and saved -> the gradients, accumulated (beta = 1) */
     dp_status (*backward_weight)(const dp_block_layer *layer, dp_block_pass *pass, dp_phase *next);
+    /* After the step's gradients are summed over every copy and the optimizer has stepped:
+     * updates the kind's buffers from what they gathered (NULL: the kind has none). */
+    dp_status (*update_state)(const dp_block_layer *layer, dp_stream *s);
 } dp_block_ops;
 
 /* The built-in kinds, by dp_block_kind (engine/block_table.c). */

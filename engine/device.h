@@ -213,10 +213,10 @@ typedef struct {
     X(moe_topk_backward, (dp_device *dev, dp_stream *s, int tokens, int experts, int topk, const float *scores, \
                           const int32_t *expert, const float *dweight, float route_scale, float *dlogits))   \
     /* The dispatch layout: the tokens x topk (token, k) slots sorted by expert, stably (within an       \
-     * expert in slot order t x topk + k, the global token order). Row r of the sorted order is slot      \
-     * row_slot[r]; slot i is row slot_row[i]; counts[e] rows go to expert e. */                          \
+     * expert in slot order t x topk + k, the global token order). Row r of the sorted order carries      \
+     * token row_token[r] (for gather_rows); slot i is row slot_row[i]; counts[e] rows go to expert e. */  \
     X(moe_permute, (dp_device *dev, dp_stream *s, int tokens, int topk, int experts, const int32_t *expert,  \
-                    int32_t *row_slot, int32_t *slot_row, int32_t *counts))                               \
+                    int32_t *row_token, int32_t *slot_row, int32_t *counts))                              \
     /* y[t] = (accumulate ? y[t] : 0) + sum over k in k order of weight[t x topk + k] (NULL: 1) x         \
      * rows[slot_row[t x topk + k]], in fp32 rounded once to dtype t; rows of `cols`. */                  \
     X(moe_combine, (dp_device *dev, dp_stream *s, dp_dtype t, int tokens, int topk, int cols, const void *rows, \

@@ -14,6 +14,41 @@
 /* ----------------------------------------------------------------------------
  * configuration */
 
+/* The MoE options, defaults filled in; each message names the option that sets the field. */
+static dp_status moe_config_check(dp_model_config *c)
+{
+    dp_moe_config *m = &c->moe;
+    if (m->experts < 0 || m->experts > DP_MAX_EXPERTS)
+        return dp_fail(DP_ERR_INVALID, "--experts must be 0 (dense) to %d, got %d", DP_MAX_EXPERTS, m->experts);
+    if (m->experts == 0) return DP_OK;
+    if (m->topk == 0) m->topk = m->experts > 1 ? 2 : 1;
+    if (m->groups == 0) m->groups = 1;
+    if (m->topk_groups == 0) m->topk_groups = m->groups;
+    if (m->topk < 1 || m->topk > m->experts)
+        return dp_fail(DP_ERR_INVALID, "--topk must be 1 to the number of experts (%d), got %d", m->experts, m->topk);
+    if (m->groups < 1 || m->experts % m->groups)
+        return dp_fail(DP_ERR_INVALID, "--groups must divide the %d experts into equal groups, got %d", m->experts,
+                       m->groups);
+    if (m->topk_groups < 1 || m->topk_groups > m->groups)
+        return dp_fail(DP_ERR_INVALID, "--topk-groups must be 1 to --groups (%d), got %d", m->groups, m->topk_groups);
+    if (m->topk > m->topk_groups * (m->experts / m->groups))
+        return dp_fail(DP_ERR_INVALID,
+                       "--topk %d exceeds the %d experts of the %d group(s) kept (--topk-groups); keep more groups or "
+                       "select fewer experts", m->topk, m->topk_groups * (m->experts / m->groups), m->topk_groups);
+    if (m->expert_hidden == 0) m->expert_hidden = c->ffn / m->topk > 0 ? c->ffn / m->topk : 1;
+    if (m->expert_hidden < 1 || m->expert_hidden > (1 << 16))
+        return dp_fail(DP_ERR_INVALID, "--expert-hidden must be 1 to 65536, got %d", m->expert_hidden);
+    if (m->shared_experts < 0 || m->shared_experts > 64)
+        return dp_fail(DP_ERR_INVALID, "--shared-experts must be 0 to 64, got %d", m->shared_experts);
+    if (m->route_scale == 0.0f) m->route_scale = 1.0f;
+    if (!(m->route_scale > 0.0f) || !isfinite(m->route_scale))
+        return dp_fail(DP_ERR_INVALID, "--route-scale must be a finite number > 0, got %g", (double)m->route_scale);
+    if (!(m->bias_update_speed >= 0.0f) || !isfinite(m->bias_update_speed))
+        return dp_fail(DP_ERR_INVALID, "--bias-update-speed must be a finite number >= 0, got %g",
+                       (double)m->bias_update_speed);
+    return DP_OK;
+}
+
 dp_status dp_model_config_check(dp_model_config *c)
 {
     if (c->hidden < 1) return dp_fail(DP_ERR_INVALID, "hidden size must be >= 1 (--hidden), got %d", c->hidden);
@@ -39,12 +74,16 @@ dp_status dp_model_config_check(dp_model_config *c)
     if (c->norm_eps == 0.0f) c->norm_eps = 1e-6f;
     if (c->dtype != DP_DTYPE_F32 && c->dtype != DP_DTYPE_BF16)
         return dp_fail(DP_ERR_INVALID, "the model's dtype must be fp32 or bf16 (--dtype), got %d", (int)c->dtype);
-    return DP_OK;
+    return moe_config_check(c);
 }
 
 dp_block_kind dp_model_layer_kind(const dp_model_config *c, int layer)
 {
-    return c->num_layer_kinds > 0 && layer >= 0 && layer < c->num_layer_kinds ? c->layer_kind[layer] : c->block;
+    if (c->num_layer_kinds > 0 && layer >= 0 && layer < c->num_layer_kinds) return c->layer_kind[layer];
+    if (c->moe.experts > 0 && layer >= 0 && layer < DP_MAX_LAYERS &&
+        (c->moe.moe_layers_set ? c->moe.moe_layers[layer] != 0 : layer > 0))
+        return DP_BLOCK_MOE;
+    return c->block;
 }
 
 void dp_optimizer_config_defaults(dp_optimizer_config *o)
@@ -89,6 +128,7 @@ float dp_counter_uniform(uint64_t seed, uint64_t stream, uint64_t index)
 
 typedef struct {
     float *value, *grad, *m, *v; /* fp32 master value, gradient and optimizer state */
+    int buffer;                  /* the kind's own state: the optimizer leaves it alone */
     void *copy;                  /* the value in the model's dtype, when that is not fp32 (GEMM operands only) */
     size_t count;
     char name[32];
@@ -158,6 +198,7 @@ void dp_stage_param(const dp_stage *st, int i, dp_param_view *out)
     out->grad = st->params[i].grad;
     out->m = st->params[i].m;
     out->v = st->params[i].v;
+    out->buffer = st->params[i].buffer;
 }
 
 static dp_status dev_alloc_floats(dp_stage *st, size_t n, float **out)
@@ -176,7 +217,8 @@ static dp_status init_param(dp_stage *st, param *p, uint64_t stream, dp_param_in
     if (!host) return dp_fail(DP_ERR_NOMEM, "out of memory initialising %s", p->name);
     float bound = init == DP_PARAM_INIT_LINEAR ? 1.0f / sqrtf((float)fan_in) : 0.0f;
     for (size_t i = 0; i < p->count; i++)
-        host[i] = init == DP_PARAM_INIT_LINEAR ? bound * dp_counter_uniform(st->cfg.seed, stream, i) : 1.0f;
+        host[i] = init == DP_PARAM_INIT_LINEAR ? bound * dp_counter_uniform(st->cfg.seed, stream, i)
+                  : init == DP_PARAM_INIT_ONES ? 1.0f : 0.0f;
     dp_status s = st->env.ops->copy(st->env.dev, p->value, host, sizeof(float) * p->count, DP_COPY_HOST_TO_DEVICE,
                                     NULL);
     free(host);
@@ -281,8 +323,12 @@ static dp_status create_params(dp_stage *st)
             DP_CHECK(dev_alloc_floats(st, p->count, &p->value));
             p->grad = st->grads + grad_offset;
             grad_offset += p->count;
-            /* the stream of values: stage, layer and parameter, so every copy of a stage agrees */
-            uint64_t stream = ((uint64_t)st->index << 32) | ((uint64_t)b << 8) | (uint64_t)j;
+            /* the stream of values: stage, layer and parameter (its place as one rank holding all
+             * of the layer lists it), so every copy of a stage agrees; a place beyond 255 (an MoE
+             * layer's experts) goes on in bits 16 to 31 */
+            uint64_t g = spec.init_index > 0 ? (uint64_t)spec.init_index : (uint64_t)j;
+            uint64_t stream = ((uint64_t)st->index << 32) | ((g >> 8) << 16) | ((uint64_t)b << 8) | (g & 255);
+            p->buffer = spec.buffer;
             DP_CHECK(init_param(st, p, stream, spec.init, spec.cols));
             if (spec.gemm_operand && st->cfg.dtype != DP_DTYPE_F32)
                 DP_CHECK(ops->alloc(st->env.dev, dp_dtype_size(st->cfg.dtype) * p->count, &p->copy));
@@ -308,6 +354,10 @@ dp_status dp_stage_create(const dp_stage_env *env, const dp_model_config *cfg_in
                        cfg.num_layer_kinds, layers, num_stages, cfg.layers_per_stage);
     if (stage_index < 0 || stage_index >= num_stages)
         return dp_fail(DP_ERR_INVALID, "stage %d of %d does not exist", stage_index, num_stages);
+    for (int i = layers; cfg.moe.experts > 0 && cfg.moe.moe_layers_set && i < DP_MAX_LAYERS; i++)
+        if (cfg.moe.moe_layers[i])
+            return dp_fail(DP_ERR_INVALID, "--moe-layers names layer %d, but the model has %d layers (0 to %d: %d stages x %d layers per stage)",
+                           i, layers, layers - 1, num_stages, cfg.layers_per_stage);
     dp_stage *st = calloc(1, sizeof *st);
     if (!st) return dp_fail(DP_ERR_NOMEM, "out of memory creating stage %d", stage_index);
     st->env = *env;
@@ -577,11 +627,23 @@ float *dp_stage_grads(const dp_stage *st, size_t *count)
     return st->grads;
 }
 
+/* The kinds' own state (MoE's balancing bias), from the step's summed gradients. */
+static dp_status update_states(dp_stage *st, dp_stream *s)
+{
+    for (int b = 0; b < st->nlayers; b++) {
+        const dp_block_layer *layer = &st->layers[b];
+        if (layer->ops->update_state) DP_CHECK(layer->ops->update_state(layer, s));
+    }
+    return DP_OK;
+}
+
 dp_status dp_stage_optimizer_step(dp_stage *st, dp_stream *s, const dp_optimizer_config *o, int step)
 {
+    DP_CHECK(update_states(st, s));
     if (o->kind == DP_OPT_NONE) return DP_OK;
     for (int i = 0; i < st->nparams; i++) {
         param *p = &st->params[i];
+        if (p->buffer) continue;
         int need_v = o->kind == DP_OPT_ADAMW, need_m = need_v || o->momentum != 0.0f;
         if (need_m) DP_CHECK(dp_stage_param_state(st, i, DP_TENSOR_M, s));
         if (need_v) DP_CHECK(dp_stage_param_state(st, i, DP_TENSOR_V, s));

@@ -22,7 +22,8 @@ extern "C" {
  * here so that the kinds' numbers stay what they were. */
 #define DP_BLOCK_KINDS(X)                                                                        \
     X(MLP, mlp)           /* y = Linear2(GELU(Linear1(x))), no bias: DualPipe's example stage */ \
-    X(RESIDUAL, residual) /* y = x + Linear2(GELU(Linear1(RMSNorm(x)))) */
+    X(RESIDUAL, residual) /* y = x + Linear2(GELU(Linear1(RMSNorm(x)))) */                        \
+    X(MOE, moe)           /* y = x + MoE(RMSNorm(x)): DeepSeek-V3's gate, SwiGLU experts */
 
 typedef enum {
 #define DP_BLOCK_ENUM_(K, name) DP_BLOCK_##K,
@@ -38,6 +39,30 @@ dp_status dp_block_kind_parse(const char *name, dp_block_kind *out);
 
 /* Layers a model may list kinds for (stages x layers per stage). */
 #define DP_MAX_LAYERS 1024
+/* Routed experts of an MoE layer. */
+#define DP_MAX_EXPERTS 4096
+
+/* A mixture-of-experts layer (engine/block_moe.c), as DeepSeek-V3 makes it: scores
+ * s = sigmoid(x Wg^T); experts selected on s + b (b a per-expert bias without gradient), group
+ * limited (the experts in `groups` groups, each scored by the sum of its two best, the best
+ * `topk_groups` kept), the best `topk`; weights route_scale s_k / (sum of the selected s);
+ * routed SwiGLU experts w2(silu(w1 x) * w3 x) and optionally shared ones beside them. After
+ * each step b_e += bias_update_speed x sign(mean load - load_e), from the step's counts. */
+typedef struct {
+    int experts;             /* routed experts; 0: no MoE layer (dense, the default) */
+    int topk;                /* experts per token (0: 2, or 1 with one expert) */
+    int groups;              /* expert groups (0: 1, no group limit) */
+    int topk_groups;         /* groups kept per token (0: all) */
+    int expert_hidden;       /* an expert's inner width (0: the model's ffn / topk, at least 1) */
+    int shared_experts;      /* shared experts, as one SwiGLU of shared_experts x expert_hidden (0: none) */
+    float route_scale;       /* (0: 1) */
+    float bias_update_speed; /* gamma of the balancing bias (0: b stays 0) */
+    /* which layers of the model are MoE (layer numbers over all stages): with moe_layers_set,
+     * layer i is when moe_layers[i] is nonzero; else every layer but the first, as DeepSeek-V3
+     * keeps its first layers dense. The others are of the model's `block` kind. */
+    int moe_layers_set;
+    unsigned char moe_layers[DP_MAX_LAYERS];
+} dp_moe_config;
 
 typedef enum {
     DP_LOSS_MSE = 0,  /* mean squared error against fp32 targets of the output's shape */
@@ -64,6 +89,9 @@ typedef struct {
      * 0: every layer is `block`. */
     int num_layer_kinds;
     dp_block_kind layer_kind[DP_MAX_LAYERS];
+    /* Mixture of experts: with moe.experts > 0, the layers moe names are of kind DP_BLOCK_MOE
+     * (unless layer_kind lists the kinds). */
+    dp_moe_config moe;
 } dp_model_config;
 
 typedef enum { DP_OPT_NONE = 0, DP_OPT_SGD = 1, DP_OPT_ADAMW = 2 } dp_optimizer_kind;
@@ -77,7 +105,8 @@ typedef struct {
 
 /* Fills unset fields with defaults and checks the rest; the message names the field. */
 dp_status dp_model_config_check(dp_model_config *cfg);
-/* The kind of layer `layer` of the model (counted over all stages). */
+/* The kind of layer `layer` of the model (counted over all stages): layer_kind's when it lists
+ * them, else DP_BLOCK_MOE for the MoE layers (dp_moe_config), else `block`. */
 dp_block_kind dp_model_layer_kind(const dp_model_config *cfg, int layer);
 /* AdamW(lr 1e-3, 0.9, 0.999, 1e-8, wd 0.01) unless set. */
 void dp_optimizer_config_defaults(dp_optimizer_config *o);
@@ -180,6 +209,9 @@ typedef struct {
     float *grad;  /* device memory */
     float *m, *v; /* the optimizer's state (AdamW's moments; SGD's momentum is m), device memory;
                      NULL until the optimizer or dp_stage_param_state allocates them */
+    int buffer;   /* 1: state its kind updates, not trained (MoE's gate.bias): the optimizer leaves
+                     it alone, and its gradient holds what the step gathered for the update (the
+                     tokens each expert received) */
 } dp_param_view;
 
 /* The tensors of one parameter, each fp32 of the parameter's size. */

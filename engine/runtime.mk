@@ -65,7 +65,7 @@ tests_test_engine_registry_LDADD = engine/libdualpipe.la
 engine_libdualpipe_la_SOURCES += \
 	engine/model.h engine/model.c \
 	engine/block.h engine/block_table.c engine/block_linear.c \
-	engine/block_mlp.c engine/block_residual.c \
+	engine/block_mlp.c engine/block_residual.c engine/block_moe.c \
 	engine/host_copy.h engine/host_copy.c \
 	engine/param_io.h engine/param_io.c \
 	engine/executor.h engine/executor.c \
@@ -94,6 +94,14 @@ check_PROGRAMS += tests/test_engine_dataparallel
 TESTS += tests/test_engine_dataparallel
 tests_test_engine_dataparallel_SOURCES = tests/test_engine_dataparallel.c
 tests_test_engine_dataparallel_LDADD = engine/libdualpipe.la -lm
+
+check_PROGRAMS += tests/test_engine_moe
+TESTS += tests/test_engine_moe
+tests_test_engine_moe_SOURCES = tests/test_engine_moe.c
+tests_test_engine_moe_LDADD = engine/libdualpipe.la -lm
+
+TESTS += tests/test_train_moe.sh
+EXTRA_DIST += tests/test_train_moe.sh
 
 TESTS += tests/test_engine_train.sh
 EXTRA_DIST += tests/test_engine_train.sh

@@ -168,10 +168,10 @@ static void kc_route_random(void)
     for (int e = 0; e < E && ok; e++) {
         int n = 0;
         for (int i = 0; i < T * K && ok; i++)
-            if (ex[i] == e) ok = rs_[at] == i && sr[i] == at, at++, n++;
+            if (ex[i] == e) ok = rs_[at] == i / K && sr[i] == at, at++, n++;
         ok = ok && cnt[e] == n;
     }
-    tap_ok(ok && at == T * K, "%s moe_permute: rows sorted by expert, within one in slot order; counts and both maps "
+    tap_ok(ok && at == T * K, "%s moe_permute: rows sorted by expert, within one in slot order; counts, tokens and slots "
            "agree", kc_name);
     kc_ops->free(kc_dev, drs), kc_ops->free(kc_dev, dsr), kc_ops->free(kc_dev, dc);
     free(rs_), free(sr), free(r), free(bound);

@@ -60,8 +60,10 @@ static int split_num_params(const dp_block_layer *L)
 static void split_param_spec(const dp_block_layer *L, int j, dp_block_param_spec *out)
 {
     size_t h = (size_t)L->cfg->hidden, f = (size_t)L->cfg->ffn;
-    if (j == LINEAR1) *out = (dp_block_param_spec){"linear1", f, h, DP_PARAM_INIT_LINEAR, 1};
-    else *out = (dp_block_param_spec){"linear2", h, f, DP_PARAM_INIT_LINEAR, 1};
+    if (j == LINEAR1) *out = (dp_block_param_spec){.name = "linear1", .rows = f, .cols = h,
+                                            .init = DP_PARAM_INIT_LINEAR, .gemm_operand = 1};
+    else *out = (dp_block_param_spec){.name = "linear2", .rows = h, .cols = f,
+                                            .init = DP_PARAM_INIT_LINEAR, .gemm_operand = 1};
 }
 
 static size_t split_saved_bytes(const dp_block_layer *L)

@@ -15,6 +15,7 @@
 #include "engine/runtime.h"
 #include "tools/checkpoint.h"
 #include "tools/cli_engine.h"
+#include "tools/cli_moe.h"
 #include "tools/cli_options.h"
 #include "tools/commands.h"
 #include "tools/compare.h"
@@ -48,7 +49,8 @@ static int compare_params(dp_runtime *rt, dp_reference *ref, differences *df)
 
 enum { O_HIDDEN = CLI_LONG_ONLY, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_SEED, O_OPT, O_LR, O_WD, O_MOM, O_THREADS,
        O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD, O_DTYPE, O_SERIAL_PAIRS, O_TF32, O_INIT, O_DATA, O_SAVE_PARAMS, O_DP,
-       O_SAVE, O_SAVE_EVERY, O_RESUME, O_SAVE_OUTPUTS };
+       O_SAVE, O_SAVE_EVERY, O_RESUME, O_SAVE_OUTPUTS,
+       O_MOE, O_MOE_END = O_MOE + CLI_MOE_NUM };
 
 static const cli_option options[] = {
     {'d', 'd', "driver", "NAME", .help = "cpu (default) or a driver module (see DUALPIPE_DRIVER_PATH)"},
@@ -65,6 +67,7 @@ static const cli_option options[] = {
     {O_BLOCK, 0, "block", "KIND", .help = "residual (default: pre-norm RMSNorm residual MLP blocks) or mlp\n"
                                           "(DualPipe's example stage: Linear, GELU, Linear; a deep stack\n"
                                           "of them without normalisation learns slowly)"},
+    CLI_MOE_OPTIONS(O_MOE),
     {O_LOSS, 0, "loss", "KIND", .help = "mse (default; regression to the teacher's outputs) or xent\n"
                                         "(classification into the teacher's argmax over h classes)"},
     {O_DTYPE, 0, "dtype", "T", .help = "fp32 (default) or bf16: bf16 activations and weight copies,\n"
@@ -141,6 +144,8 @@ static int parse_options(int argc, char **argv, train_options *o)
     c->driver = "cpu", c->schedule = "dualpipe", c->ranks = 4, c->chunks = 8;
     c->model.hidden = 256, c->model.tokens = 64, c->model.layers_per_stage = 1;
     c->model.block = DP_BLOCK_RESIDUAL;
+    cli_moe_defaults(&c->model.moe);
+    unsigned moe_given = 0;
     o->steps = 20;
     int seed = 1, kind;
     const char *blocks[DP_BLOCK_NUM_KINDS];
@@ -213,9 +218,12 @@ static int parse_options(int argc, char **argv, train_options *o)
         case O_TF32: c->device_flags |= DP_DEVICE_ALLOW_TF32; break;
         case O_DTYPE: if (cli_parse_dtype("--dtype", p.value, &c->model.dtype)) return CLI_EXIT_USAGE; break;
         case 'q': o->quiet = 1; break;
+        default:
+            if (opt >= O_MOE && opt < O_MOE_END && cli_moe_option(opt - O_MOE, p.name, p.value, &c->model.moe, &moe_given))
+                return CLI_EXIT_USAGE;
         }
     }
-    if (cli_no_operands(&p)) return CLI_EXIT_USAGE;
+    if (cli_no_operands(&p) || cli_moe_check(&c->model, moe_given)) return CLI_EXIT_USAGE;
     if (o->save_every && !o->save_dir) {
         cli_error("--save-every needs --save DIR: the directory the checkpoints go to");
         return CLI_EXIT_USAGE;
@@ -475,6 +483,18 @@ static void print_header(const train_options *o, const train_state *t)
            s->name, ranks, s->num_stages, batch, m->tokens, m->hidden,
            m->layers_per_stage, m->block == DP_BLOCK_MLP ? "mlp" : "residual", m->layers_per_stage > 1 ? "s" : "",
            m->loss == DP_LOSS_MSE ? "mse" : "xent", o->sgd ? "sgd" : "adamw", dp_dtype_name(m->dtype), t->drv->name);
+    if (m->moe.experts > 0) {
+        char layers[256] = "";
+        int total = s->num_stages * m->layers_per_stage, listed = 0;
+        for (int l = 0; l < total && strlen(layers) < sizeof layers - 16; l++)
+            if (dp_model_layer_kind(m, l) == DP_BLOCK_MOE)
+                snprintf(layers + strlen(layers), sizeof layers - strlen(layers), "%s%d", listed++ ? "," : "", l);
+        printf("moe: layers %s of %d; %d experts in %d group(s), %d kept, top %d, expert hidden %d, %d shared, "
+               "route scale %g, bias update speed %g\n",
+               listed ? layers : "none", total, m->moe.experts, m->moe.groups, m->moe.topk_groups, m->moe.topk,
+               m->moe.expert_hidden, m->moe.shared_experts, (double)m->moe.route_scale,
+               (double)m->moe.bias_update_speed);
+    }
     if (dp > 1)
         printf("layout: world rank = replica x %d + pipeline rank; replica d holds ranks %d d .. %d d + %d and runs "
                "micro-batches %d d .. %d d + %d of each step; gradients summed within each replica, then over the "

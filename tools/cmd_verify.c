@@ -15,6 +15,7 @@
 #include "engine/driver.h"
 #include "engine/runtime.h"
 #include "tools/cli_engine.h"
+#include "tools/cli_moe.h"
 #include "tools/cli_options.h"
 #include "tools/commands.h"
 #include "tools/verify_check.h"
@@ -60,7 +61,7 @@ static const char *const blocks[] = {"mlp", "residual"}, *const losses[] = {"mse
 static const char *const optimizers[] = {"none", "sgd", "adamw"};
 
 enum { O_HIDDEN = CLI_LONG_ONLY, O_FFN, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_DTYPE, O_OPT, O_LR, O_SEED, O_SPREAD,
-       O_SERIAL_PAIRS, O_ATOL, O_RTOL, O_TIMEOUT, O_PARAM_ATOL, O_DP };
+       O_SERIAL_PAIRS, O_ATOL, O_RTOL, O_TIMEOUT, O_PARAM_ATOL, O_DP, O_MOE, O_MOE_END = O_MOE + CLI_MOE_NUM };
 
 static const cli_option options[] = {
     {'d', 'd', "driver", "NAME", .help = "driver under test (default cuda)"},
@@ -74,6 +75,7 @@ static const cli_option options[] = {
     {O_TOKENS, 0, "tokens", "T", .help = "rows per micro-batch (default 64)"},
     {O_LAYERS, 0, "layers-per-stage", "L", .help = "blocks per stage (default 1)"},
     {O_BLOCK, 0, "block", "KIND", .help = "mlp (default: Linear, GELU, Linear) or residual"},
+    CLI_MOE_OPTIONS(O_MOE),
     {O_LOSS, 0, "loss", "KIND", .help = "mse (default) or xent"},
     {O_DTYPE, 0, "dtype", "T", .help = "fp32 (default) or bf16: activations and weight copies on both sides;\n"
                                        "bf16 keeps fp32 master weights, gradients and optimizer state"},
@@ -128,6 +130,8 @@ static int parse_options(int argc, char **argv, verify_options *o)
     c->optimizer.lr = 1e-3f;
     o->steps = 3;
     o->atol = o->rtol = -1;
+    cli_moe_defaults(&c->model.moe);
+    unsigned moe_given = 0;
 
     cli_parser p;
     int opt = cli_parse_start(&p, &spec, argc, argv);
@@ -178,10 +182,12 @@ static int parse_options(int argc, char **argv, verify_options *o)
             cli_error("--param-atol is gone: parameters are compared in lockstep against the step replayed from the "
                       "driver's own gradient (see 'dualpipe verify --help'); leave it out");
             return CLI_EXIT_USAGE;
+        default:
+            if (opt >= O_MOE && opt < O_MOE_END) bad = cli_moe_option(opt - O_MOE, a, val, &c->model.moe, &moe_given);
         }
         if (bad) return CLI_EXIT_USAGE;
     }
-    if (cli_no_operands(&p)) return CLI_EXIT_USAGE;
+    if (cli_no_operands(&p) || cli_moe_check(&c->model, moe_given)) return CLI_EXIT_USAGE;
     if ((o->atol < 0 && o->atol != -1) || (o->rtol < 0 && o->rtol != -1)) {
         cli_error("--atol and --rtol must not be negative");
         return CLI_EXIT_USAGE;

@@ -11,6 +11,8 @@ dualpipe_command_sources = \
 	tools/output_file.h \
 	tools/cli_engine.c \
 	tools/cli_engine.h \
+	tools/cli_moe.c \
+	tools/cli_moe.h \
 	tools/log_stderr.c \
 	tools/log_stderr.h \
 	tools/compare.c \

@@ -38,7 +38,8 @@ int train_param_name(dp_runtime *rt, int stage, int index, char *name, size_t si
                       stage, index, own, count, want, spec.rows * spec.cols);
             return 1;
         }
-        snprintf(name, size, "layers.%d.%s.weight", layer, spec.name);
+        /* a buffer (MoE's gate.bias) is named as it is, a parameter as a weight */
+        snprintf(name, size, "layers.%d.%s%s", layer, spec.name, spec.buffer ? "" : ".weight");
         /* a [1 x n] parameter (a norm's weight) is a vector in PyTorch */
         *ndim = spec.rows == 1 ? 1 : 2;
         shape[0] = (int64_t)(spec.rows == 1 ? spec.cols : spec.rows), shape[1] = (int64_t)spec.cols;

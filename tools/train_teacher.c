@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "engine/driver.h"
 #include "tools/cli.h"
@@ -23,6 +24,7 @@ int train_teacher_open(train_teacher *t, const char *driver, const dp_model_conf
      * memory does not grow with the batch */
     tm.layers_per_stage = 1;
     tm.block = DP_BLOCK_MLP, tm.num_layer_kinds = 0;
+    memset(&tm.moe, 0, sizeof tm.moe); /* a dense teacher, whatever the student */
     tm.seed = seed ^ 0x7eac4e5ull;
     tm.dtype = DP_DTYPE_F32; /* the teacher's targets are fp32 whatever the student's dtype */
     t->scale = 0;

@@ -82,7 +82,7 @@ dp_status dp_cpu_moe_topk(dp_device *dev, dp_stream *s, int tokens, int experts,
 dp_status dp_cpu_moe_topk_backward(dp_device *dev, dp_stream *s, int tokens, int experts, int topk, const float *scores,
                                    const int32_t *expert, const float *dweight, float route_scale, float *dlogits);
 dp_status dp_cpu_moe_permute(dp_device *dev, dp_stream *s, int tokens, int topk, int experts, const int32_t *expert,
-                             int32_t *row_slot, int32_t *slot_row, int32_t *counts);
+                             int32_t *row_token, int32_t *slot_row, int32_t *counts);
 dp_status dp_cpu_moe_combine(dp_device *dev, dp_stream *s, dp_dtype t, int tokens, int topk, int cols, const void *rows,
                              const int32_t *slot_row, const float *weight, int accumulate, void *y);
 dp_status dp_cpu_moe_combine_backward(dp_device *dev, dp_stream *s, dp_dtype t, int tokens, int topk, int cols,

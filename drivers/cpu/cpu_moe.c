@@ -151,7 +151,7 @@ dp_status dp_cpu_moe_topk_backward(dp_device *dev, dp_stream *s, int tokens, int
  * dispatch and combine */
 
 dp_status dp_cpu_moe_permute(dp_device *dev, dp_stream *s, int tokens, int topk, int experts,
-                                    const int32_t *expert, int32_t *row_slot, int32_t *slot_row, int32_t *counts)
+                                    const int32_t *expert, int32_t *row_token, int32_t *slot_row, int32_t *counts)
 {
     (void)dev, (void)s;
     if (tokens < 0 || topk < 1 || experts < 1)
@@ -165,7 +165,7 @@ dp_status dp_cpu_moe_permute(dp_device *dev, dp_stream *s, int tokens, int topk,
     for (int e = 1; e < experts; e++) at[e] = at[e - 1] + counts[e - 1];
     for (int i = 0; i < n; i++) {
         int r = at[expert[i]]++;
-        row_slot[r] = i;
+        row_token[r] = i / topk;
         slot_row[i] = r;
     }
     free(at);

@@ -1,0 +1,343 @@
+/* block_moe.c: a mixture-of-experts layer as a block kind, DeepSeek-V3's:
+ * y = x + sum_k w_k E_k(RMSNorm(x)) [+ Shared(RMSNorm(x))], with the sigmoid gate, the
+ * balancing bias, group-limited top-k and SwiGLU experts (model.h, dp_moe_config). The rows of
+ * the (token, k) slots are dispatched sorted by expert, each expert runs its rows as GEMMs, and
+ * combine sums each token's rows in k order in fp32, so the result does not depend on where the
+ * experts are. */
+#include "engine/block.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Parameters: the fixed ones, then the shared experts' (when there are), then each expert's. */
+enum { NORM, GATE, BIAS, NUM_FIXED };
+enum { W1, W2, W3, NUM_SWIGLU }; /* w2(silu(w1 x) * w3 x) */
+
+static const char *const swiglu_names[NUM_SWIGLU] = {"w1", "w2", "w3"};
+
+static int has_shared(const dp_block_layer *L) { return L->cfg->moe.shared_experts > 0; }
+static int first_expert_param(const dp_block_layer *L) { return NUM_FIXED + (has_shared(L) ? NUM_SWIGLU : 0); }
+/* the experts this layer holds */
+static int local_experts(const dp_block_layer *L) { return L->cfg->moe.experts; }
+static int shared_hidden(const dp_block_layer *L) { return L->cfg->moe.shared_experts * L->cfg->moe.expert_hidden; }
+
+/* Kept per micro-batch (R = tokens x topk rows, one per (token, k) slot, sorted by expert). In
+ * the model's dtype unless said: the normalised input and its gradient, rstd (fp32); the gate's
+ * scores (fp32), the selection, its weights and their gradient (fp32), the logits' gradient
+ * (fp32, and in the model's dtype for the GEMMs); the layout; the dispatched rows, the experts'
+ * pre-activations a = w1 x, b = w3 x and their product h = silu(a) b, the experts' output rows and
+ * their gradient, the gradients of a and b, the gradient of the dispatched rows; the shared
+ * experts' a, b, h and gradients. */
+typedef struct {
+    void *xn, *dxn;
+    float *rstd;
+    float *scores, *weight, *dweight, *dlogits;
+    void *dlogits_act;
+    int32_t *expert, *row_token, *slot_row, *counts;
+    void *rows, *a, *b, *h, *out, *dout, *da, *db, *drows;
+    void *sa, *sb, *sh, *sda, *sdb;
+} moe_saved;
+
+static size_t moe_layout(const dp_block_layer *L, void *base, moe_saved *k)
+{
+    const dp_model_config *c = L->cfg;
+    size_t T = (size_t)c->tokens, K = (size_t)c->moe.topk, E = (size_t)c->moe.experts, R = T * K;
+    size_t es = dp_dtype_size(c->dtype), h = (size_t)c->hidden, f = (size_t)c->moe.expert_hidden;
+    size_t sf = (size_t)shared_hidden(L);
+    dp_carver cv = {base, 0};
+    k->xn = dp_carve(&cv, T * h * es);
+    k->dxn = dp_carve(&cv, T * h * es);
+    k->rstd = dp_carve(&cv, T * sizeof(float));
+    k->scores = dp_carve(&cv, T * E * sizeof(float));
+    k->weight = dp_carve(&cv, R * sizeof(float));
+    k->dweight = dp_carve(&cv, R * sizeof(float));
+    k->dlogits = dp_carve(&cv, T * E * sizeof(float));
+    k->dlogits_act = c->dtype == DP_DTYPE_F32 ? (void *)k->dlogits : dp_carve(&cv, T * E * es);
+    k->expert = dp_carve(&cv, R * sizeof(int32_t));
+    k->row_token = dp_carve(&cv, R * sizeof(int32_t));
+    k->slot_row = dp_carve(&cv, R * sizeof(int32_t));
+    k->counts = dp_carve(&cv, E * sizeof(int32_t));
+    k->rows = dp_carve(&cv, R * h * es);
+    k->a = dp_carve(&cv, R * f * es);
+    k->b = dp_carve(&cv, R * f * es);
+    k->h = dp_carve(&cv, R * f * es);
+    k->out = dp_carve(&cv, R * h * es);
+    k->dout = dp_carve(&cv, R * h * es);
+    k->da = dp_carve(&cv, R * f * es);
+    k->db = dp_carve(&cv, R * f * es);
+    k->drows = dp_carve(&cv, R * h * es);
+    k->sa = sf ? dp_carve(&cv, T * sf * es) : NULL;
+    k->sb = sf ? dp_carve(&cv, T * sf * es) : NULL;
+    k->sh = sf ? dp_carve(&cv, T * sf * es) : NULL;
+    k->sda = sf ? dp_carve(&cv, T * sf * es) : NULL;
+    k->sdb = sf ? dp_carve(&cv, T * sf * es) : NULL;
+    return cv.at;
+}
+
+/* ----------------------------------------------------------------------------
+ * the kind's table entries */
+
+static dp_status moe_create(dp_block_layer *L)
+{
+    L->state = NULL;
+    if (L->cfg->moe.experts < 1)
+        return dp_fail(DP_ERR_INVALID, "layer %d is an MoE layer, but the model has no experts (set --experts)",
+                       L->layer);
+    return DP_OK;
+}
+
+static int moe_num_params(const dp_block_layer *L)
+{
+    return first_expert_param(L) + NUM_SWIGLU * local_experts(L);
+}
+
+/* A SwiGLU's three matrices, inner width f: w1 and w3 f x h, w2 h x f. */
+static void swiglu_spec(const dp_block_layer *L, int w, size_t f, dp_block_param_spec *out)
+{
+    size_t h = (size_t)L->cfg->hidden;
+    out->rows = w == W2 ? h : f;
+    out->cols = w == W2 ? f : h;
+    out->init = DP_PARAM_INIT_LINEAR;
+    out->gemm_operand = 1;
+}
+
+static void moe_param_spec(const dp_block_layer *L, int j, dp_block_param_spec *out)
+{
+    const dp_moe_config *m = &L->cfg->moe;
+    size_t h = (size_t)L->cfg->hidden, E = (size_t)m->experts;
+    memset(out, 0, sizeof *out);
+    if (j == NORM) {
+        *out = (dp_block_param_spec){.name = "norm", .rows = 1, .cols = h, .init = DP_PARAM_INIT_ONES};
+    } else if (j == GATE) {
+        *out = (dp_block_param_spec){.name = "gate", .rows = E, .cols = h, .init = DP_PARAM_INIT_LINEAR,
+                                     .gemm_operand = 1};
+    } else if (j == BIAS) {
+        /* DeepSeek-V3's e_score_correction_bias: state, no gradient; its "gradient" counts the
+         * tokens each expert received in the step */
+        *out = (dp_block_param_spec){.name = "gate.bias", .rows = 1, .cols = E, .init = DP_PARAM_INIT_ZEROS,
+                                     .buffer = 1};
+    } else if (j < first_expert_param(L)) {
+        int w = j - NUM_FIXED;
+        swiglu_spec(L, w, (size_t)shared_hidden(L), out);
+        snprintf(out->name_storage, sizeof out->name_storage, "shared_experts.%s", swiglu_names[w]);
+        out->name = out->name_storage;
+    } else {
+        int e = (j - first_expert_param(L)) / NUM_SWIGLU, w = (j - first_expert_param(L)) % NUM_SWIGLU;
+        swiglu_spec(L, w, (size_t)m->expert_hidden, out);
+        snprintf(out->name_storage, sizeof out->name_storage, "experts.%d.%s", e, swiglu_names[w]);
+        out->name = out->name_storage;
+    }
+}
+
+static size_t moe_saved_bytes(const dp_block_layer *L)
+{
+    moe_saved k;
+    return moe_layout(L, NULL, &k);
+}
+
+/* ----------------------------------------------------------------------------
+ * pieces */
+
+/* C[m x n] (dtype or fp32) = A op B with the model's dtype for A and B; beta 1 accumulates. */
+static dp_status gemm(const dp_block_layer *L, dp_stream *s, int ta, int tb, int m, int n, int k, const void *a,
+                      int lda, const void *b, int ldb, float beta, void *c, int ldc, dp_dtype ct)
+{
+    dp_dtype dt = L->cfg->dtype;
+    dp_gemm_args g = {ta, tb, m, n, k, 1.0f, beta, a, lda, dt, b, ldb, dt, c, ldc, ct};
+    return L->env->ops->gemm(L->env->dev, s, &g);
+}
+
+/* The rows each expert received in this micro-batch, on the host. */
+static dp_status read_counts(const dp_block_layer *L, dp_stream *s, const moe_saved *k, int32_t **out)
+{
+    int E = L->cfg->moe.experts;
+    int32_t *c = malloc(sizeof *c * (size_t)E);
+    if (!c) return dp_fail(DP_ERR_NOMEM, "out of memory for the counts of %d experts", E);
+    dp_status st = L->env->ops->copy(L->env->dev, c, k->counts, sizeof *c * (size_t)E, DP_COPY_DEVICE_TO_HOST, s);
+    if (st == DP_OK) st = L->env->ops->stream_synchronize(L->env->dev, s);
+    if (st != DP_OK) {
+        free(c);
+        return st;
+    }
+    *out = c;
+    return DP_OK;
+}
+
+/* A SwiGLU's forward on n rows: a = x w1^T, b = x w3^T, h = silu(a) b, y = h w2^T. */
+static dp_status swiglu_forward(const dp_block_layer *L, dp_stream *s, int n, int f, const void *x, const void *const *w,
+                                void *a, void *b, void *hh, void *y)
+{
+    int h = L->cfg->hidden;
+    if (n == 0) return DP_OK;
+    DP_CHECK(gemm(L, s, 0, 1, n, f, h, x, h, w[W1], h, 0.0f, a, f, L->cfg->dtype));
+    DP_CHECK(gemm(L, s, 0, 1, n, f, h, x, h, w[W3], h, 0.0f, b, f, L->cfg->dtype));
+    DP_CHECK(L->env->ops->swiglu_forward(L->env->dev, s, L->cfg->dtype, (size_t)n * f, a, b, hh));
+    return gemm(L, s, 0, 1, n, h, f, hh, f, w[W2], f, 0.0f, y, h, L->cfg->dtype);
+}
+
+/* Its input gradient: dh = dy w2 (into da), da and db from SwiGLU's backward, then
+ * dx = da w1 + db w3 (beta: 1 adds to dx). */
+static dp_status swiglu_backward_input(const dp_block_layer *L, dp_stream *s, int n, int f, const void *dy,
+                                       const void *const *w, const void *a, const void *b, void *da, void *db,
+                                       float beta, void *dx)
+{
+    int h = L->cfg->hidden;
+    if (n == 0) return DP_OK;
+    DP_CHECK(gemm(L, s, 0, 0, n, f, h, dy, h, w[W2], f, 0.0f, da, f, L->cfg->dtype));
+    DP_CHECK(L->env->ops->swiglu_backward(L->env->dev, s, L->cfg->dtype, (size_t)n * f, a, b, da, da, db));
+    DP_CHECK(gemm(L, s, 0, 0, n, h, f, da, f, w[W1], h, beta, dx, h, L->cfg->dtype));
+    return gemm(L, s, 0, 0, n, h, f, db, f, w[W3], h, 1.0f, dx, h, L->cfg->dtype);
+}
+
+/* Its weight gradients, accumulated: dw2 += dy^T h, dw1 += da^T x, dw3 += db^T x. */
+static dp_status swiglu_backward_weight(const dp_block_layer *L, dp_stream *s, int n, int f, const void *dy,
+                                        const void *x, const void *hh, const void *da, const void *db, float *const *dw)
+{
+    int h = L->cfg->hidden;
+    if (n == 0) return DP_OK;
+    DP_CHECK(gemm(L, s, 1, 0, h, f, n, dy, h, hh, f, 1.0f, dw[W2], f, DP_DTYPE_F32));
+    DP_CHECK(gemm(L, s, 1, 0, f, h, n, da, f, x, h, 1.0f, dw[W1], h, DP_DTYPE_F32));
+    return gemm(L, s, 1, 0, f, h, n, db, f, x, h, 1.0f, dw[W3], h, DP_DTYPE_F32);
+}
+
+/* Row r of a [rows x cols] tensor of the model's dtype. */
+static void *row_at(const dp_block_layer *L, const void *base, size_t r, int cols)
+{
+    return (char *)base + r * (size_t)cols * dp_dtype_size(L->cfg->dtype);
+}
+
+/* ----------------------------------------------------------------------------
+ * passes */
+
+static dp_status moe_forward(const dp_block_layer *L, dp_block_pass *p, dp_phase *next)
+{
+    (void)next;
+    const dp_device_ops *o = L->env->ops;
+    dp_device *dev = L->env->dev;
+    const dp_moe_config *m = &L->cfg->moe;
+    moe_saved k;
+    moe_layout(L, p->saved, &k);
+    int h = L->cfg->hidden, T = L->cfg->tokens, E = m->experts, K = m->topk, f = m->expert_hidden;
+    dp_dtype dt = L->cfg->dtype;
+    /* the gate: fp32 scores, the selection on them plus the bias, the dispatch layout */
+    DP_CHECK(o->rmsnorm_forward(dev, p->stream, dt, T, h, L->cfg->norm_eps, p->x, L->value[NORM], k.xn, k.rstd));
+    DP_CHECK(gemm(L, p->stream, 0, 1, T, E, h, k.xn, h, L->w[GATE], h, 0.0f, k.scores, E, DP_DTYPE_F32));
+    DP_CHECK(o->sigmoid_forward(dev, p->stream, DP_DTYPE_F32, (size_t)T * E, k.scores, k.scores));
+    DP_CHECK(o->moe_topk(dev, p->stream, T, E, m->groups, m->topk_groups, K, k.scores, L->value[BIAS], m->route_scale,
+                         k.expert, k.weight));
+    DP_CHECK(o->moe_permute(dev, p->stream, T, K, E, k.expert, k.row_token, k.slot_row, k.counts));
+    /* the step's load of each expert, for the balancing bias */
+    DP_CHECK(o->add_counts(dev, p->stream, (size_t)E, k.counts, L->grad[BIAS]));
+    DP_CHECK(o->gather_rows(dev, p->stream, dt, T * K, h, k.xn, k.row_token, k.rows));
+    /* each expert on its rows */
+    int32_t *counts;
+    DP_CHECK(read_counts(L, p->stream, &k, &counts));
+    dp_status st = DP_OK;
+    size_t at = 0;
+    for (int e = 0; e < local_experts(L) && st == DP_OK; e++) {
+        const void *const *w = L->w + first_expert_param(L) + NUM_SWIGLU * e;
+        st = swiglu_forward(L, p->stream, counts[e], f, row_at(L, k.rows, at, h), w, row_at(L, k.a, at, f),
+                            row_at(L, k.b, at, f), row_at(L, k.h, at, f), row_at(L, k.out, at, h));
+        at += (size_t)counts[e];
+    }
+    free(counts);
+    DP_CHECK(st);
+    /* y = x + [shared +] the routed rows weighted, in k order */
+    if (has_shared(L))
+        DP_CHECK(swiglu_forward(L, p->stream, T, shared_hidden(L), k.xn, L->w + NUM_FIXED, k.sa, k.sb, k.sh, p->y));
+    DP_CHECK(o->moe_combine(dev, p->stream, dt, T, K, h, k.out, k.slot_row, k.weight, has_shared(L), p->y));
+    return o->add(dev, p->stream, dt, (size_t)T * h, p->y, p->x, p->y);
+}
+
+static dp_status moe_backward_input(const dp_block_layer *L, dp_block_pass *p, dp_phase *next)
+{
+    (void)next;
+    const dp_device_ops *o = L->env->ops;
+    dp_device *dev = L->env->dev;
+    const dp_moe_config *m = &L->cfg->moe;
+    moe_saved k;
+    moe_layout(L, p->saved, &k);
+    int h = L->cfg->hidden, T = L->cfg->tokens, E = m->experts, K = m->topk, f = m->expert_hidden;
+    dp_dtype dt = L->cfg->dtype;
+    /* the routed rows' gradients, and the weights' */
+    DP_CHECK(o->moe_combine_backward(dev, p->stream, dt, T, K, h, k.out, k.slot_row, k.weight, p->dy, k.dout,
+                                     k.dweight));
+    int32_t *counts;
+    DP_CHECK(read_counts(L, p->stream, &k, &counts));
+    dp_status st = DP_OK;
+    size_t at = 0;
+    for (int e = 0; e < local_experts(L) && st == DP_OK; e++) {
+        const void *const *w = L->w + first_expert_param(L) + NUM_SWIGLU * e;
+        st = swiglu_backward_input(L, p->stream, counts[e], f, row_at(L, k.dout, at, h), w, row_at(L, k.a, at, f),
+                                   row_at(L, k.b, at, f), row_at(L, k.da, at, f), row_at(L, k.db, at, f), 0.0f,
+                                   row_at(L, k.drows, at, h));
+        at += (size_t)counts[e];
+    }
+    free(counts);
+    DP_CHECK(st);
+    /* dxn: each token's rows in k order, then the shared experts' and the gate's parts */
+    DP_CHECK(o->moe_combine(dev, p->stream, dt, T, K, h, k.drows, k.slot_row, NULL, 0, k.dxn));
+    if (has_shared(L))
+        DP_CHECK(swiglu_backward_input(L, p->stream, T, shared_hidden(L), p->dy, L->w + NUM_FIXED, k.sa, k.sb, k.sda,
+                                       k.sdb, 1.0f, k.dxn));
+    DP_CHECK(o->moe_topk_backward(dev, p->stream, T, E, K, k.scores, k.expert, k.dweight, m->route_scale, k.dlogits));
+    if (dt != DP_DTYPE_F32) DP_CHECK(o->cast(dev, p->stream, (size_t)T * E, DP_DTYPE_F32, k.dlogits, dt, k.dlogits_act));
+    DP_CHECK(gemm(L, p->stream, 0, 0, T, h, E, k.dlogits_act, E, L->w[GATE], h, 1.0f, k.dxn, h, dt));
+    if (!p->dx) return DP_OK;
+    DP_CHECK(o->rmsnorm_backward_input(dev, p->stream, dt, T, h, p->x, L->value[NORM], k.rstd, k.dxn, p->dx));
+    /* the residual path's gradient */
+    return o->add(dev, p->stream, dt, (size_t)T * h, p->dx, p->dy, p->dx);
+}
+
+static dp_status moe_backward_weight(const dp_block_layer *L, dp_block_pass *p, dp_phase *next)
+{
+    (void)next;
+    const dp_moe_config *m = &L->cfg->moe;
+    moe_saved k;
+    moe_layout(L, p->saved, &k);
+    int h = L->cfg->hidden, T = L->cfg->tokens, E = m->experts, f = m->expert_hidden;
+    int32_t *counts;
+    DP_CHECK(read_counts(L, p->stream, &k, &counts));
+    dp_status st = DP_OK;
+    size_t at = 0;
+    for (int e = 0; e < local_experts(L) && st == DP_OK; e++) {
+        float *const *dw = L->grad + first_expert_param(L) + NUM_SWIGLU * e;
+        st = swiglu_backward_weight(L, p->stream, counts[e], f, row_at(L, k.dout, at, h), row_at(L, k.rows, at, h),
+                                    row_at(L, k.h, at, f), row_at(L, k.da, at, f), row_at(L, k.db, at, f), dw);
+        at += (size_t)counts[e];
+    }
+    free(counts);
+    DP_CHECK(st);
+    if (has_shared(L))
+        DP_CHECK(swiglu_backward_weight(L, p->stream, T, shared_hidden(L), p->dy, k.xn, k.sh, k.sda, k.sdb,
+                                        L->grad + NUM_FIXED));
+    DP_CHECK(gemm(L, p->stream, 1, 0, E, h, T, k.dlogits_act, E, k.xn, h, 1.0f, L->grad[GATE], h, DP_DTYPE_F32));
+    return L->env->ops->rmsnorm_backward_weight(L->env->dev, p->stream, L->cfg->dtype, T, h, p->x, k.rstd, k.dxn,
+                                                L->grad[NORM]);
+}
+
+/* Auxiliary-loss-free balancing: the bias's "gradient" holds the step's loads, summed over every
+ * copy of the stage like a gradient. */
+static dp_status moe_update_state(const dp_block_layer *L, dp_stream *s)
+{
+    const dp_moe_config *m = &L->cfg->moe;
+    if (m->bias_update_speed == 0.0f) return DP_OK;
+    return L->env->ops->moe_bias_update(L->env->dev, s, m->experts, L->grad[BIAS], m->bias_update_speed,
+                                        L->value[BIAS]);
+}
+
+const dp_block_ops dp_block_moe = {
+    .abi_version = DP_BLOCK_ABI_VERSION,
+    .struct_size = sizeof(dp_block_ops),
+    .name = "moe",
+    .create = moe_create,
+    .destroy = dp_block_no_state_destroy,
+    .num_params = moe_num_params,
+    .param_spec = moe_param_spec,
+    .saved_bytes = moe_saved_bytes,
+    .forward = moe_forward,
+    .backward_input = moe_backward_input,
+    .backward_weight = moe_backward_weight,
+    .update_state = moe_update_state,
+};
