@@ -20,7 +20,15 @@ static dp_status moe_config_check(dp_model_config *c)
     dp_moe_config *m = &c->moe;
     if (m->experts < 0 || m->experts > DP_MAX_EXPERTS)
         return dp_fail(DP_ERR_INVALID, "--experts must be 0 (dense) to %d, got %d", DP_MAX_EXPERTS, m->experts);
-    if (m->experts == 0) return DP_OK;
+    if (m->experts == 0) {
+        int moe_layer = c->block == DP_BLOCK_MOE ? 0 : -1;
+        for (int i = 0; i < c->num_layer_kinds && moe_layer < 0; i++)
+            if (c->layer_kind[i] == DP_BLOCK_MOE) moe_layer = i;
+        if (moe_layer >= 0)
+            return dp_fail(DP_ERR_INVALID, "layer %d is an MoE layer, but the model has no experts (set --experts)",
+                           moe_layer);
+        return DP_OK;
+    }
     if (m->topk == 0) m->topk = m->experts > 1 ? 2 : 1;
     if (m->groups == 0) m->groups = 1;
     if (m->topk_groups == 0) m->topk_groups = m->groups;

@@ -148,8 +148,13 @@ static int parse_options(int argc, char **argv, train_options *o)
     unsigned moe_given = 0;
     o->steps = 20;
     int seed = 1, kind;
+    /* --block names the dense layers' kind: MoE layers come from --experts */
     const char *blocks[DP_BLOCK_NUM_KINDS];
-    for (int k = 0; k < DP_BLOCK_NUM_KINDS; k++) blocks[k] = dp_block_kind_name((dp_block_kind)k);
+    dp_block_kind block_kinds[DP_BLOCK_NUM_KINDS];
+    int num_blocks = 0;
+    for (int k = 0; k < DP_BLOCK_NUM_KINDS; k++)
+        if (k != DP_BLOCK_MOE)
+            block_kinds[num_blocks] = (dp_block_kind)k, blocks[num_blocks++] = dp_block_kind_name((dp_block_kind)k);
     static const char *const losses[] = {"mse", "xent"};      /* as dp_loss_kind */
     static const char *const optimizers[] = {"adamw", "sgd"}; /* o->sgd: 0 or 1 */
     double lr = 0, wd = 0, momentum = 0.9;
@@ -170,8 +175,8 @@ static int parse_options(int argc, char **argv, train_options *o)
             if (cli_parse_int("--layers-per-stage", p.value, 1, 64, &c->model.layers_per_stage)) return CLI_EXIT_USAGE;
             break;
         case O_BLOCK:
-            if (cli_parse_kind("--block", p.value, blocks, DP_BLOCK_NUM_KINDS, &kind)) return CLI_EXIT_USAGE;
-            c->model.block = (dp_block_kind)kind;
+            if (cli_parse_kind("--block", p.value, blocks, num_blocks, &kind)) return CLI_EXIT_USAGE;
+            c->model.block = block_kinds[kind];
             break;
         case O_LOSS:
             if (cli_parse_kind("--loss", p.value, losses, 2, &kind)) return CLI_EXIT_USAGE;
