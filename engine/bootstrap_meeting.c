@@ -75,6 +75,16 @@ int dp_meeting_abort(dp_meeting *m, dp_status status, const char *message)
     return first;
 }
 
+int dp_meeting_ended(dp_meeting *m, dp_status *status, char *message, size_t message_size)
+{
+    pthread_mutex_lock(&m->lock);
+    int ended = m->aborted;
+    if (ended && status) *status = m->status;
+    if (ended && message && message_size) snprintf(message, message_size, "%s", m->message);
+    pthread_mutex_unlock(&m->lock);
+    return ended;
+}
+
 static int grow(unsigned char **buf, size_t *capacity, size_t need)
 {
     if (need <= *capacity) return 1;

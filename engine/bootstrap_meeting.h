@@ -49,6 +49,11 @@ dp_status dp_meeting_join(dp_meeting *m, const dp_meeting_call *call);
  * (the first abort wins). Returns 1 when this call ended it. */
 int dp_meeting_abort(dp_meeting *m, dp_status status, const char *message);
 
+/* Whether the meeting has ended for good (an abort, or a failure that ended it): 0 while it
+ * goes on; else 1, with the status and message that joins fail with (status and message may
+ * be NULL). Never waits for a meeting under way: its step runs without the lock. */
+int dp_meeting_ended(dp_meeting *m, dp_status *status, char *message, size_t message_size);
+
 #ifdef __cplusplus
 }
 #endif

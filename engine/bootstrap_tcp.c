@@ -121,6 +121,7 @@ typedef struct {
     tcp_share *shares;  /* process 0: each other process's share of the current collective */
     tcp_share result;   /* the others: process 0's answer */
     int aborted;
+    dp_status reason; /* the end's: the status the aborting rank gave, or the failure's */
     char message[512];
 } tcp_bootstrap;
 
@@ -304,10 +305,11 @@ static void describe_end(const tcp_conn *c, char *buf, size_t n)
 static double call_deadline(const tcp_bootstrap *b) { return dp_link_now_ms() + b->timeout_ms; }
 
 /* With b->lock: records the end of the job, 1 when this is the first (only the first counts). */
-static int claim_end_locked(tcp_bootstrap *b, const char *message)
+static int claim_end_locked(tcp_bootstrap *b, dp_status reason, const char *message)
 {
     if (b->aborted) return 0;
     b->aborted = 1;
+    b->reason = reason;
     snprintf(b->message, sizeof b->message, "%s", message);
     pthread_cond_broadcast(&b->cond);
     return 1;
@@ -340,7 +342,7 @@ static void spread_end(tcp_bootstrap *b, int rank, dp_status reason, const char 
 static int raise_end(tcp_bootstrap *b, int rank, dp_status reason, const char *message, int from)
 {
     pthread_mutex_lock(&b->lock);
-    int first = claim_end_locked(b, message);
+    int first = claim_end_locked(b, reason, message);
     pthread_mutex_unlock(&b->lock);
     if (first) spread_end(b, rank, reason, message, from);
     return first;
@@ -441,7 +443,7 @@ static void take_end(tcp_bootstrap *b, int p, const char *problem)
     /* gone and the end in one step, so that a waiter never takes a crash for a departure */
     pthread_mutex_lock(&b->lock);
     c->gone = 1;
-    int first = !c->left && !b->stopping && claim_end_locked(b, msg);
+    int first = !c->left && !b->stopping && claim_end_locked(b, DP_ERR_COMM, msg);
     pthread_cond_broadcast(&b->cond);
     pthread_mutex_unlock(&b->lock);
     if (first) spread_end(b, -1, DP_ERR_COMM, msg, p);
@@ -756,6 +758,24 @@ static dp_status tcp_abort(void *ctx, int rank, dp_status reason, const char *me
     return DP_OK;
 }
 
+/* Takes in what has arrived unless the reader thread is doing just that (then it is about to
+ * record it): the query never waits. */
+static int tcp_aborted(void *ctx, dp_status *reason, char *message, size_t message_size)
+{
+    tcp_bootstrap *b = ctx;
+    if (b->reader_started && pthread_mutex_trylock(&b->read_lock) == 0) {
+        for (int p = 0; p < b->processes; p++)
+            if (p != b->process) drain_locked(b, p);
+        pthread_mutex_unlock(&b->read_lock);
+    }
+    pthread_mutex_lock(&b->lock);
+    int ended = b->aborted;
+    if (ended && reason) *reason = b->reason;
+    if (ended && message && message_size) snprintf(message, message_size, "%s", b->message);
+    pthread_mutex_unlock(&b->lock);
+    return ended;
+}
+
 const dp_bootstrap_ops dp_bootstrap_tcp = {
     .abi_version = DP_BOOTSTRAP_ABI_VERSION,
     .struct_size = sizeof(dp_bootstrap_ops),
@@ -764,6 +784,7 @@ const dp_bootstrap_ops dp_bootstrap_tcp = {
     .broadcast = tcp_broadcast,
     .barrier = tcp_barrier,
     .abort = tcp_abort,
+    .aborted = tcp_aborted,
 };
 
 /* ----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
  * (bootstrap_meeting.c). The default when a link's world config names no bootstrap; MPI and
  * TCP rendezvous plug in alike. */
 #define _POSIX_C_SOURCE 200809L
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -12,6 +13,9 @@
 typedef struct {
     int size;
     dp_meeting *meeting; /* the world's ranks are its members, each in the slot of its rank */
+    pthread_mutex_t lock; /* the abort's reason, recorded with the meeting's end */
+    int abort_won;        /* the meeting ended by abort() (not by a failure of its own) */
+    dp_status reason;     /* then the status the aborting rank gave */
 } threads_bootstrap;
 
 dp_status dp_bootstrap_threads_create(int world_size, int timeout_ms, void **out)
@@ -26,6 +30,7 @@ dp_status dp_bootstrap_threads_create(int world_size, int timeout_ms, void **out
         free(s);
         return st;
     }
+    pthread_mutex_init(&s->lock, NULL);
     *out = s;
     return DP_OK;
 }
@@ -35,6 +40,7 @@ void dp_bootstrap_threads_destroy(void *ctx)
     threads_bootstrap *s = ctx;
     if (!s) return;
     dp_meeting_destroy(s->meeting);
+    pthread_mutex_destroy(&s->lock);
     free(s);
 }
 
@@ -79,8 +85,21 @@ static dp_status threads_abort(void *ctx, int rank, dp_status reason, const char
     char why[512];
     snprintf(why, sizeof why, "rank %d ended the job: %.460s", rank,
              message && *message ? message : dp_status_name(reason));
-    dp_meeting_abort(s->meeting, DP_ERR_COMM, why);
+    pthread_mutex_lock(&s->lock);
+    if (dp_meeting_abort(s->meeting, DP_ERR_COMM, why)) s->abort_won = 1, s->reason = reason;
+    pthread_mutex_unlock(&s->lock);
     return DP_OK;
+}
+
+static int threads_aborted(void *ctx, dp_status *reason, char *message, size_t message_size)
+{
+    threads_bootstrap *s = ctx;
+    dp_status st = DP_OK;
+    pthread_mutex_lock(&s->lock);
+    int ended = dp_meeting_ended(s->meeting, &st, message, message_size);
+    if (ended && reason) *reason = s->abort_won ? s->reason : st;
+    pthread_mutex_unlock(&s->lock);
+    return ended;
 }
 
 const dp_bootstrap_ops dp_bootstrap_threads = {
@@ -91,4 +110,5 @@ const dp_bootstrap_ops dp_bootstrap_threads = {
     .broadcast = threads_broadcast,
     .barrier = threads_barrier,
     .abort = threads_abort,
+    .aborted = threads_aborted,
 };

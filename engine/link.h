@@ -45,6 +45,17 @@ typedef struct dp_bootstrap_ops {
     /* Ends the job: every rank's pending and later calls fail with DP_ERR_COMM naming `rank`
      * and the message; a bootstrap that spans processes tells the other processes too. */
     dp_status (*abort)(void *ctx, int rank, dp_status reason, const char *message);
+    /* --- appended members: read only where struct_size covers them (DP_HAS) */
+    /* Whether the job has ended, answered at once: never waits for a collective under way,
+     * for another rank, or for anything to arrive. 0 while the job goes on; non-zero once this
+     * process knows of an abort (by one of its ranks, or come from another process) or of a
+     * failure that ended the bootstrap (a missed deadline, a process gone). Then *reason is
+     * why (the status the aborting rank gave, or the failure's) and message receives the text
+     * later calls fail with, naming the rank or process (cut to message_size, always
+     * terminated); reason and message may be NULL. Any thread may ask, at any time between
+     * create and destroy: a link polls it in waits that the bootstrap does not see (NCCL's),
+     * so that an abort in another process ends them at once rather than at their deadline. */
+    int (*aborted)(void *ctx, dp_status *reason, char *message, size_t message_size);
 } dp_bootstrap_ops;
 
 /* The in-process bootstrap: the ranks are threads of this process. */

@@ -147,16 +147,17 @@ void dp_link_abort_init(dp_link_abort *a)
 
 void dp_link_abort_fini(dp_link_abort *a) { pthread_mutex_destroy(&a->lock); }
 
-int dp_link_abort_raise(dp_link_abort *a, const dp_link_bootstrap *b, int rank, dp_status reason, const char *why)
+/* Records the first end: "rank R ended the job: text", or the text alone where it names the
+ * rank itself (named). 1 when this call recorded it. */
+static int abort_record(dp_link_abort *a, int named, int rank, dp_status reason, const char *text)
 {
     pthread_mutex_lock(&a->lock);
     int first = !a->raised;
     if (first) {
         a->reason = reason;
         /* the reason may itself be long (a nested message): keep its head */
-        int n = snprintf(a->message, sizeof a->message, "rank %d ended the job: ", rank);
+        int n = named ? 0 : snprintf(a->message, sizeof a->message, "rank %d ended the job: ", rank);
         if (n < 0 || (size_t)n >= sizeof a->message) n = 0;
-        const char *text = why && *why ? why : dp_status_name(reason);
         size_t room = sizeof a->message - (size_t)n - 1, len = strlen(text);
         if (len > room) len = room;
         memcpy(a->message + n, text, len);
@@ -164,8 +165,30 @@ int dp_link_abort_raise(dp_link_abort *a, const dp_link_bootstrap *b, int rank, 
         __atomic_store_n(&a->raised, 1, __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(&a->lock);
-    if (first && b && b->ops) b->ops->abort(b->ctx, rank, reason, why && *why ? why : dp_status_name(reason));
     return first;
+}
+
+int dp_link_abort_raise(dp_link_abort *a, const dp_link_bootstrap *b, int rank, dp_status reason, const char *why)
+{
+    const char *text = why && *why ? why : dp_status_name(reason);
+    int first = abort_record(a, 0, rank, reason, text);
+    if (first && b && b->ops) b->ops->abort(b->ctx, rank, reason, text);
+    return first;
+}
+
+int dp_link_abort_heard(dp_link_abort *a, const dp_link_bootstrap *b, double *next_ms)
+{
+    if (dp_link_abort_raised(a)) return 1;
+    if (!b || !b->ops || !DP_HAS(b->ops, aborted) || !b->ops->aborted) return 0;
+    double now = dp_link_now_ms();
+    if (now < *next_ms) return 0;
+    *next_ms = now + DP_LINK_BOOTSTRAP_POLL_MS;
+    dp_status reason = DP_ERR_COMM;
+    char message[sizeof a->message];
+    message[0] = '\0';
+    if (!b->ops->aborted(b->ctx, &reason, message, sizeof message)) return 0;
+    abort_record(a, 1, -1, reason, message[0] ? message : "the bootstrap says the job has ended, without a word why");
+    return 1;
 }
 
 int dp_link_abort_raised(dp_link_abort *a) { return __atomic_load_n(&a->raised, __ATOMIC_ACQUIRE); }

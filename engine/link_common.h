@@ -86,6 +86,17 @@ int dp_link_abort_raised(dp_link_abort *a);
 /* DP_ERR_COMM with the abort's message: what every wait returns after an abort. */
 dp_status dp_link_abort_fail(dp_link_abort *a);
 
+/* How often a wait asks the bootstrap whether the job has ended. */
+#define DP_LINK_BOOTSTRAP_POLL_MS 5.0
+
+/* Whether the job has ended: the world's own abort, or one the bootstrap knows of (its
+ * aborted member, where it has one), which then becomes the world's abort as the bootstrap
+ * words it (without telling the bootstrap back). The bootstrap is asked at most every
+ * DP_LINK_BOOTSTRAP_POLL_MS, timed by the caller's *next_ms (0 at first), and never waits:
+ * for waits the bootstrap does not see (NCCL's), so that an abort in another process ends
+ * them at once rather than at their deadline. */
+int dp_link_abort_heard(dp_link_abort *a, const dp_link_bootstrap *b, double *next_ms);
+
 #ifdef __cplusplus
 }
 #endif

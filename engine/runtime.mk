@@ -16,13 +16,16 @@ dualpipe_include_HEADERS += engine/device.h engine/link.h engine/link_common.h e
 	engine/bootstrap_tcp.h engine/launch_env.h
 noinst_HEADERS += engine/bootstrap_meeting.h
 
-# where a process stands in a job (the launcher's environment), and the TCP rendezvous
-check_PROGRAMS += tests/test_launch_env tests/test_bootstrap_tcp
-TESTS += tests/test_launch_env tests/test_bootstrap_tcp
+# where a process stands in a job (the launcher's environment), the TCP rendezvous, and the
+# bootstraps of one process (threads, MPI)
+check_PROGRAMS += tests/test_launch_env tests/test_bootstrap_tcp tests/test_bootstrap
+TESTS += tests/test_launch_env tests/test_bootstrap_tcp tests/test_bootstrap
 tests_test_launch_env_SOURCES = tests/test_launch_env.c
 tests_test_launch_env_LDADD = engine/libdualpipe.la
 tests_test_bootstrap_tcp_SOURCES = tests/test_bootstrap_tcp.c
 tests_test_bootstrap_tcp_LDADD = engine/libdualpipe.la
+tests_test_bootstrap_SOURCES = tests/test_bootstrap.c
+tests_test_bootstrap_LDADD = engine/libdualpipe.la
 
 # A module with the wrong ABI, for the registry's refusal test (never installed).
 check_LTLIBRARIES += tests/dualpipe_badabi.la

@@ -279,12 +279,29 @@ static void later_calls_fail(rank_env *e, const char *want)
     }
 }
 
+/* What aborted() says once the job has ended: the abort's reason and message. */
+static void query_says_aborted(rank_env *e, const char *want)
+{
+    dp_status reason = DP_OK;
+    char msg[256] = "";
+    int a = dp_bootstrap_tcp.aborted(e->ctx, &reason, msg, sizeof msg);
+    CHECK(e, a != 0 && reason == DP_ERR_DEVICE && strstr(msg, want), "aborted() after the abort: %d, %s, \"%s\"", a,
+          dp_status_name(reason), msg);
+}
+
 static void abort_main(rank_env *e)
 {
     const dp_bootstrap_ops *B = &dp_bootstrap_tcp;
     CHECK(e, B->barrier(e->ctx, e->rank) == DP_OK, "first barrier: %s", dp_last_error());
+    char msg[256] = "";
+    CHECK(e, B->aborted(e->ctx, NULL, msg, sizeof msg) == 0, "aborted() before the abort says %s", msg);
     if (e->rank == aborter) {
-        sleep_ms(100); /* the others are in their barrier by now */
+        sleep_ms(100); /* the others are in their barrier by now, which cannot end without this rank */
+        double t0 = now_ms();
+        int a = B->aborted(e->ctx, NULL, msg, sizeof msg);
+        double took = now_ms() - t0;
+        CHECK(e, a == 0, "aborted() while the others wait in a barrier: %d (%s)", a, msg);
+        CHECK(e, took < 1000, "aborted() took %.0f ms while a barrier was under way: it must not wait", took);
         CHECK(e, B->abort(e->ctx, e->rank, DP_ERR_DEVICE, "its device failed") == DP_OK, "abort");
         return;
     }
@@ -297,6 +314,7 @@ static void abort_main(rank_env *e)
           aborter, dp_status_name(st), dp_last_error());
     CHECK(e, waited < e->sc->timeout_ms / 2, "the abort took %.0f ms to arrive (deadline %d ms)", waited,
           e->sc->timeout_ms);
+    query_says_aborted(e, want);
     later_calls_fail(e, want);
 }
 
@@ -317,13 +335,20 @@ static void late_main(rank_env *e)
         CHECK(e, st == DP_ERR_COMM && strstr(dp_last_error(), want), "a pending barrier after rank 1's abort: %s (%s)",
               dp_status_name(st), dp_last_error());
     } else {
-        double until = now_ms() + 8000;
+        /* without any call, the query learns of the abort through the socket */
+        double t0 = now_ms(), until = t0 + 8000;
+        while (!dp_bootstrap_tcp.aborted(e->ctx, NULL, NULL, 0) && now_ms() < until) sleep_ms(2);
+        double waited = now_ms() - t0;
+        CHECK(e, waited < e->sc->timeout_ms / 2, "aborted() learnt of the abort after %.0f ms (deadline %d ms)", waited,
+              e->sc->timeout_ms);
+        query_says_aborted(e, want);
         while (!(__atomic_load_n(&shared->exited[0], __ATOMIC_SEQ_CST) &&
                  __atomic_load_n(&shared->exited[1], __ATOMIC_SEQ_CST)) &&
                now_ms() < until)
             sleep_ms(2);
         CHECK(e, shared->exited[0] && shared->exited[1], "processes 0 and 1 did not leave within 8 s");
     }
+    query_says_aborted(e, want);
     later_calls_fail(e, want);
 }
 
@@ -641,16 +666,18 @@ int main(void)
         tap_ok(run(&good[i]), "%s: allgather (13 bytes x3, 0, %d KiB) and broadcast from every root byte-exact, "
                "barriers hold", good[i].name, BIG / 1024);
 
+    tap_ok(DP_HAS(&dp_bootstrap_tcp, aborted) && dp_bootstrap_tcp.aborted, "the table has aborted()");
     scenario sc = {"abort", 3, 6, NULL, 10000, abort_main};
     aborter = 3;
-    tap_ok(run(&sc), "3 processes of 2 threads: rank 3 aborts; every other rank's pending barrier and later call fail "
-           "with its message, well within the deadline");
+    tap_ok(run(&sc), "3 processes of 2 threads: aborted() is 0 before, and at once while a barrier is under way; rank "
+           "3 aborts; every other rank's pending barrier and later calls fail with its message, well within the "
+           "deadline, and aborted() gives its reason and message");
     aborter = 0;
     tap_ok(run(&sc), "the same with rank 0 (on process 0) aborting");
 
     sc = (scenario){"late", 3, 3, NULL, 10000, late_main};
-    tap_ok(run(&sc), "rank 1 aborts and processes 0 and 1 leave; process 2 calls only then: each call fails at once "
-           "with the abort's message, not with the closed connection");
+    tap_ok(run(&sc), "rank 1 aborts; process 2, making no call, learns it through aborted(); once processes 0 and 1 "
+           "have left, each of its calls fails at once with the abort's message, not with the closed connection");
 
     sc = (scenario){"exit", 3, 3, NULL, 10000, exit_main};
     leaver = 2;

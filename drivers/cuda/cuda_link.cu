@@ -31,6 +31,16 @@ void dp_cuda_link_abort_world(dp_link_world *w, int rank, dp_status reason, cons
 
 dp_status dp_cuda_link_aborted(dp_link *l) { return dp_link_abort_fail(&l->w->abort); }
 
+int dp_cuda_link_ended(dp_link_world *w, double *next_ms)
+{
+    if (dp_link_abort_raised(&w->abort)) return 1;
+    if (!dp_link_abort_heard(&w->abort, &w->bootstrap, next_ms)) return 0;
+    pthread_mutex_lock(&w->lock); /* the copy transport's waiters sleep on it */
+    pthread_cond_broadcast(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+    return 1;
+}
+
 dp_status dp_cuda_event_get(dp_link *l, cudaEvent_t *out)
 {
     if (l->pool_len > 0) {

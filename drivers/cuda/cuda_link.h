@@ -157,6 +157,10 @@ struct dp_link {
 /* The world's abort, by world rank `rank`: recorded, told to the bootstrap, waiters woken. */
 void dp_cuda_link_abort_world(dp_link_world *w, int rank, dp_status reason, const char *why);
 dp_status dp_cuda_link_aborted(dp_link *l); /* DP_ERR_COMM naming who aborted */
+/* Whether the job has ended: the world's abort, or one its bootstrap knows of from another
+ * process (asked every few ms, timed by *next_ms, 0 at first), which then becomes the world's
+ * abort and wakes its waiters. For waits on NCCL, which the bootstrap does not see. */
+int dp_cuda_link_ended(dp_link_world *w, double *next_ms);
 
 dp_status dp_cuda_event_get(dp_link *l, cudaEvent_t *out);
 void dp_cuda_event_put(dp_link *l, cudaEvent_t e);

@@ -23,17 +23,20 @@ dp_status dp_cuda_nccl_fail(dp_link *l, ncclResult_t r, const char *what)
                    detail && *detail ? ": " : "", detail ? detail : "");
 }
 
-/* Waits until a nonblocking communicator has finished its last call, with a deadline. */
+/* Waits until a nonblocking communicator has finished its last call, with a deadline. An
+ * abort, here or in another process, ends the wait at once; closing the link then aborts the
+ * communicators. */
 static dp_status settle(dp_link *l, ncclComm_t comm, double deadline, const char *what)
 {
     int spins = 0;
+    double ask = 0; /* when to ask the bootstrap next */
     for (;;) {
         ncclResult_t st;
         ncclResult_t r = ncclCommGetAsyncError(comm, &st);
         if (r != ncclSuccess) return dp_cuda_nccl_fail(l, r, "ncclCommGetAsyncError");
         if (st == ncclSuccess) return DP_OK;
         if (st != ncclInProgress) return dp_cuda_nccl_fail(l, st, what);
-        if (dp_link_abort_raised(&l->w->abort)) return dp_cuda_link_aborted(l);
+        if (dp_cuda_link_ended(l->w, &ask)) return dp_cuda_link_aborted(l);
         if (dp_link_now_ms() > deadline)
             return dp_fail(DP_ERR_TIMEOUT, "cuda link: rank %d: %s did not finish within %d ms (a peer rank missing?)",
                            me(l), what, l->timeout_ms);
@@ -103,8 +106,10 @@ static void close_one(dp_link *l, ncclComm_t *comm, cudaStream_t *s)
         if (dp_link_abort_raised(&l->w->abort)) ncclCommAbort(*comm);
         else {
             ncclCommFinalize(*comm);
-            settle(l, *comm, dp_link_now_ms() + l->timeout_ms, "ncclCommFinalize");
-            ncclCommDestroy(*comm);
+            dp_status st = settle(l, *comm, dp_link_now_ms() + l->timeout_ms, "ncclCommFinalize");
+            /* an abort heard meanwhile: the peers may never finalize */
+            if (st != DP_OK && dp_link_abort_raised(&l->w->abort)) ncclCommAbort(*comm);
+            else ncclCommDestroy(*comm);
         }
         *comm = NULL;
     }
@@ -414,11 +419,13 @@ static int comm_failed(dp_link *l, ncclResult_t *why)
 }
 
 /* Polls an event with the deadline; watches the communicators for failures and the world for
- * an abort. On timeout the job is aborted: the others' waits then fail too (a NCCL operation
- * cannot be taken back, so the communicators are done for). */
+ * an abort, also one in another process that only the bootstrap has heard of. On timeout the
+ * job is aborted: the others' waits then fail too (a NCCL operation cannot be taken back, so
+ * the communicators are done for). */
 static dp_status wait_event(dp_link *l, cudaEvent_t e, int peer, int tag, size_t bytes, const char *what)
 {
     double deadline = dp_link_now_ms() + l->timeout_ms;
+    double ask = 0; /* when to ask the bootstrap next */
     int spins = 0;
     for (;;) {
         cudaError_t q = cudaEventQuery(e);
@@ -433,7 +440,7 @@ static dp_status wait_event(dp_link *l, cudaEvent_t e, int peer, int tag, size_t
             dp_cuda_nccl_abort_comms(l);
             return dp_fail(f, "%s", msg);
         }
-        if (dp_link_abort_raised(&l->w->abort)) {
+        if (dp_cuda_link_ended(l->w, &ask)) {
             dp_cuda_nccl_abort_comms(l);
             return dp_cuda_link_aborted(l);
         }

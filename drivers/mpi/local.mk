@@ -18,6 +18,10 @@ EXTRA_DIST += drivers/mpi/mpi_start.c drivers/mpi/mpi_link.c drivers/mpi/mpi_boo
 TESTS += tests/test_mpi_train.sh
 EXTRA_DIST += tests/test_mpi_train.sh
 
+# the MPI bootstrap across two processes: an abort, and the aborted() query, reach the other one
+TESTS += tests/test_bootstrap_mpi.sh
+EXTRA_DIST += tests/test_bootstrap_mpi.sh
+
 # `make bench`: training steps as rank threads and as MPI processes, side by side
 bench_targets += tools/bench-processes
 check_SCRIPTS += tools/bench-processes

@@ -33,6 +33,7 @@ typedef struct {
     MPI_Request abort_recv, *abort_sends;
     abort_note incoming, outgoing;
     int aborted;
+    dp_status reason; /* the status the aborting rank gave */
     char message[600];
 } mpi_bootstrap;
 
@@ -111,6 +112,7 @@ static int poll_abort(mpi_bootstrap *b)
         MPI_Test(&b->abort_recv, &flag, MPI_STATUS_IGNORE) == MPI_SUCCESS && flag) {
         b->incoming.text[NOTE_TEXT - 1] = '\0';
         snprintf(b->message, sizeof b->message, "rank %d ended the job: %s", (int)b->incoming.rank, b->incoming.text);
+        b->reason = (dp_status)b->incoming.reason;
         b->aborted = heard = 1;
     }
     int aborted = b->aborted;
@@ -224,6 +226,7 @@ static dp_status mpi_bootstrap_abort(void *ctx, int rank, dp_status reason, cons
     int first = !b->aborted;
     if (first) {
         b->aborted = 1;
+        b->reason = reason;
         snprintf(b->message, sizeof b->message, "rank %d ended the job: %s", rank, text);
         b->outgoing.rank = rank, b->outgoing.reason = (int32_t)reason;
         snprintf(b->outgoing.text, sizeof b->outgoing.text, "%s", text);
@@ -237,6 +240,19 @@ static dp_status mpi_bootstrap_abort(void *ctx, int rank, dp_status reason, cons
     return DP_OK;
 }
 
+/* An abort (tested for on the abort communicator, without waiting), or a failure that ended
+ * the meeting of this process's threads (a missed deadline). */
+static int mpi_aborted(void *ctx, dp_status *reason, char *message, size_t message_size)
+{
+    mpi_bootstrap *b = ctx;
+    if (!poll_abort(b)) return dp_meeting_ended(b->meeting, reason, message, message_size);
+    pthread_mutex_lock(&b->lock);
+    if (reason) *reason = b->reason;
+    if (message && message_size) snprintf(message, message_size, "%s", b->message);
+    pthread_mutex_unlock(&b->lock);
+    return 1;
+}
+
 const dp_bootstrap_ops dp_bootstrap_mpi = {
     .abi_version = DP_BOOTSTRAP_ABI_VERSION,
     .struct_size = sizeof(dp_bootstrap_ops),
@@ -245,4 +261,5 @@ const dp_bootstrap_ops dp_bootstrap_mpi = {
     .broadcast = mpi_broadcast,
     .barrier = mpi_barrier,
     .abort = mpi_bootstrap_abort,
+    .aborted = mpi_aborted,
 };
