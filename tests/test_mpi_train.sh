@@ -27,7 +27,7 @@ n=0
 ok() { n=$((n + 1)); echo "ok $n - $*"; }
 notok() { n=$((n + 1)); echo "not ok $n - $*"; }
 
-echo "1..19"
+echo "1..20"
 # every schedule, 2 processes x 2 rank threads, and 4 processes x 1 for the two DualPipes
 for case in "2 dualpipe 4" "2 dualpipev 2" "2 1f1b 4" "2 zb1p 4" "2 gpipe 4" "4 dualpipe 4" "4 dualpipev 4" "2 interleaved-1f1b 2"; do
   set -- $case
@@ -75,6 +75,15 @@ if [ $status -eq 2 ] && grep -q 'DUALPIPE_MPI_PROGRESS_US=1e3: give the microsec
   ok "DUALPIPE_MPI_PROGRESS_US=1e3 refused (exit 2), saying what it takes"
 else
   notok "DUALPIPE_MPI_PROGRESS_US=1e3 (exit $status)"; sed 's/^/# /' "$tmp/out" | head -20
+fi
+
+# the time-sharing note counts the rank threads of rank 0's process against that process's cores
+timeout 120 taskset -c 0 mpirun --bind-to none -np 2 "$tool" train --pp 4 $small > "$tmp/out" 2>&1
+status=$?
+if [ $status -eq 0 ] && grep -q "note: 2 rank threads of rank 0's process share 1 CPU core" "$tmp/out"; then
+  ok "pinned to one core, 2 processes of 2 ranks: the note counts 2 rank threads of rank 0's process on 1 core"
+else
+  notok "the time-sharing note under mpirun (exit $status)"; sed 's/^/# /' "$tmp/out" | grep -i 'note\|error' | head -5
 fi
 
 # three processes cannot share four ranks

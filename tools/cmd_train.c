@@ -536,14 +536,16 @@ static void print_summary(const train_options *o, const train_state *t, train_re
     /* On the cpu driver every rank is a thread: with more of them than cores, a rank ready to
      * run waits for a core, and that wait is measured as idle, which the simulation (a core
      * per rank) does not have. Said here so that the two columns are not read as a failure. */
+    /* under a launcher, this process's ranks and its own cores (mpirun may bind it to one) */
     long cores = usable_cores(), world = (long)o->c.ranks * replicas(&o->c);
-    long threads = world * (o->c.threads_per_rank > 0 ? o->c.threads_per_rank : 1);
+    long here = o->c.local_ranks > 0 && o->c.local_ranks < world ? o->c.local_ranks : world;
+    long threads = here * (o->c.threads_per_rank > 0 ? o->c.threads_per_rank : 1);
     if (strcmp(o->c.driver, "cpu") == 0 && cores > 0 && threads > cores)
-        printf("note: %ld rank threads%s share %ld CPU core%s, so ranks take turns on the cores: "
+        printf("note: %ld rank threads%s%s share %ld CPU core%s, so ranks take turns on the cores: "
                "measured idle includes that time-sharing, which the simulation (a core per rank) "
                "leaves out; with no more rank threads than cores the two columns compare\n",
-               world, o->c.threads_per_rank > 1 ? " (and their kernel threads)" : "", cores,
-               cores > 1 ? "s" : "");
+               here, o->c.threads_per_rank > 1 ? " (and their kernel threads)" : "",
+               here < world ? " of rank 0's process" : "", cores, cores > 1 ? "s" : "");
 }
 
 /* The differences from the single-rank reference: the exit code. */
