@@ -37,6 +37,7 @@ typedef struct {
     /* the parameter's place in the layer as one rank holding all of it lists it, which picks its
      * initial values, when that is not j (a rank holding some of the experts); 0: j */
     int init_index;
+    int sharded; /* 1: only this expert-parallel rank holds it (an expert's weight) */
     char name_storage[32]; /* where param_spec may write a name made on the fly (name points here) */
 } dp_block_param_spec;
 
@@ -96,6 +97,11 @@ typedef struct dp_block_ops {
     /* After the step's gradients are summed over every copy and the optimizer has stepped:
      * updates the kind's buffers from what they gathered (NULL: the kind has none). */
     dp_status (*update_state)(const dp_block_layer *layer, dp_stream *s);
+    /* Parameters as one rank holding all of the layer lists them (NULL: num_params). */
+    int (*num_whole_params)(const dp_block_layer *layer);
+    /* Before the gradients are summed across ranks: folds what the kind kept apart into them
+     * (expert gradients kept per source rank; NULL: nothing). */
+    dp_status (*reduce_grads)(const dp_block_layer *layer, dp_stream *s);
 } dp_block_ops;
 
 /* The built-in kinds, by dp_block_kind (engine/block_table.c). */

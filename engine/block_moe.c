@@ -10,7 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Parameters: the fixed ones, then the shared experts' (when there are), then each expert's. */
+/* Parameters: the fixed ones, then the shared experts' (when there are), then each expert's
+ * this rank holds (with expert parallelism, E / ep of them from ep_rank x E / ep). */
 enum { NORM, GATE, BIAS, NUM_FIXED };
 enum { W1, W2, W3, NUM_SWIGLU }; /* w2(silu(w1 x) * w3 x) */
 
@@ -18,32 +19,47 @@ static const char *const swiglu_names[NUM_SWIGLU] = {"w1", "w2", "w3"};
 
 static int has_shared(const dp_block_layer *L) { return L->cfg->moe.shared_experts > 0; }
 static int first_expert_param(const dp_block_layer *L) { return NUM_FIXED + (has_shared(L) ? NUM_SWIGLU : 0); }
-/* the experts this layer holds */
-static int local_experts(const dp_block_layer *L) { return L->cfg->moe.experts; }
 static int shared_hidden(const dp_block_layer *L) { return L->cfg->moe.shared_experts * L->cfg->moe.expert_hidden; }
+/* the expert-parallel group: its size and this rank's place (a layer outside a stage: 1, 0) */
+static int ep_size(const dp_block_layer *L) { return L->env && L->env->ep_size > 1 ? L->env->ep_size : 1; }
+static int ep_rank(const dp_block_layer *L) { return ep_size(L) > 1 ? L->env->ep_rank : 0; }
+/* the experts this layer holds, from first_expert */
+static int local_experts(const dp_block_layer *L) { return L->cfg->moe.experts / ep_size(L); }
+static int first_expert(const dp_block_layer *L) { return ep_rank(L) * local_experts(L); }
 
-/* Kept per micro-batch (R = tokens x topk rows, one per (token, k) slot, sorted by expert). In
- * the model's dtype unless said: the normalised input and its gradient, rstd (fp32); the gate's
- * scores (fp32), the selection, its weights and their gradient (fp32), the logits' gradient
- * (fp32, and in the model's dtype for the GEMMs); the layout; the dispatched rows, the experts'
- * pre-activations a = w1 x, b = w3 x and their product h = silu(a) b, the experts' output rows and
- * their gradient, the gradients of a and b, the gradient of the dispatched rows; the shared
- * experts' a, b, h and gradients. */
+/* Per-layer state with expert parallelism: each local expert's weight gradients kept per source
+ * rank, [source][local expert][w1, w2, w3] (device, fp32), folded in source order after the step. */
+typedef struct {
+    float *per_source;
+    size_t expert_floats; /* one expert's three matrices */
+} moe_state;
+
+/* Kept per micro-batch (R = tokens x topk rows, one per (token, k) slot, sorted by expert; C the
+ * rows this rank's experts may receive: R from each source). In the model's dtype unless said:
+ * the normalised input and its gradient, rstd (fp32); the gate's scores (fp32), the selection,
+ * its weights and their gradient (fp32), the logits' gradient (fp32, and in the model's dtype for
+ * the GEMMs); the layout (int32), and what each source sends each local expert; the dispatched
+ * rows, the experts' outputs returned to them and the gradients of both (source side), and, on
+ * the experts' side (the same memory without expert parallelism), the rows received, the
+ * experts' a = w1 x, b = w3 x, h = silu(a) b, outputs, output gradients, the gradients of a and
+ * b, and of the rows; the shared experts' a, b, h and gradients. */
 typedef struct {
     void *xn, *dxn;
     float *rstd;
     float *scores, *weight, *dweight, *dlogits;
     void *dlogits_act;
-    int32_t *expert, *row_token, *slot_row, *counts;
-    void *rows, *a, *b, *h, *out, *dout, *da, *db, *drows;
+    int32_t *expert, *row_token, *slot_row, *counts, *rcounts;
+    void *rows, *out, *dout, *drows;
+    void *rrows, *a, *b, *h, *rout, *rdout, *da, *db, *rdrows;
     void *sa, *sb, *sh, *sda, *sdb;
 } moe_saved;
 
 static size_t moe_layout(const dp_block_layer *L, void *base, moe_saved *k)
 {
     const dp_model_config *c = L->cfg;
+    int ep = ep_size(L);
     size_t T = (size_t)c->tokens, K = (size_t)c->moe.topk, E = (size_t)c->moe.experts, R = T * K;
-    size_t es = dp_dtype_size(c->dtype), h = (size_t)c->hidden, f = (size_t)c->moe.expert_hidden;
+    size_t C = R * (size_t)ep, es = dp_dtype_size(c->dtype), h = (size_t)c->hidden, f = (size_t)c->moe.expert_hidden;
     size_t sf = (size_t)shared_hidden(L);
     dp_carver cv = {base, 0};
     k->xn = dp_carve(&cv, T * h * es);
@@ -58,15 +74,20 @@ static size_t moe_layout(const dp_block_layer *L, void *base, moe_saved *k)
     k->row_token = dp_carve(&cv, R * sizeof(int32_t));
     k->slot_row = dp_carve(&cv, R * sizeof(int32_t));
     k->counts = dp_carve(&cv, E * sizeof(int32_t));
+    k->rcounts = ep > 1 ? dp_carve(&cv, E * sizeof(int32_t)) : k->counts; /* [source][local expert] */
     k->rows = dp_carve(&cv, R * h * es);
-    k->a = dp_carve(&cv, R * f * es);
-    k->b = dp_carve(&cv, R * f * es);
-    k->h = dp_carve(&cv, R * f * es);
     k->out = dp_carve(&cv, R * h * es);
     k->dout = dp_carve(&cv, R * h * es);
-    k->da = dp_carve(&cv, R * f * es);
-    k->db = dp_carve(&cv, R * f * es);
     k->drows = dp_carve(&cv, R * h * es);
+    k->rrows = ep > 1 ? dp_carve(&cv, C * h * es) : k->rows;
+    k->rout = ep > 1 ? dp_carve(&cv, C * h * es) : k->out;
+    k->rdout = ep > 1 ? dp_carve(&cv, C * h * es) : k->dout;
+    k->rdrows = ep > 1 ? dp_carve(&cv, C * h * es) : k->drows;
+    k->a = dp_carve(&cv, C * f * es);
+    k->b = dp_carve(&cv, C * f * es);
+    k->h = dp_carve(&cv, C * f * es);
+    k->da = dp_carve(&cv, C * f * es);
+    k->db = dp_carve(&cv, C * f * es);
     k->sa = sf ? dp_carve(&cv, T * sf * es) : NULL;
     k->sb = sf ? dp_carve(&cv, T * sf * es) : NULL;
     k->sh = sf ? dp_carve(&cv, T * sf * es) : NULL;
@@ -81,15 +102,44 @@ static size_t moe_layout(const dp_block_layer *L, void *base, moe_saved *k)
 static dp_status moe_create(dp_block_layer *L)
 {
     L->state = NULL;
-    if (L->cfg->moe.experts < 1)
+    const dp_moe_config *m = &L->cfg->moe;
+    if (m->experts < 1)
         return dp_fail(DP_ERR_INVALID, "layer %d is an MoE layer, but the model has no experts (set --experts)",
                        L->layer);
-    return DP_OK;
+    int ep = ep_size(L);
+    if (ep == 1) return DP_OK;
+    if (m->experts % ep)
+        return dp_fail(DP_ERR_INVALID, "%d experts do not spread evenly over %d expert-parallel ranks (--ep must divide --experts)",
+                       m->experts, ep);
+    moe_state *ms = calloc(1, sizeof *ms);
+    if (!ms) return dp_fail(DP_ERR_NOMEM, "out of memory for layer %d", L->layer);
+    ms->expert_floats = 3 * (size_t)m->expert_hidden * (size_t)L->cfg->hidden;
+    size_t bytes = sizeof(float) * ms->expert_floats * (size_t)local_experts(L) * (size_t)ep;
+    void *p = NULL;
+    dp_status st = L->env->ops->alloc(L->env->dev, bytes, &p);
+    if (st == DP_OK) st = L->env->ops->memset(L->env->dev, p, 0, bytes, NULL);
+    ms->per_source = p;
+    L->state = ms;
+    return st;
+}
+
+static void moe_destroy(dp_block_layer *L)
+{
+    moe_state *ms = L->state;
+    if (!ms) return;
+    L->env->ops->free(L->env->dev, ms->per_source);
+    free(ms);
+    L->state = NULL;
 }
 
 static int moe_num_params(const dp_block_layer *L)
 {
     return first_expert_param(L) + NUM_SWIGLU * local_experts(L);
+}
+
+static int moe_num_whole_params(const dp_block_layer *L)
+{
+    return first_expert_param(L) + NUM_SWIGLU * L->cfg->moe.experts;
 }
 
 /* A SwiGLU's three matrices, inner width f: w1 and w3 f x h, w2 h x f. */
@@ -124,9 +174,13 @@ static void moe_param_spec(const dp_block_layer *L, int j, dp_block_param_spec *
         out->name = out->name_storage;
     } else {
         int e = (j - first_expert_param(L)) / NUM_SWIGLU, w = (j - first_expert_param(L)) % NUM_SWIGLU;
+        int global = first_expert(L) + e;
         swiglu_spec(L, w, (size_t)m->expert_hidden, out);
-        snprintf(out->name_storage, sizeof out->name_storage, "experts.%d.%s", e, swiglu_names[w]);
+        snprintf(out->name_storage, sizeof out->name_storage, "experts.%d.%s", global, swiglu_names[w]);
         out->name = out->name_storage;
+        /* the values of expert `global` wherever it lives */
+        out->init_index = first_expert_param(L) + NUM_SWIGLU * global + w;
+        out->sharded = ep_size(L) > 1;
     }
 }
 
@@ -148,20 +202,48 @@ static dp_status gemm(const dp_block_layer *L, dp_stream *s, int ta, int tb, int
     return L->env->ops->gemm(L->env->dev, s, &g);
 }
 
-/* The rows each expert received in this micro-batch, on the host. */
-static dp_status read_counts(const dp_block_layer *L, dp_stream *s, const moe_saved *k, int32_t **out)
+/* The layout's counts on the host: counts[E] (the rows this micro-batch sends each expert) and
+ * rcounts[ep x local experts] (the rows this rank's experts receive from each source). */
+typedef struct {
+    int32_t *counts, *rcounts;
+} host_counts;
+
+static dp_status read_counts(const dp_block_layer *L, dp_stream *s, const moe_saved *k, host_counts *hc)
 {
     int E = L->cfg->moe.experts;
-    int32_t *c = malloc(sizeof *c * (size_t)E);
+    int32_t *c = malloc(sizeof *c * 2 * (size_t)E);
     if (!c) return dp_fail(DP_ERR_NOMEM, "out of memory for the counts of %d experts", E);
-    dp_status st = L->env->ops->copy(L->env->dev, c, k->counts, sizeof *c * (size_t)E, DP_COPY_DEVICE_TO_HOST, s);
-    if (st == DP_OK) st = L->env->ops->stream_synchronize(L->env->dev, s);
+    const dp_device_ops *o = L->env->ops;
+    dp_status st = o->copy(L->env->dev, c, k->counts, sizeof *c * (size_t)E, DP_COPY_DEVICE_TO_HOST, s);
+    if (st == DP_OK) st = o->copy(L->env->dev, c + E, k->rcounts, sizeof *c * (size_t)E, DP_COPY_DEVICE_TO_HOST, s);
+    if (st == DP_OK) st = o->stream_synchronize(L->env->dev, s);
     if (st != DP_OK) {
         free(c);
         return st;
     }
-    *out = c;
+    hc->counts = c, hc->rcounts = c + E;
     return DP_OK;
+}
+
+/* Rows of an all-to-all between the source side (rows sorted by expert, so by destination) and
+ * the experts' side (grouped by source, then local expert): `dispatch` sends the source side's
+ * rows to the experts, else the experts' rows back. */
+static dp_status exchange(const dp_block_layer *L, dp_block_pass *p, const host_counts *hc, int dispatch,
+                          const void *send, void *recv)
+{
+    int ep = ep_size(L), El = local_experts(L);
+    size_t *v = calloc(4 * (size_t)ep, sizeof *v);
+    if (!v) return dp_fail(DP_ERR_NOMEM, "out of memory for an all-to-all of %d ranks", ep);
+    size_t *to = v, *to_at = v + ep, *from = v + 2 * ep, *from_at = v + 3 * ep;
+    for (int j = 0; j < ep; j++) {
+        for (int e = 0; e < El; e++) to[j] += (size_t)hc->counts[j * El + e], from[j] += (size_t)hc->rcounts[j * El + e];
+        if (j) to_at[j] = to_at[j - 1] + to[j - 1], from_at[j] = from_at[j - 1] + from[j - 1];
+    }
+    size_t row = (size_t)L->cfg->hidden * dp_dtype_size(L->cfg->dtype);
+    dp_status st = dispatch ? L->env->link_ops->all_to_all_v(p->link, send, to, to_at, recv, from, from_at, row, p->stream)
+                            : L->env->link_ops->all_to_all_v(p->link, send, from, from_at, recv, to, to_at, row, p->stream);
+    free(v);
+    return st;
 }
 
 /* A SwiGLU's forward on n rows: a = x w1^T, b = x w3^T, h = silu(a) b, y = h w2^T. */
@@ -207,43 +289,110 @@ static void *row_at(const dp_block_layer *L, const void *base, size_t r, int col
     return (char *)base + r * (size_t)cols * dp_dtype_size(L->cfg->dtype);
 }
 
+/* The experts' work on the rows they received, block by block: each source's rows for each
+ * local expert as their own GEMMs, the very GEMMs one rank holding every expert runs on that
+ * source's micro-batch, so that the bits do not depend on where the experts are. */
+typedef enum { EXPERTS_FORWARD, EXPERTS_BACKWARD_INPUT, EXPERTS_BACKWARD_WEIGHT } experts_pass;
+
+static dp_status run_experts(const dp_block_layer *L, dp_stream *s, const moe_saved *k, const host_counts *hc,
+                             experts_pass what)
+{
+    int h = L->cfg->hidden, f = L->cfg->moe.expert_hidden, El = local_experts(L), ep = ep_size(L);
+    moe_state *ms = L->state;
+    size_t at = 0;
+    for (int src = 0; src < ep; src++)
+        for (int e = 0; e < El; e++) {
+            int n = hc->rcounts[src * El + e];
+            int j = first_expert_param(L) + NUM_SWIGLU * e;
+            dp_status st;
+            if (what == EXPERTS_FORWARD) {
+                st = swiglu_forward(L, s, n, f, row_at(L, k->rrows, at, h), L->w + j, row_at(L, k->a, at, f),
+                                    row_at(L, k->b, at, f), row_at(L, k->h, at, f), row_at(L, k->rout, at, h));
+            } else if (what == EXPERTS_BACKWARD_INPUT) {
+                st = swiglu_backward_input(L, s, n, f, row_at(L, k->rdout, at, h), L->w + j, row_at(L, k->a, at, f),
+                                           row_at(L, k->b, at, f), row_at(L, k->da, at, f), row_at(L, k->db, at, f),
+                                           0.0f, row_at(L, k->rdrows, at, h));
+            } else {
+                /* with expert parallelism into the source's own gradients, folded in source
+                 * order after the step (moe_reduce_grads) */
+                float *per[NUM_SWIGLU];
+                float *const *dw = L->grad + j;
+                if (ms) {
+                    float *base = ms->per_source + ((size_t)src * El + e) * ms->expert_floats;
+                    size_t m1 = (size_t)f * h;
+                    per[W1] = base, per[W2] = base + m1, per[W3] = base + 2 * m1;
+                    dw = per;
+                }
+                st = swiglu_backward_weight(L, s, n, f, row_at(L, k->rdout, at, h), row_at(L, k->rrows, at, h),
+                                            row_at(L, k->h, at, f), row_at(L, k->da, at, f), row_at(L, k->db, at, f),
+                                            dw);
+            }
+            DP_CHECK(st);
+            at += (size_t)n;
+        }
+    return DP_OK;
+}
+
 /* ----------------------------------------------------------------------------
- * passes */
+ * passes. With expert parallelism each pass that moves rows stops after starting the move
+ * (DP_PHASE_COMM) and goes on in its next phase: forward 0 gate and dispatch, 1 experts and
+ * combine's return, 2 the sum; backward_input 0 combine's backward and the gradients' dispatch,
+ * 1 the experts' backward and the return, 2 the sum and the gate. Without it, one phase. */
+
+/* Forward phase 0: the gate, fp32 scores, the selection on them plus the bias, the layout, the
+ * step's load of each expert (for the balancing bias), the rows sorted by expert. */
+static dp_status forward_gate(const dp_block_layer *L, dp_block_pass *p, const moe_saved *k)
+{
+    const dp_device_ops *o = L->env->ops;
+    dp_device *dev = L->env->dev;
+    const dp_moe_config *m = &L->cfg->moe;
+    int h = L->cfg->hidden, T = L->cfg->tokens, E = m->experts, K = m->topk;
+    dp_dtype dt = L->cfg->dtype;
+    DP_CHECK(o->rmsnorm_forward(dev, p->stream, dt, T, h, L->cfg->norm_eps, p->x, L->value[NORM], k->xn, k->rstd));
+    DP_CHECK(gemm(L, p->stream, 0, 1, T, E, h, k->xn, h, L->w[GATE], h, 0.0f, k->scores, E, DP_DTYPE_F32));
+    DP_CHECK(o->sigmoid_forward(dev, p->stream, DP_DTYPE_F32, (size_t)T * E, k->scores, k->scores));
+    DP_CHECK(o->moe_topk(dev, p->stream, T, E, m->groups, m->topk_groups, K, k->scores, L->value[BIAS],
+                         m->route_scale, k->expert, k->weight));
+    DP_CHECK(o->moe_permute(dev, p->stream, T, K, E, k->expert, k->row_token, k->slot_row, k->counts));
+    DP_CHECK(o->add_counts(dev, p->stream, (size_t)E, k->counts, L->grad[BIAS]));
+    DP_CHECK(o->gather_rows(dev, p->stream, dt, T * K, h, k->xn, k->row_token, k->rows));
+    if (ep_size(L) == 1) return DP_OK;
+    /* the counts' exchange: each source tells each rank what it sends each of its experts */
+    size_t El = (size_t)local_experts(L), ep = (size_t)ep_size(L);
+    size_t *v = malloc(sizeof *v * 2 * ep);
+    if (!v) return dp_fail(DP_ERR_NOMEM, "out of memory for an all-to-all of %zu ranks", ep);
+    for (size_t j = 0; j < ep; j++) v[j] = El, v[ep + j] = j * El;
+    dp_status st = L->env->link_ops->all_to_all_v(p->link, k->counts, v, v + ep, k->rcounts, v, v + ep,
+                                                  sizeof(int32_t), p->stream);
+    free(v);
+    return st;
+}
 
 static dp_status moe_forward(const dp_block_layer *L, dp_block_pass *p, dp_phase *next)
 {
-    (void)next;
     const dp_device_ops *o = L->env->ops;
     dp_device *dev = L->env->dev;
     const dp_moe_config *m = &L->cfg->moe;
     moe_saved k;
     moe_layout(L, p->saved, &k);
-    int h = L->cfg->hidden, T = L->cfg->tokens, E = m->experts, K = m->topk, f = m->expert_hidden;
+    int h = L->cfg->hidden, T = L->cfg->tokens, K = m->topk, ep = ep_size(L);
     dp_dtype dt = L->cfg->dtype;
-    /* the gate: fp32 scores, the selection on them plus the bias, the dispatch layout */
-    DP_CHECK(o->rmsnorm_forward(dev, p->stream, dt, T, h, L->cfg->norm_eps, p->x, L->value[NORM], k.xn, k.rstd));
-    DP_CHECK(gemm(L, p->stream, 0, 1, T, E, h, k.xn, h, L->w[GATE], h, 0.0f, k.scores, E, DP_DTYPE_F32));
-    DP_CHECK(o->sigmoid_forward(dev, p->stream, DP_DTYPE_F32, (size_t)T * E, k.scores, k.scores));
-    DP_CHECK(o->moe_topk(dev, p->stream, T, E, m->groups, m->topk_groups, K, k.scores, L->value[BIAS], m->route_scale,
-                         k.expert, k.weight));
-    DP_CHECK(o->moe_permute(dev, p->stream, T, K, E, k.expert, k.row_token, k.slot_row, k.counts));
-    /* the step's load of each expert, for the balancing bias */
-    DP_CHECK(o->add_counts(dev, p->stream, (size_t)E, k.counts, L->grad[BIAS]));
-    DP_CHECK(o->gather_rows(dev, p->stream, dt, T * K, h, k.xn, k.row_token, k.rows));
-    /* each expert on its rows */
-    int32_t *counts;
-    DP_CHECK(read_counts(L, p->stream, &k, &counts));
-    dp_status st = DP_OK;
-    size_t at = 0;
-    for (int e = 0; e < local_experts(L) && st == DP_OK; e++) {
-        const void *const *w = L->w + first_expert_param(L) + NUM_SWIGLU * e;
-        st = swiglu_forward(L, p->stream, counts[e], f, row_at(L, k.rows, at, h), w, row_at(L, k.a, at, f),
-                            row_at(L, k.b, at, f), row_at(L, k.h, at, f), row_at(L, k.out, at, h));
-        at += (size_t)counts[e];
+    if (p->phase == 0) DP_CHECK(forward_gate(L, p, &k));
+    host_counts hc;
+    if (p->phase < 2) {
+        DP_CHECK(read_counts(L, p->stream, &k, &hc));
+        dp_status st = DP_OK;
+        if (p->phase == 0 && ep > 1) {
+            st = exchange(L, p, &hc, 1, k.rows, k.rrows);
+            *next = DP_PHASE_COMM;
+        } else {
+            st = run_experts(L, p->stream, &k, &hc, EXPERTS_FORWARD);
+            if (st == DP_OK && ep > 1) st = exchange(L, p, &hc, 0, k.rout, k.out), *next = DP_PHASE_COMM;
+        }
+        free(hc.counts);
+        if (st != DP_OK || *next == DP_PHASE_COMM) return st;
     }
-    free(counts);
-    DP_CHECK(st);
-    /* y = x + [shared +] the routed rows weighted, in k order */
+    /* y = x + [shared +] each token's rows weighted, in k order */
     if (has_shared(L))
         DP_CHECK(swiglu_forward(L, p->stream, T, shared_hidden(L), k.xn, L->w + NUM_FIXED, k.sa, k.sb, k.sh, p->y));
     DP_CHECK(o->moe_combine(dev, p->stream, dt, T, K, h, k.out, k.slot_row, k.weight, has_shared(L), p->y));
@@ -252,30 +401,31 @@ static dp_status moe_forward(const dp_block_layer *L, dp_block_pass *p, dp_phase
 
 static dp_status moe_backward_input(const dp_block_layer *L, dp_block_pass *p, dp_phase *next)
 {
-    (void)next;
     const dp_device_ops *o = L->env->ops;
     dp_device *dev = L->env->dev;
     const dp_moe_config *m = &L->cfg->moe;
     moe_saved k;
     moe_layout(L, p->saved, &k);
-    int h = L->cfg->hidden, T = L->cfg->tokens, E = m->experts, K = m->topk, f = m->expert_hidden;
+    int h = L->cfg->hidden, T = L->cfg->tokens, E = m->experts, K = m->topk, ep = ep_size(L);
     dp_dtype dt = L->cfg->dtype;
     /* the routed rows' gradients, and the weights' */
-    DP_CHECK(o->moe_combine_backward(dev, p->stream, dt, T, K, h, k.out, k.slot_row, k.weight, p->dy, k.dout,
-                                     k.dweight));
-    int32_t *counts;
-    DP_CHECK(read_counts(L, p->stream, &k, &counts));
-    dp_status st = DP_OK;
-    size_t at = 0;
-    for (int e = 0; e < local_experts(L) && st == DP_OK; e++) {
-        const void *const *w = L->w + first_expert_param(L) + NUM_SWIGLU * e;
-        st = swiglu_backward_input(L, p->stream, counts[e], f, row_at(L, k.dout, at, h), w, row_at(L, k.a, at, f),
-                                   row_at(L, k.b, at, f), row_at(L, k.da, at, f), row_at(L, k.db, at, f), 0.0f,
-                                   row_at(L, k.drows, at, h));
-        at += (size_t)counts[e];
+    if (p->phase == 0)
+        DP_CHECK(o->moe_combine_backward(dev, p->stream, dt, T, K, h, k.out, k.slot_row, k.weight, p->dy, k.dout,
+                                         k.dweight));
+    if (p->phase < 2) {
+        host_counts hc;
+        DP_CHECK(read_counts(L, p->stream, &k, &hc));
+        dp_status st = DP_OK;
+        if (p->phase == 0 && ep > 1) {
+            st = exchange(L, p, &hc, 1, k.dout, k.rdout);
+            *next = DP_PHASE_COMM;
+        } else {
+            st = run_experts(L, p->stream, &k, &hc, EXPERTS_BACKWARD_INPUT);
+            if (st == DP_OK && ep > 1) st = exchange(L, p, &hc, 0, k.rdrows, k.drows), *next = DP_PHASE_COMM;
+        }
+        free(hc.counts);
+        if (st != DP_OK || *next == DP_PHASE_COMM) return st;
     }
-    free(counts);
-    DP_CHECK(st);
     /* dxn: each token's rows in k order, then the shared experts' and the gate's parts */
     DP_CHECK(o->moe_combine(dev, p->stream, dt, T, K, h, k.drows, k.slot_row, NULL, 0, k.dxn));
     if (has_shared(L))
@@ -296,18 +446,11 @@ static dp_status moe_backward_weight(const dp_block_layer *L, dp_block_pass *p, 
     const dp_moe_config *m = &L->cfg->moe;
     moe_saved k;
     moe_layout(L, p->saved, &k);
-    int h = L->cfg->hidden, T = L->cfg->tokens, E = m->experts, f = m->expert_hidden;
-    int32_t *counts;
-    DP_CHECK(read_counts(L, p->stream, &k, &counts));
-    dp_status st = DP_OK;
-    size_t at = 0;
-    for (int e = 0; e < local_experts(L) && st == DP_OK; e++) {
-        float *const *dw = L->grad + first_expert_param(L) + NUM_SWIGLU * e;
-        st = swiglu_backward_weight(L, p->stream, counts[e], f, row_at(L, k.dout, at, h), row_at(L, k.rows, at, h),
-                                    row_at(L, k.h, at, f), row_at(L, k.da, at, f), row_at(L, k.db, at, f), dw);
-        at += (size_t)counts[e];
-    }
-    free(counts);
+    int h = L->cfg->hidden, T = L->cfg->tokens, E = m->experts;
+    host_counts hc;
+    DP_CHECK(read_counts(L, p->stream, &k, &hc));
+    dp_status st = run_experts(L, p->stream, &k, &hc, EXPERTS_BACKWARD_WEIGHT);
+    free(hc.counts);
     DP_CHECK(st);
     if (has_shared(L))
         DP_CHECK(swiglu_backward_weight(L, p->stream, T, shared_hidden(L), p->dy, k.xn, k.sh, k.sda, k.sdb,
@@ -315,6 +458,27 @@ static dp_status moe_backward_weight(const dp_block_layer *L, dp_block_pass *p, 
     DP_CHECK(gemm(L, p->stream, 1, 0, E, h, T, k.dlogits_act, E, k.xn, h, 1.0f, L->grad[GATE], h, DP_DTYPE_F32));
     return L->env->ops->rmsnorm_backward_weight(L->env->dev, p->stream, L->cfg->dtype, T, h, p->x, k.rstd, k.dxn,
                                                 L->grad[NORM]);
+}
+
+/* Each local expert's gradient: its sources' in source order, ((G0 + G1) + G2) ..., as the
+ * single-rank reference adds the replicas it stands for; the buffers start the next step at 0. */
+static dp_status moe_reduce_grads(const dp_block_layer *L, dp_stream *s)
+{
+    moe_state *ms = L->state;
+    if (!ms) return DP_OK;
+    const dp_device_ops *o = L->env->ops;
+    int El = local_experts(L), ep = ep_size(L);
+    size_t m1 = (size_t)L->cfg->moe.expert_hidden * (size_t)L->cfg->hidden;
+    for (int e = 0; e < El; e++)
+        for (int w = 0; w < NUM_SWIGLU; w++) {
+            float *g = L->grad[first_expert_param(L) + NUM_SWIGLU * e + w];
+            for (int src = 0; src < ep; src++) {
+                const float *b = ms->per_source + ((size_t)src * El + e) * ms->expert_floats + (size_t)w * m1;
+                if (src == 0) DP_CHECK(o->copy(L->env->dev, g, b, m1 * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, s));
+                else DP_CHECK(o->add(L->env->dev, s, DP_DTYPE_F32, m1, g, b, g));
+            }
+        }
+    return o->memset(L->env->dev, ms->per_source, 0, sizeof(float) * ms->expert_floats * (size_t)El * (size_t)ep, s);
 }
 
 /* Auxiliary-loss-free balancing: the bias's "gradient" holds the step's loads, summed over every
@@ -332,7 +496,7 @@ const dp_block_ops dp_block_moe = {
     .struct_size = sizeof(dp_block_ops),
     .name = "moe",
     .create = moe_create,
-    .destroy = dp_block_no_state_destroy,
+    .destroy = moe_destroy,
     .num_params = moe_num_params,
     .param_spec = moe_param_spec,
     .saved_bytes = moe_saved_bytes,
@@ -340,4 +504,6 @@ const dp_block_ops dp_block_moe = {
     .backward_input = moe_backward_input,
     .backward_weight = moe_backward_weight,
     .update_state = moe_update_state,
+    .num_whole_params = moe_num_whole_params,
+    .reduce_grads = moe_reduce_grads,
 };

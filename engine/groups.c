@@ -1,5 +1,5 @@
 /* groups.c: the process groups of a rank (see groups.h). Every split is collective: each rank
- * makes the same splits in the same order (pipeline, pair, data), here and nowhere else. */
+ * makes the same splits in the same order (pipeline, pair, data, expert), here and nowhere else. */
 #include "engine/groups.h"
 
 #include <string.h>
@@ -20,12 +20,18 @@ dp_status dp_groups_open(const dp_link_ops *L, dp_link_world *w, int rank, dp_de
         int partner = dp_layout_world_rank(layout, replica, s->stage_rank[1 - pipe][stage]);
         DP_CHECK(L->split(g->world, rank < partner ? rank : partner, rank, &g->pair));
     }
-    if (layout->replicas > 1) DP_CHECK(L->split(g->world, prank, replica, &g->data));
+    /* the data-parallel group: the same pipeline rank and ep rank in every data-parallel replica
+     * (without expert parallelism: the same pipeline rank in every replica) */
+    int ep = dp_layout_ep(layout), d = replica / ep, e = replica % ep, P = layout->pipeline_ranks;
+    if (layout->replicas / ep > 1) DP_CHECK(L->split(g->world, e * P + prank, d, &g->data));
+    for (int i = 0; i < 2 && ep > 1; i++) DP_CHECK(L->split(g->world, d * P + prank, e, &g->expert[i]));
     return DP_OK;
 }
 
 void dp_groups_close(const dp_link_ops *L, dp_groups *g)
 {
+    for (int i = 0; i < 2; i++)
+        if (g->expert[i]) L->close(g->expert[i]);
     if (g->data) L->close(g->data);
     if (g->pair) L->close(g->pair);
     if (g->pipeline && g->pipeline != g->world) L->close(g->pipeline);

@@ -20,9 +20,13 @@ extern "C" {
  * ranks 0 .. pipeline_ranks - 1, the root among them. */
 
 typedef struct {
-    int replicas;       /* data-parallel replicas of the pipeline, >= 1 */
+    int replicas;       /* replicas of the pipeline, >= 1: data-parallel x expert-parallel */
     int pipeline_ranks; /* ranks of one pipeline: the schedule's num_ranks */
+    int ep;             /* expert-parallel ranks (0 or 1: none): replica = d x ep + e, so that the
+                           pipelines sharing experts are neighbours */
 } dp_layout;
+
+static inline int dp_layout_ep(const dp_layout *l) { return l->ep > 1 ? l->ep : 1; }
 
 static inline int dp_layout_world_size(const dp_layout *l) { return l->replicas * l->pipeline_ranks; }
 static inline int dp_layout_replica(const dp_layout *l, int world_rank) { return world_rank / l->pipeline_ranks; }
@@ -41,8 +45,12 @@ typedef struct {
                           replica it is the world group itself, not a copy */
     dp_link *pair;     /* two-pipe schedules: this rank and the rank of the same pipeline holding its
                           first local stage in the other pipe, ranked by world rank; NULL otherwise */
-    dp_link *data;     /* the ranks of the same pipeline rank in every replica (they hold the same
-                          stages), ranked by replica; NULL with one replica */
+    dp_link *data;     /* the ranks of the same pipeline rank and expert-parallel rank in every
+                          data-parallel replica (they hold the same stages and experts), ranked by
+                          replica; NULL with one */
+    dp_link *expert[2]; /* expert parallelism: the ranks of the same pipeline rank in the ep
+                           pipelines of this data-parallel replica, ranked by ep rank, twice (one
+                           communicator per stream); NULL without */
 } dp_groups;
 
 /* Collective over the world of dp_layout_world_size(layout) ranks: opens world rank `rank`'s

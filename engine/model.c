@@ -137,6 +137,7 @@ float dp_counter_uniform(uint64_t seed, uint64_t stream, uint64_t index)
 typedef struct {
     float *value, *grad, *m, *v; /* fp32 master value, gradient and optimizer state */
     int buffer;                  /* the kind's own state: the optimizer leaves it alone */
+    int whole_index, sharded;    /* dp_param_view's */
     void *copy;                  /* the value in the model's dtype, when that is not fp32 (GEMM operands only) */
     size_t count;
     char name[32];
@@ -151,6 +152,7 @@ struct dp_stage {
     int ncreated;        /* layers whose kind's create ran (destroy undoes those) */
     size_t *saved_bytes; /* [nlayers] each layer's bytes per micro-batch */
     int nparams;
+    int nwhole; /* parameters as one rank holding every expert lists them */
     param *params;
     /* [nparams] the layers' views of the parameters (dp_block_layer's w, value, grad) */
     const void **param_read;
@@ -207,6 +209,25 @@ void dp_stage_param(const dp_stage *st, int i, dp_param_view *out)
     out->m = st->params[i].m;
     out->v = st->params[i].v;
     out->buffer = st->params[i].buffer;
+    out->whole_index = st->params[i].whole_index;
+    out->sharded = st->params[i].sharded;
+}
+
+int dp_stage_num_whole_params(const dp_stage *st) { return st->nwhole; }
+
+void dp_stage_set_ep_links(dp_stage *st, const dp_link_ops *ops, dp_link *const links[DP_STAGE_STREAMS])
+{
+    st->env.link_ops = ops;
+    for (int i = 0; i < DP_STAGE_STREAMS; i++) st->env.ep_link[i] = links[i];
+}
+
+dp_status dp_stage_reduce_expert_grads(dp_stage *st, dp_stream *s)
+{
+    for (int b = 0; b < st->nlayers; b++) {
+        const dp_block_layer *layer = &st->layers[b];
+        if (layer->ops->reduce_grads) DP_CHECK(layer->ops->reduce_grads(layer, s));
+    }
+    return DP_OK;
 }
 
 static dp_status dev_alloc_floats(dp_stage *st, size_t n, float **out)
@@ -314,8 +335,11 @@ static dp_status create_params(dp_stage *st)
             param *p = &st->params[i];
             snprintf(p->name, sizeof p->name, "block%d.%s", b, spec.name);
             p->count = spec.rows * spec.cols;
+            p->whole_index = st->nwhole + (spec.init_index > 0 ? spec.init_index : j);
+            p->sharded = spec.sharded;
             st->grad_count += p->count;
         }
+        st->nwhole += layer->ops->num_whole_params ? layer->ops->num_whole_params(layer) : layer->ops->num_params(layer);
     }
     DP_CHECK(dev_alloc_floats(st, st->grad_count, &st->grads));
     DP_CHECK(ops->memset(st->env.dev, st->grads, 0, st->grad_count * sizeof(float), NULL));

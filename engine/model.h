@@ -163,6 +163,10 @@ typedef struct dp_stage_env {
      * dp_block_table); a test may put a kind of its own in a row */
     const struct dp_block_ops *const *block_table;
     int block_table_size;
+    /* expert parallelism: this stage's copy is one of ep_size (0 or 1: none) that share its
+     * experts, ep_rank's part of them (MoE layers hold experts ep_rank x E / ep_size ..); the
+     * ep_link groups are those copies, ranked by ep_rank */
+    int ep_size, ep_rank;
 } dp_stage_env;
 
 /* Stage stage_index of num_stages, with its own parameters (initialised from cfg->seed). */
@@ -197,6 +201,15 @@ dp_status dp_stage_backward_input_begin(dp_stage *st, dp_stream *s, dp_slot *slo
 dp_status dp_stage_backward_weight_begin(dp_stage *st, dp_stream *s, dp_slot *slot, dp_phase *phase);
 dp_status dp_stage_continue(dp_stage *st, dp_slot *slot, dp_phase *phase);
 
+/* The expert-parallel links, once the groups exist (the stage is made before them): links[i]
+ * for passes on env streams[i]. */
+void dp_stage_set_ep_links(dp_stage *st, const dp_link_ops *ops, dp_link *const links[DP_STAGE_STREAMS]);
+/* With expert parallelism, after the step's passes and the sum of the replicated parameters'
+ * gradients over the expert-parallel group, before the other sums: each expert's weight
+ * gradient, kept per source rank, summed in source-rank order into the gradient (so that it is
+ * the single-rank run's, whose replicas are summed in that order). Nothing otherwise. */
+dp_status dp_stage_reduce_expert_grads(dp_stage *st, dp_stream *s);
+
 dp_status dp_stage_zero_grad(dp_stage *st, dp_stream *s);
 /* One optimizer step (step counts from 1). */
 dp_status dp_stage_optimizer_step(dp_stage *st, dp_stream *s, const dp_optimizer_config *o, int step);
@@ -212,6 +225,8 @@ typedef struct {
     int buffer;   /* 1: state its kind updates, not trained (MoE's gate.bias): the optimizer leaves
                      it alone, and its gradient holds what the step gathered for the update (the
                      tokens each expert received) */
+    int whole_index; /* its place in the stage's list as one rank holding every expert lists it */
+    int sharded;     /* 1: only this expert-parallel rank holds it (an expert's weight) */
 } dp_param_view;
 
 /* The tensors of one parameter, each fp32 of the parameter's size. */
@@ -223,6 +238,9 @@ typedef enum {
 } dp_tensor_kind;
 
 int dp_stage_num_params(const dp_stage *st);
+/* The stage's parameters as one rank holding every expert lists them (dp_stage_num_params
+ * without expert parallelism). */
+int dp_stage_num_whole_params(const dp_stage *st);
 /* All the stage's gradients as one array (the parameters' gradients lie in it in order). */
 float *dp_stage_grads(const dp_stage *st, size_t *count);
 void dp_stage_param(const dp_stage *st, int i, dp_param_view *out);

@@ -18,6 +18,10 @@
 typedef struct {
     uint64_t count;
     char name[32];
+    int32_t whole_index; /* its place as one rank holding every expert lists it: its index here */
+    int32_t sharded;     /* 1: an expert's, held by ep rank owner_ep only */
+    int32_t owner_ep;
+    int32_t local_index; /* its index on the ranks holding it */
 } param_record;
 
 struct dp_rank {
@@ -164,39 +168,60 @@ static int holder(const dp_rank *rk, int replica, int copy, int stage)
     return dp_layout_world_rank(&rk->layout, replica, rk->sched->stage_rank[copy][stage]);
 }
 
-/* Every rank learns, stage by stage, the parameters from the rank holding the stage's copy 0
- * in replica 0 (the replicas hold the same parameters): in a job of several processes each of
- * them answers questions about the state alike. */
+/* Every rank learns, stage by stage, the parameters from the ranks holding the stage's copy 0 in
+ * replica 0 (the replicas hold the same parameters), listed as one rank holding every expert
+ * lists them: with expert parallelism each ep rank tells its experts', and the others come from
+ * ep rank 0. In a job of several processes each of them answers questions about the state alike. */
 static dp_status gather_directory(dp_rank *rk)
 {
     const dp_schedule *s = rk->sched;
-    int S = s->num_stages;
+    int S = s->num_stages, ep = dp_layout_ep(&rk->layout);
     rk->num_params = calloc((size_t)S, sizeof *rk->num_params);
     rk->params = calloc((size_t)S, sizeof *rk->params);
     if (!rk->num_params || !rk->params) return dp_fail(DP_ERR_NOMEM, "out of memory for the parameter list");
     for (int stage = 0; stage < S; stage++) {
-        int owner = holder(rk, 0, 0, stage);
-        int64_t n = 0;
-        param_record *recs = NULL;
-        if (rk->rank == owner) {
-            dp_stage *st = rk->stages[s->stage_local[0][stage]];
-            n = dp_stage_num_params(st);
-            recs = calloc((size_t)n + 1, sizeof *recs);
-            if (!recs) return dp_fail(DP_ERR_NOMEM, "out of memory for the parameter list");
-            for (int i = 0; i < n; i++) {
-                dp_param_view v;
-                dp_stage_param(st, i, &v);
-                recs[i].count = v.count;
-                memcpy(recs[i].name, v.name, sizeof recs[i].name);
+        param_record *dir = NULL;
+        int64_t whole = 0;
+        for (int k = 0; k < ep; k++) {
+            int owner = holder(rk, k, 0, stage); /* replica k: data-parallel replica 0, ep rank k */
+            int64_t n[2] = {0, 0};
+            param_record *recs = NULL;
+            if (rk->rank == owner) {
+                dp_stage *st = rk->stages[s->stage_local[0][stage]];
+                n[0] = dp_stage_num_params(st), n[1] = dp_stage_num_whole_params(st);
+                recs = calloc((size_t)n[0] + 1, sizeof *recs);
+                if (!recs) return dp_fail(DP_ERR_NOMEM, "out of memory for the parameter list");
+                for (int i = 0; i < n[0]; i++) {
+                    dp_param_view v;
+                    dp_stage_param(st, i, &v);
+                    recs[i].count = v.count;
+                    memcpy(recs[i].name, v.name, sizeof recs[i].name);
+                    recs[i].whole_index = v.whole_index, recs[i].sharded = v.sharded;
+                    recs[i].owner_ep = v.sharded ? k : 0, recs[i].local_index = i;
+                }
+            }
+            dp_status e = host_to_all(rk, owner, n, sizeof n, RESULT_COUNT);
+            if (e == DP_OK && !recs && !(recs = calloc((size_t)n[0] + 1, sizeof *recs)))
+                e = dp_fail(DP_ERR_NOMEM, "out of memory for the parameter list");
+            if (e == DP_OK) e = host_to_all(rk, owner, recs, (size_t)n[0] * sizeof *recs, RESULT_DATA);
+            if (e == DP_OK && k == 0) {
+                whole = n[1];
+                if (!(dir = calloc((size_t)whole + 1, sizeof *dir)))
+                    e = dp_fail(DP_ERR_NOMEM, "out of memory for the parameter list");
+            }
+            for (int i = 0; e == DP_OK && i < n[0]; i++) {
+                if (recs[i].whole_index < 0 || recs[i].whole_index >= whole)
+                    e = dp_fail(DP_ERR_INTERNAL, "stage %d parameter %s is number %d of %lld", stage, recs[i].name,
+                                (int)recs[i].whole_index, (long long)whole);
+                else if (k == 0 || recs[i].sharded) dir[recs[i].whole_index] = recs[i];
+            }
+            free(recs);
+            if (e != DP_OK) {
+                free(dir);
+                return e;
             }
         }
-        dp_status e = host_to_all(rk, owner, &n, sizeof n, RESULT_COUNT);
-        if (e == DP_OK && !recs && !(recs = calloc((size_t)n + 1, sizeof *recs)))
-            e = dp_fail(DP_ERR_NOMEM, "out of memory for the parameter list");
-        if (e == DP_OK) e = host_to_all(rk, owner, recs, (size_t)n * sizeof *recs, RESULT_DATA);
-        if (e == DP_OK) rk->num_params[stage] = (int)n, rk->params[stage] = recs;
-        else free(recs);
-        if (e != DP_OK) return e;
+        rk->num_params[stage] = (int)whole, rk->params[stage] = dir;
     }
     return DP_OK;
 }
@@ -222,14 +247,30 @@ dp_status dp_rank_gather_tensor(dp_rank *rk, int stage, int copy, int index, dp_
     return dp_rank_gather_replica_tensor(rk, 0, stage, copy, index, which, host);
 }
 
+/* Where parameter `index` of `stage` (as the directory lists it) lives in `replica`: the replica
+ * holding it (an expert's: the ep rank holding it in the same data-parallel replica), and its
+ * index there. */
+static dp_status place_of(const dp_rank *rk, int replica, int stage, int index, int *at_replica, int *local)
+{
+    DP_CHECK(dp_rank_param_info(rk, stage, index, NULL, NULL));
+    const param_record *p = &rk->params[stage][index];
+    int ep = dp_layout_ep(&rk->layout);
+    *at_replica = p->sharded ? replica / ep * ep + p->owner_ep : replica;
+    *local = p->local_index;
+    return DP_OK;
+}
+
 dp_status dp_rank_gather_replica_tensor(dp_rank *rk, int replica, int stage, int copy, int index, dp_tensor_kind which,
                                         float *host)
 {
     const dp_schedule *s = rk->sched;
-    int owner = holder(rk, replica, copy, stage);
+    int at_replica, local;
+    DP_CHECK(place_of(rk, replica, stage, index, &at_replica, &local));
+    int owner = holder(rk, at_replica, copy, stage);
     size_t count = 0;
     if (rk->rank == owner) {
         dp_stage *st = rk->stages[s->stage_local[copy][stage]];
+        index = local;
         if (owner == DP_ROOT_RANK)
             return dp_param_read(rk->drv->device, rk->dev, st, index, which, host, NULL, NULL);
         if (index < 0 || index >= dp_stage_num_params(st))
@@ -255,9 +296,12 @@ dp_status dp_rank_write_tensor(dp_rank *rk, int stage, int copy, int index, dp_t
                                size_t count)
 {
     const dp_schedule *s = rk->sched;
-    /* every replica's copy, so that the replicas stay identical */
+    /* every replica's copy, so that the replicas stay identical (an expert's: where it lives) */
     if (rk->prank != s->stage_rank[copy][stage]) return DP_OK;
-    return dp_param_write(rk->drv->device, rk->dev, rk->stages[s->stage_local[copy][stage]], index, which, host, count);
+    int at_replica, local;
+    DP_CHECK(place_of(rk, rk->replica, stage, index, &at_replica, &local));
+    if (at_replica != rk->replica) return DP_OK;
+    return dp_param_write(rk->drv->device, rk->dev, rk->stages[s->stage_local[copy][stage]], local, which, host, count);
 }
 
 /* ----------------------------------------------------------------------------
@@ -272,7 +316,9 @@ dp_status dp_rank_create(const dp_rank_config *c, dp_rank **out)
     rk->drv = c->drv;
     rk->sched = c->sched;
     rk->rank = c->rank;
-    rk->layout = (dp_layout){.replicas = rk->cfg.dp > 1 ? rk->cfg.dp : 1, .pipeline_ranks = c->sched->num_ranks};
+    int ep = rk->cfg.ep > 1 ? rk->cfg.ep : 1;
+    rk->layout = (dp_layout){.replicas = (rk->cfg.dp > 1 ? rk->cfg.dp : 1) * ep, .pipeline_ranks = c->sched->num_ranks,
+                             .ep = ep};
     rk->prank = dp_layout_pipeline_rank(&rk->layout, c->rank);
     rk->replica = dp_layout_replica(&rk->layout, c->rank);
     *out = rk;
@@ -288,7 +334,8 @@ dp_status dp_rank_create(const dp_rank_config *c, dp_rank **out)
         .ordinal = ordinal, .threads = rk->cfg.threads_per_rank, .rank = r, .flags = rk->cfg.device_flags};
     DP_CHECK(D->open(&dc, &rk->dev));
     for (int i = 0; i < 2; i++) DP_CHECK(D->stream_create(rk->dev, &rk->streams[i]));
-    dp_stage_env env = {.ops = D, .dev = rk->dev, .streams = {rk->streams[0], rk->streams[1]}};
+    dp_stage_env env = {.ops = D, .dev = rk->dev, .streams = {rk->streams[0], rk->streams[1]},
+                        .ep_size = rk->layout.ep, .ep_rank = rk->replica % rk->layout.ep};
     for (int d = 0; d < s->num_local_stages; d++)
         DP_CHECK(dp_stage_create(&env, &rk->cfg.model, s->slot_stage[d][pr], s->num_stages, &rk->stages[d]));
     return DP_OK;
@@ -300,6 +347,8 @@ dp_status dp_rank_connect(dp_rank *rk, dp_link_world *w)
     const dp_schedule *s = rk->sched;
     int r = rk->prank;
     DP_CHECK(dp_groups_open(rk->drv->link, w, rk->rank, rk->dev, rk->cfg.timeout_ms, s, &rk->layout, &rk->groups));
+    for (int d = 0; d < s->num_local_stages && rk->groups.expert[0]; d++)
+        dp_stage_set_ep_links(rk->stages[d], rk->drv->link, rk->groups.expert);
     size_t act_bytes = dp_model_act_bytes(&rk->cfg.model), cpp = (size_t)s->chunks_per_pipe;
     for (int d = 0; d < s->num_local_stages; d++) {
         int pipe = s->slot_pipe[d][r];
@@ -422,9 +471,21 @@ static dp_step_io step_io(dp_rank *rk, double t0)
  * a step's gradient is the sum of its micro-batches' gradients, whoever ran them. */
 static dp_status sync_gradients(dp_rank *rk)
 {
+    const dp_schedule *s = rk->sched;
+    /* Expert parallelism first: the replicated parameters' gradients summed over the ep ranks
+     * (the experts' regions are zero there until the fold), then each expert's gradient folded
+     * from its sources' in source order: so that per copy of a stage, the ep replicas are summed
+     * in ep order before the pair and the data-parallel replicas, as the reference sums them. */
+    if (rk->groups.expert[0])
+        for (int i = 0; i < s->num_local_stages; i++) {
+            size_t n;
+            float *g = dp_stage_grads(rk->stages[i], &n);
+            DP_CHECK(rk->drv->link->all_reduce(rk->groups.expert[0], g, g, n, DP_DTYPE_F32, DP_REDUCE_SUM,
+                                               rk->streams[0]));
+            DP_CHECK(dp_stage_reduce_expert_grads(rk->stages[i], rk->streams[0]));
+        }
     dp_link *groups[2] = {rk->groups.pair, rk->groups.data}; /* in this order on every rank */
     if (!groups[0] && !groups[1]) return DP_OK;
-    const dp_schedule *s = rk->sched;
     int r = rk->prank;
     int order[DP_MAX_LOCAL_STAGES] = {0, 1};
     if (s->num_local_stages == 2 && s->slot_stage[1][r] < s->slot_stage[0][r]) order[0] = 1, order[1] = 0;

@@ -17,9 +17,11 @@ struct dp_reference {
     const dp_driver *drv;
     dp_device *dev;
     int num_stages, num_pipes, chunks_per_pipe;
-    int replicas;      /* data-parallel replicas whose micro-batches a step runs (>= 1) */
+    int replicas;      /* replicas whose micro-batches a step runs (>= 1): data-parallel x expert-parallel */
+    int ep;            /* expert-parallel replicas among them (>= 1) */
     dp_stage **stages; /* [pipe * num_stages + stage]: a copy of the model per pipe */
     float **sum;       /* replicas > 1: [pipe * num_stages + stage], device, the replicas' gradients summed */
+    float **ep_sum;    /* ep > 1: the same, for the ep replicas of one data-parallel replica */
     float *loss;        /* device: one micro-batch's loss */
     void *target;       /* device: its target, in the model's dtype (MSE) or int32 labels */
     dp_cast_staging staging;
@@ -51,7 +53,8 @@ dp_status dp_reference_create(const dp_runtime_config *cfg_in, dp_reference **ou
     ref->num_stages = sched->num_stages;
     ref->num_pipes = sched->num_pipes;
     ref->chunks_per_pipe = sched->chunks_per_pipe;
-    ref->replicas = cfg.dp > 1 ? cfg.dp : 1;
+    ref->ep = cfg.ep > 1 ? cfg.ep : 1;
+    ref->replicas = (cfg.dp > 1 ? cfg.dp : 1) * ref->ep;
     dp_schedule_free(sched);
     const dp_device_ops *D = drv->device;
     dp_device_config dc = {.threads = cfg.threads_per_rank, .flags = cfg.device_flags};
@@ -67,10 +70,14 @@ dp_status dp_reference_create(const dp_runtime_config *cfg_in, dp_reference **ou
     if (st == DP_OK) st = D->alloc(ref->dev, dp_model_target_bytes(&cfg.model), &ref->target);
     if (st == DP_OK && ref->replicas > 1 && !(ref->sum = calloc((size_t)n, sizeof *ref->sum)))
         st = dp_fail(DP_ERR_NOMEM, "out of memory creating the reference");
+    if (st == DP_OK && ref->ep > 1 && !(ref->ep_sum = calloc((size_t)n, sizeof *ref->ep_sum)))
+        st = dp_fail(DP_ERR_NOMEM, "out of memory creating the reference");
     for (int i = 0; st == DP_OK && ref->sum && i < n; i++) {
         size_t count;
         dp_stage_grads(ref->stages[i], &count);
         if ((st = D->alloc(ref->dev, (count ? count : 1) * sizeof(float), &p)) == DP_OK) ref->sum[i] = p;
+        if (st == DP_OK && ref->ep_sum && (st = D->alloc(ref->dev, (count ? count : 1) * sizeof(float), &p)) == DP_OK)
+            ref->ep_sum[i] = p;
     }
     if (st != DP_OK) {
         char msg[1024];
@@ -89,8 +96,12 @@ void dp_reference_destroy(dp_reference *ref)
     for (int i = 0; ref->stages && i < ref->num_pipes * ref->num_stages; i++) dp_stage_destroy(ref->stages[i]);
     free(ref->stages);
     if (ref->dev)
-        for (int i = 0; ref->sum && i < ref->num_pipes * ref->num_stages; i++) D->free(ref->dev, ref->sum[i]);
+        for (int i = 0; i < ref->num_pipes * ref->num_stages; i++) {
+            if (ref->sum) D->free(ref->dev, ref->sum[i]);
+            if (ref->ep_sum) D->free(ref->dev, ref->ep_sum[i]);
+        }
     free(ref->sum);
+    free(ref->ep_sum);
     if (ref->dev) {
         D->free(ref->dev, ref->loss);
         D->free(ref->dev, ref->target);
@@ -138,21 +149,38 @@ static dp_status run_micro_batch(dp_reference *ref, int pipe, const float *x_hos
     return st;
 }
 
-/* One replica's micro-batches into fresh gradients (losses [chunks] of it), and, with two
- * copies, each copy given the sum of both pipes' gradients, as a pair of ranks sums them. */
-static dp_status replica_gradients(dp_reference *ref, int replica, const float *inputs, const void *targets,
+/* One data-parallel replica's micro-batches into fresh gradients (losses [chunks] of each of its
+ * ep replicas): with expert parallelism each ep replica's on its own, summed per copy in ep
+ * order, as the ep ranks sum them (rank.c, sync_gradients); then, with two copies, each copy
+ * given the sum of both pipes' gradients, as a pair of ranks sums them. */
+static dp_status replica_gradients(dp_reference *ref, int dp_replica, const float *inputs, const void *targets,
                                    float *losses)
 {
     const dp_device_ops *D = ref->drv->device;
     const dp_model_config *m = &ref->cfg.model;
     size_t act = dp_model_act_elems(m), tb = dp_model_host_target_bytes(m);
     int S = ref->num_stages, P = ref->num_pipes, cpp = ref->chunks_per_pipe;
-    for (int i = 0; i < P * S; i++) DP_CHECK(dp_stage_zero_grad(ref->stages[i], NULL));
-    for (int p = 0; p < P; p++)
-        for (int k = 0; k < cpp; k++) {
-            size_t mb = ((size_t)replica * P + p) * cpp + k;
-            DP_CHECK(run_micro_batch(ref, p, inputs + mb * act, (const char *)targets + mb * tb, 1, &losses[mb], NULL));
+    for (int e = 0; e < ref->ep; e++) {
+        int replica = dp_replica * ref->ep + e;
+        for (int i = 0; i < P * S; i++) DP_CHECK(dp_stage_zero_grad(ref->stages[i], NULL));
+        for (int p = 0; p < P; p++)
+            for (int k = 0; k < cpp; k++) {
+                size_t mb = ((size_t)replica * P + p) * cpp + k;
+                DP_CHECK(run_micro_batch(ref, p, inputs + mb * act, (const char *)targets + mb * tb, 1, &losses[mb],
+                                         NULL));
+            }
+        for (int i = 0; ref->ep > 1 && i < P * S; i++) {
+            size_t count;
+            float *g = dp_stage_grads(ref->stages[i], &count);
+            if (e == 0) DP_CHECK(D->copy(ref->dev, ref->ep_sum[i], g, count * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, NULL));
+            else DP_CHECK(D->add(ref->dev, NULL, DP_DTYPE_F32, count, ref->ep_sum[i], g, ref->ep_sum[i]));
         }
+    }
+    for (int i = 0; ref->ep > 1 && i < P * S; i++) {
+        size_t count;
+        float *g = dp_stage_grads(ref->stages[i], &count);
+        DP_CHECK(D->copy(ref->dev, g, ref->ep_sum[i], count * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, NULL));
+    }
     if (P == 2)
         for (int s = 0; s < S; s++)
             for (int i = 0; i < dp_stage_num_params(ref->stages[s]); i++) {
@@ -173,16 +201,17 @@ dp_status dp_reference_train_step(dp_reference *ref, const float *inputs, const 
     /* replica by replica, each summed within itself first, then added to the sum of the
      * replicas before it: ((G0 + G1) + G2) + ..., the grouping of the pipelined run's
      * all-reduce over the replicas (rank.c, sync_gradients) */
-    for (int d = 0; d < ref->replicas; d++) {
+    int dps = ref->replicas / ref->ep;
+    for (int d = 0; d < dps; d++) {
         DP_CHECK(replica_gradients(ref, d, inputs, targets, losses));
-        for (int i = 0; ref->replicas > 1 && i < n; i++) {
+        for (int i = 0; dps > 1 && i < n; i++) {
             size_t count;
             float *g = dp_stage_grads(ref->stages[i], &count);
             if (d == 0) DP_CHECK(D->copy(ref->dev, ref->sum[i], g, count * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, NULL));
             else DP_CHECK(D->add(ref->dev, NULL, DP_DTYPE_F32, count, ref->sum[i], g, ref->sum[i]));
         }
     }
-    for (int i = 0; ref->replicas > 1 && i < n; i++) {
+    for (int i = 0; dps > 1 && i < n; i++) {
         size_t count;
         float *g = dp_stage_grads(ref->stages[i], &count);
         DP_CHECK(D->copy(ref->dev, g, ref->sum[i], count * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, NULL));

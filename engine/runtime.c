@@ -261,11 +261,21 @@ dp_status dp_runtime_create(const dp_runtime_config *cfg_in, dp_runtime **out)
     if (cfg.dp < 0)
         return dp_fail(DP_ERR_INVALID, "data-parallel replicas must be >= 1 (0 or 1: none), got %d", cfg.dp);
     if (cfg.dp == 0) cfg.dp = 1;
-    /* the world: dp replicas of a pipeline of `ranks` (groups.h lays them out) */
-    long long world = (long long)cfg.dp * (cfg.ranks > 0 ? cfg.ranks : 1);
+    if (cfg.ep < 0 || cfg.ep > DP_RUNTIME_MAX_RANKS)
+        return dp_fail(DP_ERR_INVALID, "expert-parallel ranks (--ep) must be 1 to %d (0 or 1: none), got %d",
+                       DP_RUNTIME_MAX_RANKS, cfg.ep);
+    if (cfg.ep == 0) cfg.ep = 1;
+    if (cfg.ep > 1 && cfg.model.moe.experts == 0)
+        return dp_fail(DP_ERR_INVALID, "--ep %d spreads MoE layers' experts, but the model has none (set --experts)",
+                       cfg.ep);
+    if (cfg.ep > 1 && cfg.model.moe.experts % cfg.ep)
+        return dp_fail(DP_ERR_INVALID, "%d experts do not spread evenly over %d expert-parallel ranks (--ep must divide "
+                       "--experts)", cfg.model.moe.experts, cfg.ep);
+    /* the world: dp x ep replicas of a pipeline of `ranks` (groups.h lays them out) */
+    long long world = (long long)cfg.dp * cfg.ep * (cfg.ranks > 0 ? cfg.ranks : 1);
     if (world > DP_RUNTIME_MAX_WORLD)
-        return dp_fail(DP_ERR_INVALID, "%d replicas x %d pipeline ranks make %lld ranks; a job has at most %d",
-                       cfg.dp, cfg.ranks, world, DP_RUNTIME_MAX_WORLD);
+        return dp_fail(DP_ERR_INVALID, "%d replicas x %d expert-parallel x %d pipeline ranks make %lld ranks; a job has at most %d",
+                       cfg.dp, cfg.ep, cfg.ranks, world, DP_RUNTIME_MAX_WORLD);
     int W = (int)world;
     if (cfg.local_ranks <= 0) cfg.first_rank = 0, cfg.local_ranks = W;
     if (cfg.first_rank < 0 || cfg.local_ranks > W || cfg.first_rank > W - cfg.local_ranks)
@@ -326,7 +336,7 @@ dp_status dp_runtime_create(const dp_runtime_config *cfg_in, dp_runtime **out)
         rt->drv = &rt->with_link;
     }
     rt->sched = sched;
-    rt->replicas = cfg.dp;
+    rt->replicas = cfg.dp * cfg.ep;
     rt->world_size = W;
     rt->first_rank = cfg.first_rank, rt->local_ranks = cfg.local_ranks;
     pthread_mutex_init(&rt->lock, NULL);

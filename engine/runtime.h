@@ -54,6 +54,12 @@ typedef struct {
      * launcher, DUALPIPE_DEVICE or its local rank). */
     int pin_device;
     int device;
+    /* Expert parallelism (0 or 1: none): each stage's MoE experts spread over `ep` ranks, E / ep
+     * each. Like data-parallel replicas, the ep ranks of a stage run micro-batches of their own
+     * (a step's global batch is dp x ep x chunks), and at each MoE layer they exchange their
+     * tokens' rows with the ranks holding the experts the rows go to. The world is dp x ep x
+     * ranks; the replicas of the layout below are the dp x ep pipelines, replica = d x ep + e. */
+    int ep;
 } dp_runtime_config;
 
 /* The most ranks one process hosts, each on its own thread (local_ranks, or with one process

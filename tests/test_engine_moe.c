@@ -2,8 +2,10 @@
  * balancing bias written so that one expert takes every token and another none) and with the
  * gate's own varied routing, every loss and every tensor of every copy (values, gradients, the
  * optimizer's state, the bias and the loads it gathered) is bit-equal to the single-rank
- * reference after each step, for every schedule, with data-parallel replicas too; the loads
- * count every (token, k) slot of the global batch, and the bias moves by gamma against them. */
+ * reference after each step, for every schedule, with data-parallel replicas and with the
+ * experts spread over 2, 4 and 8 expert-parallel ranks (--ep: dispatch and combine over the
+ * link); the loads count every (token, k) slot of the global batch, and the bias moves by gamma
+ * against them. A test that can fail: summing the experts' per-source gradients wrongly breaks it. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdint.h>
 #include <stdio.h>
@@ -17,11 +19,11 @@
 enum { EXPERTS = 8, TOPK = 2, TOKENS = 5, CHUNKS = 4 };
 #define GAMMA 0.0625f
 
-static dp_runtime_config config(const char *schedule, int dp)
+static dp_runtime_config config(const char *schedule, int dp, int ep)
 {
     dp_runtime_config c;
     memset(&c, 0, sizeof c);
-    c.schedule = schedule, c.ranks = 2, c.dp = dp, c.chunks = CHUNKS;
+    c.schedule = schedule, c.ranks = 2, c.dp = dp, c.ep = ep, c.chunks = CHUNKS;
     c.model.hidden = 8, c.model.ffn = 16, c.model.tokens = TOKENS, c.model.layers_per_stage = 2;
     c.model.block = DP_BLOCK_RESIDUAL, c.model.seed = 11;
     c.model.moe = (dp_moe_config){.experts = EXPERTS, .topk = TOPK, .groups = 4, .topk_groups = 3, .expert_hidden = 6,
@@ -32,7 +34,7 @@ static dp_runtime_config config(const char *schedule, int dp)
     return c;
 }
 
-static int replicas_of(const dp_runtime_config *c) { return c->dp > 1 ? c->dp : 1; }
+static int replicas_of(const dp_runtime_config *c) { return (c->dp > 1 ? c->dp : 1) * (c->ep > 1 ? c->ep : 1); }
 
 static float *batch(const dp_runtime_config *c, uint64_t stream)
 {
@@ -112,14 +114,14 @@ static int check_balance(dp_runtime *rt, const float *bias_before, float *loads,
     return 0;
 }
 
-static void run(const char *schedule, int dp, int skewed)
+static void run(const char *schedule, int dp, int ep, int skewed)
 {
-    dp_runtime_config c = config(schedule, dp);
+    dp_runtime_config c = config(schedule, dp, ep);
     dp_runtime *rt = NULL;
     dp_reference *ref = NULL;
     dp_status st = dp_runtime_create(&c, &rt);
     if (st == DP_OK) st = dp_reference_create(&c, &ref);
-    if (!tap_ok(st == DP_OK, "%s dp %d: runtime and reference with MoE layers%s%s", schedule, dp, st ? ": " : "",
+    if (!tap_ok(st == DP_OK, "%s dp %d ep %d: runtime and reference with MoE layers%s%s", schedule, dp, ep, st ? ": " : "",
                 st ? dp_last_error() : "")) {
         dp_reference_destroy(ref), dp_runtime_destroy(rt);
         return;
@@ -140,17 +142,17 @@ static void run(const char *schedule, int dp, int skewed)
         free(x), free(y), free(l1), free(l2);
     }
     const char *how = skewed ? "skewed routing" : "the gate's routing";
-    tap_ok(st == DP_OK && same && bad == 0, "%s dp %d, %s: losses and all %d tensors bit-equal to the reference%s%s",
-           schedule, dp, how, compared, st ? ": " : "", st ? dp_last_error() : "");
+    tap_ok(st == DP_OK && same && bad == 0, "%s dp %d ep %d, %s: losses and all %d tensors bit-equal to the reference%s%s",
+           schedule, dp, ep, how, compared, st ? ": " : "", st ? dp_last_error() : "");
     float sum = 0;
     for (int e = 0; e < EXPERTS; e++) sum += loads[e];
-    tap_ok(sum == (float)(TOKENS * TOPK * B), "%s dp %d, %s: the loads count every (token, k) slot of the global "
-           "batch (%g of %d)", schedule, dp, how, (double)sum, TOKENS * TOPK * B);
+    tap_ok(sum == (float)(TOKENS * TOPK * B), "%s dp %d ep %d, %s: the loads count every (token, k) slot of the global "
+           "batch (%g of %d)", schedule, dp, ep, how, (double)sum, TOKENS * TOPK * B);
     if (skewed)
         tap_ok(loads[0] == (float)(TOKENS * B) && loads[EXPERTS - 1] == 0,
-               "%s dp %d: skewed, expert 0 takes every token (%g) and expert %d none (%g)", schedule, dp,
+               "%s dp %d ep %d: skewed, expert 0 takes every token (%g) and expert %d none (%g)", schedule, dp, ep,
                (double)loads[0], EXPERTS - 1, (double)loads[EXPERTS - 1]);
-    tap_ok(balanced, "%s dp %d, %s: each step moves the bias by gamma against its load", schedule, dp, how);
+    tap_ok(balanced, "%s dp %d ep %d, %s: each step moves the bias by gamma against its load", schedule, dp, ep, how);
     dp_reference_destroy(ref);
     dp_runtime_destroy(rt);
 }
@@ -159,10 +161,15 @@ int main(void)
 {
     static const char *const schedules[] = {"dualpipe", "dualpipev", "1f1b", "zb1p", "interleaved-1f1b", "gpipe"};
     for (size_t i = 0; i < sizeof schedules / sizeof schedules[0]; i++) {
-        run(schedules[i], 1, 1);
-        run(schedules[i], 1, 0);
+        run(schedules[i], 1, 1, 1);
+        run(schedules[i], 1, 1, 0);
+        /* expert parallelism: the experts spread over 2 and 4 ranks, bit-equal all the same */
+        run(schedules[i], 1, 2, 1);
+        run(schedules[i], 1, 4, 0);
     }
-    run("dualpipe", 2, 1);
-    run("dualpipev", 2, 0);
+    run("dualpipe", 2, 1, 1);
+    run("dualpipev", 2, 1, 0);
+    run("dualpipe", 2, 2, 0);
+    run("1f1b", 1, 8, 1);
     return tap_done();
 }

@@ -3,7 +3,8 @@
 # that shape them): --verify bit-equal to the single-rank reference for every schedule, in fp32
 # and bf16, with shared experts, group-limited routing and data-parallel replicas; the header
 # names the MoE layers (every layer but the first unless --moe-layers lists them); every option
-# in --help; each bad value refused with exit 2 and a message naming the option.
+# in --help; each bad value refused with exit 2 and a message naming the option. Expert
+# parallelism (--ep 2, 4, 8): bit-equal too, on rank threads and as processes under mpirun.
 dp="${top_builddir:-.}/tools/dualpipe"
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
@@ -20,8 +21,24 @@ for s in $schedules; do
   grep -q 'parameters 0 (relative 0): bit-equal' "$tmp/out"
   ok $(( rc + $? )) "$s with MoE layers: --verify bit-equal to the single-rank reference $(cat "$tmp/err")"
 done
-grep -q '^moe: layers 1,2,3 of 4; 8 experts in 4 group(s), 2 kept, top 2, expert hidden 8, 1 shared' "$tmp/out"
-ok $? "the header names the MoE layers, all but the first by default: $(grep '^moe' "$tmp/out")"
+# expert parallelism: the experts of each stage over 2 and 4 ranks (8 for one schedule)
+for s in $schedules; do
+  for ep in 2 4; do
+    "$dp" train $small $moe --schedule "$s" --ep $ep --verify > "$tmp/out" 2> "$tmp/err"
+    rc=$?
+    grep -q 'parameters 0 (relative 0): bit-equal' "$tmp/out"
+    ok $(( rc + $? )) "$s --ep $ep: bit-equal to the single-rank reference $(cat "$tmp/err")"
+  done
+done
+"$dp" train $small $moe --schedule dualpipev --ep 8 --dp 2 --verify > "$tmp/out" 2> "$tmp/err"
+rc=$?; grep -q 'bit-equal' "$tmp/out"; ok $(( rc + $? )) "dualpipev --ep 8 --dp 2 (one expert per rank): bit-equal"
+grep -q '32 ranks (dp 2 x ep 8 x pp 2)' "$tmp/out"; ok $? "the header gives the layout: $(head -n 1 "$tmp/out" | cut -c 1-80)"
+"$dp" train $small $moe --ep 2 > "$tmp/out" 2> "$tmp/err"
+"$dp" train $small $moe > "$tmp/out1" 2> "$tmp/err"
+[ "$(grep -c '^step' "$tmp/out")" -eq 3 ]; ok $? "--ep 2 trains"
+
+grep -q '^moe: layers 1,2,3 of 4; 8 experts in 4 group(s), 2 kept, top 2, expert hidden 8, 1 shared' "$tmp/out1"
+ok $? "the header names the MoE layers, all but the first by default: $(grep '^moe' "$tmp/out1")"
 
 "$dp" train $small $moe --dtype bf16 --loss xent --verify > "$tmp/out" 2> "$tmp/err"
 rc=$?; grep -q 'bit-equal' "$tmp/out"; ok $(( rc + $? )) "bf16 and cross-entropy: bit-equal"
@@ -33,7 +50,7 @@ grep -q '(learning)' "$tmp/out"; ok $? "an MoE model learns: $(grep '^loss' "$tm
 
 "$dp" train --help > "$tmp/help"
 missing=""
-for o in experts topk groups topk-groups expert-hidden shared-experts moe-layers route-scale bias-update-speed; do
+for o in ep experts topk groups topk-groups expert-hidden shared-experts moe-layers route-scale bias-update-speed; do
   grep -q -- "--$o" "$tmp/help" || missing="$missing $o"
   "$dp" verify --help | grep -q -- "--$o" || missing="$missing verify:$o"
 done
@@ -62,6 +79,28 @@ bad "--bias-update-speed must be a number >= 0" --experts 4 --bias-update-speed 
 bad "--moe-layers expects" --experts 4 --moe-layers 3-1
 bad "--moe-layers expects" --experts 4 --moe-layers 1,,2
 bad "--moe-layers names layer 9, but the model has 2 layers" --experts 4 --moe-layers 9 --pp 2 --steps 1
+bad "--ep must divide --experts" --experts 8 --ep 3 --pp 2 --steps 1
+bad "the model has none (set --experts)" --ep 2 --pp 2 --steps 1
+bad "--ep must be between" --ep 0
+
+# expert parallelism across processes: each ep rank's pipeline in its own process, over the mpi link
+case "${sanitizers:-no}" in no|"") san=no ;; *) san=yes ;; esac
+if command -v mpirun > /dev/null 2>&1 && [ $san = no ] && "$dp" train --help > /dev/null 2>&1; then
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+  export OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM OMPI_MCA_rmaps_base_oversubscribe
+  for np in 2 4; do
+    timeout 120 mpirun -np $np "$dp" train $small $moe --schedule dualpipev --ep 2 --verify > "$tmp/out" 2> "$tmp/err"
+    rc=$?
+    if grep -q 'link mpi' "$tmp/err"; then
+      grep -q 'bit-equal' "$tmp/out"; ok $(( rc + $? )) "--ep 2 x --pp 2 as $np processes (mpirun): bit-equal"
+    else
+      n=$((n+1)); echo "ok $n # SKIP this build runs no MPI job ($(head -n 1 "$tmp/err"))"
+    fi
+  done
+else
+  n=$((n+1)); echo "ok $n # SKIP no mpirun, or a sanitizer build"
+  n=$((n+1)); echo "ok $n # SKIP no mpirun, or a sanitizer build"
+fi
 
 echo "1..$n"
 exit $failed

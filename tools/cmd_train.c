@@ -50,7 +50,7 @@ static int compare_params(dp_runtime *rt, dp_reference *ref, differences *df)
 enum { O_HIDDEN = CLI_LONG_ONLY, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_SEED, O_OPT, O_LR, O_WD, O_MOM, O_THREADS,
        O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD, O_DTYPE, O_SERIAL_PAIRS, O_TF32, O_INIT, O_DATA, O_SAVE_PARAMS, O_DP,
        O_SAVE, O_SAVE_EVERY, O_RESUME, O_SAVE_OUTPUTS,
-       O_MOE, O_MOE_END = O_MOE + CLI_MOE_NUM };
+       O_EP, O_MOE, O_MOE_END = O_MOE + CLI_MOE_NUM };
 
 static const cli_option options[] = {
     {'d', 'd', "driver", "NAME", .help = "cpu (default) or a driver module (see DUALPIPE_DRIVER_PATH)"},
@@ -60,6 +60,10 @@ static const cli_option options[] = {
                                  "ranks, world rank = replica x pp + pipeline rank; each replica\n"
                                  "runs its own M micro-batches of a global batch of N x M, and\n"
                                  "the replicas sum their gradients"},
+    {O_EP, 0, "ep", "N", .help = "expert parallelism (default 1): each stage's MoE experts spread\n"
+                                 "over N ranks, which run micro-batches of their own like\n"
+                                 "replicas and exchange tokens at each MoE layer; the world is\n"
+                                 "dp x N x pp ranks"},
     {'c', 'c', "chunks", "M", .help = "micro-batches per step and replica (default 8)"},
     {O_HIDDEN, 0, "hidden", "H", .help = "hidden size (default 256); blocks are h -> 4h -> h"},
     {O_TOKENS, 0, "tokens", "T", .help = "rows per micro-batch (default 64)"},
@@ -132,7 +136,8 @@ typedef struct {
 
 enum { TRAIN_GO_ON = -1 }; /* not an exit code: the step succeeded, carry on */
 
-static int replicas(const dp_runtime_config *c) { return c->dp > 1 ? c->dp : 1; }
+/* the pipelines of the job, each with micro-batches of its own: data-parallel x expert-parallel */
+static int replicas(const dp_runtime_config *c) { return (c->dp > 1 ? c->dp : 1) * (c->ep > 1 ? c->ep : 1); }
 /* micro-batches of a step's global batch, every replica's */
 static int global_chunks(const dp_runtime_config *c) { return c->chunks * replicas(c); }
 
@@ -169,6 +174,7 @@ static int parse_options(int argc, char **argv, train_options *o)
         case 'p': if (cli_parse_int("--pp", p.value, 1, 1024, &c->ranks)) return CLI_EXIT_USAGE; break;
         case 'c': if (cli_parse_int("--chunks", p.value, 1, 1 << 16, &c->chunks)) return CLI_EXIT_USAGE; break;
         case O_DP: if (cli_parse_int("--dp", p.value, 1, DP_RUNTIME_MAX_RANKS, &c->dp)) return CLI_EXIT_USAGE; break;
+        case O_EP: if (cli_parse_int("--ep", p.value, 1, DP_RUNTIME_MAX_RANKS, &c->ep)) return CLI_EXIT_USAGE; break;
         case O_HIDDEN: if (cli_parse_int("--hidden", p.value, 1, 1 << 16, &c->model.hidden)) return CLI_EXIT_USAGE; break;
         case O_TOKENS: if (cli_parse_int("--tokens", p.value, 1, 1 << 20, &c->model.tokens)) return CLI_EXIT_USAGE; break;
         case O_LAYERS:
@@ -479,7 +485,11 @@ static void print_header(const train_options *o, const train_state *t)
     char ranks[64], batch[64];
     snprintf(ranks, sizeof ranks, "%d ranks", s->num_ranks);
     snprintf(batch, sizeof batch, "%d micro-batches", o->c.chunks);
-    if (dp > 1) {
+    if (o->c.ep > 1) {
+        snprintf(ranks, sizeof ranks, "%d ranks (dp %d x ep %d x pp %d)", dp * s->num_ranks, dp / o->c.ep, o->c.ep,
+                 s->num_ranks);
+        snprintf(batch, sizeof batch, "%d micro-batches (%d per pipeline)", global_chunks(&o->c), o->c.chunks);
+    } else if (dp > 1) {
         snprintf(ranks, sizeof ranks, "%d ranks (dp %d x pp %d)", dp * s->num_ranks, dp, s->num_ranks);
         snprintf(batch, sizeof batch, "%d micro-batches (%d per replica)", global_chunks(&o->c), o->c.chunks);
     }
@@ -613,7 +623,7 @@ int cmd_train(int argc, char **argv)
     if ((rc = output_files_check(outputs, 3, inputs, 2)) != 0) return rc;
     launch job;
     if ((rc = launch_begin(&job)) != 0) return rc;
-    rc = launch_place(&job, &o.c, o.c.ranks * (o.c.dp > 1 ? o.c.dp : 1));
+    rc = launch_place(&job, &o.c, o.c.ranks * replicas(&o.c));
     if (rc == 0) {
         o.follower = !launch_is_root(&job);
         if (o.follower) o.quiet = 1, o.trace_path = NULL;

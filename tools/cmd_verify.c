@@ -24,7 +24,10 @@
  * the two runs */
 
 /* micro-batches of a step's global batch, every data-parallel replica's */
-static int global_chunks(const dp_runtime_config *c) { return c->chunks * (c->dp > 1 ? c->dp : 1); }
+static int global_chunks(const dp_runtime_config *c)
+{
+    return c->chunks * (c->dp > 1 ? c->dp : 1) * (c->ep > 1 ? c->ep : 1);
+}
 
 static float *step_inputs(const dp_runtime_config *c, uint64_t seed, int step, uint64_t stream)
 {
@@ -61,7 +64,7 @@ static const char *const blocks[] = {"mlp", "residual"}, *const losses[] = {"mse
 static const char *const optimizers[] = {"none", "sgd", "adamw"};
 
 enum { O_HIDDEN = CLI_LONG_ONLY, O_FFN, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_DTYPE, O_OPT, O_LR, O_SEED, O_SPREAD,
-       O_SERIAL_PAIRS, O_ATOL, O_RTOL, O_TIMEOUT, O_PARAM_ATOL, O_DP, O_MOE, O_MOE_END = O_MOE + CLI_MOE_NUM };
+       O_SERIAL_PAIRS, O_ATOL, O_RTOL, O_TIMEOUT, O_PARAM_ATOL, O_DP, O_EP, O_MOE, O_MOE_END = O_MOE + CLI_MOE_NUM };
 
 static const cli_option options[] = {
     {'d', 'd', "driver", "NAME", .help = "driver under test (default cuda)"},
@@ -69,6 +72,7 @@ static const cli_option options[] = {
     {'p', 'p', "pp", "N", .help = "pipeline ranks (default 4)"},
     {O_DP, 0, "dp", "N", .help = "data-parallel replicas of the pipeline on both sides (default 1),\n"
                                  "as for train; replica 0's tensors are compared"},
+    {O_EP, 0, "ep", "N", .help = "expert-parallel ranks on both sides (default 1), as for train"},
     {'c', 'c', "chunks", "M", .help = "micro-batches per step (and replica) (default 8)"},
     {O_HIDDEN, 0, "hidden", "H", .help = "model width (default 256)"},
     {O_FFN, 0, "ffn", "F", .help = "inner width of a block (default 4 x hidden)"},
@@ -149,6 +153,7 @@ static int parse_options(int argc, char **argv, verify_options *o)
         case 'p': bad = cli_parse_int(a, val, 1, 1024, &c->ranks); break;
         case 'c': bad = cli_parse_int(a, val, 1, 1 << 20, &c->chunks); break;
         case O_DP: bad = cli_parse_int(a, val, 1, DP_RUNTIME_MAX_RANKS, &c->dp); break;
+        case O_EP: bad = cli_parse_int(a, val, 1, DP_RUNTIME_MAX_RANKS, &c->ep); break;
         case O_HIDDEN: bad = cli_parse_int(a, val, 1, 1 << 20, &c->model.hidden); break;
         case O_FFN: bad = cli_parse_int(a, val, 0, 1 << 22, &c->model.ffn); break;
         case O_TOKENS: bad = cli_parse_int(a, val, 1, 1 << 24, &c->model.tokens); break;
