@@ -58,6 +58,10 @@ crash_resume 1f1b-to-gpipe-2x2 "--schedule 1f1b --pp 4" "--schedule gpipe --pp 2
 crash_resume dualpipe-4-to-2x2 "--schedule dualpipe --pp 4" "--schedule dualpipe --pp 2 --layers-per-stage 2"
 crash_resume bf16-xent "--schedule dualpipev --pp 2 --dtype bf16 --loss xent" "--schedule zb1p --pp 4 --dtype bf16 --loss xent"
 crash_resume sgd-mlp "--schedule 1f1b --pp 2 --optimizer sgd --block mlp" "--schedule 1f1b --pp 2 --optimizer sgd --block mlp"
+# MoE layers: expert weights, the gate, and the balancing bias that moves without a gradient
+moe="--experts 4 --topk 2 --groups 2 --topk-groups 1 --shared-experts 1 --bias-update-speed 0.01"
+crash_resume moe "--schedule dualpipe --pp 4 $moe" "--schedule dualpipe --pp 4 $moe"
+crash_resume moe-zb1p-to-dualpipev "--schedule zb1p --pp 4 $moe" "--schedule dualpipev --pp 2 $moe"
 
 # what a checkpoint holds: the tensors by layer, the optimizer's state, the index
 d="$tmp/dualpipe/ck/step-00000004"
@@ -128,6 +132,14 @@ refuse "resume with other layers" "4 layers, this run has 8" --resume "$ck" --la
 refuse "resume with another block kind" "layer 0 of kind residual, this run's is mlp" --resume "$ck" --block mlp
 refuse "resume with another dtype" "dtype fp32, this run's --dtype is bf16" --resume "$ck" --dtype bf16
 refuse "resume with another loss" "loss mse, this run's --loss is xent" --resume "$ck" --loss xent
+mck="$tmp/moe/ck"
+grep -q '"moe": {"experts": 4, "topk": 2, "groups": 2, "topk_groups": 1' "$mck/step-00000004/index.json" &&
+  grep -q 'layers.1.gate.bias' "$mck/step-00000004/rank-1.safetensors"
+ok $? "an MoE checkpoint's index records the routing; its files hold the balancing bias"
+refuse "resume an MoE model with another top-k" "top-k 2 in its MoE layers, this run's --topk is 1" --resume "$mck" $moe --topk 1 --expert-hidden 32
+refuse "resume an MoE model with other groups" "expert groups 2 in its MoE layers, this run's --groups is 1" --resume "$mck" $moe --groups 1
+refuse "resume an MoE model with another route scale" "route scale 1 in its MoE layers, this run's --route-scale is 2.5" --resume "$mck" $moe --route-scale 2.5
+refuse "resume an MoE model as a dense one" "layer 1 of kind moe, this run's is residual" --resume "$mck"
 refuse "resume with another optimizer" "optimizer adamw, this run's --optimizer is sgd" --resume "$ck" --optimizer sgd
 refuse "resume sgd without its momentum" "momentum buffers are kept only with momentum" \
   --resume "$tmp/sgd-mlp/ck" --schedule 1f1b --pp 2 --optimizer sgd --block mlp --momentum 0

@@ -285,6 +285,14 @@ static void describe_run(const checkpoint_run *run, dp_runtime *rt, int step, ch
     snprintf(x->dtype, sizeof x->dtype, "%s", dp_dtype_name(m->dtype));
     snprintf(x->loss, sizeof x->loss, "%s", m->loss == DP_LOSS_XENT ? "xent" : "mse");
     x->seed = m->seed, x->norm_eps = m->norm_eps;
+    x->moe_experts = 0;
+    for (int l = 0; l < x->layers; l++)
+        if (dp_model_layer_kind(m, l) == DP_BLOCK_MOE) x->moe_experts = m->moe.experts;
+    if (x->moe_experts > 0) {
+        x->moe_topk = m->moe.topk, x->moe_groups = m->moe.groups, x->moe_topk_groups = m->moe.topk_groups;
+        x->moe_expert_hidden = m->moe.expert_hidden, x->moe_shared_experts = m->moe.shared_experts;
+        x->moe_route_scale = m->moe.route_scale, x->moe_bias_update_speed = m->moe.bias_update_speed;
+    }
     dp_optimizer_config opt = c->optimizer; /* with the defaults the runtime fills in */
     if (opt.kind != DP_OPT_NONE) dp_optimizer_config_defaults(&opt);
     const dp_optimizer_config *o = &opt;
@@ -509,8 +517,27 @@ static int check_compatible(const checkpoint_index *x, dp_runtime *rt, const che
                                     "with momentum)", x->momentum, mine.momentum);
     for (int l = 0; !what[0] && l < x->layers; l++)
         if (strcmp(x->layer_kinds[l], mine.layer_kinds[l]) != 0)
-            snprintf(what, sizeof what, "layer %d of kind %s, this run's is %s (--block)", l, x->layer_kinds[l],
-                     mine.layer_kinds[l]);
+            snprintf(what, sizeof what, "layer %d of kind %s, this run's is %s (--block, --experts, --moe-layers)", l,
+                     x->layer_kinds[l], mine.layer_kinds[l]);
+    /* the MoE layers' shape and routing; --bias-update-speed may change, as --lr may */
+    struct {
+        const char *what, *option;
+        int theirs, ours;
+    } moe[] = {
+        {"experts", "--experts", x->moe_experts, mine.moe_experts},
+        {"top-k", "--topk", x->moe_topk, mine.moe_topk},
+        {"expert groups", "--groups", x->moe_groups, mine.moe_groups},
+        {"kept groups", "--topk-groups", x->moe_topk_groups, mine.moe_topk_groups},
+        {"expert inner width", "--expert-hidden", x->moe_expert_hidden, mine.moe_expert_hidden},
+        {"shared experts", "--shared-experts", x->moe_shared_experts, mine.moe_shared_experts},
+    };
+    for (size_t i = 0; !what[0] && mine.moe_experts > 0 && i < sizeof moe / sizeof moe[0]; i++)
+        if (moe[i].theirs != moe[i].ours)
+            snprintf(what, sizeof what, "%s %d in its MoE layers, this run's %s is %d", moe[i].what, moe[i].theirs,
+                     moe[i].option, moe[i].ours);
+    if (!what[0] && mine.moe_experts > 0 && (float)x->moe_route_scale != (float)mine.moe_route_scale)
+        snprintf(what, sizeof what, "route scale %g in its MoE layers, this run's --route-scale is %g",
+                 x->moe_route_scale, mine.moe_route_scale);
     checkpoint_index_free(&mine);
     if (!what[0]) return 0;
     cli_error("--resume: %s: the checkpoint's model has %s: a checkpoint resumes only the same model", index_path, what);

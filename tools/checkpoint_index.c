@@ -73,7 +73,13 @@ char *checkpoint_index_format(const checkpoint_index *x, size_t *size)
     put_string(&t, x->dtype);
     put(&t, ", \"loss\": ");
     put_string(&t, x->loss);
-    put(&t, ", \"seed\": %llu, \"norm_eps\": %.9g},\n", (unsigned long long)x->seed, x->norm_eps);
+    put(&t, ", \"seed\": %llu, \"norm_eps\": %.9g", (unsigned long long)x->seed, x->norm_eps);
+    if (x->moe_experts > 0)
+        put(&t, ",\n            \"moe\": {\"experts\": %d, \"topk\": %d, \"groups\": %d, \"topk_groups\": %d, "
+                "\"expert_hidden\": %d, \"shared_experts\": %d, \"route_scale\": %.9g, \"bias_update_speed\": %.9g}",
+            x->moe_experts, x->moe_topk, x->moe_groups, x->moe_topk_groups, x->moe_expert_hidden, x->moe_shared_experts,
+            x->moe_route_scale, x->moe_bias_update_speed);
+    put(&t, "},\n");
     put(&t, "  \"optimizer\": {\"kind\": ");
     put_string(&t, x->optimizer);
     put(&t, ", \"lr\": %.9g, \"weight_decay\": %.9g, \"momentum\": %.9g, \"beta1\": %.9g, \"beta2\": %.9g, \"eps\": %.9g},\n",
@@ -293,6 +299,19 @@ int checkpoint_index_parse(const char *bytes, size_t size, const char *path, che
     get_int(&r, m, "seed", "model.seed", 0, 2147483647, &seed, &bad);
     x->seed = (uint64_t)seed;
     get_number(&r, m, "norm_eps", "model.norm_eps", &x->norm_eps, &bad);
+    /* "moe" is there only for a model with MoE layers */
+    const json_value *moe = !bad && m ? json_member(m, "moe") : NULL;
+    if (moe) {
+        moe = member(&r, m, "moe", "model.moe", JSON_OBJECT, &bad);
+        get_int(&r, moe, "experts", "model.moe.experts", 1, 1 << 20, &x->moe_experts, &bad);
+        get_int(&r, moe, "topk", "model.moe.topk", 1, 1 << 20, &x->moe_topk, &bad);
+        get_int(&r, moe, "groups", "model.moe.groups", 1, 1 << 20, &x->moe_groups, &bad);
+        get_int(&r, moe, "topk_groups", "model.moe.topk_groups", 1, 1 << 20, &x->moe_topk_groups, &bad);
+        get_int(&r, moe, "expert_hidden", "model.moe.expert_hidden", 1, 1 << 20, &x->moe_expert_hidden, &bad);
+        get_int(&r, moe, "shared_experts", "model.moe.shared_experts", 0, 1 << 20, &x->moe_shared_experts, &bad);
+        get_number(&r, moe, "route_scale", "model.moe.route_scale", &x->moe_route_scale, &bad);
+        get_number(&r, moe, "bias_update_speed", "model.moe.bias_update_speed", &x->moe_bias_update_speed, &bad);
+    }
     const json_value *o = member(&r, top, "optimizer", "optimizer", JSON_OBJECT, &bad);
     get_string(&r, o, "kind", "optimizer.kind", x->optimizer, sizeof x->optimizer, &bad);
     get_number(&r, o, "lr", "optimizer.lr", &x->lr, &bad);

@@ -30,6 +30,9 @@ typedef struct {
     char dtype[16], loss[16];
     uint64_t seed;
     double norm_eps;
+    /* the MoE layers' routing and experts (moe_experts 0: a dense model, no "moe" object) */
+    int moe_experts, moe_topk, moe_groups, moe_topk_groups, moe_expert_hidden, moe_shared_experts;
+    double moe_route_scale, moe_bias_update_speed;
     /* the optimizer */
     char optimizer[16]; /* "adamw", "sgd" */
     double lr, weight_decay, momentum, beta1, beta2, eps;
