@@ -552,7 +552,7 @@ static void test_moe(void)
     st = G->moe_permute(gdev, NULL, T, K, E, dex, drsl, dsrw, dcnt);
     check(C->moe_permute(cdev, NULL, T, K, E, ex, rsl, srw, cnt), "cpu moe_permute");
     down(grsl, drsl, sizeof(int32_t) * T * K), down(gsrw, dsrw, sizeof(int32_t) * T * K), down(gcnt, dcnt, sizeof(int32_t) * E);
-    tap_ok(st == DP_OK && same_bytes(grsl, rsl, sizeof(int32_t) * T * K, "row_slot") &&
+    tap_ok(st == DP_OK && same_bytes(grsl, rsl, sizeof(int32_t) * T * K, "row_token") &&
                same_bytes(gsrw, srw, sizeof(int32_t) * T * K, "slot_row") && same_bytes(gcnt, cnt, sizeof(int32_t) * E, "counts"),
            "moe_permute: the CPU's stable layout and counts");
 

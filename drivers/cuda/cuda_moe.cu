@@ -239,8 +239,8 @@ dp_status dp_cuda_moe_topk_backward(dp_device *dev, dp_stream *s, int tokens, in
  * the slots in order (every thread reads the same slot at once, a broadcast), so rows within
  * an expert keep slot order as on the CPU. Slots naming no expert are left out. */
 
-__global__ void k_permute(int n, int experts, const int32_t *expert, int32_t *row_slot, int32_t *slot_row,
-                          int32_t *counts)
+__global__ void k_permute(int n, int topk, int experts, const int32_t *expert, int32_t *row_token,
+                          int32_t *slot_row, int32_t *counts)
 {
     extern __shared__ int32_t at[];
     for (int e = threadIdx.x; e < experts; e += blockDim.x) {
@@ -258,14 +258,14 @@ __global__ void k_permute(int n, int experts, const int32_t *expert, int32_t *ro
         int32_t r = at[e];
         for (int i = 0; i < n; i++)
             if (expert[i] == e) {
-                row_slot[r] = i;
+                row_token[r] = i / topk;
                 slot_row[i] = r++;
             }
     }
 }
 
 dp_status dp_cuda_moe_permute(dp_device *dev, dp_stream *s, int tokens, int topk, int experts, const int32_t *expert,
-                              int32_t *row_slot, int32_t *slot_row, int32_t *counts)
+                              int32_t *row_token, int32_t *slot_row, int32_t *counts)
 {
     if (tokens < 0 || topk < 1 || experts < 1 || (size_t)tokens * (size_t)topk > INT32_MAX)
         return dp_fail(DP_ERR_INVALID, "moe_permute: bad shape (tokens %d, top %d, experts %d)", tokens, topk, experts);
@@ -275,8 +275,8 @@ dp_status dp_cuda_moe_permute(dp_device *dev, dp_stream *s, int tokens, int topk
                        (int)(MAX_SHARED_BYTES / sizeof(int32_t)), experts);
     DP_CHECK(dp_cuda_enter(dev));
     int threads = experts < 1024 ? (experts + 31) / 32 * 32 : 1024;
-    k_permute<<<1, threads, shared, dp_cuda_stream(dev, s)->s>>>(tokens * topk, experts, expert, row_slot, slot_row,
-                                                                 counts);
+    k_permute<<<1, threads, shared, dp_cuda_stream(dev, s)->s>>>(tokens * topk, topk, experts, expert, row_token,
+                                                                 slot_row, counts);
     LAUNCH_TRY("moe permute kernel");
     return DP_OK;
 }
