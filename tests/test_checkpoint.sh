@@ -62,6 +62,8 @@ crash_resume sgd-mlp "--schedule 1f1b --pp 2 --optimizer sgd --block mlp" "--sch
 moe="--experts 4 --topk 2 --groups 2 --topk-groups 1 --shared-experts 1 --bias-update-speed 0.01"
 crash_resume moe "--schedule dualpipe --pp 4 $moe" "--schedule dualpipe --pp 4 $moe"
 crash_resume moe-zb1p-to-dualpipev "--schedule zb1p --pp 4 $moe" "--schedule dualpipev --pp 2 $moe"
+# expert parallelism: each rank holds half of a stage's experts, gathered into the checkpoint
+crash_resume moe-ep2 "--schedule dualpipev --pp 2 --ep 2 $moe" "--schedule dualpipev --pp 2 --ep 2 $moe"
 
 # what a checkpoint holds: the tensors by layer, the optimizer's state, the index
 d="$tmp/dualpipe/ck/step-00000004"

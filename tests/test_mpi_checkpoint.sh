@@ -54,5 +54,12 @@ ok $? "resumed as 4 processes x 1 rank: byte-identical final parameters"
 "$tool" train $small --resume "$tmp/ck/step-00000004" --save-params "$tmp/one.st" > "$tmp/out" 2>&1 &&
   cmp -s "$tmp/whole.st" "$tmp/one.st"
 ok $? "the checkpoint of 2 processes resumed in one: byte-identical final parameters"
+# expert parallelism across processes: refused, not written wrong
+timeout 120 mpirun -np 2 "$tool" train --schedule dualpipe --pp 2 --hidden 16 --tokens 4 --threads 1 --steps 1 \
+  --experts 4 --topk 2 --ep 2 --save "$tmp/ep" > "$tmp/out" 2>&1
+status=$?
+[ $status -eq 2 ] && grep -q "checkpoints of expert-parallel runs are written and read in one process only" "$tmp/out" &&
+  [ ! -e "$tmp/ep/latest" ]
+ok $? "--save with --ep 2 across 2 processes refused (exit $status), nothing written"
 echo "1..$n"
 exit $failed

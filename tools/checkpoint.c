@@ -254,7 +254,11 @@ static int write_rank_files(dp_runtime *rt, const checkpoint_run *run, const cha
                             break;
                         }
                         buf = b;
-                        st = dp_runtime_read_local_tensor(rt, stage, 0, i, t[k].which, buf);
+                        /* with --ep a rank holds only some of a stage's experts: the directory
+                         * read gathers each through the link (one process: cmd_train refuses
+                         * checkpoints of expert-parallel runs across processes) */
+                        st = run->c->ep > 1 ? dp_runtime_read_tensor(rt, stage, 0, i, t[k].which, buf, NULL, NULL)
+                                            : dp_runtime_read_local_tensor(rt, stage, 0, i, t[k].which, buf);
                         if (st == DP_OK) st = dp_safetensors_add(w, t[k].name, DP_ST_F32, t[k].ndim, t[k].shape, buf);
                     }
                 }

@@ -624,6 +624,15 @@ int cmd_train(int argc, char **argv)
     launch job;
     if ((rc = launch_begin(&job)) != 0) return rc;
     rc = launch_place(&job, &o.c, o.c.ranks * replicas(&o.c));
+    /* a rank of an expert-parallel run holds some of a stage's experts: in one process the
+     * checkpoint gathers them through the link; across processes that is not written yet */
+    int world = o.c.ranks * replicas(&o.c);
+    if (rc == 0 && o.c.ep > 1 && (o.save_dir || o.resume_dir) && o.c.local_ranks > 0 && o.c.local_ranks < world) {
+        cli_error("%s with --ep %d in several processes: checkpoints of expert-parallel runs are written and "
+                  "read in one process only, so far; run it as one process, or without --ep",
+                  o.save_dir ? "--save" : "--resume", o.c.ep);
+        rc = CLI_EXIT_USAGE;
+    }
     if (rc == 0) {
         o.follower = !launch_is_root(&job);
         if (o.follower) o.quiet = 1, o.trace_path = NULL;
