@@ -116,12 +116,23 @@ ls "$tmp" | grep -q '\.tmp\.'; [ $? -ne 0 ]; ok $? "no temporary file left behin
 # a run ended by a signal removes its temporaries (a background job ignores SIGINT, so SIGTERM
 # and SIGHUP stand for it here; tests/test_output_file sends all three)
 for sig in TERM HUP; do
+  # a signal ignored when the test started (nohup ignores SIGHUP) stays ignored in the tool, as
+  # POSIX asks: nothing to test then
+  if [ $sig = HUP ] && [ -r /proc/self/status ] &&
+     [ $(( 0x$(sed -n 's/^SigIgn:[[:space:]]*//p' /proc/self/status) & 1 )) -ne 0 ]; then
+    n=$((n+1)); echo "ok $n - SIGHUP during training # SKIP SIGHUP is ignored here (started under nohup?)"; continue
+  fi
   "$dp" train $small --pp 2 --steps 10000000 --trace "$tmp/sig.json" --save-params "$tmp/sig.st" > /dev/null 2>&1 &
   pid=$!
   tries=0
   while [ "$(ls "$tmp" | grep -c '^sig\..*\.tmp\.')" -lt 2 ] && [ $tries -lt 100 ]; do sleep 0.1; tries=$((tries + 1)); done
   seen=$(ls "$tmp" | grep -c '^sig\..*\.tmp\.')
-  kill -s $sig $pid; wait $pid; rc=$?
+  kill -s $sig $pid
+  # bounded: a run that does not end on the signal fails the check instead of hanging the suite
+  waited=0
+  while kill -0 $pid 2> /dev/null && [ $waited -lt 300 ]; do sleep 0.1; waited=$((waited + 1)); done
+  kill -0 $pid 2> /dev/null && kill -s KILL $pid
+  wait $pid; rc=$?
   left=$(ls "$tmp" | grep -c '\.tmp\.')
   [ "$seen" -eq 2 ] && [ $rc -gt 128 ] && [ "$left" -eq 0 ] && [ ! -e "$tmp/sig.json" ] && [ ! -e "$tmp/sig.st" ]
   ok $? "SIG$sig during training: exit $rc, $seen temporaries while running, $left after"
