@@ -34,10 +34,12 @@ dp_status dp_cuda_available(void)
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess) {
         cudaGetLastError();
-        return dp_fail(DP_ERR_NOT_FOUND, "no CUDA device: %s (%s); is the NVIDIA driver installed and a GPU visible?",
+        return dp_fail(DP_ERR_NOT_FOUND, "no " DP_GPU_PLATFORM " device: %s (%s); " DP_GPU_DEVICE_HINT,
                        cudaGetErrorString(e), cudaGetErrorName(e));
     }
-    if (n == 0) return dp_fail(DP_ERR_NOT_FOUND, "no CUDA device: the CUDA runtime sees none (CUDA_VISIBLE_DEVICES?)");
+    if (n == 0)
+        return dp_fail(DP_ERR_NOT_FOUND,
+                       "no " DP_GPU_PLATFORM " device: the " DP_GPU_PLATFORM " runtime sees none (" DP_GPU_VISIBLE_ENV "?)");
     return DP_OK;
 }
 
@@ -364,7 +366,7 @@ extern "C" {
 constexpr dp_device_runtime_ops dp_cuda_runtime_ops = {
     .abi_version = DP_DEVICE_RUNTIME_ABI_VERSION,
     .struct_size = (uint32_t)sizeof(dp_device_runtime_ops),
-    .name = "cuda",
+    .name = DP_GPU_DRIVER_NAME,
     .device_count = cuda_device_count,
     .open = cuda_open,
     .close = cuda_close,

@@ -1,13 +1,11 @@
 /* cuda_internal.h: what the CUDA driver's files share: the device, stream and event structs,
  * the conversion of CUDA, cuBLAS and NCCL errors into dp_status, and the kernel entry points.
- * Compiled by nvcc only (C++); the engine sees nothing of it. */
+ * Compiled by nvcc, and by hipcc for the HIP driver (drivers/cuda/gpu_compat.h maps the CUDA
+ * names); the engine sees nothing of it. */
 #ifndef DP_CUDA_INTERNAL_H
 #define DP_CUDA_INTERNAL_H
 
-#include <cublas_v2.h>
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
-
+#include "drivers/cuda/gpu_compat.h"
 #include "engine/device.h"
 #include "engine/driver.h"
 #include "engine/link.h"
@@ -36,9 +34,11 @@ struct dp_device {
 };
 
 extern "C" {
+#if !DP_GPU_DEVICE_PASS /* host-side tables (gpu_compat.h says why the device pass must not see these) */
 extern const dp_device_runtime_ops dp_cuda_runtime_ops; /* cuda_device.cu */
 extern const dp_device_kernel_ops dp_cuda_kernel_ops;   /* cuda_kernels.cu */
 extern const dp_link_ops dp_cuda_link_ops;
+#endif
 /* Why this driver cannot run here (no device, no driver), or DP_OK. */
 dp_status dp_cuda_available(void);
 }

@@ -725,7 +725,7 @@ extern "C" {
 const dp_link_ops dp_cuda_link_ops = {
     DP_LINK_ABI_VERSION,
     (uint32_t)sizeof(dp_link_ops),
-    "cuda",
+    DP_GPU_DRIVER_NAME,
     cuda_world_create,
     cuda_world_destroy,
     cuda_link_open,

@@ -6,7 +6,6 @@
 #ifndef DP_CUDA_LINK_H
 #define DP_CUDA_LINK_H
 
-#include <nccl.h>
 #include <pthread.h>
 
 #include "drivers/cuda/cuda_internal.h"

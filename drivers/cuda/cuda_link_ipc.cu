@@ -8,7 +8,6 @@
  * stream memory operations, order each copy into a slot before the copy out of it, and that
  * before the slot is written again (interprocess events where those operations are missing, or
  * with DUALPIPE_CUDA_IPC_SYNC=events). Progress is made by each rank's thread in link calls. */
-#include <cuda.h> /* types of the stream memory operations, reached through the runtime */
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>

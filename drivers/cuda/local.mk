@@ -17,7 +17,8 @@ cuda_driver_sources = \
 	drivers/cuda/cuda_link_copy.cu \
 	drivers/cuda/cuda_link_ipc.cu \
 	drivers/cuda/cuda_link_nccl.cu \
-	drivers/cuda/cuda_internal.h
+	drivers/cuda/cuda_internal.h \
+	drivers/cuda/gpu_compat.h
 
 if BUILD_CUDA_DRIVER
 pkglib_LTLIBRARIES += drivers/cuda/dualpipe_cuda.la
