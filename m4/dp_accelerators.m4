@@ -78,25 +78,74 @@ AC_DEFUN([DP_CHECK_NCCL], [
   AC_SUBST([NCCL_HOME]) AC_SUBST([NCCL_CPPFLAGS]) AC_SUBST([NCCL_LDFLAGS]) AC_SUBST([NCCL_LIBS])
 ])
 
-# DP_CHECK_HIP: sets have_hip, HIP_HOME, HIPCC. Detected and reported only: no code in this
-# version builds with hipcc.
+# DP_CHECK_HIP: sets have_hip, HIP_HOME, HIPCC, HIP_ARCH_FLAGS, HIP_CPPFLAGS, HIP_LDFLAGS,
+# HIP_LIBS, and have_hipblas / have_rccl (linked when found; otherwise the module loads them at
+# run time). The HIP driver (drivers/hip) is built when hipcc, hip_runtime.h and libamdhip64 are
+# found and hipcc compiles for the GPU architectures.
 AC_DEFUN([DP_CHECK_HIP], [
   AC_ARG_WITH([hip],
-    [AS_HELP_STRING([--with-hip[=DIR]], [ROCm/HIP root (default: auto, $ROCM_PATH or /opt/rocm); the mpi link and bootstrap, for ranks in several processes])],
+    [AS_HELP_STRING([--with-hip[=DIR]], [ROCm/HIP root (default: auto, $ROCM_PATH, /opt/rocm, then /usr); builds the hip driver])],
     [], [with_hip=check])
+  AC_ARG_WITH([hip-arch],
+    [AS_HELP_STRING([--with-hip-arch=LIST], [AMD GPU architectures, comma-separated (default: those of gfx90a,gfx942 that hipcc accepts: MI200, MI300)])],
+    [HIP_ARCH=$withval], [HIP_ARCH=auto])
+  AC_ARG_VAR([HIPFLAGS], [hipcc flags for the HIP driver, after the package's own (which they override)])
   have_hip=no
+  have_hipblas=no
+  have_rccl=no
   HIP_GUESS=""
   AS_CASE([$with_hip],
     [no], [],
     [yes|check], [HIP_GUESS="${ROCM_PATH:-} /opt/rocm /usr"],
     [HIP_GUESS="$with_hip"])
   for dir in $HIP_GUESS; do
-    AS_IF([test -x "$dir/bin/hipcc" && test -f "$dir/include/hip/hip_runtime.h"],
-      [have_hip=yes; HIP_HOME=$dir; HIPCC="$dir/bin/hipcc"; break])
+    AS_IF([test -x "$dir/bin/hipcc" && test -f "$dir/include/hip/hip_runtime.h"], [
+      dp_hip_libdir=""
+      for d in "$dir/lib" "$dir/lib64" "$dir/lib/$host_cpu-$host_os" "$dir/lib/x86_64-linux-gnu"; do
+        AS_IF([test -f "$d/libamdhip64.so"], [dp_hip_libdir=$d; break])
+      done
+      AS_IF([test -n "$dp_hip_libdir"], [
+        have_hip=yes; HIP_HOME=$dir; HIPCC="$dir/bin/hipcc"
+        HIP_LDFLAGS="-L$dp_hip_libdir"
+        AS_IF([test "x$dir" != x/usr], [HIP_LDFLAGS="$HIP_LDFLAGS -Wl,-rpath,$dp_hip_libdir"])
+        HIP_LIBS="-lamdhip64"
+        break])
+    ])
   done
+  AS_IF([test "x$have_hip" = xyes], [
+    # The architectures: each one asked for (or, by default, each of gfx90a and gfx942) that this
+    # hipcc compiles a kernel for; hipcc without one would ask the machine's GPU.
+    AS_IF([test "x$HIP_ARCH" = xauto], [dp_hip_try="gfx90a gfx942"], [dp_hip_try=$(echo "$HIP_ARCH" | tr ',' ' ')])
+    HIP_ARCH_FLAGS=""
+    HIP_ARCH_LIST=""
+    cat > conftest.hip <<'_DP_EOF'
+#include <hip/hip_runtime.h>
+__global__ void dp_k(float *x) { x@<:@threadIdx.x@:>@ += 1.0f; }
+_DP_EOF
+    for a in $dp_hip_try; do
+      AC_MSG_CHECKING([whether hipcc compiles for $a])
+      AS_IF([$HIPCC -x hip --offload-arch=$a -c conftest.hip -o conftest.$OBJEXT >&AS_MESSAGE_LOG_FD 2>&1],
+        [HIP_ARCH_FLAGS="$HIP_ARCH_FLAGS --offload-arch=$a"; HIP_ARCH_LIST="$HIP_ARCH_LIST,$a"; AC_MSG_RESULT([yes])],
+        [AC_MSG_RESULT([no])
+         AS_IF([test "x$HIP_ARCH" != xauto], [AC_MSG_ERROR([--with-hip-arch: $HIPCC cannot compile for $a (see config.log)])])])
+    done
+    rm -f conftest.hip conftest.$OBJEXT
+    HIP_ARCH_LIST=${HIP_ARCH_LIST#,}
+    AS_IF([test -z "$HIP_ARCH_FLAGS"], [have_hip=no; hip_why="$HIPCC compiles for none of: $dp_hip_try"])
+  ], [hip_why="no hipcc with include/hip/hip_runtime.h and libamdhip64 in: $HIP_GUESS"])
+  AS_IF([test "x$have_hip" = xyes], [
+    HIP_CPPFLAGS=""
+    AS_IF([test "x$HIP_HOME" != x/usr], [HIP_CPPFLAGS="-I$HIP_HOME/include"])
+    # hipBLAS and RCCL: linked when present, else loaded by the module at run time.
+    AS_IF([test -f "$HIP_HOME/include/hipblas/hipblas.h" && ls "$dp_hip_libdir"/libhipblas.so >/dev/null 2>&1],
+      [have_hipblas=yes; HIP_CPPFLAGS="$HIP_CPPFLAGS -DDP_HIP_HAVE_HIPBLAS=1 -DHIPBLAS_V2"; HIP_LIBS="-lhipblas $HIP_LIBS"])
+    AS_IF([test -f "$HIP_HOME/include/rccl/rccl.h" && ls "$dp_hip_libdir"/librccl.so >/dev/null 2>&1],
+      [have_rccl=yes; HIP_CPPFLAGS="$HIP_CPPFLAGS -DDP_HIP_HAVE_RCCL=1"; HIP_LIBS="-lrccl $HIP_LIBS"])
+  ])
   AS_IF([test "x$have_hip" = xno && test "x$with_hip" != xcheck && test "x$with_hip" != xno],
-    [AC_MSG_ERROR([--with-hip was given but no HIP toolkit (bin/hipcc, include/hip/hip_runtime.h) was found in: $HIP_GUESS. Pass --with-hip=DIR, or --without-hip])])
-  AC_SUBST([HIP_HOME]) AC_SUBST([HIPCC])
+    [AC_MSG_ERROR([--with-hip was given but the HIP driver cannot be built: $hip_why. Install hipcc and libamdhip64-dev (Debian) or ROCm, pass --with-hip=DIR (the root holding bin/hipcc), or --without-hip])])
+  AC_SUBST([HIP_HOME]) AC_SUBST([HIPCC]) AC_SUBST([HIP_ARCH_FLAGS])
+  AC_SUBST([HIP_CPPFLAGS]) AC_SUBST([HIP_LDFLAGS]) AC_SUBST([HIP_LIBS])
 ])
 
 # DP_CHECK_MPI: sets have_mpi, MPICC, MPI_CFLAGS, MPI_LIBS, HAVE_MPI. Detected and reported

@@ -13,26 +13,39 @@
 #include "engine/driver.h"
 #include "tests/tap.h"
 
-/* Loads the `cuda` driver from the build tree ($top_builddir/drivers/cuda/.libs unless
- * DUALPIPE_DRIVER_PATH says otherwise), or ends the test with "1..0 # SKIP no CUDA device".
- * The device node is checked first so that machines without a GPU never load the CUDA runtime. */
+/* The same tests run on the HIP driver when built with DP_TEST_GPU_HIP (drivers/hip/local.mk):
+ * its module, its device node, its skip reason. */
+#ifdef DP_TEST_GPU_HIP
+#define GPU_TEST_DRIVER "hip"
+#define GPU_TEST_DEVICE_NODE "/dev/kfd"
+#define GPU_TEST_NO_DEVICE "no HIP device"
+#else
+#define GPU_TEST_DRIVER "cuda"
+#define GPU_TEST_DEVICE_NODE "/dev/nvidiactl"
+#define GPU_TEST_NO_DEVICE "no CUDA device"
+#endif
+
+/* Loads the `cuda` (or `hip`) driver from the build tree ($top_builddir/drivers/NAME/.libs
+ * unless DUALPIPE_DRIVER_PATH says otherwise), or ends the test with "1..0 # SKIP no CUDA
+ * device". The device node is checked first so that machines without a GPU never load the
+ * GPU runtime. */
 static inline const dp_driver *cuda_test_load_driver(void)
 {
-    if (access("/dev/nvidiactl", F_OK) != 0) tap_skip_all("no CUDA device");
+    if (access(GPU_TEST_DEVICE_NODE, F_OK) != 0) tap_skip_all(GPU_TEST_NO_DEVICE);
     if (!getenv("DUALPIPE_DRIVER_PATH")) {
         const char *top = getenv("top_builddir");
         char dir[4096];
-        snprintf(dir, sizeof dir, "%s/drivers/cuda/.libs", top ? top : ".");
+        snprintf(dir, sizeof dir, "%s/drivers/" GPU_TEST_DRIVER "/.libs", top ? top : ".");
         setenv("DUALPIPE_DRIVER_PATH", dir, 1);
     }
     const dp_driver *d = NULL;
-    if (dp_driver_load("cuda", &d) != DP_OK) {
-        tap_diag("the cuda driver did not load: %s", dp_last_error());
-        tap_skip_all("no CUDA device");
+    if (dp_driver_load(GPU_TEST_DRIVER, &d) != DP_OK) {
+        tap_diag("the " GPU_TEST_DRIVER " driver did not load: %s", dp_last_error());
+        tap_skip_all(GPU_TEST_NO_DEVICE);
     }
     if (d->available && d->available() != DP_OK) {
         tap_diag("%s", dp_last_error());
-        tap_skip_all("no CUDA device");
+        tap_skip_all(GPU_TEST_NO_DEVICE);
     }
     return d;
 }

@@ -2,12 +2,16 @@
 # test_cuda_verify.sh: `dualpipe verify --driver cuda` on one GPU (all ranks share it through the
 # copy link): every schedule at small sizes, then hidden 1024 to 2048 with several seeds, in fp32
 # and bf16, under AdamW and SGD, with overlapped pairs on two streams or on one: each run must
-# end in PASS. Skips without a GPU or without the CUDA module.
+# end in PASS. Skips without a GPU or without the CUDA module. GPU_TEST_DRIVER=hip runs the same
+# on the HIP driver (tests/test_hip_verify.sh).
 top_builddir=${top_builddir:-.}
 tool="$top_builddir/tools/dualpipe"
-if [ ! -e /dev/nvidiactl ]; then echo "1..0 # SKIP no CUDA device"; exit 0; fi
-if [ ! -f "$top_builddir/drivers/cuda/.libs/dualpipe_cuda.so" ]; then echo "1..0 # SKIP no CUDA device"; exit 0; fi
-DUALPIPE_DRIVER_PATH=${DUALPIPE_DRIVER_PATH:-$top_builddir/drivers/cuda/.libs}
+driver=${GPU_TEST_DRIVER:-cuda}
+node=/dev/nvidiactl no_device="no CUDA device"
+[ "$driver" = hip ] && node=/dev/kfd no_device="no HIP device"
+if [ ! -e "$node" ]; then echo "1..0 # SKIP $no_device"; exit 0; fi
+if [ ! -f "$top_builddir/drivers/$driver/.libs/dualpipe_$driver.so" ]; then echo "1..0 # SKIP $no_device"; exit 0; fi
+DUALPIPE_DRIVER_PATH=${DUALPIPE_DRIVER_PATH:-$top_builddir/drivers/$driver/.libs}
 export DUALPIPE_DRIVER_PATH
 
 # schedule pp chunks hidden tokens seed extra-options ('_' for spaces)
@@ -39,7 +43,7 @@ printf '%s\n' "$cases" | while read -r sched pp chunks hidden tokens seed extra;
   i=$((i + 1))
   opts=""
   [ "$extra" != "-" ] && opts=$(echo "$extra" | tr '_' ' ')
-  out=$("$tool" verify --driver cuda --schedule "$sched" --pp "$pp" --chunks "$chunks" --hidden "$hidden" \
+  out=$("$tool" verify --driver "$driver" --schedule "$sched" --pp "$pp" --chunks "$chunks" --hidden "$hidden" \
         --tokens "$tokens" --seed "$seed" --steps 2 -q $opts 2>&1)
   status=$?
   what="verify $sched pp $pp chunks $chunks hidden $hidden tokens $tokens seed $seed $opts"

@@ -61,7 +61,7 @@ check() {
 
 check "libeplb" "engine/|drivers/|tools/" "${layering_libeplb-}"
 check "eplb tool and bench_eplb" "engine/|drivers/" "${layering_eplb_tool-}"
-check "libdualpipe" "tools/|drivers/cuda/" "${layering_libdualpipe-}"
+check "libdualpipe" "tools/|drivers/cuda/|drivers/hip/" "${layering_libdualpipe-}"
 check "dualpipe tool and bench_cpu" "drivers/" "${layering_dualpipe_tool-}"
 echo "1..$n"
 exit $fail

@@ -211,17 +211,20 @@ static int start_runs(const verify_options *o, dp_runtime **drv, dp_runtime **cp
     dc.driver = o->driver;
     cc.driver = "cpu";
     *drv = *cpu = NULL;
-    if (dp_runtime_create(&dc, drv) != DP_OK) {
+    /* As train: a driver that is not there or cannot run here (no device) is the command line's
+     * problem (exit 2), not a failed comparison. */
+    dp_status st = dp_runtime_create(&dc, drv);
+    if (st != DP_OK) {
         cli_error("cannot start the %s run: %s", o->driver, dp_last_error());
-        return 1;
+        return st == DP_ERR_INVALID || st == DP_ERR_NOT_FOUND ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
     }
     if (dp_runtime_create(&cc, cpu) != DP_OK) {
         cli_error("cannot start the cpu run: %s", dp_last_error());
         dp_runtime_destroy(*drv);
         *drv = NULL;
-        return 1;
+        return CLI_EXIT_FAIL;
     }
-    return 0;
+    return CLI_EXIT_OK;
 }
 
 static void print_header(const verify_options *o, const verify_session *vs)
@@ -292,7 +295,8 @@ int cmd_verify(int argc, char **argv)
     int rc = parse_options(argc, argv, &o);
     if (rc >= 0) return rc;
     dp_runtime *drv, *cpu;
-    if (start_runs(&o, &drv, &cpu)) return CLI_EXIT_FAIL;
+    int started = start_runs(&o, &drv, &cpu);
+    if (started != CLI_EXIT_OK) return started;
     verify_session vs;
     rc = CLI_EXIT_FAIL;
     /* the gradients sum every replica's micro-batches: the sums' lengths are the global batch's */
