@@ -1,17 +1,19 @@
 /* block_moe.c: a mixture-of-experts layer as a block kind, DeepSeek-V3's:
  * y = x + sum_k w_k E_k(RMSNorm(x)) [+ Shared(RMSNorm(x))], with the sigmoid gate, the
  * balancing bias, group-limited top-k and SwiGLU experts (model.h, dp_moe_config). The rows of
- * the (token, k) slots are dispatched sorted by expert, each expert runs its rows as GEMMs, and
- * combine sums each token's rows in k order in fp32, so the result does not depend on where the
- * experts are. */
+ * the (token, k) slots are dispatched sorted by physical slot (an expert, or with an EPLB plan
+ * one replica of one), each slot runs its rows as GEMMs, and combine sums each token's rows in
+ * k order in fp32, so the result does not depend on where the slots are. */
 #include "engine/block.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Parameters: the fixed ones, then the shared experts' (when there are), then each expert's
- * this rank holds (with expert parallelism, E / ep of them from ep_rank x E / ep). */
+/* Parameters: the fixed ones, then the shared experts' (when there are), then each physical
+ * slot's this rank holds: without a plan a slot is an expert (with expert parallelism, E / ep of
+ * them from ep_rank x E / ep); with an EPLB plan, the plan's slots ep_rank x P / ep .., each
+ * holding the weights of the logical expert the plan puts there. */
 enum { NORM, GATE, BIAS, NUM_FIXED };
 enum { W1, W2, W3, NUM_SWIGLU }; /* w2(silu(w1 x) * w3 x) */
 
@@ -23,22 +25,44 @@ static int shared_hidden(const dp_block_layer *L) { return L->cfg->moe.shared_ex
 /* the expert-parallel group: its size and this rank's place (a layer outside a stage: 1, 0) */
 static int ep_size(const dp_block_layer *L) { return L->env && L->env->ep_size > 1 ? L->env->ep_size : 1; }
 static int ep_rank(const dp_block_layer *L) { return ep_size(L) > 1 ? L->env->ep_rank : 0; }
-/* the experts this layer holds, from first_expert */
-static int local_experts(const dp_block_layer *L) { return L->cfg->moe.experts / ep_size(L); }
-static int first_expert(const dp_block_layer *L) { return ep_rank(L) * local_experts(L); }
-
-/* Per-layer state with expert parallelism: each local expert's weight gradients kept per source
- * rank, [source][local expert][w1, w2, w3] (device, fp32), folded in source order after the step. */
+/* Per-layer state with expert parallelism or a plan. per_source (ep > 1): each local slot's
+ * weight gradients kept per source rank, [source][local slot][w1, w2, w3] (device, fp32), folded
+ * in source order after the step. With a plan: the layer's row of it, each expert's slots in
+ * replica order, and for replicated experts where every slot's gradient is gathered (and this
+ * rank's sent from) to be summed in replica order on every holder. */
 typedef struct {
     float *per_source;
     size_t expert_floats; /* one expert's three matrices */
+    int plan;             /* placed by an EPLB plan */
+    int slots;            /* physical slots of the layer (all ranks) */
+    const int32_t *slot_expert; /* [slots] the plan's phy2log row */
+    int32_t *replica_first;     /* [experts + 1] expert e's replicas are replica_slot[first[e] ..] */
+    int32_t *replica_slot;      /* [slots] in replica order */
+    int replicated;             /* some expert has more than one slot */
+    float *gathered;            /* [slots x expert_floats], replicated only */
+    float *send;                /* [local slots x expert_floats], replicated with ep > 1 */
 } moe_state;
 
-/* Kept per micro-batch (R = tokens x topk rows, one per (token, k) slot, sorted by expert; C the
- * rows this rank's experts may receive: R from each source). In the model's dtype unless said:
- * the normalised input and its gradient, rstd (fp32); the gate's scores (fp32), the selection,
- * its weights and their gradient (fp32), the logits' gradient (fp32, and in the model's dtype for
- * the GEMMs); the layout (int32), and what each source sends each local expert; the dispatched
+/* A layer's plan, when it has one. A layer that was never created (no state: a tool's view of
+ * the parameters) lists them as one rank holding every expert does. */
+static const moe_state *plan_of(const dp_block_layer *L)
+{
+    const moe_state *ms = L->state;
+    return ms && ms->plan ? ms : NULL;
+}
+/* the physical slots: the plan's, else one per expert; and those this layer holds, from
+ * first_slot */
+static int num_slots(const dp_block_layer *L) { return plan_of(L) ? plan_of(L)->slots : L->cfg->moe.experts; }
+static int local_slots(const dp_block_layer *L) { return num_slots(L) / ep_size(L); }
+static int first_slot(const dp_block_layer *L) { return ep_rank(L) * local_slots(L); }
+static int slot_expert(const dp_block_layer *L, int slot) { return plan_of(L) ? plan_of(L)->slot_expert[slot] : slot; }
+
+/* Kept per micro-batch (R = tokens x topk rows, one per (token, k) slot, sorted by physical
+ * slot; C the rows this rank's slots may receive: R from each source). In the model's dtype
+ * unless said: the normalised input and its gradient, rstd (fp32); the gate's scores (fp32), the
+ * selection (logical experts), its weights and their gradient (fp32), the logits' gradient (fp32,
+ * and in the model's dtype for the GEMMs); with a plan each row's physical slot and each
+ * expert's load; the layout (int32), and what each source sends each local slot; the dispatched
  * rows, the experts' outputs returned to them and the gradients of both (source side), and, on
  * the experts' side (the same memory without expert parallelism), the rows received, the
  * experts' a = w1 x, b = w3 x, h = silu(a) b, outputs, output gradients, the gradients of a and
@@ -48,7 +72,7 @@ typedef struct {
     float *rstd;
     float *scores, *weight, *dweight, *dlogits;
     void *dlogits_act;
-    int32_t *expert, *row_token, *slot_row, *counts, *rcounts;
+    int32_t *expert, *phys, *loads, *row_token, *slot_row, *counts, *rcounts;
     void *rows, *out, *dout, *drows;
     void *rrows, *a, *b, *h, *rout, *rdout, *da, *db, *rdrows;
     void *sa, *sb, *sh, *sda, *sdb;
@@ -59,6 +83,7 @@ static size_t moe_layout(const dp_block_layer *L, void *base, moe_saved *k)
     const dp_model_config *c = L->cfg;
     int ep = ep_size(L);
     size_t T = (size_t)c->tokens, K = (size_t)c->moe.topk, E = (size_t)c->moe.experts, R = T * K;
+    size_t P = (size_t)num_slots(L);
     size_t C = R * (size_t)ep, es = dp_dtype_size(c->dtype), h = (size_t)c->hidden, f = (size_t)c->moe.expert_hidden;
     size_t sf = (size_t)shared_hidden(L);
     dp_carver cv = {base, 0};
@@ -71,10 +96,12 @@ static size_t moe_layout(const dp_block_layer *L, void *base, moe_saved *k)
     k->dlogits = dp_carve(&cv, T * E * sizeof(float));
     k->dlogits_act = c->dtype == DP_DTYPE_F32 ? (void *)k->dlogits : dp_carve(&cv, T * E * es);
     k->expert = dp_carve(&cv, R * sizeof(int32_t));
+    k->phys = plan_of(L) ? dp_carve(&cv, R * sizeof(int32_t)) : k->expert;
+    k->loads = plan_of(L) ? dp_carve(&cv, E * sizeof(int32_t)) : NULL;
     k->row_token = dp_carve(&cv, R * sizeof(int32_t));
     k->slot_row = dp_carve(&cv, R * sizeof(int32_t));
-    k->counts = dp_carve(&cv, E * sizeof(int32_t));
-    k->rcounts = ep > 1 ? dp_carve(&cv, E * sizeof(int32_t)) : k->counts; /* [source][local expert] */
+    k->counts = dp_carve(&cv, P * sizeof(int32_t));
+    k->rcounts = ep > 1 ? dp_carve(&cv, P * sizeof(int32_t)) : k->counts; /* [source][local slot] */
     k->rows = dp_carve(&cv, R * h * es);
     k->out = dp_carve(&cv, R * h * es);
     k->dout = dp_carve(&cv, R * h * es);
@@ -99,6 +126,52 @@ static size_t moe_layout(const dp_block_layer *L, void *base, moe_saved *k)
 /* ----------------------------------------------------------------------------
  * the kind's table entries */
 
+/* The plan's row for this layer (the MoE layers before it count the rows) and each expert's
+ * slots in replica order: the plan's replica ranks, else slot order. */
+static dp_status plan_layer(dp_block_layer *L, moe_state *ms)
+{
+    const dp_moe_config *m = &L->cfg->moe;
+    int row = 0, E = m->experts, P = m->plan_slots;
+    for (int i = 0; i < L->layer; i++) row += dp_model_layer_kind(L->cfg, i) == DP_BLOCK_MOE;
+    if (row >= m->plan_layers)
+        return dp_fail(DP_ERR_INVALID, "layer %d is MoE layer %d, but the EPLB plan places %d", L->layer, row,
+                       m->plan_layers);
+    ms->plan = 1, ms->slots = P;
+    ms->slot_expert = m->plan_phy2log + (size_t)row * P;
+    const int32_t *rank = m->plan_replica ? m->plan_replica + (size_t)row * P : NULL;
+    ms->replica_first = calloc((size_t)E + 1, sizeof *ms->replica_first);
+    ms->replica_slot = malloc(sizeof *ms->replica_slot * (size_t)P);
+    if (!ms->replica_first || !ms->replica_slot) return dp_fail(DP_ERR_NOMEM, "out of memory for layer %d", L->layer);
+    for (int p = 0; p < P; p++) ms->replica_first[ms->slot_expert[p] + 1]++;
+    for (int e = 0; e < E; e++) {
+        if (ms->replica_first[e + 1] > 1) ms->replicated = 1;
+        ms->replica_first[e + 1] += ms->replica_first[e];
+    }
+    for (int p = 0; p < P; p++) ms->replica_slot[p] = -1;
+    for (int p = 0, seen; p < P; p++) {
+        int e = ms->slot_expert[p], n = ms->replica_first[e + 1] - ms->replica_first[e], r = 0;
+        if (rank) r = rank[p];
+        else
+            for (seen = 0; seen < p; seen++) r += ms->slot_expert[seen] == e;
+        if (r < 0 || r >= n || ms->replica_slot[ms->replica_first[e] + r] >= 0)
+            return dp_fail(DP_ERR_INVALID, "the EPLB plan's layer %d makes slot %d replica %d of expert %d, which has %d "
+                           "slot(s) and each replica rank once", row, p, r, e, n);
+        ms->replica_slot[ms->replica_first[e] + r] = p;
+    }
+    return DP_OK;
+}
+
+static void moe_destroy(dp_block_layer *L);
+
+static dp_status alloc_floats(const dp_block_layer *L, size_t n, float **out)
+{
+    void *p = NULL;
+    dp_status st = L->env->ops->alloc(L->env->dev, n * sizeof(float), &p);
+    if (st == DP_OK) st = L->env->ops->memset(L->env->dev, p, 0, n * sizeof(float), NULL);
+    *out = p;
+    return st;
+}
+
 static dp_status moe_create(dp_block_layer *L)
 {
     L->state = NULL;
@@ -107,19 +180,23 @@ static dp_status moe_create(dp_block_layer *L)
         return dp_fail(DP_ERR_INVALID, "layer %d is an MoE layer, but the model has no experts (set --experts)",
                        L->layer);
     int ep = ep_size(L);
-    if (ep == 1) return DP_OK;
-    if (m->experts % ep)
+    if (!m->plan_phy2log && ep == 1) return DP_OK;
+    if (m->plan_phy2log && ep > 1 && m->plan_ranks != ep)
+        return dp_fail(DP_ERR_INVALID, "the EPLB plan is for %d expert-parallel ranks (num_gpus), but --ep is %d: "
+                       "make the plan with -g %d", m->plan_ranks, ep, ep);
+    if (!m->plan_phy2log && m->experts % ep)
         return dp_fail(DP_ERR_INVALID, "%d experts do not spread evenly over %d expert-parallel ranks (--ep must divide --experts)",
                        m->experts, ep);
     moe_state *ms = calloc(1, sizeof *ms);
     if (!ms) return dp_fail(DP_ERR_NOMEM, "out of memory for layer %d", L->layer);
-    ms->expert_floats = 3 * (size_t)m->expert_hidden * (size_t)L->cfg->hidden;
-    size_t bytes = sizeof(float) * ms->expert_floats * (size_t)local_experts(L) * (size_t)ep;
-    void *p = NULL;
-    dp_status st = L->env->ops->alloc(L->env->dev, bytes, &p);
-    if (st == DP_OK) st = L->env->ops->memset(L->env->dev, p, 0, bytes, NULL);
-    ms->per_source = p;
     L->state = ms;
+    ms->expert_floats = 3 * (size_t)m->expert_hidden * (size_t)L->cfg->hidden;
+    dp_status st = m->plan_phy2log ? plan_layer(L, ms) : DP_OK;
+    size_t ef = ms->expert_floats, S = (size_t)local_slots(L);
+    if (st == DP_OK && ep > 1) st = alloc_floats(L, ef * S * (size_t)ep, &ms->per_source);
+    if (st == DP_OK && ms->replicated) st = alloc_floats(L, ef * (size_t)ms->slots, &ms->gathered);
+    if (st == DP_OK && ms->replicated && ep > 1) st = alloc_floats(L, ef * S, &ms->send);
+    if (st != DP_OK) moe_destroy(L); /* the stage destroys only the layers created */
     return st;
 }
 
@@ -128,13 +205,17 @@ static void moe_destroy(dp_block_layer *L)
     moe_state *ms = L->state;
     if (!ms) return;
     L->env->ops->free(L->env->dev, ms->per_source);
+    L->env->ops->free(L->env->dev, ms->gathered);
+    L->env->ops->free(L->env->dev, ms->send);
+    free(ms->replica_first);
+    free(ms->replica_slot);
     free(ms);
     L->state = NULL;
 }
 
 static int moe_num_params(const dp_block_layer *L)
 {
-    return first_expert_param(L) + NUM_SWIGLU * local_experts(L);
+    return first_expert_param(L) + NUM_SWIGLU * local_slots(L);
 }
 
 static int moe_num_whole_params(const dp_block_layer *L)
@@ -174,11 +255,11 @@ static void moe_param_spec(const dp_block_layer *L, int j, dp_block_param_spec *
         out->name = out->name_storage;
     } else {
         int e = (j - first_expert_param(L)) / NUM_SWIGLU, w = (j - first_expert_param(L)) % NUM_SWIGLU;
-        int global = first_expert(L) + e;
+        int global = slot_expert(L, first_slot(L) + e);
         swiglu_spec(L, w, (size_t)m->expert_hidden, out);
         snprintf(out->name_storage, sizeof out->name_storage, "experts.%d.%s", global, swiglu_names[w]);
         out->name = out->name_storage;
-        /* the values of expert `global` wherever it lives */
+        /* the values of expert `global` wherever it lives, on each of its slots */
         out->init_index = first_expert_param(L) + NUM_SWIGLU * global + w;
         out->sharded = ep_size(L) > 1;
     }
@@ -202,17 +283,17 @@ static dp_status gemm(const dp_block_layer *L, dp_stream *s, int ta, int tb, int
     return L->env->ops->gemm(L->env->dev, s, &g);
 }
 
-/* The layout's counts on the host: counts[E] (the rows this micro-batch sends each expert) and
- * rcounts[ep x local experts] (the rows this rank's experts receive from each source). */
+/* The layout's counts on the host: counts[P] (the rows this micro-batch sends each physical
+ * slot) and rcounts[ep x local slots] (the rows this rank's slots receive from each source). */
 typedef struct {
     int32_t *counts, *rcounts;
 } host_counts;
 
 static dp_status read_counts(const dp_block_layer *L, dp_stream *s, const moe_saved *k, host_counts *hc)
 {
-    int E = L->cfg->moe.experts;
+    int E = num_slots(L);
     int32_t *c = malloc(sizeof *c * 2 * (size_t)E);
-    if (!c) return dp_fail(DP_ERR_NOMEM, "out of memory for the counts of %d experts", E);
+    if (!c) return dp_fail(DP_ERR_NOMEM, "out of memory for the counts of %d slots", E);
     const dp_device_ops *o = L->env->ops;
     dp_status st = o->copy(L->env->dev, c, k->counts, sizeof *c * (size_t)E, DP_COPY_DEVICE_TO_HOST, s);
     if (st == DP_OK) st = o->copy(L->env->dev, c + E, k->rcounts, sizeof *c * (size_t)E, DP_COPY_DEVICE_TO_HOST, s);
@@ -231,7 +312,7 @@ static dp_status read_counts(const dp_block_layer *L, dp_stream *s, const moe_sa
 static dp_status exchange(const dp_block_layer *L, dp_block_pass *p, const host_counts *hc, int dispatch,
                           const void *send, void *recv)
 {
-    int ep = ep_size(L), El = local_experts(L);
+    int ep = ep_size(L), El = local_slots(L);
     size_t *v = calloc(4 * (size_t)ep, sizeof *v);
     if (!v) return dp_fail(DP_ERR_NOMEM, "out of memory for an all-to-all of %d ranks", ep);
     size_t *to = v, *to_at = v + ep, *from = v + 2 * ep, *from_at = v + 3 * ep;
@@ -290,14 +371,14 @@ static void *row_at(const dp_block_layer *L, const void *base, size_t r, int col
 }
 
 /* The experts' work on the rows they received, block by block: each source's rows for each
- * local expert as their own GEMMs, the very GEMMs one rank holding every expert runs on that
- * source's micro-batch, so that the bits do not depend on where the experts are. */
+ * local slot as their own GEMMs, the very GEMMs one rank holding every slot runs on that
+ * source's micro-batch, so that the bits do not depend on where the slots are. */
 typedef enum { EXPERTS_FORWARD, EXPERTS_BACKWARD_INPUT, EXPERTS_BACKWARD_WEIGHT } experts_pass;
 
 static dp_status run_experts(const dp_block_layer *L, dp_stream *s, const moe_saved *k, const host_counts *hc,
                              experts_pass what)
 {
-    int h = L->cfg->hidden, f = L->cfg->moe.expert_hidden, El = local_experts(L), ep = ep_size(L);
+    int h = L->cfg->hidden, f = L->cfg->moe.expert_hidden, El = local_slots(L), ep = ep_size(L);
     moe_state *ms = L->state;
     size_t at = 0;
     for (int src = 0; src < ep; src++)
@@ -317,7 +398,7 @@ static dp_status run_experts(const dp_block_layer *L, dp_stream *s, const moe_sa
                  * order after the step (moe_reduce_grads) */
                 float *per[NUM_SWIGLU];
                 float *const *dw = L->grad + j;
-                if (ms) {
+                if (ms && ms->per_source) {
                     float *base = ms->per_source + ((size_t)src * El + e) * ms->expert_floats;
                     size_t m1 = (size_t)f * h;
                     per[W1] = base, per[W2] = base + m1, per[W3] = base + 2 * m1;
@@ -339,6 +420,38 @@ static dp_status run_experts(const dp_block_layer *L, dp_stream *s, const moe_sa
  * combine's return, 2 the sum; backward_input 0 combine's backward and the gradients' dispatch,
  * 1 the experts' backward and the return, 2 the sum and the gate. Without it, one phase. */
 
+/* With a plan, each (token, k) row's physical slot: expert e's replica (t x K + k) mod count_e,
+ * as vLLM picks them, so that one expert's rows spread evenly and deterministically over its
+ * replicas; and each expert's load. On the host: the layout's counts come there anyway. */
+static dp_status choose_replicas(const dp_block_layer *L, dp_stream *s, const moe_saved *k)
+{
+    const moe_state *ms = plan_of(L);
+    const dp_device_ops *o = L->env->ops;
+    size_t R = (size_t)L->cfg->tokens * (size_t)L->cfg->moe.topk, E = (size_t)L->cfg->moe.experts;
+    int32_t *host = malloc(sizeof *host * (2 * R + E));
+    if (!host) return dp_fail(DP_ERR_NOMEM, "out of memory choosing the replicas of %zu rows", R);
+    int32_t *phys = host + R, *loads = host + 2 * R;
+    memset(loads, 0, sizeof *loads * E);
+    dp_status st = o->copy(L->env->dev, host, k->expert, sizeof *host * R, DP_COPY_DEVICE_TO_HOST, s);
+    if (st == DP_OK) st = o->stream_synchronize(L->env->dev, s);
+    for (size_t i = 0; st == DP_OK && i < R; i++) {
+        int32_t e = host[i];
+        if (e < 0 || (size_t)e >= E) {
+            st = dp_fail(DP_ERR_INTERNAL, "layer %d: row %zu selected expert %d of %zu", L->layer, i, (int)e, E);
+            break;
+        }
+        int32_t first = ms->replica_first[e], count = ms->replica_first[e + 1] - first;
+        phys[i] = ms->replica_slot[first + (int32_t)(i % (size_t)count)];
+        loads[e]++;
+    }
+    if (st == DP_OK) st = o->copy(L->env->dev, k->phys, phys, sizeof *phys * R, DP_COPY_HOST_TO_DEVICE, s);
+    if (st == DP_OK) st = o->copy(L->env->dev, k->loads, loads, sizeof *loads * E, DP_COPY_HOST_TO_DEVICE, s);
+    /* the host arrays must outlive the copies */
+    if (st == DP_OK) st = o->stream_synchronize(L->env->dev, s);
+    free(host);
+    return st;
+}
+
 /* Forward phase 0: the gate, fp32 scores, the selection on them plus the bias, the layout, the
  * step's load of each expert (for the balancing bias), the rows sorted by expert. */
 static dp_status forward_gate(const dp_block_layer *L, dp_block_pass *p, const moe_saved *k)
@@ -353,12 +466,14 @@ static dp_status forward_gate(const dp_block_layer *L, dp_block_pass *p, const m
     DP_CHECK(o->sigmoid_forward(dev, p->stream, DP_DTYPE_F32, (size_t)T * E, k->scores, k->scores));
     DP_CHECK(o->moe_topk(dev, p->stream, T, E, m->groups, m->topk_groups, K, k->scores, L->value[BIAS],
                          m->route_scale, k->expert, k->weight));
-    DP_CHECK(o->moe_permute(dev, p->stream, T, K, E, k->expert, k->row_token, k->slot_row, k->counts));
-    DP_CHECK(o->add_counts(dev, p->stream, (size_t)E, k->counts, L->grad[BIAS]));
+    if (plan_of(L)) DP_CHECK(choose_replicas(L, p->stream, k));
+    DP_CHECK(o->moe_permute(dev, p->stream, T, K, num_slots(L), k->phys, k->row_token, k->slot_row, k->counts));
+    /* the balancing bias counts logical experts' loads, whatever their replicas */
+    DP_CHECK(o->add_counts(dev, p->stream, (size_t)E, plan_of(L) ? k->loads : k->counts, L->grad[BIAS]));
     DP_CHECK(o->gather_rows(dev, p->stream, dt, T * K, h, k->xn, k->row_token, k->rows));
     if (ep_size(L) == 1) return DP_OK;
     /* the counts' exchange: each source tells each rank what it sends each of its experts */
-    size_t El = (size_t)local_experts(L), ep = (size_t)ep_size(L);
+    size_t El = (size_t)local_slots(L), ep = (size_t)ep_size(L);
     size_t *v = malloc(sizeof *v * 2 * ep);
     if (!v) return dp_fail(DP_ERR_NOMEM, "out of memory for an all-to-all of %zu ranks", ep);
     for (size_t j = 0; j < ep; j++) v[j] = El, v[ep + j] = j * El;
@@ -460,14 +575,13 @@ static dp_status moe_backward_weight(const dp_block_layer *L, dp_block_pass *p, 
                                                 L->grad[NORM]);
 }
 
-/* Each local expert's gradient: its sources' in source order, ((G0 + G1) + G2) ..., as the
+/* Each local slot's gradient: its sources' in source order, ((G0 + G1) + G2) ..., as the
  * single-rank reference adds the replicas it stands for; the buffers start the next step at 0. */
-static dp_status moe_reduce_grads(const dp_block_layer *L, dp_stream *s)
+static dp_status fold_sources(const dp_block_layer *L, dp_stream *s)
 {
     moe_state *ms = L->state;
-    if (!ms) return DP_OK;
     const dp_device_ops *o = L->env->ops;
-    int El = local_experts(L), ep = ep_size(L);
+    int El = local_slots(L), ep = ep_size(L);
     size_t m1 = (size_t)L->cfg->moe.expert_hidden * (size_t)L->cfg->hidden;
     for (int e = 0; e < El; e++)
         for (int w = 0; w < NUM_SWIGLU; w++) {
@@ -479,6 +593,57 @@ static dp_status moe_reduce_grads(const dp_block_layer *L, dp_stream *s)
             }
         }
     return o->memset(L->env->dev, ms->per_source, 0, sizeof(float) * ms->expert_floats * (size_t)El * (size_t)ep, s);
+}
+
+/* With replicas: every slot's gradient gathered on every rank of the expert-parallel group (in
+ * slot order), then each local slot of a replicated expert given the sum of that expert's
+ * replicas in replica order, ((R0 + R1) + R2) ..., whichever ranks hold them: every holder
+ * applies the same sum, so the replicas stay identical. */
+static dp_status sum_replicas(const dp_block_layer *L, dp_stream *s)
+{
+    const moe_state *ms = plan_of(L);
+    const dp_device_ops *o = L->env->ops;
+    dp_device *dev = L->env->dev;
+    int S = local_slots(L), ep = ep_size(L), fp = first_expert_param(L);
+    size_t m1 = (size_t)L->cfg->moe.expert_hidden * (size_t)L->cfg->hidden, ef = ms->expert_floats;
+    float *mine = ep > 1 ? ms->send : ms->gathered;
+    for (int e = 0; e < S; e++)
+        for (int w = 0; w < NUM_SWIGLU; w++)
+            DP_CHECK(o->copy(dev, mine + (size_t)e * ef + (size_t)w * m1, L->grad[fp + NUM_SWIGLU * e + w],
+                             m1 * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, s));
+    if (ep > 1) {
+        /* an all-gather: the same local slots to every peer, each peer's into its slots' place */
+        size_t *v = malloc(sizeof *v * 4 * (size_t)ep);
+        if (!v) return dp_fail(DP_ERR_NOMEM, "out of memory for an all-to-all of %d ranks", ep);
+        for (int j = 0; j < ep; j++)
+            v[j] = (size_t)S * ef, v[ep + j] = 0, v[2 * ep + j] = (size_t)S * ef, v[3 * ep + j] = (size_t)j * S * ef;
+        dp_status st = L->env->link_ops->all_to_all_v(L->env->ep_link[0], ms->send, v, v + ep, ms->gathered,
+                                                      v + 2 * ep, v + 3 * ep, sizeof(float), s);
+        free(v);
+        DP_CHECK(st);
+    }
+    for (int e = 0; e < S; e++) {
+        int x = slot_expert(L, first_slot(L) + e), first = ms->replica_first[x], n = ms->replica_first[x + 1] - first;
+        if (n < 2) continue;
+        for (int w = 0; w < NUM_SWIGLU; w++) {
+            float *g = L->grad[fp + NUM_SWIGLU * e + w];
+            for (int r = 0; r < n; r++) {
+                const float *b = ms->gathered + (size_t)ms->replica_slot[first + r] * ef + (size_t)w * m1;
+                if (r == 0) DP_CHECK(o->copy(dev, g, b, m1 * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, s));
+                else DP_CHECK(o->add(dev, s, DP_DTYPE_F32, m1, g, b, g));
+            }
+        }
+    }
+    return DP_OK;
+}
+
+static dp_status moe_reduce_grads(const dp_block_layer *L, dp_stream *s)
+{
+    moe_state *ms = L->state;
+    if (!ms) return DP_OK;
+    if (ms->per_source) DP_CHECK(fold_sources(L, s));
+    if (ms->replicated) DP_CHECK(sum_replicas(L, s));
+    return DP_OK;
 }
 
 /* Auxiliary-loss-free balancing: the bias's "gradient" holds the step's loads, summed over every

@@ -14,12 +14,49 @@
 /* ----------------------------------------------------------------------------
  * configuration */
 
+/* An EPLB plan's placement (dp_moe_config): its shape, and in each layer every slot a logical
+ * expert and every logical expert on some slot. */
+static dp_status plan_check(const dp_moe_config *m)
+{
+    if (!m->plan_phy2log) return DP_OK;
+    if (m->plan_layers < 1 || m->plan_layers > DP_MAX_LAYERS || m->plan_ranks < 1 || m->plan_slots < m->plan_ranks ||
+        m->plan_slots % m->plan_ranks)
+        return dp_fail(DP_ERR_INVALID, "an EPLB plan needs 1 to %d layers and physical slots a multiple of its ranks, "
+                       "got %d layers, %d slots, %d ranks", DP_MAX_LAYERS, m->plan_layers, m->plan_slots, m->plan_ranks);
+    int E = m->experts, first_missing = -1;
+    unsigned char *seen = malloc((size_t)E);
+    if (!seen) return dp_fail(DP_ERR_NOMEM, "out of memory checking an EPLB plan of %d experts", E);
+    for (int l = 0; l < m->plan_layers; l++) {
+        memset(seen, 0, (size_t)E);
+        for (int p = 0; p < m->plan_slots; p++) {
+            int32_t e = m->plan_phy2log[(size_t)l * m->plan_slots + p];
+            if (e < 0 || e >= E) {
+                free(seen);
+                return dp_fail(DP_ERR_INVALID, "the EPLB plan's layer %d puts expert %d on slot %d, but experts are 0 to %d",
+                               l, (int)e, p, E - 1);
+            }
+            seen[e] = 1;
+        }
+        for (int e = 0; e < E && first_missing < 0; e++)
+            if (!seen[e]) first_missing = e;
+        if (first_missing >= 0) {
+            free(seen);
+            return dp_fail(DP_ERR_INVALID, "the EPLB plan's layer %d places no replica of expert %d: every expert "
+                           "needs a slot", l, first_missing);
+        }
+    }
+    free(seen);
+    return DP_OK;
+}
+
 /* The MoE options, defaults filled in; each message names the option that sets the field. */
 static dp_status moe_config_check(dp_model_config *c)
 {
     dp_moe_config *m = &c->moe;
     if (m->experts < 0 || m->experts > DP_MAX_EXPERTS)
         return dp_fail(DP_ERR_INVALID, "--experts must be 0 (dense) to %d, got %d", DP_MAX_EXPERTS, m->experts);
+    if (m->experts == 0 && m->plan_phy2log)
+        return dp_fail(DP_ERR_INVALID, "an EPLB plan places experts, but the model has none (set --experts)");
     if (m->experts == 0) {
         int moe_layer = c->block == DP_BLOCK_MOE ? 0 : -1;
         for (int i = 0; i < c->num_layer_kinds && moe_layer < 0; i++)
@@ -54,7 +91,7 @@ static dp_status moe_config_check(dp_model_config *c)
     if (!(m->bias_update_speed >= 0.0f) || !isfinite(m->bias_update_speed))
         return dp_fail(DP_ERR_INVALID, "--bias-update-speed must be a finite number >= 0, got %g",
                        (double)m->bias_update_speed);
-    return DP_OK;
+    return plan_check(m);
 }
 
 dp_status dp_model_config_check(dp_model_config *c)
@@ -214,6 +251,13 @@ void dp_stage_param(const dp_stage *st, int i, dp_param_view *out)
 }
 
 int dp_stage_num_whole_params(const dp_stage *st) { return st->nwhole; }
+
+int dp_stage_find_param(const dp_stage *st, int whole, int from)
+{
+    for (int i = from > 0 ? from : 0; i < st->nparams; i++)
+        if (st->params[i].whole_index == whole) return i;
+    return -1;
+}
 
 void dp_stage_set_ep_links(dp_stage *st, const dp_link_ops *ops, dp_link *const links[DP_STAGE_STREAMS])
 {
@@ -390,6 +434,13 @@ dp_status dp_stage_create(const dp_stage_env *env, const dp_model_config *cfg_in
         if (cfg.moe.moe_layers[i])
             return dp_fail(DP_ERR_INVALID, "--moe-layers names layer %d, but the model has %d layers (0 to %d: %d stages x %d layers per stage)",
                            i, layers, layers - 1, num_stages, cfg.layers_per_stage);
+    if (cfg.moe.plan_phy2log) {
+        int moe_layers = 0;
+        for (int i = 0; i < layers; i++) moe_layers += dp_model_layer_kind(&cfg, i) == DP_BLOCK_MOE;
+        if (cfg.moe.plan_layers != moe_layers)
+            return dp_fail(DP_ERR_INVALID, "the EPLB plan places %d MoE layer(s), but the model has %d: it needs one row "
+                           "of phy2log per MoE layer, in layer order", cfg.moe.plan_layers, moe_layers);
+    }
     dp_stage *st = calloc(1, sizeof *st);
     if (!st) return dp_fail(DP_ERR_NOMEM, "out of memory creating stage %d", stage_index);
     st->env = *env;

@@ -62,6 +62,19 @@ typedef struct {
      * keeps its first layers dense. The others are of the model's `block` kind. */
     int moe_layers_set;
     unsigned char moe_layers[DP_MAX_LAYERS];
+    /* Placement by an EPLB plan (plan_phy2log NULL: none, expert-parallel rank r holds experts
+     * r x E / ep ..): each MoE layer, in layer order, has plan_slots physical slots, slot p
+     * holding logical expert plan_phy2log[layer x plan_slots + p] (every expert at least once;
+     * more than once: replicas). With expert parallelism over ep ranks (plan_ranks must be ep)
+     * rank r holds slots r x plan_slots / ep ..; without, one rank holds them all, whatever
+     * plan_ranks. Token t's k-th choice e goes to its replica (t x topk + k) mod count_e, the
+     * replicas in the order plan_replica gives ([layer x plan_slots]: slot p is replica
+     * plan_replica[..p] of its expert, as the plan's log2phy lists them; NULL: slot order). Their
+     * weight gradients are summed in that order on every holder, so replicas stay identical. The
+     * arrays are the caller's and must outlive the stages. */
+    int plan_layers, plan_slots, plan_ranks;
+    const int32_t *plan_phy2log;
+    const int32_t *plan_replica;
 } dp_moe_config;
 
 typedef enum {
@@ -251,6 +264,10 @@ dp_status dp_stage_param_state(dp_stage *st, int i, dp_tensor_kind which, dp_str
 /* Parameter i's fp32 value was written from outside the optimizer: the copy the GEMMs read in
  * the model's dtype (bf16) follows it, as after an optimizer step. */
 dp_status dp_stage_param_refresh(dp_stage *st, int i, dp_stream *s);
+/* The first parameter at or after local index `from` that stands for parameter `whole` as one
+ * rank holding every expert lists it (dp_param_view's whole_index), or -1: an expert placed on
+ * several slots (the replicas of an EPLB plan) has several. */
+int dp_stage_find_param(const dp_stage *st, int whole, int from);
 
 #ifdef __cplusplus
 }

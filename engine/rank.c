@@ -289,19 +289,24 @@ dp_status dp_rank_read_own_tensor(dp_rank *rk, int stage, int copy, int index, d
     const dp_schedule *s = rk->sched;
     if (rk->rank != holder(rk, 0, copy, stage))
         return dp_fail(DP_ERR_INVALID, "rank %d does not hold stage %d copy %d of replica 0", rk->rank, stage, copy);
-    return dp_param_read(rk->drv->device, rk->dev, rk->stages[s->stage_local[copy][stage]], index, which, host, NULL, NULL);
+    dp_stage *st = rk->stages[s->stage_local[copy][stage]];
+    int local = dp_stage_find_param(st, index, 0);
+    if (local < 0) return dp_fail(DP_ERR_INVALID, "rank %d holds no parameter %d of stage %d", rk->rank, index, stage);
+    return dp_param_read(rk->drv->device, rk->dev, st, local, which, host, NULL, NULL);
 }
 
 dp_status dp_rank_write_tensor(dp_rank *rk, int stage, int copy, int index, dp_tensor_kind which, const float *host,
                                size_t count)
 {
     const dp_schedule *s = rk->sched;
-    /* every replica's copy, so that the replicas stay identical (an expert's: where it lives) */
+    /* every replica's copy, so that the replicas stay identical (an expert's: wherever it lives,
+     * on each of its slots) */
     if (rk->prank != s->stage_rank[copy][stage]) return DP_OK;
-    int at_replica, local;
-    DP_CHECK(place_of(rk, rk->replica, stage, index, &at_replica, &local));
-    if (at_replica != rk->replica) return DP_OK;
-    return dp_param_write(rk->drv->device, rk->dev, rk->stages[s->stage_local[copy][stage]], local, which, host, count);
+    DP_CHECK(dp_rank_param_info(rk, stage, index, NULL, NULL));
+    dp_stage *st = rk->stages[s->stage_local[copy][stage]];
+    for (int i = dp_stage_find_param(st, index, 0); i >= 0; i = dp_stage_find_param(st, index, i + 1))
+        DP_CHECK(dp_param_write(rk->drv->device, rk->dev, st, i, which, host, count));
+    return DP_OK;
 }
 
 /* ----------------------------------------------------------------------------
@@ -476,14 +481,15 @@ static dp_status sync_gradients(dp_rank *rk)
      * (the experts' regions are zero there until the fold), then each expert's gradient folded
      * from its sources' in source order: so that per copy of a stage, the ep replicas are summed
      * in ep order before the pair and the data-parallel replicas, as the reference sums them. */
-    if (rk->groups.expert[0])
-        for (int i = 0; i < s->num_local_stages; i++) {
-            size_t n;
-            float *g = dp_stage_grads(rk->stages[i], &n);
+    for (int i = 0; i < s->num_local_stages; i++) {
+        size_t n;
+        float *g = dp_stage_grads(rk->stages[i], &n);
+        if (rk->groups.expert[0])
             DP_CHECK(rk->drv->link->all_reduce(rk->groups.expert[0], g, g, n, DP_DTYPE_F32, DP_REDUCE_SUM,
                                                rk->streams[0]));
-            DP_CHECK(dp_stage_reduce_expert_grads(rk->stages[i], rk->streams[0]));
-        }
+        /* and, with an EPLB plan's replicas, at any --ep, their sum */
+        DP_CHECK(dp_stage_reduce_expert_grads(rk->stages[i], rk->streams[0]));
+    }
     dp_link *groups[2] = {rk->groups.pair, rk->groups.data}; /* in this order on every rank */
     if (!groups[0] && !groups[1]) return DP_OK;
     int r = rk->prank;

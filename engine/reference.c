@@ -181,6 +181,8 @@ static dp_status replica_gradients(dp_reference *ref, int dp_replica, const floa
         float *g = dp_stage_grads(ref->stages[i], &count);
         DP_CHECK(D->copy(ref->dev, g, ref->ep_sum[i], count * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, NULL));
     }
+    /* an EPLB plan's replicas summed in replica order, as after the ep ranks' sum (rank.c) */
+    for (int i = 0; i < P * S; i++) DP_CHECK(dp_stage_reduce_expert_grads(ref->stages[i], NULL));
     if (P == 2)
         for (int s = 0; s < S; s++)
             for (int i = 0; i < dp_stage_num_params(ref->stages[s]); i++) {
@@ -247,7 +249,9 @@ dp_status dp_reference_read_tensor(dp_reference *ref, int stage, int copy, int i
 {
     dp_stage *st = NULL;
     DP_CHECK(locate(ref, stage, copy, &st));
-    return dp_param_read(ref->drv->device, ref->dev, st, index, which, host, count, name);
+    /* the parameter as one rank holding every expert lists it: an expert's first slot */
+    int local = dp_stage_find_param(st, index, 0);
+    return dp_param_read(ref->drv->device, ref->dev, st, local < 0 ? index : local, which, host, count, name);
 }
 
 dp_status dp_reference_write_tensor(dp_reference *ref, int stage, int copy, int index, dp_tensor_kind which,
@@ -256,7 +260,11 @@ dp_status dp_reference_write_tensor(dp_reference *ref, int stage, int copy, int 
     dp_stage *st = NULL;
     DP_CHECK(locate(ref, stage, copy, &st));
     if (!host) return dp_fail(DP_ERR_INVALID, "writing the reference's stage %d parameter %d: no host data", stage, index);
-    return dp_param_write(ref->drv->device, ref->dev, st, index, which, host, count);
+    int local = dp_stage_find_param(st, index, 0);
+    if (local < 0) return dp_param_write(ref->drv->device, ref->dev, st, index, which, host, count); /* says why not */
+    for (; local >= 0; local = dp_stage_find_param(st, index, local + 1))
+        DP_CHECK(dp_param_write(ref->drv->device, ref->dev, st, local, which, host, count));
+    return DP_OK;
 }
 
 dp_status dp_reference_read_param(dp_reference *ref, int stage, int index, int grad, float *host, size_t *count)

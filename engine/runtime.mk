@@ -105,6 +105,8 @@ tests_test_engine_moe_LDADD = engine/libdualpipe.la -lm
 
 TESTS += tests/test_train_moe.sh
 EXTRA_DIST += tests/test_train_moe.sh
+TESTS += tests/test_train_placement.sh
+EXTRA_DIST += tests/test_train_placement.sh
 
 TESTS += tests/test_engine_train.sh
 EXTRA_DIST += tests/test_engine_train.sh
@@ -121,3 +123,9 @@ tests_test_gradcheck_LDADD = engine/libdualpipe.la -lm
 # `dualpipe verify` against the cpu driver with one fault (tests/driver_fault.c)
 TESTS += tests/test_verify_faults.sh
 EXTRA_DIST += tests/test_verify_faults.sh
+
+# Experts placed by an EPLB plan: the replica each row goes to, the replicas' gradient sum.
+check_PROGRAMS += tests/test_engine_placement
+TESTS += tests/test_engine_placement
+tests_test_engine_placement_SOURCES = tests/test_engine_placement.c
+tests_test_engine_placement_LDADD = engine/libdualpipe.la -lm

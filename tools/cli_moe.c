@@ -7,6 +7,12 @@
 #include <string.h>
 
 #include "tools/cli.h"
+#include "tools/moe_plan.h"
+
+/* --eplb-plan's file, and the plan read from it (held for the process: the engine reads it
+ * through dp_moe_config for as long as the run lasts) */
+static const char *plan_path;
+static int32_t *plan_arrays;
 
 void cli_moe_defaults(dp_moe_config *m) { m->bias_update_speed = 0.001f; }
 
@@ -64,15 +70,17 @@ int cli_moe_option(int which, const char *name, const char *value, dp_moe_config
     case CLI_MOE_LAYERS: return parse_layers(name, value, m);
     case CLI_MOE_ROUTE_SCALE: return parse_float(name, value, 0, &m->route_scale);
     case CLI_MOE_BIAS_SPEED: return parse_float(name, value, 1, &m->bias_update_speed);
+    case CLI_MOE_EPLB_PLAN: plan_path = value; return 0;
     }
     return 0;
 }
 
-int cli_moe_check(const dp_model_config *model, unsigned given)
+int cli_moe_check(dp_runtime_config *c, unsigned given)
 {
     static const char *const names[CLI_MOE_NUM] = {"--experts", "--topk", "--groups", "--topk-groups",
                                                     "--expert-hidden", "--shared-experts", "--moe-layers",
-                                                    "--route-scale", "--bias-update-speed"};
+                                                    "--route-scale", "--bias-update-speed", "--eplb-plan"};
+    const dp_model_config *model = &c->model;
     if (model->moe.experts == 0)
         for (int i = 1; i < CLI_MOE_NUM; i++)
             if (given & (1u << i)) {
@@ -86,5 +94,16 @@ int cli_moe_check(const dp_model_config *model, unsigned given)
         cli_error("%s", dp_last_error());
         return 1;
     }
+    if (!(given & (1u << CLI_MOE_EPLB_PLAN))) return 0;
+    free(plan_arrays);
+    plan_arrays = NULL;
+    /* the plan's expert ids are checked against the experts the defaults leave */
+    dp_runtime_config checked = *c;
+    checked.model = copy;
+    if (moe_plan_load(plan_path, &checked, &plan_arrays)) return 1;
+    c->model.moe.plan_layers = checked.model.moe.plan_layers, c->model.moe.plan_slots = checked.model.moe.plan_slots;
+    c->model.moe.plan_ranks = checked.model.moe.plan_ranks;
+    c->model.moe.plan_phy2log = checked.model.moe.plan_phy2log;
+    c->model.moe.plan_replica = checked.model.moe.plan_replica;
     return 0;
 }

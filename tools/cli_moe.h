@@ -4,13 +4,13 @@
 #ifndef DP_TOOLS_CLI_MOE_H
 #define DP_TOOLS_CLI_MOE_H
 
-#include "engine/model.h"
+#include "engine/runtime.h"
 #include "tools/cli_options.h"
 
 /* The options, in --help order; a command reserves CLI_MOE_NUM ids from `base` and lists
  * CLI_MOE_OPTIONS(base) in its table. */
 enum { CLI_MOE_EXPERTS, CLI_MOE_TOPK, CLI_MOE_GROUPS, CLI_MOE_TOPK_GROUPS, CLI_MOE_EXPERT_HIDDEN, CLI_MOE_SHARED,
-       CLI_MOE_LAYERS, CLI_MOE_ROUTE_SCALE, CLI_MOE_BIAS_SPEED, CLI_MOE_NUM };
+       CLI_MOE_LAYERS, CLI_MOE_ROUTE_SCALE, CLI_MOE_BIAS_SPEED, CLI_MOE_EPLB_PLAN, CLI_MOE_NUM };
 
 #define CLI_MOE_OPTIONS(base)                                                                                   \
     {(base) + CLI_MOE_EXPERTS, 0, "experts", "N", .help = "routed experts of each MoE layer (default 0: a dense model);\n" \
@@ -25,7 +25,10 @@ enum { CLI_MOE_EXPERTS, CLI_MOE_TOPK, CLI_MOE_GROUPS, CLI_MOE_TOPK_GROUPS, CLI_M
     {(base) + CLI_MOE_ROUTE_SCALE, 0, "route-scale", "X", .help = "scale of the routing weights (default 1)"},    \
     {(base) + CLI_MOE_BIAS_SPEED, 0, "bias-update-speed", "X", .help = "gamma of the balancing bias: after each step\n" \
                                                                       "b_e += gamma sign(mean load - load_e)\n"      \
-                                                                      "(default 0.001; 0: no balancing)"}
+                                                                      "(default 0.001; 0: no balancing)"}, \
+    {(base) + CLI_MOE_EPLB_PLAN, 0, "eplb-plan", "FILE", .help = "place the experts on physical slots as the eplb\n"     \
+                                                                 "tool's plan FILE says, replicas included (num_gpus\n" \
+                                                                 "= --ep, or any with --ep 1)"}
 
 /* DeepSeek-V3's balancing speed unless given. */
 void cli_moe_defaults(dp_moe_config *m);
@@ -33,7 +36,9 @@ void cli_moe_defaults(dp_moe_config *m);
  * *given collects which options appeared (bit per option). */
 int cli_moe_option(int which, const char *name, const char *value, dp_moe_config *m, unsigned *given);
 /* After the command line: the options need --experts, and the model they make must be one
- * (the engine's check, run on a copy). Nonzero having said why not. */
-int cli_moe_check(const dp_model_config *model, unsigned given);
+ * (the engine's check, run on a copy); --eplb-plan's file is read and checked against the run
+ * (tools/moe_plan.c) and placed in c->model.moe, the arrays held until the process ends (a
+ * command parses its line once). Nonzero having said why not. */
+int cli_moe_check(dp_runtime_config *c, unsigned given);
 
 #endif

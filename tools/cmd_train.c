@@ -234,7 +234,7 @@ static int parse_options(int argc, char **argv, train_options *o)
                 return CLI_EXIT_USAGE;
         }
     }
-    if (cli_no_operands(&p) || cli_moe_check(&c->model, moe_given)) return CLI_EXIT_USAGE;
+    if (cli_no_operands(&p) || cli_moe_check(c, moe_given)) return CLI_EXIT_USAGE;
     if (o->save_every && !o->save_dir) {
         cli_error("--save-every needs --save DIR: the directory the checkpoints go to");
         return CLI_EXIT_USAGE;

@@ -192,7 +192,7 @@ static int parse_options(int argc, char **argv, verify_options *o)
         }
         if (bad) return CLI_EXIT_USAGE;
     }
-    if (cli_no_operands(&p) || cli_moe_check(&c->model, moe_given)) return CLI_EXIT_USAGE;
+    if (cli_no_operands(&p) || cli_moe_check(c, moe_given)) return CLI_EXIT_USAGE;
     if ((o->atol < 0 && o->atol != -1) || (o->rtol < 0 && o->rtol != -1)) {
         cli_error("--atol and --rtol must not be negative");
         return CLI_EXIT_USAGE;

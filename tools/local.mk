@@ -13,6 +13,8 @@ dualpipe_command_sources = \
 	tools/cli_engine.h \
 	tools/cli_moe.c \
 	tools/cli_moe.h \
+	tools/moe_plan.c \
+	tools/moe_plan.h \
 	tools/log_stderr.c \
 	tools/log_stderr.h \
 	tools/compare.c \
