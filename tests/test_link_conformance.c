@@ -290,8 +290,9 @@ static void failure(rank_ctx *c, dp_device *dev, dp_link *l, float *sbuf, float 
     dp_request *q = NULL;
     if (c->kind == RUN_TIMEOUT) {
         /* rank 0 waits for a message rank 1 never sends; rank 1 waits in a barrier rank 0
-         * never joins: both must end in an error, not a hang */
-        TRY(L->set_timeout(l, 150));
+         * never joins: both must end in an error, not a hang. Rank 1 waits longer, so that rank
+         * 0's own timeout comes first rather than an abort from rank 1's racing it. */
+        TRY(L->set_timeout(l, r == 0 ? 150 : 1000));
         if (r == 0) {
             TRY(L->irecv(l, rbuf, 16, 1, DP_TAG(3, 5), NULL, &q));
             c->st = L->wait(l, q);
