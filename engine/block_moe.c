@@ -5,6 +5,7 @@
  * one replica of one), each slot runs its rows as GEMMs, and combine sums each token's rows in
  * k order in fp32, so the result does not depend on where the slots are. */
 #include "engine/block.h"
+#include "engine/moe_routing_tape.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -452,6 +453,59 @@ static dp_status choose_replicas(const dp_block_layer *L, dp_stream *s, const mo
     return st;
 }
 
+/* With a routing tape (`dualpipe verify`): record this forward's expert choices, or follow the
+ * recorded ones (moe_routing_tape.h), on the host. */
+static dp_status route_by_tape(const dp_block_layer *L, dp_stream *s, const moe_saved *k)
+{
+    const dp_stage_env *env = L->env;
+    const dp_device_ops *o = env->ops;
+    const dp_moe_config *m = &L->cfg->moe;
+    int T = L->cfg->tokens, E = m->experts, K = m->topk, h = L->cfg->hidden;
+    size_t R = (size_t)T * (size_t)K;
+    int follow = env->routing_mode == DP_ROUTING_FOLLOW;
+    /* own and recorded choices, weights, scores, bias, gate, norm */
+    size_t floats = follow ? R + (size_t)T * E + E + (size_t)E * h + h : 0;
+    int32_t *own = malloc(sizeof *own * 2 * R);
+    float *f = malloc(sizeof *f * (floats ? floats : 1));
+    if (!own || !f) {
+        free(own), free(f);
+        return dp_fail(DP_ERR_NOMEM, "out of memory for the expert choices of layer %d", L->layer);
+    }
+    int32_t *rec = own + R;
+    float *weight = f, *scores = weight + R, *bias = scores + (size_t)T * E, *gate = bias + E, *norm = gate + (size_t)E * h;
+    dp_device *dev = env->dev;
+    dp_status st = o->copy(dev, own, k->expert, sizeof *own * R, DP_COPY_DEVICE_TO_HOST, s);
+    if (st == DP_OK && follow) {
+        st = o->copy(dev, weight, k->weight, sizeof *f * R, DP_COPY_DEVICE_TO_HOST, s);
+        if (st == DP_OK) st = o->copy(dev, scores, k->scores, sizeof *f * (size_t)T * E, DP_COPY_DEVICE_TO_HOST, s);
+        if (st == DP_OK) st = o->copy(dev, bias, L->value[BIAS], sizeof *f * (size_t)E, DP_COPY_DEVICE_TO_HOST, s);
+        if (st == DP_OK) st = o->copy(dev, gate, L->value[GATE], sizeof *f * (size_t)E * h, DP_COPY_DEVICE_TO_HOST, s);
+        if (st == DP_OK) st = o->copy(dev, norm, L->value[NORM], sizeof *f * (size_t)h, DP_COPY_DEVICE_TO_HOST, s);
+    }
+    if (st == DP_OK) st = o->stream_synchronize(dev, s);
+    if (st == DP_OK && !follow) st = dp_routing_tape_put(env->routing_tape, env->rank, L->layer, own, R);
+    if (st == DP_OK && follow) st = dp_routing_tape_take(env->routing_tape, env->rank, L->layer, rec, R);
+    uint64_t differed = 0;
+    double worst = 0.0;
+    int worst_token = -1;
+    if (st == DP_OK && follow) {
+        int G = m->groups > 0 ? m->groups : 1;
+        dp_routing_inputs in = {.tokens = T, .experts = E, .groups = G, .topk_groups = m->topk_groups > 0 ? m->topk_groups : G,
+                                .topk = K, .hidden = h, .route_scale = m->route_scale, .scores = scores,
+                                .bias = bias, .gate = gate, .norm = norm};
+        st = dp_routing_follow(&in, rec, own, weight, &differed, &worst, &worst_token);
+    }
+    if (st == DP_OK && follow) dp_routing_tape_note(env->routing_tape, L->layer, (uint64_t)T, differed, worst, worst_token);
+    if (st == DP_OK && differed) {
+        st = o->copy(dev, k->expert, own, sizeof *own * R, DP_COPY_HOST_TO_DEVICE, s);
+        if (st == DP_OK) st = o->copy(dev, k->weight, weight, sizeof *f * R, DP_COPY_HOST_TO_DEVICE, s);
+        /* the host arrays must outlive the copies */
+        if (st == DP_OK) st = o->stream_synchronize(dev, s);
+    }
+    free(own), free(f);
+    return st;
+}
+
 /* Forward phase 0: the gate, fp32 scores, the selection on them plus the bias, the layout, the
  * step's load of each expert (for the balancing bias), the rows sorted by expert. */
 static dp_status forward_gate(const dp_block_layer *L, dp_block_pass *p, const moe_saved *k)
@@ -466,6 +520,7 @@ static dp_status forward_gate(const dp_block_layer *L, dp_block_pass *p, const m
     DP_CHECK(o->sigmoid_forward(dev, p->stream, DP_DTYPE_F32, (size_t)T * E, k->scores, k->scores));
     DP_CHECK(o->moe_topk(dev, p->stream, T, E, m->groups, m->topk_groups, K, k->scores, L->value[BIAS],
                          m->route_scale, k->expert, k->weight));
+    if (L->env && L->env->routing_tape && L->env->routing_mode != DP_ROUTING_OWN) DP_CHECK(route_by_tape(L, p->stream, k));
     if (plan_of(L)) DP_CHECK(choose_replicas(L, p->stream, k));
     DP_CHECK(o->moe_permute(dev, p->stream, T, K, num_slots(L), k->phys, k->row_token, k->slot_row, k->counts));
     /* the balancing bias counts logical experts' loads, whatever their replicas */

@@ -180,6 +180,11 @@ typedef struct dp_stage_env {
      * experts, ep_rank's part of them (MoE layers hold experts ep_rank x E / ep_size ..); the
      * ep_link groups are those copies, ranked by ep_rank */
     int ep_size, ep_rank;
+    /* MoE expert choices recorded or followed (moe_routing_tape.h; NULL: each run its own),
+     * under this rank's number in the world */
+    struct dp_routing_tape *routing_tape;
+    int routing_mode; /* dp_routing_mode */
+    int rank;
 } dp_stage_env;
 
 /* Stage stage_index of num_stages, with its own parameters (initialised from cfg->seed). */

@@ -340,7 +340,8 @@ dp_status dp_rank_create(const dp_rank_config *c, dp_rank **out)
     DP_CHECK(D->open(&dc, &rk->dev));
     for (int i = 0; i < 2; i++) DP_CHECK(D->stream_create(rk->dev, &rk->streams[i]));
     dp_stage_env env = {.ops = D, .dev = rk->dev, .streams = {rk->streams[0], rk->streams[1]},
-                        .ep_size = rk->layout.ep, .ep_rank = rk->replica % rk->layout.ep};
+                        .ep_size = rk->layout.ep, .ep_rank = rk->replica % rk->layout.ep,
+                        .routing_tape = rk->cfg.routing_tape, .routing_mode = rk->cfg.routing_mode, .rank = r};
     for (int d = 0; d < s->num_local_stages; d++)
         DP_CHECK(dp_stage_create(&env, &rk->cfg.model, s->slot_stage[d][pr], s->num_stages, &rk->stages[d]));
     return DP_OK;

@@ -60,6 +60,11 @@ typedef struct {
      * tokens' rows with the ranks holding the experts the rows go to. The world is dp x ep x
      * ranks; the replicas of the layout below are the dp x ep pipelines, replica = d x ep + e. */
     int ep;
+    /* MoE expert choices: recorded on the tape, or followed from it (moe_routing_tape.h; NULL:
+     * each run chooses its own), so that `dualpipe verify` can make the CPU route as the driver
+     * under test did */
+    struct dp_routing_tape *routing_tape;
+    int routing_mode; /* dp_routing_mode */
 } dp_runtime_config;
 
 /* The most ranks one process hosts, each on its own thread (local_ranks, or with one process

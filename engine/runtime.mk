@@ -69,6 +69,7 @@ engine_libdualpipe_la_SOURCES += \
 	engine/model.h engine/model.c \
 	engine/block.h engine/block_table.c engine/block_linear.c \
 	engine/block_mlp.c engine/block_residual.c engine/block_moe.c \
+	engine/moe_routing_tape.h engine/moe_routing_tape.c \
 	engine/host_copy.h engine/host_copy.c \
 	engine/param_io.h engine/param_io.c \
 	engine/executor.h engine/executor.c \
@@ -76,7 +77,8 @@ engine_libdualpipe_la_SOURCES += \
 	engine/rank.h engine/rank.c \
 	engine/runtime.h engine/runtime.c \
 	engine/reference.h engine/reference.c
-dualpipe_include_HEADERS += engine/model.h engine/block.h engine/executor.h engine/runtime.h engine/reference.h
+dualpipe_include_HEADERS += engine/model.h engine/block.h engine/executor.h engine/runtime.h engine/reference.h \
+	engine/moe_routing_tape.h
 
 check_PROGRAMS += tests/test_engine_phases
 TESTS += tests/test_engine_phases
@@ -120,9 +122,9 @@ TESTS += tests/test_gradcheck
 tests_test_gradcheck_SOURCES = tests/test_gradcheck.c
 tests_test_gradcheck_LDADD = engine/libdualpipe.la -lm
 
-# `dualpipe verify` against the cpu driver with one fault (tests/driver_fault.c)
-TESTS += tests/test_verify_faults.sh
-EXTRA_DIST += tests/test_verify_faults.sh
+# `dualpipe verify` against the cpu driver with one fault (tests/driver_fault.c), also in MoE routing
+TESTS += tests/test_verify_faults.sh tests/test_verify_routing.sh
+EXTRA_DIST += tests/test_verify_faults.sh tests/test_verify_routing.sh
 
 # Experts placed by an EPLB plan: the replica each row goes to, the replicas' gradient sum.
 check_PROGRAMS += tests/test_engine_placement

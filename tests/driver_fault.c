@@ -26,7 +26,9 @@ static dp_link_ops link_ops;
 /* exit:R:S  rank R's process exits (status 3) at its first GEMM of step S
  * hang:R:S  rank R stops there for good (a stuck kernel)
  * fail:R:S  rank R's GEMM there returns an error */
-enum { NONE, GRAD, PARAM, ULP, EXIT, HANG, FAIL };
+/* tie:F     MoE's top-k chooses on scores each moved by up to F of themselves (near-ties flip)
+ * topk      MoE's top-k chooses the (k+1)-th best expert in place of the k-th (a wrong kernel) */
+enum { NONE, GRAD, PARAM, ULP, TIE, TOPK, EXIT, HANG, FAIL };
 static int fault;
 static double size;
 static int fault_rank = -1, fault_step;
@@ -161,6 +163,43 @@ static dp_status sgd(dp_device *dev, dp_stream *s, size_t n, float *param, const
     return DP_OK;
 }
 
+/* MoE's top-k, faulty as asked: on scores moved by up to `size` of themselves (a fixed pattern
+ * over the elements), or choosing the (k+1)-th best in place of the k-th */
+static dp_status moe_topk(dp_device *dev, dp_stream *s, int tokens, int experts, int groups, int topk_groups,
+                          int topk, const float *scores, const float *bias, float route_scale, int32_t *expert,
+                          float *weight)
+{
+    if (fault != TIE && fault != TOPK)
+        return dp_cpu_driver.kernels->moe_topk(dev, s, tokens, experts, groups, topk_groups, topk, scores, bias,
+                                               route_scale, expert, weight);
+    size_t n = (size_t)tokens * (size_t)experts, R = (size_t)tokens * (size_t)(topk + 1);
+    float *moved = malloc(sizeof *moved * (n ? n : 1) + sizeof(float) * R);
+    int32_t *ex = malloc(sizeof *ex * R);
+    if (!moved || !ex) {
+        free(moved), free(ex);
+        return dp_fail(DP_ERR_NOMEM, "fault driver: out of memory");
+    }
+    float *w = moved + n;
+    for (size_t i = 0; i < n; i++)
+        moved[i] = fault == TIE ? scores[i] * (float)(1.0 + size * ((double)(((i * 2654435761u) >> 7) % 2001) - 1000.0) / 1000.0)
+                                : scores[i];
+    int wide = fault == TOPK && topk < experts;
+    dp_status st = dp_cpu_driver.kernels->moe_topk(dev, s, tokens, experts, groups, topk_groups, topk + wide, moved,
+                                                   bias, route_scale, ex, w);
+    for (int t = 0; st == DP_OK && t < tokens; t++) {
+        const int32_t *e = ex + (size_t)t * (size_t)(topk + wide);
+        float sum = 0.0f;
+        for (int k = 0; k < topk; k++) {
+            expert[(size_t)t * topk + k] = e[wide && k == topk - 1 ? topk : k];
+            sum += scores[(size_t)t * experts + expert[(size_t)t * topk + k]];
+        }
+        for (int k = 0; k < topk; k++)
+            weight[(size_t)t * topk + k] = scores[(size_t)t * experts + expert[(size_t)t * topk + k]] / sum * route_scale;
+    }
+    free(moved), free(ex);
+    return st;
+}
+
 /* at load time, before the registry reads the tables */
 __attribute__((constructor)) static void fill_tables(void)
 {
@@ -172,6 +211,7 @@ __attribute__((constructor)) static void fill_tables(void)
     kernels.gemm = gemm;
     kernels.adamw_update = adamw;
     kernels.sgd_update = sgd;
+    kernels.moe_topk = moe_topk;
     link_ops = *dp_cpu_driver.link;
     const char *f = getenv("DUALPIPE_FAULT");
     if (!f) return;
@@ -179,6 +219,8 @@ __attribute__((constructor)) static void fill_tables(void)
     if (!strncmp(f, "grad", 4)) fault = GRAD, size = 0.1;
     else if (!strncmp(f, "param", 5)) fault = PARAM, size = 0.5;
     else if (!strcmp(f, "ulp")) fault = ULP;
+    else if (!strncmp(f, "tie", 3)) fault = TIE, size = 1e-3;
+    else if (!strcmp(f, "topk")) fault = TOPK;
     else if (sscanf(f, "exit:%d:%d", &fault_rank, &fault_step) == 2) fault = EXIT;
     else if (sscanf(f, "hang:%d:%d", &fault_rank, &fault_step) == 2) fault = HANG;
     else if (sscanf(f, "fail:%d:%d", &fault_rank, &fault_step) == 2) fault = FAIL;

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "engine/driver.h"
+#include "engine/moe_routing_tape.h"
 #include "engine/runtime.h"
 #include "tools/cli_engine.h"
 #include "tools/cli_moe.h"
@@ -205,11 +206,15 @@ static int parse_options(int argc, char **argv, verify_options *o)
     return -1;
 }
 
-static int start_runs(const verify_options *o, dp_runtime **drv, dp_runtime **cpu)
+static int start_runs(const verify_options *o, dp_routing_tape *tape, dp_runtime **drv, dp_runtime **cpu)
 {
     dp_runtime_config dc = o->c, cc = o->c;
     dc.driver = o->driver;
     cc.driver = "cpu";
+    /* with MoE layers the cpu routes each token as the driver did (see routing_verdict) */
+    dc.routing_tape = cc.routing_tape = tape;
+    dc.routing_mode = tape ? DP_ROUTING_RECORD : DP_ROUTING_OWN;
+    cc.routing_mode = tape ? DP_ROUTING_FOLLOW : DP_ROUTING_OWN;
     *drv = *cpu = NULL;
     /* As train: a driver that is not there or cannot run here (no device) is the command line's
      * problem (exit 2), not a failed comparison. */
@@ -258,7 +263,30 @@ static void print_header(const verify_options *o, const verify_session *vs)
     printf("\n%-40s %9s  %10s  %10s  %7s  %s\n", "tensor", "elements", "max |diff|", "max rel", "use", "");
 }
 
-static int run_steps(const verify_options *o, verify_session *vs)
+/* Expert choices. Where two experts' scores nearly tie, the driver's rounding may choose the
+ * other one, and from there the two runs differ by more than rounding; so the cpu follows the
+ * driver's choices, and each choice that differed from the cpu's own must be a tie within what
+ * rounding explains: the cpu's own score margin against it at most the activations' relative
+ * tolerance (the losses' atol) times the spread the rounding of the gate's input gives a score
+ * (moe_routing_tape.h). A driver whose top-k is wrong loses by far more on some token. */
+static void routing_verdict(const verify_options *o, verify_session *vs, dp_routing_tape *tape)
+{
+    dp_routing_report r = dp_routing_tape_report(tape);
+    double tol = vs->loss_atol;
+    vs->routing_failed = r.differed && r.worst > tol;
+    if (!r.differed)
+        snprintf(vs->routing_note, sizeof vs->routing_note,
+                 "expert choices: the cpu's own equal %s's for all %llu token routings", o->driver,
+                 (unsigned long long)r.tokens);
+    else
+        snprintf(vs->routing_note, sizeof vs->routing_note,
+                 "expert choices: the cpu followed %s's; %llu of %llu token routings differed from the cpu's own, the cpu's "
+                 "widest margin against them %.3g score spreads (layer %d, token %d), tolerance %.3g%s",
+                 o->driver, (unsigned long long)r.differed, (unsigned long long)r.tokens, r.worst, r.worst_layer,
+                 r.worst_token, tol, vs->routing_failed ? ": more than rounding explains" : ": ties within rounding");
+}
+
+static int run_steps(const verify_options *o, verify_session *vs, dp_routing_tape *tape)
 {
     const dp_runtime_config *c = &o->c;
     int chunks = global_chunks(c);
@@ -275,6 +303,9 @@ static int run_steps(const verify_options *o, verify_session *vs)
             rc = 1;
         } else if (dp_runtime_train_step(vs->cpu, in, tg, cl) != DP_OK) {
             cli_error("step %d on cpu: %s", step, dp_last_error());
+            rc = 1;
+        } else if (tape && dp_routing_tape_end_step(tape) != DP_OK) {
+            cli_error("step %d: following %s's expert choices: %s", step, o->driver, dp_last_error());
             rc = 1;
         } else {
             verify_losses(vs, dl, cl, chunks);
@@ -295,8 +326,16 @@ int cmd_verify(int argc, char **argv)
     int rc = parse_options(argc, argv, &o);
     if (rc >= 0) return rc;
     dp_runtime *drv, *cpu;
-    int started = start_runs(&o, &drv, &cpu);
-    if (started != CLI_EXIT_OK) return started;
+    dp_routing_tape *tape = NULL;
+    if (o.c.model.moe.experts > 0 && dp_routing_tape_create(&tape) != DP_OK) {
+        cli_error("%s", dp_last_error());
+        return CLI_EXIT_FAIL;
+    }
+    int started = start_runs(&o, tape, &drv, &cpu);
+    if (started != CLI_EXIT_OK) {
+        dp_routing_tape_destroy(tape);
+        return started;
+    }
     verify_session vs;
     rc = CLI_EXIT_FAIL;
     /* the gradients sum every replica's micro-batches: the sums' lengths are the global batch's */
@@ -304,10 +343,14 @@ int cmd_verify(int argc, char **argv)
         cli_error("%s", dp_last_error());
     else {
         print_header(&o, &vs);
-        if (!run_steps(&o, &vs)) rc = verify_report(&vs, o.quiet, stdout) ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+        if (!run_steps(&o, &vs, tape)) {
+            if (tape) routing_verdict(&o, &vs, tape);
+            rc = verify_report(&vs, o.quiet, stdout) ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+        }
     }
     verify_session_free(&vs);
     dp_runtime_destroy(drv);
     dp_runtime_destroy(cpu);
+    dp_routing_tape_destroy(tape);
     return rc;
 }

@@ -251,7 +251,11 @@ int verify_report(const verify_session *vs, int quiet, FILE *out)
                      "%.2f lr from the cpu, bound %.2f lr",
                 undefined, undefined_apart, 2 * verify_adamw_step_bound(&vs->opt, vs->steps));
     if (vs->opt.kind != DP_OPT_NONE) fputc('\n', out);
-    if (failed) fprintf(out, "\nFAIL: %d of %d tensors outside the tolerance\n", failed, rows);
+    if (vs->routing_note[0]) fprintf(out, "%s\n", vs->routing_note);
+    if (failed && vs->routing_failed)
+        fprintf(out, "\nFAIL: %d of %d tensors outside the tolerance, and the expert choices\n", failed, rows);
+    else if (failed) fprintf(out, "\nFAIL: %d of %d tensors outside the tolerance\n", failed, rows);
+    else if (vs->routing_failed) fprintf(out, "\nFAIL: the expert choices (%d tensors within the tolerance)\n", rows);
     else fprintf(out, "\nPASS: %d tensors within the tolerance\n", rows);
-    return failed;
+    return failed + vs->routing_failed;
 }

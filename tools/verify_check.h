@@ -33,6 +33,10 @@ typedef struct {
     struct verify_place *places; /* where each tensor is in the runtimes */
     int ntensors;
     int steps;
+    /* MoE routing: the line saying how the cpu followed the driver's expert choices ("" when
+     * the model has no MoE layer), and whether a choice was no tie that rounding explains */
+    char routing_note[512];
+    int routing_failed;
 } verify_session;
 
 /* Sets up the rows for every tensor of the model (both runtimes must hold the same model) and
