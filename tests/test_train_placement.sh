@@ -112,5 +112,11 @@ for ep in 1 2; do
   ok $? "--ep $ep with replicas: resumed at step 3, final parameters byte-identical to the uninterrupted run's"
   [ $rc -eq 0 ] || show "$tmp/out"
 done
+# the checkpoint's experts are logical: a resume places them under another plan, or none
+"$dp" train $small $moe --steps 4 --ep 2 --resume "$tmp/ck2/whole/step-00000002" --save-params "$tmp/replanned0.st" \
+  > "$tmp/out" 2>&1 && \
+"$dp" train $small $moe --steps 4 --ep 2 --eplb-plan "$tmp/move.json" --resume "$tmp/ck2/whole/step-00000002" \
+  --save-params "$tmp/replanned1.st" > "$tmp/out" 2>&1 && cmp -s "$tmp/replanned0.st" "$tmp/replanned1.st"
+ok $? "a checkpoint of a replicated plan resumes without a plan and under a plan that moves experts, alike"
 echo "1..$n"
 exit $failed
