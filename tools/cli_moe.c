@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -106,4 +107,30 @@ int cli_moe_check(dp_runtime_config *c, unsigned given)
     c->model.moe.plan_phy2log = checked.model.moe.plan_phy2log;
     c->model.moe.plan_replica = checked.model.moe.plan_replica;
     return 0;
+}
+
+void cli_moe_print_placement(const dp_model_config *model, int ep)
+{
+    const dp_moe_config *m = &model->moe;
+    if (!m->plan_phy2log) return;
+    int P = m->plan_slots, most = 1;
+    char per_layer[128] = "";
+    int *count = calloc((size_t)m->experts, sizeof *count);
+    if (!count) return;
+    for (int l = 0; l < m->plan_layers; l++) {
+        int replicated = 0;
+        memset(count, 0, sizeof *count * (size_t)m->experts);
+        for (int p = 0; p < P; p++) count[m->plan_phy2log[(size_t)l * P + p]]++;
+        for (int e = 0; e < m->experts; e++) {
+            replicated += count[e] > 1;
+            if (count[e] > most) most = count[e];
+        }
+        size_t at = strlen(per_layer);
+        if (at < sizeof per_layer - 16) snprintf(per_layer + at, sizeof per_layer - at, "%s%d", l ? "," : "", replicated);
+        else if (at < sizeof per_layer - 4) snprintf(per_layer + at, sizeof per_layer - at, "...");
+    }
+    free(count);
+    ep = ep > 1 ? ep : 1;
+    printf("placement: --eplb-plan %s: %d physical slots per MoE layer, %d per ep rank; experts replicated per "
+           "layer %s, up to %d slots each\n", plan_path ? plan_path : "(given)", P, P / ep, per_layer, most);
 }

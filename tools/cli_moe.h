@@ -40,5 +40,7 @@ int cli_moe_option(int which, const char *name, const char *value, dp_moe_config
  * (tools/moe_plan.c) and placed in c->model.moe, the arrays held until the process ends (a
  * command parses its line once). Nonzero having said why not. */
 int cli_moe_check(dp_runtime_config *c, unsigned given);
+/* A line saying where --eplb-plan put the experts (nothing without a plan), for a header. */
+void cli_moe_print_placement(const dp_model_config *model, int ep);
 
 #endif

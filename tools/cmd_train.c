@@ -509,6 +509,7 @@ static void print_header(const train_options *o, const train_state *t)
                listed ? layers : "none", total, m->moe.experts, m->moe.groups, m->moe.topk_groups, m->moe.topk,
                m->moe.expert_hidden, m->moe.shared_experts, (double)m->moe.route_scale,
                (double)m->moe.bias_update_speed);
+        cli_moe_print_placement(m, o->c.ep);
     }
     if (dp > 1)
         printf("layout: world rank = replica x %d + pipeline rank; replica d holds ranks %d d .. %d d + %d and runs "
