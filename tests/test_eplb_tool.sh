@@ -36,6 +36,10 @@ bad() {
 
 printf '1 2 3 4\n5 6 x 8\n' >"$tmp/in"
 want='in:2:|'"'"'x'"'"' is not a number'; bad "text: not a number" -r 4 -g 2 "$tmp/in"
+# a device as the loads or the current plan: refused at its first bytes, not read forever
+want='/dev/zero|NUL byte'; bad "loads from /dev/zero" -r 4 -g 2 /dev/zero
+printf '1 2 3 4\n' >"$tmp/in"
+want='/dev/zero|NUL byte'; bad "--current /dev/zero" -r 4 -g 2 --current /dev/zero "$tmp/in"
 printf '1,2,3,4\n5,6,7\n' >"$tmp/in"
 want='in:2:|ragged rows'; bad "text: ragged rows" -r 4 -g 2 "$tmp/in"
 printf '1 2 3 4\n1 2 3 4 5\n' >"$tmp/in"

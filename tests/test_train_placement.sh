@@ -30,6 +30,7 @@ bad() { # file, expected message, then more options
 ident='[0, 1, 2, 3, 4, 5, 6, 7]'
 bad "$tmp/absent.json" "No such file"
 mkdir "$tmp/dir.json"; bad "$tmp/dir.json" "is a directory"
+[ -r /dev/zero ] && bad /dev/zero "NUL byte" # a device is refused at its first bytes, not read forever
 : > "$tmp/empty.json"; bad "$tmp/empty.json" "eplb tool writes"
 plan trunc '{"num_replicas": 8, "num_gpus": 2, "phy2log": [[0, 1, 2'; bad "$tmp/trunc.json" "eplb tool writes"
 plan garbage 'this is not json'; bad "$tmp/garbage.json" "eplb tool writes"

@@ -27,6 +27,7 @@ char *eplb_slurp(const char *path, long *len)
         }
     }
     size_t cap = 1 << 16, n = 0;
+    int too_big = 0, has_nul = 0;
     char *buf = malloc(cap);
     while (buf) {
         if (n + 1 >= cap) {
@@ -39,6 +40,14 @@ char *eplb_slurp(const char *path, long *len)
             buf = nb;
         }
         size_t got = fread(buf + n, 1, cap - n - 1, fp);
+        /* stop at once on what cannot be text, or is far beyond any plan or load file (a device
+         * such as /dev/zero would otherwise be read forever) */
+        if (memchr(buf + n, 0, got) || n + got > EPLB_SLURP_MAX) {
+            too_big = !memchr(buf + n, 0, got);
+            has_nul = !too_big;
+            n += got;
+            break;
+        }
         n += got;
         if (got == 0) break;
     }
@@ -54,8 +63,14 @@ char *eplb_slurp(const char *path, long *len)
         return NULL;
     }
     buf[n] = 0;
-    if (memchr(buf, 0, n)) {
-        cli_error("%s: the file holds a NUL byte: loads are text (JSON, CSV or whitespace)",
+    if (too_big) {
+        cli_error("%s: larger than %d MiB: not a plan or a load file (those are JSON or text)", name_of(path),
+                  (int)(EPLB_SLURP_MAX >> 20));
+        free(buf);
+        return NULL;
+    }
+    if (has_nul || memchr(buf, 0, n)) {
+        cli_error("%s: the file holds a NUL byte: plans and loads are text (JSON, CSV or whitespace)",
                   name_of(path));
         free(buf);
         return NULL;

@@ -23,7 +23,9 @@ int eplb_read_phy2log(const char *path, int *layers, int *replicas, int **phy2lo
 /* The same from text in memory, named `name` in messages. */
 int eplb_parse_phy2log(const char *name, const char *text, int *layers, int *replicas, int **phy2log);
 
-/* Reads a file or stdin into a NUL-terminated buffer. */
+/* Reads a file or stdin into a NUL-terminated buffer; refuses (NULL, having said why) one
+ * holding a NUL byte or larger than EPLB_SLURP_MAX bytes. */
+#define EPLB_SLURP_MAX ((size_t)256 << 20)
 char *eplb_slurp(const char *path, long *len);
 
 #endif

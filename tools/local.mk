@@ -33,6 +33,8 @@ dualpipe_command_sources = \
 	tools/checkpoint_index.h \
 	tools/crc32.c \
 	tools/crc32.h \
+	tools/eplb_input.c \
+	tools/eplb_input.h \
 	tools/eplb_json.c \
 	tools/eplb_json.h \
 	tools/launch.c \

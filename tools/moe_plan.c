@@ -12,6 +12,7 @@
 
 #include "engine/schedule.h"
 #include "tools/cli.h"
+#include "tools/eplb_input.h"
 #include "tools/eplb_json.h"
 
 /* The whole file, NUL-terminated; NULL having said why not. */
@@ -26,35 +27,8 @@ static char *read_text(const char *path)
         cli_error("--eplb-plan %s is a directory: give the plan JSON file that `eplb -o FILE` writes", path);
         return NULL;
     }
-    FILE *fp = fopen(path, "rb");
-    if (!fp) {
-        cli_error("--eplb-plan %s: %s", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 16, n = 0, got;
-    char *buf = malloc(cap);
-    while (buf && (got = fread(buf + n, 1, cap - n - 1, fp)) > 0) {
-        n += got;
-        if (n + 1 == cap) {
-            char *more = realloc(buf, cap *= 2);
-            if (!more) free(buf);
-            buf = more;
-        }
-    }
-    int bad = ferror(fp);
-    fclose(fp);
-    if (!buf || bad) {
-        cli_error("--eplb-plan %s: %s", path, buf ? "reading failed" : "out of memory");
-        free(buf);
-        return NULL;
-    }
-    buf[n] = 0;
-    if (memchr(buf, 0, n)) {
-        cli_error("--eplb-plan %s holds a NUL byte: a plan is JSON text", path);
-        free(buf);
-        return NULL;
-    }
-    return buf;
+    /* the eplb tool's own reader: bounded, text only */
+    return eplb_slurp(path, NULL);
 }
 
 /* A member that must be a whole number in lo..hi; 0, or nonzero having said why not. */
