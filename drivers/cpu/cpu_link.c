@@ -1,7 +1,8 @@
 /* cpu_link.c: the CPU driver's link: mailboxes between rank threads of one process.
  * Sends are eager (the message is copied into the receiver's mailbox, so a send never
  * blocks); receives match messages by (source, tag) in posting order; collectives are built
- * from the same messages; every wait gives up after the timeout naming rank, peer and tag. */
+ * from the same messages; every wait gives up after the timeout naming rank, peer and tag.
+ * $DUALPIPE_CPU_LINK gives the link a network's latency and bandwidth (link_emulation). */
 #define _POSIX_C_SOURCE 200809L
 #include "config.h"
 
@@ -22,8 +23,55 @@ typedef struct message {
     int tag;
     size_t bytes;
     size_t capacity;
+    double ready_ms; /* emulated network: when the message has arrived (0: at once) */
     unsigned char data[]; /* copied at send */
 } message;
+
+/* ----------------------------------------------------------------------------
+ * link emulation: DUALPIPE_CPU_LINK=LATENCY_US,GBITS makes every message between two ranks
+ * arrive as over one NIC of GBITS Gb/s per rank with LATENCY_US of latency: a rank's sends leave
+ * one after another (each occupies its NIC for bytes / bandwidth from when the NIC is free), and
+ * arrive latency later; a receive completes no earlier. Receiving NICs are not modelled (many
+ * senders to one rank overlap). Sends stay eager, so a rank computes while its messages travel:
+ * the overlap a schedule buys shows in its step time. */
+
+typedef struct {
+    int on;
+    double latency_ms, ms_per_byte;
+} link_emulation;
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+
+/* $DUALPIPE_CPU_LINK: unset or empty, no emulation */
+static dp_status emulation_parse(link_emulation *e)
+{
+    memset(e, 0, sizeof *e);
+    const char *v = getenv("DUALPIPE_CPU_LINK");
+    if (!v || !*v) return DP_OK;
+    double us = -1, gbits = -1;
+    char tail = 0;
+    if (sscanf(v, "%lf,%lf%c", &us, &gbits, &tail) != 2 || !(us >= 0 && us <= 1e6) || !(gbits > 0 && gbits <= 1e6))
+        return dp_fail(DP_ERR_INVALID, "DUALPIPE_CPU_LINK=%s: give LATENCY_US,GBITS, e.g. 5,400 for 5 us and 400 Gb/s "
+                       "(latency 0 to 1e6 us, bandwidth above 0 up to 1e6 Gb/s)", v);
+    e->on = 1;
+    e->latency_ms = us * 1e-3;
+    e->ms_per_byte = 8.0 / (gbits * 1e9) * 1e3;
+    return DP_OK;
+}
+
+static void sleep_until(double t_ms)
+{
+    for (double left; (left = t_ms - now_ms()) > 0;) {
+        long long ns = (long long)(left * 1e6) + 1;
+        struct timespec d = {(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
+        nanosleep(&d, NULL);
+    }
+}
 
 /* Freed messages are kept for reuse: fresh large allocations cost page faults on every
  * message, which dominates the link's time where faults are slow (sandboxes, VMs). */
@@ -47,6 +95,8 @@ struct dp_link_world {
     int *opened; /* [size]: whether rank r opened its endpoint */
     message *cache[MESSAGE_CACHE]; /* freed messages, under lock */
     int cached;
+    link_emulation emu;
+    double *nic_free; /* [size] emulated: when each world rank's NIC is free, under lock */
 };
 
 typedef enum { REQ_SEND, REQ_RECV } req_kind;
@@ -177,17 +227,19 @@ static dp_status cpu_world_create(const dp_link_world_config *cfg, dp_link_world
     if (!w) return dp_fail(DP_ERR_NOMEM, "cpu link: out of memory");
     w->size = cfg->world_size;
     w->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : 60000;
-    dp_status st = dp_link_bootstrap_open(&w->bootstrap, cfg, w->timeout_ms, "cpu");
+    dp_status st = emulation_parse(&w->emu);
+    if (st == DP_OK) st = dp_link_bootstrap_open(&w->bootstrap, cfg, w->timeout_ms, "cpu");
     if (st != DP_OK) {
         free(w);
         return st;
     }
     w->world_group = group_new(w->size);
     w->opened = calloc((size_t)w->size, sizeof *w->opened);
-    if (!w->world_group || !w->opened) {
+    w->nic_free = calloc((size_t)w->size, sizeof *w->nic_free);
+    if (!w->world_group || !w->opened || !w->nic_free) {
         if (w->world_group) group_free(w->world_group);
         dp_link_bootstrap_close(&w->bootstrap);
-        free(w->opened), free(w);
+        free(w->opened), free(w->nic_free), free(w);
         return dp_fail(DP_ERR_NOMEM, "cpu link: out of memory");
     }
     dp_link_abort_init(&w->abort);
@@ -217,6 +269,7 @@ static dp_status cpu_world_destroy(dp_link_world *w)
     dp_link_bootstrap_close(&w->bootstrap);
     for (int i = 0; i < w->cached; i++) free(w->cache[i]);
     free(w->opened);
+    free(w->nic_free);
     free(w);
     return DP_OK;
 }
@@ -322,6 +375,14 @@ static dp_status issue(dp_link *l, dp_request *r)
         m->tag = r->tag;
         if (r->bytes) memcpy(m->data, r->send_buf, r->bytes);
         pthread_mutex_lock(&w->lock);
+        m->ready_ms = 0;
+        int from = g->world_of[l->rank], to = g->world_of[r->peer];
+        if (w->emu.on && from != to) {
+            double start = now_ms();
+            if (w->nic_free[from] > start) start = w->nic_free[from];
+            w->nic_free[from] = start + (double)r->bytes * w->emu.ms_per_byte;
+            m->ready_ms = w->nic_free[from] + w->emu.latency_ms;
+        }
         if (g->inbox_tail[r->peer]) g->inbox_tail[r->peer]->next = m;
         else g->inbox_head[r->peer] = m;
         g->inbox_tail[r->peer] = m;
@@ -488,6 +549,7 @@ static dp_status cpu_wait(dp_link *l, dp_request *r)
     }
     unlink_posted_locked(l, r);
     pthread_mutex_unlock(&w->lock);
+    if (st == DP_OK && r->msg->ready_ms > 0) sleep_until(r->msg->ready_ms); /* emulated flight */
     if (st == DP_OK) {
         if (r->msg->bytes != r->bytes) {
             st = dp_link_fail_size("cpu", l->g->world_of[l->rank], l->g->world_of[r->peer], r->tag, r->msg->bytes,

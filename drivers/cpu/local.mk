@@ -14,6 +14,11 @@ engine_libdualpipe_la_SOURCES += \
 
 check_PROGRAMS += tests/test_cpu_kernels tests/test_link_conformance tests/test_cpu_bf16 tests/test_cpu_kernels_fp64
 TESTS += tests/test_cpu_kernels tests/test_link_conformance tests/test_cpu_bf16 tests/test_cpu_kernels_fp64
+# the link's network emulation ($DUALPIPE_CPU_LINK)
+check_PROGRAMS += tests/test_cpu_link_emulation
+TESTS += tests/test_cpu_link_emulation
+tests_test_cpu_link_emulation_SOURCES = tests/test_cpu_link_emulation.c
+tests_test_cpu_link_emulation_LDADD = engine/libdualpipe.la -lpthread
 noinst_HEADERS += tests/kernel_fp64_checks.h tests/kernel_fp64_moe_checks.h
 tests_test_cpu_kernels_fp64_SOURCES = tests/test_cpu_kernels_fp64.c
 tests_test_cpu_kernels_fp64_LDADD = engine/libdualpipe.la -lm
