@@ -584,3 +584,59 @@ dp_status dp_runtime_set_step(dp_runtime *rt, int step)
     rt->step = step;
     return DP_OK;
 }
+
+/* ----------------------------------------------------------------------------
+ * mixture-of-experts loads: an MoE layer's balancing bias (the buffer "gate.bias", block_moe.c)
+ * takes for its "gradient" the tokens each expert received, so that the step's gradient sync
+ * sums them over every copy of the stage; they stay there until the next step zeroes the
+ * gradients. Reading them is reading that gradient. */
+
+/* The model layer that is MoE layer `moe_layer`, or -1. */
+static int moe_model_layer(const dp_runtime *rt, int moe_layer)
+{
+    int layers = rt->sched->num_stages * rt->cfg.model.layers_per_stage;
+    for (int l = 0, n = 0; l < layers; l++)
+        if (dp_model_layer_kind(&rt->cfg.model, l) == DP_BLOCK_MOE && n++ == moe_layer) return l;
+    return -1;
+}
+
+int dp_runtime_num_moe_layers(const dp_runtime *rt)
+{
+    int n = 0;
+    while (moe_model_layer(rt, n) >= 0) n++;
+    return n;
+}
+
+dp_status dp_runtime_read_expert_load(dp_runtime *rt, int moe_layer, int64_t *counts)
+{
+    int layer = moe_layer >= 0 ? moe_model_layer(rt, moe_layer) : -1;
+    if (layer < 0)
+        return dp_fail(DP_ERR_INVALID, "no MoE layer %d: the model has %d (0 to n - 1, in layer order)", moe_layer,
+                       dp_runtime_num_moe_layers(rt));
+    if (!counts) return dp_fail(DP_ERR_INVALID, "reading the loads of MoE layer %d: no host array", moe_layer);
+    int lps = rt->cfg.model.layers_per_stage, stage = layer / lps, E = rt->cfg.model.moe.experts;
+    char want[32], name[32];
+    snprintf(want, sizeof want, "block%d.gate.bias", layer % lps);
+    int index = -1;
+    for (int i = 0; i < dp_runtime_num_params(rt, stage) && index < 0; i++) {
+        size_t n = 0;
+        DP_CHECK(dp_rank_param_info(any_local(rt), stage, i, &n, name));
+        if (strcmp(name, want) == 0 && n == (size_t)E) index = i;
+    }
+    if (index < 0)
+        return dp_fail(DP_ERR_INVALID, "MoE layer %d (layer %d, stage %d) has no %s of %d experts", moe_layer, layer,
+                       stage, want, E);
+    float *loads = malloc(sizeof *loads * (size_t)E);
+    if (!loads) return dp_fail(DP_ERR_NOMEM, "out of memory for the loads of %d experts", E);
+    dp_status st = dp_runtime_read_tensor(rt, stage, 0, index, DP_TENSOR_GRAD, loads, NULL, NULL);
+    /* only the process hosting rank 0 receives them; the others' are not read */
+    for (int e = 0; e < E && st == DP_OK; e++) {
+        float v = dp_runtime_is_root(rt) ? loads[e] : 0.0f;
+        if (!(v >= 0.0f && v <= 16777216.0f) || v != (float)(int64_t)v)
+            st = dp_fail(DP_ERR_INVALID, "MoE layer %d: expert %d's load in step %d is %.9g, not a whole number of "
+                         "tokens up to 2^24 (fp32 counts are exact only that far)", moe_layer, e, rt->step, (double)v);
+        else counts[e] = (int64_t)v;
+    }
+    free(loads);
+    return st;
+}

@@ -143,6 +143,18 @@ int dp_runtime_replicas(const dp_runtime *rt);
 dp_status dp_runtime_read_param(dp_runtime *rt, int stage, int copy, int index, int grad, float *host,
                                 size_t *count, char name[32]);
 
+/* Mixture-of-experts loads: the model's MoE layers (dp_model_layer_kind), numbered 0 .. n - 1
+ * in layer order, and how many (token, k) slots chose each routed expert of one of them in the
+ * last training step: counts[experts] (logical experts, host), summed over every micro-batch of
+ * the global batch, whoever ran it (every pipe, data-parallel and expert-parallel copy). They
+ * are the balancing bias's step loads, read from the rank holding the layer in replica 0, so a
+ * job spread over processes calls it in every process (the counts arrive at rank 0's). Exact
+ * integers: the loads are fp32 sums of integers, exact while each stays <= 2^24 (a step's
+ * tokens bound it); a value beyond, or not a whole number, is refused (DP_ERR_INVALID). Zeros
+ * before the first step. Call it between steps. */
+int dp_runtime_num_moe_layers(const dp_runtime *rt);
+dp_status dp_runtime_read_expert_load(dp_runtime *rt, int moe_layer, int64_t *counts);
+
 /* Optimizer steps taken (training steps started): AdamW's bias correction of the next step
  * uses this + 1. set_step makes a restored state continue where its source left off. */
 int dp_runtime_step(const dp_runtime *rt);

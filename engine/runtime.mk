@@ -105,10 +105,19 @@ TESTS += tests/test_engine_moe
 tests_test_engine_moe_SOURCES = tests/test_engine_moe.c
 tests_test_engine_moe_LDADD = engine/libdualpipe.la -lm
 
+# dp_runtime_read_expert_load: each MoE layer's loads per step, in layer order, exact
+check_PROGRAMS += tests/test_engine_expert_load
+TESTS += tests/test_engine_expert_load
+tests_test_engine_expert_load_SOURCES = tests/test_engine_expert_load.c
+tests_test_engine_expert_load_LDADD = engine/libdualpipe.la
+
 TESTS += tests/test_train_moe.sh
 EXTRA_DIST += tests/test_train_moe.sh
 TESTS += tests/test_train_placement.sh
 EXTRA_DIST += tests/test_train_placement.sh
+# train --dump-expert-load: the counts, SGLang's format, eplb reading it, bad paths
+TESTS += tests/test_train_expert_load.sh
+EXTRA_DIST += tests/test_train_expert_load.sh
 
 TESTS += tests/test_engine_train.sh
 EXTRA_DIST += tests/test_engine_train.sh

@@ -19,6 +19,7 @@
 #include "tools/cli_options.h"
 #include "tools/commands.h"
 #include "tools/compare.h"
+#include "tools/expert_load.h"
 #include "tools/launch.h"
 #include "tools/step_timing.h"
 #include "tools/train_data.h"
@@ -49,7 +50,7 @@ static int compare_params(dp_runtime *rt, dp_reference *ref, differences *df)
 
 enum { O_HIDDEN = CLI_LONG_ONLY, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_SEED, O_OPT, O_LR, O_WD, O_MOM, O_THREADS,
        O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD, O_DTYPE, O_SERIAL_PAIRS, O_TF32, O_INIT, O_DATA, O_SAVE_PARAMS, O_DP,
-       O_SAVE, O_SAVE_EVERY, O_RESUME, O_SAVE_OUTPUTS,
+       O_SAVE, O_SAVE_EVERY, O_RESUME, O_SAVE_OUTPUTS, O_DUMP_LOAD,
        O_EP, O_MOE, O_MOE_END = O_MOE + CLI_MOE_NUM };
 
 static const cli_option options[] = {
@@ -110,6 +111,9 @@ static const cli_option options[] = {
                                            "layers; --steps counts from the run's start"},
     {O_SAVE_OUTPUTS, 0, "save-outputs", "FILE", .help = "after training, write the next step's inputs and the model's\n"
                                                         "outputs for them to FILE (safetensors: inputs, outputs)"},
+    {O_DUMP_LOAD, 0, "dump-expert-load", "FILE", .help = "write how many tokens each routed expert of each MoE layer\n"
+                                                         "received, summed over the run's steps, to FILE as\n"
+                                                         "{\"logical_count\": [[MoE layer 0's], ...]}: eplb plans from it"},
     {'q', 'q', "quiet", NULL, .help = "only the summary"},
     {0},
 };
@@ -129,6 +133,7 @@ typedef struct {
     const char *trace_path;
     const char *init_path, *data_path, *save_path; /* --init, --data, --save-params */
     const char *save_dir, *resume_dir, *outputs_path; /* --save, --resume, --save-outputs */
+    const char *load_path;                            /* --dump-expert-load */
     int save_every;
     int first_step; /* steps already taken: those of the checkpoint resumed from */
     char resumed_from[4096];
@@ -223,6 +228,7 @@ static int parse_options(int argc, char **argv, train_options *o)
             break;
         case O_RESUME: o->resume_dir = p.value; break;
         case O_SAVE_OUTPUTS: o->outputs_path = p.value; break;
+        case O_DUMP_LOAD: o->load_path = p.value; break;
         case O_VERIFY: o->verify = 1; break;
         case O_SPREAD: c->spread_devices = 1; break;
         case O_SERIAL_PAIRS: c->serial_pairs = 1; break;
@@ -241,6 +247,17 @@ static int parse_options(int argc, char **argv, train_options *o)
     }
     if (o->resume_dir && o->init_path) {
         cli_error("--resume and --init both give the parameters: name one of them");
+        return CLI_EXIT_USAGE;
+    }
+    if (o->load_path && c->model.moe.experts == 0) {
+        cli_error("--dump-expert-load needs MoE layers: give --experts N");
+        return CLI_EXIT_USAGE;
+    }
+    long long step_tokens = (long long)global_chunks(c) * c->model.tokens;
+    if (o->load_path && step_tokens > EXPERT_LOAD_MAX_STEP_TOKENS) {
+        cli_error("--dump-expert-load: a step of %lld tokens (%d micro-batches x %d) is past the %lld for which the "
+                  "per-step counts are exact (fp32); use fewer tokens or micro-batches per step",
+                  step_tokens, global_chunks(c), c->model.tokens, EXPERT_LOAD_MAX_STEP_TOKENS);
         return CLI_EXIT_USAGE;
     }
     c->model.seed = (uint64_t)seed;
@@ -275,6 +292,7 @@ typedef struct {
     float *losses, *ref_losses; /* per micro-batch */
     step_timing tm;
     double flops_per_step;
+    expert_load *loads; /* with --dump-expert-load */
 } train_state;
 
 /* TRAIN_GO_ON, or the exit code having said why not (free t either way). */
@@ -380,6 +398,7 @@ static int train_loop(const train_options *o, train_state *t, train_trace *trace
             return 1;
         }
         step_timing_collect(&t->tm, t->rt, step > first || run_steps == 1);
+        if (t->loads && expert_load_add_step(t->loads, t->rt)) return 1;
         if (trace && train_trace_add_step(trace, t->rt, dp_runtime_step_start(t->rt) - run_t0)) return 1;
         res->step_ms[step - first] = ms;
         double loss = 0;
@@ -619,9 +638,9 @@ int cmd_train(int argc, char **argv)
     int rc = parse_options(argc, argv, &o);
     if (rc != TRAIN_GO_ON) return rc;
     const named_path outputs[] = {{"--trace", o.trace_path}, {"--save-params", o.save_path},
-                                  {"--save-outputs", o.outputs_path}};
+                                  {"--save-outputs", o.outputs_path}, {"--dump-expert-load", o.load_path}};
     const named_path inputs[] = {{"--init", o.init_path}, {"--data", o.data_path}};
-    if ((rc = output_files_check(outputs, 3, inputs, 2)) != 0) return rc;
+    if ((rc = output_files_check(outputs, 4, inputs, 2)) != 0) return rc;
     launch job;
     if ((rc = launch_begin(&job)) != 0) return rc;
     rc = launch_place(&job, &o.c, o.c.ranks * replicas(&o.c));
@@ -648,19 +667,27 @@ static int run_train(train_options *o_in)
     train_options o = *o_in;
     int rc;
     train_trace trace = {0};
-    output_file params = {0}, outputs = {0};
+    output_file params = {0}, outputs = {0}, loads_file = {0};
     /* every output is checked before anything runs, so that a bad path fails first */
     if (o.save_dir && (rc = checkpoint_prepare(o.save_dir, o.resume_dir != NULL)) != 0) return rc;
     if (o.trace_path && train_trace_open(&trace, o.trace_path)) return CLI_EXIT_USAGE;
     if ((o.save_path && !o.follower && output_file_open(&params, o.save_path)) ||
-        (o.outputs_path && !o.follower && output_file_open(&outputs, o.outputs_path))) {
+        (o.outputs_path && !o.follower && output_file_open(&outputs, o.outputs_path)) ||
+        (o.load_path && !o.follower && output_file_open(&loads_file, o.load_path))) {
         train_trace_close(&trace);
         output_file_abort(&params);
+        output_file_abort(&outputs);
         return CLI_EXIT_USAGE;
     }
     train_state t = {0};
     train_results res = {0};
+    expert_load loads = {0};
     rc = build_runtime(&o, &t);
+    if (rc == TRAIN_GO_ON && o.load_path) {
+        int e = expert_load_init(&loads, t.rt);
+        if (e) rc = e;
+        else t.loads = &loads;
+    }
     if (rc == TRAIN_GO_ON && o.resume_dir) rc = resume(&o, &t);
     if (rc == TRAIN_GO_ON) {
         if (!o.follower) print_header(&o, &t);
@@ -676,12 +703,20 @@ static int run_train(train_options *o_in)
                 if (rc == CLI_EXIT_OK && !o.quiet) printf("parameters written to %s\n", o.save_path);
             }
             if (rc == CLI_EXIT_OK && o.outputs_path) rc = save_outputs(&o, &t, &outputs);
+            if (rc == CLI_EXIT_OK && o.load_path && !o.follower) {
+                rc = expert_load_write(&loads, &loads_file);
+                if (rc == CLI_EXIT_OK && !o.quiet)
+                    printf("tokens per expert of %d MoE layer%s over %d step%s written to %s\n", loads.layers,
+                           loads.layers > 1 ? "s" : "", loads.steps, loads.steps == 1 ? "" : "s", o.load_path);
+            }
         }
     }
     free(res.step_ms);
+    expert_load_free(&loads);
     train_trace_close(&trace);
     output_file_abort(&params);
     output_file_abort(&outputs);
+    output_file_abort(&loads_file);
     free_runtime(&t);
     return rc;
 }

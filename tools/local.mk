@@ -29,6 +29,8 @@ dualpipe_command_sources = \
 	tools/train_data.h \
 	tools/checkpoint.c \
 	tools/checkpoint.h \
+	tools/expert_load.c \
+	tools/expert_load.h \
 	tools/checkpoint_index.c \
 	tools/checkpoint_index.h \
 	tools/crc32.c \
