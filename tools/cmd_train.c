@@ -21,6 +21,7 @@
 #include "tools/compare.h"
 #include "tools/expert_load.h"
 #include "tools/launch.h"
+#include "tools/model_flops.h"
 #include "tools/step_timing.h"
 #include "tools/train_data.h"
 #include "tools/train_teacher.h"
@@ -327,9 +328,8 @@ static int build_runtime(const train_options *o, train_state *t)
     if (o->init_path && (rc = train_params_load(t->rt, t->ref, o->init_path)) != 0) return rc;
     if (o->data_path && (rc = train_data_open(&t->data, o->data_path, t->m, chunks, o->steps)) != 0) return rc;
     dp_driver_load(c->driver, &t->drv); /* loaded already, by the runtime and the teacher */
-    /* every micro-batch crosses every stage: forward 4 T h f, backward twice that, per block */
-    const dp_model_config *m = t->m;
-    t->flops_per_step = 12.0 * m->tokens * (double)m->hidden * m->ffn * m->layers_per_stage * t->s->num_stages * chunks;
+    /* every micro-batch crosses every layer: its GEMMs forward, twice as many backward */
+    t->flops_per_step = model_train_step_flops(t->m, t->m->layers_per_stage * t->s->num_stages, chunks);
     return TRAIN_GO_ON;
 }
 

@@ -51,11 +51,19 @@ dualpipe_command_sources = \
 	tools/cmd_bench_link.c \
 	tools/step_timing.c \
 	tools/step_timing.h \
+	tools/model_flops.c \
+	tools/model_flops.h \
 	tools/gemm_floor.c \
 	tools/gemm_floor.h
 bin_PROGRAMS += tools/dualpipe
 tools_dualpipe_SOURCES = tools/dualpipe.c $(dualpipe_command_sources)
 tools_dualpipe_LDADD = engine/libdualpipe.la
+
+# the operations train's GFLOP/s counts, dense and MoE layers, against hand-worked numbers
+check_PROGRAMS += tests/test_model_flops
+TESTS += tests/test_model_flops
+tests_test_model_flops_SOURCES = tests/test_model_flops.c tools/model_flops.c
+tests_test_model_flops_LDADD = engine/libdualpipe.la
 
 check_PROGRAMS += tests/test_gemm_floor
 TESTS += tests/test_gemm_floor
