@@ -1,7 +1,8 @@
 /* cmd_bench.c: `dualpipe bench`: figures for the CPU driver. GEMM rates of the portable
- * GEMM and of CBLAS against the machine's measured peak (CBLAS on a large square GEMM), and
- * the median step time of each schedule at fixed models, including the shapes of the
- * reference's side-by-side measurements. Prints figures; asserts nothing about speed. */
+ * GEMM and of CBLAS against the machine's measured peak (CBLAS on a large square GEMM), the
+ * median step time of each schedule at fixed models, including the shapes of the reference's
+ * side-by-side measurements, and an MoE stage's tokens per second and all-to-all bytes at
+ * ep 1, 2 and 4 (bench_moe.c). Prints figures; asserts nothing about speed. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,7 @@
 
 #include "engine/driver.h"
 #include "engine/runtime.h"
+#include "tools/bench_moe.h"
 #include "tools/cli_engine.h"
 #include "tools/cli_options.h"
 #include "tools/commands.h"
@@ -206,7 +208,7 @@ static void step_header(void)
 /* ----------------------------------------------------------------------------
  * the command */
 
-enum { O_QUICK = CLI_LONG_ONLY, O_GEMM, O_STEPS_ONLY, O_HIDDEN, O_TOKENS };
+enum { O_QUICK = CLI_LONG_ONLY, O_GEMM, O_STEPS_ONLY, O_HIDDEN, O_TOKENS, O_MOE_ONLY };
 
 static const cli_option options[] = {
     {'d', 'd', "driver", "NAME", .help = "cpu (default); another driver's figures are bench-cuda's, with its\n"
@@ -214,7 +216,9 @@ static const cli_option options[] = {
     {'n', 'n', "steps", "S", .help = "timed steps per configuration, after one warm-up (default 5)"},
     {O_QUICK, 0, "quick", NULL, .help = "small shapes only (seconds)"},
     {O_GEMM, 0, "gemm-only", NULL, .help = "only the GEMM rates"},
-    {O_STEPS_ONLY, 0, "steps-only", NULL, .help = "only the step times"},
+    {O_STEPS_ONLY, 0, "steps-only", NULL, .help = "only the step times of the dense schedules"},
+    {O_MOE_ONLY, 0, "moe-only", NULL, .help = "only the MoE stage: tokens/s and dispatch and combine bytes\n"
+                                              "per step at ep 1, 2 and 4"},
     {'s', 's', "schedule", "NAME", .help = "with --pp, --chunks, --hidden, --tokens: time one configuration\n"
                                            "instead of the built-in list (defaults dualpipe, 2, 8, 256, 256)"},
     {'p', 'p', "pp", "N", .help = "pipeline ranks of that configuration"},
@@ -227,7 +231,8 @@ static const cli_option options[] = {
 static const cli_spec spec = {
     .synopsis = "[OPTION]...",
     .about = "Benchmark the CPU driver: GEMM GFLOP/s (portable and CBLAS, 1 thread and all cores)\n"
-             "against the measured peak, then median step times of each schedule.",
+             "against the measured peak, median step times of each schedule, then an MoE stage's\n"
+             "tokens/s and the bytes its dispatch and combine move at ep 1, 2 and 4.",
     .options = options,
     .epilogue = "Run the ranks on otherwise idle cores: the figures are wall-clock medians.\n",
 };
@@ -237,7 +242,7 @@ int cmd_bench(int argc, char **argv)
     /* `dualpipe bench --driver NAME ...`: a GPU driver's figures and options are bench-cuda's */
     const char *driver = cli_peek(&spec, 'd', argc, argv);
     if (driver && strcmp(driver, "cpu") != 0) return cmd_bench_cuda(argc, argv);
-    int steps = 5, quick = 0, gemm = 1, step_times = 1, custom = 0;
+    int steps = 5, quick = 0, gemm = 1, step_times = 1, moe = 1, custom = 0;
     step_shape one = {"dualpipe", 2, 8, 256, 256};
     cli_parser p;
     int opt = cli_parse_start(&p, &spec, argc, argv);
@@ -248,8 +253,9 @@ int cmd_bench(int argc, char **argv)
         case 'd': break; /* cpu */
         case 'n': if (cli_parse_int(a, val, 1, 1000, &steps)) return CLI_EXIT_USAGE; break;
         case O_QUICK: quick = 1; break;
-        case O_GEMM: step_times = 0; break;
-        case O_STEPS_ONLY: gemm = 0; break;
+        case O_GEMM: step_times = 0, moe = 0; break;
+        case O_STEPS_ONLY: gemm = 0, moe = 0; break;
+        case O_MOE_ONLY: gemm = 0, step_times = 0; break;
         case 's': one.schedule = val, custom = 1; break;
         case 'p': if (cli_parse_int(a, val, 1, 64, &one.ranks)) return CLI_EXIT_USAGE; custom = 1; break;
         case 'c': if (cli_parse_int(a, val, 1, 4096, &one.chunks)) return CLI_EXIT_USAGE; custom = 1; break;
@@ -259,6 +265,7 @@ int cmd_bench(int argc, char **argv)
     }
     if (cli_no_operands(&p)) return CLI_EXIT_USAGE;
     if (gemm && !custom && bench_gemm(quick)) return CLI_EXIT_FAIL;
+    if (!step_times && moe) return bench_moe(quick, steps) ? CLI_EXIT_FAIL : CLI_EXIT_OK;
     if (!step_times) return CLI_EXIT_OK;
     step_header();
     if (custom) return bench_step(&one, steps) ? CLI_EXIT_FAIL : CLI_EXIT_OK;
@@ -277,5 +284,6 @@ int cmd_bench(int argc, char **argv)
     int rc = CLI_EXIT_OK;
     for (int i = 0; i < n; i++)
         if (bench_step(&list[i], steps)) rc = CLI_EXIT_FAIL;
+    if (moe && bench_moe(quick, steps)) rc = CLI_EXIT_FAIL;
     return rc;
 }

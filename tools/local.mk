@@ -42,6 +42,8 @@ dualpipe_command_sources = \
 	tools/launch.c \
 	tools/launch.h \
 	tools/cmd_bench.c \
+	tools/bench_moe.c \
+	tools/bench_moe.h \
 	tools/cmd_verify.c \
 	tools/verify_check.c \
 	tools/verify_check.h \
@@ -130,3 +132,6 @@ EXTRA_DIST += tests/test_torch_compare.sh
 # bench-link over the cpu link and the mpi link, checked element by element
 TESTS += tests/test_bench_link.sh
 EXTRA_DIST += tests/test_bench_link.sh
+# bench's MoE stage: a row per ep, the bytes consistent with the layout
+TESTS += tests/test_bench_moe.sh
+EXTRA_DIST += tests/test_bench_moe.sh
