@@ -3,7 +3,8 @@
 # per-expert token counts summed over the run, each row summing to steps x tokens x topk x the
 # global batch's micro-batches (data-parallel and expert-parallel copies included); a router
 # skewed through --init (expert 0 biased to take every token, the last none) shows in its layer's
-# row and only there; `eplb -r R -g G FILE` reads the file as it is; the same counts as one
+# row and only there; `eplb -r R -g G FILE` reads the file as it is, and a run placed by the plan
+# it makes counts logical experts alike; the same counts as one
 # process and as processes under mpirun; bad paths and models without MoE layers refused with
 # exit 2 before any step runs.
 dp="${top_builddir:-.}/tools/dualpipe"
@@ -53,6 +54,9 @@ rc=$?; grep -q '3 layers x 8 experts -> 8 replicas on 2 GPUs' "$tmp/plan"
 ok $(( rc + $? )) "eplb -r 8 -g 2 FILE reads it: $(head -n 1 "$tmp/plan") $(cat "$tmp/err")"
 "$eplb" -r 12 -g 4 -q -o "$tmp/plan.json" "$tmp/dp2ep4.json" 2> "$tmp/err"
 rc=$?; grep -q phy2log "$tmp/plan.json"; ok $(( rc + $? )) "eplb -r 12 -g 4 writes a plan from it $(cat "$tmp/err")"
+# and the run goes on from that plan (replicas over --ep 4), its loads still one per logical expert
+check_sums 2 4 "--ep 4 --eplb-plan from the dumped loads" --ep 4 --eplb-plan "$tmp/plan.json" --verify
+grep -q 'bit-equal' "$tmp/out"; ok $? "... --verify bit-equal to one rank running the plan"
 
 # a skewed router: MoE layer 1 (model layer 2) biased so that expert 0 takes every token and expert
 # 7 none, through --init; the bias stays (--bias-update-speed 0)
