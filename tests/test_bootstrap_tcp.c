@@ -295,6 +295,9 @@ static void abort_main(rank_env *e)
     CHECK(e, B->barrier(e->ctx, e->rank) == DP_OK, "first barrier: %s", dp_last_error());
     char msg[256] = "";
     CHECK(e, B->aborted(e->ctx, NULL, msg, sizeof msg) == 0, "aborted() before the abort says %s", msg);
+    /* and only once every rank has asked may the abort come (a loaded machine may hold a rank
+     * back past the aborter's pause below) */
+    CHECK(e, B->barrier(e->ctx, e->rank) == DP_OK, "second barrier: %s", dp_last_error());
     if (e->rank == aborter) {
         sleep_ms(100); /* the others are in their barrier by now, which cannot end without this rank */
         double t0 = now_ms();
