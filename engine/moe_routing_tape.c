@@ -158,14 +158,13 @@ void dp_routing_tape_note(dp_routing_tape *t, int layer, uint64_t tokens, uint64
 
 /* the spread of a score difference between experts a and b (and c, d for groups; -1: none):
  * 0.25 rms(norm) sqrt(sum |W_e|^2) */
-static double spread(const dp_routing_inputs *in, const double *wnorm2, double rms, int a, int b, int c, int d)
+static double spread(const double *wnorm2, double rms, int a, int b, int c, int d)
 {
     double s2 = 0.0;
     int e[4] = {a, b, c, d};
     for (int i = 0; i < 4; i++)
         if (e[i] >= 0) s2 += wnorm2[e[i]];
     double s = 0.25 * rms * sqrt(s2);
-    (void)in;
     return s > 0.0 ? s : 1e-30;
 }
 
@@ -208,14 +207,14 @@ static double closeness(const dp_routing_inputs *in, const float *b, const int32
                 int a0, a1, c0, c1;
                 group_score(b, g, gsize, &a0, &a1);
                 group_score(b, weakest, gsize, &c0, &c1);
-                double r = (gs[weakest] - gs[g]) / spread(in, wnorm2, rms, a0, a1, c0, c1);
+                double r = (gs[weakest] - gs[g]) / spread(wnorm2, rms, a0, a1, c0, c1);
                 if (r > worst) worst = r;
             }
     }
     for (int k = 0; k < K; k++) {
         int d = rec[k];
         if (k + 1 < K && b[rec[k + 1]] > b[d]) {
-            double r = ((double)b[rec[k + 1]] - b[d]) / spread(in, wnorm2, rms, d, rec[k + 1], -1, -1);
+            double r = ((double)b[rec[k + 1]] - b[d]) / spread(wnorm2, rms, d, rec[k + 1], -1, -1);
             if (r > worst) worst = r;
         }
         for (int e = 0; e < E; e++) {
@@ -223,7 +222,7 @@ static double closeness(const dp_routing_inputs *in, const float *b, const int32
             int chosen = 0;
             for (int j = 0; j < K; j++) chosen |= rec[j] == e;
             if (chosen) continue;
-            double r = ((double)b[e] - b[d]) / spread(in, wnorm2, rms, e, d, -1, -1);
+            double r = ((double)b[e] - b[d]) / spread(wnorm2, rms, e, d, -1, -1);
             if (r > worst) worst = r;
         }
     }
