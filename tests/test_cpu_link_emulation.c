@@ -111,7 +111,7 @@ int main(void)
         return 1;
     }
     L = cpu->link;
-    tap_plan(10);
+    tap_plan(9);
     ctx c[2];
 
     /* latency: 8 one-way trips of 25 ms */
@@ -127,8 +127,6 @@ int main(void)
     tap_ok(c[0].st == DP_OK && c[1].st == DP_OK && c[1].intact, "two 1 MB messages over 0.08 Gb/s arrive intact");
     tap_ok(c[1].ms >= 200.0, "and the second arrives after both have crossed the sender's NIC: >= 200 ms (%.1f ms)",
            c[1].ms);
-    tap_ok(c[0].ms < c[1].ms, "the sender does not wait for its eager sends to arrive (%.1f ms against %.1f ms)",
-           c[0].ms, c[1].ms);
 
     /* an all-to-all: each rank sends 500 kB to the other (its own share is not sent) */
     run(2, 500000, c);
