@@ -69,10 +69,16 @@ typedef struct {
     void *dx;        /* the gradient of x (backward_input writes it; NULL when nobody needs it) */
     void *saved;     /* this micro-batch's saved_bytes for the layer, 256-byte aligned */
     int phase;       /* the phase to run: 0, then one more after each DP_PHASE_COMM */
+    /* --- appended members */
+    /* A phase that stops at DP_PHASE_COMM may leave here the exchange it started on `link`
+     * (iall_to_all_v's request): the stage waits for it before it runs the next phase, so that
+     * the wait comes as late as it can. NULL on entry to every phase. */
+    dp_request *request;
 } dp_block_pass;
 
 /* A pass returns DP_PHASE_COMM in *next when it stopped at a communication point (it has
- * started a dispatch or a combine and must wait for it): the stage returns to its caller, who
+ * started a dispatch or a combine, left in flight in pass->request where the link can): the
+ * stage returns to its caller, who
  * may run another micro-batch's work meanwhile, and calls the pass again with phase + 1.
  * *next is DP_PHASE_DONE on entry, so a block of one phase never touches it. */
 typedef struct dp_block_ops {

@@ -307,6 +307,18 @@ static dp_status read_counts(const dp_block_layer *L, dp_stream *s, const moe_sa
     return DP_OK;
 }
 
+/* Starts an all-to-all and leaves it in flight (the stage waits for p->request before the next
+ * phase) where the link can; else it runs to its end here. */
+static dp_status start_all_to_all(const dp_block_layer *L, dp_block_pass *p, const void *send, const size_t *to,
+                                  const size_t *to_at, void *recv, const size_t *from, const size_t *from_at,
+                                  size_t elem)
+{
+    const dp_link_ops *lo = L->env->link_ops;
+    if (DP_LINK_OPS_HAS(lo, iall_to_all_v))
+        return lo->iall_to_all_v(p->link, send, to, to_at, recv, from, from_at, elem, p->stream, &p->request);
+    return lo->all_to_all_v(p->link, send, to, to_at, recv, from, from_at, elem, p->stream);
+}
+
 /* Rows of an all-to-all between the source side (rows sorted by expert, so by destination) and
  * the experts' side (grouped by source, then local expert): `dispatch` sends the source side's
  * rows to the experts, else the experts' rows back. */
@@ -322,8 +334,8 @@ static dp_status exchange(const dp_block_layer *L, dp_block_pass *p, const host_
         if (j) to_at[j] = to_at[j - 1] + to[j - 1], from_at[j] = from_at[j - 1] + from[j - 1];
     }
     size_t row = (size_t)L->cfg->hidden * dp_dtype_size(L->cfg->dtype);
-    dp_status st = dispatch ? L->env->link_ops->all_to_all_v(p->link, send, to, to_at, recv, from, from_at, row, p->stream)
-                            : L->env->link_ops->all_to_all_v(p->link, send, from, from_at, recv, to, to_at, row, p->stream);
+    dp_status st = dispatch ? start_all_to_all(L, p, send, to, to_at, recv, from, from_at, row)
+                            : start_all_to_all(L, p, send, from, from_at, recv, to, to_at, row);
     free(v);
     return st;
 }
@@ -417,8 +429,8 @@ static dp_status run_experts(const dp_block_layer *L, dp_stream *s, const moe_sa
 
 /* ----------------------------------------------------------------------------
  * passes. With expert parallelism each pass that moves rows stops after starting the move
- * (DP_PHASE_COMM) and goes on in its next phase: forward 0 gate and dispatch, 1 experts and
- * combine's return, 2 the sum; backward_input 0 combine's backward and the gradients' dispatch,
+ * (DP_PHASE_COMM) and goes on in its next phase: forward 0 gate and the counts' exchange, 1
+ * dispatch, 2 experts and combine's return, 3 the sum; backward_input 0 combine's backward and the gradients' dispatch,
  * 1 the experts' backward and the return, 2 the sum and the gate. Without it, one phase. */
 
 /* With a plan, each (token, k) row's physical slot: expert e's replica (t x K + k) mod count_e,
@@ -532,8 +544,7 @@ static dp_status forward_gate(const dp_block_layer *L, dp_block_pass *p, const m
     size_t *v = malloc(sizeof *v * 2 * ep);
     if (!v) return dp_fail(DP_ERR_NOMEM, "out of memory for an all-to-all of %zu ranks", ep);
     for (size_t j = 0; j < ep; j++) v[j] = El, v[ep + j] = j * El;
-    dp_status st = L->env->link_ops->all_to_all_v(p->link, k->counts, v, v + ep, k->rcounts, v, v + ep,
-                                                  sizeof(int32_t), p->stream);
+    dp_status st = start_all_to_all(L, p, k->counts, v, v + ep, k->rcounts, v, v + ep, sizeof(int32_t));
     free(v);
     return st;
 }
@@ -547,12 +558,21 @@ static dp_status moe_forward(const dp_block_layer *L, dp_block_pass *p, dp_phase
     moe_layout(L, p->saved, &k);
     int h = L->cfg->hidden, T = L->cfg->tokens, K = m->topk, ep = ep_size(L);
     dp_dtype dt = L->cfg->dtype;
-    if (p->phase == 0) DP_CHECK(forward_gate(L, p, &k));
+    /* with expert parallelism, phase 0 ends with the counts' exchange in flight, and the rows'
+     * phases follow it: 1 dispatch, 2 experts and combine, 3 the sum */
+    int phase = ep > 1 ? p->phase - 1 : 0;
+    if (p->phase == 0) {
+        DP_CHECK(forward_gate(L, p, &k));
+        if (ep > 1) {
+            *next = DP_PHASE_COMM;
+            return DP_OK;
+        }
+    }
     host_counts hc;
-    if (p->phase < 2) {
+    if (phase < 2) {
         DP_CHECK(read_counts(L, p->stream, &k, &hc));
         dp_status st = DP_OK;
-        if (p->phase == 0 && ep > 1) {
+        if (phase == 0 && ep > 1) {
             st = exchange(L, p, &hc, 1, k.rows, k.rrows);
             *next = DP_PHASE_COMM;
         } else {

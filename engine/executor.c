@@ -408,6 +408,14 @@ static dp_status flush(dp_executor *ex)
     return reclaim(ex, 1);
 }
 
+/* What the rank's passes have waited for their exchanges in flight so far (ms). */
+static double comm_waited(dp_executor *ex)
+{
+    double t = 0;
+    for (int d = 0; d < ex->s->num_local_stages; d++) t += dp_stage_comm_wait_ms(stage_of(ex, d));
+    return t;
+}
+
 static dp_status play(dp_executor *ex, dp_step_io *io, int infer)
 {
     const dp_schedule *s = ex->s;
@@ -420,7 +428,7 @@ static dp_status play(dp_executor *ex, dp_step_io *io, int infer)
         }
         int pair = !infer && acts[i].overlap && i + 1 < n;
         int count = pair ? 2 : 1;
-        int two = pair && !ex->cfg.serial_pairs; /* the pair's halves on two streams */
+        int two = pair && !ex->cfg.serial_pairs && !ex->cfg.no_overlap; /* the pair's halves on two streams */
         /* a pair's second stream must see all the first stream has queued (local hand-offs,
          * activations, weight gradients): on a GPU the two streams really run at once. An
          * event orders them on the device, so the host goes on queueing work meanwhile. */
@@ -430,7 +438,7 @@ static dp_status play(dp_executor *ex, dp_step_io *io, int infer)
             DP_CHECK(D->stream_wait_event(ex->cfg.dev, ex->cfg.streams[1], ex->fork));
         }
         prepared p[2];
-        double t_start = io->times ? dp_now_ms() - io->t0 : 0;
+        double t_start = io->times ? dp_now_ms() - io->t0 : 0, c_start = io->times ? comm_waited(ex) : 0;
         for (int j = 0; j < count; j++)
             DP_CHECK(prepare(ex, io, &acts[i + j], ex->cfg.streams[two ? j : 0], infer, &p[j]));
         DP_CHECK(communicate(ex, p, count));
@@ -444,6 +452,8 @@ static dp_status play(dp_executor *ex, dp_step_io *io, int infer)
             for (int j = 0; j < count; j++) {
                 if (p[j].step == STEP_DONE) continue;
                 DP_CHECK(advance(ex, io, &p[j], infer));
+                /* without the overlap, each half runs to its end before the other begins */
+                while (ex->cfg.no_overlap && p[j].step != STEP_DONE) DP_CHECK(advance(ex, io, &p[j], infer));
                 left += p[j].step != STEP_DONE;
             }
         }
@@ -456,7 +466,8 @@ static dp_status play(dp_executor *ex, dp_step_io *io, int infer)
             for (int j = 0; j < count; j++) DP_CHECK(D->stream_synchronize(ex->cfg.dev, p[j].stream));
         if (io->times) {
             double t_end = dp_now_ms() - io->t0;
-            for (int j = 0; j < count; j++) io->times[i + j] = (dp_action_time){t_start, t_ready, t_end};
+            double comm = comm_waited(ex) - c_start;
+            for (int j = 0; j < count; j++) io->times[i + j] = (dp_action_time){t_start, t_ready, t_end, comm};
         }
         i += count;
     }

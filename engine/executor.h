@@ -34,6 +34,10 @@ typedef struct {
     /* 1: an overlapped pair's halves run one after the other on streams[0], as the reference's
      * example stage runs them (their transfers still overlap them); 0: on two streams at once */
     int serial_pairs;
+    /* 1: no overlap: an overlapped pair's halves run one after the other, each to its end (and
+     * on streams[0]), so that no exchange of one hides under the other's compute; results are
+     * the same bits. 0: the halves take turns at their communication points. */
+    int no_overlap;
 } dp_executor_config;
 
 /* A step's data, per pipe, in device memory. Micro-batch k of pipe p is element

@@ -154,9 +154,23 @@ typedef struct dp_link_ops {
     /* --- failure */
     dp_status (*abort)(dp_link *l, dp_status reason, const char *message);
     dp_status (*set_timeout)(dp_link *l, int timeout_ms);
+
+    /* --- appended members: use only where the table has them (DP_LINK_OPS_HAS) */
+    /* all_to_all_v started and left in flight: the call returns once the exchange is under way
+     * (the counts and displacements are read before it returns; send must stay unchanged and recv
+     * unread until the request completes), and test/wait on *req complete it as they do a
+     * receive. Collective like all_to_all_v: every member starts its exchanges in the same order;
+     * the caller may compute meanwhile, which is how one micro-batch's dispatch or combine hides
+     * under another's compute. A link without it (or with it NULL) has only the blocking call. */
+    dp_status (*iall_to_all_v)(dp_link *l, const void *send, const size_t *send_counts, const size_t *send_displs,
+                               void *recv, const size_t *recv_counts, const size_t *recv_displs, size_t elem_bytes,
+                               dp_stream *s, dp_request **req);
 } dp_link_ops;
 
 #define DP_LINK_OPS_MIN_SIZE (offsetof(dp_link_ops, set_timeout) + sizeof(void *))
+/* Whether the table `ops` has the appended member `member`, and sets it. */
+#define DP_LINK_OPS_HAS(ops, member)                                                                  \
+    ((ops)->struct_size >= offsetof(dp_link_ops, member) + sizeof((ops)->member) && (ops)->member != NULL)
 
 #ifdef __cplusplus
 }

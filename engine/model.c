@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ----------------------------------------------------------------------------
  * configuration */
@@ -183,6 +184,7 @@ typedef struct {
 struct dp_stage {
     dp_stage_env env;
     dp_model_config cfg;
+    double comm_wait_ms; /* time the passes waited for exchanges they had left in flight */
     int index, num_stages, is_last;
     int nlayers;
     dp_block_layer *layers;
@@ -212,6 +214,7 @@ typedef struct {
     int phase;   /* and its phase */
     float *loss; /* forward: where the loss goes (NULL: none) */
     int need_dx; /* backward_input: the first layer's dx is wanted */
+    dp_request *request; /* the exchange the stopped phase left in flight on `link` (NULL: none) */
 } pass_cursor;
 
 /* A layer's part of a slot: its output and that output's gradient, which are the next layer's
@@ -567,11 +570,37 @@ static dp_status loss_backward(dp_stage *st, dp_stream *s, dp_slot *slot)
                             1.0f, slot->dy);
 }
 
+static double clock_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+/* Waits for the exchange a stopped phase left in flight: what of it the other work run
+ * meanwhile did not hide is counted as exposed communication. */
+static dp_status wait_in_flight(dp_stage *st, pass_cursor *c)
+{
+    if (!c->request) return DP_OK;
+    double t0 = clock_ms();
+    dp_status s = st->env.link_ops->wait(c->link, c->request);
+    c->request = NULL;
+    st->comm_wait_ms += clock_ms() - t0;
+    return s;
+}
+
+double dp_stage_comm_wait_ms(const dp_stage *st) { return st->comm_wait_ms; }
+
 /* Runs the slot's pass from where it stopped to its next communication point or its end. */
 static dp_status run_pass(dp_stage *st, slot_impl *si, dp_phase *phase)
 {
     pass_cursor *c = &si->cur;
     int forward = c->kind == PASS_FORWARD;
+    dp_status w = wait_in_flight(st, c);
+    if (w != DP_OK) {
+        c->kind = PASS_NONE;
+        return w;
+    }
     while (c->layer >= 0 && c->layer < st->nlayers) {
         int b = c->layer;
         const dp_block_layer *layer = &st->layers[b];
@@ -599,6 +628,7 @@ static dp_status run_pass(dp_stage *st, slot_impl *si, dp_phase *phase)
             return s;
         }
         if (next == DP_PHASE_COMM) {
+            c->request = p.request;
             c->phase++;
             *phase = DP_PHASE_COMM;
             return DP_OK;

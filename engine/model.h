@@ -218,6 +218,11 @@ dp_status dp_stage_forward_begin(dp_stage *st, dp_stream *s, dp_slot *slot, floa
 dp_status dp_stage_backward_input_begin(dp_stage *st, dp_stream *s, dp_slot *slot, int need_dx, dp_phase *phase);
 dp_status dp_stage_backward_weight_begin(dp_stage *st, dp_stream *s, dp_slot *slot, dp_phase *phase);
 dp_status dp_stage_continue(dp_stage *st, dp_slot *slot, dp_phase *phase);
+/* Milliseconds the stage's passes have spent, since it was made, waiting for the exchanges they
+ * left in flight at their communication points (the exposed part of the expert all-to-alls
+ * where the link keeps them in flight; a link without iall_to_all_v runs them inside the phase,
+ * and that time is the phase's). Read before and after some work to time it. */
+double dp_stage_comm_wait_ms(const dp_stage *st);
 
 /* The expert-parallel links, once the groups exist (the stage is made before them): links[i]
  * for passes on env streams[i]. */

@@ -373,7 +373,8 @@ dp_status dp_rank_connect(dp_rank *rk, dp_link_world *w)
     }
     dp_executor_config ec = {.sched = s, .rank = r, .dops = D, .dev = rk->dev, .lops = rk->drv->link,
                              .link = rk->groups.pipeline, .sync_each_action = rk->cfg.record_times,
-                             .serial_pairs = rk->cfg.serial_pairs};
+                             .serial_pairs = rk->cfg.serial_pairs,
+                             .no_overlap = rk->cfg.no_overlap};
     ec.streams[0] = rk->streams[0], ec.streams[1] = rk->streams[1];
     for (int d = 0; d < s->num_local_stages; d++) ec.stages[d] = rk->stages[d];
     DP_CHECK(dp_executor_create(&ec, &rk->ex));

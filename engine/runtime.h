@@ -65,6 +65,9 @@ typedef struct {
      * under test did */
     struct dp_routing_tape *routing_tape;
     int routing_mode; /* dp_routing_mode */
+    /* 1: an overlapped F&B pair's halves one after the other, each to its end, so no exchange
+     * hides under the other half's compute (the comparison for the overlap; same results) */
+    int no_overlap;
 } dp_runtime_config;
 
 /* The most ranks one process hosts, each on its own thread (local_ranks, or with one process

@@ -113,6 +113,9 @@ tests_test_engine_expert_load_LDADD = engine/libdualpipe.la
 
 TESTS += tests/test_train_moe.sh
 EXTRA_DIST += tests/test_train_moe.sh
+# the overlap of an F&B pair's all-to-alls: bit-equal to --no-overlap, exposed waits reported
+TESTS += tests/test_train_overlap.sh
+EXTRA_DIST += tests/test_train_overlap.sh
 TESTS += tests/test_train_placement.sh
 EXTRA_DIST += tests/test_train_placement.sh
 # train --dump-expert-load: the counts, SGLang's format, eplb reading it, bad paths

@@ -163,6 +163,9 @@ typedef struct {
     double start; /* began posting its communication */
     double ready; /* its inputs had arrived */
     double end;   /* its compute had finished */
+    /* of start .. end, the time its passes waited for expert exchanges they had left in flight
+     * (exposed communication; an overlapped pair: both halves', recorded on each) */
+    double comm;
 } dp_action_time;
 
 /* ----------------------------------------------------------------------------

@@ -25,7 +25,7 @@ static void write_step(FILE *out, const dp_schedule *s, int step, const dp_simul
         for (int i = 0; i < s->num_actions[r]; i++) {
             const dp_action *a = &s->actions[r][i];
             dp_action_time t = measured ? measured[i]
-                                        : (dp_action_time){sim->start[r][i], sim->start[r][i], sim->end[r][i]};
+                                        : (dp_action_time){sim->start[r][i], sim->start[r][i], sim->end[r][i], 0};
             char name[64], step_arg[32] = "";
             int pair = a->overlap && i + 1 < s->num_actions[r];
             action_name(name, sizeof name, a, pair ? a + 1 : NULL);

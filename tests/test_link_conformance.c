@@ -86,7 +86,7 @@ typedef struct {
     run_kind kind;
     int rank, size;
     /* results, checked on the main thread (TAP output stays on one thread) */
-    int ring, fifo, channels, sum_exact, max_exact, a2a, barrier, split, split_none, contexts;
+    int ring, fifo, channels, sum_exact, max_exact, a2a, ia2a, barrier, split, split_none, contexts;
     float odd_sum[3]; /* all_reduce of values whose sum depends on the order */
     dp_status st, st2;
     double waited_ms;
@@ -222,6 +222,31 @@ static void suite(rank_ctx *c, dp_device *dev, dp_link *l, float *sbuf, float *r
     c->a2a = 1;
     for (int p = 0; p < n; p++)
         for (size_t i = 0; i < rc[p]; i++) c->a2a &= h[rd[p] + i] == (float)(100 * p + r);
+
+    /* iall_to_all_v where the link has it: two exchanges in flight at once, a blocking one
+     * between them, completed in the other order; rows valued 1000 x (exchange) + 100 f + t */
+    c->ia2a = -1;
+    if (DP_LINK_OPS_HAS(L, iall_to_all_v)) {
+        size_t half = N / 2; /* the second exchange's rows start here in both buffers */
+        for (int x = 0; x < 2; x++)
+            for (int p = 0; p < n; p++)
+                for (size_t i = 0; i < sc[p]; i++) h[x * half + sd[p] + i] = (float)(1000 * (x + 1) + 100 * r + p);
+        TRY(put(dev, sbuf, h, bytes));
+        TRY(G->memset(dev, rbuf, 0xff, bytes, NULL));
+        dp_request *q[2] = {NULL, NULL};
+        TRY(L->iall_to_all_v(l, sbuf, sc, sd, rbuf, rc, rd, sizeof(float), NULL, &q[0]));
+        TRY(L->all_to_all_v(l, sbuf, sc, sd, rbuf + 2 * half / 3, rc, rd, sizeof(float), NULL));
+        TRY(L->iall_to_all_v(l, sbuf + half, sc, sd, rbuf + half, rc, rd, sizeof(float), NULL, &q[1]));
+        int done = 0;
+        TRY(L->test(l, q[1], &done));
+        TRY(L->wait(l, q[1]));
+        TRY(L->wait(l, q[0]));
+        TRY(get(dev, h, rbuf, bytes));
+        c->ia2a = 1;
+        for (int x = 0; x < 2; x++)
+            for (int p = 0; p < n; p++)
+                for (size_t i = 0; i < rc[p]; i++) c->ia2a &= h[x * half + rd[p] + i] == (float)(1000 * (x + 1) + 100 * p + r);
+    }
 
     TRY(L->barrier(l));
     c->barrier = 1;
@@ -552,6 +577,10 @@ static void check_target(const target *t)
     }
     tap_ok(max, "%s: all_reduce max, in place", t->name);
     tap_ok(a2a, "%s: all_to_all_v with uneven counts (some zero)", t->name);
+    int ia2a = made, has_ia2a = 0;
+    for (int r = 0; r < n; r++) ia2a &= ctx[r].ia2a != 0, has_ia2a |= ctx[r].ia2a > 0;
+    if (made && !has_ia2a) tap_ok(1, "%s: iall_to_all_v # SKIP the link has only the blocking all_to_all_v", t->name);
+    else tap_ok(ia2a, "%s: iall_to_all_v: two exchanges in flight at once, a blocking one between them", t->name);
     tap_ok(bar, "%s: barrier", t->name);
     tap_ok(split, "%s: split by color, ordered by key, and an all_reduce inside each group", t->name);
     tap_ok(contexts, "%s: one tag on a group and its child never crosses between them", t->name);

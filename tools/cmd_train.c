@@ -50,7 +50,7 @@ static int compare_params(dp_runtime *rt, dp_reference *ref, differences *df)
  * options */
 
 enum { O_HIDDEN = CLI_LONG_ONLY, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_SEED, O_OPT, O_LR, O_WD, O_MOM, O_THREADS,
-       O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD, O_DTYPE, O_SERIAL_PAIRS, O_TF32, O_INIT, O_DATA, O_SAVE_PARAMS, O_DP,
+       O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD, O_DTYPE, O_SERIAL_PAIRS, O_NO_OVERLAP, O_TF32, O_INIT, O_DATA, O_SAVE_PARAMS, O_DP,
        O_SAVE, O_SAVE_EVERY, O_RESUME, O_SAVE_OUTPUTS, O_DUMP_LOAD,
        O_EP, O_MOE, O_MOE_END = O_MOE + CLI_MOE_NUM };
 
@@ -93,6 +93,9 @@ static const cli_option options[] = {
                                           "where there are enough); default: every rank on device 0"},
     {O_SERIAL_PAIRS, 0, "serial-pairs", NULL, .help = "run an overlapped F&B pair's halves one after the other on one\n"
                                                       "stream (default: two streams at once)"},
+    {O_NO_OVERLAP, 0, "no-overlap", NULL, .help = "run an overlapped F&B pair's halves one after the other, each\n"
+                                                  "to its end, so that no all-to-all hides under the other's\n"
+                                                  "compute (the same results; for comparison)"},
     {O_TF32, 0, "tf32", NULL, .help = "fp32 GEMMs may use TF32 tensor cores (GPU drivers; default: true\n"
                                       "fp32; the reference of --verify then uses TF32 too)"},
     {O_TRACE, 0, "trace", "FILE", .help = "write a Chrome trace (chrome://tracing, Perfetto) of every step"},
@@ -233,6 +236,7 @@ static int parse_options(int argc, char **argv, train_options *o)
         case O_VERIFY: o->verify = 1; break;
         case O_SPREAD: c->spread_devices = 1; break;
         case O_SERIAL_PAIRS: c->serial_pairs = 1; break;
+        case O_NO_OVERLAP: c->no_overlap = 1; break;
         case O_TF32: c->device_flags |= DP_DEVICE_ALLOW_TF32; break;
         case O_DTYPE: if (cli_parse_dtype("--dtype", p.value, &c->model.dtype)) return CLI_EXIT_USAGE; break;
         case 'q': o->quiet = 1; break;
@@ -318,6 +322,7 @@ static int build_runtime(const train_options *o, train_state *t)
     t->losses = calloc((size_t)chunks, sizeof(float));
     t->ref_losses = calloc((size_t)chunks, sizeof(float));
     if (step_timing_init(&t->tm, t->s->num_ranks * replicas(c))) return CLI_EXIT_FAIL;
+    t->tm.no_overlap = c->no_overlap;
     if (!t->x || !t->targets || !t->losses || !t->ref_losses) {
         cli_error("out of memory for a step of %zu floats", t->n);
         return CLI_EXIT_FAIL;

@@ -65,7 +65,7 @@ static const char *const blocks[] = {"mlp", "residual"}, *const losses[] = {"mse
 static const char *const optimizers[] = {"none", "sgd", "adamw"};
 
 enum { O_HIDDEN = CLI_LONG_ONLY, O_FFN, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_DTYPE, O_OPT, O_LR, O_SEED, O_SPREAD,
-       O_SERIAL_PAIRS, O_ATOL, O_RTOL, O_TIMEOUT, O_PARAM_ATOL, O_DP, O_EP, O_MOE, O_MOE_END = O_MOE + CLI_MOE_NUM };
+       O_SERIAL_PAIRS, O_NO_OVERLAP, O_ATOL, O_RTOL, O_TIMEOUT, O_PARAM_ATOL, O_DP, O_EP, O_MOE, O_MOE_END = O_MOE + CLI_MOE_NUM };
 
 static const cli_option options[] = {
     {'d', 'd', "driver", "NAME", .help = "driver under test (default cuda)"},
@@ -90,6 +90,9 @@ static const cli_option options[] = {
     {O_SEED, 0, "seed", "S", .help = "seed of the parameters and the data (default 1)"},
     {O_SPREAD, 0, "spread", NULL, .help = "one GPU per rank where there are enough (NCCL between them)"},
     {O_SERIAL_PAIRS, 0, "serial-pairs", NULL, .help = "an overlapped F&B pair's halves one after the other on one stream"},
+    {O_NO_OVERLAP, 0, "no-overlap", NULL, .help = "run an overlapped F&B pair's halves one after the other, each\n"
+                                                  "to its end, so that no all-to-all hides under the other's\n"
+                                                  "compute (the same results; for comparison)"},
     {O_ATOL, 0, "atol", "X", .help = "hold losses and gradients to X x rms of the tensor + rtol x |cpu|\n"
                                      "(default: the derived tolerance, eps)"},
     {O_RTOL, 0, "rtol", "X", .help = "hold losses and gradients to atol x rms of the tensor + X x |cpu|\n"
@@ -149,6 +152,7 @@ static int parse_options(int argc, char **argv, verify_options *o)
         case 'q': o->quiet = 1; break;
         case O_SPREAD: c->spread_devices = 1; break;
         case O_SERIAL_PAIRS: c->serial_pairs = 1; break;
+        case O_NO_OVERLAP: c->no_overlap = 1; break;
         case 'd': o->driver = val; break;
         case 's': c->schedule = val; break;
         case 'p': bad = cli_parse_int(a, val, 1, 1024, &c->ranks); break;

@@ -12,7 +12,8 @@ int step_timing_init(step_timing *t, int ranks)
     t->ranks = ranks;
     t->busy = calloc((size_t)ranks, sizeof(double));
     t->idle = calloc((size_t)ranks, sizeof(double));
-    if (!t->busy || !t->idle) {
+    t->exposed = calloc((size_t)ranks, sizeof(double));
+    if (!t->busy || !t->idle || !t->exposed) {
         step_timing_free(t);
         cli_error("out of memory for the timings of %d ranks", ranks);
         return 1;
@@ -22,8 +23,8 @@ int step_timing_init(step_timing *t, int ranks)
 
 void step_timing_free(step_timing *t)
 {
-    free(t->busy), free(t->idle);
-    t->busy = t->idle = NULL;
+    free(t->busy), free(t->idle), free(t->exposed);
+    t->busy = t->idle = t->exposed = NULL;
 }
 
 void step_timing_collect(step_timing *t, dp_runtime *rt, int measure)
@@ -36,20 +37,20 @@ void step_timing_collect(step_timing *t, dp_runtime *rt, int measure)
         const dp_action_time *at = dp_runtime_times(rt, w);
         if (!at) return; /* the runtime records no times */
         int r = w % s->num_ranks;
-        double busy = 0, last = 0;
+        double busy = 0, last = 0, exposed = 0;
         for (int i = 0; i < s->num_actions[r];) {
             const dp_action *a = &s->actions[r][i];
             int pair = a->overlap && i + 1 < s->num_actions[r];
             double d = at[i].end - at[i].ready;
-            busy += d;
+            busy += d, exposed += at[i].comm;
             last = at[i].end > last ? at[i].end : last;
             if (measure) {
                 int k = pair ? 4 : a->kind;
-                t->sum[k] += d, t->count[k]++;
+                t->sum[k] += d, t->count[k]++, t->comm[k] += at[i].comm;
             }
             i += pair ? 2 : 1;
         }
-        if (measure) t->busy[w] += busy, t->idle[w] -= busy;
+        if (measure) t->busy[w] += busy, t->idle[w] -= busy, t->exposed[w] += exposed;
         makespan = last > makespan ? last : makespan;
     }
     if (measure) {
@@ -72,6 +73,15 @@ void step_timing_report(const step_timing *t, const dp_schedule *s, FILE *out)
     cost.fb = t->count[4] ? mean[4] : cost.f + cost.b;
     fprintf(out, "measured mean action times: F %.3f ms, B %.3f ms, I %.3f ms, W %.3f ms, F&B %.3f ms\n", mean[0],
             mean[1], mean[2], mean[3], mean[4]);
+    /* the expert exchanges' waits, where the link leaves them in flight (MoE with --ep) */
+    int comm = 0;
+    for (int k = 0; k < 5; k++) comm |= t->comm[k] > 0;
+    double ex[5];
+    for (int k = 0; k < 5; k++) ex[k] = t->count[k] ? t->comm[k] / t->count[k] : 0;
+    if (comm)
+        fprintf(out, "of which waiting for expert all-to-alls (exposed): F %.3f ms, B %.3f ms, I %.3f ms, F&B %.3f ms "
+                     "(overlap %s)\n",
+                ex[0], ex[1], ex[2], ex[4], t->no_overlap ? "off" : "on");
     dp_simulation sim = {0};
     int simulated = dp_schedule_simulate(s, &cost, &sim) == DP_OK;
     if (!simulated) cli_warn("no simulation from the measured times: %s", dp_last_error());
@@ -81,11 +91,13 @@ void step_timing_report(const step_timing *t, const dp_schedule *s, FILE *out)
     if (t->ranks > s->num_ranks)
         fprintf(out, "  (every world rank; world rank = replica x %d + pipeline rank, simulated as its pipeline rank)\n",
                 s->num_ranks);
-    fprintf(out, "  rank    busy ms    idle ms  idle %%        busy ms    idle ms  idle %%\n");
+    fprintf(out, "  rank    busy ms    idle ms  idle %%%s        busy ms    idle ms  idle %%\n",
+            comm ? "  a2a ms" : "");
     for (int w = 0; w < t->ranks; w++) {
         int r = w % s->num_ranks;
         double b = t->busy[w] / steps, i = t->idle[w] / steps;
         fprintf(out, "  %4d %10.2f %10.2f %6.1f%%", w, b, i, 100 * i / (b + i + 1e-12));
+        if (comm) fprintf(out, " %7.2f", t->exposed[w] / steps);
         if (simulated)
             fprintf(out, "     %10.2f %10.2f %6.1f%%", sim.busy[r], sim.idle[r],
                     100 * sim.idle[r] / (sim.makespan + 1e-12));

@@ -12,8 +12,11 @@
 typedef struct {
     double sum[5]; /* F, B, I, W, an overlapped F&B pair */
     long count[5];
+    double comm[5];      /* of sum, the time waited for expert exchanges in flight (exposed) */
     double *busy, *idle; /* [ranks], summed over the measured steps */
+    double *exposed;     /* [ranks]: of busy, the exposed expert communication */
     int ranks, steps;    /* ranks: world ranks (data-parallel replicas x the schedule's ranks) */
+    int no_overlap;      /* the run's pairs ran without the overlap (--no-overlap): simulated so */
 } step_timing;
 
 /* For `ranks` world ranks (the schedule's, times the replicas with data parallelism). 0, or

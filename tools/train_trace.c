@@ -32,7 +32,7 @@ int train_trace_add_step(train_trace *t, dp_runtime *rt, double offset)
         const dp_action_time *at = dp_runtime_times(rt, r);
         if (!at) return 0; /* the runtime records no times */
         for (int i = 0; i < s->num_actions[r]; i++)
-            *to++ = (dp_action_time){offset + at[i].start, offset + at[i].ready, offset + at[i].end};
+            *to++ = (dp_action_time){offset + at[i].start, offset + at[i].ready, offset + at[i].end, at[i].comm};
     }
     t->steps++;
     return 0;

@@ -99,7 +99,8 @@ struct dp_link_world {
     double *nic_free; /* [size] emulated: when each world rank's NIC is free, under lock */
 };
 
-typedef enum { REQ_SEND, REQ_RECV } req_kind;
+/* REQ_MULTI: a collective in flight (iall_to_all_v), its receives in parts */
+typedef enum { REQ_SEND, REQ_RECV, REQ_MULTI } req_kind;
 
 struct dp_request {
     dp_request *next_posted; /* the endpoint's posted receives, in posting order */
@@ -113,6 +114,8 @@ struct dp_request {
     int issued;  /* 0 while deferred in a group */
     int done;    /* send: copied; recv: message attached */
     message *msg;
+    dp_request **parts; /* REQ_MULTI: its receives, nparts of them */
+    int nparts;
 };
 
 struct dp_link {
@@ -493,6 +496,18 @@ static void unlink_posted_locked(dp_link *l, dp_request *r)
 
 static dp_status cpu_test(dp_link *l, dp_request *r, int *done)
 {
+    if (r->kind == REQ_MULTI) {
+        /* done once every part's message is attached and, emulated, has arrived */
+        double now = l->w->emu.on ? now_ms() : 0;
+        pthread_mutex_lock(&l->w->lock);
+        match_locked(l);
+        *done = 1;
+        for (int i = 0; i < r->nparts && *done; i++)
+            *done = r->parts[i]->done && r->parts[i]->msg->ready_ms <= now;
+        pthread_mutex_unlock(&l->w->lock);
+        if (!*done && dp_link_abort_raised(&l->w->abort)) return dp_link_abort_fail(&l->w->abort);
+        return DP_OK;
+    }
     if (r->kind == REQ_SEND || !r->issued) {
         *done = r->done;
         return DP_OK;
@@ -505,9 +520,36 @@ static dp_status cpu_test(dp_link *l, dp_request *r, int *done)
     return DP_OK;
 }
 
+/* Gives up a posted receive without waiting for it (a collective whose earlier part failed). */
+static void cancel_recv(dp_link *l, dp_request *r)
+{
+    pthread_mutex_lock(&l->w->lock);
+    unlink_posted_locked(l, r);
+    pthread_mutex_unlock(&l->w->lock);
+    message_put(l->w, r->msg);
+    free(r);
+}
+
+static dp_status cpu_wait(dp_link *l, dp_request *r);
+
+/* A collective in flight: each part in order; after a failure the rest are given up, so that
+ * one failure costs one timeout, not one per peer. */
+static dp_status wait_multi(dp_link *l, dp_request *r)
+{
+    dp_status st = DP_OK;
+    for (int i = 0; i < r->nparts; i++) {
+        if (st == DP_OK) st = cpu_wait(l, r->parts[i]);
+        else cancel_recv(l, r->parts[i]);
+    }
+    free(r->parts);
+    free(r);
+    return st;
+}
+
 static dp_status cpu_wait(dp_link *l, dp_request *r)
 {
     dp_link_world *w = l->w;
+    if (r->kind == REQ_MULTI) return wait_multi(l, r);
     if (!r->issued) {
         /* still deferred in an open group: that is a caller error, but free it consistently */
         for (dp_request **p = &l->deferred_head; *p; p = &(*p)->next_deferred)
@@ -662,6 +704,54 @@ static dp_status cpu_all_to_all_v(dp_link *l, const void *send, const size_t *se
     return DP_OK;
 }
 
+/* all_to_all_v in flight: the sends leave at once (copied, as every send of this link), the
+ * receives are posted, and the returned request's wait completes them. With the emulated network
+ * the messages travel while the caller computes, which is what an overlapped pair relies on. */
+static dp_status cpu_iall_to_all_v(dp_link *l, const void *send, const size_t *send_counts, const size_t *send_displs,
+                                   void *recv, const size_t *recv_counts, const size_t *recv_displs,
+                                   size_t elem_bytes, dp_stream *s, dp_request **req)
+{
+    (void)s;
+    *req = NULL;
+    if (l->group_depth > 0) return dp_fail(DP_ERR_INVALID, "cpu link: iall_to_all_v inside a group");
+    int n = l->g->size;
+    if (send_counts[l->rank] != recv_counts[l->rank])
+        return dp_fail(DP_ERR_INVALID, "iall_to_all_v: rank %d sends itself %zu elements but expects %zu", l->rank,
+                       send_counts[l->rank], recv_counts[l->rank]);
+    dp_request *m = calloc(1, sizeof *m);
+    dp_request **parts = calloc((size_t)(n > 1 ? n - 1 : 1), sizeof *parts);
+    if (!m || !parts) {
+        free(m), free(parts);
+        return dp_fail(DP_ERR_NOMEM, "cpu link: out of memory for an all-to-all of %d ranks", n);
+    }
+    m->kind = REQ_MULTI, m->issued = 1, m->parts = parts;
+    int tag = coll_tag(l);
+    dp_status st = DP_OK;
+    for (int j = 0; j < n && st == DP_OK; j++) {
+        const char *src = (const char *)send + send_displs[j] * elem_bytes;
+        if (j == l->rank) {
+            if (send_counts[j]) memmove((char *)recv + recv_displs[j] * elem_bytes, src, send_counts[j] * elem_bytes);
+            continue;
+        }
+        dp_request *r;
+        st = post(l, REQ_SEND, src, NULL, send_counts[j] * elem_bytes, j, tag, &r);
+        if (st == DP_OK) free(r); /* a send is done once posted: copied into the peer's mailbox */
+    }
+    for (int j = 0; j < n && st == DP_OK; j++)
+        if (j != l->rank) {
+            st = post(l, REQ_RECV, NULL, (char *)recv + recv_displs[j] * elem_bytes, recv_counts[j] * elem_bytes, j,
+                      tag, &parts[m->nparts]);
+            if (st == DP_OK) m->nparts++;
+        }
+    if (st != DP_OK) {
+        for (int i = 0; i < m->nparts; i++) cancel_recv(l, parts[i]);
+        free(parts), free(m);
+        return st;
+    }
+    *req = m;
+    return DP_OK;
+}
+
 static dp_status cpu_barrier(dp_link *l)
 {
     if (l->group_depth > 0) return dp_fail(DP_ERR_INVALID, "cpu link: barrier inside a group");
@@ -756,4 +846,5 @@ const dp_link_ops dp_cpu_link_ops = {
     .barrier = cpu_barrier,
     .abort = cpu_abort,
     .set_timeout = cpu_set_timeout,
+    .iall_to_all_v = cpu_iall_to_all_v,
 };

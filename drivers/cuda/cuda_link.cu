@@ -743,5 +743,9 @@ const dp_link_ops dp_cuda_link_ops = {
     cuda_barrier,
     cuda_abort,
     cuda_set_timeout,
+    /* iall_to_all_v: none; all_to_all_v already returns once NCCL's exchange is queued on the
+     * pass's stream, and an overlapped pair's halves run on two streams with a communicator each,
+     * so one half's exchange runs on the GPU under the other's kernels */
+    NULL,
 };
 }

@@ -1,0 +1,60 @@
+#!/bin/sh
+# test_train_overlap.sh: DualPipe's overlap of one micro-batch's expert all-to-all under another's
+# compute. An overlapped F&B pair's halves take turns at their communication points by default and
+# run one after the other with --no-overlap; the two must give the same bits for every schedule
+# with MoE layers and expert parallelism, and the exposed all-to-all they report must be at least
+# what the emulated network's latency makes it (a lower bound, never a timing comparison).
+dp="${top_builddir:-.}/tools/dualpipe"
+tmp=$(mktemp -d) || exit 1
+trap 'rm -rf "$tmp"' EXIT
+n=0
+ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fi; }
+
+small="--hidden 16 --tokens 6 --threads 1 --pp 2 --chunks 4 --steps 3 --layers-per-stage 2"
+moe="--experts 8 --topk 2 --groups 4 --topk-groups 2 --shared-experts 1 --expert-hidden 8 --route-scale 2.5 --bias-update-speed 0.01"
+schedules=$("$dp" train --schedule none 2>&1 | sed -n 's/.*known schedules: //p' | tr -d ',')
+[ -n "$schedules" ]; ok $? "the schedules are listed: $schedules"
+for s in $schedules; do
+  for ep in 2 4; do
+    "$dp" train $small $moe --schedule "$s" --ep $ep --save-params "$tmp/on.st" > "$tmp/on" 2> "$tmp/err"
+    rc=$?
+    "$dp" train $small $moe --schedule "$s" --ep $ep --no-overlap --verify --save-params "$tmp/off.st" > "$tmp/off" 2>> "$tmp/err"
+    rc=$((rc + $?))
+    grep -q 'parameters 0 (relative 0): bit-equal' "$tmp/off"; rc=$((rc + $?))
+    awk '/^step/ { print $2, $4 }' "$tmp/on" > "$tmp/on.loss"; awk '/^step/ { print $2, $4 }' "$tmp/off" > "$tmp/off.loss"
+    [ -s "$tmp/on.loss" ] && cmp -s "$tmp/on.loss" "$tmp/off.loss" && cmp -s "$tmp/on.st" "$tmp/off.st"
+    ok $((rc + $?)) "$s --ep $ep: overlapped and --no-overlap give the same losses and parameters, bit-equal to the reference $(cat "$tmp/err")"
+  done
+done
+"$dp" train $small $moe --schedule dualpipev --ep 2 --dp 2 --dtype bf16 --loss xent --save-params "$tmp/on.st" > "$tmp/on" 2> "$tmp/err"
+rc=$?
+"$dp" train $small $moe --schedule dualpipev --ep 2 --dp 2 --dtype bf16 --loss xent --no-overlap --save-params "$tmp/off.st" > "$tmp/off" 2>> "$tmp/err"
+rc=$((rc + $?))
+cmp -s "$tmp/on.st" "$tmp/off.st"; ok $((rc + $?)) "bf16, cross-entropy, dp 2 x ep 2: overlap on and off give the same parameters $(cat "$tmp/err")"
+"$dp" verify --driver cpu --hidden 16 --tokens 6 --pp 2 --chunks 4 --layers-per-stage 2 $moe --ep 2 --no-overlap > "$tmp/out" 2> "$tmp/err"
+ok $? "verify takes --no-overlap $(tail -n 1 "$tmp/out") $(cat "$tmp/err")"
+
+# The emulated network: 4 ms per message. Every stage's one layer is MoE, whose forward makes
+# three exchanges (counts, dispatch, combine) and input-backward two; without the overlap each is
+# waited for right after it starts, so a pair waits at least about 5 latencies.
+lat_ms=4
+one="--hidden 16 --tokens 8 --threads 1 --pp 2 --chunks 4 --steps 3 --experts 4 --topk 2 --moe-layers 0-1 --ep 2"
+DUALPIPE_CPU_LINK=$((lat_ms * 1000)),100 "$dp" train $one --no-overlap > "$tmp/off" 2> "$tmp/err"
+ok $? "--no-overlap trains over the emulated network $(cat "$tmp/err")"
+line=$(grep '^of which waiting for expert all-to-alls' "$tmp/off")
+pair=$(echo "$line" | sed -n 's/.*F&B \([0-9.]*\) ms.*/\1/p')
+fwd=$(echo "$line" | sed -n 's/.* F \([0-9.]*\) ms,.*/\1/p')
+echo "$line" | grep -q 'overlap off' && awk -v p="$pair" -v f="$fwd" -v l=$lat_ms 'BEGIN { exit !(p >= 4 * l && f >= 2.5 * l) }'
+ok $? "without the overlap a pair waits at least 4 latencies for its exchanges, a lone F 2.5 ($line)"
+awk '/a2a ms/ { t = 1; next } t && NF >= 5 && $1 ~ /^[0-9]+$/ { n++; if ($5 < 0) bad = 1 } END { exit !(n == 4 && !bad) }' "$tmp/off"
+ok $? "the report gives each of the 4 ranks its exposed all-to-all"
+DUALPIPE_CPU_LINK=$((lat_ms * 1000)),100 "$dp" train $one > "$tmp/on" 2> "$tmp/err"
+rc=$?
+grep -q '^of which waiting for expert all-to-alls.*(overlap on)' "$tmp/on"
+ok $((rc + $?)) "the overlapped run reports its exposed all-to-all: $(grep '^of which' "$tmp/on")"
+
+"$dp" train --help | grep -q -- '--no-overlap'; ok $? "train --help lists --no-overlap"
+"$dp" verify --help | grep -q -- '--no-overlap'; ok $? "verify --help lists --no-overlap"
+"$dp" train --no-overlap=1 > "$tmp/out" 2> "$tmp/err"
+[ $? -eq 2 ]; ok $? "--no-overlap takes no value: $(cat "$tmp/err")"
+echo "1..$n"
