@@ -474,6 +474,9 @@ void dp_stage_destroy(dp_stage *st)
     const dp_device_ops *ops = st->env.ops;
     for (slot_impl *si = st->all_slots; si;) {
         slot_impl *next = si->next_all;
+        /* a pass given up while its exchange was in flight (the job failed): the link frees the
+         * request in its wait, which the failure has ended */
+        if (si->cur.request) (void)st->env.link_ops->wait(si->cur.link, si->cur.request);
         ops->free(st->env.dev, si->mem);
         free(si->layers);
         free(si);
