@@ -129,16 +129,25 @@ typedef struct {
     double f;       /* forward */
     double b;       /* full backward */
     double w;       /* deferred weight gradient (an I costs b - w) */
-    double fb;      /* overlapped F&B pair */
+    double fb;      /* overlapped F&B pair (its compute: the all-to-all below comes on top) */
     double p2p;     /* latency of a point-to-point transfer between ranks */
+    /* Expert-parallel all-to-all (MoE layers), all the dispatches and combines of one stage's
+     * pass together: a lone F costs f + a2a_f, a B b + a2a_b, an I (b - w) + a2a_b, a W w. An
+     * overlapped pair lasts max(fb, a2a_f + a2a_b): each half's all-to-all runs under the other
+     * half's compute, and only the excess is exposed. */
+    double a2a_f;   /* all-to-all of one forward of one stage */
+    double a2a_b;   /* all-to-all of one input-backward (B or I) of one stage */
+    int no_overlap; /* nonzero: a pair's halves run one after the other, fb + a2a_f + a2a_b, all
+                     * of its all-to-all exposed */
 } dp_cost;
 
-/* F=1, B=2, W=1, F&B=3, no latency: the DualPipe README's setting. */
+/* F=1, B=2, W=1, F&B=3, no latency, no all-to-all: the DualPipe README's setting. */
 dp_cost dp_cost_default(void);
 
-/* Parses "F=1,B=2,W=1,FB=3,P2P=0" (any subset, case-insensitive). Each cost must be 0 or
- * between DP_COST_MIN and DP_COST_MAX, so that every simulated time and every picture's
- * scale stays finite for any schedule the generators make; W must not exceed B. */
+/* Parses "F=1,B=2,W=1,FB=3,P2P=0,A2AF=0,A2AB=0" (any subset, case-insensitive). Each cost must
+ * be 0 or between DP_COST_MIN and DP_COST_MAX, so that every simulated time and every picture's
+ * scale stays finite for any schedule the generators make; W must not exceed B. (no_overlap is
+ * not a cost: set it in the struct; `dualpipe schedule --no-overlap`.) */
 dp_status dp_cost_parse(const char *text, dp_cost *cost);
 #define DP_COST_MIN 1e-9
 #define DP_COST_MAX 1e9
@@ -150,6 +159,16 @@ typedef struct {
     double *idle;   /* [rank]: makespan - busy */
     double makespan;
     int num_ranks;
+    /* Exposed communication per rank, 0 without communication costs. exposed_a2a is part of
+     * busy (the all-to-all an action's duration holds beyond its compute: a lone action's
+     * whole all-to-all, a pair's duration - fb); exposed_p2p is part of idle (of each wait
+     * before an action, what the latency of the transfer that gated it adds: with the gating
+     * input from another rank, min(wait, p2p); a latency upstream that made the sender late
+     * is not counted again here). */
+    double *exposed_a2a;  /* [rank] */
+    double *exposed_p2p;  /* [rank] */
+    double *exposed_comm; /* [rank]: exposed_a2a + exposed_p2p */
+    dp_cost cost;         /* the costs simulated (the Chrome writer draws the all-to-all from them) */
 } dp_simulation;
 
 /* Costs: any finite numbers >= 0 with W <= B. DP_ERR_INVALID, naming the rank and action,
@@ -206,7 +225,9 @@ typedef struct {
 
 /* Chrome trace events (Perfetto, chrome://tracing), one track per rank, an overlapped pair one
  * event named "F0.3 & B1.2" (kind, local stage, micro-batch). Without `measured` (NULL): the
- * `chrome` format, at the simulator's times, one cost unit drawn as 1 ms. With it: every measured
+ * `chrome` format, at the simulator's times, one cost unit drawn as 1 ms; when sim->cost has an
+ * all-to-all, a second track per rank, "rank R comm", holds each action's all-to-all as
+ * "all-to-all (hidden)" (under compute) and "all-to-all (exposed)" events. With it: every measured
  * step, each event's args naming its step, and the time an action waited for its inputs drawn
  * as a "wait" event before it. */
 dp_status dp_schedule_write_chrome(FILE *out, const dp_schedule *s, const dp_simulation *sim,

@@ -19,4 +19,8 @@ dp_status dp_schedule_emit_dualpipe_rank(dp_schedule *s, int rank, int n, int h,
  * picture scaled by an infinite makespan never ends). */
 dp_status dp_simulation_check(const dp_schedule *s, const dp_simulation *sim);
 
+/* Whether the costs hold any communication (a p2p latency or an all-to-all): the writers add
+ * exposed communication only then, so that output without it stays as it was. */
+int dp_cost_has_comm(const dp_cost *c);
+
 #endif

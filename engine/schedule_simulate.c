@@ -1,6 +1,7 @@
 /* schedule_simulate.c: the cost-model simulator and the dependency replay it shares with
- * the validator. Given F, B, W, F&B and a p2p latency it gives every action's start and
- * end, each rank's busy and idle time, and the makespan. */
+ * the validator. Given F, B, W, F&B, a p2p latency and the expert all-to-all of a forward
+ * and of a backward it gives every action's start and end, each rank's busy and idle time,
+ * the makespan, and each rank's exposed communication. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <math.h>
@@ -11,15 +12,15 @@
 
 #include "engine/schedule_replay.h"
 
-dp_cost dp_cost_default(void) { return (dp_cost){.f = 1, .b = 2, .w = 1, .fb = 3, .p2p = 0}; }
+dp_cost dp_cost_default(void) { return (dp_cost){.f = 1, .b = 2, .w = 1, .fb = 3, .p2p = 0, .a2a_f = 0, .a2a_b = 0}; }
 
 /* Any finite cost >= 0 keeps the simulator's arithmetic meaningful (its times are checked
  * for overflow as they are made); W <= B keeps an I's cost B - W >= 0. */
 static dp_status cost_check(const dp_cost *c)
 {
-    const double v[5] = {c->f, c->b, c->w, c->fb, c->p2p};
-    static const char *names[5] = {"F", "B", "W", "FB", "P2P"};
-    for (int i = 0; i < 5; i++) {
+    const double v[7] = {c->f, c->b, c->w, c->fb, c->p2p, c->a2a_f, c->a2a_b};
+    static const char *names[7] = {"F", "B", "W", "FB", "P2P", "A2AF", "A2AB"};
+    for (int i = 0; i < 7; i++) {
         if (!isfinite(v[i]))
             return dp_fail(DP_ERR_INVALID, "cost %s is %g: every cost must be a finite number >= 0", names[i], v[i]);
         if (v[i] < 0)
@@ -65,8 +66,10 @@ dp_status dp_cost_parse(const char *text, dp_cost *cost)
         else if (strcasecmp(item, "W") == 0) slot = &c.w;
         else if (strcasecmp(item, "FB") == 0 || strcasecmp(item, "F&B") == 0) slot = &c.fb;
         else if (strcasecmp(item, "P2P") == 0) slot = &c.p2p;
+        else if (strcasecmp(item, "A2AF") == 0) slot = &c.a2a_f;
+        else if (strcasecmp(item, "A2AB") == 0) slot = &c.a2a_b;
         else
-            return dp_fail(DP_ERR_INVALID, "unknown cost '%s'; known: F, B, W, FB, P2P", item);
+            return dp_fail(DP_ERR_INVALID, "unknown cost '%s'; known: F, B, W, FB, P2P, A2AF, A2AB", item);
         *slot = v;
     }
     DP_CHECK(cost_check(&c));
@@ -74,7 +77,8 @@ dp_status dp_cost_parse(const char *text, dp_cost *cost)
     return DP_OK;
 }
 
-double dp_cost_of(const dp_cost *cost, int kind)
+/* compute of one action */
+static double compute_of(const dp_cost *cost, int kind)
 {
     switch (kind) {
     case DP_ACT_F: return cost->f;
@@ -82,6 +86,33 @@ double dp_cost_of(const dp_cost *cost, int kind)
     case DP_ACT_I: return cost->b - cost->w;
     default: return cost->w;
     }
+}
+
+/* all-to-all of one action: a forward dispatches and combines, an input-backward (B or I) does
+ * the same exchanges the other way, a W communicates nothing */
+static double a2a_of(const dp_cost *cost, int kind)
+{
+    return kind == DP_ACT_F ? cost->a2a_f : kind == DP_ACT_W ? 0 : cost->a2a_b;
+}
+
+dp_span_cost dp_span_cost_of(const dp_cost *cost, const dp_action *a, int pair)
+{
+    if (!pair) {
+        /* alone, an action waits out each of its exchanges: nothing else computes meanwhile */
+        double x = a2a_of(cost, a->kind);
+        return (dp_span_cost){compute_of(cost, a->kind) + x, x, x};
+    }
+    double x = a2a_of(cost, a[0].kind) + a2a_of(cost, a[1].kind);
+    if (cost->no_overlap) return (dp_span_cost){cost->fb + x, x, x};
+    /* The executor gives the two halves turns, each up to its next communication point: while
+     * one half's dispatch or combine is in flight, the other half computes. With the turns
+     * interleaved finely enough, the compute stream is busy fb and the network x at the same
+     * time, so the pair lasts max(fb, x): an all-to-all shorter than the pair's compute hides
+     * entirely, and only the excess x - fb is exposed. (This is the best the turns can do; a
+     * pair whose phases are too coarse to interleave lies between this and fb + x, the
+     * no_overlap figure.) */
+    double d = x > cost->fb ? x : cost->fb;
+    return (dp_span_cost){d, x, d - cost->fb};
 }
 
 /* ----------------------------------------------------------------------------
@@ -98,9 +129,11 @@ static size_t at(const dp_schedule *s, int pipe, int stage, int chunk)
     return ((size_t)pipe * (size_t)s->num_stages + (size_t)stage) * (size_t)s->chunks_per_pipe + (size_t)chunk;
 }
 
-/* When the inputs of `a` on `rank` are there, or -1 when not yet known. */
-static double ready_time(const replay_state *st, const dp_cost *cost, int rank, const dp_action *a)
+/* When the inputs of `a` on `rank` are there, or -1 when not yet known; *made: when they were
+ * produced (earlier by the latency when they come from another rank). */
+static double ready_time(const replay_state *st, const dp_cost *cost, int rank, const dp_action *a, double *made)
 {
+    *made = 0;
     const dp_schedule *s = st->s;
     int pipe = s->slot_pipe[a->local_stage][rank], stage = s->slot_stage[a->local_stage][rank];
     int from_stage;
@@ -118,6 +151,7 @@ static double ready_time(const replay_state *st, const dp_cost *cost, int rank, 
     }
     double t = table[at(s, pipe, from_stage, a->chunk)];
     if (t < 0) return -1;
+    *made = t;
     return s->stage_rank[pipe][from_stage] == rank ? t : t + cost->p2p;
 }
 
@@ -129,7 +163,8 @@ static void record(replay_state *st, int rank, const dp_action *a, double end)
     else if (a->kind == DP_ACT_B || a->kind == DP_ACT_I) st->b_end[at(s, pipe, stage, a->chunk)] = end;
 }
 
-dp_status dp_schedule_replay(const dp_schedule *s, const dp_cost *cost, double **start, double **end)
+dp_status dp_schedule_replay(const dp_schedule *s, const dp_cost *cost, double **start, double **end,
+                             double *p2p_exposed)
 {
     size_t n = (size_t)s->num_pipes * (size_t)s->num_stages * (size_t)s->chunks_per_pipe;
     replay_state st = {.s = s, .f_end = malloc(sizeof(double) * n), .b_end = malloc(sizeof(double) * n)};
@@ -149,13 +184,20 @@ dp_status dp_schedule_replay(const dp_schedule *s, const dp_cost *cost, double *
                 int i = next[r];
                 const dp_action *a = &s->actions[r][i];
                 int pair = a->overlap && i + 1 < s->num_actions[r];
-                double t0 = ready_time(&st, cost, r, a);
-                double t1 = pair ? ready_time(&st, cost, r, a + 1) : 0;
+                double made0, made1 = 0;
+                double t0 = ready_time(&st, cost, r, a, &made0);
+                double t1 = pair ? ready_time(&st, cost, r, a + 1, &made1) : 0;
                 if (t0 < 0 || t1 < 0) break;
                 double t = free_at[r];
                 if (t0 > t) t = t0;
                 if (t1 > t) t = t1;
-                double d = pair ? cost->fb : dp_cost_of(cost, a->kind);
+                /* the start without the latency of the inputs: t minus it is the wait the
+                 * gating transfer's latency added (min(wait, p2p) when it came from afar) */
+                double t_near = free_at[r];
+                if (made0 > t_near) t_near = made0;
+                if (made1 > t_near) t_near = made1;
+                if (p2p_exposed && t > t_near) p2p_exposed[r] += t - t_near;
+                double d = dp_span_cost_of(cost, a, pair).duration;
                 if (!isfinite(t + d)) {
                     status = dp_fail(DP_ERR_INVALID,
                                      "rank %d action %d (%c local stage %d micro-batch %d) would end at %g, which is not "
@@ -212,6 +254,9 @@ void dp_simulation_free(dp_simulation *sim)
     free(sim->end);
     free(sim->busy);
     free(sim->idle);
+    free(sim->exposed_a2a);
+    free(sim->exposed_p2p);
+    free(sim->exposed_comm);
     memset(sim, 0, sizeof *sim);
 }
 
@@ -225,7 +270,12 @@ dp_status dp_schedule_simulate(const dp_schedule *s, const dp_cost *cost, dp_sim
     out->end = calloc((size_t)R, sizeof(double *));
     out->busy = calloc((size_t)R, sizeof(double));
     out->idle = calloc((size_t)R, sizeof(double));
-    int ok = out->start && out->end && out->busy && out->idle;
+    out->exposed_a2a = calloc((size_t)R, sizeof(double));
+    out->exposed_p2p = calloc((size_t)R, sizeof(double));
+    out->exposed_comm = calloc((size_t)R, sizeof(double));
+    out->cost = *cost;
+    int ok = out->start && out->end && out->busy && out->idle && out->exposed_a2a && out->exposed_p2p &&
+             out->exposed_comm;
     for (int r = 0; ok && r < R; r++) {
         size_t n = s->num_actions[r] ? (size_t)s->num_actions[r] : 1;
         out->start[r] = calloc(n, sizeof(double));
@@ -236,7 +286,7 @@ dp_status dp_schedule_simulate(const dp_schedule *s, const dp_cost *cost, dp_sim
         dp_simulation_free(out);
         return dp_fail(DP_ERR_NOMEM, "out of memory simulating a schedule");
     }
-    dp_status st = dp_schedule_replay(s, cost, out->start, out->end);
+    dp_status st = dp_schedule_replay(s, cost, out->start, out->end, out->exposed_p2p);
     if (st != DP_OK) {
         dp_simulation_free(out);
         return st;
@@ -245,9 +295,14 @@ dp_status dp_schedule_simulate(const dp_schedule *s, const dp_cost *cost, dp_sim
         for (int i = 0; i < s->num_actions[r]; i++) {
             if (i > 0 && s->actions[r][i - 1].overlap) continue; /* second half of a pair */
             out->busy[r] += out->end[r][i] - out->start[r][i];
+            const dp_action *a = &s->actions[r][i];
+            out->exposed_a2a[r] += dp_span_cost_of(cost, a, a->overlap && i + 1 < s->num_actions[r]).a2a_exposed;
             if (out->end[r][i] > out->makespan) out->makespan = out->end[r][i];
         }
     }
-    for (int r = 0; r < R; r++) out->idle[r] = out->makespan - out->busy[r];
+    for (int r = 0; r < R; r++) {
+        out->idle[r] = out->makespan - out->busy[r];
+        out->exposed_comm[r] = out->exposed_a2a[r] + out->exposed_p2p[r];
+    }
     return DP_OK;
 }

@@ -110,7 +110,7 @@ dp_status dp_schedule_validate(const dp_schedule *s, dp_schedule_report *report)
     }
     if (st == DP_OK) {
         dp_cost unit = {.f = 1, .b = 2, .w = 1, .fb = 2, .p2p = 0};
-        st = dp_schedule_replay(s, &unit, start, end);
+        st = dp_schedule_replay(s, &unit, start, end, NULL);
     }
     for (int r = 0; start && end && r < R; r++) {
         free(start[r]);

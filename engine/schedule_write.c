@@ -24,6 +24,8 @@ dp_status dp_schedule_format_parse(const char *name, dp_schedule_format *fmt)
                    name ? name : "");
 }
 
+int dp_cost_has_comm(const dp_cost *c) { return c->p2p != 0 || c->a2a_f != 0 || c->a2a_b != 0; }
+
 dp_status dp_simulation_check(const dp_schedule *s, const dp_simulation *sim)
 {
     if (!sim || sim->num_ranks != s->num_ranks || !sim->start || !sim->end)

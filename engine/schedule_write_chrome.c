@@ -1,9 +1,35 @@
 /* schedule_write_chrome.c: Chrome trace-event JSON (opens in Perfetto or chrome://tracing),
  * one track per rank, an overlapped F&B pair one event. The `chrome` format draws the
- * simulator's times (one cost unit as 1 ms); `dualpipe train --trace` draws measured steps. */
+ * simulator's times (one cost unit as 1 ms), and with all-to-all costs a "comm" track per
+ * rank holding each action's all-to-all, hidden and exposed; `dualpipe train --trace` draws
+ * measured steps. */
 #include <math.h>
 
 #include "engine/schedule_internal.h"
+#include "engine/schedule_replay.h"
+
+static int has_a2a(const dp_simulation *sim) { return sim && (sim->cost.a2a_f != 0 || sim->cost.a2a_b != 0); }
+
+/* The all-to-all of the action (or pair) at [t0, t1] on the comm track of rank r: the hidden
+ * part from the start, under the compute; the exposed part at the end, the time the action
+ * lasts beyond its compute. */
+static void write_a2a(FILE *out, const dp_simulation *sim, int r, const dp_action *a, int pair, double t0, double t1,
+                      const char *name)
+{
+    const double us = 1000.0;
+    dp_span_cost c = dp_span_cost_of(&sim->cost, a, pair);
+    double hidden = c.a2a - c.a2a_exposed;
+    if (hidden > 0)
+        fprintf(out,
+                ",\n  {\"name\": \"all-to-all (hidden)\", \"cat\": \"comm\", \"ph\": \"X\", \"pid\": 0, \"tid\": %d, "
+                "\"ts\": %.3f, \"dur\": %.3f, \"args\": {\"for\": \"%s\"}}",
+                sim->num_ranks + r, t0 * us, hidden * us, name);
+    if (c.a2a_exposed > 0)
+        fprintf(out,
+                ",\n  {\"name\": \"all-to-all (exposed)\", \"cat\": \"comm\", \"ph\": \"X\", \"pid\": 0, \"tid\": %d, "
+                "\"ts\": %.3f, \"dur\": %.3f, \"args\": {\"for\": \"%s\"}}",
+                sim->num_ranks + r, (t1 - c.a2a_exposed) * us, c.a2a_exposed * us, name);
+}
 
 /* "F0.3" (kind, local stage, micro-batch), or "F0.3 & B1.2" for an overlapped pair */
 static void action_name(char *buf, size_t n, const dp_action *a, const dp_action *pair)
@@ -41,6 +67,7 @@ static void write_step(FILE *out, const dp_schedule *s, int step, const dp_simul
                     "\"dur\": %.3f, \"args\": {%s\"dir\": %d, \"chunk\": %d}}",
                     name, a->overlap ? "F&B" : (char[]){dp_action_letter(a->kind), 0}, r, t.ready * us,
                     (t.end - t.ready) * us, step_arg, a->local_stage, a->chunk);
+            if (!measured && has_a2a(sim)) write_a2a(out, sim, r, a, pair, t.ready, t.end, name);
             i += pair;
         }
         if (measured) measured += s->num_actions[r];
@@ -75,6 +102,19 @@ dp_status dp_schedule_write_chrome(FILE *out, const dp_schedule *s, const dp_sim
     for (int r = 0; r < s->num_ranks; r++)
         fprintf(out, ",\n  {\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": 0, \"tid\": %d, \"args\": {\"name\": \"rank %d\"}}",
                 r, r);
+    if (!measured && has_a2a(sim)) {
+        /* rank r's comm track (tid ranks + r) shown right under rank r's */
+        for (int r = 0; r < s->num_ranks; r++)
+            fprintf(out,
+                    ",\n  {\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": 0, \"tid\": %d, \"args\": {\"name\": "
+                    "\"rank %d comm\"}}",
+                    s->num_ranks + r, r);
+        for (int t = 0; t < 2 * s->num_ranks; t++)
+            fprintf(out,
+                    ",\n  {\"name\": \"thread_sort_index\", \"ph\": \"M\", \"pid\": 0, \"tid\": %d, \"args\": "
+                    "{\"sort_index\": %d}}",
+                    t, t < s->num_ranks ? 2 * t : 2 * (t - s->num_ranks) + 1);
+    }
     if (!measured) {
         write_step(out, s, 0, sim, NULL);
     } else {

@@ -44,9 +44,12 @@ dp_status dp_schedule_write_svg(FILE *out, const dp_schedule *s, const dp_cost *
                  "font-family=\"Helvetica, Arial, sans-serif\" font-size=\"%d\">\n",
             width, height, width, height, FONT);
     fprintf(out, "<rect width=\"100%%\" height=\"100%%\" fill=\"#ffffff\"/>\n");
+    char a2a[80] = "";
+    if (c->a2a_f != 0 || c->a2a_b != 0)
+        snprintf(a2a, sizeof a2a, ", A2AF=%g, A2AB=%g%s", c->a2a_f, c->a2a_b, c->no_overlap ? ", not overlapped" : "");
     fprintf(out, "<text x=\"%d\" y=\"22\" font-size=\"15\" font-weight=\"bold\">%s: %d ranks, %d micro-batches "
-                 "(F=%g, B=%g, W=%g, F&amp;B=%g): idle per rank %g, makespan %g</text>\n",
-            LEFT, s->name, s->num_ranks, s->num_chunks, c->f, c->b, c->w, c->fb, sim->idle[0], sim->makespan);
+                 "(F=%g, B=%g, W=%g, F&amp;B=%g%s): idle per rank %g, makespan %g</text>\n",
+            LEFT, s->name, s->num_ranks, s->num_chunks, c->f, c->b, c->w, c->fb, a2a, sim->idle[0], sim->makespan);
 
     /* time axis: a tick every 5 (or more) units */
     double step = 5 * unit;

@@ -65,9 +65,12 @@ dp_status dp_schedule_write_text(FILE *out, const dp_schedule *s, const dp_cost 
         }
 
     char text[512];
-    snprintf(text, sizeof text, "%s: %d ranks, %d stages per pipe, %d pipe%s, %d micro-batches; cost F=%g B=%g W=%g "
-             "F&B=%g P2P=%g", s->name, s->num_ranks, s->num_stages, s->num_pipes, s->num_pipes > 1 ? "s" : "",
-             s->num_chunks, c->f, c->b, c->w, c->fb, c->p2p);
+    int n = snprintf(text, sizeof text, "%s: %d ranks, %d stages per pipe, %d pipe%s, %d micro-batches; cost F=%g B=%g "
+                     "W=%g F&B=%g P2P=%g", s->name, s->num_ranks, s->num_stages, s->num_pipes,
+                     s->num_pipes > 1 ? "s" : "", s->num_chunks, c->f, c->b, c->w, c->fb, c->p2p);
+    if (c->a2a_f != 0 || c->a2a_b != 0)
+        n += snprintf(text + n, sizeof text - (size_t)n, " A2AF=%g A2AB=%g", c->a2a_f, c->a2a_b);
+    if (c->no_overlap) snprintf(text + n, sizeof text - (size_t)n, "; pairs not overlapped");
     put_wrapped(out, text, page_width);
     snprintf(text, sizeof text, "F forward, B backward, I input-gradient backward, W weight gradient; upper case: %s, "
              "lower case: %s; X&y: an overlapped F&B pair; '.': idle",
@@ -111,6 +114,15 @@ dp_status dp_schedule_write_text(FILE *out, const dp_schedule *s, const dp_cost 
     for (int r = 0; r < s->num_ranks; r++)
         fprintf(out, "%-8d %10g %10g %8d %6dx\n", r, sim->busy[r], sim->idle[r], rep->peak_activations[r],
                 rep->param_copies[r]);
+    if (dp_cost_has_comm(c) && sim->exposed_a2a && sim->exposed_p2p && sim->exposed_comm) {
+        fputc('\n', out);
+        put_wrapped(out, "exposed communication per rank: the all-to-all not hidden under compute (part of busy), "
+                         "the waits the pipeline transfers' latency adds (part of idle), and their sum",
+                    page_width);
+        fprintf(out, "%-8s %12s %12s %12s\n", "rank", "all-to-all", "pipeline", "total");
+        for (int r = 0; r < s->num_ranks; r++)
+            fprintf(out, "%-8d %12g %12g %12g\n", r, sim->exposed_a2a[r], sim->exposed_p2p[r], sim->exposed_comm[r]);
+    }
     fprintf(out, "makespan %g\n", sim->makespan);
     for (int r = 0; r < s->num_ranks; r++) free(rows[r]);
     free(rows);

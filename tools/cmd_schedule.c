@@ -1,5 +1,6 @@
 /* cmd_schedule.c: `dualpipe schedule`: generate a pipeline schedule, validate it, simulate
- * it under a cost model and write it as a timeline, trace, JSON, SVG or Chrome trace. */
+ * it under a cost model (compute, pipeline latency, expert all-to-all) and write it as a
+ * timeline, trace, JSON, SVG or Chrome trace. */
 #define _DEFAULT_SOURCE /* TIOCGWINSZ: the terminal's width */
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,14 +14,18 @@
 #include "tools/commands.h"
 #include "tools/output_file.h"
 
-enum { O_COST = CLI_LONG_ONLY, O_WIDTH };
+enum { O_COST = CLI_LONG_ONLY, O_WIDTH, O_NO_OVERLAP };
 
 static const cli_option options[] = {
     {'s', 's', "schedule", "NAME", .help_fn = usage_schedule_names},
     {'p', 'p', "pp", "N", .help = "pipeline ranks (dualpipev: ranks, holding 2N stages); default 8"},
     {'c', 'c', "chunks", "M", .help = "micro-batches per step; default 20"},
-    {O_COST, 0, "cost", "LIST", .help = "costs as F=1,B=2,W=1,FB=3,P2P=0 (the default); B is a full\n"
-                                        "backward, an I costs B-W, FB an overlapped F&B pair"},
+    {O_COST, 0, "cost", "LIST", .help = "costs as F=1,B=2,W=1,FB=3,P2P=0,A2AF=0,A2AB=0 (the default); B is\n"
+                                        "a full backward, an I costs B-W, FB an overlapped F&B pair's\n"
+                                        "compute, P2P a transfer's latency, A2AF and A2AB the expert\n"
+                                        "all-to-all of a stage's forward and input-backward"},
+    {O_NO_OVERLAP, 0, "no-overlap", NULL, .help = "simulate pairs run one half after the other: FB+A2AF+A2AB,\n"
+                                                  "every all-to-all exposed"},
     {'f', 'f', "format", "FMT", .help = "text (default), trace, json, svg, chrome; guessed from the\n"
                                         "extension of -o (.svg, .json, .trace) when not given"},
     {'o', 'o', "output", "FILE", .help = "write there instead of standard output"},
@@ -88,6 +93,7 @@ int cmd_schedule(int argc, char **argv)
                 return CLI_EXIT_USAGE;
             }
             break;
+        case O_NO_OVERLAP: cost.no_overlap = 1; break;
         case O_WIDTH:
             if (cli_parse_int("--width", p.value, DP_TEXT_MIN_WIDTH, 100000, &width)) return CLI_EXIT_USAGE;
             break;
