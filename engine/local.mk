@@ -26,13 +26,16 @@ dualpipe_includedir = $(includedir)/dualpipe/engine
 dualpipe_include_HEADERS = engine/status.h engine/schedule.h engine/safetensors.h
 noinst_HEADERS += engine/schedule_internal.h engine/schedule_replay.h
 
-check_PROGRAMS += tests/test_schedule_exact tests/test_schedule_formulas tests/test_schedule_errors tests/test_safetensors
-TESTS += tests/test_schedule_exact tests/test_schedule_formulas tests/test_schedule_errors tests/test_safetensors tests/test_schedule_tool.sh
+check_PROGRAMS += tests/test_schedule_exact tests/test_schedule_formulas tests/test_schedule_errors tests/test_schedule_comm \
+	tests/test_safetensors
+TESTS += tests/test_schedule_exact tests/test_schedule_formulas tests/test_schedule_errors tests/test_schedule_comm \
+	tests/test_safetensors tests/test_schedule_tool.sh
 EXTRA_DIST += tests/test_schedule_tool.sh tests/data/dualpipe_reference_orders.txt tests/data/torch_pipelining_orders.txt \
 	tools/record_torch_orders.py
 tests_test_schedule_exact_LDADD = engine/libdualpipe.la
 tests_test_schedule_formulas_LDADD = engine/libdualpipe.la
 tests_test_schedule_errors_LDADD = engine/libdualpipe.la
+tests_test_schedule_comm_LDADD = engine/libdualpipe.la
 tests_test_safetensors_LDADD = engine/libdualpipe.la
 
 include engine/runtime.mk

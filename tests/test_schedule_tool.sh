@@ -1,7 +1,8 @@
 #!/bin/sh
 # test_schedule_tool.sh: `dualpipe schedule` end to end: the trace interface, every
-# format, the text timeline fitted to the page width, --help/--version, and bad input (clear
-# error, exit 2, no output file left).
+# format, communication costs and the exposed communication they give, the text timeline
+# fitted to the page width, --help/--version, and bad input (clear error, exit 2, no output
+# file left).
 dp="${top_builddir:-.}/tools/dualpipe"
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
@@ -37,6 +38,46 @@ else
 fi
 "$dp" schedule -o "$tmp/guess.svg" && head -c 5 "$tmp/guess.svg" | grep -q '<?xml'; ok $? "format guessed from .svg"
 
+# communication in the cost model: nothing changes without it; the exposed all-to-all and
+# pipeline time per rank with it (text, JSON), and a comm track in the Chrome trace
+for f in text json svg chrome; do
+  "$dp" schedule --pp 4 --chunks 8 --format $f > "$tmp/nocomm.$f" &&
+    "$dp" schedule --pp 4 --chunks 8 --format $f --cost A2AF=0,A2AB=0,P2P=0 > "$tmp/zero.$f" &&
+    cmp -s "$tmp/nocomm.$f" "$tmp/zero.$f" && ! grep -q 'exposed\|all-to-all\|A2A' "$tmp/nocomm.$f"
+  ok $? "$f: A2AF=A2AB=P2P=0 writes the same bytes as no --cost, with no exposed communication"
+done
+# 1F1B on 2 ranks, 2 micro-batches, F=1 B=2, P2P=2: rank 0 waits 6 then 1 for its backwards
+# (2 and 1 of it the latency), rank 1 waits 3 for its first forward (2 of it)
+"$dp" schedule -s 1f1b --pp 2 --chunks 2 --cost P2P=2 > "$tmp/p2p" 2> "$tmp/err"
+[ $? -eq 0 ] && grep -q '^makespan 13$' "$tmp/p2p" && grep -Eq '^0 +0 +3 +3$' "$tmp/p2p" && grep -Eq '^1 +0 +2 +2$' "$tmp/p2p"
+ok $? "text, 1f1b pp 2, P2P=2: exposed pipeline time 3 and 2, makespan 13"
+# DualPipe PP=4, 8 micro-batches, A2AF=A2AB=1: every rank runs 5 lone F and 5 lone B/I (1 each
+# exposed) and 3 pairs (2 of all-to-all under FB=3, none exposed)
+"$dp" schedule --pp 4 --chunks 8 --cost F=1,B=2,W=1,FB=3,A2AF=1,A2AB=1 > "$tmp/a2a" 2> "$tmp/err"
+[ $? -eq 0 ] && grep -q '^makespan 37$' "$tmp/a2a" && [ "$(grep -Ec '^[0-3] +10 +0 +10$' "$tmp/a2a")" -eq 4 ] &&
+  grep -q 'A2AF=1 A2AB=1' "$tmp/a2a"
+ok $? "text, dualpipe pp 4, A2AF=A2AB=1: 10 exposed all-to-all per rank, makespan 37"
+# --no-overlap: all 8 F and 8 B/I of a rank expose their all-to-all
+"$dp" schedule --pp 4 --chunks 8 --cost A2AF=1,A2AB=1 --no-overlap > "$tmp/apart" 2> "$tmp/err"
+[ $? -eq 0 ] && grep -q '^makespan 45$' "$tmp/apart" && [ "$(grep -Ec '^[0-3] +16 +0 +16$' "$tmp/apart")" -eq 4 ] &&
+  grep -q 'pairs not overlapped' "$tmp/apart"
+ok $? "text, --no-overlap: 16 exposed per rank, makespan 45"
+"$dp" schedule --pp 4 --chunks 8 --cost A2AF=1,A2AB=1 --format json > "$tmp/a2a.json" 2> "$tmp/err"
+[ $? -eq 0 ] && grep -q '"A2AF": 1, "A2AB": 1, "overlap": true' "$tmp/a2a.json" &&
+  [ "$(grep -c '"exposed_a2a": 10, "exposed_p2p": 0, "exposed_comm": 10,' "$tmp/a2a.json")" -eq 4 ]
+ok $? "json: the all-to-all costs and each rank's exposed communication"
+"$dp" schedule --pp 4 --chunks 8 --cost A2AF=1,A2AB=1 --format chrome > "$tmp/a2a.chrome" 2> "$tmp/err"
+[ $? -eq 0 ] && grep -q '"rank 3 comm"' "$tmp/a2a.chrome" &&
+  [ "$(grep -c '"all-to-all (exposed)"' "$tmp/a2a.chrome")" -eq 40 ] &&
+  [ "$(grep -c '"all-to-all (hidden)"' "$tmp/a2a.chrome")" -eq 12 ]
+ok $? "chrome: a comm track per rank, 40 exposed all-to-all (10 lone actions x 4 ranks) and 12 hidden (the pairs)"
+if command -v python3 > /dev/null 2>&1; then
+  python3 -m json.tool "$tmp/a2a.json" > /dev/null && python3 -m json.tool "$tmp/a2a.chrome" > /dev/null
+  ok $? "json and chrome with communication parse as JSON"
+else
+  n=$((n+1)); echo "ok $n # SKIP python3 not installed to parse the JSON"
+fi
+
 # The text timeline fits the page: $COLUMNS for standard output, else the terminal's width
 # (not a terminal here), else 80; -o FILE 80; --width N. A timeline wider than the page is cut
 # into bands of time: the bands of each rank put back together give the one long row.
@@ -68,7 +109,8 @@ ok $? "--width 100: at most 100 columns ($(longest "$tmp/w100.txt"))"
 "$dp" schedule --width 10 > "$tmp/out" 2> "$tmp/err"
 [ $? -eq 2 ] && grep -q -- '--width' "$tmp/err"; ok $? "--width below 50 is refused"
 
-"$dp" schedule --help | grep -q -- '--chunks'; ok $? "--help lists the options"
+"$dp" schedule --help | grep -q -- '--chunks' && "$dp" schedule --help | grep -q -- '--no-overlap'
+ok $? "--help lists the options"
 "$dp" --version | grep -q '^dualpipe [0-9]'; ok $? "--version"
 
 # bad input: exit status 2, a message naming the rule, no output file
@@ -83,12 +125,15 @@ bad "even number of pipeline ranks" --pp 3
 bad ">= 2 x PP" --pp 4 --chunks 6
 bad "known schedules" --schedule pipedream
 bad "negative" --cost F=-1
+bad "cost A2AF is negative" --cost A2AF=-1
+bad "unknown cost 'A2A'" --cost A2A=1
 # non-finite and overflowing costs: refused before anything is drawn (an infinite makespan once
 # made the SVG writer loop for ever and the text writer allocate a negative size)
 for f in svg text json chrome; do
   bad "finite number" --cost F=inf --format $f
 done
 bad "finite number" --cost F=1e400
+bad "finite number" --cost A2AB=inf
 bad "not a number" --cost B=nan
 bad "between 1e-09 and 1e+09" --cost F=1e300,B=1e300,FB=1e300,P2P=1e300
 bad "between 1e-09 and 1e+09" --cost P2P=1e-400
