@@ -416,6 +416,31 @@ static double comm_waited(dp_executor *ex)
     return t;
 }
 
+/* Into *t, the exchanges the rank's stages waited for since `from` (their counts then), in the
+ * order they ended, on the step's clock. */
+static void record_exchanges(dp_executor *ex, const long *from, double t0, dp_action_time *t)
+{
+    t->exchanges = 0;
+    for (int d = 0; d < ex->s->num_local_stages; d++) {
+        dp_stage *st = stage_of(ex, d);
+        dp_exchange_time x;
+        for (long i = from[d]; dp_stage_exchange(st, i, &x); i++) {
+            float e[3] = {(float)(x.posted - t0), (float)(x.waited - t0), (float)(x.done - t0)};
+            int n = t->exchanges;
+            if (n == DP_ACTION_EXCHANGES) { /* fold into the last */
+                float *l = t->exchange[n - 1];
+                if (e[0] < l[0]) l[0] = e[0];
+                if (e[2] > l[2]) l[2] = e[2];
+                continue;
+            }
+            int j = n;
+            for (; j > 0 && t->exchange[j - 1][2] > e[2]; j--) memcpy(t->exchange[j], t->exchange[j - 1], sizeof e);
+            memcpy(t->exchange[j], e, sizeof e);
+            t->exchanges++;
+        }
+    }
+}
+
 static dp_status play(dp_executor *ex, dp_step_io *io, int infer)
 {
     const dp_schedule *s = ex->s;
@@ -439,6 +464,8 @@ static dp_status play(dp_executor *ex, dp_step_io *io, int infer)
         }
         prepared p[2];
         double t_start = io->times ? dp_now_ms() - io->t0 : 0, c_start = io->times ? comm_waited(ex) : 0;
+        long x_start[DP_MAX_LOCAL_STAGES];
+        for (int d = 0; d < s->num_local_stages; d++) x_start[d] = dp_stage_exchange_count(stage_of(ex, d));
         for (int j = 0; j < count; j++)
             DP_CHECK(prepare(ex, io, &acts[i + j], ex->cfg.streams[two ? j : 0], infer, &p[j]));
         DP_CHECK(communicate(ex, p, count));
@@ -466,8 +493,9 @@ static dp_status play(dp_executor *ex, dp_step_io *io, int infer)
             for (int j = 0; j < count; j++) DP_CHECK(D->stream_synchronize(ex->cfg.dev, p[j].stream));
         if (io->times) {
             double t_end = dp_now_ms() - io->t0;
-            double comm = comm_waited(ex) - c_start;
-            for (int j = 0; j < count; j++) io->times[i + j] = (dp_action_time){t_start, t_ready, t_end, comm};
+            dp_action_time t = {t_start, t_ready, t_end, comm_waited(ex) - c_start, 0, {{0}}};
+            record_exchanges(ex, x_start, io->t0, &t);
+            for (int j = 0; j < count; j++) io->times[i + j] = t;
         }
         i += count;
     }

@@ -185,6 +185,10 @@ struct dp_stage {
     dp_stage_env env;
     dp_model_config cfg;
     double comm_wait_ms; /* time the passes waited for exchanges they had left in flight */
+    /* the last DP_STAGE_EXCHANGE_LOG of those exchanges, exchange i at [i mod that], and how many
+     * there have been */
+    dp_exchange_time exchange_log[DP_STAGE_EXCHANGE_LOG];
+    long exchanges;
     int index, num_stages, is_last;
     int nlayers;
     dp_block_layer *layers;
@@ -215,6 +219,7 @@ typedef struct {
     float *loss; /* forward: where the loss goes (NULL: none) */
     int need_dx; /* backward_input: the first layer's dx is wanted */
     dp_request *request; /* the exchange the stopped phase left in flight on `link` (NULL: none) */
+    double posted;       /* when that phase stopped, the exchange started (monotonic ms) */
 } pass_cursor;
 
 /* A layer's part of a slot: its output and that output's gradient, which are the next layer's
@@ -588,11 +593,22 @@ static dp_status wait_in_flight(dp_stage *st, pass_cursor *c)
     double t0 = clock_ms();
     dp_status s = st->env.link_ops->wait(c->link, c->request);
     c->request = NULL;
-    st->comm_wait_ms += clock_ms() - t0;
+    double t1 = clock_ms();
+    st->comm_wait_ms += t1 - t0;
+    st->exchange_log[st->exchanges++ % DP_STAGE_EXCHANGE_LOG] = (dp_exchange_time){c->posted, t0, t1};
     return s;
 }
 
 double dp_stage_comm_wait_ms(const dp_stage *st) { return st->comm_wait_ms; }
+
+long dp_stage_exchange_count(const dp_stage *st) { return st->exchanges; }
+
+int dp_stage_exchange(const dp_stage *st, long i, dp_exchange_time *out)
+{
+    if (i < 0 || i >= st->exchanges || i < st->exchanges - DP_STAGE_EXCHANGE_LOG) return 0;
+    *out = st->exchange_log[i % DP_STAGE_EXCHANGE_LOG];
+    return 1;
+}
 
 /* Runs the slot's pass from where it stopped to its next communication point or its end. */
 static dp_status run_pass(dp_stage *st, slot_impl *si, dp_phase *phase)
@@ -632,6 +648,7 @@ static dp_status run_pass(dp_stage *st, slot_impl *si, dp_phase *phase)
         }
         if (next == DP_PHASE_COMM) {
             c->request = p.request;
+            if (p.request) c->posted = clock_ms();
             c->phase++;
             *phase = DP_PHASE_COMM;
             return DP_OK;

@@ -223,6 +223,16 @@ dp_status dp_stage_continue(dp_stage *st, dp_slot *slot, dp_phase *phase);
  * where the link keeps them in flight; a link without iall_to_all_v runs them inside the phase,
  * and that time is the phase's). Read before and after some work to time it. */
 double dp_stage_comm_wait_ms(const dp_stage *st);
+/* One exchange a pass left in flight, on the monotonic clock (ms): when the phase that started it
+ * stopped, when the pass came back and began to wait for it, when the wait ended. */
+typedef struct {
+    double posted, waited, done;
+} dp_exchange_time;
+#define DP_STAGE_EXCHANGE_LOG 256
+/* Exchanges waited for since the stage was made; exchange i (0 ..) while it is among the last
+ * DP_STAGE_EXCHANGE_LOG (1), else 0. */
+long dp_stage_exchange_count(const dp_stage *st);
+int dp_stage_exchange(const dp_stage *st, long i, dp_exchange_time *out);
 
 /* The expert-parallel links, once the groups exist (the stage is made before them): links[i]
  * for passes on env streams[i]. */

@@ -133,8 +133,10 @@ typedef struct {
     double p2p;     /* latency of a point-to-point transfer between ranks */
     /* Expert-parallel all-to-all (MoE layers), all the dispatches and combines of one stage's
      * pass together: a lone F costs f + a2a_f, a B b + a2a_b, an I (b - w) + a2a_b, a W w. An
-     * overlapped pair lasts max(fb, a2a_f + a2a_b): each half's all-to-all runs under the other
-     * half's compute, and only the excess is exposed. */
+     * overlapped pair lasts max(fb, c0 + x0, c1 + x1), x0 and x1 its halves' all-to-alls and c0
+     * and c1 their shares of fb (in proportion to their lone compute): each half is a chain of
+     * its compute and its exchanges, the two chains sharing the compute, each half's exchanges in
+     * flight under the other's compute; the duration beyond fb is exposed. */
     double a2a_f;   /* all-to-all of one forward of one stage */
     double a2a_b;   /* all-to-all of one input-backward (B or I) of one stage */
     int no_overlap; /* nonzero: a pair's halves run one after the other, fb + a2a_f + a2a_b, all
@@ -178,6 +180,7 @@ void dp_simulation_free(dp_simulation *sim);
 
 /* When one action (or an overlapped pair, both halves alike) ran when measured, in ms (the
  * executor's times count from the step's start). */
+#define DP_ACTION_EXCHANGES 12
 typedef struct {
     double start; /* began posting its communication */
     double ready; /* its inputs had arrived */
@@ -185,6 +188,11 @@ typedef struct {
     /* of start .. end, the time its passes waited for expert exchanges they had left in flight
      * (exposed communication; an overlapped pair: both halves', recorded on each) */
     double comm;
+    /* the exchanges its passes left in flight, in the order they were waited for (an overlapped
+     * pair: both halves', recorded on each), up to DP_ACTION_EXCHANGES of them (later ones folded
+     * into the last): each [0] started, [1] waited for from, [2] done, on the clock of start */
+    int exchanges;
+    float exchange[DP_ACTION_EXCHANGES][3];
 } dp_action_time;
 
 /* ----------------------------------------------------------------------------

@@ -105,13 +105,20 @@ dp_span_cost dp_span_cost_of(const dp_cost *cost, const dp_action *a, int pair)
     double x = a2a_of(cost, a[0].kind) + a2a_of(cost, a[1].kind);
     if (cost->no_overlap) return (dp_span_cost){cost->fb + x, x, x};
     /* The executor gives the two halves turns, each up to its next communication point: while
-     * one half's dispatch or combine is in flight, the other half computes. With the turns
-     * interleaved finely enough, the compute stream is busy fb and the network x at the same
-     * time, so the pair lasts max(fb, x): an all-to-all shorter than the pair's compute hides
-     * entirely, and only the excess x - fb is exposed. (This is the best the turns can do; a
-     * pair whose phases are too coarse to interleave lies between this and fb + x, the
-     * no_overlap figure.) */
-    double d = x > cost->fb ? x : cost->fb;
+     * one half's dispatch or combine is in flight, the other half computes, and the two halves'
+     * exchanges are in flight at the same time. So each half is a chain of its own compute and
+     * its own exchanges, the two chains sharing one compute engine: the pair lasts
+     * max(fb, c0 + x0, c1 + x1), c0 and c1 the halves' shares of fb (in proportion to their lone
+     * costs), x0 and x1 their all-to-alls. An all-to-all shorter than the other half's compute
+     * hides entirely; with compute small against the network the pair lasts about its longer
+     * half's chain, not the sum of both halves' exchanges (that is fb + x0 + x1, without the
+     * overlap). */
+    double x0 = a2a_of(cost, a[0].kind), x1 = a2a_of(cost, a[1].kind);
+    double k0 = compute_of(cost, a[0].kind), k1 = compute_of(cost, a[1].kind);
+    double c0 = k0 + k1 > 0 ? cost->fb * k0 / (k0 + k1) : cost->fb / 2, c1 = cost->fb - c0;
+    double d = cost->fb;
+    if (c0 + x0 > d) d = c0 + x0;
+    if (c1 + x1 > d) d = c1 + x1;
     return (dp_span_cost){d, x, d - cost->fb};
 }
 

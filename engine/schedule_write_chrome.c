@@ -31,6 +31,37 @@ static void write_a2a(FILE *out, const dp_simulation *sim, int r, const dp_actio
                 sim->num_ranks + r, (t1 - c.a2a_exposed) * us, c.a2a_exposed * us, name);
 }
 
+/* A measured action's exchanges: each in flight on rank r's comm track, from the phase that
+ * started it to the end of the wait for it, and the wait itself (its exposed part) on the rank's
+ * own track, inside the action. */
+static void write_exchanges(FILE *out, int ranks, int r, const dp_action_time *t, const char *step_arg,
+                            const char *name)
+{
+    const double us = 1000.0;
+    for (int x = 0; x < t->exchanges && x < DP_ACTION_EXCHANGES; x++) {
+        const float *e = t->exchange[x];
+        fprintf(out,
+                ",\n  {\"name\": \"all-to-all\", \"cat\": \"comm\", \"ph\": \"X\", \"pid\": 0, \"tid\": %d, "
+                "\"ts\": %.3f, \"dur\": %.3f, \"args\": {%s\"for\": \"%s\", \"exposed ms\": %.3f}}",
+                ranks + r, e[0] * us, (e[2] - e[0]) * us, step_arg, name, (double)(e[2] - e[1]));
+        if (e[2] - e[1] > 1e-3f)
+            fprintf(out,
+                    ",\n  {\"name\": \"wait for all-to-all\", \"cat\": \"wait\", \"ph\": \"X\", \"pid\": 0, "
+                    "\"tid\": %d, \"ts\": %.3f, \"dur\": %.3f, \"args\": {%s\"for\": \"%s\"}}",
+                    r, e[1] * us, (e[2] - e[1]) * us, step_arg, name);
+    }
+}
+
+/* Whether any measured action has exchanges (then every rank gets a comm track). */
+static int measured_exchanges(const dp_schedule *s, const dp_measured_steps *m)
+{
+    size_t per_step = 0;
+    for (int r = 0; r < s->num_ranks; r++) per_step += (size_t)s->num_actions[r];
+    for (size_t i = 0; i < per_step * (size_t)m->num_steps; i++)
+        if (m->times[i].exchanges > 0) return 1;
+    return 0;
+}
+
 /* "F0.3" (kind, local stage, micro-batch), or "F0.3 & B1.2" for an overlapped pair */
 static void action_name(char *buf, size_t n, const dp_action *a, const dp_action *pair)
 {
@@ -50,8 +81,9 @@ static void write_step(FILE *out, const dp_schedule *s, int step, const dp_simul
     for (int r = 0; r < s->num_ranks; r++) {
         for (int i = 0; i < s->num_actions[r]; i++) {
             const dp_action *a = &s->actions[r][i];
-            dp_action_time t = measured ? measured[i]
-                                        : (dp_action_time){sim->start[r][i], sim->start[r][i], sim->end[r][i], 0};
+            dp_action_time t = {0};
+            if (measured) t = measured[i];
+            else t.start = t.ready = sim->start[r][i], t.end = sim->end[r][i];
             char name[64], step_arg[32] = "";
             int pair = a->overlap && i + 1 < s->num_actions[r];
             action_name(name, sizeof name, a, pair ? a + 1 : NULL);
@@ -68,6 +100,7 @@ static void write_step(FILE *out, const dp_schedule *s, int step, const dp_simul
                     name, a->overlap ? "F&B" : (char[]){dp_action_letter(a->kind), 0}, r, t.ready * us,
                     (t.end - t.ready) * us, step_arg, a->local_stage, a->chunk);
             if (!measured && has_a2a(sim)) write_a2a(out, sim, r, a, pair, t.ready, t.end, name);
+            if (measured) write_exchanges(out, s->num_ranks, r, &t, step_arg, name);
             i += pair;
         }
         if (measured) measured += s->num_actions[r];
@@ -89,8 +122,12 @@ dp_status dp_schedule_write_chrome(FILE *out, const dp_schedule *s, const dp_sim
         for (int r = 0; r < s->num_ranks; r++) per_step += (size_t)s->num_actions[r];
         for (size_t i = 0; i < per_step * (size_t)measured->num_steps; i++) {
             const dp_action_time *t = &measured->times[i];
-            if (!isfinite(t->start * 1000.0) || !isfinite(t->ready * 1000.0) || !isfinite(t->end * 1000.0))
-                return dp_fail(DP_ERR_INVALID, "step %zu: a measured time (%g, %g, %g ms) is not finite in microseconds",
+            int finite = isfinite(t->start * 1000.0) && isfinite(t->ready * 1000.0) && isfinite(t->end * 1000.0);
+            for (int x = 0; x < t->exchanges && x < DP_ACTION_EXCHANGES; x++)
+                for (int k = 0; k < 3; k++) finite &= isfinite(t->exchange[x][k] * 1000.0);
+            if (!finite || t->exchanges < 0)
+                return dp_fail(DP_ERR_INVALID, "step %zu: a measured time (%g, %g, %g ms, or an exchange's) is not "
+                               "finite in microseconds",
                                i / (per_step ? per_step : 1) + 1, t->start, t->ready, t->end);
         }
     }
@@ -102,7 +139,7 @@ dp_status dp_schedule_write_chrome(FILE *out, const dp_schedule *s, const dp_sim
     for (int r = 0; r < s->num_ranks; r++)
         fprintf(out, ",\n  {\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": 0, \"tid\": %d, \"args\": {\"name\": \"rank %d\"}}",
                 r, r);
-    if (!measured && has_a2a(sim)) {
+    if (measured ? measured_exchanges(s, measured) : has_a2a(sim)) {
         /* rank r's comm track (tid ranks + r) shown right under rank r's */
         for (int r = 0; r < s->num_ranks; r++)
             fprintf(out,

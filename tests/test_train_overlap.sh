@@ -52,6 +52,43 @@ DUALPIPE_CPU_LINK=$((lat_ms * 1000)),100 "$dp" train $one > "$tmp/on" 2> "$tmp/e
 rc=$?
 grep -q '^of which waiting for expert all-to-alls.*(overlap on)' "$tmp/on"
 ok $((rc + $?)) "the overlapped run reports its exposed all-to-all: $(grep '^of which' "$tmp/on")"
+grep -q '^a2a ms: .* measured [0-9.]* ms, simulated [0-9.]* ms .*overlap on)' "$tmp/on"
+ok $? "and the simulator's prediction beside it: $(grep '^a2a ms' "$tmp/on" | cut -c 1-120)"
+
+# The Chrome trace of the overlapped run: each rank gets a comm track whose all-to-alls lie
+# inside the actions (or pairs) that started them, and the waits for them lie on the rank's
+# own track inside the same action.
+DUALPIPE_CPU_LINK=$((lat_ms * 1000)),100 "$dp" train $one --trace "$tmp/t.json" > "$tmp/out" 2> "$tmp/err"
+ok $? "--trace with the overlap $(cat "$tmp/err")"
+if command -v python3 > /dev/null 2>&1; then
+  python3 - "$tmp/t.json" "$lat_ms" > "$tmp/py" 2>&1 <<'PY'
+import json, sys
+ev = json.load(open(sys.argv[1]))["traceEvents"]
+lat = float(sys.argv[2]) * 1000  # us
+names = {e["tid"]: e["args"]["name"] for e in ev if e.get("name") == "thread_name"}
+comm = {t for t, n in names.items() if n.endswith(" comm")}
+assert len(comm) == 2, "comm tracks: %s" % names
+acts = [e for e in ev if e.get("ph") == "X" and e["cat"] not in ("comm", "wait")]
+x = [e for e in ev if e.get("name") == "all-to-all"]
+w = [e for e in ev if e.get("name") == "wait for all-to-all"]
+assert x and all(e["tid"] in comm for e in x), "the all-to-alls are on the comm tracks"
+def inside(e, tid, slack=1.0):
+    return any(a["tid"] == tid and a["args"].get("step") == e["args"].get("step") and
+               a["ts"] - slack <= e["ts"] and e["ts"] + e["dur"] <= a["ts"] + a["dur"] + slack for a in acts)
+rank_of = {t: int(n.split()[1]) for t, n in names.items()}
+bad = [e for e in x if not inside(e, [t for t, n in names.items() if n == "rank %d" % rank_of[e["tid"]]][0])]
+assert not bad, "%d all-to-alls outside their action: %s" % (len(bad), bad[:2])
+bad = [e for e in w if not inside(e, e["tid"])]
+assert not bad, "%d waits outside their action" % len(bad)
+# an exchange is in flight at least the emulated latency, less the clock's rounding
+short = [e for e in x if e["dur"] < 0.9 * lat]
+assert not short, "%d all-to-alls shorter than the latency: %s" % (len(short), short[:2])
+print("%d all-to-alls on %d comm tracks, %d waits, each inside its action" % (len(x), len(comm), len(w)))
+PY
+  ok $? "the trace's comm tracks: $(tail -n 1 "$tmp/py")"
+else
+  ok 0 "the trace's comm tracks # SKIP no python3"
+fi
 
 "$dp" train --help | grep -q -- '--no-overlap'; ok $? "train --help lists --no-overlap"
 "$dp" verify --help | grep -q -- '--no-overlap'; ok $? "verify --help lists --no-overlap"

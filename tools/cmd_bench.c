@@ -12,6 +12,7 @@
 #include "engine/driver.h"
 #include "engine/runtime.h"
 #include "tools/bench_moe.h"
+#include "tools/bench_overlap.h"
 #include "tools/cli_engine.h"
 #include "tools/cli_options.h"
 #include "tools/commands.h"
@@ -208,7 +209,7 @@ static void step_header(void)
 /* ----------------------------------------------------------------------------
  * the command */
 
-enum { O_QUICK = CLI_LONG_ONLY, O_GEMM, O_STEPS_ONLY, O_HIDDEN, O_TOKENS, O_MOE_ONLY };
+enum { O_QUICK = CLI_LONG_ONLY, O_GEMM, O_STEPS_ONLY, O_HIDDEN, O_TOKENS, O_MOE_ONLY, O_OVERLAP_ONLY };
 
 static const cli_option options[] = {
     {'d', 'd', "driver", "NAME", .help = "cpu (default); another driver's figures are bench-cuda's, with its\n"
@@ -219,6 +220,8 @@ static const cli_option options[] = {
     {O_STEPS_ONLY, 0, "steps-only", NULL, .help = "only the step times of the dense schedules"},
     {O_MOE_ONLY, 0, "moe-only", NULL, .help = "only the MoE stage: tokens/s and dispatch and combine bytes\n"
                                               "per step at ep 1, 2 and 4"},
+    {O_OVERLAP_ONLY, 0, "overlap-only", NULL, .help = "only the overlap: DualPipe and 1F1B with MoE at pp 2 and 4 x ep 2\n"
+                                                      "over an emulated network, all-to-all overlap on and off"},
     {'s', 's', "schedule", "NAME", .help = "with --pp, --chunks, --hidden, --tokens: time one configuration\n"
                                            "instead of the built-in list (defaults dualpipe, 2, 8, 256, 256)"},
     {'p', 'p', "pp", "N", .help = "pipeline ranks of that configuration"},
@@ -232,7 +235,8 @@ static const cli_spec spec = {
     .synopsis = "[OPTION]...",
     .about = "Benchmark the CPU driver: GEMM GFLOP/s (portable and CBLAS, 1 thread and all cores)\n"
              "against the measured peak, median step times of each schedule, then an MoE stage's\n"
-             "tokens/s and the bytes its dispatch and combine move at ep 1, 2 and 4.",
+             "tokens/s and the bytes its dispatch and combine move at ep 1, 2 and 4, then the overlap\n"
+             "of the expert all-to-all in DualPipe against 1F1B over an emulated network.",
     .options = options,
     .epilogue = "Run the ranks on otherwise idle cores: the figures are wall-clock medians.\n",
 };
@@ -242,7 +246,7 @@ int cmd_bench(int argc, char **argv)
     /* `dualpipe bench --driver NAME ...`: a GPU driver's figures and options are bench-cuda's */
     const char *driver = cli_peek(&spec, 'd', argc, argv);
     if (driver && strcmp(driver, "cpu") != 0) return cmd_bench_cuda(argc, argv);
-    int steps = 5, quick = 0, gemm = 1, step_times = 1, moe = 1, custom = 0;
+    int steps = 5, quick = 0, gemm = 1, step_times = 1, moe = 1, overlap = 1, custom = 0;
     step_shape one = {"dualpipe", 2, 8, 256, 256};
     cli_parser p;
     int opt = cli_parse_start(&p, &spec, argc, argv);
@@ -253,9 +257,10 @@ int cmd_bench(int argc, char **argv)
         case 'd': break; /* cpu */
         case 'n': if (cli_parse_int(a, val, 1, 1000, &steps)) return CLI_EXIT_USAGE; break;
         case O_QUICK: quick = 1; break;
-        case O_GEMM: step_times = 0, moe = 0; break;
-        case O_STEPS_ONLY: gemm = 0, moe = 0; break;
-        case O_MOE_ONLY: gemm = 0, step_times = 0; break;
+        case O_GEMM: step_times = 0, moe = 0, overlap = 0; break;
+        case O_STEPS_ONLY: gemm = 0, moe = 0, overlap = 0; break;
+        case O_MOE_ONLY: gemm = 0, step_times = 0, overlap = 0; break;
+        case O_OVERLAP_ONLY: gemm = 0, step_times = 0, moe = 0; break;
         case 's': one.schedule = val, custom = 1; break;
         case 'p': if (cli_parse_int(a, val, 1, 64, &one.ranks)) return CLI_EXIT_USAGE; custom = 1; break;
         case 'c': if (cli_parse_int(a, val, 1, 4096, &one.chunks)) return CLI_EXIT_USAGE; custom = 1; break;
@@ -265,7 +270,12 @@ int cmd_bench(int argc, char **argv)
     }
     if (cli_no_operands(&p)) return CLI_EXIT_USAGE;
     if (gemm && !custom && bench_gemm(quick)) return CLI_EXIT_FAIL;
-    if (!step_times && moe) return bench_moe(quick, steps) ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+    if (!step_times && (moe || overlap)) {
+        int rc = CLI_EXIT_OK;
+        if (moe && bench_moe(quick, steps)) rc = CLI_EXIT_FAIL;
+        if (overlap && bench_overlap(quick, steps)) rc = CLI_EXIT_FAIL;
+        return rc;
+    }
     if (!step_times) return CLI_EXIT_OK;
     step_header();
     if (custom) return bench_step(&one, steps) ? CLI_EXIT_FAIL : CLI_EXIT_OK;
@@ -285,5 +295,6 @@ int cmd_bench(int argc, char **argv)
     for (int i = 0; i < n; i++)
         if (bench_step(&list[i], steps)) rc = CLI_EXIT_FAIL;
     if (moe && bench_moe(quick, steps)) rc = CLI_EXIT_FAIL;
+    if (overlap && bench_overlap(quick, steps)) rc = CLI_EXIT_FAIL;
     return rc;
 }

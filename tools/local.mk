@@ -44,6 +44,8 @@ dualpipe_command_sources = \
 	tools/cmd_bench.c \
 	tools/bench_moe.c \
 	tools/bench_moe.h \
+	tools/bench_overlap.c \
+	tools/bench_overlap.h \
 	tools/cmd_verify.c \
 	tools/verify_check.c \
 	tools/verify_check.h \
@@ -135,3 +137,6 @@ EXTRA_DIST += tests/test_bench_link.sh
 # bench's MoE stage: a row per ep, the bytes consistent with the layout
 TESTS += tests/test_bench_moe.sh
 EXTRA_DIST += tests/test_bench_moe.sh
+# bench's overlap table: the rows, the ratios, 1F1B's simulation equal to its measurement
+TESTS += tests/test_bench_overlap.sh
+EXTRA_DIST += tests/test_bench_overlap.sh

@@ -26,6 +26,13 @@ void step_timing_free(step_timing *t);
 /* Reads the runtime's times of its last step; adds them to the means when `measure` (leave out
  * warm-up steps). */
 void step_timing_collect(step_timing *t, dp_runtime *rt, int measure);
+/* The simulator's prediction from the measured means: each kind's compute (its time less its
+ * waits for exchanges) and the all-to-all of a forward and of an input-backward as the lone ones
+ * waited for them, with or without the overlap as the run. 0, or nonzero having warned why;
+ * free with dp_simulation_free. */
+int step_timing_predict(const step_timing *t, const dp_schedule *s, dp_simulation *sim);
+/* The measured exposed all-to-all per step, the mean over the ranks (ms). */
+double step_timing_exposed(const step_timing *t);
 /* Prints the mean action times, then per rank the measured busy and idle time per step next to
  * the simulator's prediction from the measured means. */
 void step_timing_report(const step_timing *t, const dp_schedule *s, FILE *out);

@@ -31,8 +31,13 @@ int train_trace_add_step(train_trace *t, dp_runtime *rt, double offset)
     for (int r = 0; r < s->num_ranks; r++) {
         const dp_action_time *at = dp_runtime_times(rt, r);
         if (!at) return 0; /* the runtime records no times */
-        for (int i = 0; i < s->num_actions[r]; i++)
-            *to++ = (dp_action_time){offset + at[i].start, offset + at[i].ready, offset + at[i].end, at[i].comm};
+        for (int i = 0; i < s->num_actions[r]; i++) {
+            dp_action_time t = at[i];
+            t.start += offset, t.ready += offset, t.end += offset;
+            for (int x = 0; x < t.exchanges; x++)
+                for (int k = 0; k < 3; k++) t.exchange[x][k] += (float)offset;
+            *to++ = t;
+        }
     }
     t->steps++;
     return 0;
