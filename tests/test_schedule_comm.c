@@ -1,9 +1,13 @@
 /* test_schedule_comm.c: communication in the simulator's cost model. Hand-computed makespans
  * and exposed communication for a lone F, B, I and W with an expert all-to-all, an overlapped
- * pair whose all-to-all is shorter, equal to and longer than its compute, the same pair not
- * overlapped, and the pipeline latency on a two-rank chain; whole schedules keep every time
- * with zero all-to-all and add exactly the all-to-all the model says; the parser and the
- * simulator refuse bad all-to-all costs; the Chrome writer draws the comm tracks. */
+ * pair (F&B and F&I) whose halves' chains of compute and all-to-all are shorter, equal to and
+ * longer than its compute, the same pair not overlapped, and the pipeline latency on a
+ * two-rank chain; whole schedules keep every time with zero all-to-all and add exactly the
+ * all-to-all the model says; the parser and the simulator refuse bad all-to-all costs; the
+ * Chrome writer draws the comm tracks.
+ * A pair with overlap lasts max(FB, c0 + x0, c1 + x1): x0, x1 its halves' all-to-alls, c0, c1
+ * their shares of FB in proportion to their lone compute (with F=1, B=2, W=1, FB=3: an F&B
+ * pair's shares are 1 and 2, an F&I pair's 1.5 and 1.5). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,12 +74,17 @@ static void pair_cases(void)
     /* F+FB+B = 1+3+2 */
     expect_one_rank(s, costs(0, 0, 0), 6, 0, "no all-to-all");
     expect_one_rank(s, costs(0, 0, 1), 6, 0, "no all-to-all, not overlapped");
-    /* lone F 1+1, pair max(3, 1+1) = 3 (2 hidden), lone B 2+1; exposed 1 + 0 + 1 */
-    expect_one_rank(s, costs(1, 1, 0), 8, 2, "A2AF=A2AB=1 (pair's all-to-all 2 < FB 3)");
-    /* pair max(3, 2+1) = 3, nothing exposed at equality; 3 + 3 + 3 */
-    expect_one_rank(s, costs(2, 1, 0), 9, 3, "A2AF=2 A2AB=1 (pair's all-to-all = FB)");
-    /* pair max(3, 4) = 4, 1 exposed; lone F 3, lone B 4; exposed 2 + 1 + 2 */
-    expect_one_rank(s, costs(2, 2, 0), 11, 5, "A2AF=A2AB=2 (pair's all-to-all 4 > FB 3)");
+    /* lone F 1+1, pair max(3, 1+1, 2+1) = 3 (2 hidden), lone B 2+1; exposed 1 + 0 + 1 */
+    expect_one_rank(s, costs(1, 1, 0), 8, 2, "A2AF=A2AB=1 (both chains within FB 3)");
+    /* pair max(3, 1+2, 2+1) = 3, nothing exposed at equality; 3 + 3 + 3 */
+    expect_one_rank(s, costs(2, 1, 0), 9, 3, "A2AF=2 A2AB=1 (both chains = FB)");
+    /* pair max(3, 1+2, 2+2) = 4, 1 exposed; lone F 3, lone B 4; exposed 2 + 1 + 2 */
+    expect_one_rank(s, costs(2, 2, 0), 11, 5, "A2AF=A2AB=2 (B's chain 4 > FB 3)");
+    /* pair max(3, 1+3, 2+0) = 4 although the all-to-all in all is only FB: the F's exchange
+     * cannot hide under its own compute; lone F 4, lone B 2; exposed 3 + 1 + 0 */
+    expect_one_rank(s, costs(3, 0, 0), 10, 4, "A2AF=3 A2AB=0 (F's chain 4 > FB 3)");
+    /* pair max(3, 1+1.5, 2+1.5) = 3.5; lone F 2.5, lone B 3.5; exposed 1.5 + 0.5 + 1.5 */
+    expect_one_rank(s, costs(1.5, 1.5, 0), 9.5, 3.5, "A2AF=A2AB=1.5 (B's chain 3.5 > FB 3)");
     /* not overlapped: the pair is FB + 2 = 5, all exposed; 2 + 5 + 3, exposed 1 + 2 + 1 */
     expect_one_rank(s, costs(1, 1, 1), 10, 4, "A2AF=A2AB=1, not overlapped");
     expect_one_rank(s, costs(2, 2, 1), 14, 8, "A2AF=A2AB=2, not overlapped");
@@ -126,9 +135,21 @@ static void pair_cases(void)
     dp_schedule_free(s);
 }
 
-/* An I costs B-W plus the backward's all-to-all, a W only its compute. */
+/* An I costs B-W plus the backward's all-to-all, a W only its compute; in a pair an I's share
+ * of FB follows its compute B-W. */
 static void split_backward_cases(void)
 {
+    static const char *const paired[] = {"F0", "F1&I0", "W0", "B1"};
+    dp_schedule *p = one_rank(2, paired, 4);
+    tap_ok(p != NULL, "F0, F1&I0, W0, B1 on one rank validates");
+    /* F0 1+1, pair max(3, 1.5+1, 1.5+1) = 3, W0 1, B1 2+1; exposed 1 + 0 + 0 + 1 */
+    expect_one_rank(p, costs(1, 1, 0), 9, 2, "F&I pair, A2AF=A2AB=1 (chains 2.5 within FB 3)");
+    /* F0 3, pair max(3, 1.5+2, 1.5+2) = 3.5, W0 1, B1 4; exposed 2 + 0.5 + 0 + 2 */
+    expect_one_rank(p, costs(2, 2, 0), 11.5, 4.5, "F&I pair, A2AF=A2AB=2 (chains 3.5 > FB 3)");
+    /* not overlapped: F0 2, pair 3+2, W0 1, B1 3 */
+    expect_one_rank(p, costs(1, 1, 1), 11, 4, "F&I pair, A2AF=A2AB=1, not overlapped");
+    dp_schedule_free(p);
+
     static const char *const acts[] = {"F0", "I0", "W0"};
     dp_schedule *s = one_rank(1, acts, 3);
     tap_ok(s != NULL, "F0, I0, W0 on one rank validates");
@@ -215,9 +236,10 @@ static void whole_schedule(const char *name, int ranks, int chunks)
             else if (s->actions[r][i].kind != DP_ACT_W) lone++;
         }
         zero_exposed &= z.exposed_a2a[r] == 0 && z.exposed_p2p[r] == 0 && z.exposed_comm[r] == 0;
-        /* every F and every B/I has 1 of all-to-all: a lone one exposes it, a pair hides its 2 under FB=3 */
+        /* every F and every B/I has 1 of all-to-all: a lone one exposes it, a pair's chains (at
+         * most 1.5 + 1 and 2 + 1) fit in FB=3 */
         fits_ok &= f.exposed_a2a[r] == lone && f.busy[r] - f.exposed_a2a[r] == b.busy[r] && f.exposed_p2p[r] == 0;
-        /* 2 each: a lone one exposes 2, a pair 4 - 3 = 1 */
+        /* 2 each: a lone one exposes 2, a pair (F&B in these schedules: chains 1 + 2 and 2 + 2) 4 - 3 = 1 */
         big_ok &= g.exposed_a2a[r] == 2 * lone + pairs && g.busy[r] - g.exposed_a2a[r] == b.busy[r];
         /* not overlapped: all of it, 1 per F and per B/I */
         apart_ok &= a.exposed_a2a[r] == all - w && a.busy[r] == b.busy[r] + (all - w) && a.exposed_comm[r] == all - w;
