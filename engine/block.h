@@ -108,6 +108,14 @@ typedef struct dp_block_ops {
     /* Before the gradients are summed across ranks: folds what the kind kept apart into them
      * (expert gradients kept per source rank; NULL: nothing). */
     dp_status (*reduce_grads)(const dp_block_layer *layer, dp_stream *s);
+    /* A kind holding expert slots (MoE): the layer's parameters of its local slot i are
+     * *first + i x *per .. + *per - 1 (in its own numbering); returns how many local slots it
+     * holds (NULL: none). */
+    int (*expert_slots)(const dp_block_layer *layer, int *first, int *per);
+    /* Between steps, after the stage's placement (cfg->moe's plan arrays, which the stage owns)
+     * changed and the slots' tensors were moved to match it: rebuilds what the kind derives
+     * from the placement (NULL: nothing). The parameters' names then follow param_spec. */
+    dp_status (*replan)(dp_block_layer *layer);
 } dp_block_ops;
 
 /* The built-in kinds, by dp_block_kind (engine/block_table.c). */

@@ -163,6 +163,33 @@ static dp_status plan_layer(dp_block_layer *L, moe_state *ms)
 }
 
 static void moe_destroy(dp_block_layer *L);
+static dp_status alloc_floats(const dp_block_layer *L, size_t n, float **out);
+
+static int moe_expert_slots(const dp_block_layer *L, int *first, int *per)
+{
+    *first = first_expert_param(L), *per = NUM_SWIGLU;
+    return local_slots(L);
+}
+
+/* A new placement of the same slots (dp_stage_set_placement): the plan's row read again, and the
+ * buffers of replicated experts' gradients made if it now has replicas. */
+static dp_status moe_replan(dp_block_layer *L)
+{
+    moe_state *ms = L->state;
+    if (!ms || !ms->plan || !L->cfg->moe.plan_phy2log)
+        return dp_fail(DP_ERR_INVALID, "layer %d was made without an EPLB plan: its experts cannot be placed anew "
+                       "(start from a plan, the identity one if need be)", L->layer);
+    if (L->cfg->moe.plan_slots != ms->slots)
+        return dp_fail(DP_ERR_INVALID, "layer %d has %d physical slots; a new placement of %d is not a move", L->layer,
+                       ms->slots, L->cfg->moe.plan_slots);
+    free(ms->replica_first), free(ms->replica_slot);
+    ms->replica_first = NULL, ms->replica_slot = NULL, ms->replicated = 0;
+    DP_CHECK(plan_layer(L, ms));
+    size_t ef = ms->expert_floats, S = (size_t)local_slots(L);
+    if (ms->replicated && !ms->gathered) DP_CHECK(alloc_floats(L, ef * (size_t)ms->slots, &ms->gathered));
+    if (ms->replicated && ep_size(L) > 1 && !ms->send) DP_CHECK(alloc_floats(L, ef * S, &ms->send));
+    return DP_OK;
+}
 
 static dp_status alloc_floats(const dp_block_layer *L, size_t n, float **out)
 {
@@ -746,4 +773,6 @@ const dp_block_ops dp_block_moe = {
     .update_state = moe_update_state,
     .num_whole_params = moe_num_whole_params,
     .reduce_grads = moe_reduce_grads,
+    .expert_slots = moe_expert_slots,
+    .replan = moe_replan,
 };

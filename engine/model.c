@@ -205,6 +205,9 @@ struct dp_stage {
     size_t grad_count;
     struct slot_impl *free_slots;
     struct slot_impl *all_slots; /* every slot made, for destroy */
+    /* the EPLB plan's arrays, the stage's own copies (cfg.moe points at them), which
+     * dp_stage_set_placement rewrites */
+    int32_t *plan_phy2log, *plan_replica;
 };
 
 typedef enum { PASS_NONE = 0, PASS_FORWARD, PASS_BACKWARD_INPUT, PASS_BACKWARD_WEIGHT } pass_kind;
@@ -453,6 +456,18 @@ dp_status dp_stage_create(const dp_stage_env *env, const dp_model_config *cfg_in
     if (!st) return dp_fail(DP_ERR_NOMEM, "out of memory creating stage %d", stage_index);
     st->env = *env;
     st->cfg = cfg;
+    if (cfg.moe.plan_phy2log) {
+        size_t n = (size_t)cfg.moe.plan_layers * (size_t)cfg.moe.plan_slots;
+        st->plan_phy2log = malloc(sizeof *st->plan_phy2log * (n ? n : 1));
+        st->plan_replica = cfg.moe.plan_replica ? malloc(sizeof *st->plan_replica * (n ? n : 1)) : NULL;
+        if (!st->plan_phy2log || (cfg.moe.plan_replica && !st->plan_replica)) {
+            free(st->plan_phy2log), free(st->plan_replica), free(st);
+            return dp_fail(DP_ERR_NOMEM, "out of memory creating stage %d", stage_index);
+        }
+        memcpy(st->plan_phy2log, cfg.moe.plan_phy2log, sizeof *st->plan_phy2log * n);
+        if (st->plan_replica) memcpy(st->plan_replica, cfg.moe.plan_replica, sizeof *st->plan_replica * n);
+        st->cfg.moe.plan_phy2log = st->plan_phy2log, st->cfg.moe.plan_replica = st->plan_replica;
+    }
     st->index = stage_index;
     st->num_stages = num_stages;
     st->is_last = stage_index == num_stages - 1;
@@ -502,7 +517,50 @@ void dp_stage_destroy(dp_stage *st)
     free(st->param_grad);
     free(st->saved_bytes);
     free(st->layers);
+    free(st->plan_phy2log), free(st->plan_replica);
     free(st);
+}
+
+int dp_stage_expert_slots(const dp_stage *st, int b, int *first_param, int *per_slot)
+{
+    if (b < 0 || b >= st->nlayers || !st->layers[b].ops->expert_slots) return 0;
+    int first = 0, per = 0, i = 0;
+    for (int k = 0; k < b; k++) i += st->layers[k].ops->num_params(&st->layers[k]);
+    int n = st->layers[b].ops->expert_slots(&st->layers[b], &first, &per);
+    *first_param = i + first, *per_slot = per;
+    return n;
+}
+
+dp_status dp_stage_set_placement(dp_stage *st, const int32_t *phy2log, const int32_t *replica, dp_stream *s)
+{
+    if (!st->plan_phy2log)
+        return dp_fail(DP_ERR_INVALID, "stage %d was made without an EPLB plan: its experts cannot be placed anew "
+                       "(start from a plan, the identity one if need be)", st->index);
+    size_t n = (size_t)st->cfg.moe.plan_layers * (size_t)st->cfg.moe.plan_slots;
+    if (replica && !st->plan_replica) {
+        if (!(st->plan_replica = malloc(sizeof *st->plan_replica * (n ? n : 1))))
+            return dp_fail(DP_ERR_NOMEM, "out of memory placing the experts of stage %d", st->index);
+    }
+    if (!replica) free(st->plan_replica), st->plan_replica = NULL;
+    memcpy(st->plan_phy2log, phy2log, sizeof *st->plan_phy2log * n);
+    if (replica) memcpy(st->plan_replica, replica, sizeof *st->plan_replica * n);
+    st->cfg.moe.plan_replica = st->plan_replica;
+    dp_block_param_spec spec;
+    for (int b = 0, i = 0; b < st->nlayers; b++) {
+        dp_block_layer *layer = &st->layers[b];
+        if (layer->ops->replan) DP_CHECK(layer->ops->replan(layer));
+        int base = 0; /* the layer's first whole index: what create_params counted before it */
+        for (int k = 0; k < b; k++)
+            base += st->layers[k].ops->num_whole_params ? st->layers[k].ops->num_whole_params(&st->layers[k])
+                                                        : st->layers[k].ops->num_params(&st->layers[k]);
+        for (int j = 0; j < layer->ops->num_params(layer); j++, i++) {
+            layer->ops->param_spec(layer, j, &spec);
+            param *p = &st->params[i];
+            snprintf(p->name, sizeof p->name, "block%d.%s", b, spec.name);
+            p->whole_index = base + (spec.init_index > 0 ? spec.init_index : j);
+        }
+    }
+    return refresh_copies(st, s);
 }
 
 dp_status dp_stage_slot_get(dp_stage *st, dp_slot **out)

@@ -70,8 +70,9 @@ typedef struct {
      * plan_ranks. Token t's k-th choice e goes to its replica (t x topk + k) mod count_e, the
      * replicas in the order plan_replica gives ([layer x plan_slots]: slot p is replica
      * plan_replica[..p] of its expert, as the plan's log2phy lists them; NULL: slot order). Their
-     * weight gradients are summed in that order on every holder, so replicas stay identical. The
-     * arrays are the caller's and must outlive the stages. */
+     * weight gradients are summed in that order on every holder, so replicas stay identical. Each
+     * stage copies the arrays (a placement changed while training is the stage's own,
+     * dp_stage_set_placement); the caller's are not written. */
     int plan_layers, plan_slots, plan_ranks;
     const int32_t *plan_phy2log;
     const int32_t *plan_replica;
@@ -242,6 +243,16 @@ void dp_stage_set_ep_links(dp_stage *st, const dp_link_ops *ops, dp_link *const 
  * gradient, kept per source rank, summed in source-rank order into the gradient (so that it is
  * the single-rank run's, whose replicas are summed in that order). Nothing otherwise. */
 dp_status dp_stage_reduce_expert_grads(dp_stage *st, dp_stream *s);
+
+/* Layer b of the stage holds expert slots (an MoE layer): the stage's parameters of its local
+ * slot i are *first_param + i x *per_slot .. + *per_slot - 1. Returns its local slots (0: none). */
+int dp_stage_expert_slots(const dp_stage *st, int b, int *first_param, int *per_slot);
+/* Between steps, once the slots' tensors hold their new experts (dp_runtime_move_experts moves
+ * them): the stage's placement becomes phy2log and replica (plan_layers x plan_slots, as
+ * dp_moe_config's; replica NULL: slot order), copied into the stage's own arrays; the MoE layers
+ * follow it, the parameters take their new experts' names, and the GEMMs' copies (bf16) follow
+ * the values. DP_ERR_INVALID for a stage made without a plan. */
+dp_status dp_stage_set_placement(dp_stage *st, const int32_t *phy2log, const int32_t *replica, dp_stream *s);
 
 dp_status dp_stage_zero_grad(dp_stage *st, dp_stream *s);
 /* One optimizer step (step counts from 1). */

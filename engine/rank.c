@@ -614,3 +614,213 @@ dp_status dp_rank_infer(dp_rank *rk, const dp_rank_step *a)
     DP_CHECK(D->stream_synchronize(rk->dev, rk->streams[0]));
     return gather_times(rk, a->times);
 }
+
+/* ----------------------------------------------------------------------------
+ * moving experts to a new placement (dp_runtime_move_experts) */
+
+const dp_model_config *dp_rank_model(const dp_rank *rk) { return &rk->cfg.model; }
+
+int dp_rank_move_source(const int32_t *old, int slots, int local_slots, int p, int32_t expert)
+{
+    int rank = p / local_slots, any = -1;
+    for (int q = 0; q < slots; q++)
+        if (old[q] == expert) {
+            if (q / local_slots == rank) return q;
+            if (any < 0) any = q;
+        }
+    return any;
+}
+
+/* The MoE row of model layer `layer`: the MoE layers before it. */
+static int moe_row(const dp_model_config *m, int layer)
+{
+    int row = 0;
+    for (int i = 0; i < layer; i++) row += dp_model_layer_kind(m, i) == DP_BLOCK_MOE;
+    return row;
+}
+
+/* One slot to fill in a move, as every rank of the expert-parallel group lists them. */
+typedef struct {
+    dp_stage *st;
+    int first_param, per; /* the stage's parameters of the layer's local slot 0, and per slot */
+    int src, dst;         /* ep ranks */
+    int src_local, dst_local;
+} move_item;
+
+/* The tensors a slot carries: its value and gradient, and the optimizer's state where the
+ * optimizer keeps some (allocated first, so that every holder has it). */
+static int move_tensors(const dp_rank *rk, dp_tensor_kind *which)
+{
+    const dp_optimizer_config *o = &rk->cfg.optimizer;
+    int n = 0, need_v = o->kind == DP_OPT_ADAMW, need_m = need_v || (o->kind == DP_OPT_SGD && o->momentum != 0.0f);
+    which[n++] = DP_TENSOR_VALUE, which[n++] = DP_TENSOR_GRAD;
+    if (need_m) which[n++] = DP_TENSOR_M;
+    if (need_v) which[n++] = DP_TENSOR_V;
+    return n;
+}
+
+/* Floats of one slot's tensors. */
+static size_t slot_floats(const move_item *it, int tensors)
+{
+    size_t n = 0;
+    for (int j = 0; j < it->per; j++) {
+        dp_param_view v;
+        dp_stage_param(it->st, it->first_param + j, &v);
+        n += v.count * (size_t)tensors;
+    }
+    return n;
+}
+
+/* Copies one slot's tensors between the stage and buf (to_buf: out of the stage). */
+static dp_status slot_copy(dp_rank *rk, const move_item *it, int local, const dp_tensor_kind *which, int tensors,
+                           float *buf, int to_buf)
+{
+    const dp_device_ops *D = rk->drv->device;
+    for (int j = 0; j < it->per; j++) {
+        int i = it->first_param + local * it->per + j;
+        for (int t = 0; t < tensors; t++) {
+            if (which[t] == DP_TENSOR_M || which[t] == DP_TENSOR_V)
+                DP_CHECK(dp_stage_param_state(it->st, i, which[t], rk->streams[0]));
+            dp_param_view v;
+            dp_stage_param(it->st, i, &v);
+            float *x = dp_param_tensor(&v, which[t]);
+            size_t bytes = v.count * sizeof(float);
+            DP_CHECK(D->copy(rk->dev, to_buf ? (void *)buf : (void *)x, to_buf ? (const void *)x : (const void *)buf,
+                             bytes, DP_COPY_DEVICE_TO_DEVICE, rk->streams[0]));
+            buf += v.count;
+        }
+    }
+    return DP_OK;
+}
+
+static dp_status move_collect(dp_rank *rk, const int32_t *plan, move_item **items, int *count)
+{
+    const dp_schedule *s = rk->sched;
+    const dp_model_config *m = &rk->cfg.model;
+    int P = m->moe.plan_slots, ep = rk->layout.ep;
+    int cap = 0, n = 0;
+    move_item *all = NULL;
+    for (int d = 0; d < s->num_local_stages; d++) {
+        dp_stage *st = rk->stages[d];
+        const dp_model_config *sc = dp_stage_config(st);
+        for (int b = 0; b < sc->layers_per_stage; b++) {
+            int fp, per, S = dp_stage_expert_slots(st, b, &fp, &per);
+            if (S <= 0) continue;
+            if (S * ep != P)
+                return dp_fail(DP_ERR_INTERNAL, "stage %d layer %d holds %d of %d slots over %d ranks",
+                               dp_stage_index(st), b, S, P, ep);
+            int row = moe_row(sc, dp_stage_index(st) * sc->layers_per_stage + b);
+            const int32_t *old = sc->moe.plan_phy2log + (size_t)row * P, *want = plan + (size_t)row * P;
+            for (int p = 0; p < P; p++) {
+                if (old[p] == want[p]) continue;
+                int q = dp_rank_move_source(old, P, S, p, want[p]);
+                if (q < 0)
+                    return dp_fail(DP_ERR_INTERNAL, "MoE layer %d: no slot holds expert %d now", row, (int)want[p]);
+                if (n == cap) {
+                    cap = cap ? 2 * cap : 64;
+                    move_item *grown = realloc(all, sizeof *all * (size_t)cap);
+                    if (!grown) {
+                        free(all);
+                        return dp_fail(DP_ERR_NOMEM, "out of memory listing the experts to move");
+                    }
+                    all = grown;
+                }
+                all[n++] = (move_item){st, fp, per, q / S, p / S, q % S, p % S};
+            }
+        }
+    }
+    *items = all, *count = n;
+    return DP_OK;
+}
+
+dp_status dp_rank_move_experts(dp_rank *rk, const int32_t *root_plan, int root_has_replica)
+{
+    const dp_device_ops *D = rk->drv->device;
+    const dp_link_ops *L = rk->drv->link;
+    const dp_schedule *s = rk->sched;
+    const dp_model_config *m = &rk->cfg.model;
+    size_t cells = (size_t)m->moe.plan_layers * (size_t)m->moe.plan_slots;
+    /* the root's placement to every rank (a job of several processes: only the root's caller
+     * planned it) */
+    int32_t has_replica = rk->rank == DP_ROOT_RANK ? root_has_replica : 0;
+    int32_t *plan = malloc(sizeof *plan * 2 * (cells ? cells : 1));
+    if (!plan) return dp_fail(DP_ERR_NOMEM, "out of memory for a placement of %zu slots", cells);
+    if (rk->rank == DP_ROOT_RANK) memcpy(plan, root_plan, sizeof *plan * cells * (root_has_replica ? 2 : 1));
+    dp_status st = host_to_all(rk, DP_ROOT_RANK, &has_replica, sizeof has_replica, RESULT_COUNT);
+    if (st == DP_OK) st = host_to_all(rk, DP_ROOT_RANK, plan, sizeof *plan * cells * (has_replica ? 2 : 1), RESULT_DATA);
+    move_item *items = NULL;
+    int n = 0;
+    if (st == DP_OK) st = move_collect(rk, plan, &items, &n);
+    dp_tensor_kind which[4];
+    int tensors = move_tensors(rk, which), ep = rk->layout.ep, me = rk->replica % ep;
+    /* floats to each peer and from each, and within this rank */
+    size_t *v = calloc(4 * (size_t)ep, sizeof *v), local = 0;
+    if (st == DP_OK && !v) st = dp_fail(DP_ERR_NOMEM, "out of memory for a move over %d ranks", ep);
+    size_t *to = v, *to_at = v + ep, *from = v + 2 * ep, *from_at = v + 3 * ep;
+    for (int k = 0; st == DP_OK && k < n; k++) {
+        size_t f = slot_floats(&items[k], tensors);
+        if (items[k].src == me && items[k].dst == me) local += f;
+        else if (items[k].src == me) to[items[k].dst] += f;
+        else if (items[k].dst == me) from[items[k].src] += f;
+    }
+    size_t sends = 0, recvs = 0;
+    for (int j = 0; st == DP_OK && j < ep; j++) to_at[j] = sends, from_at[j] = recvs, sends += to[j], recvs += from[j];
+    void *send = NULL, *recv = NULL, *keep = NULL;
+    if (st == DP_OK && sends) st = D->alloc(rk->dev, sends * sizeof(float), &send);
+    if (st == DP_OK && recvs) st = D->alloc(rk->dev, recvs * sizeof(float), &recv);
+    if (st == DP_OK && local) st = D->alloc(rk->dev, local * sizeof(float), &keep);
+    /* staged: what leaves, by peer in (stage, layer, slot) order, and what stays, in that order */
+    size_t at_local = 0;
+    size_t *at = calloc((size_t)ep, sizeof *at);
+    if (st == DP_OK && !at) st = dp_fail(DP_ERR_NOMEM, "out of memory for a move over %d ranks", ep);
+    for (int k = 0; st == DP_OK && k < n; k++) {
+        const move_item *it = &items[k];
+        if (it->src != me) continue;
+        size_t f = slot_floats(it, tensors);
+        float *buf = it->dst == me ? (float *)keep + at_local : (float *)send + to_at[it->dst] + at[it->dst];
+        st = slot_copy(rk, it, it->src_local, which, tensors, buf, 1);
+        if (it->dst == me) at_local += f;
+        else at[it->dst] += f;
+    }
+    if (st == DP_OK && ep > 1)
+        st = L->all_to_all_v(rk->groups.expert[0], send, to, to_at, recv, from, from_at, sizeof(float), rk->streams[0]);
+    if (st == DP_OK) st = D->stream_synchronize(rk->dev, rk->streams[0]);
+    /* every rank has what it receives before any slot is written: else nobody writes, and the
+     * old placement stays whole */
+    if (st == DP_OK && dp_layout_world_size(&rk->layout) > 1) {
+        float *flag = NULL;
+        st = scratch(rk, sizeof *flag, (void **)&flag);
+        if (st == DP_OK) st = D->memset(rk->dev, flag, 0, sizeof *flag, rk->streams[0]);
+        if (st == DP_OK)
+            st = L->all_reduce(rk->groups.world, flag, flag, 1, DP_DTYPE_F32, DP_REDUCE_MAX, rk->streams[0]);
+        if (st == DP_OK) st = D->stream_synchronize(rk->dev, rk->streams[0]);
+    }
+    /* the commit */
+    if (at) memset(at, 0, sizeof *at * (size_t)ep);
+    at_local = 0;
+    for (int k = 0; st == DP_OK && k < n; k++) {
+        const move_item *it = &items[k];
+        if (it->dst != me) continue;
+        size_t f = slot_floats(it, tensors);
+        float *buf = it->src == me ? (float *)keep + at_local : (float *)recv + from_at[it->src] + at[it->src];
+        st = slot_copy(rk, it, it->dst_local, which, tensors, buf, 0);
+        if (it->src == me) at_local += f;
+        else at[it->src] += f;
+    }
+    for (int d = 0; st == DP_OK && d < s->num_local_stages; d++)
+        st = dp_stage_set_placement(rk->stages[d], plan, has_replica ? plan + cells : NULL, rk->streams[0]);
+    if (st == DP_OK) st = D->stream_synchronize(rk->dev, rk->streams[0]);
+    if (st == DP_OK) {
+        /* the model this rank describes, and the parameters' directory, follow */
+        for (int k = 0; k < s->num_stages && rk->params; k++) free(rk->params[k]);
+        free(rk->params), free(rk->num_params);
+        rk->params = NULL, rk->num_params = NULL;
+        rk->cfg.model.moe = dp_stage_config(rk->stages[0])->moe;
+        st = gather_directory(rk);
+    }
+    if (send) D->free(rk->dev, send);
+    if (recv) D->free(rk->dev, recv);
+    if (keep) D->free(rk->dev, keep);
+    free(at), free(v), free(items), free(plan);
+    return st;
+}

@@ -75,6 +75,22 @@ dp_status dp_rank_read_own_tensor(dp_rank *rk, int stage, int copy, int index, d
 dp_status dp_rank_write_tensor(dp_rank *rk, int stage, int copy, int index, dp_tensor_kind which, const float *host,
                                size_t count);
 
+/* The model as this rank has it now (its placement follows dp_rank_move_experts). */
+const dp_model_config *dp_rank_model(const dp_rank *rk);
+/* Collective over the world, between steps: the MoE layers' slots take the experts of the
+ * placement root_plan (the root's: plan_layers x plan_slots phy2log, then as many replica ranks
+ * when root_has_replica; the others' arguments are ignored), which travels from the root to
+ * every rank. Each slot's tensors (value, gradient, the optimizer's state) come from a slot
+ * holding its new expert now (dp_rank_move_source), in one all-to-all over the expert-parallel
+ * group, staged; written only once every rank of the world has what it receives, so a failure
+ * leaves every slot as it was. Then the stages take the new placement and the directory of
+ * parameters follows. */
+dp_status dp_rank_move_experts(dp_rank *rk, const int32_t *root_plan, int root_has_replica);
+/* Where slot p's new expert comes from in a move: a slot of the same rank holding it now
+ * (the lowest), else the lowest slot holding it; -1 when none does. old is one layer's
+ * phy2log of `slots` slots, local_slots per rank. */
+int dp_rank_move_source(const int32_t *old, int slots, int local_slots, int p, int32_t expert);
+
 #ifdef __cplusplus
 }
 #endif

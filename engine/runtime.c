@@ -55,6 +55,12 @@ struct dp_runtime {
      * the last to finish wakes the caller. Threads are kept between steps: starting and joining
      * them in every step cost 0.17 ms a step with 4 ranks on the cpu driver. */
     struct rank_pool *pool;
+    /* the EPLB placement, the runtime's own copy (cfg.model.moe points at it) */
+    int32_t *plan;
+    struct {
+        const int32_t *plan;
+        int has_replica;
+    } move;
 };
 
 /* A job, run by the thread of world rank r. */
@@ -330,6 +336,19 @@ dp_status dp_runtime_create(const dp_runtime_config *cfg_in, dp_runtime **out)
     }
     rt->cfg = cfg;
     rt->drv = drv;
+    if (cfg.model.moe.plan_phy2log) {
+        size_t cells = (size_t)cfg.model.moe.plan_layers * (size_t)cfg.model.moe.plan_slots;
+        rt->plan = malloc(sizeof *rt->plan * 2 * (cells ? cells : 1));
+        if (!rt->plan) {
+            dp_schedule_free(sched);
+            free(rt);
+            return dp_fail(DP_ERR_NOMEM, "out of memory creating a runtime");
+        }
+        memcpy(rt->plan, cfg.model.moe.plan_phy2log, sizeof *rt->plan * cells);
+        if (cfg.model.moe.plan_replica) memcpy(rt->plan + cells, cfg.model.moe.plan_replica, sizeof *rt->plan * cells);
+        rt->cfg.model.moe.plan_phy2log = rt->plan;
+        rt->cfg.model.moe.plan_replica = cfg.model.moe.plan_replica ? rt->plan + cells : NULL;
+    }
     if (link != drv->link) {
         rt->with_link = *drv;
         rt->with_link.link = link;
@@ -380,6 +399,7 @@ void dp_runtime_destroy(dp_runtime *rt)
     for (int r = 0; rt->times && r < rt->world_size; r++) free(rt->times[r]);
     free(rt->times);
     dp_schedule_free(rt->sched);
+    free(rt->plan);
     pthread_mutex_destroy(&rt->lock);
     pthread_cond_destroy(&rt->gate_cond);
     free(rt);
@@ -639,4 +659,94 @@ dp_status dp_runtime_read_expert_load(dp_runtime *rt, int moe_layer, int64_t *co
     }
     free(loads);
     return st;
+}
+
+/* ----------------------------------------------------------------------------
+ * expert placement while training */
+
+/* A placement for the model's slots: every expert of each layer at least once, and replica
+ * ranks 0 .. count - 1 of each expert once each. */
+static dp_status check_placement(const dp_moe_config *m, const int32_t *phy2log, const int32_t *replica)
+{
+    int E = m->experts, P = m->plan_slots;
+    int *count = calloc((size_t)E, sizeof *count), *seen = calloc((size_t)E * (size_t)P, sizeof *seen);
+    dp_status st = count && seen ? DP_OK : dp_fail(DP_ERR_NOMEM, "out of memory checking a placement");
+    for (int l = 0; st == DP_OK && l < m->plan_layers; l++) {
+        const int32_t *row = phy2log + (size_t)l * P, *rank = replica ? replica + (size_t)l * P : NULL;
+        memset(count, 0, sizeof *count * (size_t)E);
+        memset(seen, 0, sizeof *seen * (size_t)E * (size_t)P);
+        for (int p = 0; st == DP_OK && p < P; p++)
+            if (row[p] < 0 || row[p] >= E)
+                st = dp_fail(DP_ERR_INVALID, "the new placement puts expert %d in slot %d of MoE layer %d; the "
+                             "experts are 0 to %d", (int)row[p], p, l, E - 1);
+            else count[row[p]]++;
+        for (int e = 0; st == DP_OK && e < E; e++)
+            if (!count[e])
+                st = dp_fail(DP_ERR_INVALID, "the new placement of MoE layer %d has no slot for expert %d: every "
+                             "expert needs one", l, e);
+        for (int p = 0; st == DP_OK && rank && p < P; p++) {
+            int e = row[p], r = rank[p];
+            if (r < 0 || r >= count[e] || seen[(size_t)e * P + r]++)
+                st = dp_fail(DP_ERR_INVALID, "the new placement of MoE layer %d makes slot %d replica %d of expert "
+                             "%d, which has %d slot(s) and each replica rank once", l, p, r, e, count[e]);
+        }
+    }
+    free(count), free(seen);
+    return st;
+}
+
+static dp_status job_move_experts(dp_runtime *rt, int r)
+{
+    return dp_rank_move_experts(*local(rt, r), rt->move.plan, rt->move.has_replica);
+}
+
+dp_status dp_runtime_move_experts(dp_runtime *rt, const int32_t *phy2log, const int32_t *replica,
+                                  dp_expert_move_stats *stats)
+{
+    dp_moe_config *m = &rt->cfg.model.moe;
+    if (stats) memset(stats, 0, sizeof *stats);
+    if (!m->plan_phy2log)
+        return dp_fail(DP_ERR_INVALID, "moving experts: the model was made without an expert placement; give it one "
+                       "(dp_moe_config's plan; phy2log[l][p] = p places them as none does)");
+    size_t cells = (size_t)m->plan_layers * (size_t)m->plan_slots;
+    int root = dp_runtime_is_root(rt);
+    if (root && !phy2log) return dp_fail(DP_ERR_INVALID, "moving experts: no placement given");
+    int32_t *next = NULL;
+    if (root) {
+        DP_CHECK(check_placement(m, phy2log, replica));
+        if (!(next = malloc(sizeof *next * 2 * (cells ? cells : 1))))
+            return dp_fail(DP_ERR_NOMEM, "out of memory for a placement of %zu slots", cells);
+        memcpy(next, phy2log, sizeof *next * cells);
+        if (replica) memcpy(next + cells, replica, sizeof *next * cells);
+    }
+    rt->move.plan = next, rt->move.has_replica = replica != NULL;
+    dp_status st = run_ranks(rt, job_move_experts);
+    rt->move.plan = NULL;
+    free(next);
+    if (st != DP_OK)
+        return dp_fail(st, "moving experts to a new placement after step %d: %s; no expert moved (each slot keeps the "
+                       "placement it had)", rt->step, dp_last_error());
+    /* what moved, as every process counts it, from the placement the ranks now hold */
+    const dp_moe_config *now = &dp_rank_model(any_local(rt))->moe;
+    int P = m->plan_slots, ep = rt->cfg.ep > 1 ? rt->cfg.ep : 1, S = P / ep;
+    uint64_t copies = (uint64_t)rt->cfg.dp * (uint64_t)rt->sched->num_pipes;
+    const dp_optimizer_config *o = &rt->cfg.optimizer;
+    int tensors = 2 + (o->kind == DP_OPT_ADAMW ? 2 : o->kind == DP_OPT_SGD && o->momentum != 0.0f ? 1 : 0);
+    uint64_t slot_bytes = 3ull * (uint64_t)m->expert_hidden * (uint64_t)rt->cfg.model.hidden * sizeof(float) *
+                          (uint64_t)tensors;
+    for (size_t c = 0; c < cells; c++) {
+        const int32_t *old = rt->plan + c / (size_t)P * (size_t)P;
+        int p = (int)(c % (size_t)P);
+        if (old[p] == now->plan_phy2log[c]) continue;
+        int q = dp_rank_move_source(old, P, S, p, now->plan_phy2log[c]);
+        if (stats) {
+            stats->experts_moved++;
+            if (q / S == p / S) stats->bytes_copied += slot_bytes * copies;
+            else stats->bytes_sent += slot_bytes * copies;
+        }
+    }
+    memcpy(rt->plan, now->plan_phy2log, sizeof *rt->plan * cells);
+    if (now->plan_replica) memcpy(rt->plan + cells, now->plan_replica, sizeof *rt->plan * cells);
+    m->plan_replica = now->plan_replica ? rt->plan + cells : NULL;
+    return DP_OK;
 }

@@ -158,6 +158,30 @@ dp_status dp_runtime_read_param(dp_runtime *rt, int stage, int copy, int index, 
 int dp_runtime_num_moe_layers(const dp_runtime *rt);
 dp_status dp_runtime_read_expert_load(dp_runtime *rt, int moe_layer, int64_t *counts);
 
+/* Expert placement while training (EPLB). The model must have been made with a placement
+ * (dp_moe_config's plan; the identity one, phy2log[l][p] = p, places experts as no plan does);
+ * the runtime keeps its own copy of it, which dp_runtime_model shows as it is now. */
+typedef struct {
+    int experts_moved;     /* slots whose logical expert changed, over the MoE layers */
+    uint64_t bytes_sent;   /* bytes sent between ranks for it, over the whole job (every copy of
+                              each stage: data-parallel replicas, both pipes of DualPipe) */
+    uint64_t bytes_copied; /* bytes copied from one slot to another of the same rank, likewise */
+} dp_expert_move_stats;
+
+/* Collective, between steps: the MoE layers take the placement phy2log (plan_layers x
+ * plan_slots, as dp_moe_config's: the same slots, every expert at least once) with replica
+ * ranks `replica` (the same shape; NULL: slot order), given in the process hosting rank 0 (the
+ * others may pass NULL: it travels to them). Every slot whose expert changes receives that
+ * expert's value, gradient and optimizer state (AdamW's m and v, SGD's momentum) from a slot
+ * holding it now, the same rank's where one does; the transfers of each expert-parallel group go
+ * in one all-to-all, staged, and are written into the slots only once every rank has received
+ * its part, so that a failure (reported naming the rank) leaves the old placement whole. The bf16
+ * copies of the weights follow. Bit-exact: the tensors are copied, not recomputed. stats (may be
+ * NULL) says what moved. DP_ERR_INVALID for a model without a placement or a placement that is
+ * not one of its slots, naming what is wrong. */
+dp_status dp_runtime_move_experts(dp_runtime *rt, const int32_t *phy2log, const int32_t *replica,
+                                  dp_expert_move_stats *stats);
+
 /* Optimizer steps taken (training steps started): AdamW's bias correction of the next step
  * uses this + 1. set_step makes a restored state continue where its source left off. */
 int dp_runtime_step(const dp_runtime *rt);

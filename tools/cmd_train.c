@@ -19,9 +19,11 @@
 #include "tools/cli_options.h"
 #include "tools/commands.h"
 #include "tools/compare.h"
+#include "tools/eplb_train.h"
 #include "tools/expert_load.h"
 #include "tools/launch.h"
 #include "tools/model_flops.h"
+#include "tools/moe_plan.h"
 #include "tools/step_timing.h"
 #include "tools/train_data.h"
 #include "tools/train_teacher.h"
@@ -52,7 +54,7 @@ static int compare_params(dp_runtime *rt, dp_reference *ref, differences *df)
 enum { O_HIDDEN = CLI_LONG_ONLY, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_SEED, O_OPT, O_LR, O_WD, O_MOM, O_THREADS,
        O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD, O_DTYPE, O_SERIAL_PAIRS, O_NO_OVERLAP, O_TF32, O_INIT, O_DATA, O_SAVE_PARAMS, O_DP,
        O_SAVE, O_SAVE_EVERY, O_RESUME, O_SAVE_OUTPUTS, O_DUMP_LOAD,
-       O_EP, O_MOE, O_MOE_END = O_MOE + CLI_MOE_NUM };
+       O_EP, O_EPLB_EVERY, O_EPLB_WINDOW, O_MOE, O_MOE_END = O_MOE + CLI_MOE_NUM };
 
 static const cli_option options[] = {
     {'d', 'd', "driver", "NAME", .help = "cpu (default) or a driver module (see DUALPIPE_DRIVER_PATH)"},
@@ -118,6 +120,11 @@ static const cli_option options[] = {
     {O_DUMP_LOAD, 0, "dump-expert-load", "FILE", .help = "write how many tokens each routed expert of each MoE layer\n"
                                                          "received, summed over the run's steps, to FILE as\n"
                                                          "{\"logical_count\": [[MoE layer 0's], ...]}: eplb plans from it"},
+    {O_EPLB_EVERY, 0, "eplb-every", "N", .help = "rebalance the experts while training: after every N steps, plan\n"
+                                                 "their placement from the loads of the last --eplb-window steps\n"
+                                                 "(eplb's balanced policy from the placement running, the same\n"
+                                                 "slots over the --ep ranks) and move weights and optimizer state"},
+    {O_EPLB_WINDOW, 0, "eplb-window", "W", .help = "with --eplb-every: the steps whose loads it plans from (default N)"},
     {'q', 'q', "quiet", NULL, .help = "only the summary"},
     {0},
 };
@@ -138,6 +145,8 @@ typedef struct {
     const char *init_path, *data_path, *save_path; /* --init, --data, --save-params */
     const char *save_dir, *resume_dir, *outputs_path; /* --save, --resume, --save-outputs */
     const char *load_path;                            /* --dump-expert-load */
+    int eplb_every, eplb_window;                      /* --eplb-every, --eplb-window (0: none) */
+    int32_t *identity_plan;                           /* the placement --eplb-every starts from without --eplb-plan */
     int save_every;
     int first_step; /* steps already taken: those of the checkpoint resumed from */
     char resumed_from[4096];
@@ -233,6 +242,12 @@ static int parse_options(int argc, char **argv, train_options *o)
         case O_RESUME: o->resume_dir = p.value; break;
         case O_SAVE_OUTPUTS: o->outputs_path = p.value; break;
         case O_DUMP_LOAD: o->load_path = p.value; break;
+        case O_EPLB_EVERY:
+            if (cli_parse_int("--eplb-every", p.value, 1, 1 << 24, &o->eplb_every)) return CLI_EXIT_USAGE;
+            break;
+        case O_EPLB_WINDOW:
+            if (cli_parse_int("--eplb-window", p.value, 1, 1 << 24, &o->eplb_window)) return CLI_EXIT_USAGE;
+            break;
         case O_VERIFY: o->verify = 1; break;
         case O_SPREAD: c->spread_devices = 1; break;
         case O_SERIAL_PAIRS: c->serial_pairs = 1; break;
@@ -254,15 +269,26 @@ static int parse_options(int argc, char **argv, train_options *o)
         cli_error("--resume and --init both give the parameters: name one of them");
         return CLI_EXIT_USAGE;
     }
+    if (o->eplb_window && !o->eplb_every) {
+        cli_error("--eplb-window needs --eplb-every N: how often to rebalance");
+        return CLI_EXIT_USAGE;
+    }
+    if (o->eplb_every && !o->eplb_window) o->eplb_window = o->eplb_every;
+    if (o->eplb_every && c->model.moe.experts == 0) {
+        cli_error("--eplb-every balances the experts of MoE layers, which need --experts N");
+        return CLI_EXIT_USAGE;
+    }
+    if (o->eplb_every && !c->model.moe.plan_phy2log && moe_plan_identity(c, &o->identity_plan)) return CLI_EXIT_USAGE;
     if (o->load_path && c->model.moe.experts == 0) {
         cli_error("--dump-expert-load needs MoE layers: give --experts N");
         return CLI_EXIT_USAGE;
     }
     long long step_tokens = (long long)global_chunks(c) * c->model.tokens;
-    if (o->load_path && step_tokens > EXPERT_LOAD_MAX_STEP_TOKENS) {
-        cli_error("--dump-expert-load: a step of %lld tokens (%d micro-batches x %d) is past the %lld for which the "
+    if ((o->load_path || o->eplb_every) && step_tokens > EXPERT_LOAD_MAX_STEP_TOKENS) {
+        cli_error("%s: a step of %lld tokens (%d micro-batches x %d) is past the %lld for which the "
                   "per-step counts are exact (fp32); use fewer tokens or micro-batches per step",
-                  step_tokens, global_chunks(c), c->model.tokens, EXPERT_LOAD_MAX_STEP_TOKENS);
+                  o->load_path ? "--dump-expert-load" : "--eplb-every", step_tokens, global_chunks(c), c->model.tokens,
+                  EXPERT_LOAD_MAX_STEP_TOKENS);
         return CLI_EXIT_USAGE;
     }
     c->model.seed = (uint64_t)seed;
@@ -298,6 +324,7 @@ typedef struct {
     step_timing tm;
     double flops_per_step;
     expert_load *loads; /* with --dump-expert-load */
+    eplb_train *eplb;   /* with --eplb-every */
 } train_state;
 
 /* TRAIN_GO_ON, or the exit code having said why not (free t either way). */
@@ -404,6 +431,7 @@ static int train_loop(const train_options *o, train_state *t, train_trace *trace
         }
         step_timing_collect(&t->tm, t->rt, step > first || run_steps == 1);
         if (t->loads && expert_load_add_step(t->loads, t->rt)) return 1;
+        if (t->eplb && eplb_train_add_step(t->eplb, t->rt)) return 1;
         if (trace && train_trace_add_step(trace, t->rt, dp_runtime_step_start(t->rt) - run_t0)) return 1;
         res->step_ms[step - first] = ms;
         double loss = 0;
@@ -430,6 +458,13 @@ static int train_loop(const train_options *o, train_state *t, train_trace *trace
             int rc = save_checkpoint(o, t, step);
             if (rc) return rc;
             saved = step;
+        }
+        /* after the checkpoint, so that a failed move leaves the step's checkpoint written; not
+         * after the last step, which nothing follows */
+        if (t->eplb && step < steps) {
+            int rc = eplb_train_after_step(t->eplb, t->rt, step, o->quiet);
+            if (rc) return rc;
+            fflush(stdout);
         }
     }
     /* no step ran (--steps 0, or a run resumed at its last step): the state as it is */
@@ -687,7 +722,13 @@ static int run_train(train_options *o_in)
     train_state t = {0};
     train_results res = {0};
     expert_load loads = {0};
+    eplb_train eplb = {0};
     rc = build_runtime(&o, &t);
+    if (rc == TRAIN_GO_ON && o.eplb_every) {
+        int e = eplb_train_init(&eplb, t.rt, o.eplb_every, o.eplb_window, o.c.ep);
+        if (e) rc = e;
+        else t.eplb = &eplb;
+    }
     if (rc == TRAIN_GO_ON && o.load_path) {
         int e = expert_load_init(&loads, t.rt);
         if (e) rc = e;
@@ -718,6 +759,8 @@ static int run_train(train_options *o_in)
     }
     free(res.step_ms);
     expert_load_free(&loads);
+    eplb_train_free(&eplb);
+    free(o.identity_plan);
     train_trace_close(&trace);
     output_file_abort(&params);
     output_file_abort(&outputs);

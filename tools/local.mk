@@ -31,6 +31,8 @@ dualpipe_command_sources = \
 	tools/checkpoint.h \
 	tools/expert_load.c \
 	tools/expert_load.h \
+	tools/eplb_train.c \
+	tools/eplb_train.h \
 	tools/checkpoint_index.c \
 	tools/checkpoint_index.h \
 	tools/crc32.c \
@@ -61,7 +63,7 @@ dualpipe_command_sources = \
 	tools/gemm_floor.h
 bin_PROGRAMS += tools/dualpipe
 tools_dualpipe_SOURCES = tools/dualpipe.c $(dualpipe_command_sources)
-tools_dualpipe_LDADD = engine/libdualpipe.la
+tools_dualpipe_LDADD = engine/libdualpipe.la eplb/libeplb.la
 
 # the operations train's GFLOP/s counts, dense and MoE layers, against hand-worked numbers
 check_PROGRAMS += tests/test_model_flops
@@ -79,7 +81,7 @@ tests_test_gemm_floor_LDADD = engine/libdualpipe.la
 check_PROGRAMS += tools/bench_cpu
 bench_targets += tools/bench_cpu
 tools_bench_cpu_SOURCES = tools/bench_cpu.c $(dualpipe_command_sources)
-tools_bench_cpu_LDADD = engine/libdualpipe.la
+tools_bench_cpu_LDADD = engine/libdualpipe.la eplb/libeplb.la
 # EPLB: planning time and balance on real loads; links the balancer and the eplb tool's input
 # reader, not the engine.
 check_PROGRAMS += tools/bench_eplb

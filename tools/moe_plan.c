@@ -222,3 +222,30 @@ int moe_plan_load(const char *path, dp_runtime_config *c, int32_t **storage)
     json_free(root);
     return rc;
 }
+
+int moe_plan_identity(dp_runtime_config *c, int32_t **storage)
+{
+    *storage = NULL;
+    dp_moe_config *m = &c->model.moe;
+    int L = moe_layers(c), E = m->experts, ep = c->ep > 1 ? c->ep : 1;
+    if (L < 0) return 0; /* the schedule is not one: the runtime says so */
+    if (E < 1 || L == 0) {
+        cli_error("--eplb-every places the experts of MoE layers, and the model has none: give --experts N (and "
+                  "layers for them: by default every layer but the first is one)");
+        return 1;
+    }
+    if (E % ep) {
+        cli_error("%d experts do not spread evenly over %d expert-parallel ranks (--ep must divide --experts)", E, ep);
+        return 1;
+    }
+    int32_t *all = malloc(sizeof *all * 2 * (size_t)L * (size_t)E);
+    if (!all) {
+        cli_error("out of memory for the placement of %d layers x %d experts", L, E);
+        return 1;
+    }
+    for (size_t i = 0; i < (size_t)L * (size_t)E; i++) all[i] = (int32_t)(i % (size_t)E);
+    m->plan_layers = L, m->plan_slots = E, m->plan_ranks = ep;
+    m->plan_phy2log = all, m->plan_replica = NULL;
+    *storage = all;
+    return 0;
+}
