@@ -3,7 +3,8 @@
  * parameter element where the gradient is smallest (where AdamW's direction is least defined),
  * or an optimizer whose every result is one ulp high; or a rank that, in the middle of a step,
  * ends its process, hangs or fails, which the job must survive by ending cleanly and in bounded
- * time (test_mpi_faults.sh). Unset: the cpu driver unchanged. */
+ * time (test_mpi_faults.sh); or a rank whose all-to-all fails in the move of experts that follows
+ * a step (test_train_eplb.sh). Unset: the cpu driver unchanged. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <pthread.h>
@@ -26,9 +27,11 @@ static dp_link_ops link_ops;
 /* exit:R:S  rank R's process exits (status 3) at its first GEMM of step S
  * hang:R:S  rank R stops there for good (a stuck kernel)
  * fail:R:S  rank R's GEMM there returns an error */
+/* move:R:S  rank R's first all-to-all after its optimizer step S fails: with train --eplb-every
+ *           dividing S and --ep > 1, the one moving the experts to their new placement */
 /* tie:F     MoE's top-k chooses on scores each moved by up to F of themselves (near-ties flip)
  * topk      MoE's top-k chooses the (k+1)-th best expert in place of the k-th (a wrong kernel) */
-enum { NONE, GRAD, PARAM, ULP, TIE, TOPK, EXIT, HANG, FAIL };
+enum { NONE, GRAD, PARAM, ULP, TIE, TOPK, EXIT, HANG, FAIL, MOVE };
 static int fault;
 static double size;
 static int fault_rank = -1, fault_step;
@@ -101,9 +104,77 @@ static dp_status close_device(dp_device *dev)
     return dp_cpu_driver.runtime->close(dev);
 }
 
+/* the links opened here and split from them, with the world rank and device of each (move faults) */
+static struct {
+    dp_link *link;
+    int rank;
+    dp_device *dev;
+} links[4 * MAX_DEVICES];
+static atomic_int move_failed;
+
+static void note_link(dp_link *l, int rank, dp_device *dev)
+{
+    pthread_mutex_lock(&opened_lock);
+    for (size_t i = 0; l && i < sizeof links / sizeof links[0]; i++)
+        if (!links[i].link || links[i].link == l) {
+            links[i].link = l, links[i].rank = rank, links[i].dev = dev;
+            break;
+        }
+    pthread_mutex_unlock(&opened_lock);
+}
+
+static int link_rank(dp_link *l, dp_device **dev)
+{
+    int r = -1;
+    pthread_mutex_lock(&opened_lock);
+    for (size_t i = 0; i < sizeof links / sizeof links[0]; i++)
+        if (links[i].link == l) r = links[i].rank, *dev = links[i].dev;
+    pthread_mutex_unlock(&opened_lock);
+    return r;
+}
+
+static dp_status link_open(dp_link_world *w, int rank, dp_device *dev, dp_link **out)
+{
+    DP_CHECK(dp_cpu_driver.link->open(w, rank, dev, out));
+    note_link(*out, rank, dev);
+    return DP_OK;
+}
+
+static dp_status link_split(dp_link *parent, int color, int key, dp_link **out)
+{
+    DP_CHECK(dp_cpu_driver.link->split(parent, color, key, out));
+    dp_device *dev = NULL;
+    int r = link_rank(parent, &dev);
+    if (*out && r >= 0) note_link(*out, r, dev);
+    return DP_OK;
+}
+
+static dp_status link_close(dp_link *l)
+{
+    pthread_mutex_lock(&opened_lock);
+    for (size_t i = 0; i < sizeof links / sizeof links[0]; i++)
+        if (links[i].link == l) links[i].link = NULL;
+    pthread_mutex_unlock(&opened_lock);
+    return dp_cpu_driver.link->close(l);
+}
+
+static dp_status all_to_all_v(dp_link *l, const void *send, const size_t *send_counts, const size_t *send_displs,
+                              void *recv, const size_t *recv_counts, const size_t *recv_displs, size_t elem_bytes,
+                              dp_stream *s)
+{
+    dp_device *dev = NULL;
+    if (fault == MOVE && link_rank(l, &dev) == fault_rank && steps_of(dev) == fault_step &&
+        !atomic_exchange(&move_failed, 1)) {
+        fprintf(stderr, "driver fault: rank %d's all-to-all after step %d fails\n", fault_rank, fault_step);
+        return dp_fail(DP_ERR_COMM, "driver fault: rank %d's all-to-all after step %d fails", fault_rank, fault_step);
+    }
+    return dp_cpu_driver.link->all_to_all_v(l, send, send_counts, send_displs, recv, recv_counts, recv_displs,
+                                            elem_bytes, s);
+}
+
 static dp_status gemm(dp_device *dev, dp_stream *s, const dp_gemm_args *g)
 {
-    if (fault >= EXIT && rank_of(dev) == fault_rank && steps_of(dev) + 1 == fault_step) {
+    if (fault >= EXIT && fault <= FAIL && rank_of(dev) == fault_rank && steps_of(dev) + 1 == fault_step) {
         if (fault == EXIT) {
             fprintf(stderr, "driver fault: rank %d exits in step %d\n", fault_rank, fault_step);
             _exit(3);
@@ -213,6 +284,10 @@ __attribute__((constructor)) static void fill_tables(void)
     kernels.sgd_update = sgd;
     kernels.moe_topk = moe_topk;
     link_ops = *dp_cpu_driver.link;
+    link_ops.open = link_open;
+    link_ops.split = link_split;
+    link_ops.close = link_close;
+    link_ops.all_to_all_v = all_to_all_v;
     const char *f = getenv("DUALPIPE_FAULT");
     if (!f) return;
     const char *colon = strchr(f, ':');
@@ -224,6 +299,7 @@ __attribute__((constructor)) static void fill_tables(void)
     else if (sscanf(f, "exit:%d:%d", &fault_rank, &fault_step) == 2) fault = EXIT;
     else if (sscanf(f, "hang:%d:%d", &fault_rank, &fault_step) == 2) fault = HANG;
     else if (sscanf(f, "fail:%d:%d", &fault_rank, &fault_step) == 2) fault = FAIL;
+    else if (sscanf(f, "move:%d:%d", &fault_rank, &fault_step) == 2) fault = MOVE;
     if (colon && fault < EXIT) size = atof(colon + 1);
 }
 

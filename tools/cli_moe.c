@@ -131,6 +131,9 @@ void cli_moe_print_placement(const dp_model_config *model, int ep)
     }
     free(count);
     ep = ep > 1 ? ep : 1;
-    printf("placement: --eplb-plan %s: %d physical slots per MoE layer, %d per ep rank; experts replicated per "
-           "layer %s, up to %d slots each\n", plan_path ? plan_path : "(given)", P, P / ep, per_layer, most);
+    char from[4096];
+    snprintf(from, sizeof from, "--eplb-plan %s", plan_path ? plan_path : "(given)");
+    if (!plan_path) snprintf(from, sizeof from, "one slot per expert, in order (no --eplb-plan)");
+    printf("placement: %s: %d physical slots per MoE layer, %d per ep rank; experts replicated per "
+           "layer %s, up to %d slots each\n", from, P, P / ep, per_layer, most);
 }

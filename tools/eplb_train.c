@@ -118,7 +118,7 @@ int eplb_train_after_step(eplb_train *et, dp_runtime *rt, int step, int quiet)
     if (rc) return rc;
     et->rebalances++;
     if (!quiet && root)
-        printf("eplb after step %d: balancedness %.4f -> %.4f (the last %d step%s' loads, %d expert-parallel "
+        printf("eplb after step %d: balancedness %.4f -> %.4f (loads of the last %d step%s, %d expert-parallel "
                "rank%s), %d expert%s moved, %" PRIu64 " bytes sent between ranks, %" PRIu64 " copied within\n",
                step, before, after, steps, steps == 1 ? "" : "s", et->gpus, et->gpus == 1 ? "" : "s",
                ms.experts_moved, ms.experts_moved == 1 ? "" : "s", ms.bytes_sent, ms.bytes_copied);

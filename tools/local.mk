@@ -117,6 +117,11 @@ check_PROGRAMS += tests/make_train_data
 tests_make_train_data_LDADD = engine/libdualpipe.la
 TESTS += tests/test_train_data.sh
 EXTRA_DIST += tests/test_train_data.sh tools/torch_compare.py
+# train --eplb-every: experts rebalanced while training, bit-equal to not moving them; a skewed
+# router balanced better after a move; a rank failing in a move (tests/driver_fault.c) ends the
+# job cleanly; bad values refused
+TESTS += tests/test_train_eplb.sh
+EXTRA_DIST += tests/test_train_eplb.sh
 # train --save and --resume: killed and resumed bit-equal for every schedule and across rank
 # counts; bad option values and incompatible models refused (tests/driver_fault.c kills the run)
 TESTS += tests/test_checkpoint.sh
