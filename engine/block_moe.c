@@ -26,11 +26,17 @@ static int shared_hidden(const dp_block_layer *L) { return L->cfg->moe.shared_ex
 /* the expert-parallel group: its size and this rank's place (a layer outside a stage: 1, 0) */
 static int ep_size(const dp_block_layer *L) { return L->env && L->env->ep_size > 1 ? L->env->ep_size : 1; }
 static int ep_rank(const dp_block_layer *L) { return ep_size(L) > 1 ? L->env->ep_rank : 0; }
+/* whose micro-batches the passes run: this ep rank's, or on one rank standing for several (the
+ * reference) the one it says */
+static int source_rank(const dp_block_layer *L)
+{
+    return ep_size(L) > 1 ? ep_rank(L) : L->env && L->env->ep_source > 0 ? L->env->ep_source : 0;
+}
 /* Per-layer state with expert parallelism or a plan. per_source (ep > 1): each local slot's
  * weight gradients kept per source rank, [source][local slot][w1, w2, w3] (device, fp32), folded
  * in source order after the step. With a plan: the layer's row of it, each expert's slots in
- * replica order, and for replicated experts where every slot's gradient is gathered (and this
- * rank's sent from) to be summed in replica order on every holder. */
+ * replica order, and for replicated experts with ep > 1 every rank's per-source gradients
+ * gathered, so that each holder folds its expert's sources in source order. */
 typedef struct {
     float *per_source;
     size_t expert_floats; /* one expert's three matrices */
@@ -40,8 +46,7 @@ typedef struct {
     int32_t *replica_first;     /* [experts + 1] expert e's replicas are replica_slot[first[e] ..] */
     int32_t *replica_slot;      /* [slots] in replica order */
     int replicated;             /* some expert has more than one slot */
-    float *gathered;            /* [slots x expert_floats], replicated only */
-    float *send;                /* [local slots x expert_floats], replicated with ep > 1 */
+    float *gathered;            /* [rank][source][local slot] x expert_floats, replicated with ep > 1 */
 } moe_state;
 
 /* A layer's plan, when it has one. A layer that was never created (no state: a tool's view of
@@ -186,8 +191,8 @@ static dp_status moe_replan(dp_block_layer *L)
     ms->replica_first = NULL, ms->replica_slot = NULL, ms->replicated = 0;
     DP_CHECK(plan_layer(L, ms));
     size_t ef = ms->expert_floats, S = (size_t)local_slots(L);
-    if (ms->replicated && !ms->gathered) DP_CHECK(alloc_floats(L, ef * (size_t)ms->slots, &ms->gathered));
-    if (ms->replicated && ep_size(L) > 1 && !ms->send) DP_CHECK(alloc_floats(L, ef * S, &ms->send));
+    if (ms->replicated && ep_size(L) > 1 && !ms->gathered)
+        DP_CHECK(alloc_floats(L, ef * S * (size_t)ep_size(L) * (size_t)ep_size(L), &ms->gathered));
     return DP_OK;
 }
 
@@ -222,8 +227,7 @@ static dp_status moe_create(dp_block_layer *L)
     dp_status st = m->plan_phy2log ? plan_layer(L, ms) : DP_OK;
     size_t ef = ms->expert_floats, S = (size_t)local_slots(L);
     if (st == DP_OK && ep > 1) st = alloc_floats(L, ef * S * (size_t)ep, &ms->per_source);
-    if (st == DP_OK && ms->replicated) st = alloc_floats(L, ef * (size_t)ms->slots, &ms->gathered);
-    if (st == DP_OK && ms->replicated && ep > 1) st = alloc_floats(L, ef * S, &ms->send);
+    if (st == DP_OK && ms->replicated && ep > 1) st = alloc_floats(L, ef * S * (size_t)ep * (size_t)ep, &ms->gathered);
     if (st != DP_OK) moe_destroy(L); /* the stage destroys only the layers created */
     return st;
 }
@@ -234,7 +238,6 @@ static void moe_destroy(dp_block_layer *L)
     if (!ms) return;
     L->env->ops->free(L->env->dev, ms->per_source);
     L->env->ops->free(L->env->dev, ms->gathered);
-    L->env->ops->free(L->env->dev, ms->send);
     free(ms->replica_first);
     free(ms->replica_slot);
     free(ms);
@@ -460,9 +463,10 @@ static dp_status run_experts(const dp_block_layer *L, dp_stream *s, const moe_sa
  * dispatch, 2 experts and combine's return, 3 the sum; backward_input 0 combine's backward and the gradients' dispatch,
  * 1 the experts' backward and the return, 2 the sum and the gate. Without it, one phase. */
 
-/* With a plan, each (token, k) row's physical slot: expert e's replica (t x K + k) mod count_e,
- * as vLLM picks them, so that one expert's rows spread evenly and deterministically over its
- * replicas; and each expert's load. On the host: the layout's counts come there anyway. */
+/* With a plan, each (token, k) row's physical slot: expert e's replica (source rank) mod count_e,
+ * so that all of one source's rows of an expert go to one replica and run as the very GEMMs of
+ * the plan-less layer (the replicas share the sources between them); and each expert's load. On
+ * the host: the layout's counts come there anyway. */
 static dp_status choose_replicas(const dp_block_layer *L, dp_stream *s, const moe_saved *k)
 {
     const moe_state *ms = plan_of(L);
@@ -481,7 +485,7 @@ static dp_status choose_replicas(const dp_block_layer *L, dp_stream *s, const mo
             break;
         }
         int32_t first = ms->replica_first[e], count = ms->replica_first[e + 1] - first;
-        phys[i] = ms->replica_slot[first + (int32_t)(i % (size_t)count)];
+        phys[i] = ms->replica_slot[first + source_rank(L) % count];
         loads[e]++;
     }
     if (st == DP_OK) st = o->copy(L->env->dev, k->phys, phys, sizeof *phys * R, DP_COPY_HOST_TO_DEVICE, s);
@@ -697,10 +701,34 @@ static dp_status fold_sources(const dp_block_layer *L, dp_stream *s)
     return o->memset(L->env->dev, ms->per_source, 0, sizeof(float) * ms->expert_floats * (size_t)El * (size_t)ep, s);
 }
 
-/* With replicas: every slot's gradient gathered on every rank of the expert-parallel group (in
- * slot order), then each local slot of a replicated expert given the sum of that expert's
- * replicas in replica order, ((R0 + R1) + R2) ..., whichever ranks hold them: every holder
- * applies the same sum, so the replicas stay identical. */
+/* The slot source `src`'s rows of expert x go to: its replica src mod count_x (choose_replicas). */
+static int source_slot(const moe_state *ms, int x, int src)
+{
+    int first = ms->replica_first[x], n = ms->replica_first[x + 1] - first;
+    return ms->replica_slot[first + src % n];
+}
+
+/* With replicas and ep > 1, before the fold: every rank's per-source gradients, [source][local
+ * slot], to every rank of the expert-parallel group (an all-gather into [rank][source][slot]). */
+static dp_status gather_sources(const dp_block_layer *L, dp_stream *s)
+{
+    const moe_state *ms = plan_of(L);
+    int S = local_slots(L), ep = ep_size(L);
+    size_t mine = (size_t)ep * (size_t)S * ms->expert_floats;
+    size_t *v = malloc(sizeof *v * 4 * (size_t)ep);
+    if (!v) return dp_fail(DP_ERR_NOMEM, "out of memory for an all-to-all of %d ranks", ep);
+    for (int j = 0; j < ep; j++) v[j] = mine, v[ep + j] = 0, v[2 * ep + j] = mine, v[3 * ep + j] = (size_t)j * mine;
+    dp_status st = L->env->link_ops->all_to_all_v(L->env->ep_link[0], ms->per_source, v, v + ep, ms->gathered,
+                                                  v + 2 * ep, v + 3 * ep, sizeof(float), s);
+    free(v);
+    return st;
+}
+
+/* With replicas: each source's rows of an expert went to one replica (choose_replicas), so the
+ * expert's gradient is its sources' in source order, ((G0 + G1) + G2) ..., as without replicas;
+ * every holder of the expert computes that same sum from the gathered per-source gradients (with
+ * ep > 1), or copies it from the replica that ran the rows (one rank), so the replicas stay
+ * identical and equal to the plan-less layer's. */
 static dp_status sum_replicas(const dp_block_layer *L, dp_stream *s)
 {
     const moe_state *ms = plan_of(L);
@@ -708,30 +736,22 @@ static dp_status sum_replicas(const dp_block_layer *L, dp_stream *s)
     dp_device *dev = L->env->dev;
     int S = local_slots(L), ep = ep_size(L), fp = first_expert_param(L);
     size_t m1 = (size_t)L->cfg->moe.expert_hidden * (size_t)L->cfg->hidden, ef = ms->expert_floats;
-    float *mine = ep > 1 ? ms->send : ms->gathered;
-    for (int e = 0; e < S; e++)
-        for (int w = 0; w < NUM_SWIGLU; w++)
-            DP_CHECK(o->copy(dev, mine + (size_t)e * ef + (size_t)w * m1, L->grad[fp + NUM_SWIGLU * e + w],
-                             m1 * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, s));
-    if (ep > 1) {
-        /* an all-gather: the same local slots to every peer, each peer's into its slots' place */
-        size_t *v = malloc(sizeof *v * 4 * (size_t)ep);
-        if (!v) return dp_fail(DP_ERR_NOMEM, "out of memory for an all-to-all of %d ranks", ep);
-        for (int j = 0; j < ep; j++)
-            v[j] = (size_t)S * ef, v[ep + j] = 0, v[2 * ep + j] = (size_t)S * ef, v[3 * ep + j] = (size_t)j * S * ef;
-        dp_status st = L->env->link_ops->all_to_all_v(L->env->ep_link[0], ms->send, v, v + ep, ms->gathered,
-                                                      v + 2 * ep, v + 3 * ep, sizeof(float), s);
-        free(v);
-        DP_CHECK(st);
-    }
     for (int e = 0; e < S; e++) {
-        int x = slot_expert(L, first_slot(L) + e), first = ms->replica_first[x], n = ms->replica_first[x + 1] - first;
+        int x = slot_expert(L, first_slot(L) + e), n = ms->replica_first[x + 1] - ms->replica_first[x];
         if (n < 2) continue;
         for (int w = 0; w < NUM_SWIGLU; w++) {
             float *g = L->grad[fp + NUM_SWIGLU * e + w];
-            for (int r = 0; r < n; r++) {
-                const float *b = ms->gathered + (size_t)ms->replica_slot[first + r] * ef + (size_t)w * m1;
-                if (r == 0) DP_CHECK(o->copy(dev, g, b, m1 * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, s));
+            if (ep == 1) {
+                int q = source_slot(ms, x, source_rank(L));
+                if (q != e)
+                    DP_CHECK(o->copy(dev, g, L->grad[fp + NUM_SWIGLU * q + w], m1 * sizeof(float),
+                                     DP_COPY_DEVICE_TO_DEVICE, s));
+                continue;
+            }
+            for (int src = 0; src < ep; src++) {
+                int q = source_slot(ms, x, src), j = q / S, l = q % S;
+                const float *b = ms->gathered + (((size_t)j * ep + src) * S + l) * ef + (size_t)w * m1;
+                if (src == 0) DP_CHECK(o->copy(dev, g, b, m1 * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, s));
                 else DP_CHECK(o->add(dev, s, DP_DTYPE_F32, m1, g, b, g));
             }
         }
@@ -743,6 +763,7 @@ static dp_status moe_reduce_grads(const dp_block_layer *L, dp_stream *s)
 {
     moe_state *ms = L->state;
     if (!ms) return DP_OK;
+    if (ms->replicated && ms->per_source) DP_CHECK(gather_sources(L, s));
     if (ms->per_source) DP_CHECK(fold_sources(L, s));
     if (ms->replicated) DP_CHECK(sum_replicas(L, s));
     return DP_OK;

@@ -521,6 +521,8 @@ void dp_stage_destroy(dp_stage *st)
     free(st);
 }
 
+void dp_stage_set_ep_source(dp_stage *st, int source) { st->env.ep_source = source; }
+
 int dp_stage_expert_slots(const dp_stage *st, int b, int *first_param, int *per_slot)
 {
     if (b < 0 || b >= st->nlayers || !st->layers[b].ops->expert_slots) return 0;

@@ -67,10 +67,13 @@ typedef struct {
      * holding logical expert plan_phy2log[layer x plan_slots + p] (every expert at least once;
      * more than once: replicas). With expert parallelism over ep ranks (plan_ranks must be ep)
      * rank r holds slots r x plan_slots / ep ..; without, one rank holds them all, whatever
-     * plan_ranks. Token t's k-th choice e goes to its replica (t x topk + k) mod count_e, the
-     * replicas in the order plan_replica gives ([layer x plan_slots]: slot p is replica
-     * plan_replica[..p] of its expert, as the plan's log2phy lists them; NULL: slot order). Their
-     * weight gradients are summed in that order on every holder, so replicas stay identical. Each
+     * plan_ranks. The rows of expert-parallel rank r's micro-batches that chose e go to e's replica
+     * r mod count_e (without expert parallelism: replica 0), the replicas in the order
+     * plan_replica gives ([layer x plan_slots]: slot p is replica plan_replica[..p] of its
+     * expert, as the plan's log2phy lists them; NULL: slot order): each source's rows of an
+     * expert run as one GEMM, and every holder sums the expert's per-source weight gradients in
+     * source order, as without a plan, so replicas stay identical and any placement (replicated
+     * or not) trains bit-equal to none. Each
      * stage copies the arrays (a placement changed while training is the stage's own,
      * dp_stage_set_placement); the caller's are not written. */
     int plan_layers, plan_slots, plan_ranks;
@@ -186,6 +189,10 @@ typedef struct dp_stage_env {
     struct dp_routing_tape *routing_tape;
     int routing_mode; /* dp_routing_mode */
     int rank;
+    /* without expert parallelism (ep_size 0 or 1): the expert-parallel rank whose micro-batches
+     * the passes run, for one rank standing for several (the reference; dp_stage_set_ep_source),
+     * which picks the replicas of an EPLB plan's experts as that rank would; 0 otherwise */
+    int ep_source;
 } dp_stage_env;
 
 /* Stage stage_index of num_stages, with its own parameters (initialised from cfg->seed). */
@@ -253,6 +260,10 @@ int dp_stage_expert_slots(const dp_stage *st, int b, int *first_param, int *per_
  * follow it, the parameters take their new experts' names, and the GEMMs' copies (bf16) follow
  * the values. DP_ERR_INVALID for a stage made without a plan. */
 dp_status dp_stage_set_placement(dp_stage *st, const int32_t *phy2log, const int32_t *replica, dp_stream *s);
+
+/* One rank standing for several expert-parallel ranks (the reference): the passes that follow run
+ * expert-parallel rank `source`'s micro-batches (dp_stage_env's ep_source). */
+void dp_stage_set_ep_source(dp_stage *st, int source);
 
 dp_status dp_stage_zero_grad(dp_stage *st, dp_stream *s);
 /* One optimizer step (step counts from 1). */

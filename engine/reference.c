@@ -162,13 +162,19 @@ static dp_status replica_gradients(dp_reference *ref, int dp_replica, const floa
     int S = ref->num_stages, P = ref->num_pipes, cpp = ref->chunks_per_pipe;
     for (int e = 0; e < ref->ep; e++) {
         int replica = dp_replica * ref->ep + e;
-        for (int i = 0; i < P * S; i++) DP_CHECK(dp_stage_zero_grad(ref->stages[i], NULL));
+        for (int i = 0; i < P * S; i++) {
+            DP_CHECK(dp_stage_zero_grad(ref->stages[i], NULL));
+            dp_stage_set_ep_source(ref->stages[i], e);
+        }
         for (int p = 0; p < P; p++)
             for (int k = 0; k < cpp; k++) {
                 size_t mb = ((size_t)replica * P + p) * cpp + k;
                 DP_CHECK(run_micro_batch(ref, p, inputs + mb * act, (const char *)targets + mb * tb, 1, &losses[mb],
                                          NULL));
             }
+        /* an EPLB plan's replicated experts: ep rank e's rows of each ran on one replica, whose
+         * gradient every replica takes before the ep ranks' sum (rank.c folds the sources alike) */
+        for (int i = 0; i < P * S; i++) DP_CHECK(dp_stage_reduce_expert_grads(ref->stages[i], NULL));
         for (int i = 0; ref->ep > 1 && i < P * S; i++) {
             size_t count;
             float *g = dp_stage_grads(ref->stages[i], &count);
@@ -181,8 +187,6 @@ static dp_status replica_gradients(dp_reference *ref, int dp_replica, const floa
         float *g = dp_stage_grads(ref->stages[i], &count);
         DP_CHECK(D->copy(ref->dev, g, ref->ep_sum[i], count * sizeof(float), DP_COPY_DEVICE_TO_DEVICE, NULL));
     }
-    /* an EPLB plan's replicas summed in replica order, as after the ep ranks' sum (rank.c) */
-    for (int i = 0; i < P * S; i++) DP_CHECK(dp_stage_reduce_expert_grads(ref->stages[i], NULL));
     if (P == 2)
         for (int s = 0; s < S; s++)
             for (int i = 0; i < dp_stage_num_params(ref->stages[s]); i++) {

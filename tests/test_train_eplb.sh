@@ -3,8 +3,9 @@
 # training: in exact mode (cpu driver, fp32) a run that moves experts is bit-equal to the same run
 # without moving them (--verify against the single-rank reference, and the parameters written by
 # --save-params byte for byte), for dualpipe and 1f1b, without --ep and with --ep 2 and 4, from
-# no plan and from an --eplb-plan; on a router skewed toward four experts (through --init), the
-# load of the steps after the first rebalance is closer to balanced than before it; checkpoints
+# no plan and from an --eplb-plan, with replicas or without; on a router skewed toward four
+# experts (through --init), the load of the steps after the first rebalance is closer to balanced
+# than before it; checkpoints
 # taken after moves resume bit-equal; a rank failing in the middle of a move ends the job
 # (tests/driver_fault.c), naming the move and the rank, and the checkpoint written before it
 # resumes bit-equal; bad option values refused with exit 2 before any step.
@@ -48,6 +49,15 @@ same "dualpipev --ep 2 --dp 2" --schedule dualpipev --ep 2 --dp 2
 "$eplb" -r 8 -g 2 -q -o "$tmp/plan.json" "$tmp/load.json" 2> "$tmp/err"
 ok $? "eplb plans 8 slots on 2 GPUs $(cat "$tmp/err")"
 same "1f1b --ep 2 --eplb-plan" --schedule 1f1b --ep 2 --eplb-plan "$tmp/plan.json"
+# from plans with replicas (12 slots for 8 experts): rebalancing moves replicas too
+"$eplb" -r 12 -g 4 -q -o "$tmp/plan12.json" "$tmp/load.json" 2> "$tmp/err"
+rc=$?; grep -q '"logcnt"' "$tmp/plan12.json"; ok $((rc + $?)) "eplb plans 12 slots on 4 GPUs $(cat "$tmp/err")"
+same "dualpipe --ep 4, replicas" --schedule dualpipe --ep 4 --eplb-plan "$tmp/plan12.json"
+grep -q '^eplb after step [0-9]: .*, [1-9][0-9]* experts\{0,1\} moved' "$tmp/out"
+ok $? "... with experts moved: $(grep -m1 '^eplb' "$tmp/out")"
+"$eplb" -r 12 -g 2 -q -o "$tmp/plan12g2.json" "$tmp/load.json" 2> /dev/null
+same "1f1b --ep 2, replicas" --schedule 1f1b --ep 2 --eplb-plan "$tmp/plan12g2.json"
+same "1f1b, replicas on one rank" --schedule 1f1b --eplb-plan "$tmp/plan12.json"
 
 # --quiet: no rebalance line
 "$dp" train $small $moe --steps 3 --ep 2 --eplb-every 1 -q > "$tmp/out" 2>&1
