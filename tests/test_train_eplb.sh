@@ -8,7 +8,8 @@
 # than before it; checkpoints
 # taken after moves resume bit-equal; a rank failing in the middle of a move ends the job
 # (tests/driver_fault.c), naming the move and the rank, and the checkpoint written before it
-# resumes bit-equal; bad option values refused with exit 2 before any step.
+# resumes bit-equal; the same across processes under mpirun; bad option values refused with exit 2
+# before any step.
 dp="${top_builddir:-.}/tools/dualpipe"
 eplb="${top_builddir:-.}/tools/eplb"
 DUALPIPE_DRIVER_PATH=${top_builddir:-.}/tests/.libs
@@ -115,6 +116,25 @@ PY
 else
   skip "no python3 to write the skewed bias"
   skip "no python3 to write the skewed bias"
+fi
+
+# under mpirun, each ep rank's pipeline in its own process: the placement planned in rank 0's
+# process travels to the other, the experts cross processes, and the run stays bit-equal
+case "${sanitizers:-no}" in no|"") san=no ;; *) san=yes ;; esac
+if command -v mpirun > /dev/null 2>&1 && [ $san = no ]; then
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+  export OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM OMPI_MCA_rmaps_base_oversubscribe
+  timeout 120 mpirun -np 2 "$dp" train $small $moe --steps 4 --schedule dualpipev --ep 2 --eplb-every 1 --verify \
+    > "$tmp/out" 2> "$tmp/err"
+  rc=$?
+  if grep -q 'link mpi' "$tmp/err"; then
+    grep -q 'bit-equal' "$tmp/out" && [ "$(grep -c '^eplb after step .* [1-9][0-9]* experts\{0,1\} moved' "$tmp/out")" -eq 3 ]
+    ok $((rc + $?)) "--ep 2 as 2 processes (mpirun): 3 rebalances with experts moved, bit-equal"
+  else
+    skip "this build runs no MPI job ($(head -n 1 "$tmp/err"))"
+  fi
+else
+  skip "no mpirun, or a sanitizer build"
 fi
 
 # refused before any step runs
