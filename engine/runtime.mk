@@ -111,6 +111,13 @@ TESTS += tests/test_engine_expert_load
 tests_test_engine_expert_load_SOURCES = tests/test_engine_expert_load.c
 tests_test_engine_expert_load_LDADD = engine/libdualpipe.la
 
+# dp_runtime_move_experts: experts moved between steps keep every logical tensor's bits, count
+# what moved, train on as if never moved; bad placements refused
+check_PROGRAMS += tests/test_engine_move_experts
+TESTS += tests/test_engine_move_experts
+tests_test_engine_move_experts_SOURCES = tests/test_engine_move_experts.c
+tests_test_engine_move_experts_LDADD = engine/libdualpipe.la
+
 TESTS += tests/test_train_moe.sh
 EXTRA_DIST += tests/test_train_moe.sh
 # the overlap of an F&B pair's all-to-alls: bit-equal to --no-overlap, exposed waits reported
