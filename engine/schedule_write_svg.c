@@ -1,12 +1,19 @@
 /* schedule_write_svg.c: the `svg` format, a timeline picture in the style of DualPipe's
  * README figure: ranks as rows, time to the right, F/B/I/W in their colours (a lighter
  * shade for direction / local stage 1), the micro-batch number in each cell, and the two
- * halves of an overlapped F&B pair enclosed in one heavy border; a legend below. */
+ * halves of an overlapped F&B pair enclosed in one heavy border; a legend below. With an
+ * expert all-to-all in the costs, a thin comm row under each rank's row holds every action's
+ * all-to-all, hidden under its compute and exposed beyond it, and the rank's exposed
+ * communication is written at the row's end. */
 #include <math.h>
 
-#include "engine/schedule.h"
+#include "engine/schedule_replay.h"
 
 enum { LEFT = 78, TOP = 46, ROW_H = 28, ROW_GAP = 6, FONT = 12 };
+/* the comm row: COMM_GAP under the compute row, COMM_H high; COMM_RIGHT: room for the
+ * exposed communication written at the rows' end */
+enum { COMM_GAP = 2, COMM_H = 8, COMM_RIGHT = 150 };
+static const char *const comm_fill[2] = {"#76a5af", "#cc0000"}; /* hidden, exposed */
 
 /* fill colours by kind (F, B, I, W) and direction 0 / 1 */
 static const char *const fill[4][2] = {
@@ -24,6 +31,34 @@ static void cell(FILE *out, double x, double y, double w, const dp_action *a)
         fprintf(out, "<text x=\"%.2f\" y=\"%.2f\">%d</text>\n", x + w / 2, y + ROW_H / 2.0 + FONT * 0.35, a->chunk);
 }
 
+/* On the comm row at y, the all-to-all of the action (or pair) drawn from x to x + w: as in the
+ * Chrome trace, the hidden part from the start, under the compute, and the exposed part at the
+ * end, the time the action lasts beyond its compute. When the two halves of a pair have their
+ * exchanges in flight together, their hidden all-to-all can add up to more than the compute:
+ * it is drawn over the whole compute, its amount in the rectangle's title. */
+static void comm_cells(FILE *out, const dp_simulation *sim, const dp_action *a, int pair, double x, double y,
+                       double w, double ppu)
+{
+    dp_span_cost c = dp_span_cost_of(&sim->cost, a, pair);
+    double hidden = c.a2a - c.a2a_exposed, compute = c.duration - c.a2a_exposed;
+    char name[40];
+    if (pair)
+        snprintf(name, sizeof name, "%c%d.%d &amp; %c%d.%d", dp_action_letter(a->kind), a->local_stage, a->chunk,
+                 dp_action_letter(a[1].kind), a[1].local_stage, a[1].chunk);
+    else
+        snprintf(name, sizeof name, "%c%d.%d", dp_action_letter(a->kind), a->local_stage, a->chunk);
+    if (hidden > 0)
+        fprintf(out, "<rect class=\"a2a-hidden\" x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%d\" fill=\"%s\">"
+                     "<title>%s: all-to-all %g hidden</title></rect>\n",
+                x, y, (hidden < compute ? hidden : compute) * ppu, COMM_H, comm_fill[0], name, hidden);
+    if (c.a2a_exposed > 0) {
+        double we = c.a2a_exposed * ppu;
+        fprintf(out, "<rect class=\"a2a-exposed\" x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%d\" fill=\"%s\">"
+                     "<title>%s: all-to-all %g exposed</title></rect>\n",
+                x + w - we, y, we, COMM_H, comm_fill[1], name, c.a2a_exposed);
+    }
+}
+
 dp_status dp_schedule_write_svg(FILE *out, const dp_schedule *s, const dp_cost *c, const dp_simulation *sim,
                                 const dp_schedule_report *rep)
 {
@@ -33,10 +68,12 @@ dp_status dp_schedule_write_svg(FILE *out, const dp_schedule *s, const dp_cost *
     if (!isfinite(ppu) || !(ppu > 0))
         return dp_fail(DP_ERR_INVALID, "costs this small (F=%g, makespan %g) cannot be drawn: take larger units",
                        c->f, sim->makespan);
+    int comm = sim->cost.a2a_f != 0 || sim->cost.a2a_b != 0;
     double plot_w = sim->makespan * ppu;
-    int rows_h = s->num_ranks * (ROW_H + ROW_GAP);
+    int pitch = ROW_H + ROW_GAP + (comm ? COMM_GAP + COMM_H : 0);
+    int rows_h = s->num_ranks * pitch;
     int legend_y = TOP + rows_h + 34;
-    double width = LEFT + plot_w + 20, height = legend_y + 3 * 24 + 12;
+    double width = LEFT + plot_w + (comm ? COMM_RIGHT : 20), height = legend_y + (comm ? 4 : 3) * 24 + 12;
     if (width < 760) width = 760;
 
     fprintf(out, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
@@ -65,9 +102,19 @@ dp_status dp_schedule_write_svg(FILE *out, const dp_schedule *s, const dp_cost *
 
     fprintf(out, "<g text-anchor=\"middle\" fill=\"#000000\">\n");
     for (int r = 0; r < s->num_ranks; r++) {
-        double y = TOP + r * (ROW_H + ROW_GAP);
+        double y = TOP + r * pitch, yc = y + ROW_H + COMM_GAP;
         fprintf(out, "<text x=\"%d\" y=\"%.2f\" text-anchor=\"end\">Rank %d</text>\n", LEFT - 10,
                 y + ROW_H / 2.0 + FONT * 0.35, r);
+        if (comm) {
+            fprintf(out, "<rect class=\"comm-row\" x=\"%d\" y=\"%.2f\" width=\"%.2f\" height=\"%d\" fill=\"#f3f3f3\"/>\n",
+                    LEFT, yc, plot_w, COMM_H);
+            double xa = sim->exposed_a2a ? sim->exposed_a2a[r] : 0, xp = sim->exposed_p2p ? sim->exposed_p2p[r] : 0;
+            char p2p[40] = "";
+            if (xp > 0) snprintf(p2p, sizeof p2p, ", P2P %g", xp);
+            fprintf(out, "<text class=\"comm-exposed\" x=\"%.2f\" y=\"%.2f\" text-anchor=\"start\" font-size=\"10\" "
+                         "fill=\"%s\">exposed: all-to-all %g%s</text>\n",
+                    LEFT + plot_w + 8, y + ROW_H / 2.0 + 10 * 0.35, xa + xp > 0 ? comm_fill[1] : "#666666", xa, p2p);
+        }
         for (int i = 0; i < s->num_actions[r]; i++) {
             const dp_action *a = &s->actions[r][i];
             double x = LEFT + sim->start[r][i] * ppu, w = (sim->end[r][i] - sim->start[r][i]) * ppu;
@@ -82,9 +129,11 @@ dp_status dp_schedule_write_svg(FILE *out, const dp_schedule *s, const dp_cost *
                 fprintf(out, "<rect x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%d\" fill=\"none\" stroke=\"#000000\" "
                              "stroke-width=\"2\"/>\n",
                         x + 1, y + 1, w - 2, ROW_H - 2);
+                if (comm) comm_cells(out, sim, a, 1, x, yc, w, ppu);
                 i++;
             } else {
                 cell(out, x, y, w, a);
+                if (comm) comm_cells(out, sim, a, 0, x, yc, w, ppu);
             }
         }
     }
@@ -107,8 +156,17 @@ dp_status dp_schedule_write_svg(FILE *out, const dp_schedule *s, const dp_cost *
             LEFT, legend_y + 24);
     fprintf(out, "<text x=\"%d\" y=\"%d\">overlapped F&amp;B pair (computation and communication of one hide the other's)</text>\n",
             LEFT + 38, legend_y + 35);
+    if (comm) {
+        fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"30\" height=\"%d\" fill=\"%s\"/>\n", LEFT,
+                legend_y + 48 + (14 - COMM_H) / 2, COMM_H, comm_fill[0]);
+        fprintf(out, "<text x=\"%d\" y=\"%d\">all-to-all hidden under compute</text>\n", LEFT + 38, legend_y + 59);
+        fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"30\" height=\"%d\" fill=\"%s\"/>\n", LEFT + 260,
+                legend_y + 48 + (14 - COMM_H) / 2, COMM_H, comm_fill[1]);
+        fprintf(out, "<text x=\"%d\" y=\"%d\">all-to-all exposed (the action lasts that much longer)%s</text>\n",
+                LEFT + 298, legend_y + 59, sim->cost.no_overlap ? "; pairs not overlapped" : "");
+    }
     fprintf(out, "<text x=\"%d\" y=\"%d\">%s; numbers: micro-batch within its direction; peak activations %d per rank</text>\n",
-            LEFT, legend_y + 59, dirs, rep->max_peak_activations);
+            LEFT, legend_y + 59 + (comm ? 24 : 0), dirs, rep->max_peak_activations);
     fprintf(out, "</g>\n</svg>\n");
     return ferror(out) ? dp_fail(DP_ERR_IO, "writing the SVG failed") : DP_OK;
 }

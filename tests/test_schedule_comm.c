@@ -4,7 +4,8 @@
  * longer than its compute, the same pair not overlapped, and the pipeline latency on a
  * two-rank chain; whole schedules keep every time with zero all-to-all and add exactly the
  * all-to-all the model says; the parser and the simulator refuse bad all-to-all costs; the
- * Chrome writer draws the comm tracks.
+ * Chrome writer draws the comm tracks, and the SVG writer its comm rows, each rectangle where
+ * the simulated times put it, none without an all-to-all.
  * A pair with overlap lasts max(FB, c0 + x0, c1 + x1): x0, x1 its halves' all-to-alls, c0, c1
  * their shares of FB in proportion to their lone compute (with F=1, B=2, W=1, FB=3: an F&B
  * pair's shares are 1 and 2, an F&I pair's 1.5 and 1.5). */
@@ -313,6 +314,219 @@ static void parse_cases(void)
     }
 }
 
+/* ----------------------------------------------------------------------------
+ * The SVG picture's comm rows, read back from its text. */
+
+static char *write_svg(const dp_schedule *s, const dp_cost *c, const dp_simulation *sim)
+{
+    dp_schedule_report rep;
+    if (dp_schedule_validate(s, &rep) != DP_OK) return NULL;
+    FILE *out = tmpfile();
+    char *buf = NULL;
+    if (out && dp_schedule_write(out, DP_FORMAT_SVG, s, c, sim, &rep) == DP_OK) {
+        long n = ftell(out);
+        rewind(out);
+        buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
+        if (buf) buf[fread(buf, 1, (size_t)n, out)] = '\0';
+    }
+    if (out) fclose(out);
+    dp_schedule_report_free(&rep);
+    return buf;
+}
+
+static int count(const char *text, const char *what)
+{
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, what)); p++) n++;
+    return n;
+}
+
+typedef struct {
+    int exposed;
+    double t, d; /* start and length in cost units */
+} comm_rect;
+
+/* What rank r's comm row should hold: each lone F, B or I its whole all-to-all exposed at its
+ * end; an overlapped pair (lasting end - start against FB of compute) the part beyond FB exposed
+ * at its end and the rest hidden from its start, drawn at most over the compute; without the
+ * overlap, all of a pair's exposed. */
+static int expected_rects(const dp_schedule *s, const dp_cost *c, const dp_simulation *sim, int r, comm_rect *out,
+                          int max)
+{
+    int n = 0;
+    for (int i = 0; i < s->num_actions[r] && n + 2 <= max; i++) {
+        const dp_action *a = &s->actions[r][i];
+        double t0 = sim->start[r][i], t1 = sim->end[r][i];
+        double x = a->kind == DP_ACT_F ? c->a2a_f : a->kind == DP_ACT_W ? 0 : c->a2a_b;
+        if (a->overlap) {
+            x += c->a2a_b; /* a pair's second half is its B or I */
+            i++;
+            double exposed = c->no_overlap ? x : t1 - t0 - c->fb;
+            if (fabs(exposed) < 1e-9) exposed = 0;
+            double hidden = x - exposed;
+            if (hidden > 1e-9) out[n++] = (comm_rect){0, t0, hidden < c->fb ? hidden : c->fb};
+            if (exposed > 0) out[n++] = (comm_rect){1, t1 - exposed, exposed};
+        } else if (x > 0) {
+            out[n++] = (comm_rect){1, t1 - x, x};
+        }
+    }
+    return n;
+}
+
+/* Reads rank r's comm row from the SVG and checks every rectangle against expected_rects: the
+ * row's own rectangle gives where time 0 is and the pixels per unit (its width is the makespan);
+ * each rectangle's x and width must be its times' within 0.02 pixels (the file rounds to 0.01).
+ * Counts the hidden and exposed rectangles; returns whether all matched. */
+static int check_rank(const char *svg, const dp_schedule *s, const dp_cost *c, const dp_simulation *sim, int r,
+                      int *hidden, int *exposed, const char *what)
+{
+    char head[64];
+    snprintf(head, sizeof head, ">Rank %d</text>\n", r);
+    const char *p = strstr(svg, head);
+    double x0, y, width;
+    if (!p || sscanf(p + strlen(head), "<rect class=\"comm-row\" x=\"%lf\" y=\"%lf\" width=\"%lf\"", &x0, &y, &width) != 3) {
+        tap_diag("%s: rank %d has no comm row right after its label", what, r);
+        return 0;
+    }
+    double ppu = width / sim->makespan;
+    const char *end = strstr(p + 1, "text-anchor=\"end\">Rank ");
+    if (!end) end = strstr(p, "</g>");
+    /* the exposed communication written at the row's end */
+    const char *e = strstr(p, ">exposed: all-to-all ");
+    if (!e || e > end || fabs(strtod(e + strlen(">exposed: all-to-all "), NULL) - sim->exposed_a2a[r]) > 1e-9) {
+        tap_diag("%s: rank %d's row does not end with its exposed all-to-all %g", what, r, sim->exposed_a2a[r]);
+        return 0;
+    }
+    comm_rect want[4096];
+    int n = expected_rects(s, c, sim, r, want, 4096), k = 0, ok = 1;
+    for (const char *q = p; (q = strstr(q, "<rect class=\"a2a-")) && q < end; q++, k++) {
+        char kind[16];
+        double x, ry, w;
+        if (sscanf(q, "<rect class=\"a2a-%15[a-z]\" x=\"%lf\" y=\"%lf\" width=\"%lf\"", kind, &x, &ry, &w) != 4) {
+            tap_diag("%s: rank %d: unreadable rectangle %.60s", what, r, q);
+            return 0;
+        }
+        int is_exposed = strcmp(kind, "exposed") == 0;
+        *hidden += !is_exposed;
+        *exposed += is_exposed;
+        if (k >= n || want[k].exposed != is_exposed || fabs(ry - y) > 1e-9 || fabs(x - (x0 + want[k].t * ppu)) > 0.02 ||
+            fabs(w - want[k].d * ppu) > 0.02) {
+            if (ok)
+                tap_diag("%s: rank %d rectangle %d: %s at x %g width %g, want %s at %g width %g (t %g, length %g)", what,
+                         r, k, kind, x, w, k < n && want[k].exposed ? "exposed" : "hidden",
+                         k < n ? x0 + want[k].t * ppu : -1, k < n ? want[k].d * ppu : -1, k < n ? want[k].t : -1,
+                         k < n ? want[k].d : -1);
+            ok = 0;
+        }
+    }
+    if (k != n) {
+        tap_diag("%s: rank %d has %d all-to-all rectangles, want %d", what, r, k, n);
+        ok = 0;
+    }
+    return ok;
+}
+
+/* Checks every rank's comm row; hidden and exposed get the rectangles counted over all ranks. */
+static int check_svg(const char *svg, const dp_schedule *s, const dp_cost *c, const dp_simulation *sim, int *hidden,
+                     int *exposed, const char *what)
+{
+    int ok = svg && count(svg, "class=\"comm-row\"") == s->num_ranks;
+    *hidden = *exposed = 0;
+    for (int r = 0; ok && r < s->num_ranks; r++) ok &= check_rank(svg, s, c, sim, r, hidden, exposed, what);
+    return ok && strstr(svg, "all-to-all hidden under compute") && strstr(svg, "all-to-all exposed");
+}
+
+static void svg_cases(void)
+{
+    static const char *const acts[] = {"F0", "F1&B0", "B1"};
+    dp_schedule *s = one_rank(2, acts, 3);
+    if (!s) return;
+    dp_simulation sim;
+    int hidden = 0, exposed = 0, ok;
+    /* F0 0..2 (1 exposed at 1..2), the pair 2..5 (2 hidden at 2..4), B1 5..8 (1 exposed at 7..8); F = 26 pixels
+     * from x 78 */
+    dp_cost c = costs(1, 1, 0);
+    if (dp_schedule_simulate(s, &c, &sim) == DP_OK) {
+        char *svg = write_svg(s, &c, &sim);
+        ok = check_svg(svg, s, &c, &sim, &hidden, &exposed, "one rank, A2AF=A2AB=1");
+        tap_ok(ok && hidden == 1 && exposed == 2 &&
+                   strstr(svg, "class=\"a2a-hidden\" x=\"130.00\" y=\"76.00\" width=\"52.00\"") &&
+                   strstr(svg, "class=\"a2a-exposed\" x=\"104.00\" y=\"76.00\" width=\"26.00\"") &&
+                   strstr(svg, "class=\"a2a-exposed\" x=\"260.00\" y=\"76.00\" width=\"26.00\""),
+               "svg, one rank, A2AF=A2AB=1: a comm row with the pair's 2 hidden at 2..4, F0's and B1's 1 exposed at "
+               "1..2 and 7..8 (%d hidden, %d exposed)",
+               hidden, exposed);
+        free(svg);
+        dp_simulation_free(&sim);
+    }
+    /* the pair 3..7: 3 hidden under FB, 1 exposed */
+    c = costs(2, 2, 0);
+    if (dp_schedule_simulate(s, &c, &sim) == DP_OK) {
+        char *svg = write_svg(s, &c, &sim);
+        ok = check_svg(svg, s, &c, &sim, &hidden, &exposed, "one rank, A2AF=A2AB=2");
+        tap_ok(ok && hidden == 1 && exposed == 3,
+               "svg, one rank, A2AF=A2AB=2: the pair's 3 hidden then 1 exposed, F0's and B1's 2 exposed (%d hidden, "
+               "%d exposed)",
+               hidden, exposed);
+        free(svg);
+        dp_simulation_free(&sim);
+    }
+    /* the pair lasts max(3, 1 + 10, 2 + 10) = 12: 9 exposed, 11 hidden in flight together, drawn over FB's 3 */
+    c = costs(10, 10, 0);
+    if (dp_schedule_simulate(s, &c, &sim) == DP_OK) {
+        char *svg = write_svg(s, &c, &sim);
+        ok = check_svg(svg, s, &c, &sim, &hidden, &exposed, "one rank, A2AF=A2AB=10");
+        tap_ok(ok && hidden == 1 &&
+                   exposed == 3 && strstr(svg, "F0.1 &amp; B0.0: all-to-all 11 hidden"),
+               "svg, one rank, A2AF=A2AB=10: the pair's 11 hidden drawn over its 3 of compute, titled with 11; 9 "
+               "exposed");
+        free(svg);
+        dp_simulation_free(&sim);
+    }
+    dp_schedule_free(s);
+
+    /* DualPipe as in the README's pictures, with and without the overlap */
+    dp_schedule_params p = {.ranks = 4, .chunks = 10};
+    if (!tap_ok(dp_schedule_generate("dualpipe", &p, &s) == DP_OK, "dualpipe 4 10 generates")) return;
+    int pairs = 0, lone = 0;
+    for (int r = 0; r < s->num_ranks; r++)
+        for (int i = 0; i < s->num_actions[r]; i++) {
+            if (s->actions[r][i].overlap) pairs++, i++;
+            else lone += s->actions[r][i].kind != DP_ACT_W;
+        }
+    for (int no_overlap = 0; no_overlap < 2; no_overlap++) {
+        c = costs(1, 1, no_overlap);
+        if (dp_schedule_simulate(s, &c, &sim) != DP_OK) continue;
+        char *svg = write_svg(s, &c, &sim);
+        /* overlapped, each pair's 2 hides under FB=3; not, each pair's 2 is exposed */
+        ok = check_svg(svg, s, &c, &sim, &hidden, &exposed, no_overlap ? "dualpipe, not overlapped" : "dualpipe");
+        tap_ok(ok && hidden == (no_overlap ? 0 : pairs) && exposed == lone + (no_overlap ? pairs : 0),
+               "svg, dualpipe 4 10, A2AF=A2AB=1%s: 4 comm rows, every rectangle at its simulated times, %d hidden "
+               "and %d exposed (%d pairs, %d lone F/B/I), each rank's exposed all-to-all at its row's end",
+               no_overlap ? ", not overlapped" : "", hidden, exposed, pairs, lone);
+        free(svg);
+        dp_simulation_free(&sim);
+    }
+
+    /* no all-to-all: no comm row, and --no-overlap or a latency alone change nothing of the kind */
+    dp_cost zero[3] = {costs(0, 0, 0), costs(0, 0, 1), costs(0, 0, 0)};
+    zero[2].p2p = 0.5;
+    char *svgs[3] = {NULL, NULL, NULL};
+    int none = 1;
+    for (int k = 0; k < 3; k++) {
+        if (dp_schedule_simulate(s, &zero[k], &sim) != DP_OK) continue;
+        svgs[k] = write_svg(s, &zero[k], &sim);
+        none &= svgs[k] && !strstr(svgs[k], "comm-row") && !strstr(svgs[k], "a2a-") && !strstr(svgs[k], "all-to-all") &&
+                !strstr(svgs[k], "exposed");
+        dp_simulation_free(&sim);
+    }
+    tap_ok(none && svgs[0] && svgs[1] && strcmp(svgs[0], svgs[1]) == 0,
+           "svg, dualpipe 4 10, A2AF=A2AB=0 (overlapped or not, or with P2P=0.5): no comm rows, no all-to-all in the "
+           "legend; not overlapping changes nothing");
+    for (int k = 0; k < 3; k++) free(svgs[k]);
+    dp_schedule_free(s);
+}
+
 int main(void)
 {
     pair_cases();
@@ -325,5 +539,6 @@ int main(void)
     whole_schedule("zb1p", 4, 8);
     whole_schedule("interleaved-1f1b", 4, 8);
     parse_cases();
+    svg_cases();
     return tap_done();
 }

@@ -1,8 +1,8 @@
 #!/bin/sh
 # test_schedule_tool.sh: `dualpipe schedule` end to end: the trace interface, every
-# format, communication costs and the exposed communication they give, the text timeline
-# fitted to the page width, --help/--version, and bad input (clear error, exit 2, no output
-# file left).
+# format, communication costs and the exposed communication they give (the SVG's comm rows
+# among them), the text timeline fitted to the page width, --help/--version, and bad input
+# (clear error, exit 2, no output file left).
 dp="${top_builddir:-.}/tools/dualpipe"
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
@@ -71,6 +71,18 @@ ok $? "json: the all-to-all costs and each rank's exposed communication"
   [ "$(grep -c '"all-to-all (exposed)"' "$tmp/a2a.chrome")" -eq 40 ] &&
   [ "$(grep -c '"all-to-all (hidden)"' "$tmp/a2a.chrome")" -eq 12 ]
 ok $? "chrome: a comm track per rank, 40 exposed all-to-all (10 lone actions x 4 ranks) and 12 hidden (the pairs)"
+# svg: a comm row under each rank's row, as many rectangles as the Chrome trace has events,
+# each rank's exposed all-to-all at its row's end; not overlapped, the pairs' exposed too
+"$dp" schedule --pp 4 --chunks 8 --cost A2AF=1,A2AB=1 --format svg > "$tmp/a2a.svg" 2> "$tmp/err"
+[ $? -eq 0 ] && [ "$(grep -c 'class="comm-row"' "$tmp/a2a.svg")" -eq 4 ] &&
+  [ "$(grep -c 'class="a2a-exposed"' "$tmp/a2a.svg")" -eq 40 ] &&
+  [ "$(grep -c 'class="a2a-hidden"' "$tmp/a2a.svg")" -eq 12 ] &&
+  [ "$(grep -c '>exposed: all-to-all 10</text>' "$tmp/a2a.svg")" -eq 4 ] && grep -q 'all-to-all hidden under compute' "$tmp/a2a.svg"
+ok $? "svg: 4 comm rows, 40 exposed and 12 hidden all-to-all rectangles, 10 exposed per rank, a legend"
+"$dp" schedule --pp 4 --chunks 8 --cost A2AF=1,A2AB=1 --no-overlap --format svg > "$tmp/apart.svg" 2> "$tmp/err"
+[ $? -eq 0 ] && [ "$(grep -c 'class="a2a-exposed"' "$tmp/apart.svg")" -eq 52 ] &&
+  ! grep -q 'class="a2a-hidden"' "$tmp/apart.svg" && [ "$(grep -c '>exposed: all-to-all 16</text>' "$tmp/apart.svg")" -eq 4 ]
+ok $? "svg, --no-overlap: 52 exposed rectangles (13 lone actions and pairs x 4 ranks), none hidden, 16 per rank"
 if command -v python3 > /dev/null 2>&1; then
   python3 -m json.tool "$tmp/a2a.json" > /dev/null && python3 -m json.tool "$tmp/a2a.chrome" > /dev/null
   ok $? "json and chrome with communication parse as JSON"
