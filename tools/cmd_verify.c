@@ -241,12 +241,20 @@ static void print_header(const verify_options *o, const verify_session *vs)
     const dp_model_config *m = dp_runtime_model(vs->cpu);
     const dp_optimizer_config *opt = &vs->opt;
     int bf16 = m->dtype == DP_DTYPE_BF16;
-    char dp[32] = "";
+    char dp[32] = "", moe[128] = "";
     if (o->c.dp > 1) snprintf(dp, sizeof dp, ", dp %d", o->c.dp);
+    if (o->c.ep > 1) snprintf(dp + strlen(dp), sizeof dp - strlen(dp), ", ep %d", o->c.ep);
+    if (m->moe.experts > 0) {
+        /* which of the layers are MoE: the header's block kind names the others */
+        int total = dp_runtime_schedule(vs->cpu)->num_stages * m->layers_per_stage, n = 0;
+        for (int l = 0; l < total; l++) n += dp_model_layer_kind(m, l) == DP_BLOCK_MOE;
+        snprintf(moe, sizeof moe, " (%d of the %d layers MoE: %d experts, top %d)", n, total, m->moe.experts,
+                 m->moe.topk);
+    }
     printf("dualpipe verify: driver %s against cpu; schedule %s, pp %d%s, chunks %d, hidden %d, ffn %d, tokens %d, "
-           "%d %s block(s) per stage, loss %s, optimizer %s (lr %g), %s, %d step(s), seed %llu\n",
+           "%d %s block(s) per stage%s, loss %s, optimizer %s (lr %g), %s, %d step(s), seed %llu\n",
            o->driver, o->c.schedule, o->c.ranks, dp, o->c.chunks, m->hidden, m->ffn, m->tokens, m->layers_per_stage,
-           blocks[m->block], losses[m->loss], optimizers[opt->kind], (double)opt->lr, dp_dtype_name(m->dtype),
+           blocks[m->block], moe, losses[m->loss], optimizers[opt->kind], (double)opt->lr, dp_dtype_name(m->dtype),
            o->steps, (unsigned long long)m->seed);
     printf("tolerance: losses and gradients |%s - cpu| <= atol x rms of the tensor + rtol x |cpu|:\n", o->driver);
     const verify_tolerance *t[2] = {&vs->loss_tol, &vs->grad_tol};
