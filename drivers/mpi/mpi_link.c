@@ -73,7 +73,8 @@ struct dp_link_world {
     pthread_cond_t progress_wake;
 };
 
-typedef enum { REQ_SEND, REQ_RECV } req_kind;
+/* REQ_MULTI: a collective in flight (iall_to_all_v): its sends and receives as parts */
+typedef enum { REQ_SEND, REQ_RECV, REQ_MULTI } req_kind;
 
 struct dp_request {
     dp_request *next_deferred;
@@ -86,6 +87,8 @@ struct dp_request {
     int counted; /* counted in the world's in_flight */
     MPI_Request mpi;
     dp_status result; /* of a receive that a test found complete */
+    dp_request **parts; /* REQ_MULTI: nparts slots, NULL where nothing was posted */
+    int nparts;
 };
 
 struct dp_link {
@@ -518,9 +521,12 @@ static void drop(dp_link_world *w, dp_request *r)
     }
 }
 
+static dp_status test_multi(dp_link *l, dp_request *r, int *done);
+
 static dp_status mpi_test(dp_link *l, dp_request *r, int *done)
 {
     *done = 0;
+    if (r->kind == REQ_MULTI) return test_multi(l, r, done);
     if (!r->issued) return DP_OK;
     if (r->mpi == MPI_REQUEST_NULL) { /* completed by an earlier test */
         *done = 1;
@@ -538,9 +544,12 @@ static dp_status mpi_test(dp_link *l, dp_request *r, int *done)
     return DP_OK;
 }
 
+static dp_status wait_multi(dp_link *l, dp_request *r);
+
 static dp_status mpi_wait(dp_link *l, dp_request *r)
 {
     dp_link_world *w = l->w;
+    if (r->kind == REQ_MULTI) return wait_multi(l, r);
     if (!r->issued) {
         for (dp_request **p = &l->deferred_head; *p; p = &(*p)->next_deferred)
             if (*p == r) {
@@ -605,23 +614,75 @@ static dp_status wait_all(dp_link *l, dp_request **q, int n)
     return st;
 }
 
-/* Posts a receive from and a send to every other member: recv_at(j)/send_at(j) give the
- * buffers, sizes in bytes. */
-static dp_status exchange(dp_link *l, void *const *rbuf, const size_t *rbytes, const void *const *sbuf,
-                          const size_t *sbytes)
+/* Gives up posted parts without waiting for them (an earlier part failed). */
+static void drop_all(dp_link *l, dp_request **q, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (q[i]) drop(l->w, q[i]), free(q[i]), q[i] = NULL;
+}
+
+/* Posts a receive from and a send to every other member, on the collective channel:
+ * rbuf[j]/sbuf[j] give the buffers, sizes in bytes. q has 2 x size slots (receives, then
+ * sends; NULL for this rank's own). Every member posts its collectives in the same order, and
+ * MPI matches each pair's messages in posting order, so exchanges in flight at once (and
+ * blocking ones between them) never cross. On failure nothing is left posted. */
+static dp_status post_exchange(dp_link *l, void *const *rbuf, const size_t *rbytes, const void *const *sbuf,
+                               const size_t *sbytes, dp_request **q)
 {
     if (l->group_depth > 0) return dp_fail(DP_ERR_INVALID, "mpi link: a collective inside a group");
     int n = l->size;
-    dp_request **q = calloc(2 * (size_t)n, sizeof *q);
-    if (!q) return dp_fail(DP_ERR_NOMEM, "mpi link: out of memory");
     dp_status st = DP_OK;
     for (int j = 0; j < n && st == DP_OK; j++)
         if (j != l->rank) st = post(l, REQ_RECV, NULL, rbuf[j], rbytes[j], j, -1, &q[j]);
     for (int j = 0; j < n && st == DP_OK; j++)
         if (j != l->rank) st = post(l, REQ_SEND, sbuf[j], NULL, sbytes[j], j, -1, &q[n + j]);
-    dp_status s2 = wait_all(l, q, 2 * n);
+    if (st != DP_OK) drop_all(l, q, 2 * n);
+    return st;
+}
+
+static dp_status exchange(dp_link *l, void *const *rbuf, const size_t *rbytes, const void *const *sbuf,
+                          const size_t *sbytes)
+{
+    int n = l->size;
+    dp_request **q = calloc(2 * (size_t)n, sizeof *q);
+    if (!q) return dp_fail(DP_ERR_NOMEM, "mpi link: out of memory");
+    dp_status st = post_exchange(l, rbuf, rbytes, sbuf, sbytes, q);
+    if (st == DP_OK) st = wait_all(l, q, 2 * n);
     free(q);
-    return st != DP_OK ? st : s2;
+    return st;
+}
+
+/* A collective in flight is done once every part is; a part that completed with an error
+ * fails the test (the wait then gives up the rest). */
+static dp_status test_multi(dp_link *l, dp_request *r, int *done)
+{
+    *done = 1;
+    for (int i = 0; i < r->nparts; i++) {
+        dp_request *p = r->parts[i];
+        if (!p) continue;
+        int part_done = 0;
+        if (p->mpi == MPI_REQUEST_NULL) part_done = 1;
+        else DP_CHECK(mpi_test(l, p, &part_done));
+        if (part_done && p->result != DP_OK) {
+            *done = 0;
+            return p->result;
+        }
+        if (!part_done) {
+            *done = 0;
+            return DP_OK; /* mpi_test polled for aborts */
+        }
+    }
+    return DP_OK;
+}
+
+/* Each part in order, with the link's timeout; after a failure the rest are given up (cancelled
+ * and freed), so that one failure costs one timeout, not one per peer. */
+static dp_status wait_multi(dp_link *l, dp_request *r)
+{
+    dp_status st = wait_all(l, r->parts, r->nparts);
+    free(r->parts);
+    free(r);
+    return st;
 }
 
 static dp_status mpi_all_reduce(dp_link *l, const void *send, void *recv, size_t count, dp_dtype t, dp_reduce_op op,
@@ -690,6 +751,48 @@ static dp_status mpi_all_to_all_v(dp_link *l, const void *send, const size_t *se
     dp_status st = exchange(l, rbuf, rb, sbuf, sb);
     free(rbuf), free(sbuf), free(rb);
     return st;
+}
+
+/* all_to_all_v in flight: the receives and sends are posted (MPI reads the send buffer in
+ * place, so the caller keeps it unchanged until the request completes) and the returned request's
+ * test/wait complete them. The progress thread moves large messages meanwhile. */
+static dp_status mpi_iall_to_all_v(dp_link *l, const void *send, const size_t *send_counts,
+                                   const size_t *send_displs, void *recv, const size_t *recv_counts,
+                                   const size_t *recv_displs, size_t elem_bytes, dp_stream *s, dp_request **req)
+{
+    (void)s;
+    *req = NULL;
+    if (l->group_depth > 0) return dp_fail(DP_ERR_INVALID, "mpi link: iall_to_all_v inside a group");
+    int n = l->size, me = l->rank;
+    if (send_counts[me] != recv_counts[me])
+        return dp_fail(DP_ERR_INVALID, "iall_to_all_v: rank %d sends itself %zu elements but expects %zu", me,
+                       send_counts[me], recv_counts[me]);
+    dp_request *m = calloc(1, sizeof *m);
+    dp_request **parts = calloc(2 * (size_t)n, sizeof *parts);
+    void **rbuf = malloc((size_t)n * sizeof *rbuf);
+    const void **sbuf = malloc((size_t)n * sizeof *sbuf);
+    size_t *rb = malloc(2 * (size_t)n * sizeof *rb);
+    dp_status st = DP_OK;
+    if (!m || !parts || !rbuf || !sbuf || !rb)
+        st = dp_fail(DP_ERR_NOMEM, "mpi link: out of memory for an all-to-all of %d ranks", n);
+    if (st == DP_OK) {
+        size_t *sb = rb + n;
+        for (int j = 0; j < n; j++) {
+            rbuf[j] = (char *)recv + recv_displs[j] * elem_bytes, rb[j] = recv_counts[j] * elem_bytes;
+            sbuf[j] = (const char *)send + send_displs[j] * elem_bytes, sb[j] = send_counts[j] * elem_bytes;
+        }
+        if (sb[me]) memmove(rbuf[me], sbuf[me], sb[me]);
+        st = post_exchange(l, rbuf, rb, sbuf, sb, parts);
+    }
+    free(rbuf), free(sbuf), free(rb);
+    if (st != DP_OK) {
+        free(parts), free(m);
+        return st;
+    }
+    m->kind = REQ_MULTI, m->issued = 1, m->parts = parts, m->nparts = 2 * n;
+    m->mpi = MPI_REQUEST_NULL;
+    *req = m;
+    return DP_OK;
 }
 
 static dp_status mpi_barrier(dp_link *l)
@@ -773,4 +876,5 @@ const dp_link_ops dp_mpi_link_ops = {
     .barrier = mpi_barrier,
     .abort = mpi_abort,
     .set_timeout = mpi_set_timeout,
+    .iall_to_all_v = mpi_iall_to_all_v,
 };
