@@ -135,6 +135,12 @@ int main(void)
     expect_cost("F=1,B=x", "not a number");
     expect_cost("Q=1", "unknown cost 'Q'");
     expect_cost("B=1,W=2", "exceeds B");
+    expect_cost("A2AF=-1", "cost A2AF is negative");
+    expect_cost("A2AB=inf", "not a finite number");
+    expect_cost("A2AF=nan", "not a number");
+    expect_cost("A2AB=1e10", "between");
+    expect_cost("A2AF=1e-400", "between");
+    expect_cost("A2A=1", "known: F, B, W, FB, P2P, A2AF, A2AB");
     expect_cost("F", "NAME=VALUE");
     expect_cost("F=inf", "finite");
     expect_cost("B=-inf", "finite");

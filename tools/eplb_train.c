@@ -8,6 +8,7 @@
 
 #include "eplb/eplb.h"
 #include "tools/cli.h"
+#include "tools/expert_load.h"
 
 int eplb_train_init(eplb_train *et, dp_runtime *rt, int every, int window, int ep)
 {
@@ -38,11 +39,7 @@ int eplb_train_add_step(eplb_train *et, dp_runtime *rt)
 {
     size_t row = (size_t)et->layers * (size_t)et->experts;
     int64_t *at = et->ring + (size_t)(et->recorded % et->window) * row;
-    for (int l = 0; l < et->layers; l++)
-        if (dp_runtime_read_expert_load(rt, l, at + (size_t)l * et->experts) != DP_OK) {
-            cli_error("--eplb-every: %s", dp_last_error());
-            return CLI_EXIT_FAIL;
-        }
+    if (expert_load_read_step(rt, et->layers, et->experts, at, "--eplb-every")) return CLI_EXIT_FAIL;
     et->recorded++;
     return 0;
 }

@@ -31,22 +31,26 @@ void expert_load_free(expert_load *el)
     el->counts = NULL;
 }
 
+int expert_load_read_step(dp_runtime *rt, int layers, int experts, int64_t *out, const char *option)
+{
+    for (int l = 0; l < layers; l++)
+        if (dp_runtime_read_expert_load(rt, l, out + (size_t)l * experts) != DP_OK) {
+            cli_error("%s: %s", option, dp_last_error());
+            return CLI_EXIT_FAIL;
+        }
+    return 0;
+}
+
 int expert_load_add_step(expert_load *el, dp_runtime *rt)
 {
-    int64_t *step = malloc(sizeof *step * (size_t)el->experts);
+    size_t row = (size_t)el->layers * (size_t)el->experts;
+    int64_t *step = malloc(sizeof *step * (row ? row : 1));
     if (!step) {
-        cli_error("out of memory for the loads of %d experts", el->experts);
+        cli_error("out of memory for the loads of %d layers x %d experts", el->layers, el->experts);
         return CLI_EXIT_FAIL;
     }
-    int rc = 0;
-    for (int l = 0; l < el->layers && !rc; l++) {
-        if (dp_runtime_read_expert_load(rt, l, step) != DP_OK) {
-            cli_error("--dump-expert-load: %s", dp_last_error());
-            rc = CLI_EXIT_FAIL;
-            break;
-        }
-        for (int e = 0; e < el->experts; e++) el->counts[(size_t)l * el->experts + e] += step[e];
-    }
+    int rc = expert_load_read_step(rt, el->layers, el->experts, step, "--dump-expert-load");
+    for (size_t i = 0; !rc && i < row; i++) el->counts[i] += step[i];
     free(step);
     if (!rc) el->steps++;
     return rc;

@@ -22,6 +22,9 @@ typedef struct {
 /* For the runtime's model: 0, or CLI_EXIT_USAGE having said why (no MoE layer). */
 int expert_load_init(expert_load *el, dp_runtime *rt);
 void expert_load_free(expert_load *el);
+/* The last step's counts of every MoE layer into out[layers x experts] (collective in every
+ * process of a job, as below). 0, or CLI_EXIT_FAIL having said why, naming `option`. */
+int expert_load_read_step(dp_runtime *rt, int layers, int experts, int64_t *out, const char *option);
 /* Adds the last step's counts of every MoE layer (in every process of a job: the reads are
  * collective; the counts arrive in rank 0's). 0, or CLI_EXIT_FAIL having said why. */
 int expert_load_add_step(expert_load *el, dp_runtime *rt);
