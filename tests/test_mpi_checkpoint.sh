@@ -30,8 +30,10 @@ same_files() { # DIR1 DIR2: the same rank files, byte for byte
   [ "$(ls "$1")" = "$(ls "$2")" ]
 }
 
-"$tool" train $small --save "$tmp/whole" --save-every 2 --save-params "$tmp/whole.st" > "$tmp/out" 2>&1
-ok $? "the uninterrupted run in one process"
+"$tool" train $small --save "$tmp/whole" --save-every 2 --save-params "$tmp/whole.st" > "$tmp/whole.out" 2>&1
+status=$?
+ok $status "the uninterrupted run in one process (exit $status)"
+[ $status -eq 0 ] || show "$tmp/whole.out"
 DUALPIPE_FAULT=exit:2:5 timeout 120 mpirun -np 2 "$tool" train $small --driver fault --save "$tmp/ck" --save-every 2 \
   > "$tmp/crash.out" 2>&1
 status=$?
@@ -48,12 +50,17 @@ status=$?
   grep -q "resumed from $tmp/ck/step-00000004" "$tmp/resume.out"
 ok $? "resumed as 2 processes: final parameters and checkpoint byte-identical to the uninterrupted run's (exit $status)"
 [ $status -eq 0 ] || show "$tmp/resume.out"
-timeout 120 mpirun -np 4 "$tool" train $small --resume "$tmp/ck/step-00000004" --save-params "$tmp/four.st" > "$tmp/out" 2>&1 &&
-  cmp -s "$tmp/whole.st" "$tmp/four.st"
-ok $? "resumed as 4 processes x 1 rank: byte-identical final parameters"
-"$tool" train $small --resume "$tmp/ck/step-00000004" --save-params "$tmp/one.st" > "$tmp/out" 2>&1 &&
-  cmp -s "$tmp/whole.st" "$tmp/one.st"
-ok $? "the checkpoint of 2 processes resumed in one: byte-identical final parameters"
+timeout 120 mpirun -np 4 "$tool" train $small --resume "$tmp/ck/step-00000004" --save-params "$tmp/four.st" > "$tmp/four.out" 2>&1
+status=$?
+[ $status -eq 0 ] && cmp -s "$tmp/whole.st" "$tmp/four.st"
+ok $? "resumed as 4 processes x 1 rank: byte-identical final parameters (exit $status)"
+[ $status -eq 0 ] || show "$tmp/four.out"
+[ $status -eq 0 ] && ! cmp -s "$tmp/whole.st" "$tmp/four.st" && grep loss "$tmp/whole.out" "$tmp/four.out" | sed 's/^/# /'
+"$tool" train $small --resume "$tmp/ck/step-00000004" --save-params "$tmp/one.st" > "$tmp/one.out" 2>&1
+status=$?
+[ $status -eq 0 ] && cmp -s "$tmp/whole.st" "$tmp/one.st"
+ok $? "the checkpoint of 2 processes resumed in one: byte-identical final parameters (exit $status)"
+[ $status -eq 0 ] || show "$tmp/one.out"
 # expert parallelism across processes: refused, not written wrong
 timeout 120 mpirun -np 2 "$tool" train --schedule dualpipe --pp 2 --hidden 16 --tokens 4 --threads 1 --steps 1 \
   --experts 4 --topk 2 --ep 2 --save "$tmp/ep" > "$tmp/out" 2>&1
@@ -61,5 +68,6 @@ status=$?
 [ $status -eq 2 ] && grep -q "checkpoints of expert-parallel runs are written and read in one process only" "$tmp/out" &&
   [ ! -e "$tmp/ep/latest" ]
 ok $? "--save with --ep 2 across 2 processes refused (exit $status), nothing written"
+[ $status -eq 2 ] || show "$tmp/out"
 echo "1..$n"
 exit $failed
