@@ -3,8 +3,8 @@
 # schedule a run is killed in the middle of step 5 (tests/driver_fault.c ends the process) after
 # its checkpoint of step 4, resumed, and must end with parameters and a last checkpoint
 # byte-identical to a run that never stopped; the same across rank counts holding the same
-# layers, with bf16 and with sgd. Then the option values and models a resume must refuse, each
-# exit 2 with the reason, and nothing written.
+# layers, with bf16 and with sgd; --keep N leaves the N latest. Then the option values and
+# models a resume must refuse, each exit 2 with the reason, and nothing written.
 top_builddir=${top_builddir:-.}
 tool="$top_builddir/tools/dualpipe"
 DUALPIPE_DRIVER_PATH=$top_builddir/tests/.libs
@@ -97,6 +97,37 @@ ok $? "a line per checkpoint written: $(grep '^checkpoint' "$tmp/out")"
 "$tool" train $small --steps 8 --resume "$tmp/partial" --save "$tmp/partial" -q > "$tmp/out" 2>&1 && ! grep -q '^checkpoint' "$tmp/out"
 ok $? "--quiet prints no checkpoint line"
 
+# --keep N: the N latest checkpoints stay, and each resumes to the uninterrupted run
+"$tool" train $small --schedule dualpipe --pp 4 --save "$tmp/keep" --save-every 1 --keep 2 > "$tmp/keep.out" 2>&1 &&
+  [ "$(ls "$tmp/keep")" = "latest
+step-00000005
+step-00000006" ] && [ "$(grep -c 'older removed (--keep 2)$' "$tmp/keep.out")" = 4 ] &&
+  grep -q '^checkpoint step 6 written to .*; 1 older removed (--keep 2)$' "$tmp/keep.out" &&
+  "$tool" train $small --schedule dualpipe --pp 4 --resume "$tmp/keep/step-00000005" --save-params "$tmp/keep.st" \
+    > "$tmp/out" 2>&1 && cmp -s "$tmp/keep.st" "$tmp/dualpipe/whole.st"
+status=$?
+ok $status "--keep 2 --save-every 1: steps 5 and 6 stay (4 lines say what was removed), step 5 resumes to the same parameters"
+[ $status -eq 0 ] || show "$tmp/keep.out"
+# resumed from an earlier step: later steps' checkpoints (the abandoned run's) are not counted nor removed
+cp -r "$tmp/dualpipe/ck" "$tmp/keep-later"
+"$tool" train $small --schedule dualpipe --pp 4 --steps 5 --resume "$tmp/keep-later/step-00000002" \
+  --save "$tmp/keep-later" --save-every 1 --keep 1 > "$tmp/out" 2>&1 &&
+  [ "$(ls "$tmp/keep-later")" = "latest
+step-00000005
+step-00000006" ] && [ "$(cat "$tmp/keep-later/latest")" = step-00000005 ]
+ok $? "--keep 1 after a resume from step 2: steps 3 and 4 go, step 6 of the earlier run stays, latest is step 5"
+# a checkpoint that cannot be removed is warned of; training goes on and its checkpoints are written
+cp -r "$tmp/dualpipe/ck" "$tmp/keep-stuck"
+mkdir "$tmp/keep-stuck/step-00000002/not-mine"
+"$tool" train $small --schedule dualpipe --pp 4 --steps 7 --resume "$tmp/keep-stuck" --save "$tmp/keep-stuck" \
+  --keep 1 > "$tmp/out" 2>&1
+status=$?
+[ $status -eq 0 ] && grep -q "warning: --keep: cannot remove the checkpoint $tmp/keep-stuck/step-00000002: .*; what is left of it is $tmp/keep-stuck/step-00000002.removing" "$tmp/out" &&
+  [ "$(cat "$tmp/keep-stuck/latest")" = step-00000007 ] && [ ! -e "$tmp/keep-stuck/step-00000004" ] &&
+  [ ! -e "$tmp/keep-stuck/step-00000006" ] && [ ! -e "$tmp/keep-stuck/step-00000002" ]
+ok $? "--keep 1 with an old checkpoint it cannot remove: warned (exit $status), the others removed, step 7 written"
+[ $status -eq 0 ] || show "$tmp/out"
+
 # ---------------------------------------------------------------------------- refusals
 # refuse WHAT PATTERN ARGS...: exit 2, the message matching PATTERN, nothing created in $tmp/out.d
 refuse() {
@@ -112,6 +143,11 @@ refuse "--save-every -3" "--save-every" --save "$tmp/out.d" --save-every -3
 refuse "--save-every huge" "--save-every" --save "$tmp/out.d" --save-every 99999999999
 refuse "--save-every not a number" "--save-every" --save "$tmp/out.d" --save-every 2x
 refuse "--save-every without --save" "needs --save" --save-every 2
+refuse "--keep 0" "--keep must be between 1" --save "$tmp/out.d" --keep 0
+refuse "--keep -1" "--keep must be between 1" --save "$tmp/out.d" --keep -1
+refuse "--keep huge" "--keep must be between 1" --save "$tmp/out.d" --keep 99999999999
+refuse "--keep not a number" "--keep expects a whole number" --save "$tmp/out.d" --keep 1.5
+refuse "--keep without --save" "--keep needs --save" --keep 2
 echo data > "$tmp/regular"
 refuse "--save to a regular file" "not a directory (a regular file)" --save "$tmp/regular"
 if mknod "$tmp/null" c 1 3 2>/dev/null; then

@@ -3,7 +3,8 @@
 # each process writes its own ranks' files and the process of rank 0 the index, so the
 # checkpoint is byte-identical to one written by a single process; a job whose rank exits in
 # step 5 (tests/driver_fault.c) resumes from its checkpoint of step 4, as 2 or 4 processes or
-# as one, to parameters byte-identical to a run that never stopped. Skipped where the build
+# as one, to parameters byte-identical to a run that never stopped; --keep removes old ones in
+# the process of rank 0 only. Skipped where the build
 # has no MPI, no mpirun, or runs under sanitizers.
 top_builddir=${top_builddir:-.}
 tool="$top_builddir/tools/dualpipe"
@@ -61,6 +62,13 @@ status=$?
 [ $status -eq 0 ] && cmp -s "$tmp/whole.st" "$tmp/one.st"
 ok $? "the checkpoint of 2 processes resumed in one: byte-identical final parameters (exit $status)"
 [ $status -eq 0 ] || show "$tmp/one.out"
+# --keep under mpirun: the process of rank 0 removes the old checkpoints once all have written
+timeout 120 mpirun -np 2 "$tool" train $small --steps 3 --save "$tmp/keep" --save-every 1 --keep 1 > "$tmp/keep.out" 2>&1
+status=$?
+[ $status -eq 0 ] && [ "$(ls "$tmp/keep")" = "latest
+step-00000003" ] && [ "$(grep -c 'older removed (--keep 1)$' "$tmp/keep.out")" = 2 ]
+ok $? "--keep 1 as 2 processes: only the checkpoint of step 3 stays, 2 lines say what was removed (exit $status)"
+[ $status -eq 0 ] || show "$tmp/keep.out"
 # expert parallelism across processes: refused, not written wrong
 timeout 120 mpirun -np 2 "$tool" train --schedule dualpipe --pp 2 --hidden 16 --tokens 4 --threads 1 --steps 1 \
   --experts 4 --topk 2 --ep 2 --save "$tmp/ep" > "$tmp/out" 2>&1

@@ -413,7 +413,63 @@ out:
     return rc;
 }
 
-int checkpoint_save(dp_runtime *rt, const checkpoint_run *run, const char *dir, int step, int quiet)
+static int compare_ints(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+/* --keep: removes DIR's checkpoints of steps below `step` but the keep - 1 latest of them.
+ * Each is renamed out of the step-N names first (step-N.removing), so that one removed halfway
+ * is never taken for a checkpoint. Returns how many were removed; those that could not be are
+ * warned of. */
+static int remove_older(const char *dir, int step, int keep)
+{
+    DIR *d = opendir(dir);
+    if (!d) {
+        cli_warn("--keep: cannot list %s to remove old checkpoints: %s", dir, strerror(errno));
+        return 0;
+    }
+    int *steps = NULL, n = 0, cap = 0, s;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        char p[4096];
+        struct stat sb;
+        join(p, sizeof p, dir, e->d_name);
+        if (!is_step_name(e->d_name, &s) || s >= step || stat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)) continue;
+        if (n == cap) {
+            int *grown = realloc(steps, (size_t)(cap = cap ? 2 * cap : 16) * sizeof *steps);
+            if (!grown) {
+                cli_warn("--keep: out of memory listing the checkpoints of %s; none removed", dir);
+                free(steps), closedir(d);
+                return 0;
+            }
+            steps = grown;
+        }
+        steps[n++] = s;
+    }
+    closedir(d);
+    qsort(steps, (size_t)n, sizeof *steps, compare_ints);
+    int removed = 0;
+    for (int i = 0; i < n - (keep - 1); i++) {
+        char name[64], path[4096], doomed[4096];
+        snprintf(name, sizeof name, "step-%08d", steps[i]);
+        join(path, sizeof path, dir, name);
+        suffixed(doomed, sizeof doomed, path, ".removing");
+        if (rename(path, doomed) != 0)
+            cli_warn("--keep: cannot remove the checkpoint %s: %s (remove it by hand)", path, strerror(errno));
+        else if (remove_checkpoint_dir(doomed) != 0)
+            cli_warn("--keep: cannot remove the checkpoint %s: %s; what is left of it is %s (remove it by hand)", path,
+                     strerror(errno), doomed);
+        else
+            removed++;
+    }
+    free(steps);
+    if (removed && sync_dir(dir) != 0) cli_warn("--keep: cannot sync %s: %s", dir, strerror(errno));
+    return removed;
+}
+
+int checkpoint_save(dp_runtime *rt, const checkpoint_run *run, const char *dir, int step, int keep, int quiet)
 {
     double t0 = dp_now_ms();
     char partial[4096];
@@ -434,9 +490,13 @@ int checkpoint_save(dp_runtime *rt, const checkpoint_run *run, const char *dir, 
     if (rc || !dp_runtime_is_root(rt)) return rc;
     uint64_t bytes = 0;
     if ((rc = finish_checkpoint(rt, run, dir, partial, step, &bytes)) != 0) return rc;
-    if (!quiet)
-        printf("checkpoint step %d written to %s/step-%08d: %d files, %llu bytes, %.1f ms\n", step, dir, step,
+    int removed = keep > 0 ? remove_older(dir, step, keep) : 0;
+    if (!quiet) {
+        printf("checkpoint step %d written to %s/step-%08d: %d files, %llu bytes, %.1f ms", step, dir, step,
                dp_runtime_schedule(rt)->num_ranks + 1, (unsigned long long)bytes, dp_now_ms() - t0);
+        if (removed) printf("; %d older removed (--keep %d)", removed, keep);
+        printf("\n");
+    }
     fflush(stdout);
     return 0;
 }

@@ -31,9 +31,12 @@ typedef struct {
 int checkpoint_prepare(const char *dir, int resuming);
 
 /* Writes rt's state after `step` steps as DIR/step-<step>: called in every process of the job
- * (each writes its ranks' files; the root finishes). Prints a line (step, directory, bytes,
- * time) unless quiet. 0, or the exit code having said why. */
-int checkpoint_save(dp_runtime *rt, const checkpoint_run *run, const char *dir, int step, int quiet);
+ * (each writes its ranks' files; the root finishes). With keep > 0 the root then removes DIR's
+ * checkpoints of earlier steps but the keep - 1 latest of them (checkpoints of later steps, left
+ * by a run that was resumed from an earlier one, are neither counted nor removed); one that
+ * cannot be removed is warned of, not fatal. Prints a line (step, directory, bytes, time, and
+ * what was removed) unless quiet. 0, or the exit code having said why. */
+int checkpoint_save(dp_runtime *rt, const checkpoint_run *run, const char *dir, int step, int keep, int quiet);
 
 /* The checkpoint --resume DIR means: DIR itself when it holds an index.json, else the one
  * DIR/latest names, else DIR's step-N directory of the highest N. Written to path (size bytes).

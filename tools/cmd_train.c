@@ -53,7 +53,7 @@ static int compare_params(dp_runtime *rt, dp_reference *ref, differences *df)
 
 enum { O_HIDDEN = CLI_LONG_ONLY, O_TOKENS, O_LAYERS, O_BLOCK, O_LOSS, O_SEED, O_OPT, O_LR, O_WD, O_MOM, O_THREADS,
        O_TIMEOUT, O_TRACE, O_VERIFY, O_SPREAD, O_DTYPE, O_SERIAL_PAIRS, O_NO_OVERLAP, O_TF32, O_INIT, O_DATA, O_SAVE_PARAMS, O_DP,
-       O_SAVE, O_SAVE_EVERY, O_RESUME, O_SAVE_OUTPUTS, O_DUMP_LOAD,
+       O_SAVE, O_SAVE_EVERY, O_KEEP, O_RESUME, O_SAVE_OUTPUTS, O_DUMP_LOAD,
        O_EP, O_EPLB_EVERY, O_EPLB_WINDOW, O_MOE, O_MOE_END = O_MOE + CLI_MOE_NUM };
 
 static const cli_option options[] = {
@@ -112,6 +112,8 @@ static const cli_option options[] = {
                                       "safetensors file per pipeline rank and an index.json; at the\n"
                                       "end, and every --save-every steps"},
     {O_SAVE_EVERY, 0, "save-every", "N", .help = "with --save: a checkpoint every N steps too"},
+    {O_KEEP, 0, "keep", "N", .help = "with --save: keep the N latest checkpoints in DIR, removing\n"
+                                     "older ones as new ones are written (default: all)"},
     {O_RESUME, 0, "resume", "DIR", .help = "continue from the last checkpoint in DIR (or DIR itself, a\n"
                                            "step-N directory), on any schedule and --pp holding the same\n"
                                            "layers; --steps counts from the run's start"},
@@ -147,7 +149,7 @@ typedef struct {
     const char *load_path;                            /* --dump-expert-load */
     int eplb_every, eplb_window;                      /* --eplb-every, --eplb-window (0: none) */
     int32_t *identity_plan;                           /* the placement --eplb-every starts from without --eplb-plan */
-    int save_every;
+    int save_every, keep; /* --save-every, --keep (0: every checkpoint stays) */
     int first_step; /* steps already taken: those of the checkpoint resumed from */
     char resumed_from[4096];
 } train_options;
@@ -239,6 +241,9 @@ static int parse_options(int argc, char **argv, train_options *o)
         case O_SAVE_EVERY:
             if (cli_parse_int("--save-every", p.value, 1, 1 << 24, &o->save_every)) return CLI_EXIT_USAGE;
             break;
+        case O_KEEP:
+            if (cli_parse_int("--keep", p.value, 1, 1 << 24, &o->keep)) return CLI_EXIT_USAGE;
+            break;
         case O_RESUME: o->resume_dir = p.value; break;
         case O_SAVE_OUTPUTS: o->outputs_path = p.value; break;
         case O_DUMP_LOAD: o->load_path = p.value; break;
@@ -261,8 +266,8 @@ static int parse_options(int argc, char **argv, train_options *o)
         }
     }
     if (cli_no_operands(&p) || cli_moe_check(c, moe_given)) return CLI_EXIT_USAGE;
-    if (o->save_every && !o->save_dir) {
-        cli_error("--save-every needs --save DIR: the directory the checkpoints go to");
+    if ((o->save_every || o->keep) && !o->save_dir) {
+        cli_error("%s needs --save DIR: the directory the checkpoints go to", o->save_every ? "--save-every" : "--keep");
         return CLI_EXIT_USAGE;
     }
     if (o->resume_dir && o->init_path) {
@@ -397,7 +402,7 @@ static const char *data_source(const train_options *o) { return o->data_path ? "
 static int save_checkpoint(const train_options *o, train_state *t, int step)
 {
     checkpoint_run run = {&o->c, data_source(o)};
-    return checkpoint_save(t->rt, &run, o->save_dir, step, o->quiet);
+    return checkpoint_save(t->rt, &run, o->save_dir, step, o->keep, o->quiet);
 }
 
 /* 0, or nonzero (the exit code) having said why a step failed. */
