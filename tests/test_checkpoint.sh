@@ -174,6 +174,8 @@ mck="$tmp/moe/ck"
 grep -q '"moe": {"experts": 4, "topk": 2, "groups": 2, "topk_groups": 1' "$mck/step-00000004/index.json" &&
   grep -q 'layers.1.gate.bias' "$mck/step-00000004/rank-1.safetensors"
 ok $? "an MoE checkpoint's index records the routing; its files hold the balancing bias"
+grep -q '"run": {"schedule": "dualpipev", "pp": 2, "dp": 1, "ep": 2, "chunks": 8}' "$tmp/moe-ep2/ck/step-00000004/index.json"
+ok $? "the index of a run with --ep 2 records dp 1 and ep 2"
 refuse "resume an MoE model with another top-k" "top-k 2 in its MoE layers, this run's --topk is 1" --resume "$mck" $moe --topk 1 --expert-hidden 32
 refuse "resume an MoE model with other groups" "expert groups 2 in its MoE layers, this run's --groups is 1" --resume "$mck" $moe --groups 1
 refuse "resume an MoE model with another route scale" "route scale 1 in its MoE layers, this run's --route-scale is 2.5" --resume "$mck" $moe --route-scale 2.5

@@ -99,11 +99,20 @@ refuse "a missing tensor" "no file holds tensor \"$tensor\" (missing)" python --
   'python3 "$tmp/tamper.py" "$d/rank-1.safetensors" "\"$tensor\"" "\"layers.1.linear1.other\""'
 refuse "a tensor in two files" "tensor \"layers.0.linear1.weight\" is both in" python -- \
   'python3 "$tmp/tamper.py" "$d/rank-1.safetensors" "\"$tensor\"" "\"layers.0.linear1.weight\""'
+refuse "an index whose ep is 0" "\"run.ep\" must be a whole number from 1" -- \
+  'sed -i "s/\"ep\": 1/\"ep\": 0/" "$d/index.json"'
+refuse "an index whose ep is not a number" "\"run.ep\" must be a number" -- \
+  'sed -i "s/\"ep\": 1/\"ep\": \"1\"/" "$d/index.json"'
 # the damaged checkpoint is never passed over for an older one: refused, not resumed from step 2
 refuse "latest naming a damaged checkpoint" "checksum mismatch" -- \
   'printf "\\377" | dd of="$d/rank-0.safetensors" bs=1 seek=3000 conv=notrunc 2>/dev/null'
 # and the good ones resume
 "$tool" train $small --steps 6 --resume "$tmp/good" > "$tmp/out" 2>&1 && grep -q "resumed from $tmp/good/$step" "$tmp/out"
 ok $? "the undamaged checkpoint resumes"
+# an index written before "ep" was recorded (none: 1) resumes alike
+rm -rf "$tmp/noep" && cp -r "$tmp/good" "$tmp/noep" && sed -i 's/"ep": 1, //' "$tmp/noep/$step/index.json" &&
+  ! grep -q '"ep"' "$tmp/noep/$step/index.json" &&
+  "$tool" train $small --steps 6 --resume "$tmp/noep" > "$tmp/out" 2>&1 && grep -q "resumed from $tmp/noep/$step" "$tmp/out"
+ok $? "an index without \"ep\" (an older checkpoint's) resumes"
 echo "1..$n"
 exit $failed

@@ -304,7 +304,8 @@ static void describe_run(const checkpoint_run *run, dp_runtime *rt, int step, ch
     x->lr = o->lr, x->weight_decay = o->weight_decay, x->momentum = o->momentum;
     x->beta1 = o->beta1, x->beta2 = o->beta2, x->eps = o->eps;
     snprintf(x->schedule, sizeof x->schedule, "%s", s->name);
-    x->pp = s->num_ranks, x->dp = dp_runtime_replicas(rt), x->chunks = c->chunks;
+    x->pp = s->num_ranks, x->chunks = c->chunks;
+    x->dp = c->dp > 1 ? c->dp : 1, x->ep = c->ep > 1 ? c->ep : 1;
     snprintf(x->data_source, sizeof x->data_source, "%s", run->data_source);
     x->data_position = step;
 }

@@ -86,7 +86,7 @@ char *checkpoint_index_format(const checkpoint_index *x, size_t *size)
         x->lr, x->weight_decay, x->momentum, x->beta1, x->beta2, x->eps);
     put(&t, "  \"run\": {\"schedule\": ");
     put_string(&t, x->schedule);
-    put(&t, ", \"pp\": %d, \"dp\": %d, \"chunks\": %d},\n", x->pp, x->dp, x->chunks);
+    put(&t, ", \"pp\": %d, \"dp\": %d, \"ep\": %d, \"chunks\": %d},\n", x->pp, x->dp, x->ep, x->chunks);
     put(&t, "  \"data\": {\"source\": ");
     put_string(&t, x->data_source);
     put(&t, ", \"position\": %d},\n  \"files\": [\n", x->data_position);
@@ -324,6 +324,9 @@ int checkpoint_index_parse(const char *bytes, size_t size, const char *path, che
     get_string(&r, run, "schedule", "run.schedule", x->schedule, sizeof x->schedule, &bad);
     get_int(&r, run, "pp", "run.pp", 1, 1 << 20, &x->pp, &bad);
     get_int(&r, run, "dp", "run.dp", 1, 1 << 20, &x->dp, &bad);
+    /* "ep" is there in checkpoints written since expert parallelism was recorded apart from dp */
+    x->ep = 1;
+    if (!bad && run && json_member(run, "ep")) get_int(&r, run, "ep", "run.ep", 1, 1 << 20, &x->ep, &bad);
     get_int(&r, run, "chunks", "run.chunks", 1, 1 << 20, &x->chunks, &bad);
     const json_value *d = member(&r, top, "data", "data", JSON_OBJECT, &bad);
     get_string(&r, d, "source", "data.source", x->data_source, sizeof x->data_source, &bad);

@@ -38,7 +38,7 @@ typedef struct {
     double lr, weight_decay, momentum, beta1, beta2, eps;
     /* how the run was laid out and fed (a resumed run may differ) */
     char schedule[32];
-    int pp, dp, chunks;
+    int pp, dp, ep, chunks; /* ep: 1 where the index has none (written before it was recorded) */
     char data_source[16]; /* "teacher" or "file" */
     int data_position;    /* batches consumed: the next is batch data_position + 1 */
     int num_files;

@@ -347,7 +347,7 @@ def model_args(index, extra=None):
     """dualpipe train's options for the checkpoint's model on one pipeline rank holding every
     layer (with --train-options' --dp or --ep, as many pipelines sharing the global batch)"""
     m, o, r = index["model"], index["optimizer"], index["run"]
-    chunks, pipes = r["chunks"] * r["dp"], replicas_in(extra)
+    chunks, pipes = r["chunks"] * r["dp"] * r.get("ep", 1), replicas_in(extra)
     if chunks % pipes:
         raise BadCheckpoint("the checkpoint's %d micro-batches per step do not divide over %d pipelines (--train-options)"
                             % (chunks, pipes))
@@ -457,7 +457,7 @@ def step_data(torch, model, index, near, seed):
     """inputs [chunks, tokens, hidden] and targets for one step, drawn so that no token's routing
     is within `near` of a tie (rows redrawn until none is): then both sides route alike"""
     m, r = index["model"], index["run"]
-    shape = (r["chunks"] * r["dp"], m["tokens"], m["hidden"])
+    shape = (r["chunks"] * r["dp"] * r.get("ep", 1), m["tokens"], m["hidden"])
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=g)
     for _ in range(100):
