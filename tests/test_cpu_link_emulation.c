@@ -1,7 +1,9 @@
 /* test_cpu_link_emulation.c: $DUALPIPE_CPU_LINK gives the cpu link a network's latency and
  * bandwidth. The delays are lower bounds that always hold (a message never arrives before its
- * latency plus its bytes over the bandwidth, a rank's sends leave one after another), so these
- * checks cannot be upset by a busy machine; the data arrive unchanged; bad values are refused. */
+ * latency plus its bytes over the bandwidth, a rank's sends leave one after another) when each
+ * rank's time is counted from one instant before either rank starts (from its own start, a rank
+ * the scheduler held back would find its peer's messages sent long before), so these checks
+ * cannot be upset by a busy machine; the data arrive unchanged; bad values are refused. */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
 #include <stdlib.h>
@@ -25,7 +27,8 @@ typedef struct {
     int rank, kind; /* kind 0: ping-pong of 4 bytes, 1: two large sends from rank 0, 2: all_to_all_v */
     size_t bytes;
     int intact;
-    double ms;
+    double t0; /* before either rank starts, so before any message is posted */
+    double ms; /* from t0 to this rank's end */
     dp_status st;
 } ctx;
 
@@ -38,7 +41,6 @@ static void *rank_main(void *arg)
     if (c->st != DP_OK) return NULL;
     unsigned char *buf = malloc(c->bytes * 2 + 8);
     dp_request *q = NULL;
-    double t0 = now_ms();
     if (c->kind == 0) {
         int32_t v = 7;
         for (int i = 0; i < 4 && c->st == DP_OK; i++) {
@@ -82,7 +84,7 @@ static void *rank_main(void *arg)
             c->intact &= recv[i] == (unsigned char)((i / c->bytes) * 100 + c->rank * c->bytes + i % c->bytes);
         free(recv);
     }
-    c->ms = now_ms() - t0;
+    c->ms = now_ms() - c->t0;
     free(buf);
     L->close(l);
     return NULL;
@@ -95,8 +97,9 @@ static void run(int kind, size_t bytes, ctx out[2])
     out[0].st = out[1].st = L->world_create(&wc, &w);
     if (out[0].st != DP_OK) return;
     pthread_t th[2];
+    double t0 = now_ms();
     for (int r = 0; r < 2; r++) {
-        out[r] = (ctx){.w = w, .rank = r, .kind = kind, .bytes = bytes};
+        out[r] = (ctx){.w = w, .rank = r, .kind = kind, .bytes = bytes, .t0 = t0};
         pthread_create(&th[r], NULL, rank_main, &out[r]);
     }
     for (int r = 0; r < 2; r++) pthread_join(th[r], NULL);
