@@ -118,14 +118,16 @@ step-00000006" ] && [ "$(cat "$tmp/keep-later/latest")" = step-00000005 ]
 ok $? "--keep 1 after a resume from step 2: steps 3 and 4 go, step 6 of the earlier run stays, latest is step 5"
 # a checkpoint that cannot be removed is warned of; training goes on and its checkpoints are written
 cp -r "$tmp/dualpipe/ck" "$tmp/keep-stuck"
-mkdir "$tmp/keep-stuck/step-00000002/not-mine"
+mkdir "$tmp/keep-stuck/step-00000002/not-mine" "$tmp/precious" && echo keep > "$tmp/precious/file" &&
+  ln -s "$tmp/precious" "$tmp/keep-stuck/step-00000001"
 "$tool" train $small --schedule dualpipe --pp 4 --steps 7 --resume "$tmp/keep-stuck" --save "$tmp/keep-stuck" \
   --keep 1 > "$tmp/out" 2>&1
 status=$?
 [ $status -eq 0 ] && grep -q "warning: --keep: cannot remove the checkpoint $tmp/keep-stuck/step-00000002: .*; what is left of it is $tmp/keep-stuck/step-00000002.removing" "$tmp/out" &&
   [ "$(cat "$tmp/keep-stuck/latest")" = step-00000007 ] && [ ! -e "$tmp/keep-stuck/step-00000004" ] &&
-  [ ! -e "$tmp/keep-stuck/step-00000006" ] && [ ! -e "$tmp/keep-stuck/step-00000002" ]
-ok $? "--keep 1 with an old checkpoint it cannot remove: warned (exit $status), the others removed, step 7 written"
+  [ ! -e "$tmp/keep-stuck/step-00000006" ] && [ ! -e "$tmp/keep-stuck/step-00000002" ] &&
+  [ -L "$tmp/keep-stuck/step-00000001" ] && [ "$(cat "$tmp/precious/file")" = keep ]
+ok $? "--keep 1 with an old checkpoint it cannot remove: warned (exit $status), the others removed, step 7 written; a link named step-00000001 left alone, and what it points to"
 [ $status -eq 0 ] || show "$tmp/out"
 
 # ---------------------------------------------------------------------------- refusals

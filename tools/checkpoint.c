@@ -437,7 +437,8 @@ static int remove_older(const char *dir, int step, int keep)
         char p[4096];
         struct stat sb;
         join(p, sizeof p, dir, e->d_name);
-        if (!is_step_name(e->d_name, &s) || s >= step || stat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)) continue;
+        /* lstat: a link named like a checkpoint is not ours to empty */
+        if (!is_step_name(e->d_name, &s) || s >= step || lstat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)) continue;
         if (n == cap) {
             int *grown = realloc(steps, (size_t)(cap = cap ? 2 * cap : 16) * sizeof *steps);
             if (!grown) {
