@@ -98,13 +98,8 @@ done <<EOF
 EOF
 
 # the mpi link: in this process alone, then under mpirun
-if ! grep -q '^#define HAVE_MPI 1' "$top_builddir/config.h" 2>/dev/null; then
-  why="this build has no MPI (install libopenmpi-dev openmpi-bin and configure again)"
-elif ! command -v mpirun >/dev/null 2>&1; then why="no mpirun on PATH"
-else case "${sanitizers:-no}" in
-  no|"") why="" ;;
-  *) why="MPI's own allocations and threads are not instrumented (-fsanitize=$sanitizers)" ;;
-esac; fi
+. "${top_srcdir:-.}/tests/mpi_env.sh"
+why=$(mpi_missing)
 if [ -n "$why" ]; then
   ok 0 "the mpi link # SKIP $why"
   echo "1..$n"
@@ -119,9 +114,6 @@ ok $? "the mpi link in one process, 2 rank threads, every op checked: #wrong 0 (
 [ $status = 2 ] && grep -q 'at most 8 rank threads per process' "$tmp/err"
 ok $? "the mpi link with 9 rank threads in a process: refused, exit 2 ($(head -n 1 "$tmp/err"))"
 
-# mpirun refuses root unless told, and this machine may have fewer cores than processes
-OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM OMPI_MCA_rmaps_base_oversubscribe
 for case in "1 " "2 --link mpi"; do
   set -- $case
   per=$1; shift

@@ -4,16 +4,9 @@
 # pending barrier, its later calls and its aborted() query all name rank 0 and its reason.
 # Skipped where the build has no MPI or no mpirun, and under the sanitizers.
 top_builddir=${top_builddir:-.}
-if ! grep -q '^#define HAVE_MPI 1' "$top_builddir/config.h" 2>/dev/null; then
-  echo "1..0 # SKIP this build has no MPI (install libopenmpi-dev openmpi-bin and configure again)"; exit 0
-fi
-if ! command -v mpirun >/dev/null 2>&1; then echo "1..0 # SKIP no mpirun on PATH"; exit 0; fi
-case "${sanitizers:-no}" in
-  no|"") ;;
-  *) echo "1..0 # SKIP MPI's own allocations and threads are not instrumented (-fsanitize=$sanitizers)"; exit 0 ;;
-esac
-OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM OMPI_MCA_rmaps_base_oversubscribe
+. "${top_srcdir:-.}/tests/mpi_env.sh"
+why=$(mpi_missing)
+if [ -n "$why" ]; then echo "1..0 # SKIP $why"; exit 0; fi
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
 

@@ -8,16 +8,9 @@
 # has no MPI, no mpirun, or runs under sanitizers.
 top_builddir=${top_builddir:-.}
 tool="$top_builddir/tools/dualpipe"
-if ! grep -q '^#define HAVE_MPI 1' "$top_builddir/config.h" 2>/dev/null; then
-  echo "1..0 # SKIP this build has no MPI (install libopenmpi-dev openmpi-bin and configure again)"; exit 0
-fi
-if ! command -v mpirun >/dev/null 2>&1; then echo "1..0 # SKIP no mpirun on PATH"; exit 0; fi
-case "${sanitizers:-no}" in
-  no|"") ;;
-  *) echo "1..0 # SKIP MPI's own allocations and threads are not instrumented (-fsanitize=$sanitizers)"; exit 0 ;;
-esac
-OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM OMPI_MCA_rmaps_base_oversubscribe
+. "${top_srcdir:-.}/tests/mpi_env.sh"
+why=$(mpi_missing)
+if [ -n "$why" ]; then echo "1..0 # SKIP $why"; exit 0; fi
 DUALPIPE_DRIVER_PATH=$top_builddir/tests/.libs
 export DUALPIPE_DRIVER_PATH
 tmp=$(mktemp -d) || exit 1

@@ -120,10 +120,9 @@ fi
 
 # under mpirun, each ep rank's pipeline in its own process: the placement planned in rank 0's
 # process travels to the other, the experts cross processes, and the run stays bit-equal
-case "${sanitizers:-no}" in no|"") san=no ;; *) san=yes ;; esac
-if command -v mpirun > /dev/null 2>&1 && [ $san = no ]; then
-  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-  export OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM OMPI_MCA_rmaps_base_oversubscribe
+. "${top_srcdir:-.}/tests/mpi_env.sh"
+why=$(mpi_missing)
+if [ -z "$why" ]; then
   timeout 120 mpirun -np 2 "$dp" train $small $moe --steps 4 --schedule dualpipev --ep 2 --eplb-every 1 --verify \
     > "$tmp/out" 2> "$tmp/err"
   rc=$?
@@ -134,7 +133,7 @@ if command -v mpirun > /dev/null 2>&1 && [ $san = no ]; then
     skip "this build runs no MPI job ($(head -n 1 "$tmp/err"))"
   fi
 else
-  skip "no mpirun, or a sanitizer build"
+  skip "$why"
 fi
 
 # refused before any step runs

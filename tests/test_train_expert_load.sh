@@ -112,10 +112,9 @@ rc=$?; [ $rc -eq 2 ] && grep -q 'past the 16777216' "$tmp/err"
 ok $? "a step of more than 2^24 tokens: exit 2 ($rc): $(cat "$tmp/err")"
 
 # under mpirun: the same counts as in one process, written by rank 0's process
-case "${sanitizers:-no}" in no|"") san=no ;; *) san=yes ;; esac
-if command -v mpirun > /dev/null 2>&1 && [ $san = no ]; then
-  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-  export OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM OMPI_MCA_rmaps_base_oversubscribe
+. "${top_srcdir:-.}/tests/mpi_env.sh"
+why=$(mpi_missing)
+if [ -z "$why" ]; then
   "$dp" train $small $moe --steps 2 --schedule dualpipev --ep 2 --dump-expert-load "$tmp/one.json" > /dev/null 2>&1
   timeout 120 mpirun -np 2 "$dp" train $small $moe --steps 2 --schedule dualpipev --ep 2 \
     --dump-expert-load "$tmp/mpi.json" > "$tmp/out" 2> "$tmp/err"
@@ -127,7 +126,7 @@ if command -v mpirun > /dev/null 2>&1 && [ $san = no ]; then
     skip "this build runs no MPI job ($(head -n 1 "$tmp/err"))"
   fi
 else
-  skip "no mpirun, or a sanitizer build"
+  skip "$why"
 fi
 
 echo "1..$n"

@@ -104,12 +104,9 @@ fi
 # --ep 2, overlapped and not: the same losses and bytes, and the exposed waits reported (no
 # timings asserted: the emulated network applies to the cpu link only). Skipped where the build
 # has no MPI or no mpirun, and in sanitizer builds (MPI's own allocations are not instrumented).
-case "${sanitizers:-no}" in no|"") san=no ;; *) san=yes ;; esac
-if grep -q '^#define HAVE_MPI 1' "${top_builddir:-.}/config.h" 2>/dev/null && command -v mpirun > /dev/null 2>&1 &&
-   [ $san = no ]; then
-  # mpirun refuses root unless told, and this machine may have fewer cores than processes
-  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-  export OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM OMPI_MCA_rmaps_base_oversubscribe
+. "${top_srcdir:-.}/tests/mpi_env.sh"
+why=$(mpi_missing)
+if [ -z "$why" ]; then
   DUALPIPE_DRIVER_PATH=${top_builddir:-.}/tests/.libs
   export DUALPIPE_DRIVER_PATH
   timeout 120 mpirun -n 2 "$dp" train $small $moe --schedule dualpipe --ep 2 --save-params "$tmp/on.st" > "$tmp/on" 2> "$tmp/err"
@@ -124,7 +121,7 @@ if grep -q '^#define HAVE_MPI 1' "${top_builddir:-.}/config.h" 2>/dev/null && co
   grep -q '^of which waiting for expert all-to-alls.*(overlap on)' "$tmp/on" && grep -q '^of which waiting for expert all-to-alls.*(overlap off)' "$tmp/off"
   ok $? "and both report their exposed all-to-all: $(grep -h '^of which' "$tmp/on" "$tmp/off" | tr '\n' ' ')"
 else
-  ok 0 "mpirun -n 2, --pp 2 --ep 2 over the mpi link # SKIP no MPI in this build, no mpirun, or a sanitizer build"
-  ok 0 "and both report their exposed all-to-all # SKIP no MPI in this build, no mpirun, or a sanitizer build"
+  ok 0 "mpirun -n 2, --pp 2 --ep 2 over the mpi link # SKIP $why"
+  ok 0 "and both report their exposed all-to-all # SKIP $why"
 fi
 echo "1..$n"

@@ -14,6 +14,9 @@ engine_libdualpipe_la_SOURCES += drivers/mpi/mpi_absent.c
 endif
 EXTRA_DIST += drivers/mpi/mpi_start.c drivers/mpi/mpi_link.c drivers/mpi/mpi_bootstrap.c drivers/mpi/mpi_absent.c
 
+# what the tests that run under mpirun share: when they can run, and Open MPI's settings
+EXTRA_DIST += tests/mpi_env.sh
+
 # `dualpipe train` under mpirun: schedules bit-equal, processes refused, faults ending the job
 TESTS += tests/test_mpi_train.sh
 EXTRA_DIST += tests/test_mpi_train.sh
