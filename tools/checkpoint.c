@@ -451,7 +451,7 @@ static int remove_older(const char *dir, int step, int keep)
         steps[n++] = s;
     }
     closedir(d);
-    qsort(steps, (size_t)n, sizeof *steps, compare_ints);
+    if (n > 1) qsort(steps, (size_t)n, sizeof *steps, compare_ints);
     int removed = 0;
     for (int i = 0; i < n - (keep - 1); i++) {
         char name[64], path[4096], doomed[4096];
