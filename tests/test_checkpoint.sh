@@ -130,6 +130,47 @@ status=$?
 ok $? "--keep 1 with an old checkpoint it cannot remove: warned (exit $status), the others removed, step 7 written; a link named step-00000001 left alone, and what it points to"
 [ $status -eq 0 ] || show "$tmp/out"
 
+# dualpipe checkpoint: the checkpoint --resume would take, checked and described
+"$tool" checkpoint "$tmp/dualpipe/ck" > "$tmp/out" 2>&1
+status=$?
+[ $status -eq 0 ] &&
+  grep -q "^$tmp/dualpipe/ck/step-00000006: whole: step 6, 4 tensor files and the index, [0-9]* tensors, [0-9]* bytes" "$tmp/out" &&
+  grep -q "^$tmp/dualpipe/ck holds 3 checkpoints: 2 4 6 (checked here)$" "$tmp/out" &&
+  grep -q '^model:     4 layers (0-3 residual), hidden 16, ffn 64, 4 tokens a micro-batch, fp32, mse loss' "$tmp/out" &&
+  grep -q '^optimizer: adamw, lr ' "$tmp/out" &&
+  grep -q '^run:       dualpipe on 4 pipeline ranks, dp 1, ep 1, 8 micro-batches a pipeline' "$tmp/out" &&
+  grep -q '^data:      teacher, 6 batches consumed: resuming trains step 7 next' "$tmp/out" &&
+  [ "$(grep -c '^  rank-[0-3].safetensors .* bytes  CRC-32 [0-9a-f]\{8\}  [0-9]* tensors$' "$tmp/out")" = 4 ] &&
+  ! grep -q '^    layers' "$tmp/out"
+ok $? "dualpipe checkpoint DIR: the latest checkpoint whole, its model, optimizer, run, data and 4 files (exit $status)"
+[ $status -eq 0 ] || show "$tmp/out"
+# --tensors: every tensor a file holds, as many as the index counts
+"$tool" checkpoint --tensors "$tmp/moe-ep2/ck/step-00000004" > "$tmp/out" 2>&1 &&
+  grep -q '^moe:       4 experts, top 2, 2 groups (top 1), expert hidden [0-9]*, 1 shared' "$tmp/out" &&
+  grep -q '^run:       dualpipev on 2 pipeline ranks, dp 1, ep 2, 8 micro-batches a pipeline (a step.s global batch: 16)' "$tmp/out" &&
+  grep -q '^    layers.1.gate.bias  *F32  \[4\]$' "$tmp/out" &&
+  [ "$(grep -c '^    ' "$tmp/out")" = "$(grep '^  rank-' "$tmp/out" | awk '{ n += $(NF - 1) } END { print n }')" ] &&
+  ! grep -q ' holds .* checkpoints' "$tmp/out"
+ok $? "--tensors lists each tensor with its dtype and shape, as many as the files hold; a step directory given, no list of others"
+"$tool" checkpoint -q "$tmp/dualpipe/ck" > "$tmp/out" 2>&1 && [ ! -s "$tmp/out" ]
+ok $? "-q prints nothing for a whole checkpoint (exit 0)"
+# what is not a checkpoint: exit 2, saying what to give
+check_refused() {
+  what=$1 pattern=$2; shift 2
+  "$tool" checkpoint "$@" > "$tmp/out" 2>&1
+  status=$?
+  [ $status -eq 2 ] && grep -q -- "$pattern" "$tmp/out" && ! grep -q ': whole: ' "$tmp/out"
+  ok $? "dualpipe checkpoint, $what: exit $status, $(grep -m1 error "$tmp/out" | sed "s|$tmp/||g" | cut -c1-160)"
+}
+check_refused "no directory" "no checkpoint named"
+check_refused "two directories" "more than one operand" "$tmp/dualpipe/ck" "$tmp/moe/ck"
+check_refused "a missing path" "No such file or directory" "$tmp/nothing"
+check_refused "a regular file" "not a directory" "$tmp/dualpipe/whole.st"
+check_refused "a device" "not a directory" /dev/null
+mkdir "$tmp/empty"
+check_refused "a directory without checkpoints" "no checkpoint there" "$tmp/empty"
+check_refused "--tensors given a value" "takes no value" --tensors=yes "$tmp/dualpipe/ck"
+
 # ---------------------------------------------------------------------------- refusals
 # refuse WHAT PATTERN ARGS...: exit 2, the message matching PATTERN, nothing created in $tmp/out.d
 refuse() {

@@ -95,9 +95,13 @@ for cmd in $commands eplb; do
 
   # the first option of --help that takes a value, given none at the end, says so
   opt=$(grep -oE '^ +(-[a-zA-Z0-9], )?--[a-z][a-z0-9-]* [A-Z]' "$tmp/help" | head -n 1 | grep -oE -- '--[a-z][a-z0-9-]*')
-  "$run" $sub "$opt" > "$tmp/out" 2> "$tmp/err"; rc=$?
-  [ $rc = 2 ] && grep -q "'$opt' needs a value" "$tmp/err"
-  ok $? "$label: $opt without its value says it needs one ($(head -n 1 "$tmp/err"))"
+  if [ -z "$opt" ]; then
+    echo "ok $((n = n + 1)) - $label: an option without its value # SKIP none of its options takes a value"
+  else
+    "$run" $sub "$opt" > "$tmp/out" 2> "$tmp/err"; rc=$?
+    [ $rc = 2 ] && grep -q "'$opt' needs a value" "$tmp/err"
+    ok $? "$label: $opt without its value says it needs one ($(head -n 1 "$tmp/err"))"
+  fi
   # and a flag given a value says it takes none
   flag=$(grep -E '^ +(-[a-zA-Z0-9], )?--[a-z][a-z0-9-]*  ' "$tmp/help" | grep -vE -- '--(help|version)' | head -n 1 |
          grep -oE -- '--[a-z][a-z0-9-]*')

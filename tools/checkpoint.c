@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -420,38 +421,51 @@ static int compare_ints(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* The N of dir's step-N directories below `below`, ascending, into *steps (malloc'ed; NULL when
+ * none) and *n; follow_links 0: a symbolic link is not a directory. 0, or -1 with errno. */
+static int list_step_dirs(const char *dir, int below, int follow_links, int **steps, int *n)
+{
+    *steps = NULL, *n = 0;
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int cap = 0, s;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        char p[4096];
+        struct stat sb;
+        join(p, sizeof p, dir, e->d_name);
+        if (!is_step_name(e->d_name, &s) || s >= below) continue;
+        if ((follow_links ? stat(p, &sb) : lstat(p, &sb)) != 0 || !S_ISDIR(sb.st_mode)) continue;
+        if (*n == cap) {
+            int *grown = realloc(*steps, (size_t)(cap = cap ? 2 * cap : 16) * sizeof **steps);
+            if (!grown) {
+                free(*steps), closedir(d);
+                *steps = NULL, *n = 0, errno = ENOMEM;
+                return -1;
+            }
+            *steps = grown;
+        }
+        (*steps)[(*n)++] = s;
+    }
+    closedir(d);
+    if (*n > 1) qsort(*steps, (size_t)*n, sizeof **steps, compare_ints);
+    return 0;
+}
+
+int checkpoint_list(const char *dir, int **steps, int *n) { return list_step_dirs(dir, INT_MAX, 1, steps, n); }
+
 /* --keep: removes DIR's checkpoints of steps below `step` but the keep - 1 latest of them.
  * Each is renamed out of the step-N names first (step-N.removing), so that one removed halfway
  * is never taken for a checkpoint. Returns how many were removed; those that could not be are
  * warned of. */
 static int remove_older(const char *dir, int step, int keep)
 {
-    DIR *d = opendir(dir);
-    if (!d) {
+    int *steps, n;
+    /* not following links: a link named like a checkpoint is not ours to empty */
+    if (list_step_dirs(dir, step, 0, &steps, &n) != 0) {
         cli_warn("--keep: cannot list %s to remove old checkpoints: %s", dir, strerror(errno));
         return 0;
     }
-    int *steps = NULL, n = 0, cap = 0, s;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        char p[4096];
-        struct stat sb;
-        join(p, sizeof p, dir, e->d_name);
-        /* lstat: a link named like a checkpoint is not ours to empty */
-        if (!is_step_name(e->d_name, &s) || s >= step || lstat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)) continue;
-        if (n == cap) {
-            int *grown = realloc(steps, (size_t)(cap = cap ? 2 * cap : 16) * sizeof *steps);
-            if (!grown) {
-                cli_warn("--keep: out of memory listing the checkpoints of %s; none removed", dir);
-                free(steps), closedir(d);
-                return 0;
-            }
-            steps = grown;
-        }
-        steps[n++] = s;
-    }
-    closedir(d);
-    if (n > 1) qsort(steps, (size_t)n, sizeof *steps, compare_ints);
     int removed = 0;
     for (int i = 0; i < n - (keep - 1); i++) {
         char name[64], path[4096], doomed[4096];
@@ -506,12 +520,16 @@ int checkpoint_save(dp_runtime *rt, const checkpoint_run *run, const char *dir, 
 /* ----------------------------------------------------------------------------
  * finding and reading */
 
-int checkpoint_find(const char *dir, char *path, size_t size)
+/* "WHO " before a directory and "WHO: " before a message, or nothing without who */
+#define WHO_DIR(who) (who) ? (who) : "", (who) ? " " : ""
+#define WHO(who) (who) ? (who) : "", (who) ? ": " : ""
+
+int checkpoint_find(const char *who, const char *dir, char *path, size_t size)
 {
     struct stat sb;
-    if (dir_too_long("--resume", dir)) return CLI_EXIT_USAGE;
+    if (dir_too_long(who ? who : "the checkpoint", dir)) return CLI_EXIT_USAGE;
     if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
-        cli_error("--resume %s: %s: give the directory --save wrote, or one of its step-N directories", dir,
+        cli_error("%s%s%s: %s: give the directory --save wrote, or one of its step-N directories", WHO_DIR(who), dir,
                   stat(dir, &sb) != 0 ? strerror(errno) : "not a directory");
         return CLI_EXIT_USAGE;
     }
@@ -537,9 +555,8 @@ int checkpoint_find(const char *dir, char *path, size_t size)
         if (named) return 0;
     }
     if ((step = highest_step(dir)) < 0) {
-        cli_error("--resume %s: no checkpoint there (no index.json, no step-N directory): nothing to resume from; "
-                  "--save %s writes them",
-                  dir, dir);
+        cli_error("%s%s%s: no checkpoint there (no index.json, no step-N directory)%s; --save %s writes them",
+                  WHO_DIR(who), dir, who ? ": nothing to resume from" : "", dir);
         return CLI_EXIT_USAGE;
     }
     char name[32];
@@ -616,7 +633,7 @@ typedef struct {
 } opened_files;
 
 /* Every file the index names: present, of its size and checksum, with a sound header. */
-static int open_files(const checkpoint_index *x, const char *ckpt, opened_files *of)
+static int open_files(const char *who, const checkpoint_index *x, const char *ckpt, opened_files *of)
 {
     if (!(of->files = calloc((size_t)x->num_files, sizeof *of->files))) {
         cli_error("out of memory");
@@ -630,26 +647,26 @@ static int open_files(const checkpoint_index *x, const char *ckpt, opened_files 
         size_t n;
         int e = read_file(path, SIZE_MAX / 2, &bytes, &n);
         if (e) {
-            cli_error("--resume: %s: %s (named by the index): a damaged or incomplete checkpoint", path, strerror(e));
+            cli_error("%s%s%s: %s (named by the index): a damaged or incomplete checkpoint", WHO(who), path, strerror(e));
             return e == ENOMEM ? CLI_EXIT_FAIL : CLI_EXIT_USAGE;
         }
         uint32_t crc = crc32_update(0, bytes, n);
         int rc = 0;
         if (n != f->bytes) {
-            cli_error("--resume: %s: %zu bytes, the index says %llu: the file is %s", path, n,
+            cli_error("%s%s%s: %zu bytes, the index says %llu: the file is %s", WHO(who), path, n,
                       (unsigned long long)f->bytes, n < f->bytes ? "truncated" : "longer than written");
             rc = CLI_EXIT_USAGE;
         } else if (crc != f->crc32) {
-            cli_error("--resume: %s: checksum mismatch: CRC-32 %08x, the index says %08x: the file changed after it "
+            cli_error("%s%s%s: checksum mismatch: CRC-32 %08x, the index says %08x: the file changed after it "
                       "was written (damaged)",
-                      path, (unsigned)crc, (unsigned)f->crc32);
+                      WHO(who), path, (unsigned)crc, (unsigned)f->crc32);
             rc = CLI_EXIT_USAGE;
         } else if (dp_safetensors_open_bytes(bytes, n, path, &of->files[i]) != DP_OK) {
-            cli_error("--resume: %s", dp_last_error());
+            cli_error("%s%s%s", WHO(who), dp_last_error());
             rc = CLI_EXIT_USAGE;
         } else if (dp_safetensors_count(of->files[i]) != f->tensors) {
-            cli_error("--resume: %s: holds %d tensors, the index says %d", path, dp_safetensors_count(of->files[i]),
-                      f->tensors);
+            cli_error("%s%s%s: holds %d tensors, the index says %d", WHO(who), path,
+                      dp_safetensors_count(of->files[i]), f->tensors);
             rc = CLI_EXIT_USAGE;
         }
         of->n = i + 1;
@@ -734,7 +751,8 @@ static int restore_tensors(dp_runtime *rt, dp_reference *ref, const checkpoint_r
     return rc;
 }
 
-int checkpoint_load(dp_runtime *rt, dp_reference *ref, const checkpoint_run *run, const char *ckpt, int *step)
+/* The checkpoint's index, read and checked (its own rules): 0, or the exit code having said why. */
+static int read_index(const char *who, const char *ckpt, checkpoint_index *x)
 {
     char index_path[4096], err[512];
     join(index_path, sizeof index_path, ckpt, "index.json");
@@ -743,30 +761,71 @@ int checkpoint_load(dp_runtime *rt, dp_reference *ref, const checkpoint_run *run
     int e = read_file(index_path, CHECKPOINT_MAX_INDEX_BYTES, &text, &n);
     if (e) {
         if (e == ENOENT)
-            cli_error("--resume: %s: no index.json: not a complete checkpoint (the index is written last, so a "
+            cli_error("%s%s%s: no index.json: not a complete checkpoint (the index is written last, so a "
                       "directory without one is incomplete or damaged)",
-                      ckpt);
+                      WHO(who), ckpt);
         else
-            cli_error("--resume: %s: %s", index_path, e == EFBIG ? "larger than any index: not a checkpoint's" : strerror(e));
+            cli_error("%s%s%s: %s", WHO(who), index_path,
+                      e == EFBIG ? "larger than any index: not a checkpoint's" : strerror(e));
         return e == ENOMEM ? CLI_EXIT_FAIL : CLI_EXIT_USAGE;
     }
-    checkpoint_index x;
-    int bad = checkpoint_index_parse((const char *)text, n, index_path, &x, err, sizeof err);
+    int bad = checkpoint_index_parse((const char *)text, n, index_path, x, err, sizeof err);
     free(text);
     if (bad) {
-        cli_error("--resume: %s", err);
+        cli_error("%s%s%s", WHO(who), err);
         return CLI_EXIT_USAGE;
     }
-    opened_files of = {0};
-    int rc = 0;
-    if (x.data_position != x.step) {
+    if (x->data_position != x->step) {
         /* version 1: optimizer step k trained on batch k */
-        cli_error("--resume: %s: \"data.position\" is %d but \"step\" is %d: they are one count in this version",
-                  index_path, x.data_position, x.step);
-        rc = CLI_EXIT_USAGE;
+        cli_error("%s%s%s: \"data.position\" is %d but \"step\" is %d: they are one count in this version",
+                  WHO(who), index_path, x->data_position, x->step);
+        checkpoint_index_free(x);
+        return CLI_EXIT_USAGE;
     }
+    return 0;
+}
+
+int checkpoint_read(const char *ckpt, checkpoint_contents *out)
+{
+    memset(out, 0, sizeof *out);
+    int rc = read_index(NULL, ckpt, &out->index);
+    if (rc) return rc;
+    opened_files of = {0};
+    rc = open_files(NULL, &out->index, ckpt, &of);
+    out->files = of.files, out->num_files = of.n;
+    /* each tensor in one file only, as a resume needs */
+    for (int i = 0; i < of.n && !rc; i++)
+        for (int k = 0; k < dp_safetensors_count(of.files[i]) && !rc; k++) {
+            const char *name = dp_safetensors_tensor(of.files[i], k)->name;
+            for (int j = i + 1; j < of.n && !rc; j++)
+                if (dp_safetensors_find(of.files[j], name)) {
+                    cli_error("tensor \"%s\" is both in %s and in %s: a checkpoint holds each tensor once", name,
+                              dp_safetensors_path(of.files[i]), dp_safetensors_path(of.files[j]));
+                    rc = CLI_EXIT_USAGE;
+                }
+        }
+    if (rc) checkpoint_contents_free(out);
+    return rc;
+}
+
+void checkpoint_contents_free(checkpoint_contents *c)
+{
+    opened_files of = {c->files, c->num_files};
+    close_files(&of);
+    checkpoint_index_free(&c->index);
+    memset(c, 0, sizeof *c);
+}
+
+int checkpoint_load(dp_runtime *rt, dp_reference *ref, const checkpoint_run *run, const char *ckpt, int *step)
+{
+    char index_path[4096];
+    join(index_path, sizeof index_path, ckpt, "index.json");
+    checkpoint_index x;
+    int rc = read_index("--resume", ckpt, &x);
+    if (rc) return rc;
+    opened_files of = {0};
     if (!rc) rc = check_compatible(&x, rt, run, index_path);
-    if (!rc) rc = open_files(&x, ckpt, &of);
+    if (!rc) rc = open_files("--resume", &x, ckpt, &of);
     int used = 0, total = 0;
     if (!rc) rc = restore_tensors(rt, ref, run, &of, ckpt, 0, &used);
     for (int i = 0; i < of.n && !rc; i++) total += dp_safetensors_count(of.files[i]);

@@ -16,6 +16,8 @@
 
 #include "engine/reference.h"
 #include "engine/runtime.h"
+#include "engine/safetensors.h"
+#include "tools/checkpoint_index.h"
 
 /* What a checkpoint records besides the tensors: the run as configured, and where its data
  * came from ("teacher" or "file"). */
@@ -40,8 +42,27 @@ int checkpoint_save(dp_runtime *rt, const checkpoint_run *run, const char *dir, 
 
 /* The checkpoint --resume DIR means: DIR itself when it holds an index.json, else the one
  * DIR/latest names, else DIR's step-N directory of the highest N. Written to path (size bytes).
- * 0, or the exit code (2) having said why there is none. */
-int checkpoint_find(const char *dir, char *path, size_t size);
+ * 0, or the exit code (2) having said why there is none; messages begin with `who` (the option,
+ * "--resume") where not NULL. */
+int checkpoint_find(const char *who, const char *dir, char *path, size_t size);
+
+/* The N of DIR's step-N directories, ascending, into *steps (malloc'ed, NULL when none) and *n.
+ * 0, or -1 with errno (DIR cannot be listed, out of memory). */
+int checkpoint_list(const char *dir, int **steps, int *n);
+
+/* A checkpoint read whole and checked without a model to load it into (`dualpipe checkpoint`). */
+typedef struct {
+    checkpoint_index index;
+    dp_safetensors **files; /* [num_files], in the index's order */
+    int num_files;
+} checkpoint_contents;
+
+/* Reads the checkpoint at path: its index (every rule of its own), each file it names (present,
+ * of its size and CRC-32, a sound header, as many tensors as the index says) and no tensor in
+ * two files. 0 (free it with checkpoint_contents_free), or the exit code (2 for a damaged or
+ * incomplete checkpoint) having said what is wrong, naming the file and the rule. */
+int checkpoint_read(const char *path, checkpoint_contents *out);
+void checkpoint_contents_free(checkpoint_contents *c);
 
 /* Checks the checkpoint at path (its index, each file's size, checksum and header, each tensor's
  * dtype and shape, the model against rt's) and writes it into every copy of every stage of rt

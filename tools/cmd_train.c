@@ -481,7 +481,7 @@ static int train_loop(const train_options *o, train_state *t, train_trace *trace
 static int resume(train_options *o, train_state *t)
 {
     char path[4096];
-    int rc = checkpoint_find(o->resume_dir, path, sizeof path);
+    int rc = checkpoint_find("--resume", o->resume_dir, path, sizeof path);
     checkpoint_run run = {&o->c, data_source(o)};
     int step = 0;
     if (rc == 0) rc = checkpoint_load(t->rt, t->ref, &run, path, &step);

@@ -13,6 +13,7 @@ const dp_command dp_commands[] = {
     {"verify", "run the same steps on the CPU and on another driver (cuda) and compare every tensor", cmd_verify},
     {"bench-cuda", "time the CUDA driver: cuBLAS floor of the stage's GEMMs, pipelined steps per GPU", cmd_bench_cuda},
     {"bench-link", "time a link in nccl-tests' manner: sendrecv, alltoallv, allreduce", cmd_bench_link},
+    {"checkpoint", "check a checkpoint that train --save wrote and say what it holds", cmd_checkpoint},
     {NULL, NULL, NULL},
 };
 

@@ -27,5 +27,6 @@ int cmd_bench(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_bench_cuda(int argc, char **argv);
 int cmd_bench_link(int argc, char **argv);
+int cmd_checkpoint(int argc, char **argv);
 
 #endif

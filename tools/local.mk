@@ -28,6 +28,7 @@ dualpipe_command_sources = \
 	tools/train_data.c \
 	tools/train_data.h \
 	tools/checkpoint.c \
+	tools/cmd_checkpoint.c \
 	tools/checkpoint.h \
 	tools/expert_load.c \
 	tools/expert_load.h \

@@ -1,0 +1,143 @@
+/* cmd_checkpoint.c: `dualpipe checkpoint DIR`: checks a checkpoint that `train --save` wrote,
+ * without a model to load it into (its index, every file's size, CRC-32 and header, each tensor
+ * in one file), and says what it holds: the step, the model, the optimizer, how the run was laid
+ * out, the files and, with --tensors, every tensor. The exit status says whether it is whole. */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tools/checkpoint.h"
+#include "tools/cli.h"
+#include "tools/cli_options.h"
+#include "tools/commands.h"
+
+enum { O_TENSORS = CLI_LONG_ONLY };
+
+static const cli_option options[] = {
+    {O_TENSORS, 0, "tensors", NULL, .help = "list every tensor of every file: name, dtype and shape"},
+    {'q', 'q', "quiet", NULL, .help = "print nothing but errors: the exit status says whether it is whole"},
+    {0},
+};
+
+static const cli_spec spec = {
+    .synopsis = "[OPTION]... DIR",
+    .about = "Check a checkpoint that `dualpipe train --save` wrote and say what it holds, without\n"
+             "training. DIR is found as --resume finds it: a checkpoint directory (holding an\n"
+             "index.json), else the one DIR/latest names, else DIR's step-N directory of the highest N.\n"
+             "Every file the index names is read: its size, CRC-32, safetensors header and tensor\n"
+             "count must be the index's, and no tensor may be in two files.\n"
+             "Exit status: 0 whole, 2 damaged, incomplete or not a checkpoint, 1 out of memory.",
+    .options = options,
+    .epilogue = "Example: dualpipe checkpoint ck && dualpipe train --resume ck --steps 200\n",
+};
+
+/* The layers' kinds as runs: "0-2 residual, 3 moe" */
+static void print_layer_kinds(const checkpoint_index *x)
+{
+    for (int l = 0; l < x->layers;) {
+        int end = l;
+        while (end + 1 < x->layers && !strcmp(x->layer_kinds[end + 1], x->layer_kinds[l])) end++;
+        if (end > l) printf("%s%d-%d %s", l ? ", " : "", l, end, x->layer_kinds[l]);
+        else printf("%s%d %s", l ? ", " : "", l, x->layer_kinds[l]);
+        l = end + 1;
+    }
+}
+
+/* What the --save directory holds besides: its checkpoints' steps, the one latest names marked */
+static void print_siblings(const char *dir, const char *path)
+{
+    int *steps = NULL, n = 0;
+    if (!strcmp(dir, path) || checkpoint_list(dir, &steps, &n) != 0 || n == 0) {
+        free(steps);
+        return;
+    }
+    printf("%s holds %d checkpoint%s:", dir, n, n == 1 ? "" : "s");
+    const char *slash = strrchr(path, '/'), *chosen = slash ? slash + 1 : path;
+    for (int i = 0; i < n; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "step-%08d", steps[i]);
+        printf(" %d%s", steps[i], !strcmp(name, chosen) ? " (checked here)" : "");
+    }
+    printf("\n");
+    free(steps);
+}
+
+static void print_contents(const char *dir, const char *path, const checkpoint_contents *c, int tensors)
+{
+    const checkpoint_index *x = &c->index;
+    unsigned long long bytes = 0;
+    int count = 0;
+    for (int i = 0; i < x->num_files; i++) bytes += x->files[i].bytes, count += x->files[i].tensors;
+    printf("%s: whole: step %d, %d tensor file%s and the index, %d tensors, %llu bytes, every size and CRC-32 as "
+           "the index says\n",
+           path, x->step, x->num_files, x->num_files == 1 ? "" : "s", count, bytes);
+    print_siblings(dir, path);
+    printf("model:     %d layers (", x->layers);
+    print_layer_kinds(x);
+    printf("), hidden %d, ffn %d, %d tokens a micro-batch, %s, %s loss, seed %llu, norm eps %g\n", x->hidden, x->ffn,
+           x->tokens, x->dtype, x->loss, (unsigned long long)x->seed, x->norm_eps);
+    if (x->moe_experts > 0)
+        printf("moe:       %d experts, top %d, %d group%s (top %d), expert hidden %d, %d shared, route scale %g, bias "
+               "update speed %g\n",
+               x->moe_experts, x->moe_topk, x->moe_groups, x->moe_groups == 1 ? "" : "s", x->moe_topk_groups,
+               x->moe_expert_hidden, x->moe_shared_experts, x->moe_route_scale, x->moe_bias_update_speed);
+    printf("optimizer: %s, lr %g, weight decay %g", x->optimizer, x->lr, x->weight_decay);
+    if (!strcmp(x->optimizer, "adamw")) printf(", beta1 %g, beta2 %g, eps %g\n", x->beta1, x->beta2, x->eps);
+    else printf(", momentum %g\n", x->momentum);
+    printf("run:       %s on %d pipeline rank%s, dp %d, ep %d, %d micro-batches a pipeline (a step's global batch: "
+           "%lld)\n",
+           x->schedule, x->pp, x->pp == 1 ? "" : "s", x->dp, x->ep, x->chunks,
+           (long long)x->chunks * x->dp * x->ep);
+    printf("data:      %s, %d batch%s consumed: resuming trains step %d next\n", x->data_source, x->data_position,
+           x->data_position == 1 ? "" : "es", x->step + 1);
+    printf("files:\n");
+    for (int i = 0; i < x->num_files; i++) {
+        const checkpoint_file *f = &x->files[i];
+        printf("  %-24s %12llu bytes  CRC-32 %08x  %d tensors\n", f->name, (unsigned long long)f->bytes,
+               (unsigned)f->crc32, f->tensors);
+        if (!tensors) continue;
+        const dp_safetensors *sf = c->files[i];
+        for (int k = 0; k < dp_safetensors_count(sf); k++) {
+            const dp_st_tensor *t = dp_safetensors_tensor(sf, k);
+            char shape[160];
+            int at = snprintf(shape, sizeof shape, "[");
+            for (int d = 0; d < t->ndim && at < (int)sizeof shape; d++)
+                at += snprintf(shape + at, sizeof shape - (size_t)at, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+            if (at < (int)sizeof shape) snprintf(shape + at, sizeof shape - (size_t)at, "]");
+            printf("    %-56s %-4s %s\n", t->name, dp_st_dtype_name(t->dtype), shape);
+        }
+    }
+}
+
+int cmd_checkpoint(int argc, char **argv)
+{
+    cli_parser p;
+    int rc = cli_parse_start(&p, &spec, argc, argv);
+    if (rc != CLI_GO_ON) return rc;
+    int tensors = 0, quiet = 0, opt;
+    while ((opt = cli_next(&p))) {
+        if (opt == O_TENSORS) tensors = 1;
+        else if (opt == 'q') quiet = 1;
+    }
+    char **operands;
+    int n = cli_operands(&p, &operands);
+    if (n != 1) {
+        cli_error("%s: give one directory, the one --save wrote or one of its step-N directories",
+                  n ? "more than one operand" : "no checkpoint named");
+        return CLI_EXIT_USAGE;
+    }
+    const char *dir = operands[0];
+    char path[4096];
+    if ((rc = checkpoint_find(NULL, dir, path, sizeof path)) != 0) return rc;
+    checkpoint_contents c;
+    if ((rc = checkpoint_read(path, &c)) != 0) return rc;
+    if (!quiet) print_contents(dir, path, &c, tensors);
+    checkpoint_contents_free(&c);
+    if (fflush(stdout) != 0) {
+        cli_error("writing the report: %s", strerror(errno));
+        return CLI_EXIT_FAIL;
+    }
+    return 0;
+}
