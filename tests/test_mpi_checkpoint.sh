@@ -4,8 +4,8 @@
 # checkpoint is byte-identical to one written by a single process; a job whose rank exits in
 # step 5 (tests/driver_fault.c) resumes from its checkpoint of step 4, as 2 or 4 processes or
 # as one, to parameters byte-identical to a run that never stopped; --keep removes old ones in
-# the process of rank 0 only. Skipped where the build
-# has no MPI, no mpirun, or runs under sanitizers.
+# the process of rank 0 only. Skipped where the build has no MPI, no mpirun, or runs under
+# sanitizers.
 top_builddir=${top_builddir:-.}
 tool="$top_builddir/tools/dualpipe"
 . "${top_srcdir:-.}/tests/mpi_env.sh"

@@ -10,7 +10,8 @@
  *
  * A checkpoint is written as DIR/step-N.partial and renamed to DIR/step-N once every file and
  * its index are on disk. In a job of several processes each writes its own ranks' files, and
- * the process hosting rank 0 writes the index and renames, after all of them are done. */
+ * the process hosting rank 0 writes the index and renames, after all of them are done (and,
+ * with --keep, removes the older checkpoints). `dualpipe checkpoint` reads one without a model. */
 #ifndef DP_TOOLS_CHECKPOINT_H
 #define DP_TOOLS_CHECKPOINT_H
 
