@@ -144,6 +144,14 @@ status=$?
   ! grep -q '^    layers' "$tmp/out"
 ok $? "dualpipe checkpoint DIR: the latest checkpoint whole, its model, optimizer, run, data and 4 files (exit $status)"
 [ $status -eq 0 ] || show "$tmp/out"
+# every checkpoint of the runs above (every schedule, dense and MoE layers, expert parallelism,
+# bf16, SGD with momentum) checks whole against the model its index describes
+bad_ones=""
+for ck in "$tmp"/*/ck; do
+  "$tool" checkpoint "$ck" > "$tmp/out" 2>&1 && grep -q 'each one the model needs' "$tmp/out" || bad_ones="$bad_ones ${ck#$tmp/}"
+done
+[ -z "$bad_ones" ]
+ok $? "dualpipe checkpoint: the last checkpoint of each of the $(ls -d "$tmp"/*/ck | wc -l) runs above is whole, tensors checked against its model${bad_ones:+ (not:$bad_ones)}"
 # --tensors: every tensor a file holds, as many as the index counts
 "$tool" checkpoint --tensors "$tmp/moe-ep2/ck/step-00000004" > "$tmp/out" 2>&1 &&
   grep -q '^moe:       4 experts, top 2, 2 groups (top 1), expert hidden [0-9]*, 1 shared' "$tmp/out" &&

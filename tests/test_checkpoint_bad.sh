@@ -64,18 +64,22 @@ refuse() {
   [ $status -eq 2 ] && grep -q -- "$pattern" "$tmp/out" && cmp -s "$tmp/before" "$tmp/after" &&
     [ "$(cat "$tmp/kept")" = kept ] && ! grep -q '^step' "$tmp/out"
   ok $? "$what: exit $status, $(grep -m1 error "$tmp/out" | sed "s|$tmp/||g" | cut -c1-220)"
-  # dualpipe checkpoint reads the same files without a model: it finds every damage but a
-  # consistent header whose tensors this model does not have (model=1 around such cases)
+  # dualpipe checkpoint finds every damage too, with the same message; with --files-only all but
+  # a consistent file whose tensors the model does not have (model=1 around such cases)
   "$tool" checkpoint "$c" > "$tmp/check.out" 2>&1
   status=$?
+  [ $status -eq 2 ] && grep -q -- "$pattern" "$tmp/check.out" && ! grep -q ': whole: ' "$tmp/check.out"
+  ok $? "$what: dualpipe checkpoint says so too (exit $status)"
+  [ $status -eq 2 ] || sed 's/^/# /' "$tmp/check.out" | head -n 20
+  "$tool" checkpoint --files-only "$c" > "$tmp/check.out" 2>&1
+  status=$?
   if [ "${model:-0}" = 0 ]; then
-    [ $status -eq 2 ] && grep -q -- "$pattern" "$tmp/check.out" && ! grep -q ': whole: ' "$tmp/check.out"
-    ok $? "$what: dualpipe checkpoint says so too (exit $status)"
+    [ $status -eq 2 ] && grep -q -- "$pattern" "$tmp/check.out"
+    ok $? "$what: and with --files-only (exit $status)"
   else
-    [ $status -eq 0 ] && grep -q ": whole: step 4" "$tmp/check.out"
-    ok $? "$what: dualpipe checkpoint, knowing no model, finds the files whole (exit $status); --resume checks the tensors"
+    [ $status -eq 0 ] && grep -q ": whole: step 4" "$tmp/check.out" && grep -q 'not checked against the model' "$tmp/check.out"
+    ok $? "$what: --files-only, not building the model, finds the files whole (exit $status)"
   fi
-  [ $status -eq 2 ] || [ "${model:-0}" = 1 ] || sed 's/^/# /' "$tmp/check.out" | head -n 20
 }
 
 refuse "a truncated file" "rank-1.safetensors: [0-9]* bytes, the index says [0-9]*: the file is truncated" -- \
@@ -123,6 +127,15 @@ refuse "latest naming a damaged checkpoint" "checksum mismatch" -- \
 # and the good ones resume
 "$tool" train $small --steps 6 --resume "$tmp/good" > "$tmp/out" 2>&1 && grep -q "resumed from $tmp/good/$step" "$tmp/out"
 ok $? "the undamaged checkpoint resumes"
+# an index whose model is not its files' (the index has no checksum of its own): dualpipe
+# checkpoint builds the model the index describes and finds the tensors of another shape
+rm -rf "$tmp/other" && cp -r "$tmp/good" "$tmp/other" && sed -i 's/"hidden": 16,/"hidden": 32,/' "$tmp/other/$step/index.json"
+"$tool" checkpoint "$tmp/other" > "$tmp/out" 2>&1
+status=$?
+[ $status -eq 2 ] && grep -q 'rank-[0-9].safetensors: tensor "layers.0.[a-z0-9.]*" is F32 \[[0-9, ]*\], expected F32 \[[0-9, ]*32[0-9, ]*\]' "$tmp/out"
+ok $? "dualpipe checkpoint, an index saying hidden 32 over files of hidden 16: exit $status, $(grep -m1 error "$tmp/out" | sed "s|$tmp/||g" | cut -c1-200)"
+"$tool" checkpoint --files-only "$tmp/other" > "$tmp/out" 2>&1 && grep -q ': whole: ' "$tmp/out"
+ok $? "and --files-only, which builds no model, cannot tell (exit 0)"
 # an index written before "ep" was recorded (none: 1) resumes alike
 rm -rf "$tmp/noep" && cp -r "$tmp/good" "$tmp/noep" && sed -i 's/"ep": 1, //' "$tmp/noep/$step/index.json" &&
   ! grep -q '"ep"' "$tmp/noep/$step/index.json" &&

@@ -311,6 +311,61 @@ static void describe_run(const checkpoint_run *run, dp_runtime *rt, int step, ch
     x->data_position = step;
 }
 
+int checkpoint_model_run(const checkpoint_index *x, dp_runtime_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->driver = "cpu", c->schedule = "1f1b", c->ranks = 1, c->chunks = 1, c->threads_per_rank = 1;
+    dp_model_config *m = &c->model;
+    const char *bad = NULL;
+    if (x->layers > DP_MAX_LAYERS) {
+        cli_error("the checkpoint's model has %d layers, more than the %d a model may have", x->layers, DP_MAX_LAYERS);
+        return CLI_EXIT_USAGE;
+    }
+    m->hidden = x->hidden, m->ffn = x->ffn, m->layers_per_stage = x->layers, m->tokens = x->tokens;
+    m->seed = x->seed, m->norm_eps = (float)x->norm_eps;
+    if (!strcmp(x->loss, "mse")) m->loss = DP_LOSS_MSE;
+    else if (!strcmp(x->loss, "xent")) m->loss = DP_LOSS_XENT;
+    else bad = "model.loss";
+    if (!strcmp(x->dtype, "fp32")) m->dtype = DP_DTYPE_F32;
+    else if (!strcmp(x->dtype, "bf16")) m->dtype = DP_DTYPE_BF16;
+    else bad = "model.dtype";
+    if (!strcmp(x->optimizer, "adamw")) c->optimizer.kind = DP_OPT_ADAMW;
+    else if (!strcmp(x->optimizer, "sgd")) c->optimizer.kind = DP_OPT_SGD;
+    else if (!strcmp(x->optimizer, "none")) c->optimizer.kind = DP_OPT_NONE;
+    else bad = "optimizer.kind";
+    if (bad) {
+        cli_error("the checkpoint's index has a %s this dualpipe does not know", bad);
+        return CLI_EXIT_USAGE;
+    }
+    c->optimizer.lr = (float)x->lr, c->optimizer.weight_decay = (float)x->weight_decay;
+    c->optimizer.momentum = (float)x->momentum, c->optimizer.beta1 = (float)x->beta1;
+    c->optimizer.beta2 = (float)x->beta2, c->optimizer.eps = (float)x->eps;
+    /* the kinds layer by layer; the dense ones' kind is also the model's block */
+    m->num_layer_kinds = x->layers;
+    int moe_layers = 0;
+    for (int l = 0; l < x->layers; l++) {
+        if (dp_block_kind_parse(x->layer_kinds[l], &m->layer_kind[l]) != DP_OK) {
+            cli_error("the checkpoint's layer %d: %s", l, dp_last_error());
+            return CLI_EXIT_USAGE;
+        }
+        if (m->layer_kind[l] == DP_BLOCK_MOE) moe_layers++, m->moe.moe_layers[l] = 1;
+        else m->block = m->layer_kind[l];
+    }
+    if (moe_layers && x->moe_experts <= 0) {
+        cli_error("the checkpoint's model has MoE layers but its index no \"moe\" object (experts, top-k, ...)");
+        return CLI_EXIT_USAGE;
+    }
+    if (x->moe_experts > 0) {
+        dp_moe_config *e = &m->moe;
+        e->experts = x->moe_experts, e->topk = x->moe_topk, e->groups = x->moe_groups;
+        e->topk_groups = x->moe_topk_groups, e->expert_hidden = x->moe_expert_hidden;
+        e->shared_experts = x->moe_shared_experts, e->route_scale = (float)x->moe_route_scale;
+        e->bias_update_speed = (float)x->moe_bias_update_speed;
+        e->moe_layers_set = 1;
+    }
+    return 0;
+}
+
 /* The root's part once every process has written: each file's size and checksum from the
  * disk (some were written by other processes), the index, the renames. */
 static int finish_checkpoint(dp_runtime *rt, const checkpoint_run *run, const char *dir, const char *partial, int step,
@@ -571,7 +626,8 @@ int checkpoint_find(const char *who, const char *dir, char *path, size_t size)
 }
 
 /* The model and optimizer of x against this run's: 0, or 2 having named the first difference. */
-static int check_compatible(const checkpoint_index *x, dp_runtime *rt, const checkpoint_run *run, const char *index_path)
+static int check_compatible(const char *who, const checkpoint_index *x, dp_runtime *rt, const checkpoint_run *run,
+                            const char *index_path)
 {
     checkpoint_index mine = {0};
     const dp_schedule *s = dp_runtime_schedule(rt);
@@ -623,7 +679,8 @@ static int check_compatible(const checkpoint_index *x, dp_runtime *rt, const che
                  x->moe_route_scale, mine.moe_route_scale);
     checkpoint_index_free(&mine);
     if (!what[0]) return 0;
-    cli_error("--resume: %s: the checkpoint's model has %s: a checkpoint resumes only the same model", index_path, what);
+    cli_error("%s%s%s: the checkpoint's model has %s: a checkpoint resumes only the same model", WHO(who), index_path,
+              what);
     return CLI_EXIT_USAGE;
 }
 
@@ -683,26 +740,26 @@ static void close_files(opened_files *of)
 }
 
 /* The one file holding tensor `name` (NULL, having said why, when none or several do). */
-static dp_safetensors *holding(const opened_files *of, const char *ckpt, const char *name)
+static dp_safetensors *holding(const char *who, const opened_files *of, const char *ckpt, const char *name)
 {
     dp_safetensors *found = NULL;
     for (int i = 0; i < of->n; i++) {
         if (!dp_safetensors_find(of->files[i], name)) continue;
         if (found) {
-            cli_error("--resume: tensor \"%s\" is both in %s and in %s: a checkpoint holds each tensor once", name,
-                      dp_safetensors_path(found), dp_safetensors_path(of->files[i]));
+            cli_error("%s%stensor \"%s\" is both in %s and in %s: a checkpoint holds each tensor once", WHO(who),
+                      name, dp_safetensors_path(found), dp_safetensors_path(of->files[i]));
             return NULL;
         }
         found = of->files[i];
     }
     if (!found)
-        cli_error("--resume: %s: no file holds tensor \"%s\" (missing), which this model needs", ckpt, name);
+        cli_error("%s%s%s: no file holds tensor \"%s\" (missing), which this model needs", WHO(who), ckpt, name);
     return found;
 }
 
 /* pass 0 checks every tensor; pass 1 writes them. */
-static int restore_tensors(dp_runtime *rt, dp_reference *ref, const checkpoint_run *run, const opened_files *of,
-                           const char *ckpt, int pass, int *used)
+static int restore_tensors(const char *who, dp_runtime *rt, dp_reference *ref, const checkpoint_run *run,
+                           const opened_files *of, const char *ckpt, int pass, int *used)
 {
     const dp_schedule *s = dp_runtime_schedule(rt);
     float *buf = NULL;
@@ -717,7 +774,7 @@ static int restore_tensors(dp_runtime *rt, dp_reference *ref, const checkpoint_r
                 break;
             }
             for (int k = 0; k < n && !rc; k++) {
-                dp_safetensors *f = holding(of, ckpt, t[k].name);
+                dp_safetensors *f = holding(who, of, ckpt, t[k].name);
                 if (!f) {
                     rc = CLI_EXIT_USAGE;
                     break;
@@ -731,7 +788,7 @@ static int restore_tensors(dp_runtime *rt, dp_reference *ref, const checkpoint_r
                 }
                 buf = b;
                 if (dp_safetensors_get(f, t[k].name, DP_ST_F32, t[k].ndim, t[k].shape, buf) != DP_OK) {
-                    cli_error("--resume: %s", dp_last_error());
+                    cli_error("%s%s%s", WHO(who), dp_last_error());
                     rc = CLI_EXIT_USAGE;
                     break;
                 }
@@ -742,7 +799,7 @@ static int restore_tensors(dp_runtime *rt, dp_reference *ref, const checkpoint_r
                     if (st == DP_OK && ref) st = dp_reference_write_tensor(ref, stage, c, i, t[k].which, buf, t[k].count);
                 }
                 if (st != DP_OK) {
-                    cli_error("--resume: writing %s: %s", t[k].name, dp_last_error());
+                    cli_error("%s%swriting %s: %s", WHO(who), t[k].name, dp_last_error());
                     rc = CLI_EXIT_FAIL;
                 }
             }
@@ -816,24 +873,29 @@ void checkpoint_contents_free(checkpoint_contents *c)
     memset(c, 0, sizeof *c);
 }
 
-int checkpoint_load(dp_runtime *rt, dp_reference *ref, const checkpoint_run *run, const char *ckpt, int *step)
+/* Everything a resume checks before it writes: the index (into *x), the model against rt's, the
+ * files (left open in *of), and each tensor rt needs there once, of its dtype and shape, with
+ * none left over. 0, or the exit code having said why; x and of are to be freed either way. */
+static int check_all(const char *who, dp_runtime *rt, const checkpoint_run *run, const char *ckpt, checkpoint_index *x,
+                     opened_files *of)
 {
     char index_path[4096];
     join(index_path, sizeof index_path, ckpt, "index.json");
-    checkpoint_index x;
-    int rc = read_index("--resume", ckpt, &x);
-    if (rc) return rc;
-    opened_files of = {0};
-    if (!rc) rc = check_compatible(&x, rt, run, index_path);
-    if (!rc) rc = open_files("--resume", &x, ckpt, &of);
+    int rc = read_index(who, ckpt, x);
+    if (rc) {
+        memset(x, 0, sizeof *x);
+        return rc;
+    }
+    if (!rc) rc = check_compatible(who, x, rt, run, index_path);
+    if (!rc) rc = open_files(who, x, ckpt, of);
     int used = 0, total = 0;
-    if (!rc) rc = restore_tensors(rt, ref, run, &of, ckpt, 0, &used);
-    for (int i = 0; i < of.n && !rc; i++) total += dp_safetensors_count(of.files[i]);
+    if (!rc) rc = restore_tensors(who, rt, NULL, run, of, ckpt, 0, &used);
+    for (int i = 0; i < of->n && !rc; i++) total += dp_safetensors_count(of->files[i]);
     if (!rc && used != total) {
         /* name the first tensor this model has no place for */
-        for (int i = 0; i < of.n && !rc; i++)
-            for (int k = 0; k < dp_safetensors_count(of.files[i]) && !rc; k++) {
-                const char *name = dp_safetensors_tensor(of.files[i], k)->name;
+        for (int i = 0; i < of->n && !rc; i++)
+            for (int k = 0; k < dp_safetensors_count(of->files[i]) && !rc; k++) {
+                const char *name = dp_safetensors_tensor(of->files[i], k)->name;
                 int needed = 0;
                 const dp_schedule *s = dp_runtime_schedule(rt);
                 for (int stage = 0; stage < s->num_stages && !needed; stage++)
@@ -844,20 +906,38 @@ int checkpoint_load(dp_runtime *rt, dp_reference *ref, const checkpoint_run *run
                         for (int j = 0; j < nt; j++) needed |= !strcmp(t[j].name, name);
                     }
                 if (!needed) {
-                    cli_error("--resume: %s holds tensor \"%s\", which this model has no place for (%d tensors, the "
+                    cli_error("%s%s%s holds tensor \"%s\", which this model has no place for (%d tensors, the "
                               "model needs %d)",
-                              dp_safetensors_path(of.files[i]), name, total, used);
+                              WHO(who), dp_safetensors_path(of->files[i]), name, total, used);
                     rc = CLI_EXIT_USAGE;
                 }
             }
         if (!rc) rc = CLI_EXIT_USAGE;
     }
-    if (!rc) rc = restore_tensors(rt, ref, run, &of, ckpt, 1, &used);
+    return rc;
+}
+
+int checkpoint_load(dp_runtime *rt, dp_reference *ref, const checkpoint_run *run, const char *ckpt, int *step)
+{
+    checkpoint_index x;
+    opened_files of = {0};
+    int rc = check_all("--resume", rt, run, ckpt, &x, &of), used = 0;
+    if (!rc) rc = restore_tensors("--resume", rt, ref, run, &of, ckpt, 1, &used);
     if (!rc && (dp_runtime_set_step(rt, x.step) != DP_OK || (ref && dp_reference_set_step(ref, x.step) != DP_OK))) {
         cli_error("--resume: %s", dp_last_error());
         rc = CLI_EXIT_FAIL;
     }
     if (!rc) *step = x.step;
+    close_files(&of);
+    checkpoint_index_free(&x);
+    return rc;
+}
+
+int checkpoint_check_model(dp_runtime *rt, const checkpoint_run *run, const char *ckpt)
+{
+    checkpoint_index x;
+    opened_files of = {0};
+    int rc = check_all(NULL, rt, run, ckpt, &x, &of);
     close_files(&of);
     checkpoint_index_free(&x);
     return rc;

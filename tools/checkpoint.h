@@ -51,6 +51,15 @@ int checkpoint_find(const char *who, const char *dir, char *path, size_t size);
  * 0, or -1 with errno (DIR cannot be listed, out of memory). */
 int checkpoint_list(const char *dir, int **steps, int *n);
 
+/* The run of one CPU rank holding every layer of the model x describes (1f1b, one micro-batch,
+ * the optimizer's settings): a runtime to check the tensors against. 0, or 2 having said what
+ * the index holds that this dualpipe cannot build. */
+int checkpoint_model_run(const checkpoint_index *x, dp_runtime_config *c);
+
+/* Every check checkpoint_load makes, against rt's model, without writing into rt: 0, or the exit
+ * code having said why (messages without --resume's prefix). */
+int checkpoint_check_model(dp_runtime *rt, const checkpoint_run *run, const char *path);
+
 /* A checkpoint read whole and checked without a model to load it into (`dualpipe checkpoint`). */
 typedef struct {
     checkpoint_index index;

@@ -1,22 +1,26 @@
-/* cmd_checkpoint.c: `dualpipe checkpoint DIR`: checks a checkpoint that `train --save` wrote,
- * without a model to load it into (its index, every file's size, CRC-32 and header, each tensor
- * in one file), and says what it holds: the step, the model, the optimizer, how the run was laid
- * out, the files and, with --tensors, every tensor. The exit status says whether it is whole. */
+/* cmd_checkpoint.c: `dualpipe checkpoint DIR`: checks a checkpoint that `train --save` wrote
+ * without training: its index, every file's size, CRC-32 and header, then every tensor against
+ * the model the index describes, built on one CPU rank (what a resume checks), and says what it
+ * holds: the step, the model, the optimizer, how the run was laid out, the files and, with
+ * --tensors, every tensor. The exit status says whether it is whole. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/runtime.h"
 #include "tools/checkpoint.h"
 #include "tools/cli.h"
 #include "tools/cli_options.h"
 #include "tools/commands.h"
 
-enum { O_TENSORS = CLI_LONG_ONLY };
+enum { O_TENSORS = CLI_LONG_ONLY, O_FILES_ONLY };
 
 static const cli_option options[] = {
     {O_TENSORS, 0, "tensors", NULL, .help = "list every tensor of every file: name, dtype and shape"},
+    {O_FILES_ONLY, 0, "files-only", NULL, .help = "check the files (sizes, CRC-32, headers) but not the tensors\n"
+                                                  "against the model (which is built in memory for that)"},
     {'q', 'q', "quiet", NULL, .help = "print nothing but errors: the exit status says whether it is whole"},
     {0},
 };
@@ -27,7 +31,9 @@ static const cli_spec spec = {
              "training. DIR is found as --resume finds it: a checkpoint directory (holding an\n"
              "index.json), else the one DIR/latest names, else DIR's step-N directory of the highest N.\n"
              "Every file the index names is read: its size, CRC-32, safetensors header and tensor\n"
-             "count must be the index's, and no tensor may be in two files.\n"
+             "count must be the index's, and no tensor may be in two files. Then the model the index\n"
+             "describes is built on one CPU rank and every tensor it needs must be there, once, of\n"
+             "its dtype and shape, with none left over: what a resume checks.\n"
              "Exit status: 0 whole, 2 damaged, incomplete or not a checkpoint, 1 out of memory.",
     .options = options,
     .epilogue = "Example: dualpipe checkpoint ck && dualpipe train --resume ck --steps 200\n",
@@ -64,7 +70,8 @@ static void print_siblings(const char *dir, const char *path)
     free(steps);
 }
 
-static void print_contents(const char *dir, const char *path, const checkpoint_contents *c, int tensors)
+static void print_contents(const char *dir, const char *path, const checkpoint_contents *c, int tensors,
+                           int files_only)
 {
     const checkpoint_index *x = &c->index;
     unsigned long long bytes = 0;
@@ -73,6 +80,8 @@ static void print_contents(const char *dir, const char *path, const checkpoint_c
     printf("%s: whole: step %d, %d tensor file%s and the index, %d tensors, %llu bytes, every size and CRC-32 as "
            "the index says\n",
            path, x->step, x->num_files, x->num_files == 1 ? "" : "s", count, bytes);
+    if (files_only) printf("tensors:   not checked against the model (--files-only)\n");
+    else printf("tensors:   each one the model needs, once, of its dtype and shape, none left over\n");
     print_siblings(dir, path);
     printf("model:     %d layers (", x->layers);
     print_layer_kinds(x);
@@ -111,14 +120,34 @@ static void print_contents(const char *dir, const char *path, const checkpoint_c
     }
 }
 
+/* Every tensor against the model x describes, built on one CPU rank: 0, or the exit code. */
+static int check_model(const checkpoint_index *x, const char *path)
+{
+    dp_runtime_config cfg;
+    int rc = checkpoint_model_run(x, &cfg);
+    if (rc) return rc;
+    dp_runtime *rt = NULL;
+    dp_status st = dp_runtime_create(&cfg, &rt);
+    if (st != DP_OK) {
+        cli_error("%s: the model its index describes cannot be built to check the tensors against: %s%s", path,
+                  dp_last_error(), st == DP_ERR_NOMEM ? " (--files-only checks the files without it)" : "");
+        return st == DP_ERR_NOMEM ? CLI_EXIT_FAIL : CLI_EXIT_USAGE;
+    }
+    checkpoint_run run = {&cfg, x->data_source};
+    rc = checkpoint_check_model(rt, &run, path);
+    dp_runtime_destroy(rt);
+    return rc;
+}
+
 int cmd_checkpoint(int argc, char **argv)
 {
     cli_parser p;
     int rc = cli_parse_start(&p, &spec, argc, argv);
     if (rc != CLI_GO_ON) return rc;
-    int tensors = 0, quiet = 0, opt;
+    int tensors = 0, quiet = 0, files_only = 0, opt;
     while ((opt = cli_next(&p))) {
         if (opt == O_TENSORS) tensors = 1;
+        else if (opt == O_FILES_ONLY) files_only = 1;
         else if (opt == 'q') quiet = 1;
     }
     char **operands;
@@ -133,8 +162,10 @@ int cmd_checkpoint(int argc, char **argv)
     if ((rc = checkpoint_find(NULL, dir, path, sizeof path)) != 0) return rc;
     checkpoint_contents c;
     if ((rc = checkpoint_read(path, &c)) != 0) return rc;
-    if (!quiet) print_contents(dir, path, &c, tensors);
+    if (!files_only) rc = check_model(&c.index, path);
+    if (!rc && !quiet) print_contents(dir, path, &c, tensors, files_only);
     checkpoint_contents_free(&c);
+    if (rc) return rc;
     if (fflush(stdout) != 0) {
         cli_error("writing the report: %s", strerror(errno));
         return CLI_EXIT_FAIL;
