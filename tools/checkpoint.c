@@ -873,21 +873,15 @@ void checkpoint_contents_free(checkpoint_contents *c)
     memset(c, 0, sizeof *c);
 }
 
-/* Everything a resume checks before it writes: the index (into *x), the model against rt's, the
- * files (left open in *of), and each tensor rt needs there once, of its dtype and shape, with
- * none left over. 0, or the exit code having said why; x and of are to be freed either way. */
-static int check_all(const char *who, dp_runtime *rt, const checkpoint_run *run, const char *ckpt, checkpoint_index *x,
-                     opened_files *of)
+/* The model of x against rt's, then each tensor rt needs in the open files once, of its dtype and
+ * shape, with none left over: 0, or the exit code having said why. */
+static int check_against(const char *who, dp_runtime *rt, const checkpoint_run *run, const char *ckpt,
+                         const checkpoint_index *x, const opened_files *of)
 {
     char index_path[4096];
     join(index_path, sizeof index_path, ckpt, "index.json");
-    int rc = read_index(who, ckpt, x);
-    if (rc) {
-        memset(x, 0, sizeof *x);
-        return rc;
-    }
-    if (!rc) rc = check_compatible(who, x, rt, run, index_path);
-    if (!rc) rc = open_files(who, x, ckpt, of);
+    int rc = check_compatible(who, x, rt, run, index_path);
+    if (rc) return rc;
     int used = 0, total = 0;
     if (!rc) rc = restore_tensors(who, rt, NULL, run, of, ckpt, 0, &used);
     for (int i = 0; i < of->n && !rc; i++) total += dp_safetensors_count(of->files[i]);
@@ -920,8 +914,15 @@ static int check_all(const char *who, dp_runtime *rt, const checkpoint_run *run,
 int checkpoint_load(dp_runtime *rt, dp_reference *ref, const checkpoint_run *run, const char *ckpt, int *step)
 {
     checkpoint_index x;
+    int rc = read_index("--resume", ckpt, &x), used = 0;
+    if (rc) return rc;
     opened_files of = {0};
-    int rc = check_all("--resume", rt, run, ckpt, &x, &of), used = 0;
+    char index_path[4096];
+    join(index_path, sizeof index_path, ckpt, "index.json");
+    /* the model first: an incompatible checkpoint is refused before its files are read */
+    if (!rc) rc = check_compatible("--resume", &x, rt, run, index_path);
+    if (!rc) rc = open_files("--resume", &x, ckpt, &of);
+    if (!rc) rc = check_against("--resume", rt, run, ckpt, &x, &of);
     if (!rc) rc = restore_tensors("--resume", rt, ref, run, &of, ckpt, 1, &used);
     if (!rc && (dp_runtime_set_step(rt, x.step) != DP_OK || (ref && dp_reference_set_step(ref, x.step) != DP_OK))) {
         cli_error("--resume: %s", dp_last_error());
@@ -933,12 +934,8 @@ int checkpoint_load(dp_runtime *rt, dp_reference *ref, const checkpoint_run *run
     return rc;
 }
 
-int checkpoint_check_model(dp_runtime *rt, const checkpoint_run *run, const char *ckpt)
+int checkpoint_check_model(dp_runtime *rt, const checkpoint_run *run, const checkpoint_contents *c, const char *path)
 {
-    checkpoint_index x;
-    opened_files of = {0};
-    int rc = check_all(NULL, rt, run, ckpt, &x, &of);
-    close_files(&of);
-    checkpoint_index_free(&x);
-    return rc;
+    opened_files of = {c->files, c->num_files};
+    return check_against(NULL, rt, run, path, &c->index, &of);
 }

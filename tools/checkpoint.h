@@ -56,10 +56,6 @@ int checkpoint_list(const char *dir, int **steps, int *n);
  * the index holds that this dualpipe cannot build. */
 int checkpoint_model_run(const checkpoint_index *x, dp_runtime_config *c);
 
-/* Every check checkpoint_load makes, against rt's model, without writing into rt: 0, or the exit
- * code having said why (messages without --resume's prefix). */
-int checkpoint_check_model(dp_runtime *rt, const checkpoint_run *run, const char *path);
-
 /* A checkpoint read whole and checked without a model to load it into (`dualpipe checkpoint`). */
 typedef struct {
     checkpoint_index index;
@@ -73,6 +69,12 @@ typedef struct {
  * incomplete checkpoint) having said what is wrong, naming the file and the rule. */
 int checkpoint_read(const char *path, checkpoint_contents *out);
 void checkpoint_contents_free(checkpoint_contents *c);
+
+/* Every check checkpoint_load makes against rt's model, on the checkpoint at path read into c
+ * (checkpoint_read), without writing into rt: 0, or the exit code having said why (messages
+ * without --resume's prefix). */
+int checkpoint_check_model(dp_runtime *rt, const checkpoint_run *run, const checkpoint_contents *c,
+                           const char *path);
 
 /* Checks the checkpoint at path (its index, each file's size, checksum and header, each tensor's
  * dtype and shape, the model against rt's) and writes it into every copy of every stage of rt

@@ -120,9 +120,11 @@ static void print_contents(const char *dir, const char *path, const checkpoint_c
     }
 }
 
-/* Every tensor against the model x describes, built on one CPU rank: 0, or the exit code. */
-static int check_model(const checkpoint_index *x, const char *path)
+/* Every tensor of c against the model its index describes, built on one CPU rank: 0, or the
+ * exit code. */
+static int check_model(const checkpoint_contents *c, const char *path)
 {
+    const checkpoint_index *x = &c->index;
     dp_runtime_config cfg;
     int rc = checkpoint_model_run(x, &cfg);
     if (rc) return rc;
@@ -134,7 +136,7 @@ static int check_model(const checkpoint_index *x, const char *path)
         return st == DP_ERR_NOMEM ? CLI_EXIT_FAIL : CLI_EXIT_USAGE;
     }
     checkpoint_run run = {&cfg, x->data_source};
-    rc = checkpoint_check_model(rt, &run, path);
+    rc = checkpoint_check_model(rt, &run, c, path);
     dp_runtime_destroy(rt);
     return rc;
 }
@@ -162,7 +164,7 @@ int cmd_checkpoint(int argc, char **argv)
     if ((rc = checkpoint_find(NULL, dir, path, sizeof path)) != 0) return rc;
     checkpoint_contents c;
     if ((rc = checkpoint_read(path, &c)) != 0) return rc;
-    if (!files_only) rc = check_model(&c.index, path);
+    if (!files_only) rc = check_model(&c, path);
     if (!rc && !quiet) print_contents(dir, path, &c, tensors, files_only);
     checkpoint_contents_free(&c);
     if (rc) return rc;
