@@ -51,7 +51,7 @@ static void print_layer_kinds(const checkpoint_index *x)
     }
 }
 
-/* What the --save directory holds besides: its checkpoints' steps, the one latest names marked */
+/* What the --save directory holds besides: its checkpoints' steps, the one checked marked */
 static void print_siblings(const char *dir, const char *path)
 {
     int *steps = NULL, n = 0;
