@@ -321,7 +321,9 @@ int checkpoint_model_run(const checkpoint_index *x, dp_runtime_config *c)
         cli_error("the checkpoint's model has %d layers, more than the %d a model may have", x->layers, DP_MAX_LAYERS);
         return CLI_EXIT_USAGE;
     }
-    m->hidden = x->hidden, m->ffn = x->ffn, m->layers_per_stage = x->layers, m->tokens = x->tokens;
+    /* one token a micro-batch: the tensors do not depend on it, and activations then take
+     * next to nothing beside the parameters */
+    m->hidden = x->hidden, m->ffn = x->ffn, m->layers_per_stage = x->layers, m->tokens = 1;
     m->seed = x->seed, m->norm_eps = (float)x->norm_eps;
     if (!strcmp(x->loss, "mse")) m->loss = DP_LOSS_MSE;
     else if (!strcmp(x->loss, "xent")) m->loss = DP_LOSS_XENT;

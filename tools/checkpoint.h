@@ -51,8 +51,8 @@ int checkpoint_find(const char *who, const char *dir, char *path, size_t size);
  * 0, or -1 with errno (DIR cannot be listed, out of memory). */
 int checkpoint_list(const char *dir, int **steps, int *n);
 
-/* The run of one CPU rank holding every layer of the model x describes (1f1b, one micro-batch,
- * the optimizer's settings): a runtime to check the tensors against. 0, or 2 having said what
+/* The run of one CPU rank holding every layer of the model x describes (1f1b, one micro-batch of
+ * one token, the optimizer's settings): a runtime to check the tensors against. 0, or 2 having said what
  * the index holds that this dualpipe cannot build. */
 int checkpoint_model_run(const checkpoint_index *x, dp_runtime_config *c);
 
