@@ -8,6 +8,7 @@
 #include <stdlib.h>
 
 #include "drivers/hip/hip_blas.h"
+#include "drivers/hip/rocm_library.h"
 
 #define HIPBLAS_OP_N_ 111 /* hipblasOperation_t */
 #define HIPBLAS_OP_T_ 112
@@ -80,24 +81,14 @@ static struct {
  * the development link, then ROCm's own directory for installs the loader is not told about. */
 static void load_once(void)
 {
-    static const struct {
-        const char *name;
-        int major; /* -1: unknown */
-    } names[] = {{"libhipblas.so.3", 3}, {"libhipblas.so.2", 2}, {"libhipblas.so.1", 1},
-                 {"libhipblas.so.0", 0}, {"libhipblas.so", -1}};
-    const char *roots[] = {"", getenv("ROCM_PATH"), "/opt/rocm"};
-    char first_error[512] = ""; /* dlerror's string lasts only until the next dlopen */
-    char path[4096];
-    int major = -1;
-    for (size_t r = 0; r < sizeof roots / sizeof roots[0] && !hb.lib; r++) {
-        if (!roots[r]) continue;
-        for (size_t i = 0; i < sizeof names / sizeof names[0] && !hb.lib; i++) {
-            snprintf(path, sizeof path, "%s%s%s", roots[r], *roots[r] ? "/lib/" : "", names[i].name);
-            hb.lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-            if (hb.lib) major = names[i].major;
-            else if (!first_error[0]) snprintf(first_error, sizeof first_error, "%s", dlerror());
-        }
-    }
+    static const char *const names[] = {"libhipblas.so.3", "libhipblas.so.2", "libhipblas.so.1", "libhipblas.so.0",
+                                        "libhipblas.so"};
+    static const int majors[] = {3, 2, 1, 0, -1}; /* -1: unknown */
+    char first_error[512], path[4096];
+    int which = 0;
+    hb.lib = dp_rocm_dlopen(names, (int)(sizeof names / sizeof names[0]), path, sizeof path, &which, first_error,
+                            sizeof first_error);
+    int major = hb.lib ? majors[which] : -1;
     if (!hb.lib) {
         snprintf(hb.missing, sizeof hb.missing,
                  "the hipBLAS library (libhipblas.so) could not be loaded (%s); this HIP driver was built without "

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 
 #include "drivers/hip/hip_rccl.h"
+#include "drivers/hip/rocm_library.h"
 
 /* X(name, return type, parameters, arguments) for every call forwarded. */
 #define RCCL_CALLS(X)                                                                                              \
@@ -44,18 +45,11 @@ static struct {
 
 static void load_once(void)
 {
-    static const char *names[] = {"librccl.so.1", "librccl.so"};
-    const char *roots[] = {"", getenv("ROCM_PATH"), "/opt/rocm"};
-    char first_error[512] = ""; /* dlerror's string lasts only until the next dlopen */
-    char path[4096];
-    for (size_t r = 0; r < sizeof roots / sizeof roots[0] && !rc.lib; r++) {
-        if (!roots[r]) continue;
-        for (size_t i = 0; i < sizeof names / sizeof names[0] && !rc.lib; i++) {
-            snprintf(path, sizeof path, "%s%s%s", roots[r], *roots[r] ? "/lib/" : "", names[i]);
-            rc.lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-            if (!rc.lib && !first_error[0]) snprintf(first_error, sizeof first_error, "%s", dlerror());
-        }
-    }
+    static const char *const names[] = {"librccl.so.1", "librccl.so"};
+    char first_error[512], path[4096];
+    int which = 0;
+    rc.lib = dp_rocm_dlopen(names, (int)(sizeof names / sizeof names[0]), path, sizeof path, &which, first_error,
+                            sizeof first_error);
     if (!rc.lib) {
         snprintf(rc.missing, sizeof rc.missing,
                  "the RCCL library (librccl.so) could not be loaded (%s); this HIP driver was built without RCCL and "

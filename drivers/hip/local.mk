@@ -13,6 +13,8 @@ hip_objects = $(patsubst %,drivers/hip/%.lo,$(hip_shared_device) $(hip_shared_ho
 
 hip_driver_sources = \
 	drivers/hip/hip_module.c \
+	drivers/hip/rocm_library.c \
+	drivers/hip/rocm_library.h \
 	drivers/hip/hip_blas.h \
 	drivers/hip/hip_rccl.h
 EXTRA_DIST += drivers/hip/hip_blas.cu drivers/hip/hip_rccl.cu
@@ -84,7 +86,7 @@ if BUILD_HIP_DRIVER
 check_PROGRAMS += tests/test_hip_loaders
 TESTS += tests/test_hip_loaders
 tests_test_hip_loaders_SOURCES = tests/test_hip_loaders.c
-tests_test_hip_loaders_LDADD = drivers/hip/hip_blas.lo drivers/hip/hip_rccl.lo $(HIP_LDFLAGS) $(HIP_LIBS) -ldl -lstdc++
+tests_test_hip_loaders_LDADD = drivers/hip/hip_blas.lo drivers/hip/hip_rccl.lo drivers/hip/rocm_library.lo $(HIP_LDFLAGS) $(HIP_LIBS) -ldl -lstdc++
 else
 EXTRA_DIST += tests/test_hip_loaders.c
 endif
