@@ -101,9 +101,9 @@ dp_status dp_model_config_check(dp_model_config *c)
     if (c->ffn == 0) c->ffn = 4 * c->hidden;
     if (c->ffn < 1) return dp_fail(DP_ERR_INVALID, "inner width must be >= 1, got %d", c->ffn);
     if (c->layers_per_stage == 0) c->layers_per_stage = 1;
-    if (c->layers_per_stage < 1 || c->layers_per_stage > 64)
-        return dp_fail(DP_ERR_INVALID, "layers per stage must be in 1..64 (--layers-per-stage), got %d",
-                       c->layers_per_stage);
+    if (c->layers_per_stage < 1 || c->layers_per_stage > DP_MAX_STAGE_LAYERS)
+        return dp_fail(DP_ERR_INVALID, "layers per stage must be in 1..%d (--layers-per-stage), got %d",
+                       DP_MAX_STAGE_LAYERS, c->layers_per_stage);
     if (!dp_block_kind_name(c->block))
         return dp_fail(DP_ERR_INVALID, "unknown block kind %d (--block: 0 to %d)", (int)c->block,
                        DP_BLOCK_NUM_KINDS - 1);
@@ -121,6 +121,29 @@ dp_status dp_model_config_check(dp_model_config *c)
     if (c->dtype != DP_DTYPE_F32 && c->dtype != DP_DTYPE_BF16)
         return dp_fail(DP_ERR_INVALID, "the model's dtype must be fp32 or bf16 (--dtype), got %d", (int)c->dtype);
     return moe_config_check(c);
+}
+
+dp_status dp_model_param_floats(const dp_model_config *cfg, int layers, uint64_t *out)
+{
+    *out = 0;
+    dp_model_config c = *cfg;
+    DP_CHECK(dp_model_config_check(&c));
+    c.moe.plan_phy2log = NULL, c.moe.plan_replica = NULL; /* one rank holding every expert once */
+    for (int l = 0; l < layers; l++) {
+        dp_block_kind kind = dp_model_layer_kind(&c, l);
+        const dp_block_ops *ops = (int)kind >= 0 && (int)kind < DP_BLOCK_NUM_KINDS ? dp_block_table[kind] : NULL;
+        if (!ops) return dp_fail(DP_ERR_INVALID, "layer %d has block kind %d, which the block table lacks", l, (int)kind);
+        /* a layer outside a stage (no env): one rank holding all of it */
+        dp_block_layer layer = {.ops = ops, .cfg = &c, .index = l, .layer = l};
+        DP_CHECK(ops->create(&layer));
+        dp_block_param_spec spec;
+        for (int j = 0; j < ops->num_params(&layer); j++) {
+            ops->param_spec(&layer, j, &spec);
+            *out += (uint64_t)spec.rows * spec.cols;
+        }
+        ops->destroy(&layer);
+    }
+    return DP_OK;
 }
 
 dp_block_kind dp_model_layer_kind(const dp_model_config *c, int layer)

@@ -39,6 +39,8 @@ dp_status dp_block_kind_parse(const char *name, dp_block_kind *out);
 
 /* Layers a model may list kinds for (stages x layers per stage). */
 #define DP_MAX_LAYERS 1024
+/* Layers one stage may hold (layers_per_stage). */
+#define DP_MAX_STAGE_LAYERS 64
 /* Routed experts of an MoE layer. */
 #define DP_MAX_EXPERTS 4096
 
@@ -122,6 +124,10 @@ typedef struct {
 
 /* Fills unset fields with defaults and checks the rest; the message names the field. */
 dp_status dp_model_config_check(dp_model_config *cfg);
+/* The parameters (floats) of layers 0 .. layers - 1 of the model as one rank holding all of them
+ * (no expert parallelism, no placement plan), counted from the kinds' shapes without allocating
+ * them; cfg is checked on a copy. DP_OK, or what is wrong with cfg. */
+dp_status dp_model_param_floats(const dp_model_config *cfg, int layers, uint64_t *out);
 /* The kind of layer `layer` of the model (counted over all stages): layer_kind's when it lists
  * them, else DP_BLOCK_MOE for the MoE layers (dp_moe_config), else `block`. */
 dp_block_kind dp_model_layer_kind(const dp_model_config *cfg, int layer);

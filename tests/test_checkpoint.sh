@@ -145,13 +145,22 @@ status=$?
 ok $? "dualpipe checkpoint DIR: the latest checkpoint whole, its model, optimizer, run, data and 4 files (exit $status)"
 [ $status -eq 0 ] || show "$tmp/out"
 # every checkpoint of the runs above (every schedule, dense and MoE layers, expert parallelism,
-# bf16, SGD with momentum) checks whole against the model its index describes
+# bf16, SGD with momentum) checks whole against the model its index describes, whose parameter
+# count (from the layers' shapes, nothing built) is what the files' parameter tensors hold
+mkdir "$tmp/deep" && "$tool" train --schedule 1f1b --pp 2 --layers-per-stage 40 --hidden 8 --tokens 2 --chunks 2 \
+  --steps 1 --save "$tmp/deep/ck" > "$tmp/out" 2>&1 # 80 layers: more than a stage may hold
+ok $? "a run of 80 layers (2 stages of 40) writes a checkpoint"
+params_held() { # the elements of the tensors --tensors lists that are not optimizer state
+  awk '/^    / && $1 !~ /^optimizer\./ { s = substr($0, index($0, "[")); gsub(/[^0-9]+/, " ", s);
+       n = split(s, d, " "); p = 1; for (i = 1; i <= n; i++) p *= d[i]; t += p } END { print t + 0 }' "$1"
+}
 bad_ones=""
 for ck in "$tmp"/*/ck; do
-  "$tool" checkpoint "$ck" > "$tmp/out" 2>&1 && grep -q 'each one the model needs' "$tmp/out" || bad_ones="$bad_ones ${ck#$tmp/}"
+  "$tool" checkpoint --tensors "$ck" > "$tmp/out" 2>&1 && grep -q 'each one the model needs' "$tmp/out" &&
+    grep -q "; $(params_held "$tmp/out") parameters\$" "$tmp/out" || bad_ones="$bad_ones ${ck#$tmp/}"
 done
 [ -z "$bad_ones" ]
-ok $? "dualpipe checkpoint: the last checkpoint of each of the $(ls -d "$tmp"/*/ck | wc -l) runs above is whole, tensors checked against its model${bad_ones:+ (not:$bad_ones)}"
+ok $? "dualpipe checkpoint: the last checkpoint of each of the $(ls -d "$tmp"/*/ck | wc -l) runs above (80 layers among them) is whole against its model, of the parameters its files hold${bad_ones:+ (not:$bad_ones)}"
 # --tensors: every tensor a file holds, as many as the index counts
 "$tool" checkpoint --tensors "$tmp/moe-ep2/ck/step-00000004" > "$tmp/out" 2>&1 &&
   grep -q '^moe:       4 experts, top 2, 2 groups (top 1), expert hidden [0-9]*, 1 shared' "$tmp/out" &&

@@ -136,6 +136,13 @@ status=$?
 ok $? "dualpipe checkpoint, an index saying hidden 32 over files of hidden 16: exit $status, $(grep -m1 error "$tmp/out" | sed "s|$tmp/||g" | cut -c1-200)"
 "$tool" checkpoint --files-only "$tmp/other" > "$tmp/out" 2>&1 && grep -q ': whole: ' "$tmp/out"
 ok $? "and --files-only, which builds no model, cannot tell (exit 0)"
+# an index describing a model far larger than its files: refused before the model is built
+rm -rf "$tmp/huge" && cp -r "$tmp/good" "$tmp/huge" &&
+  sed -i 's/"hidden": 16, "ffn": 64,/"hidden": 8192, "ffn": 32768,/' "$tmp/huge/$step/index.json"
+"$tool" checkpoint "$tmp/huge" > "$tmp/out" 2>&1
+status=$?
+[ $status -eq 2 ] && grep -q 'its index describes a model of [0-9]* parameters ([0-9]* bytes in fp32), more than its files. [0-9]* bytes hold' "$tmp/out"
+ok $? "dualpipe checkpoint, an index saying hidden 8192 over files of hidden 16: refused unbuilt, exit $status, $(grep -m1 error "$tmp/out" | sed "s|$tmp/||g" | cut -c1-200)"
 # an index written before "ep" was recorded (none: 1) resumes alike
 rm -rf "$tmp/noep" && cp -r "$tmp/good" "$tmp/noep" && sed -i 's/"ep": 1, //' "$tmp/noep/$step/index.json" &&
   ! grep -q '"ep"' "$tmp/noep/$step/index.json" &&

@@ -314,16 +314,20 @@ static void describe_run(const checkpoint_run *run, dp_runtime *rt, int step, ch
 int checkpoint_model_run(const checkpoint_index *x, dp_runtime_config *c)
 {
     memset(c, 0, sizeof *c);
-    c->driver = "cpu", c->schedule = "1f1b", c->ranks = 1, c->chunks = 1, c->threads_per_rank = 1;
+    c->driver = "cpu", c->schedule = "1f1b", c->threads_per_rank = 1;
     dp_model_config *m = &c->model;
     const char *bad = NULL;
     if (x->layers > DP_MAX_LAYERS) {
         cli_error("the checkpoint's model has %d layers, more than the %d a model may have", x->layers, DP_MAX_LAYERS);
         return CLI_EXIT_USAGE;
     }
-    /* one token a micro-batch: the tensors do not depend on it, and activations then take
-     * next to nothing beside the parameters */
-    m->hidden = x->hidden, m->ffn = x->ffn, m->layers_per_stage = x->layers, m->tokens = 1;
+    /* as few stages as hold the layers (a stage holds at most DP_MAX_STAGE_LAYERS), one micro-
+     * batch a stage; one token a micro-batch: the tensors do not depend on it, and activations
+     * then take next to nothing beside the parameters */
+    int stages = 1;
+    while (x->layers % stages || x->layers / stages > DP_MAX_STAGE_LAYERS) stages++;
+    c->ranks = c->chunks = stages;
+    m->hidden = x->hidden, m->ffn = x->ffn, m->layers_per_stage = x->layers / stages, m->tokens = 1;
     m->seed = x->seed, m->norm_eps = (float)x->norm_eps;
     if (!strcmp(x->loss, "mse")) m->loss = DP_LOSS_MSE;
     else if (!strcmp(x->loss, "xent")) m->loss = DP_LOSS_XENT;

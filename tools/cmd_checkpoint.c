@@ -5,6 +5,7 @@
  * --tensors, every tensor. The exit status says whether it is whole. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,7 +72,7 @@ static void print_siblings(const char *dir, const char *path)
 }
 
 static void print_contents(const char *dir, const char *path, const checkpoint_contents *c, int tensors,
-                           int files_only)
+                           int files_only, uint64_t params)
 {
     const checkpoint_index *x = &c->index;
     unsigned long long bytes = 0;
@@ -85,8 +86,10 @@ static void print_contents(const char *dir, const char *path, const checkpoint_c
     print_siblings(dir, path);
     printf("model:     %d layers (", x->layers);
     print_layer_kinds(x);
-    printf("), hidden %d, ffn %d, %d tokens a micro-batch, %s, %s loss, seed %llu, norm eps %g\n", x->hidden, x->ffn,
+    printf("), hidden %d, ffn %d, %d tokens a micro-batch, %s, %s loss, seed %llu, norm eps %g", x->hidden, x->ffn,
            x->tokens, x->dtype, x->loss, (unsigned long long)x->seed, x->norm_eps);
+    if (!files_only) printf("; %llu parameters", (unsigned long long)params);
+    printf("\n");
     if (x->moe_experts > 0)
         printf("moe:       %d experts, top %d, %d group%s (top %d), expert hidden %d, %d shared, route scale %g, bias "
                "update speed %g\n",
@@ -122,12 +125,27 @@ static void print_contents(const char *dir, const char *path, const checkpoint_c
 
 /* Every tensor of c against the model its index describes, built on one CPU rank: 0, or the
  * exit code. */
-static int check_model(const checkpoint_contents *c, const char *path)
+static int check_model(const checkpoint_contents *c, const char *path, uint64_t *params)
 {
     const checkpoint_index *x = &c->index;
     dp_runtime_config cfg;
     int rc = checkpoint_model_run(x, &cfg);
     if (rc) return rc;
+    /* the files hold every parameter's fp32 value at least: a model larger than that is not
+     * theirs, and is refused before it is built (an index is not checksummed: it may lie) */
+    uint64_t floats = 0, bytes = 0;
+    if (dp_model_param_floats(&cfg.model, x->layers, &floats) != DP_OK) {
+        cli_error("%s: the model its index describes: %s", path, dp_last_error());
+        return CLI_EXIT_USAGE;
+    }
+    for (int i = 0; i < x->num_files; i++) bytes += x->files[i].bytes;
+    if (floats > bytes / sizeof(float)) {
+        cli_error("%s: its index describes a model of %llu parameters (%llu bytes in fp32), more than its files' %llu "
+                  "bytes hold: the index is not these files' (damaged or edited)",
+                  path, (unsigned long long)floats, (unsigned long long)floats * sizeof(float),
+                  (unsigned long long)bytes);
+        return CLI_EXIT_USAGE;
+    }
     dp_runtime *rt = NULL;
     dp_status st = dp_runtime_create(&cfg, &rt);
     if (st != DP_OK) {
@@ -138,6 +156,7 @@ static int check_model(const checkpoint_contents *c, const char *path)
     checkpoint_run run = {&cfg, x->data_source};
     rc = checkpoint_check_model(rt, &run, c, path);
     dp_runtime_destroy(rt);
+    *params = floats;
     return rc;
 }
 
@@ -164,8 +183,9 @@ int cmd_checkpoint(int argc, char **argv)
     if ((rc = checkpoint_find(NULL, dir, path, sizeof path)) != 0) return rc;
     checkpoint_contents c;
     if ((rc = checkpoint_read(path, &c)) != 0) return rc;
-    if (!files_only) rc = check_model(&c, path);
-    if (!rc && !quiet) print_contents(dir, path, &c, tensors, files_only);
+    uint64_t params = 0;
+    if (!files_only) rc = check_model(&c, path, &params);
+    if (!rc && !quiet) print_contents(dir, path, &c, tensors, files_only, params);
     checkpoint_contents_free(&c);
     if (rc) return rc;
     if (fflush(stdout) != 0) {

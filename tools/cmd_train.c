@@ -198,7 +198,7 @@ static int parse_options(int argc, char **argv, train_options *o)
         case O_HIDDEN: if (cli_parse_int("--hidden", p.value, 1, 1 << 16, &c->model.hidden)) return CLI_EXIT_USAGE; break;
         case O_TOKENS: if (cli_parse_int("--tokens", p.value, 1, 1 << 20, &c->model.tokens)) return CLI_EXIT_USAGE; break;
         case O_LAYERS:
-            if (cli_parse_int("--layers-per-stage", p.value, 1, 64, &c->model.layers_per_stage)) return CLI_EXIT_USAGE;
+            if (cli_parse_int("--layers-per-stage", p.value, 1, DP_MAX_STAGE_LAYERS, &c->model.layers_per_stage)) return CLI_EXIT_USAGE;
             break;
         case O_BLOCK:
             if (cli_parse_kind("--block", p.value, blocks, num_blocks, &kind)) return CLI_EXIT_USAGE;
