@@ -143,6 +143,19 @@ rm -rf "$tmp/huge" && cp -r "$tmp/good" "$tmp/huge" &&
 status=$?
 [ $status -eq 2 ] && grep -q 'its index describes a model of [0-9]* parameters ([0-9]* bytes in fp32), more than its files. [0-9]* bytes hold' "$tmp/out"
 ok $? "dualpipe checkpoint, an index saying hidden 8192 over files of hidden 16: refused unbuilt, exit $status, $(grep -m1 error "$tmp/out" | sed "s|$tmp/||g" | cut -c1-200)"
+# an index naming what this dualpipe cannot build: dualpipe checkpoint names the field and value
+unknown() { # WHAT SED PATTERN
+  rm -rf "$tmp/unknown" && cp -r "$tmp/good" "$tmp/unknown" && sed -i "$2" "$tmp/unknown/$step/index.json"
+  "$tool" checkpoint "$tmp/unknown" > "$tmp/out" 2>&1
+  status=$?
+  [ $status -eq 2 ] && grep -q -- "$step/index.json: $3" "$tmp/out"
+  ok $? "dualpipe checkpoint, $1: exit $status, $(grep -m1 error "$tmp/out" | sed "s|$tmp/||g" | cut -c1-160)"
+}
+unknown "an unknown dtype" 's/"dtype": "fp32"/"dtype": "fp16"/' '"model.dtype" is "fp16", which this dualpipe does not know (it knows fp32, bf16)'
+unknown "an unknown loss" 's/"loss": "mse"/"loss": "hinge"/' '"model.loss" is "hinge", which this dualpipe does not know'
+unknown "an unknown optimizer" 's/"kind": "adamw"/"kind": "lion"/' '"optimizer.kind" is "lion", which this dualpipe does not know'
+unknown "an unknown layer kind" '0,/"residual"/s//"resdual"/' '"model.layer_kinds"\[0\]: unknown block kind .resdual.'
+unknown "MoE layers without their routing" '0,/"residual"/s//"moe"/' 'the model has MoE layers but no "moe" object'
 # an index written before "ep" was recorded (none: 1) resumes alike
 rm -rf "$tmp/noep" && cp -r "$tmp/good" "$tmp/noep" && sed -i 's/"ep": 1, //' "$tmp/noep/$step/index.json" &&
   ! grep -q '"ep"' "$tmp/noep/$step/index.json" &&

@@ -156,20 +156,50 @@ static int remove_others(const char *dir, const char *const *keep, int nkeep)
 /* Removes a checkpoint directory: its plain files, then itself. */
 static int remove_checkpoint_dir(const char *dir) { return remove_others(dir, NULL, 0) == 0 && rmdir(dir) == 0 ? 0 : -1; }
 
-/* The highest N of DIR's step-N directories (-1: none). */
-static int highest_step(const char *dir)
+static int compare_ints(const void *a, const void *b)
 {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+/* The N of dir's step-N directories below `below`, ascending, into *steps (malloc'ed; NULL when
+ * none) and *n; follow_links 0: a symbolic link is not a directory. 0, or -1 with errno. */
+static int list_step_dirs(const char *dir, int below, int follow_links, int **steps, int *n)
+{
+    *steps = NULL, *n = 0;
     DIR *d = opendir(dir);
     if (!d) return -1;
-    int best = -1, step;
+    int cap = 0, s;
     struct dirent *e;
     while ((e = readdir(d))) {
         char p[4096];
         struct stat sb;
         join(p, sizeof p, dir, e->d_name);
-        if (is_step_name(e->d_name, &step) && step > best && stat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) best = step;
+        if (!is_step_name(e->d_name, &s) || s >= below) continue;
+        if ((follow_links ? stat(p, &sb) : lstat(p, &sb)) != 0 || !S_ISDIR(sb.st_mode)) continue;
+        if (*n == cap) {
+            int *grown = realloc(*steps, (size_t)(cap = cap ? 2 * cap : 16) * sizeof **steps);
+            if (!grown) {
+                free(*steps), closedir(d);
+                *steps = NULL, *n = 0, errno = ENOMEM;
+                return -1;
+            }
+            *steps = grown;
+        }
+        (*steps)[(*n)++] = s;
     }
     closedir(d);
+    if (*n > 1) qsort(*steps, (size_t)*n, sizeof **steps, compare_ints);
+    return 0;
+}
+
+/* The highest N of DIR's step-N directories (-1: none, or DIR cannot be listed). */
+static int highest_step(const char *dir)
+{
+    int *steps, n, best;
+    if (list_step_dirs(dir, INT_MAX, 1, &steps, &n) != 0) return -1;
+    best = n ? steps[n - 1] : -1;
+    free(steps);
     return best;
 }
 
@@ -311,14 +341,15 @@ static void describe_run(const checkpoint_run *run, dp_runtime *rt, int step, ch
     x->data_position = step;
 }
 
-int checkpoint_model_run(const checkpoint_index *x, dp_runtime_config *c)
+int checkpoint_model_run(const checkpoint_index *x, const char *index_path, dp_runtime_config *c)
 {
     memset(c, 0, sizeof *c);
     c->driver = "cpu", c->schedule = "1f1b", c->threads_per_rank = 1;
     dp_model_config *m = &c->model;
-    const char *bad = NULL;
+    const char *bad = NULL, *value = NULL, *known = NULL;
     if (x->layers > DP_MAX_LAYERS) {
-        cli_error("the checkpoint's model has %d layers, more than the %d a model may have", x->layers, DP_MAX_LAYERS);
+        cli_error("%s: the model has %d layers, more than the %d a model may have", index_path, x->layers,
+                  DP_MAX_LAYERS);
         return CLI_EXIT_USAGE;
     }
     /* as few stages as hold the layers (a stage holds at most DP_MAX_STAGE_LAYERS), one micro-
@@ -331,16 +362,17 @@ int checkpoint_model_run(const checkpoint_index *x, dp_runtime_config *c)
     m->seed = x->seed, m->norm_eps = (float)x->norm_eps;
     if (!strcmp(x->loss, "mse")) m->loss = DP_LOSS_MSE;
     else if (!strcmp(x->loss, "xent")) m->loss = DP_LOSS_XENT;
-    else bad = "model.loss";
+    else bad = "model.loss", value = x->loss, known = "mse, xent";
     if (!strcmp(x->dtype, "fp32")) m->dtype = DP_DTYPE_F32;
     else if (!strcmp(x->dtype, "bf16")) m->dtype = DP_DTYPE_BF16;
-    else bad = "model.dtype";
+    else bad = "model.dtype", value = x->dtype, known = "fp32, bf16";
     if (!strcmp(x->optimizer, "adamw")) c->optimizer.kind = DP_OPT_ADAMW;
     else if (!strcmp(x->optimizer, "sgd")) c->optimizer.kind = DP_OPT_SGD;
     else if (!strcmp(x->optimizer, "none")) c->optimizer.kind = DP_OPT_NONE;
-    else bad = "optimizer.kind";
+    else bad = "optimizer.kind", value = x->optimizer, known = "adamw, sgd, none";
     if (bad) {
-        cli_error("the checkpoint's index has a %s this dualpipe does not know", bad);
+        cli_error("%s: \"%s\" is \"%s\", which this dualpipe does not know (it knows %s)", index_path, bad, value,
+                  known);
         return CLI_EXIT_USAGE;
     }
     c->optimizer.lr = (float)x->lr, c->optimizer.weight_decay = (float)x->weight_decay;
@@ -351,14 +383,15 @@ int checkpoint_model_run(const checkpoint_index *x, dp_runtime_config *c)
     int moe_layers = 0;
     for (int l = 0; l < x->layers; l++) {
         if (dp_block_kind_parse(x->layer_kinds[l], &m->layer_kind[l]) != DP_OK) {
-            cli_error("the checkpoint's layer %d: %s", l, dp_last_error());
+            cli_error("%s: \"model.layer_kinds\"[%d]: %s", index_path, l, dp_last_error());
             return CLI_EXIT_USAGE;
         }
         if (m->layer_kind[l] == DP_BLOCK_MOE) moe_layers++, m->moe.moe_layers[l] = 1;
         else m->block = m->layer_kind[l];
     }
     if (moe_layers && x->moe_experts <= 0) {
-        cli_error("the checkpoint's model has MoE layers but its index no \"moe\" object (experts, top-k, ...)");
+        cli_error("%s: the model has MoE layers but no \"moe\" object (experts, top-k, ...) to build them from",
+                  index_path);
         return CLI_EXIT_USAGE;
     }
     if (x->moe_experts > 0) {
@@ -474,43 +507,6 @@ out:
     free(keep);
     checkpoint_index_free(&x);
     return rc;
-}
-
-static int compare_ints(const void *a, const void *b)
-{
-    int x = *(const int *)a, y = *(const int *)b;
-    return (x > y) - (x < y);
-}
-
-/* The N of dir's step-N directories below `below`, ascending, into *steps (malloc'ed; NULL when
- * none) and *n; follow_links 0: a symbolic link is not a directory. 0, or -1 with errno. */
-static int list_step_dirs(const char *dir, int below, int follow_links, int **steps, int *n)
-{
-    *steps = NULL, *n = 0;
-    DIR *d = opendir(dir);
-    if (!d) return -1;
-    int cap = 0, s;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        char p[4096];
-        struct stat sb;
-        join(p, sizeof p, dir, e->d_name);
-        if (!is_step_name(e->d_name, &s) || s >= below) continue;
-        if ((follow_links ? stat(p, &sb) : lstat(p, &sb)) != 0 || !S_ISDIR(sb.st_mode)) continue;
-        if (*n == cap) {
-            int *grown = realloc(*steps, (size_t)(cap = cap ? 2 * cap : 16) * sizeof **steps);
-            if (!grown) {
-                free(*steps), closedir(d);
-                *steps = NULL, *n = 0, errno = ENOMEM;
-                return -1;
-            }
-            *steps = grown;
-        }
-        (*steps)[(*n)++] = s;
-    }
-    closedir(d);
-    if (*n > 1) qsort(*steps, (size_t)*n, sizeof **steps, compare_ints);
-    return 0;
 }
 
 int checkpoint_list(const char *dir, int **steps, int *n) { return list_step_dirs(dir, INT_MAX, 1, steps, n); }
@@ -856,17 +852,10 @@ int checkpoint_read(const char *ckpt, checkpoint_contents *out)
     opened_files of = {0};
     rc = open_files(NULL, &out->index, ckpt, &of);
     out->files = of.files, out->num_files = of.n;
-    /* each tensor in one file only, as a resume needs */
+    /* each tensor in one file only, as a resume needs (holding() says where it is twice) */
     for (int i = 0; i < of.n && !rc; i++)
-        for (int k = 0; k < dp_safetensors_count(of.files[i]) && !rc; k++) {
-            const char *name = dp_safetensors_tensor(of.files[i], k)->name;
-            for (int j = i + 1; j < of.n && !rc; j++)
-                if (dp_safetensors_find(of.files[j], name)) {
-                    cli_error("tensor \"%s\" is both in %s and in %s: a checkpoint holds each tensor once", name,
-                              dp_safetensors_path(of.files[i]), dp_safetensors_path(of.files[j]));
-                    rc = CLI_EXIT_USAGE;
-                }
-        }
+        for (int k = 0; k < dp_safetensors_count(of.files[i]) && !rc; k++)
+            if (!holding(NULL, &of, ckpt, dp_safetensors_tensor(of.files[i], k)->name)) rc = CLI_EXIT_USAGE;
     if (rc) checkpoint_contents_free(out);
     return rc;
 }
@@ -926,7 +915,7 @@ int checkpoint_load(dp_runtime *rt, dp_reference *ref, const checkpoint_run *run
     char index_path[4096];
     join(index_path, sizeof index_path, ckpt, "index.json");
     /* the model first: an incompatible checkpoint is refused before its files are read */
-    if (!rc) rc = check_compatible("--resume", &x, rt, run, index_path);
+    rc = check_compatible("--resume", &x, rt, run, index_path);
     if (!rc) rc = open_files("--resume", &x, ckpt, &of);
     if (!rc) rc = check_against("--resume", rt, run, ckpt, &x, &of);
     if (!rc) rc = restore_tensors("--resume", rt, ref, run, &of, ckpt, 1, &used);

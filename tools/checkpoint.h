@@ -51,10 +51,11 @@ int checkpoint_find(const char *who, const char *dir, char *path, size_t size);
  * 0, or -1 with errno (DIR cannot be listed, out of memory). */
 int checkpoint_list(const char *dir, int **steps, int *n);
 
-/* The run of one CPU rank holding every layer of the model x describes (1f1b, one micro-batch of
- * one token, the optimizer's settings): a runtime to check the tensors against. 0, or 2 having said what
- * the index holds that this dualpipe cannot build. */
-int checkpoint_model_run(const checkpoint_index *x, dp_runtime_config *c);
+/* The run on the CPU holding every layer of the model x describes (1f1b on as few ranks as hold
+ * the layers, micro-batches of one token, the optimizer's settings): a runtime to check the
+ * tensors against. 0, or 2 having said what the index (read from index_path) holds that this
+ * dualpipe cannot build. */
+int checkpoint_model_run(const checkpoint_index *x, const char *index_path, dp_runtime_config *c);
 
 /* A checkpoint read whole and checked without a model to load it into (`dualpipe checkpoint`). */
 typedef struct {

@@ -1,6 +1,6 @@
 /* cmd_checkpoint.c: `dualpipe checkpoint DIR`: checks a checkpoint that `train --save` wrote
  * without training: its index, every file's size, CRC-32 and header, then every tensor against
- * the model the index describes, built on one CPU rank (what a resume checks), and says what it
+ * the model the index describes, built on the CPU (what a resume checks), and says what it
  * holds: the step, the model, the optimizer, how the run was laid out, the files and, with
  * --tensors, every tensor. The exit status says whether it is whole. */
 #define _POSIX_C_SOURCE 200809L
@@ -33,7 +33,7 @@ static const cli_spec spec = {
              "index.json), else the one DIR/latest names, else DIR's step-N directory of the highest N.\n"
              "Every file the index names is read: its size, CRC-32, safetensors header and tensor\n"
              "count must be the index's, and no tensor may be in two files. Then the model the index\n"
-             "describes is built on one CPU rank and every tensor it needs must be there, once, of\n"
+             "describes is built on the CPU and every tensor it needs must be there, once, of\n"
              "its dtype and shape, with none left over: what a resume checks.\n"
              "Exit status: 0 whole, 2 damaged, incomplete or not a checkpoint, 1 out of memory.",
     .options = options,
@@ -123,13 +123,15 @@ static void print_contents(const char *dir, const char *path, const checkpoint_c
     }
 }
 
-/* Every tensor of c against the model its index describes, built on one CPU rank: 0, or the
+/* Every tensor of c against the model its index describes, built on the CPU: 0, or the
  * exit code. */
 static int check_model(const checkpoint_contents *c, const char *path, uint64_t *params)
 {
     const checkpoint_index *x = &c->index;
     dp_runtime_config cfg;
-    int rc = checkpoint_model_run(x, &cfg);
+    char index_path[4200];
+    snprintf(index_path, sizeof index_path, "%s/index.json", path);
+    int rc = checkpoint_model_run(x, index_path, &cfg);
     if (rc) return rc;
     /* the files hold every parameter's fp32 value at least: a model larger than that is not
      * theirs, and is refused before it is built (an index is not checksummed: it may lie) */
